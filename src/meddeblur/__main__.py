@@ -1,0 +1,3 @@
+from meddeblur.cli import main
+
+raise SystemExit(main())
