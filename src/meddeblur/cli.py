@@ -1,0 +1,181 @@
+"""The ``meddeblur`` command line: train, evaluate, deblur, demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from meddeblur import __version__
+from meddeblur.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line and exit 2, like every other user error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _add_data_args(parser: argparse.ArgumentParser, required_hint: str) -> None:
+    parser.add_argument("--data", help=f"folder holding blurred/ and sharp/ {required_hint}")
+    parser.add_argument("--blurred", help="folder of blurred images (with --sharp)")
+    parser.add_argument("--sharp", help="folder of sharp images (with --blurred)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="meddeblur", description="Remove blur from medical images (dermoscopy first).")
+    parser.add_argument("--version", action="version", version=f"meddeblur {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = commands.add_parser("train", help="train a model on blurred/sharp pairs",
+                                description="Train the reference Attention U-Net (Adam, early stopping, LR plateau).")
+    _add_data_args(train, "(not needed with --resume)")
+    train.add_argument("--out", help="run folder to create (default runs/<time>)")
+    train.add_argument("--width", type=int, help="base filters; 64 = reference (default 64)")
+    size = train.add_mutually_exclusive_group()
+    size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (default 256, the reference protocol)")
+    size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing")
+    train.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
+    train.add_argument("--batch", type=int, help="batch size (default 8)")
+    train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    train.add_argument("--seed", type=int, help="seed for split, init and augmentation (default 42)")
+    train.add_argument("--perceptual", action="store_true", default=None,
+                       help="add the VGG19 perceptual term, weights from the PyTorch hub cache file")
+    train.add_argument("--vgg19-weights", help="torchvision vgg19 state dict (.pth/.safetensors); implies --perceptual")
+    train.add_argument("--w-ssim", type=float, help="weight of (1 − SSIM) (default 0.85)")
+    train.add_argument("--w-l1", type=float, help="weight of L1 (default 0.15)")
+    train.add_argument("--w-perceptual", type=float, help="weight of the VGG19 term (default 1e-6)")
+    train.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10)")
+    train.add_argument("--lr-patience", type=int, help="epochs without improvement before LR × 0.5 (default 5)")
+    train.add_argument("--device", help="auto, cpu, cuda or mps (default auto)")
+    train.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped (--epochs may raise the limit)")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a model against sharp references",
+                                   description="PSNR/SSIM of the blurred input and of the model, per image and on average.")
+    evaluate.add_argument("--model", required=True, help="run folder or .safetensors weights")
+    _add_data_args(evaluate, "(default: the run's data)")
+    evaluate.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="default test (the run's split.json)")
+    evaluate.add_argument("--out", help="report folder (default next to the weights: eval-<split>/)")
+    evaluate.add_argument("--size", type=int, help="resize to SIZE×SIZE (default: as trained)")
+    evaluate.add_argument("--native", action="store_true", help="evaluate at stored resolution")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    evaluate.set_defaults(handler=_evaluate)
+
+    deblur = commands.add_parser("deblur", help="deblur image files or folders",
+                                 description="Deblur images of any size; outputs keep name, format, channels and bit depth.")
+    deblur.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    deblur.add_argument("-o", "--out", required=True, help="output folder (never an input's own folder file)")
+    deblur.add_argument("--model", required=True, help="run folder or .safetensors weights")
+    deblur.add_argument("--format", choices=("png", "jpeg", "tiff", "bmp"), help="output format (default: the input's)")
+    deblur.add_argument("--jpeg-quality", type=int, default=95, help="JPEG output quality (default 95)")
+    deblur.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    deblur.set_defaults(handler=_deblur)
+
+    demo = commands.add_parser("demo", help="run the whole job on generated images (offline, about a minute)")
+    demo.add_argument("-o", "--out", default="meddeblur-demo", help="output folder (default ./meddeblur-demo)")
+    demo.add_argument("--epochs", type=int, default=6, help="epochs for the tiny demo model (default 6)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+# Options that may change when a run is resumed; everything else is fixed by run.json.
+_RESUMABLE = {"epochs", "device"}
+_TRAIN_FLAGS = ("out", "width", "size", "crop", "epochs", "batch", "lr", "seed", "perceptual", "vgg19_weights",
+                "patience", "lr_patience", "device")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+    from datetime import datetime
+
+    from meddeblur.data import data_dirs
+    from meddeblur.losses import LossWeights
+    from meddeblur.train import TrainOptions, read_run_options, train
+
+    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    weights = {k: getattr(args, f"w_{k}") for k in ("ssim", "l1", "perceptual") if getattr(args, f"w_{k}") is not None}
+    if args.resume:
+        fixed = sorted(set(given) - _RESUMABLE) + [f"w_{k}" for k in weights]
+        fixed += [k for k in ("data", "blurred", "sharp") if getattr(args, k) is not None]
+        if fixed:
+            raise UserError(f"--resume {args.resume}: only --epochs and --device may change; drop --{fixed[0].replace('_', '-')}")
+        options = read_run_options(args.resume)
+        options = replace(options, out=str(args.resume), **{k: given[k] for k in _RESUMABLE & given.keys()})
+        run = train(options, resume=True)
+    else:
+        blurred, sharp = data_dirs(args.data, args.blurred, args.sharp)
+        given.setdefault("out", str(Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")))
+        if "crop" in given:
+            given["size"] = None
+        if given.get("vgg19_weights"):
+            given["perceptual"] = True
+        for name in ("width", "size", "crop", "epochs", "batch", "patience", "lr_patience"):
+            if given.get(name) is not None and given[name] < 1:
+                raise UserError(f"--{name.replace('_', '-')} {given[name]}: must be a positive integer")
+        for name in ("size", "crop"):
+            if given.get(name) is not None and given[name] % 16:
+                raise UserError(f"--{name} {given[name]}: must be a multiple of 16 (the network pools four times)")
+        options = TrainOptions(blurred_dir=str(blurred), sharp_dir=str(sharp), loss=LossWeights(**weights), **given)
+        run = train(options)
+    print(f"run folder: {run}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from meddeblur.data import data_dirs
+    from meddeblur.device import pick_device
+    from meddeblur.evaluate import EvalOptions, evaluate
+
+    blurred = sharp = None
+    if args.data or args.blurred or args.sharp:
+        blurred, sharp = map(str, data_dirs(args.data, args.blurred, args.sharp))
+    report = evaluate(EvalOptions(model=args.model, blurred_dir=blurred, sharp_dir=sharp, split=args.split, out=args.out,
+                                  size=args.size, native=args.native, device=str(pick_device(args.device))))
+    summary = report["summary"]
+    print(f"{report['images']} images ({report['split']}): input {summary['input_psnr']['mean']:.2f} dB / "
+          f"{summary['input_ssim']['mean']:.4f} → model {summary['model_psnr']['mean']:.2f} dB / {summary['model_ssim']['mean']:.4f}")
+    print(f"report: {report['out']}")
+    return 0
+
+
+def _deblur(args: argparse.Namespace) -> int:
+    from meddeblur.device import pick_device
+    from meddeblur.infer import deblur_files
+    from meddeblur.models import load_model
+
+    if not 1 <= args.jpeg_quality <= 100:
+        raise UserError(f"--jpeg-quality {args.jpeg_quality}: choose 1 to 100")
+    device = pick_device(args.device)
+    model, _, _ = load_model(args.model, device)
+    written = deblur_files(model, args.inputs, args.out, fmt=args.format, device=device, jpeg_quality=args.jpeg_quality)
+    print(f"{len(written)} image(s) written to {args.out}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from meddeblur.demo import run_demo
+
+    result = run_demo(args.out, epochs=args.epochs)
+    print(result["markdown"])
+    print(f"side-by-side figure: {result['figure']}\nmetrics table: {result['table']}\ndemo model: {result['weights']}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``meddeblur`` console script; returns the exit code."""
+    args = _build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except UserError as error:
+        message = " ".join(str(error).split())
+        sys.stderr.write(f"meddeblur {args.command}: error: {message}\n")
+        return 2
+    except PermissionError as error:
+        sys.stderr.write(f"meddeblur {args.command}: error: {error.filename}: permission denied; check the file's permissions\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("meddeblur: interrupted\n")
+        return 130

@@ -1,0 +1,28 @@
+"""Choosing the torch device from ``--device``."""
+
+from __future__ import annotations
+
+import torch
+
+from meddeblur.errors import UserError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _mps_available() -> bool:
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA, then Apple MPS, then CPU; an unavailable explicit choice is an error."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps") if _mps_available() else torch.device("cpu")
+    if name not in DEVICE_CHOICES:
+        raise UserError(f"--device {name}: choose one of {', '.join(DEVICE_CHOICES)}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if name == "mps" and not _mps_available():
+        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+    return torch.device(name)

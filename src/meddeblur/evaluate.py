@@ -1,0 +1,136 @@
+"""Evaluation: input (blurred vs sharp) and model PSNR/SSIM per image, as CSV, JSON, Markdown and a figure."""
+
+from __future__ import annotations
+
+import csv
+import io as _stdio
+import json
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from meddeblur.data import SPLIT_FILE, pair_images, read_split, select
+from meddeblur.errors import UserError
+from meddeblur.infer import deblur_array
+from meddeblur.io import atomic_write, read_rgb, resize_area
+from meddeblur.metrics import psnr_ssim_numpy
+from meddeblur.models import load_model, weights_id
+from meddeblur.plots import plot_comparison
+
+#: PSNR of identical images is +inf (as in TensorFlow); reports cap it so means stay finite.
+PSNR_CAP = 100.0
+METRIC_FIELDS = ("input_psnr", "input_ssim", "model_psnr", "model_ssim")
+
+
+@dataclass
+class EvalOptions:
+    """What ``meddeblur evaluate`` needs; None means "take it from the run folder"."""
+
+    model: str
+    blurred_dir: str | None = None
+    sharp_dir: str | None = None
+    split: str = "test"
+    out: str | None = None
+    size: int | None = None
+    native: bool = False
+    device: str = "cpu"
+    figure_rows: int = 8
+
+
+def run_folder_of(weights: Path) -> Path | None:
+    """The run folder a weights file belongs to, if it was written by ``train``."""
+    return weights.parent if (weights.parent / "run.json").is_file() else None
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
+
+
+def _markdown(report: dict) -> str:
+    rows = report["summary"]
+    lines = [
+        f"# Evaluation: {report['split']} split, {report['images']} images",
+        "",
+        f"Model `{report['model']}` (id {report['model_id']}, {report['arch']} width {report['width']}); "
+        f"protocol: {report['protocol']}. PSNR/SSIM as tf.image.psnr / tf.image.ssim (max_val 1), mean ± std over images.",
+        "",
+        "| | PSNR (dB) | SSIM |",
+        "|---|---|---|",
+        f"| input (blurred vs sharp) | {rows['input_psnr']['mean']:.2f} ± {rows['input_psnr']['std']:.2f} | {rows['input_ssim']['mean']:.4f} ± {rows['input_ssim']['std']:.4f} |",
+        f"| model (deblurred vs sharp) | {rows['model_psnr']['mean']:.2f} ± {rows['model_psnr']['std']:.2f} | {rows['model_ssim']['mean']:.4f} ± {rows['model_ssim']['std']:.4f} |",
+        "",
+        f"Gain: {rows['model_psnr']['mean'] - rows['input_psnr']['mean']:+.2f} dB PSNR, "
+        f"{rows['model_ssim']['mean'] - rows['input_ssim']['mean']:+.4f} SSIM.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def evaluate(options: EvalOptions) -> dict:
+    """Score a model on a data split; writes per_image.csv, metrics.json, report.md, comparison.png."""
+    model, config, weights = load_model(options.model, options.device)
+    run = run_folder_of(weights)
+    run_options = json.loads((run / "run.json").read_text())["options"] if run else {}
+    blurred_dir = options.blurred_dir or run_options.get("blurred_dir")
+    sharp_dir = options.sharp_dir or run_options.get("sharp_dir")
+    if not blurred_dir or not sharp_dir:
+        raise UserError(f"{weights}: not inside a run folder, so the data is unknown; pass --data DIR or --blurred/--sharp")
+    pairs = pair_images(blurred_dir, sharp_dir)
+    if options.split == "all":
+        chosen = pairs
+    elif options.split in ("train", "val", "test"):
+        if run is None:
+            raise UserError(f"{weights}: no {SPLIT_FILE} beside these weights to define the {options.split} split; use --split all")
+        chosen = select(pairs, read_split(run / SPLIT_FILE)[options.split], str(run / SPLIT_FILE))
+    else:
+        raise UserError(f"--split {options.split}: choose test, val, train or all")
+    if options.native:
+        size = None
+    else:
+        size = options.size or run_options.get("size") or (None if run_options.get("crop") else 256)
+    protocol = f"images resized to {size}×{size} (area)" if size else "native resolution"
+    out = Path(options.out) if options.out else weights.parent / f"eval-{options.split}"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out is a file; pass a folder for the report")
+
+    records, figure_rows = [], []
+    for pair in tqdm(chosen, desc="evaluating", unit="image", disable=None):
+        blurred, sharp = read_rgb(pair.blurred), read_rgb(pair.sharp)
+        if blurred.shape != sharp.shape:
+            raise UserError(f"{pair.blurred}: size differs from its sharp partner {pair.sharp.name}; fix the pair")
+        if size:
+            blurred, sharp = resize_area(blurred, (size, size)), resize_area(sharp, (size, size))
+        restored = deblur_array(model, blurred, options.device)
+        in_psnr, in_ssim = psnr_ssim_numpy(blurred, sharp)
+        out_psnr, out_ssim = psnr_ssim_numpy(restored, sharp)
+        record = {"name": pair.name, "input_psnr": min(in_psnr, PSNR_CAP), "input_ssim": in_ssim,
+                  "model_psnr": min(out_psnr, PSNR_CAP), "model_ssim": out_ssim}
+        records.append(record)
+        if len(figure_rows) < options.figure_rows:
+            figure_rows.append((pair.name, blurred, restored, sharp, record))
+
+    report = {
+        "model": str(weights), "model_id": weights_id(weights), "arch": config.arch, "width": config.width,
+        "split": options.split, "images": len(records), "protocol": protocol,
+        "summary": {k: _summary([r[k] for r in records]) for k in METRIC_FIELDS},
+        "per_image": records,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    buffer = _stdio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=("name", *METRIC_FIELDS))
+    writer.writeheader()
+    writer.writerows(records)
+    with atomic_write(out / "per_image.csv", "w") as fh:
+        fh.write(buffer.getvalue())
+    with atomic_write(out / "metrics.json", "w") as fh:
+        json.dump(report, fh, indent=2)
+    with atomic_write(out / "report.md", "w") as fh:
+        fh.write(_markdown(report))
+    plot_comparison(figure_rows, out / "comparison.png")
+    report["out"] = str(out)
+    return report

@@ -1,0 +1,95 @@
+"""Deblurring images of any size with a trained network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from meddeblur.errors import UserError
+from meddeblur.io import IMAGE_EXTENSIONS, list_images, read_image, write_image
+from meddeblur.models import SIZE_MULTIPLE
+
+FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp"}
+_SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+
+
+@torch.no_grad()
+def deblur_tensor(model: nn.Module, images: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] → (N, 3, H, W) in [0, 1], any H, W ≥ ``multiple``.
+
+    The network needs sides divisible by ``multiple``: pad by reflection (split
+    between both sides so no border is always extrapolated), run, crop back.
+    """
+    height, width = images.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
+    padded = F.pad(images, padding, mode="reflect") if pad_h or pad_w else images
+    output = model(padded)
+    return output[..., padding[2]:padding[2] + height, padding[0]:padding[0] + width].clamp(0, 1)
+
+
+def deblur_array(model: nn.Module, rgb: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    """(H, W, 3) float in [0, 1] → deblurred (H, W, 3) float32."""
+    tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))[None].to(device)
+    return deblur_tensor(model, tensor)[0].cpu().numpy().transpose(1, 2, 0)
+
+
+def collect_inputs(inputs: list[str | Path]) -> list[Path]:
+    """Expand files and folders (their images, non-recursive) into a list of files."""
+    files: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files.extend(list_images(item))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise UserError(f"{item}: no such file or folder; check the path")
+    return files
+
+
+def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list[Path]:
+    """Output path per input: same file name (new suffix if ``fmt``), never an input itself."""
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise UserError(f"{outdir}: output folder is a file; pass a folder to -o")
+    if fmt is not None and fmt not in FORMAT_SUFFIXES:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMAT_SUFFIXES)}")
+    outputs = [outdir / (f.stem + FORMAT_SUFFIXES[fmt] if fmt else f.name) for f in files]
+    inputs = {f.resolve() for f in files}
+    for source, target in zip(files, outputs):
+        if target.resolve() in inputs:
+            raise UserError(f"{source}: output {target} would overwrite an input; choose another -o folder")
+    seen: dict[Path, Path] = {}
+    for source, target in zip(files, outputs):
+        if target in seen:
+            raise UserError(f"{source}: same output name as {seen[target]} ({target.name}); deblur them into separate folders")
+        seen[target] = source
+    return outputs
+
+
+def deblur_files(model: nn.Module, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
+                 device: str | torch.device = "cpu", jpeg_quality: int = 95) -> list[Path]:
+    """Deblur every input into ``outdir``; the model is loaded once by the caller.
+
+    Keeps grayscale, alpha and 8/16-bit depth (where the output format allows it).
+    """
+    files = collect_inputs(inputs)
+    outputs = plan_outputs(files, outdir, fmt)
+    written = []
+    for source, target in tqdm(list(zip(files, outputs)), desc="deblurring", unit="image", disable=None if len(files) > 1 else True):
+        image = read_image(source)
+        restored = deblur_array(model, image.rgb, device)
+        out_format = _SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
+        bit_depth = image.bit_depth if out_format in ("PNG", "TIFF") else 8
+        alpha = image.alpha if out_format != "JPEG" else None
+        written.append(write_image(target, restored, alpha=alpha, grayscale=image.grayscale, bit_depth=bit_depth,
+                                   format=out_format, jpeg_quality=jpeg_quality))
+    return written
+
+
+assert set(_SUFFIX_FORMATS) == set(IMAGE_EXTENSIONS)

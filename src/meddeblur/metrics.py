@@ -1,0 +1,175 @@
+"""Image quality metrics that reproduce TensorFlow's ``tf.image.psnr`` and ``tf.image.ssim``.
+
+All tensors are shaped (N, C, H, W) with values in ``[0, max_val]``. Both metrics return
+one value per image, shape (N,), so callers choose how to reduce over the batch.
+
+SSIM follows ``tf.image.ssim`` exactly: a normalised 11x11 Gaussian window (sigma 1.5),
+VALID filtering (no padding), biased (population) variances, the SSIM map averaged over
+spatial positions per channel and then over channels. This equals scikit-image's
+``structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``
+because scikit-image crops ``(win_size - 1) // 2`` pixels from each border before averaging,
+which leaves exactly the positions where the window fits inside the image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["psnr", "ssim", "psnr_ssim_numpy", "gaussian_kernel1d", "PSNR", "SSIM"]
+
+
+def _check_pair(pred: Tensor, target: Tensor) -> None:
+    if pred.dim() != 4:
+        raise ValueError(f"expected images shaped (N, C, H, W), got shape {tuple(pred.shape)}")
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
+        )
+
+
+def psnr(pred: Tensor, target: Tensor, max_val: float = 1.0) -> Tensor:
+    """Peak signal-to-noise ratio per image, as ``tf.image.psnr``.
+
+    Args:
+        pred: (N, C, H, W) images in ``[0, max_val]``.
+        target: (N, C, H, W) images in ``[0, max_val]``.
+        max_val: dynamic range of the images.
+
+    Returns:
+        (N,) float64 tensor in dB; ``+inf`` where an image equals its target (as TF).
+    """
+    _check_pair(pred, target)
+    # float64 so the result agrees with scikit-image to ~1e-12 rather than float32's ~1e-5 dB.
+    # MPS has no float64, so PSNR is computed on the CPU there.
+    device = torch.device("cpu") if pred.device.type == "mps" else pred.device
+    diff = pred.detach().to(device, torch.float64) - target.detach().to(device, torch.float64)
+    mse = diff.pow(2).mean(dim=(1, 2, 3))
+    # log(0) = -inf, so identical images give +inf rather than an error, matching TF.
+    return 20.0 * math.log10(max_val) - 10.0 * torch.log10(mse)
+
+
+def gaussian_kernel1d(
+    size: int, sigma: float, *, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> Tensor:
+    """Normalised 1-D Gaussian of length ``size`` centred on the middle sample, shape (size,).
+
+    TF builds its 2-D window as ``softmax(-(x^2 + y^2) / (2 sigma^2))``, which is exactly the
+    outer product of this kernel with itself, so filtering separably gives the same window.
+    """
+    # Built in float64 on the CPU (not every device has float64), then cast and moved.
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2.0
+    g = torch.exp(-(coords**2) / (2.0 * sigma**2))
+    return (g / g.sum()).to(device=device, dtype=dtype or torch.get_default_dtype())
+
+
+def _valid_gaussian_filter(x: Tensor, kernel: Tensor) -> Tensor:
+    """Depthwise separable VALID filter: (N, C, H, W) -> (N, C, H-k+1, W-k+1)."""
+    c, k = x.shape[1], kernel.numel()
+    kh = kernel.view(1, 1, k, 1).expand(c, 1, k, 1)
+    kw = kernel.view(1, 1, 1, k).expand(c, 1, 1, k)
+    return F.conv2d(F.conv2d(x, kh, groups=c), kw, groups=c)
+
+
+def ssim(
+    pred: Tensor,
+    target: Tensor,
+    max_val: float = 1.0,
+    filter_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> Tensor:
+    """Structural similarity per image, as ``tf.image.ssim``; differentiable.
+
+    Args:
+        pred: (N, C, H, W) images in ``[0, max_val]``.
+        target: (N, C, H, W) images in ``[0, max_val]``.
+        max_val: dynamic range of the images.
+        filter_size: side of the Gaussian window; H and W must be at least this.
+        sigma: standard deviation of the Gaussian window.
+        k1, k2: stabilising constants, ``C1 = (k1 * max_val)^2``, ``C2 = (k2 * max_val)^2``.
+
+    Returns:
+        (N,) tensor in the dtype of ``pred`` (float32 for integer inputs).
+    """
+    _check_pair(pred, target)
+    h, w = pred.shape[-2:]
+    if h < filter_size or w < filter_size:
+        raise ValueError(
+            f"SSIM needs images at least {filter_size}x{filter_size} (the filter size), "
+            f"got {h}x{w}"
+        )
+    dtype = pred.dtype if pred.is_floating_point() else torch.float32
+    x = pred.to(dtype)
+    y = target.to(dtype)
+    c = x.shape[1]
+    kernel = gaussian_kernel1d(filter_size, sigma, device=x.device, dtype=dtype)
+
+    # One filtering pass over all five statistics instead of five separate convolutions.
+    stats = _valid_gaussian_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), kernel)
+    mu_x, mu_y, e_xx, e_yy, e_xy = stats.split(c, dim=1)
+
+    c1 = (k1 * max_val) ** 2
+    c2 = (k2 * max_val) ** 2
+    # Same algebraic arrangement as TF's _ssim_helper (biased variances, no compensation).
+    num0 = 2.0 * mu_x * mu_y
+    den0 = mu_x * mu_x + mu_y * mu_y
+    luminance = (num0 + c1) / (den0 + c1)
+    cs = (2.0 * e_xy - num0 + c2) / (e_xx + e_yy - den0 + c2)
+    ssim_map = luminance * cs
+    return ssim_map.mean(dim=(2, 3)).mean(dim=1)
+
+
+def psnr_ssim_numpy(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """PSNR (dB) and SSIM of one float image pair in ``[0, 1]``, shaped (H, W, C) or (H, W).
+
+    Computed in float64 with :func:`psnr` and :func:`ssim`, so it matches TF's metrics.
+    """
+    a = np.asarray(pred, dtype=np.float64)
+    b = np.asarray(target, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"pred and target shapes differ: {a.shape} vs {b.shape}")
+    if a.ndim == 2:
+        a, b = a[..., None], b[..., None]
+    if a.ndim != 3:
+        raise ValueError(f"expected an image shaped (H, W, C) or (H, W), got shape {a.shape}")
+    ta = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
+    tb = torch.from_numpy(np.ascontiguousarray(b.transpose(2, 0, 1)))[None]
+    with torch.no_grad():
+        return float(psnr(ta, tb)[0]), float(ssim(ta, tb)[0])
+
+
+class PSNR(nn.Module):
+    """Module form of :func:`psnr`: (N, C, H, W) x 2 -> (N,)."""
+
+    def __init__(self, max_val: float = 1.0) -> None:
+        super().__init__()
+        self.max_val = max_val
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return psnr(pred, target, self.max_val)
+
+
+class SSIM(nn.Module):
+    """Module form of :func:`ssim`: (N, C, H, W) x 2 -> (N,)."""
+
+    def __init__(
+        self,
+        max_val: float = 1.0,
+        filter_size: int = 11,
+        sigma: float = 1.5,
+        k1: float = 0.01,
+        k2: float = 0.03,
+    ) -> None:
+        super().__init__()
+        self.max_val, self.filter_size, self.sigma, self.k1, self.k2 = (
+            max_val, filter_size, sigma, k1, k2,
+        )
+
+    def forward(self, pred: Tensor, target: Tensor) -> Tensor:
+        return ssim(pred, target, self.max_val, self.filter_size, self.sigma, self.k1, self.k2)

@@ -1,0 +1,51 @@
+"""Figures: training curves and the blurred / deblurred / sharp comparison grid."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from meddeblur.io import atomic_path  # noqa: E402
+
+
+def _save(figure, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def plot_curves(history: list[dict], path: str | Path) -> Path:
+    """Loss, PSNR and SSIM per epoch, train and val, side by side."""
+    epochs = [row["epoch"] for row in history]
+    figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for axis, key, label in zip(axes, ("loss", "psnr", "ssim"), ("loss", "PSNR (dB)", "SSIM")):
+        axis.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train", markersize=3)
+        axis.plot(epochs, [row[f"val_{key}"] for row in history], "o-", label="val", markersize=3)
+        axis.set_xlabel("epoch")
+        axis.set_title(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    return _save(figure, Path(path))
+
+
+def plot_comparison(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict]], path: str | Path) -> Path:
+    """One row per image: blurred / deblurred / sharp with per-image PSNR and SSIM in the titles.
+
+    ``rows``: (name, blurred, deblurred, sharp, metrics) with (H, W, 3) float images and
+    metrics holding ``input_psnr``, ``input_ssim``, ``model_psnr``, ``model_ssim``.
+    """
+    figure, axes = plt.subplots(len(rows), 3, figsize=(10.5, 3.5 * len(rows)), squeeze=False)
+    for (name, blurred, deblurred, sharp, m), axis_row in zip(rows, axes):
+        titles = (f"{name}\nblurred: {m['input_psnr']:.2f} dB / {m['input_ssim']:.4f}",
+                  f"deblurred: {m['model_psnr']:.2f} dB / {m['model_ssim']:.4f}", "sharp (reference)")
+        for axis, image, title in zip(axis_row, (blurred, deblurred, sharp), titles):
+            axis.imshow(np.clip(image, 0, 1))
+            axis.set_title(title, fontsize=9)
+            axis.axis("off")
+    return _save(figure, Path(path))

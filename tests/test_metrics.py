@@ -1,0 +1,141 @@
+"""PSNR/SSIM must equal TensorFlow's, checked against scikit-image's equivalent settings."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import correlate
+from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+from meddeblur.metrics import PSNR, SSIM, gaussian_kernel1d, psnr, psnr_ssim_numpy, ssim
+
+
+def _sk_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    return structural_similarity(
+        a, b, channel_axis=-1, data_range=1, gaussian_weights=True, sigma=1.5,
+        use_sample_covariance=False,
+    )
+
+
+def _to_torch(*imgs: np.ndarray) -> torch.Tensor:
+    """Stack HxWxC images into an (N, C, H, W) float64 tensor."""
+    return torch.from_numpy(np.stack([im.transpose(2, 0, 1) for im in imgs]).copy())
+
+
+def _pairs() -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(1234)
+    out = []
+    # Independent noise, mild noise, non-square, and a structured (gradient + edges) pair.
+    a = rng.random((32, 32, 3))
+    out.append((a, rng.random((32, 32, 3))))
+    out.append((a, np.clip(a + 0.05 * rng.standard_normal(a.shape), 0, 1)))
+    b = rng.random((37, 53, 3))
+    out.append((b, np.clip(b * 0.8 + 0.1, 0, 1)))
+    yy, xx = np.mgrid[0:40, 0:29] / 40.0
+    s = np.stack([xx, yy, (xx + yy > 0.6).astype(float)], axis=-1)
+    blurred = correlate(s, np.ones((3, 3, 1)) / 9.0, mode="nearest")
+    out.append((s, blurred))
+    return out
+
+
+@pytest.mark.parametrize("idx", range(4))
+def test_ssim_matches_skimage(idx: int) -> None:
+    a, b = _pairs()[idx]
+    got = ssim(_to_torch(a), _to_torch(b))
+    assert got.shape == (1,)
+    assert got.item() == pytest.approx(_sk_ssim(a, b), abs=1e-4)
+
+
+def test_ssim_float32_close_to_float64() -> None:
+    a, b = _pairs()[1]
+    got = ssim(_to_torch(a).float(), _to_torch(b).float())
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(_sk_ssim(a, b), abs=1e-4)
+
+
+def test_ssim_equals_valid_window_definition() -> None:
+    """Independent check of TF's definition: explicit 2-D window, VALID positions only."""
+    rng = np.random.default_rng(7)
+    a, b = rng.random((20, 23, 2)), rng.random((20, 23, 2))
+    g = gaussian_kernel1d(11, 1.5, dtype=torch.float64).numpy()
+    win = np.outer(g, g)
+    c1, c2 = 0.01**2, 0.03**2
+    per_channel = []
+    for c in range(2):
+        vals = []
+        for i in range(20 - 10):
+            for j in range(23 - 10):
+                pa, pb = a[i:i + 11, j:j + 11, c], b[i:i + 11, j:j + 11, c]
+                mx, my = (win * pa).sum(), (win * pb).sum()
+                vx = (win * pa * pa).sum() - mx**2
+                vy = (win * pb * pb).sum() - my**2
+                cxy = (win * pa * pb).sum() - mx * my
+                vals.append((2 * mx * my + c1) * (2 * cxy + c2) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
+        per_channel.append(np.mean(vals))
+    assert ssim(_to_torch(a), _to_torch(b)).item() == pytest.approx(np.mean(per_channel), abs=1e-10)
+
+
+def test_batch_is_per_image() -> None:
+    rng = np.random.default_rng(3)
+    imgs_a = [rng.random((24, 30, 3)) for _ in range(4)]
+    imgs_b = [np.clip(x + 0.1 * i * rng.standard_normal(x.shape), 0, 1) for i, x in enumerate(imgs_a, 1)]
+    s = ssim(_to_torch(*imgs_a), _to_torch(*imgs_b))
+    p = psnr(_to_torch(*imgs_a), _to_torch(*imgs_b))
+    assert s.shape == p.shape == (4,)
+    for k in range(4):
+        assert s[k].item() == pytest.approx(_sk_ssim(imgs_a[k], imgs_b[k]), abs=1e-4)
+        ref = peak_signal_noise_ratio(imgs_b[k], imgs_a[k], data_range=1)
+        assert p[k].item() == pytest.approx(ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("idx", range(4))
+def test_psnr_matches_skimage(idx: int) -> None:
+    a, b = _pairs()[idx]
+    got = psnr(_to_torch(a).float(), _to_torch(b).float())
+    assert got.dtype == torch.float64
+    # float32 inputs of float64 data differ by rounding only; compare on the same float32 values.
+    a32, b32 = a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
+    assert got.item() == pytest.approx(peak_signal_noise_ratio(a32, b32, data_range=1), abs=1e-6)
+
+
+def test_psnr_ssim_numpy() -> None:
+    a, b = _pairs()[2]
+    p, s = psnr_ssim_numpy(a, b)
+    assert p == pytest.approx(peak_signal_noise_ratio(a, b, data_range=1), abs=1e-6)
+    assert s == pytest.approx(_sk_ssim(a, b), abs=1e-4)
+    p2, s2 = psnr_ssim_numpy(a[..., 0], b[..., 0])
+    assert math.isfinite(p2) and 0 < s2 <= 1
+
+
+def test_identical_images() -> None:
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    assert torch.allclose(ssim(x, x), torch.ones(2, dtype=torch.float64))
+    assert torch.isinf(psnr(x, x)).all() and (psnr(x, x) > 0).all()
+    assert psnr_ssim_numpy(np.zeros((12, 12, 3)), np.zeros((12, 12, 3))) == (math.inf, 1.0)
+
+
+def test_ssim_gradient_flows() -> None:
+    torch.manual_seed(0)
+    pred = torch.rand(2, 3, 32, 32, requires_grad=True)
+    target = torch.rand(2, 3, 32, 32)
+    ssim(pred, target).sum().backward()
+    assert pred.grad is not None
+    assert torch.isfinite(pred.grad).all() and pred.grad.abs().sum() > 0
+
+
+def test_modules_match_functions() -> None:
+    x, y = torch.rand(2, 3, 16, 20), torch.rand(2, 3, 16, 20)
+    assert torch.equal(SSIM()(x, y), ssim(x, y))
+    assert torch.equal(PSNR()(x, y), psnr(x, y))
+
+
+def test_errors() -> None:
+    with pytest.raises(ValueError, match="at least 11x11"):
+        ssim(torch.rand(1, 3, 10, 32), torch.rand(1, 3, 10, 32))
+    with pytest.raises(ValueError, match="shapes differ"):
+        ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))
+    with pytest.raises(ValueError, match="N, C, H, W"):
+        psnr(torch.rand(3, 16, 16), torch.rand(3, 16, 16))
