@@ -127,6 +127,39 @@ def test_palette_png_reads_as_rgb(tmp_path: Path) -> None:
     np.testing.assert_array_equal(img.rgb[3, 3], [0.0, 0.0, 1.0])
 
 
+def test_bilevel_and_cmyk_modes(tmp_path: Path) -> None:
+    bilevel = Image.new("1", (16, 16), 1)
+    bilevel.save(tmp_path / "bw.png")
+    img = mio.read_image(tmp_path / "bw.png")
+    assert img.grayscale and img.bit_depth == 8
+    np.testing.assert_array_equal(img.rgb, 1.0)
+    Image.new("CMYK", (16, 16), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg")
+    img = mio.read_image(tmp_path / "cmyk.jpg")
+    assert img.rgb.shape == (16, 16, 3) and not img.grayscale
+    assert img.rgb.min() > 0.9  # no ink is white
+
+
+def test_16bit_gray_alpha_png_is_grayscale(tmp_path: Path) -> None:
+    # Neither Pillow nor OpenCV writes 16-bit grey+alpha PNGs, so assemble one by hand.
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    h, w = 16, 20
+    la = np.random.default_rng(0).integers(0, 65536, (h, w, 2)).astype(">u2")
+    raw = b"".join(b"\x00" + la[y].tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)  # 16-bit, colour type 4 = grey+alpha
+    path = tmp_path / "la16.png"
+    idat = chunk(b"IDAT", zlib.compress(raw))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + idat + chunk(b"IEND", b""))
+    img = mio.read_image(path)
+    assert img.grayscale and img.bit_depth == 16 and img.alpha is not None
+    np.testing.assert_array_equal(img.rgb[..., 1], (la[..., 0] / 65535).astype(np.float32))
+    np.testing.assert_array_equal(img.alpha, (la[..., 1] / 65535).astype(np.float32))
+
+
 def test_16bit_rgb_png_written_by_opencv_reads_as_rgb_order(tmp_path: Path) -> None:
     bgr = np.zeros((16, 16, 3), np.uint16)
     bgr[..., 2] = 65535  # red in OpenCV's BGR order
@@ -173,6 +206,7 @@ def test_not_an_image(tmp_path: Path, content: bytes) -> None:
 @pytest.mark.parametrize(
     ("suffix", "bit_depth"), [(".png", 8), (".png", 16), (".jpg", 8), (".tif", 8), (".tif", 16), (".bmp", 8)]
 )
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")
 def test_truncated(tmp_path: Path, suffix: str, bit_depth: int) -> None:
     good = mio.write_image(tmp_path / f"good{suffix}", _random((64, 64, 3), bit_depth), bit_depth=bit_depth)
     data = good.read_bytes()
@@ -209,7 +243,9 @@ def test_write_creates_parents_and_leaves_no_temp(tmp_path: Path) -> None:
     assert _leftovers(target.parent) == []
 
 
-def test_write_failure_keeps_old_target_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_failure_keeps_old_target_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "out.png"
     target.write_bytes(b"old")
 
@@ -223,7 +259,7 @@ def test_write_failure_keeps_old_target_and_cleans_up(tmp_path: Path, monkeypatc
     assert _leftovers(tmp_path) == []
 
 
-def test_write_failure_mid_stream_leaves_no_partial_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_rename_leaves_no_partial_target(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "out16.png"
     real_replace = os.replace
 

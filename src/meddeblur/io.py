@@ -215,10 +215,12 @@ def _prepare_parent(path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         raise UserError(
-            f"{path}: cannot create folder {path.parent} because a file is in the way; choose another output path"
+            f"{path}: cannot create folder {path.parent}, a file is in the way; choose another output path"
         ) from None
     except PermissionError:
-        raise UserError(f"{path}: permission denied creating {path.parent}; choose another output path") from None
+        raise UserError(
+            f"{path}: permission denied creating {path.parent}; choose another output path"
+        ) from None
     if not path.parent.is_dir():
         raise UserError(f"{path}: {path.parent} is not a folder; choose another output path")
 

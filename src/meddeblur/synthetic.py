@@ -36,7 +36,7 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.
 
 
 def _low_freq(rng: np.random.Generator, h: int, w: int, cells: int = 4) -> np.ndarray:
-    """Very smooth unit-variance field: a coarse random grid upsampled bicubically (cheaper than a huge blur)."""
+    """Very smooth field: a coarse random grid upsampled bicubically (cheaper than a huge blur)."""
     grid = rng.standard_normal((cells, cells)).astype(np.float32)
     return cv2.resize(grid, (w, h), interpolation=cv2.INTER_CUBIC)
 
@@ -120,7 +120,8 @@ def _hairs(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray
         p1 = (p0 + p2) / 2 + bend
         pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
         thickness = max(1, int(round(rng.uniform(0.004, 0.009) * scale)))
-        cv2.polylines(canvas, [np.round(pts * 16).astype(np.int32)], False, 255, thickness, cv2.LINE_AA, shift)
+        curve = np.round(pts * (1 << shift)).astype(np.int32)
+        cv2.polylines(canvas, [curve], False, 255, thickness, cv2.LINE_AA, shift)
     return canvas.astype(np.float32) / 255.0
 
 

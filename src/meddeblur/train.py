@@ -199,8 +199,10 @@ def train(options: TrainOptions, resume: bool = False) -> Path:
     model = build_model(config).to(device)
     loss_fn = loss_fn.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr, eps=1e-7)  # Keras' Adam epsilon
-    # Keras ReduceLROnPlateau: absolute min_delta 1e-4 on val loss.
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=options.lr_factor, patience=options.lr_patience, threshold=1e-4, threshold_mode="abs")
+    # Keras ReduceLROnPlateau semantics: absolute min_delta 1e-4, and it cuts once `patience` bad
+    # epochs have passed where PyTorch waits for one more, hence patience - 1.
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=options.lr_factor, patience=options.lr_patience - 1,
+                                                           threshold=1e-4, threshold_mode="abs")
     stopper = EarlyStopping(options.patience)
     history: list[dict] = []
     first_epoch = 1
