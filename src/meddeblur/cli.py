@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -67,7 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
     deblur = commands.add_parser("deblur", help="deblur image files or folders",
                                  description="Deblur images of any size; outputs keep name, format, channels and bit depth.")
     deblur.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    deblur.add_argument("-o", "--out", required=True, help="output folder (never an input's own folder file)")
+    deblur.add_argument("-o", "--out", required=True, help="output folder (must not be an input's own folder)")
     deblur.add_argument("--model", required=True, help="run folder or .safetensors weights")
     deblur.add_argument("--format", choices=("png", "jpeg", "tiff", "bmp"), help="output format (default: the input's)")
     deblur.add_argument("--jpeg-quality", type=int, default=95, help="JPEG output quality (default 95)")
@@ -76,7 +77,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="run the whole job on generated images (offline, about a minute)")
     demo.add_argument("-o", "--out", default="meddeblur-demo", help="output folder (default ./meddeblur-demo)")
-    demo.add_argument("--epochs", type=int, default=6, help="epochs for the tiny demo model (default 6)")
+    demo.add_argument("--epochs", type=int, default=60, help="epochs for the tiny demo model (default 60)")
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -118,6 +119,13 @@ def _train(args: argparse.Namespace) -> int:
         for name in ("size", "crop"):
             if given.get(name) is not None and given[name] % 16:
                 raise UserError(f"--{name} {given[name]}: must be a multiple of 16 (the network pools four times)")
+        if "lr" in given and not (math.isfinite(given["lr"]) and given["lr"] > 0):
+            raise UserError(f"--lr {given['lr']}: must be a positive number, e.g. 1e-4")
+        if given.get("seed") is not None and given["seed"] < 0:
+            raise UserError(f"--seed {given['seed']}: must be 0 or a positive integer")
+        for name, value in weights.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"--w-{name} {value}: must be 0 (term off) or a positive number")
         options = TrainOptions(blurred_dir=str(blurred), sharp_dir=str(sharp), loss=LossWeights(**weights), **given)
         run = train(options)
     print(f"run folder: {run}")
@@ -129,6 +137,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     from meddeblur.device import pick_device
     from meddeblur.evaluate import EvalOptions, evaluate
 
+    if args.size is not None and args.size < 16:
+        raise UserError(f"--size {args.size}: must be at least 16 pixels")
     blurred = sharp = None
     if args.data or args.blurred or args.sharp:
         blurred, sharp = map(str, data_dirs(args.data, args.blurred, args.sharp))
@@ -158,6 +168,8 @@ def _deblur(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from meddeblur.demo import run_demo
 
+    if args.epochs < 1:
+        raise UserError(f"--epochs {args.epochs}: must be a positive integer")
     result = run_demo(args.out, epochs=args.epochs)
     print(result["markdown"])
     print(f"side-by-side figure: {result['figure']}\nmetrics table: {result['table']}\ndemo model: {result['weights']}")
@@ -173,8 +185,11 @@ def main(argv: list[str] | None = None) -> int:
         message = " ".join(str(error).split())
         sys.stderr.write(f"meddeblur {args.command}: error: {message}\n")
         return 2
-    except PermissionError as error:
-        sys.stderr.write(f"meddeblur {args.command}: error: {error.filename}: permission denied; check the file's permissions\n")
+    except BrokenPipeError:  # output piped into `head` and closed: nothing left to say
+        return 1
+    except OSError as error:  # permissions, full disk, read-only folder: the user's environment, not a bug
+        where = f"{error.filename}: " if error.filename else ""
+        sys.stderr.write(f"meddeblur {args.command}: error: {where}{error.strerror or error}; check the path, its permissions and free space\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("meddeblur: interrupted\n")

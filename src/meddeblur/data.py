@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from meddeblur.errors import UserError
-from meddeblur.io import atomic_write, list_images, read_rgb, resize_area
+from meddeblur.io import atomic_write, list_images, read_image, read_rgb, resize_area
 
 BLURRED_SUFFIXES = ("_blurry", "_blurred", "_blur", "_zamucena")
 SHARP_SUFFIXES = ("_sharp", "_ostra", "_gt")
@@ -73,6 +73,23 @@ def pair_images(blurred_dir: str | Path, sharp_dir: str | Path) -> list[Pair]:
     if problems:
         raise UserError("cannot pair images: " + "; ".join(problems) + " — rename or remove these files")
     return [Pair(k, blurred[k], sharp[k]) for k in sorted(blurred)]
+
+
+def check_pairs(pairs: list[Pair]) -> None:
+    """Decode every image before any work starts; one error listing every bad file and size mismatch."""
+    problems = []
+    for pair in pairs:
+        shapes = []
+        for path in (pair.blurred, pair.sharp):
+            try:
+                shapes.append(read_image(path).rgb.shape)
+            except UserError as error:
+                problems.append(str(error).split(";")[0])
+        if len(shapes) == 2 and shapes[0] != shapes[1]:
+            problems.append(f"{pair.blurred}: {shapes[0][1]}×{shapes[0][0]} but its sharp partner {pair.sharp.name} is {shapes[1][1]}×{shapes[1][0]}")
+    if problems:
+        raise UserError(f"{len(problems)} bad image(s) in the data: " + "; ".join(problems[:8])
+                        + (f"; … ({len(problems) - 8} more)" if len(problems) > 8 else "") + " — fix or remove them, then run again")
 
 
 def data_dirs(data: str | Path | None, blurred: str | Path | None, sharp: str | Path | None) -> tuple[Path, Path]:

@@ -14,7 +14,7 @@ from meddeblur.synthetic import synthetic_pair, write_synthetic_pairs
 from meddeblur.train import TrainOptions, train
 
 
-def run_demo(out: str | Path = "meddeblur-demo", epochs: int = 6, seed: int = 0) -> dict:
+def run_demo(out: str | Path = "meddeblur-demo", epochs: int = 60, seed: int = 0) -> dict:
     """Train a tiny model on synthetic pairs, deblur a new synthetic sample, write a figure and a table.
 
     No trained model ships in this version, so the demo trains one in about a

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from meddeblur.data import SPLIT_FILE, pair_images, read_split, select
+from meddeblur.data import SPLIT_FILE, check_pairs, pair_images, read_split, select
 from meddeblur.errors import UserError
 from meddeblur.infer import deblur_array
 from meddeblur.io import atomic_write, read_rgb, resize_area
@@ -89,6 +89,7 @@ def evaluate(options: EvalOptions) -> dict:
         chosen = select(pairs, read_split(run / SPLIT_FILE)[options.split], str(run / SPLIT_FILE))
     else:
         raise UserError(f"--split {options.split}: choose test, val, train or all")
+    check_pairs(chosen)
     if options.native:
         size = None
     else:

@@ -40,7 +40,7 @@ def deblur_array(model: nn.Module, rgb: np.ndarray, device: str | torch.device =
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Expand files and folders (their images, non-recursive) into a list of files."""
+    """Expand files and folders (their images, non-recursive) into a list of files, each once."""
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
@@ -49,7 +49,11 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
             files.append(item)
         else:
             raise UserError(f"{item}: no such file or folder; check the path")
-    return files
+    # A file named twice (e.g. a folder and one of its files) is deblurred once.
+    unique: dict[Path, Path] = {}
+    for file in files:
+        unique.setdefault(file.resolve(), file)
+    return list(unique.values())
 
 
 def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list[Path]:
@@ -80,6 +84,9 @@ def deblur_files(model: nn.Module, inputs: list[str | Path], outdir: str | Path,
     """
     files = collect_inputs(inputs)
     outputs = plan_outputs(files, outdir, fmt)
+    for source in files:
+        # Decode every input first: a bad file fails the run before any output is written.
+        read_image(source)
     written = []
     for source, target in tqdm(list(zip(files, outputs)), desc="deblurring", unit="image", disable=None if len(files) > 1 else True):
         image = read_image(source)

@@ -151,7 +151,7 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16) -> LoadedImage:
             raise UserError(
                 f"{path}: cannot decode image (truncated or corrupt); re-export or remove it"
             ) from None
-        raise UserError(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP expected)") from None
+        raise UserError(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP expected); convert it or remove it") from None
 
     with im_file as im:
         # Cameras write multi-picture JPEGs, which Pillow's JPEG opener reports as MPO.
@@ -311,6 +311,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise RuntimeError(f"atomic_path: nothing was written to {tmp} for {path}")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        # Some writers (safetensors) create 0600 files; give the result the usual umask-based mode.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
         _commit(tmp, path)
     except BaseException:
         _remove_quietly(tmp)

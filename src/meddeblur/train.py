@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from meddeblur import __version__
-from meddeblur.data import SPLIT_FILE, PairDataset, pair_images, read_split, select, split_names, write_split
+from meddeblur.data import SPLIT_FILE, PairDataset, check_pairs, pair_images, read_split, select, split_names, write_split
 from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.io import atomic_path, atomic_write
@@ -160,6 +160,7 @@ def _prepare_run(options: TrainOptions) -> tuple[Path, list, list]:
     if (run / CHECKPOINT).exists():
         raise UserError(f"{run}: already holds a run; continue it with --resume {run} or choose another --out")
     pairs = pair_images(options.blurred_dir, options.sharp_dir)
+    check_pairs(pairs)
     split = split_names([p.name for p in pairs], seed=options.seed)
     run.mkdir(parents=True, exist_ok=True)
     write_split(run / SPLIT_FILE, split, options.seed)
@@ -188,6 +189,7 @@ def train(options: TrainOptions, resume: bool = False) -> Path:
 
         split = read_split(run / SPLIT_FILE)
         pairs = pair_images(options.blurred_dir, options.sharp_dir)
+        check_pairs(pairs)
         train_pairs, val_pairs = select(pairs, split["train"], str(run / SPLIT_FILE)), select(pairs, split["val"], str(run / SPLIT_FILE))
         state = load_checkpoint(run / CHECKPOINT)
     else:

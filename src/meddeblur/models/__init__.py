@@ -39,8 +39,18 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
+        """Build and validate a config read from a file; ValueError when it cannot describe a network."""
+        if not isinstance(data, dict):
+            raise ValueError("config is not a JSON object")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        config = cls(**{k: v for k, v in data.items() if k in known})
+        if config.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {config.arch!r}")
+        for name in ("width", "in_channels", "out_channels"):
+            value = getattr(config, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        return config
 
 
 def build_model(config: ModelConfig) -> nn.Module:
@@ -121,6 +131,7 @@ def load_model(model: str | Path, device: str | torch.device = "cpu") -> tuple[n
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
-        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
-        raise UserError(f"{path}: weights do not fit {config.arch} width {config.width} ({first}); use the .json written with these weights") from None
+        detail = " ".join(str(exc).split())
+        detail = detail if len(detail) <= 160 else detail[:157] + "..."
+        raise UserError(f"{path}: weights do not fit {config.arch} width {config.width} ({detail}); use the .json written with these weights") from None
     return network.to(device).eval(), config, path

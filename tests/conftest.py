@@ -1,0 +1,64 @@
+"""Shared fixtures: a tiny model saved once per session and a runner for the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+
+def cli_env(**overrides: str) -> dict[str, str]:
+    """Environment for a ``python -m meddeblur`` child: hermetic torch hub cache, one thread."""
+    env = dict(os.environ)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONIOENCODING": "utf-8"})
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untrained width-4 Attention U-Net saved as ``tiny.safetensors`` (+ ``tiny.json``)."""
+    import torch
+
+    from meddeblur.models import ModelConfig, build_model, save_weights
+
+    config = ModelConfig(width=4)
+    torch.manual_seed(0)
+    model = build_model(config)
+    return save_weights(model, config, tmp_path_factory.mktemp("tiny-model") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_weights: Path):
+    """The network in ``tiny_weights``, loaded on the CPU in eval mode."""
+    from meddeblur.models import load_model
+
+    return load_model(tiny_weights, "cpu")[0]
+
+
+@pytest.fixture(scope="session")
+def empty_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A TORCH_HOME with no hub cache, so nothing is found (or downloaded) there."""
+    return tmp_path_factory.mktemp("torch-home")
+
+
+@pytest.fixture(scope="session")
+def run_cli(empty_torch_home: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """``run_cli(*args, cwd=..., env={...})`` runs ``python -m meddeblur ARGS`` and captures its output.
+
+    ``env`` holds variables to set on top of :func:`cli_env` (whose TORCH_HOME is empty).
+    """
+
+    def run(*args: object, cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "meddeblur", *map(str, args)],
+            cwd=cwd, env=cli_env(**{"TORCH_HOME": str(empty_torch_home), **(env or {})}),
+            capture_output=True, text=True, encoding="utf-8", timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+
+    return run
