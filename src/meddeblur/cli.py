@@ -1,4 +1,4 @@
-"""The ``meddeblur`` command line: train, evaluate, deblur, demo."""
+"""The ``meddeblur`` command line: train, evaluate, deblur, synth, demo."""
 
 from __future__ import annotations
 
@@ -33,6 +33,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a model on blurred/sharp pairs",
                                 description="Train the reference Attention U-Net (Adam, early stopping, LR plateau).")
     _add_data_args(train, "(not needed with --resume)")
+    train.add_argument("--degrade", metavar="SPEC", help="train from sharp images only, degraded on the fly: 'mixed', "
+                       "'gauss:sigma=0.5..2.5', 'motion:length=11+noise:sigma=0..0.01', … (see README)")
     train.add_argument("--out", help="run folder to create (default runs/<time>)")
     train.add_argument("--width", type=int, help="base filters; 64 = reference (default 64)")
     size = train.add_mutually_exclusive_group()
@@ -58,6 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                    description="PSNR/SSIM of the blurred input and of the model, per image and on average.")
     evaluate.add_argument("--model", required=True, help="run folder or .safetensors weights")
     _add_data_args(evaluate, "(default: the run's data)")
+    evaluate.add_argument("--degrade", metavar="SPEC", help="evaluate on sharp images degraded with SPEC (fixed seed)")
     evaluate.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="default test (the run's split.json)")
     evaluate.add_argument("--out", help="report folder (default next to the weights: eval-<split>/)")
     evaluate.add_argument("--size", type=int, help="resize to SIZE×SIZE (default: as trained)")
@@ -75,6 +78,15 @@ def _build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     deblur.set_defaults(handler=_deblur)
 
+    synth = commands.add_parser("synth", help="write a paired data set by degrading sharp images",
+                                description="Degrade sharp images into blurred/, sharp/, kernels/*.npy and manifest.json.")
+    synth.add_argument("--sharp", required=True, help="folder of sharp images")
+    synth.add_argument("-o", "--out", required=True, help="output folder (created; must not be the --sharp folder)")
+    synth.add_argument("--degrade", required=True, metavar="SPEC", help="degradation spec, e.g. mixed or gauss:sigma=1.2")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the degradation draws (default 0)")
+    synth.add_argument("--size", type=int, help="resize to SIZE×SIZE first (area), like the reference protocol")
+    synth.set_defaults(handler=_synth)
+
     demo = commands.add_parser("demo", help="run the whole job on generated images (offline, about a minute)")
     demo.add_argument("-o", "--out", default="meddeblur-demo", help="output folder (default ./meddeblur-demo)")
     demo.add_argument("--epochs", type=int, default=60, help="epochs for the tiny demo model (default 60)")
@@ -84,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # Options that may change when a run is resumed; everything else is fixed by run.json.
 _RESUMABLE = {"epochs", "device"}
-_TRAIN_FLAGS = ("out", "width", "size", "crop", "epochs", "batch", "lr", "seed", "perceptual", "vgg19_weights",
+_TRAIN_FLAGS = ("out", "degrade", "width", "size", "crop", "epochs", "batch", "lr", "seed", "perceptual", "vgg19_weights",
                 "patience", "lr_patience", "device")
 
 
@@ -107,7 +119,11 @@ def _train(args: argparse.Namespace) -> int:
         options = replace(options, out=str(args.resume), **{k: given[k] for k in _RESUMABLE & given.keys()})
         run = train(options, resume=True)
     else:
-        blurred, sharp = data_dirs(args.data, args.blurred, args.sharp)
+        blurred, sharp = data_dirs(args.data, args.blurred, args.sharp, args.degrade)
+        if args.degrade:
+            from meddeblur.degrade import parse_spec
+
+            given["degrade"] = str(parse_spec(args.degrade))
         given.setdefault("out", str(Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")))
         if "crop" in given:
             given["size"] = None
@@ -126,7 +142,7 @@ def _train(args: argparse.Namespace) -> int:
         for name, value in weights.items():
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"--w-{name} {value}: must be 0 (term off) or a positive number")
-        options = TrainOptions(blurred_dir=str(blurred), sharp_dir=str(sharp), loss=LossWeights(**weights), **given)
+        options = TrainOptions(blurred_dir=str(blurred) if blurred else None, sharp_dir=str(sharp), loss=LossWeights(**weights), **given)
         run = train(options)
     print(f"run folder: {run}")
     return 0
@@ -141,8 +157,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UserError(f"--size {args.size}: must be at least 16 pixels")
     blurred = sharp = None
     if args.data or args.blurred or args.sharp:
-        blurred, sharp = map(str, data_dirs(args.data, args.blurred, args.sharp))
-    report = evaluate(EvalOptions(model=args.model, blurred_dir=blurred, sharp_dir=sharp, split=args.split, out=args.out,
+        blurred, sharp = data_dirs(args.data, args.blurred, args.sharp, args.degrade)
+        blurred, sharp = (str(blurred) if blurred else None), str(sharp)
+    report = evaluate(EvalOptions(model=args.model, blurred_dir=blurred, sharp_dir=sharp, degrade=args.degrade, split=args.split, out=args.out,
                                   size=args.size, native=args.native, device=str(pick_device(args.device))))
     summary = report["summary"]
     print(f"{report['images']} images ({report['split']}): input {summary['input_psnr']['mean']:.2f} dB / "
@@ -162,6 +179,18 @@ def _deblur(args: argparse.Namespace) -> int:
     model, _, _ = load_model(args.model, device)
     written = deblur_files(model, args.inputs, args.out, fmt=args.format, device=device, jpeg_quality=args.jpeg_quality)
     print(f"{len(written)} image(s) written to {args.out}")
+    return 0
+
+
+def _synth(args: argparse.Namespace) -> int:
+    from meddeblur.synth import synthesize
+
+    if args.size is not None and args.size < 16:
+        raise UserError(f"--size {args.size}: must be at least 16 pixels")
+    if args.seed < 0:
+        raise UserError(f"--seed {args.seed}: must be 0 or a positive integer")
+    manifest = synthesize(args.sharp, args.out, args.degrade, seed=args.seed, size=args.size)
+    print(f"{len(manifest['images'])} pairs written to {args.out} (blurred/, sharp/, kernels/, manifest.json)")
     return 0
 
 

@@ -1,9 +1,10 @@
-"""Paired blurred/sharp data: pairing by name, the seeded split, datasets, augmentation."""
+"""Training data: blurred/sharp pairs by name, or sharp images degraded on the fly; the seeded split, augmentation."""
 
 from __future__ import annotations
 
 import json
 import re
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from meddeblur.degrade import Degradation, DegradeSpec, degradation_seed, degrade
 from meddeblur.errors import UserError
 from meddeblur.io import atomic_write, list_images, read_image, read_rgb, resize_area
 
@@ -19,14 +21,20 @@ BLURRED_SUFFIXES = ("_blurry", "_blurred", "_blur", "_zamucena")
 SHARP_SUFFIXES = ("_sharp", "_ostra", "_gt")
 SPLIT_FILE = "split.json"
 SPLIT_FRACTIONS = (0.7, 0.2, 0.1)
+#: Validation/test images made from sharp ones use this seed, whatever the run's --seed, so
+#: every run (and the benchmark) scores on identical degraded images.
+EVAL_DEGRADE_SEED = 20_261_123
 
 
 @dataclass(frozen=True)
 class Pair:
-    """One training example: the key both file names reduce to, and the two files."""
+    """One example: the key both file names reduce to, and the two files.
+
+    ``blurred`` is None for sharp-only data, whose blurred input is synthesised.
+    """
 
     name: str
-    blurred: Path
+    blurred: Path | None
     sharp: Path
 
 
@@ -75,12 +83,37 @@ def pair_images(blurred_dir: str | Path, sharp_dir: str | Path) -> list[Pair]:
     return [Pair(k, blurred[k], sharp[k]) for k in sorted(blurred)]
 
 
+def sharp_only(sharp_dir: str | Path) -> list[Pair]:
+    """Sharp-only data: one :class:`Pair` per image (``blurred`` None), named by stem."""
+    pairs = [Pair(pair_key(path, SHARP_SUFFIXES), None, path) for path in list_images(sharp_dir)]
+    names = [p.name for p in pairs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise UserError(f"ambiguous in {sharp_dir}: several files named {_listing(duplicates)} (other extension or suffix); rename or remove them")
+    return pairs
+
+
+def load_pairs(blurred_dir: str | Path | None, sharp_dir: str | Path, degrade: str | None) -> list[Pair]:
+    """Sharp-only examples when a degradation makes the inputs, else blurred/sharp pairs by name."""
+    return sharp_only(sharp_dir) if degrade else pair_images(blurred_dir, sharp_dir)
+
+
+def fixed_degradation(sharp: torch.Tensor, spec: DegradeSpec, name: str) -> tuple[torch.Tensor, Degradation]:
+    """The validation/test degradation of image ``name``: (3, H, W) → (blurred (3, H, W), what was done).
+
+    Seeded by the name and :data:`EVAL_DEGRADE_SEED` only, so it is identical across runs.
+    """
+    generator = torch.Generator().manual_seed(degradation_seed(EVAL_DEGRADE_SEED, zlib.crc32(name.encode())))
+    blurred, done = degrade(sharp, spec, generator)
+    return blurred, done[0]
+
+
 def check_pairs(pairs: list[Pair]) -> None:
     """Decode every image before any work starts; one error listing every bad file and size mismatch."""
     problems = []
     for pair in pairs:
         shapes = []
-        for path in (pair.blurred, pair.sharp):
+        for path in (pair.blurred, pair.sharp) if pair.blurred is not None else (pair.sharp,):
             try:
                 shapes.append(read_image(path).rgb.shape)
             except UserError as error:
@@ -92,17 +125,29 @@ def check_pairs(pairs: list[Pair]) -> None:
                         + (f"; … ({len(problems) - 8} more)" if len(problems) > 8 else "") + " — fix or remove them, then run again")
 
 
-def data_dirs(data: str | Path | None, blurred: str | Path | None, sharp: str | Path | None) -> tuple[Path, Path]:
-    """Resolve ``--data DIR`` (with ``blurred/`` and ``sharp/``) or ``--blurred``/``--sharp``."""
+def data_dirs(data: str | Path | None, blurred: str | Path | None, sharp: str | Path | None,
+              degrade: str | None = None) -> tuple[Path | None, Path]:
+    """Resolve ``--data DIR`` (with ``blurred/`` and ``sharp/``) or ``--blurred``/``--sharp``.
+
+    With ``degrade`` only sharp images are needed: ``--sharp DIR``, or ``--data DIR``
+    meaning ``DIR/sharp`` when that exists, else ``DIR`` itself. Returns (blurred, sharp).
+    """
+    if data is not None and (blurred is not None or sharp is not None):
+        raise UserError("give either --data DIR or --blurred DIR --sharp DIR, not both")
+    if data is not None and not Path(data).is_dir():
+        raise UserError(f"{data}: no such folder; --data needs a folder holding blurred/ and sharp/ (or sharp images with --degrade)")
+    if degrade:
+        if blurred is not None:
+            raise UserError(f"--degrade {degrade} makes the blurred inputs from sharp images; drop --blurred {blurred}")
+        if data is not None:
+            return None, Path(data) / "sharp" if (Path(data) / "sharp").is_dir() else Path(data)
+        if sharp is None:
+            raise UserError("no data given: pass --sharp DIR (sharp images to degrade) or --data DIR")
+        return None, Path(sharp)
     if data is not None:
-        if blurred is not None or sharp is not None:
-            raise UserError("give either --data DIR or --blurred DIR --sharp DIR, not both")
-        root = Path(data)
-        if not root.is_dir():
-            raise UserError(f"{root}: no such folder; --data needs a folder holding blurred/ and sharp/")
-        return root / "blurred", root / "sharp"
+        return Path(data) / "blurred", Path(data) / "sharp"
     if blurred is None or sharp is None:
-        raise UserError("no data given: pass --data DIR (with blurred/ and sharp/) or both --blurred DIR and --sharp DIR")
+        raise UserError("no data given: pass --data DIR (with blurred/ and sharp/), both --blurred DIR and --sharp DIR, or --sharp DIR with --degrade SPEC")
     return Path(blurred), Path(sharp)
 
 
@@ -167,17 +212,23 @@ def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
 class PairDataset(Dataset):
     """(blurred, sharp) float tensors shaped (3, H, W) in [0, 1].
 
-    ``size``: both images resized to size×size (area interpolation when shrinking),
-    the reference protocol. ``crop``: a random crop of crop×crop at native
-    resolution (centre crop when ``augment`` is off). Randomness comes from
-    ``seed``, the epoch (:meth:`set_epoch`) and the index only, so a resumed run
-    sees exactly the samples an uninterrupted one would.
+    ``size``: images resized to size×size (area interpolation when shrinking), the
+    reference protocol. ``crop``: a random crop×crop window at native resolution
+    (centre crop when ``augment`` is off). With ``degrade``, pairs have no blurred
+    file: the sharp image (after resize/crop/augmentation) is degraded — afresh each
+    epoch for training, or once and identically across runs when ``fixed`` (val/test).
+    Randomness comes from ``seed``, the epoch (:meth:`set_epoch`) and the index only,
+    so a resumed run sees exactly the samples an uninterrupted one would.
     """
 
-    def __init__(self, pairs: list[Pair], size: int | None = 256, crop: int | None = None, augment: bool = False, seed: int = 0) -> None:
+    def __init__(self, pairs: list[Pair], size: int | None = 256, crop: int | None = None, augment: bool = False,
+                 seed: int = 0, degrade: DegradeSpec | None = None, fixed: bool = False) -> None:
         if (size is None) == (crop is None):
             raise ValueError("give exactly one of size or crop")
+        if degrade is None and any(p.blurred is None for p in pairs):
+            raise ValueError("sharp-only pairs need a degradation spec")
         self.pairs, self.size, self.crop, self.augment, self.seed = pairs, size, crop, augment, seed
+        self.degrade, self.fixed = degrade, fixed
         self.epoch = 0
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -191,21 +242,25 @@ class PairDataset(Dataset):
         if index in self._cache:
             return self._cache[index]
         pair = self.pairs[index]
-        blurred, sharp = read_rgb(pair.blurred), read_rgb(pair.sharp)
+        sharp = read_rgb(pair.sharp)
+        blurred = read_rgb(pair.blurred) if pair.blurred is not None else sharp
         if blurred.shape != sharp.shape:
             raise UserError(f"{pair.blurred}: size {blurred.shape[1]}×{blurred.shape[0]} differs from its sharp partner {pair.sharp.name} ({sharp.shape[1]}×{sharp.shape[0]}); fix the pair")
-        if self.size is not None:
-            # Resized 256×256 pairs are small: keep them decoded for the whole run.
-            loaded = _to_tensor(resize_area(blurred, (self.size, self.size))), _to_tensor(resize_area(sharp, (self.size, self.size)))
-            self._cache[index] = loaded
-            return loaded
-        if min(blurred.shape[:2]) < self.crop:
-            raise UserError(f"{pair.blurred}: image {blurred.shape[1]}×{blurred.shape[0]} is smaller than --crop {self.crop}; lower --crop")
-        return _to_tensor(blurred), _to_tensor(sharp)
+        if self.size is None:
+            if min(sharp.shape[:2]) < self.crop:
+                raise UserError(f"{pair.sharp}: image {sharp.shape[1]}×{sharp.shape[0]} is smaller than --crop {self.crop}; lower --crop")
+            return _to_tensor(blurred), _to_tensor(sharp)
+        sharp_t = _to_tensor(resize_area(sharp, (self.size, self.size)))
+        blurred_t = sharp_t if pair.blurred is None else _to_tensor(resize_area(blurred, (self.size, self.size)))
+        if self.degrade is not None and pair.blurred is None and self.fixed:
+            blurred_t = fixed_degradation(sharp_t, self.degrade, pair.name)[0]
+        # Resized pairs are small: keep them decoded (and fixed degradations made) for the whole run.
+        self._cache[index] = blurred_t, sharp_t
+        return blurred_t, sharp_t
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         blurred, sharp = self._load(index)
-        generator = torch.Generator().manual_seed(hash((self.seed, self.epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        generator = torch.Generator().manual_seed(degradation_seed(self.seed, self.epoch, index))
         if self.crop is not None:
             height, width = blurred.shape[-2:]
             if self.augment:
@@ -217,4 +272,10 @@ class PairDataset(Dataset):
             blurred, sharp = blurred[window], sharp[window]
         if self.augment:
             blurred, sharp = augment_pair(blurred, sharp, generator)
+        pair = self.pairs[index]
+        if pair.blurred is None and not (self.fixed and self.size is not None):
+            if self.fixed:
+                blurred = fixed_degradation(sharp, self.degrade, pair.name)[0]
+            else:
+                blurred = degrade(sharp, self.degrade, generator)[0]
         return blurred, sharp

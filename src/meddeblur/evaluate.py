@@ -14,7 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from meddeblur.data import SPLIT_FILE, check_pairs, pair_images, read_split, select
+from meddeblur.data import SPLIT_FILE, Pair, check_pairs, fixed_degradation, load_pairs, read_split, select
+from meddeblur.degrade import DegradeSpec, parse_spec
 from meddeblur.errors import UserError
 from meddeblur.infer import deblur_array
 from meddeblur.io import atomic_write, read_rgb, resize_area
@@ -34,6 +35,7 @@ class EvalOptions:
     model: str
     blurred_dir: str | None = None
     sharp_dir: str | None = None
+    degrade: str | None = None
     split: str = "test"
     out: str | None = None
     size: int | None = None
@@ -71,16 +73,34 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _samples(pairs: list[Pair], size: int | None, spec: DegradeSpec | None):
+    """(name, blurred, sharp) as (H, W, 3) float arrays: resized first, then degraded (sharp-only data)."""
+    for pair in pairs:
+        sharp = read_rgb(pair.sharp)
+        blurred = read_rgb(pair.blurred) if pair.blurred is not None else None
+        if size:
+            sharp = resize_area(sharp, (size, size))
+            blurred = resize_area(blurred, (size, size)) if blurred is not None else None
+        if blurred is None:
+            made, _ = fixed_degradation(torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1))), spec, pair.name)
+            blurred = made.numpy().transpose(1, 2, 0)
+        yield pair.name, blurred, sharp
+
+
 def evaluate(options: EvalOptions) -> dict:
     """Score a model on a data split; writes per_image.csv, metrics.json, report.md, comparison.png."""
     model, config, weights = load_model(options.model, options.device)
     run = run_folder_of(weights)
     run_options = json.loads((run / "run.json").read_text())["options"] if run else {}
-    blurred_dir = options.blurred_dir or run_options.get("blurred_dir")
-    sharp_dir = options.sharp_dir or run_options.get("sharp_dir")
-    if not blurred_dir or not sharp_dir:
-        raise UserError(f"{weights}: not inside a run folder, so the data is unknown; pass --data DIR or --blurred/--sharp")
-    pairs = pair_images(blurred_dir, sharp_dir)
+    if options.sharp_dir:
+        blurred_dir, sharp_dir, degrade = options.blurred_dir, options.sharp_dir, options.degrade
+    else:
+        blurred_dir, sharp_dir = run_options.get("blurred_dir"), run_options.get("sharp_dir")
+        degrade = options.degrade or run_options.get("degrade")
+    if not sharp_dir or not (blurred_dir or degrade):
+        raise UserError(f"{weights}: not inside a run folder, so the data is unknown; pass --data DIR, --blurred/--sharp, or --sharp with --degrade")
+    spec = parse_spec(degrade) if degrade else None
+    pairs = load_pairs(blurred_dir, sharp_dir, degrade)
     if options.split == "all":
         chosen = pairs
     elif options.split in ("train", "val", "test"):
@@ -95,25 +115,22 @@ def evaluate(options: EvalOptions) -> dict:
     else:
         size = options.size or run_options.get("size") or (None if run_options.get("crop") else 256)
     protocol = f"images resized to {size}×{size} (area)" if size else "native resolution"
+    if spec is not None:
+        protocol += f", then degraded with '{spec}' (fixed seed)"
     out = Path(options.out) if options.out else weights.parent / f"eval-{options.split}"
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: --out is a file; pass a folder for the report")
 
     records, figure_rows = [], []
-    for pair in tqdm(chosen, desc="evaluating", unit="image", disable=None):
-        blurred, sharp = read_rgb(pair.blurred), read_rgb(pair.sharp)
-        if blurred.shape != sharp.shape:
-            raise UserError(f"{pair.blurred}: size differs from its sharp partner {pair.sharp.name}; fix the pair")
-        if size:
-            blurred, sharp = resize_area(blurred, (size, size)), resize_area(sharp, (size, size))
+    for name, blurred, sharp in tqdm(_samples(chosen, size, spec), total=len(chosen), desc="evaluating", unit="image", disable=None):
         restored = deblur_array(model, blurred, options.device)
         in_psnr, in_ssim = psnr_ssim_numpy(blurred, sharp)
         out_psnr, out_ssim = psnr_ssim_numpy(restored, sharp)
-        record = {"name": pair.name, "input_psnr": min(in_psnr, PSNR_CAP), "input_ssim": in_ssim,
+        record = {"name": name, "input_psnr": min(in_psnr, PSNR_CAP), "input_ssim": in_ssim,
                   "model_psnr": min(out_psnr, PSNR_CAP), "model_ssim": out_ssim}
         records.append(record)
         if len(figure_rows) < options.figure_rows:
-            figure_rows.append((pair.name, blurred, restored, sharp, record))
+            figure_rows.append((name, blurred, restored, sharp, record))
 
     report = {
         "model": str(weights), "model_id": weights_id(weights), "arch": config.arch, "width": config.width,

@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from meddeblur import __version__
-from meddeblur.data import SPLIT_FILE, PairDataset, check_pairs, pair_images, read_split, select, split_names, write_split
+from meddeblur.data import EVAL_DEGRADE_SEED, SPLIT_FILE, PairDataset, check_pairs, load_pairs, read_split, select, split_names, write_split
+from meddeblur.degrade import parse_spec
 from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.io import atomic_path, atomic_write
@@ -40,9 +41,10 @@ HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_psnr", "train_ssim", "val_
 class TrainOptions:
     """Every option of ``meddeblur train``; stored in the run folder and reused by ``--resume``."""
 
-    blurred_dir: str
+    blurred_dir: str | None
     sharp_dir: str
     out: str
+    degrade: str | None = None
     arch: str = "attention-unet"
     width: int = 64
     size: int | None = 256
@@ -159,7 +161,7 @@ def _prepare_run(options: TrainOptions) -> tuple[Path, list, list]:
         raise UserError(f"{run}: --out is a file; pass a folder for the run")
     if (run / CHECKPOINT).exists():
         raise UserError(f"{run}: already holds a run; continue it with --resume {run} or choose another --out")
-    pairs = pair_images(options.blurred_dir, options.sharp_dir)
+    pairs = load_pairs(options.blurred_dir, options.sharp_dir, options.degrade)
     check_pairs(pairs)
     split = split_names([p.name for p in pairs], seed=options.seed)
     run.mkdir(parents=True, exist_ok=True)
@@ -183,12 +185,13 @@ def read_run_options(run: str | Path) -> TrainOptions:
 def train(options: TrainOptions, resume: bool = False) -> Path:
     """Train (or resume) a run and return its folder. The best weights are ``RUN/best.safetensors``."""
     device = pick_device(options.device)
+    spec = parse_spec(options.degrade) if options.degrade else None
     loss_fn = build_loss(options.loss, options.vgg19_weights, options.perceptual)  # fails before any work if VGG is missing
     if resume:
         run = Path(options.out)
 
         split = read_split(run / SPLIT_FILE)
-        pairs = pair_images(options.blurred_dir, options.sharp_dir)
+        pairs = load_pairs(options.blurred_dir, options.sharp_dir, options.degrade)
         check_pairs(pairs)
         train_pairs, val_pairs = select(pairs, split["train"], str(run / SPLIT_FILE)), select(pairs, split["val"], str(run / SPLIT_FILE))
         state = load_checkpoint(run / CHECKPOINT)
@@ -226,8 +229,11 @@ def train(options: TrainOptions, resume: bool = False) -> Path:
     log(f"meddeblur {__version__}: {config.arch} width {config.width} ({trainable:,} parameters) on {device}; "
         f"{len(train_pairs)} train / {len(val_pairs)} val pairs, {protocol}; batch {options.batch}, Adam lr {options.lr:g}")
     log(loss_fn.describe())
-    train_set = PairDataset(train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed)
-    val_set = PairDataset(val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed)
+    if spec is not None:
+        log(f"blurred inputs synthesised from the sharp images with '{spec}': fresh for every training epoch, "
+            f"fixed (seed {EVAL_DEGRADE_SEED}) for validation and test")
+    train_set = PairDataset(train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed, degrade=spec)
+    val_set = PairDataset(val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed, degrade=spec, fixed=True)
 
     for epoch in range(first_epoch, options.epochs + 1):
         started = time.perf_counter()
