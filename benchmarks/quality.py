@@ -154,7 +154,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
-    torch.set_grad_enabled(False)
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "CPU")
     machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny model saved once per session and a runner for the real CLI."""
+"""Shared fixtures: a tiny model saved once per session, a runner for the real CLI, the ISIC images."""
 
 from __future__ import annotations
 
@@ -62,3 +62,21 @@ def run_cli(empty_torch_home: Path) -> Callable[..., subprocess.CompletedProcess
         )
 
     return run
+
+
+ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-dermoscopy"))
+
+
+@pytest.fixture(scope="session")
+def isic_images() -> list[Path]:
+    """The real ISIC photographs in ../shared (read in place, never copied into the repository).
+
+    Absent folder: the test skips and says why; under CI (CI set), which has the
+    folder, its absence is a failure, so these tests cannot silently vanish.
+    """
+    images = sorted((ISIC / "images").glob("*.jpg"))
+    if not images:
+        if os.environ.get("CI"):
+            pytest.fail(f"{ISIC}: ISIC images missing on CI, where ../shared must be present")
+        pytest.skip(f"{ISIC}: ISIC images not present (../shared absent); set MEDDEBLUR_ISIC_DIR to run these tests")
+    return images

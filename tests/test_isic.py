@@ -6,8 +6,6 @@ it, a missing folder is a failure instead, so the tests cannot silently vanish.
 """
 
 import json
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -16,18 +14,7 @@ import pytest
 from meddeblur.cli import main
 from meddeblur.io import read_image, write_image
 
-ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-dermoscopy"))
-
-
-@pytest.fixture(scope="module")
-def isic_images() -> list[Path]:
-    images = sorted((ISIC / "images").glob("*.jpg"))
-    if not images:
-        if os.environ.get("CI"):
-            pytest.fail(f"{ISIC}: ISIC images missing on CI, where ../shared must be present")
-        pytest.skip(f"{ISIC}: ISIC images not present (../shared absent); set MEDDEBLUR_ISIC_DIR to run these tests")
-    return images
-
+from conftest import ISIC
 
 def test_metadata_matches_decoded_images(isic_images):
     import csv

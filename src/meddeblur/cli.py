@@ -53,6 +53,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10)")
     train.add_argument("--lr-patience", type=int, help="epochs without improvement before LR × 0.5 (default 5)")
     train.add_argument("--device", help="auto, cpu, cuda or mps (default auto)")
+    train.add_argument("--skip-bad", action="store_true", default=None,
+                       help="leave out unreadable or mismatched images (listed in the log) instead of stopping")
     train.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped (--epochs may raise the limit)")
     train.set_defaults(handler=_train)
 
@@ -65,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="report folder (default next to the weights: eval-<split>/)")
     evaluate.add_argument("--size", type=int, help="resize to SIZE×SIZE (default: as trained)")
     evaluate.add_argument("--native", action="store_true", help="evaluate at stored resolution")
+    evaluate.add_argument("--skip-bad", action="store_true", help="leave out unreadable or mismatched images instead of stopping")
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     evaluate.set_defaults(handler=_evaluate)
 
@@ -97,7 +100,7 @@ def _build_parser() -> argparse.ArgumentParser:
 # Options that may change when a run is resumed; everything else is fixed by run.json.
 _RESUMABLE = {"epochs", "device"}
 _TRAIN_FLAGS = ("out", "degrade", "width", "size", "crop", "epochs", "batch", "lr", "seed", "perceptual", "vgg19_weights",
-                "patience", "lr_patience", "device")
+                "patience", "lr_patience", "device", "skip_bad")
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -160,7 +163,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         blurred, sharp = data_dirs(args.data, args.blurred, args.sharp, args.degrade)
         blurred, sharp = (str(blurred) if blurred else None), str(sharp)
     report = evaluate(EvalOptions(model=args.model, blurred_dir=blurred, sharp_dir=sharp, degrade=args.degrade, split=args.split, out=args.out,
-                                  size=args.size, native=args.native, device=str(pick_device(args.device))))
+                                  skip_bad=args.skip_bad, size=args.size, native=args.native, device=str(pick_device(args.device))))
     summary = report["summary"]
     print(f"{report['images']} images ({report['split']}): input {summary['input_psnr']['mean']:.2f} dB / "
           f"{summary['input_ssim']['mean']:.4f} → model {summary['model_psnr']['mean']:.2f} dB / {summary['model_ssim']['mean']:.4f}")

@@ -108,21 +108,29 @@ def fixed_degradation(sharp: torch.Tensor, spec: DegradeSpec, name: str) -> tupl
     return blurred, done[0]
 
 
-def check_pairs(pairs: list[Pair]) -> None:
-    """Decode every image before any work starts; one error listing every bad file and size mismatch."""
-    problems = []
+def check_pairs(pairs: list[Pair], skip_bad: bool = False) -> tuple[list[Pair], list[str]]:
+    """Decode every image before any work starts: (usable pairs, one message per bad file or mismatch).
+
+    Without ``skip_bad`` any problem is one error listing every bad file at once;
+    with it the bad pairs are dropped and their messages returned for the log.
+    """
+    problems, kept = [], []
     for pair in pairs:
-        shapes = []
+        shapes, bad = [], []
         for path in (pair.blurred, pair.sharp) if pair.blurred is not None else (pair.sharp,):
             try:
                 shapes.append(read_image(path).rgb.shape)
             except UserError as error:
-                problems.append(str(error).split(";")[0])
-        if len(shapes) == 2 and shapes[0] != shapes[1]:
-            problems.append(f"{pair.blurred}: {shapes[0][1]}×{shapes[0][0]} but its sharp partner {pair.sharp.name} is {shapes[1][1]}×{shapes[1][0]}")
-    if problems:
+                bad.append(str(error).split(";")[0])
+        if not bad and len(shapes) == 2 and shapes[0] != shapes[1]:
+            bad.append(f"{pair.blurred}: {shapes[0][1]}×{shapes[0][0]} but its sharp partner {pair.sharp.name} is {shapes[1][1]}×{shapes[1][0]}")
+        problems.extend(bad)
+        if not bad:
+            kept.append(pair)
+    if problems and not skip_bad:
         raise UserError(f"{len(problems)} bad image(s) in the data: " + "; ".join(problems[:8])
-                        + (f"; … ({len(problems) - 8} more)" if len(problems) > 8 else "") + " — fix or remove them, then run again")
+                        + (f"; … ({len(problems) - 8} more)" if len(problems) > 8 else "") + " — fix or remove them, or pass --skip-bad")
+    return kept, problems
 
 
 def data_dirs(data: str | Path | None, blurred: str | Path | None, sharp: str | Path | None,

@@ -37,6 +37,7 @@ class EvalOptions:
     sharp_dir: str | None = None
     degrade: str | None = None
     split: str = "test"
+    skip_bad: bool = False
     out: str | None = None
     size: int | None = None
     native: bool = False
@@ -109,7 +110,9 @@ def evaluate(options: EvalOptions) -> dict:
         chosen = select(pairs, read_split(run / SPLIT_FILE)[options.split], str(run / SPLIT_FILE))
     else:
         raise UserError(f"--split {options.split}: choose test, val, train or all")
-    check_pairs(chosen)
+    chosen, skipped = check_pairs(chosen, options.skip_bad)
+    if not chosen:
+        raise UserError(f"{sharp_dir}: no usable images left after --skip-bad; fix the files listed by running without it")
     if options.native:
         size = None
     else:
@@ -134,7 +137,7 @@ def evaluate(options: EvalOptions) -> dict:
 
     report = {
         "model": str(weights), "model_id": weights_id(weights), "arch": config.arch, "width": config.width,
-        "split": options.split, "images": len(records), "protocol": protocol,
+        "split": options.split, "images": len(records), "protocol": protocol, "skipped": skipped,
         "summary": {k: _summary([r[k] for r in records]) for k in METRIC_FIELDS},
         "per_image": records,
     }

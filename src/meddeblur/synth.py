@@ -29,8 +29,7 @@ def synthesize(sharp_dir: str | Path, out: str | Path, spec: str, seed: int = 0,
         raise UserError(f"{out}: output is a file; pass a new folder with -o")
     if sharp_dir.resolve() in {(out / sub).resolve() for sub in ("", "sharp", "blurred", "kernels")}:
         raise UserError(f"{out}: would write into the input folder {sharp_dir}; choose another -o")
-    pairs = sharp_only(sharp_dir)
-    check_pairs(pairs)
+    pairs, _ = check_pairs(sharp_only(sharp_dir))
     entries = []
     for pair in tqdm(pairs, desc="synthesising", unit="image", disable=None):
         sharp = read_rgb(pair.sharp)

@@ -60,6 +60,7 @@ class TrainOptions:
     lr_patience: int = 5
     lr_factor: float = 0.5
     device: str = "auto"
+    skip_bad: bool = False
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainOptions":
@@ -155,20 +156,19 @@ def load_checkpoint(path: Path) -> dict:
         raise UserError(f"{path}: checkpoint is unreadable ({type(exc).__name__}); start a new run or restore the file") from None
 
 
-def _prepare_run(options: TrainOptions) -> tuple[Path, list, list]:
+def _prepare_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
     run = Path(options.out)
     if run.exists() and not run.is_dir():
         raise UserError(f"{run}: --out is a file; pass a folder for the run")
     if (run / CHECKPOINT).exists():
         raise UserError(f"{run}: already holds a run; continue it with --resume {run} or choose another --out")
-    pairs = load_pairs(options.blurred_dir, options.sharp_dir, options.degrade)
-    check_pairs(pairs)
+    pairs, skipped = check_pairs(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), options.skip_bad)
     split = split_names([p.name for p in pairs], seed=options.seed)
     run.mkdir(parents=True, exist_ok=True)
     write_split(run / SPLIT_FILE, split, options.seed)
     with atomic_write(run / RUN_FILE, "w") as fh:
         json.dump({"version": __version__, "options": asdict(options)}, fh, indent=2)
-    return run, select(pairs, split["train"], str(run / SPLIT_FILE)), select(pairs, split["val"], str(run / SPLIT_FILE))
+    return run, select(pairs, split["train"], str(run / SPLIT_FILE)), select(pairs, split["val"], str(run / SPLIT_FILE)), skipped
 
 
 def read_run_options(run: str | Path) -> TrainOptions:
@@ -191,12 +191,11 @@ def train(options: TrainOptions, resume: bool = False) -> Path:
         run = Path(options.out)
 
         split = read_split(run / SPLIT_FILE)
-        pairs = load_pairs(options.blurred_dir, options.sharp_dir, options.degrade)
-        check_pairs(pairs)
+        pairs, skipped = check_pairs(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), options.skip_bad)
         train_pairs, val_pairs = select(pairs, split["train"], str(run / SPLIT_FILE)), select(pairs, split["val"], str(run / SPLIT_FILE))
         state = load_checkpoint(run / CHECKPOINT)
     else:
-        run, train_pairs, val_pairs = _prepare_run(options)
+        run, train_pairs, val_pairs, skipped = _prepare_run(options)
         state = None
     log = RunLog(run / "train.log")
     config = ModelConfig(arch=options.arch, width=options.width)
@@ -229,6 +228,8 @@ def train(options: TrainOptions, resume: bool = False) -> Path:
     log(f"meddeblur {__version__}: {config.arch} width {config.width} ({trainable:,} parameters) on {device}; "
         f"{len(train_pairs)} train / {len(val_pairs)} val pairs, {protocol}; batch {options.batch}, Adam lr {options.lr:g}")
     log(loss_fn.describe())
+    if skipped:
+        log(f"--skip-bad: {len(skipped)} bad image(s) left out: " + "; ".join(skipped))
     if spec is not None:
         log(f"blurred inputs synthesised from the sharp images with '{spec}': fresh for every training epoch, "
             f"fixed (seed {EVAL_DEGRADE_SEED}) for validation and test")

@@ -1,0 +1,49 @@
+"""The benchmark scripts run end to end (tiny settings) and a trained run folder can be a row."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from meddeblur.models import ModelConfig, build_model, save_weights
+
+from conftest import ISIC
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):
+    quality = _load("quality")
+    run = tmp_path / "runs" / "tiny-mixed"
+    save_weights(build_model(ModelConfig(width=4)), ModelConfig(width=4), run / "best.safetensors")
+    out = tmp_path / "results"
+    assert quality.main(["--protocol", "seed", "--isic", str(ISIC), "--model", str(run), "--limit", "2", "--val-limit", "1",
+                         "--families", "gauss σ=1.2", "mixed", "--methods", "wiener", "unsharp_mask", "--out", str(out)]) == 0
+    result = json.loads((out / "quality_seed.json").read_text())
+    assert list(result["rows"]) == ["input", "Wiener (true kernel)", "Unsharp mask", "model: tiny-mixed"]
+    assert result["test_images"] == 2 and set(result["rows"]["input"]["families"]) == {"gauss σ=1.2", "mixed"}
+    wiener = result["rows"]["Wiener (true kernel)"]
+    assert wiener["families"]["gauss σ=1.2"]["psnr"] > result["rows"]["input"]["families"]["gauss σ=1.2"]["psnr"]
+    assert "nsr" in wiener["params"]["gauss σ=1.2"]
+    assert "| model: tiny-mixed |" in (out / "quality_seed.md").read_text()
+
+
+def test_committed_split_is_the_seeded_70_20_10_split_of_all_images(isic_images):
+    from meddeblur.data import split_names
+
+    committed = json.loads((ROOT / "benchmarks" / "isic_split.json").read_text())
+    assert {k: committed[k] for k in ("train", "val", "test")} == split_names([p.stem for p in isic_images], seed=42)
+
+
+def test_speed_benchmark_runs(tmp_path):
+    speed = _load("speed")
+    assert speed.main(["--widths", "4", "--steps", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "speed.json").read_text())["rows"][0]["width"] == 4
