@@ -111,3 +111,17 @@ def test_invalid_degradation_spec_is_a_one_line_error(sharp_dir, tmp_path, spec)
 def test_synth_refuses_to_write_into_its_input(sharp_dir, capsys):
     assert main(["synth", "--sharp", str(sharp_dir), "-o", str(sharp_dir), "--degrade", "gauss:sigma=1"]) == 2
     assert "input folder" in capsys.readouterr().err
+
+
+def test_native_crops_with_degradation(sharp_dir):
+    pairs = sharp_only(sharp_dir)
+    spec = parse_spec("defocus:radius=2")
+    val = PairDataset(pairs, size=None, crop=32, seed=0, degrade=spec, fixed=True)
+    blurred, sharp = val[0]
+    assert blurred.shape == sharp.shape == (3, 32, 32) and not torch.equal(blurred, sharp)
+    assert torch.equal(val[0][0], blurred)  # fixed: the same crop and blur every time
+    train = PairDataset(pairs, size=None, crop=32, augment=True, seed=0, degrade=spec)
+    train.set_epoch(1)
+    first = train[0]
+    train.set_epoch(2)
+    assert not torch.equal(first[1], train[0][1]) or not torch.equal(first[0], train[0][0])
