@@ -31,7 +31,8 @@ def _build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = commands.add_parser("train", help="train a model on blurred/sharp pairs",
-                                description="Train the reference Attention U-Net (Adam, early stopping, LR plateau).")
+                                description="Train the reference Attention U-Net (Adam, early stopping, LR plateau). "
+                                            "Data-parallel on several GPUs or processes: torchrun --nproc_per_node N -m meddeblur train ...")
     _add_data_args(train, "(not needed with --resume)")
     train.add_argument("--degrade", metavar="SPEC", help="train from sharp images only, degraded on the fly: 'mixed', "
                        "'gauss:sigma=0.5..2.5', 'motion:length=11+noise:sigma=0..0.01', … (see README)")
@@ -41,7 +42,7 @@ def _build_parser() -> argparse.ArgumentParser:
     size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (default 256, the reference protocol)")
     size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing")
     train.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
-    train.add_argument("--batch", type=int, help="batch size (default 8)")
+    train.add_argument("--batch", type=int, help="global batch size, split evenly over torchrun processes (default 8)")
     train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
     train.add_argument("--seed", type=int, help="seed for split, init and augmentation (default 42)")
     train.add_argument("--perceptual", action="store_true", default=None,
@@ -55,6 +56,11 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto, cpu, cuda or mps (default auto)")
     train.add_argument("--skip-bad", action="store_true", default=None,
                        help="leave out unreadable or mismatched images (listed in the log) instead of stopping")
+    train.add_argument("--no-amp", dest="amp", action="store_false", default=None,
+                       help="CUDA: train in float32 instead of mixed precision (bf16, or fp16 with loss scaling); "
+                            "mixed precision is the default on CUDA and never used on the CPU")
+    train.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
+                       help="CUDA: keep the NCHW memory layout instead of channels_last (the CUDA default; ignored on the CPU)")
     train.add_argument("--resume", metavar="RUN", help="continue RUN exactly where it stopped (--epochs may raise the limit)")
     train.set_defaults(handler=_train)
 
@@ -100,7 +106,8 @@ def _build_parser() -> argparse.ArgumentParser:
 # Options that may change when a run is resumed; everything else is fixed by run.json.
 _RESUMABLE = {"epochs", "device"}
 _TRAIN_FLAGS = ("out", "degrade", "width", "size", "crop", "epochs", "batch", "lr", "seed", "perceptual", "vgg19_weights",
-                "patience", "lr_patience", "device", "skip_bad")
+                "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last")
+_NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -108,6 +115,7 @@ def _train(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from meddeblur.data import data_dirs
+    from meddeblur.distributed import is_main
     from meddeblur.losses import LossWeights
     from meddeblur.train import TrainOptions, read_run_options, train
 
@@ -117,7 +125,7 @@ def _train(args: argparse.Namespace) -> int:
         fixed = sorted(set(given) - _RESUMABLE) + [f"w_{k}" for k in weights]
         fixed += [k for k in ("data", "blurred", "sharp") if getattr(args, k) is not None]
         if fixed:
-            raise UserError(f"--resume {args.resume}: only --epochs and --device may change; drop --{fixed[0].replace('_', '-')}")
+            raise UserError(f"--resume {args.resume}: only --epochs and --device may change; drop --{_NEGATED.get(fixed[0], fixed[0].replace('_', '-'))}")
         options = read_run_options(args.resume)
         options = replace(options, out=str(args.resume), **{k: given[k] for k in _RESUMABLE & given.keys()})
         run = train(options, resume=True)
@@ -147,7 +155,8 @@ def _train(args: argparse.Namespace) -> int:
                 raise UserError(f"--w-{name} {value}: must be 0 (term off) or a positive number")
         options = TrainOptions(blurred_dir=str(blurred) if blurred else None, sharp_dir=str(sharp), loss=LossWeights(**weights), **given)
         run = train(options)
-    print(f"run folder: {run}")
+    if is_main():  # under torchrun every process returns here; one report is enough
+        print(f"run folder: {run}")
     return 0
 
 
@@ -210,6 +219,9 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``meddeblur`` console script; returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # non-UTF-8 file names must not crash a print
+            stream.reconfigure(errors="backslashreplace")
     args = _build_parser().parse_args(argv)
     try:
         return args.handler(args)

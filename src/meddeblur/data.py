@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import zlib
 from collections import defaultdict
@@ -103,7 +104,7 @@ def fixed_degradation(sharp: torch.Tensor, spec: DegradeSpec, name: str) -> tupl
 
     Seeded by the name and :data:`EVAL_DEGRADE_SEED` only, so it is identical across runs.
     """
-    generator = torch.Generator().manual_seed(degradation_seed(EVAL_DEGRADE_SEED, zlib.crc32(name.encode())))
+    generator = torch.Generator().manual_seed(degradation_seed(EVAL_DEGRADE_SEED, zlib.crc32(os.fsencode(name))))
     blurred, done = degrade(sharp, spec, generator)
     return blurred, done[0]
 

@@ -6,6 +6,7 @@ import csv
 import io as _stdio
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,45 @@ def run_folder_of(weights: Path) -> Path | None:
     return weights.parent if (weights.parent / "run.json").is_file() else None
 
 
+def _run_options(run: Path) -> dict:
+    """The options ``train`` stored in ``run/run.json``."""
+    path = run / "run.json"
+    try:
+        options = json.loads(path.read_text(encoding="utf-8"))["options"]
+        if not isinstance(options, dict):
+            raise TypeError("options is not a mapping")
+        return options
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: unreadable run options ({type(exc).__name__}); restore the file, "
+                        "or pass the weights from outside the run folder with --data and --split all") from None
+
+
+def _check_out(out: Path, data_dirs: list[Path]) -> None:
+    """Fail before any work if the report folder cannot be made or would land among the data."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: --out is a file; pass a folder for the report")
+    if not out.exists() and os.path.lexists(out):
+        raise UserError(f"{out}: --out is a broken symbolic link; pass a folder for the report")
+    try:
+        resolved = out.resolve()
+        data = {d.resolve() for d in data_dirs}
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        raise UserError(f"{out}: --out is a symbolic link loop; pass a folder for the report") from None
+    if resolved in data:
+        # comparison.png would become one more image of the data set (or replace one).
+        raise UserError(f"{out}: --out is a data folder; pass another folder for the report")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{out}: cannot create the report folder, {parent} is a file; choose another --out")
+
+
+def _printable(name: str) -> str:
+    """A file name as valid UTF-8 text: bytes that were not UTF-8 are shown as \\udcXX escapes."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.pstdev(values) if len(values) > 1 else 0.0}
 
@@ -92,7 +132,7 @@ def evaluate(options: EvalOptions) -> dict:
     """Score a model on a data split; writes per_image.csv, metrics.json, report.md, comparison.png."""
     model, config, weights = load_model(options.model, options.device)
     run = run_folder_of(weights)
-    run_options = json.loads((run / "run.json").read_text())["options"] if run else {}
+    run_options = _run_options(run) if run else {}
     if options.sharp_dir:
         blurred_dir, sharp_dir, degrade = options.blurred_dir, options.sharp_dir, options.degrade
     else:
@@ -121,8 +161,7 @@ def evaluate(options: EvalOptions) -> dict:
     if spec is not None:
         protocol += f", then degraded with '{spec}' (fixed seed)"
     out = Path(options.out) if options.out else weights.parent / f"eval-{options.split}"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: --out is a file; pass a folder for the report")
+    _check_out(out, [Path(d) for d in (blurred_dir, sharp_dir) if d])
 
     records, figure_rows = [], []
     for name, blurred, sharp in tqdm(_samples(chosen, size, spec), total=len(chosen), desc="evaluating", unit="image", disable=None):
@@ -133,7 +172,7 @@ def evaluate(options: EvalOptions) -> dict:
                   "model_psnr": min(out_psnr, PSNR_CAP), "model_ssim": out_ssim}
         records.append(record)
         if len(figure_rows) < options.figure_rows:
-            figure_rows.append((name, blurred, restored, sharp, record))
+            figure_rows.append((_printable(name), blurred, restored, sharp, record))
 
     report = {
         "model": str(weights), "model_id": weights_id(weights), "arch": config.arch, "width": config.width,
@@ -145,7 +184,7 @@ def evaluate(options: EvalOptions) -> dict:
     buffer = _stdio.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=("name", *METRIC_FIELDS))
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows({**r, "name": _printable(r["name"])} for r in records)
     with atomic_write(out / "per_image.csv", "w") as fh:
         fh.write(buffer.getvalue())
     with atomic_write(out / "metrics.json", "w") as fh:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from meddeblur.errors import UserError
-from meddeblur.io import IMAGE_EXTENSIONS, list_images, read_image, write_image
+from meddeblur.io import IMAGE_EXTENSIONS, check_regular_file, list_images, read_image, write_image
 from meddeblur.models import SIZE_MULTIPLE
 
 FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp"}
@@ -19,17 +20,29 @@ _SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF
 
 
 @torch.no_grad()
-def deblur_tensor(model: nn.Module, images: torch.Tensor, multiple: int = SIZE_MULTIPLE) -> torch.Tensor:
-    """(N, 3, H, W) in [0, 1] → (N, 3, H, W) in [0, 1], any H, W ≥ ``multiple``.
+def deblur_tensor(model: nn.Module, images: torch.Tensor, multiple: int = SIZE_MULTIPLE,
+                  amp: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """(N, 3, H, W) in [0, 1] → (N, 3, H, W) float32 in [0, 1], any H, W ≥ ``multiple``.
 
     The network needs sides divisible by ``multiple``: pad by reflection (split
     between both sides so no border is always extrapolated), run, crop back.
+    On CUDA only, ``amp`` runs under autocast (bf16 where supported, else fp16) and
+    ``channels_last`` switches the input and the model (in place) to that memory
+    format; elsewhere both are ignored, so CPU results never change with them.
     """
     height, width = images.shape[-2:]
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
     padded = F.pad(images, padding, mode="reflect") if pad_h or pad_w else images
-    output = model(padded)
+    cuda = padded.device.type == "cuda"
+    if channels_last and cuda:
+        model.to(memory_format=torch.channels_last)
+        padded = padded.contiguous(memory_format=torch.channels_last)
+    if amp and cuda:
+        with torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16):
+            output = model(padded).float()
+    else:
+        output = model(padded)
     return output[..., padding[2]:padding[2] + height, padding[0]:padding[0] + width].clamp(0, 1)
 
 
@@ -40,15 +53,23 @@ def deblur_array(model: nn.Module, rgb: np.ndarray, device: str | torch.device =
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
-    """Expand files and folders (their images, non-recursive) into a list of files, each once."""
+    """Expand files and folders (their images, non-recursive) into a list of files, each once.
+
+    Every file must be (a link to) a regular file: a broken link, link loop, FIFO or
+    device fails here, naming it, before anything is opened.
+    """
     files: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
             files.extend(list_images(item))
         elif item.is_file():
             files.append(item)
-        else:
+        elif not os.path.lexists(item):
             raise UserError(f"{item}: no such file or folder; check the path")
+        else:
+            files.append(item)
+    for file in files:
+        check_regular_file(file)
     # A file named twice (e.g. a folder and one of its files) is deblurred once.
     unique: dict[Path, Path] = {}
     for file in files:
@@ -56,18 +77,38 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
+def _resolved(path: Path, what: str) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        raise UserError(f"{path}: {what} is a symbolic link loop; remove it or choose another -o folder") from None
+
+
 def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list[Path]:
-    """Output path per input: same file name (new suffix if ``fmt``), never an input itself."""
+    """Output path per input: same file name (new suffix if ``fmt``), never an input itself.
+
+    Everything that can be checked before writing is: the folder, name clashes, and
+    outputs that are folders or inputs, so that a run never stops half-way for these.
+    """
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise UserError(f"{outdir}: output folder is a file; pass a folder to -o")
+    if not outdir.exists() and os.path.lexists(outdir):
+        raise UserError(f"{outdir}: output folder is a broken symbolic link; pass a folder to -o")
+    parent = outdir
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{outdir}: cannot create the output folder, {parent} is a file; pass another folder to -o")
     if fmt is not None and fmt not in FORMAT_SUFFIXES:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMAT_SUFFIXES)}")
     outputs = [outdir / (f.stem + FORMAT_SUFFIXES[fmt] if fmt else f.name) for f in files]
     inputs = {f.resolve() for f in files}
     for source, target in zip(files, outputs):
-        if target.resolve() in inputs:
+        if _resolved(target, "output") in inputs:
             raise UserError(f"{source}: output {target} would overwrite an input; choose another -o folder")
+        if target.is_dir():
+            raise UserError(f"{target}: output is an existing folder; remove it or choose another -o folder")
     seen: dict[Path, Path] = {}
     for source, target in zip(files, outputs):
         if target in seen:

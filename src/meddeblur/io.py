@@ -9,22 +9,29 @@ half-written output behind.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io as _io
 import os
 import secrets
+import stat
+import struct
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, features
+from PIL import BmpImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, features
 
 from meddeblur.errors import UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
     "LoadedImage",
+    "check_regular_file",
     "read_image",
     "read_rgb",
     "write_image",
@@ -46,6 +53,12 @@ _SUFFIX_FORMAT = {
 }
 _FORMAT_ALIASES = {"PNG": "PNG", "JPEG": "JPEG", "JPG": "JPEG", "TIFF": "TIFF", "TIF": "TIFF", "BMP": "BMP"}
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
+# Importing the plugins registers their openers in Image.OPEN, which _open_header uses.
+assert all(fmt in Image.OPEN for fmt in _PIL_FORMATS), (BmpImagePlugin, JpegImagePlugin, PngImagePlugin, TiffImagePlugin)
+
+#: Images with more pixels are refused from their header, before decoding: 100 megapixels
+#: already take 1.2 GB as float32 RGB, and a crafted header can claim 10^10.
+MAX_PIXELS = 100_000_000
 _GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
@@ -76,27 +89,137 @@ def _rawmode(im: Image.Image) -> str:
 
 _SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
 
+# Formats people do have lying around that are not decoded here: each gets a message saying so.
+_UNSUPPORTED_SIGNATURES = (
+    (b"GIF87a", "a GIF image"),
+    (b"GIF89a", "a GIF image"),
+    (b"\x00\x00\x00\x0cjP  \r\n\x87\n", "a JPEG 2000 image"),
+    (b"\xffO\xffQ", "a JPEG 2000 image"),
+    (b"II+\x00", "a BigTIFF image"),
+    (b"MM\x00+", "a BigTIFF image"),
+    (b"%PDF", "a PDF document"),
+    (b"8BPS", "a Photoshop document"),
+    (b"\x93NUMPY", "a NumPy array"),
+)
+_HEAD_BYTES = 132  # enough for the DICOM marker at offset 128
 
-def _has_image_signature(path: Path) -> bool:
+
+def _unsupported_kind(head: bytes) -> str | None:
+    """What a file holding an image format this package does not read is, from its first bytes."""
+    for signature, kind in _UNSUPPORTED_SIGNATURES:
+        if head.startswith(signature):
+            return kind
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP image"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"):
+        return "a HEIF/AVIF image"
+    if head[128:132] == b"DICM":
+        return "a DICOM file"
+    return None
+
+
+_FILE_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _not_regular(path: Path, mode: int) -> UserError:
+    kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
+    if kind == "a folder":
+        return UserError(f"{path}: is a folder, not an image file; give an image file")
+    return UserError(f"{path}: is {kind}, not a regular file; give an image file")
+
+
+def _open_error(path: Path, exc: OSError) -> UserError:
+    """The message for a file that cannot be opened (or stat-ed) for reading."""
+    if isinstance(exc, PermissionError):
+        return UserError(f"{path}: permission denied; make the file readable (chmod +r) or copy it somewhere readable")
+    if exc.errno == errno.ELOOP:
+        return UserError(f"{path}: symbolic link loop; fix or remove the link")
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        if os.path.islink(path):
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            return UserError(f"{path}: broken symbolic link (its target {target} does not exist); fix or remove the link")
+        return UserError(f"{path}: no such file; check the path")
+    return UserError(f"{path}: cannot open ({exc.strerror or exc}); check the file")
+
+
+def check_regular_file(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a :class:`Path` if it is (a link to) a regular file; else a :class:`UserError` saying what it is.
+
+    Never opens the file, so a FIFO or device is refused without blocking on it.
+    """
+    path = Path(path)
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-    except OSError:
-        return False
-    return head.startswith(_SIGNATURES)
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    if not stat.S_ISREG(mode):
+        raise _not_regular(path, mode)
+    return path
 
 
-def _decode_16bit_cv2(path: Path) -> np.ndarray | None:
+def _open_regular(path: Path) -> IO[bytes]:
+    """Open a regular file for reading without ever blocking on a FIFO or device swapped in meanwhile."""
+    check_regular_file(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(path, mode)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_header(f: IO[bytes], filename: str) -> Image.Image | None:
+    """Parse the header with Pillow's PNG, JPEG, TIFF and BMP openers; None when none accepts the file.
+
+    Like ``Image.open(formats=...)`` minus its decompression-bomb check, which
+    :func:`read_image` replaces by its own limit (with the dimensions in the message).
+    """
+    f.seek(0)
+    prefix = f.read(16)
+    for fmt in _PIL_FORMATS:
+        factory, accept = Image.OPEN[fmt]
+        if accept is not None and not accept(prefix):
+            continue
+        f.seek(0)
+        try:
+            return factory(f, filename)
+        except (SyntaxError, IndexError, TypeError, ValueError, KeyError, EOFError, OSError, struct.error,
+                ZeroDivisionError, OverflowError, MemoryError, RecursionError):
+            continue
+    return None
+
+
+def _decode_16bit_cv2(data: bytes) -> np.ndarray | None:
     # Pillow decodes 16-bit RGB(A) only down to 8 bits. Decoding from bytes rather than
     # cv2.imread keeps non-ASCII paths working on every platform.
-    data = np.frombuffer(path.read_bytes(), dtype=np.uint8)
-    arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    try:
+        arr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error:
+        return None
     if arr is None or arr.dtype != np.uint16:
         return None
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
     elif arr.ndim == 3 and arr.shape[2] == 4:
         arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA)
+    elif not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 2))):
+        return None
     return arr
 
 
@@ -128,70 +251,117 @@ def _to_8bit_mode(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def read_image(path: str | os.PathLike[str], min_size: int = 16) -> LoadedImage:
+@contextlib.contextmanager
+def _c_stderr_silenced() -> Iterator[None]:
+    """Send what C libraries print on file descriptor 2 to the null device for the block.
+
+    libtiff (inside Pillow) and libpng (inside OpenCV) print their own lines about a
+    corrupt file, which would break the one-line error; the :class:`UserError` raised
+    instead says it. Process-wide while it lasts, so only decoding runs inside it.
+    """
+    try:
+        saved = os.dup(2)
+    except OSError:  # no standard error at all: nothing to silence
+        yield
+        return
+    try:
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+        finally:
+            os.close(devnull)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read a PNG, JPEG, TIFF or BMP file (decoded by content) as float32 RGB in [0, 1].
 
-    8- and 16-bit images are supported; JPEG EXIF orientation is applied. Raises
-    :class:`UserError` for a missing, unreadable, corrupt or too small file.
+    8- and 16-bit images are supported; JPEG EXIF orientation is applied; of a
+    multi-frame file (APNG, multi-page TIFF, MPO) the first frame is read. Raises
+    :class:`UserError` for a missing, unreadable, non-regular (folder, FIFO, device),
+    corrupt, unsupported (GIF, WebP, ...), too small or too large file: images of more
+    than ``max_pixels`` pixels are refused from their header, before any decoding.
     """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file; check the path")
-    if path.is_dir():
-        raise UserError(f"{path}: is a folder, not an image file; give an image file")
-    try:
-        im_file = Image.open(path, formats=_PIL_FORMATS)
-    except Image.DecompressionBombError:
-        raise UserError(f"{path}: image is too large to process safely; downscale it first") from None
-    except PermissionError:
-        raise UserError(f"{path}: permission denied; make the file readable") from None
-    except (Image.UnidentifiedImageError, OSError, ValueError, SyntaxError):
-        if _has_image_signature(path):
-            # e.g. a TIFF cut short loses the directory at its end, so Pillow cannot identify it.
-            raise UserError(
-                f"{path}: cannot decode image (truncated or corrupt); re-export or remove it"
-            ) from None
-        raise UserError(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP expected); convert it or remove it") from None
+    with _open_regular(path) as f:
+        head = f.read(_HEAD_BYTES)
+        if not head:
+            raise UserError(f"{path}: empty file (0 bytes), not a readable image; re-export or remove it")
+        # Decoder warnings (odd EXIF, malformed MPO, ...) are not actionable and must not reach stderr.
+        with warnings.catch_warnings(), _c_stderr_silenced():
+            warnings.simplefilter("ignore")
+            try:
+                opened = _open_header(f, os.fspath(path))
+            except Exception:  # a plugin failing in an unexpected way on a crafted header
+                opened = None
+            if opened is None:
+                kind = _unsupported_kind(head)
+                if kind is not None:
+                    raise UserError(f"{path}: is {kind}, which meddeblur does not read; convert it to PNG or TIFF")
+                if head.startswith(_SIGNATURES):
+                    # e.g. a TIFF cut short loses the directory at its end, so Pillow cannot identify it.
+                    raise UserError(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it")
+                raise UserError(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP expected); convert it or remove it")
+            with opened as im:
+                return _decode(path, f, im, min_size, max_pixels)
 
-    with im_file as im:
-        # Cameras write multi-picture JPEGs, which Pillow's JPEG opener reports as MPO.
-        fmt = "JPEG" if im.format == "MPO" else str(im.format)
-        width, height = im.size
-        if width < min_size or height < min_size:
-            raise UserError(
-                f"{path}: image is {width}x{height}, smaller than {min_size} px; use a larger image"
-            )
+
+def _decode(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels: int) -> LoadedImage:
+    # Cameras write multi-picture JPEGs, which Pillow's JPEG opener reports as MPO.
+    fmt = "JPEG" if im.format == "MPO" else str(im.format)
+    width, height = im.size
+    if width < min_size or height < min_size:
+        raise UserError(f"{path}: image is {width}x{height}, smaller than {min_size} px; use a larger image")
+    if width * height > max_pixels:
+        raise UserError(
+            f"{path}: image is {width}x{height} ({width * height:,} pixels), more than the {max_pixels:,} "
+            "this tool decodes; downscale or tile it first"
+        )
+    try:
         mode, rawmode = im.mode, _rawmode(im)
         if mode == "F":
             raise UserError(f"{path}: floating-point images are not supported; export as 8- or 16-bit")
-        try:
-            # Image.open only parsed the header; a truncated or corrupt body fails here.
-            im.load()
-            if fmt == "JPEG":
-                im = ImageOps.exif_transpose(im)
-        except Image.DecompressionBombError:
-            raise UserError(f"{path}: image is too large to process safely; downscale it first") from None
-        except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors...
-            raise UserError(
-                f"{path}: cannot decode image (truncated or corrupt); re-export or remove it"
-            ) from None
-
+        # The header only was parsed so far; a truncated or corrupt body fails here.
+        im.load()
+        if fmt == "JPEG":
+            im = ImageOps.exif_transpose(im)
         if mode in _GRAY16_MODES:
             rgb, alpha = _split(np.asarray(im), 65535.0)
-            return LoadedImage(rgb, alpha, True, 16, fmt, path)
-        if ";16" in rawmode:
-            arr = _decode_16bit_cv2(path)
-            if arr is None:
-                raise UserError(
-                    f"{path}: cannot decode 16-bit image (truncated or corrupt); re-export or remove it"
-                )
-            rgb, alpha = _split(arr, 65535.0)
-            # Pillow reports 16-bit grey+alpha PNGs as RGBA; the raw mode still says LA.
-            return LoadedImage(rgb, alpha, rawmode.startswith(("LA", "L;")), 16, fmt, path)
+            return _checked(path, LoadedImage(rgb, alpha, True, 16, fmt, path), im.size)
+        if ";16" not in rawmode:
+            im = _to_8bit_mode(im)
+            rgb, alpha = _split(np.asarray(im), 255.0)
+            return _checked(path, LoadedImage(rgb, alpha, im.mode in ("L", "LA"), 8, fmt, path), im.size)
+        f.seek(0)
+        arr = _decode_16bit_cv2(f.read())
+        if arr is None or arr.shape[:2] != (height, width):
+            raise UserError(f"{path}: cannot decode 16-bit image (truncated or corrupt); re-export or remove it")
+        rgb, alpha = _split(arr, 65535.0)
+        # Pillow reports 16-bit grey+alpha PNGs as RGBA; the raw mode still says LA.
+        return _checked(path, LoadedImage(rgb, alpha, rawmode.startswith(("LA", "L;")), 16, fmt, path), (width, height))
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{path}: ran out of memory decoding this {width}x{height} image (corrupt, or too large for this "
+                        "machine); re-export or downscale it") from None
+    except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors...
+        raise UserError(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it") from None
 
-        im = _to_8bit_mode(im)
-        rgb, alpha = _split(np.asarray(im), 255.0)
-        return LoadedImage(rgb, alpha, im.mode in ("L", "LA"), 8, fmt, path)
+
+def _checked(path: Path, image: LoadedImage, size: tuple[int, int]) -> LoadedImage:
+    """The decoded arrays agree with the header: (H, W, 3) and (H, W) float32."""
+    width, height = size
+    ok = image.rgb.shape == (height, width, 3) and image.rgb.dtype == np.float32
+    if image.alpha is not None:
+        ok = ok and image.alpha.shape == (height, width) and image.alpha.dtype == np.float32
+    if not ok:
+        raise UserError(f"{path}: cannot decode image (inconsistent pixel data); re-export or remove it")
+    return image
 
 
 def read_rgb(path: str | os.PathLike[str], min_size: int = 16) -> np.ndarray:
@@ -417,14 +587,25 @@ def write_image(
 
 
 def list_images(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files directly inside ``folder`` (by extension, hidden files skipped), sorted by name."""
+    """Entries with an image extension directly inside ``folder`` (hidden ones skipped), sorted by name.
+
+    Sub-folders are skipped (the listing is not recursive), but anything else named
+    like an image is listed, broken links, FIFOs and all, so that reading it fails
+    with a message naming it rather than the image silently going missing.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         what = "not a folder" if folder.exists() else "no such folder"
         raise UserError(f"{folder}: {what}; give a folder of images")
+    try:
+        entries = list(folder.iterdir())
+    except PermissionError:
+        raise UserError(f"{folder}: permission denied listing the folder; make it readable") from None
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot list the folder ({exc.strerror or exc}); check it") from None
     # Hidden files include our own in-progress ".name.tmp-*" outputs.
-    candidates = (p for p in folder.iterdir() if not p.name.startswith("."))
-    files = [p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()]
+    candidates = (p for p in entries if not p.name.startswith("."))
+    files = [p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()]
     files.sort(key=lambda p: p.name)
     if not files:
         raise UserError(f"{folder}: no images (png/jpg/jpeg/tif/tiff/bmp) found; check the folder")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from pathlib import Path
 
@@ -17,6 +18,25 @@ from meddeblur.errors import UserError
 from meddeblur.io import atomic_path, atomic_write, read_rgb, resize_area, write_image
 
 
+def _check_targets(out: Path, names: list[str]) -> None:
+    """Fail before writing anything if an output folder or file is in the way, rather than half-way."""
+    for sub in ("blurred", "sharp", "kernels"):
+        folder = out / sub
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"{folder}: is a file where the {sub}/ output folder goes; remove it or choose another -o")
+        for name in names:
+            target = folder / (f"{name}.npy" if sub == "kernels" else f"{name}.png")
+            if target.is_dir():
+                raise UserError(f"{target}: output is an existing folder; remove it or choose another -o")
+    if (out / "manifest.json").is_dir():
+        raise UserError(f"{out / 'manifest.json'}: output is an existing folder; remove it or choose another -o")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{out}: cannot create the output folder, {parent} is a file; choose another -o")
+
+
 def synthesize(sharp_dir: str | Path, out: str | Path, spec: str, seed: int = 0, size: int | None = None) -> dict:
     """Write ``out/blurred``, ``out/sharp`` (PNG), ``out/kernels`` (.npy) and ``out/manifest.json``.
 
@@ -27,15 +47,28 @@ def synthesize(sharp_dir: str | Path, out: str | Path, spec: str, seed: int = 0,
     sharp_dir, out = Path(sharp_dir), Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: output is a file; pass a new folder with -o")
-    if sharp_dir.resolve() in {(out / sub).resolve() for sub in ("", "sharp", "blurred", "kernels")}:
+    if not out.exists() and os.path.lexists(out):
+        raise UserError(f"{out}: output is a broken symbolic link; pass a new folder with -o")
+    for folder, option in ((sharp_dir, "--sharp"), (out, "-o")):
+        try:
+            folder.resolve()
+        except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+            raise UserError(f"{folder}: symbolic link loop; fix the link or give another {option} folder") from None
+    try:
+        inside = sharp_dir.resolve() in {(out / sub).resolve() for sub in ("", "sharp", "blurred", "kernels")}
+    except (OSError, RuntimeError):
+        raise UserError(f"{out}: a symbolic link loop inside the output folder; remove it or choose another -o") from None
+    if inside:
         raise UserError(f"{out}: would write into the input folder {sharp_dir}; choose another -o")
     pairs, _ = check_pairs(sharp_only(sharp_dir))
+    _check_targets(out, [p.name for p in pairs])
     entries = []
     for pair in tqdm(pairs, desc="synthesising", unit="image", disable=None):
         sharp = read_rgb(pair.sharp)
         if size:
             sharp = resize_area(sharp, (size, size))
-        generator = torch.Generator().manual_seed(degradation_seed(seed, zlib.crc32(pair.name.encode())))
+        # fsencode: the bytes of the name on disk, also for names that are not UTF-8 (identical otherwise).
+        generator = torch.Generator().manual_seed(degradation_seed(seed, zlib.crc32(os.fsencode(pair.name))))
         blurred, done = degrade(torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1))), parsed, generator)
         write_image(out / "blurred" / f"{pair.name}.png", blurred.numpy().transpose(1, 2, 0))
         # Sharp images are re-encoded as PNG (lossless) so that pairs share one format and size.

@@ -20,22 +20,54 @@ from torch import nn
 from meddeblur.errors import UserError
 from meddeblur.io import atomic_path, atomic_write
 from meddeblur.models.attention_unet import AttentionUNet
+from meddeblur.models.flops import count_flops
+from meddeblur.models.nafnet import NAFNet
+from meddeblur.models.residual import ResidualAttentionUNet
 
-ARCHITECTURES = ("attention-unet",)
-#: Spatial sizes must be multiples of this (four 2×2 poolings).
+ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
+#: Size multiple of the reference (four 2×2 poolings); other configs: :func:`size_multiple`.
 SIZE_MULTIPLE = 16
 #: Inside a run folder, the weights that ``--model RUN`` means.
 BEST_WEIGHTS = "best.safetensors"
+#: Base channels when a config names none: the reference's 64, NAFNet's measured CPU default.
+DEFAULT_WIDTHS = {"attention-unet": 64, "attention-unet-residual": 64, "nafnet": 16}
+#: NAFNet block counts when a config names none: no blocks at full resolution, where
+#: memory-bound LayerNorm/depthwise passes cost most on a CPU (benchmarks/results/flops.md).
+NAFNET_DEFAULTS = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (0, 1, 1, 1)}
+_NAFNET_FIELDS = tuple(NAFNET_DEFAULTS)
+_MAX_LEVELS = 8  # 2^8 = 256: beyond that the size multiple exceeds any training crop
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Everything needed to rebuild a network before loading its weights."""
+    """Everything needed to rebuild a network before loading its weights.
+
+    ``width=None`` means the architecture's default (:data:`DEFAULT_WIDTHS`); the NAFNet
+    fields are ``None`` for the other architectures and filled from :data:`NAFNET_DEFAULTS`
+    for NAFNet, so a stored config always names every number. JSON has no tuples: lists
+    are accepted and stored as tuples, so ``from_dict(json.loads(json.dumps(asdict(c)))) == c``.
+    """
 
     arch: str = "attention-unet"
-    width: int = 64
+    width: int | None = None
     in_channels: int = 3
     out_channels: int = 3
+    enc_blocks: tuple[int, ...] | None = None
+    middle_blocks: int | None = None
+    dec_blocks: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        # Frozen dataclass: normalise through object.__setattr__; invalid values are left for validate().
+        if self.width is None:
+            object.__setattr__(self, "width", DEFAULT_WIDTHS.get(self.arch, 64) if isinstance(self.arch, str) else 64)
+        for name in ("enc_blocks", "dec_blocks"):
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+        if self.arch == "nafnet":
+            for name, default in NAFNET_DEFAULTS.items():
+                if getattr(self, name) is None:
+                    object.__setattr__(self, name, default)
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelConfig":
@@ -44,20 +76,60 @@ class ModelConfig:
             raise ValueError("config is not a JSON object")
         known = {f.name for f in fields(cls)}
         config = cls(**{k: v for k, v in data.items() if k in known})
-        if config.arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {config.arch!r}")
-        for name in ("width", "in_channels", "out_channels"):
-            value = getattr(config, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        config.validate()
         return config
+
+    def validate(self) -> None:
+        """ValueError naming the first field that cannot describe a network."""
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {self.arch!r}")
+        for name in ("width", "in_channels", "out_channels"):
+            value = getattr(self, name)
+            if not _positive_int(value):
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if self.arch != "attention-unet" and self.in_channels != self.out_channels:
+            raise ValueError(f"{self.arch} adds its input to its output: in_channels and out_channels must be equal")
+        if self.arch != "nafnet":
+            for name in _NAFNET_FIELDS:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} applies to nafnet only, not {self.arch}")
+            return
+        for name in ("enc_blocks", "dec_blocks"):
+            value = getattr(self, name)
+            if (not isinstance(value, tuple) or not 1 <= len(value) <= _MAX_LEVELS
+                    or not all(_positive_int(v, allow_zero=True) for v in value)):
+                raise ValueError(f"{name} must be a list of 1 to {_MAX_LEVELS} block counts (integers ≥ 0), not {value!r}")
+        if len(self.enc_blocks) != len(self.dec_blocks):
+            raise ValueError(f"enc_blocks and dec_blocks need one entry per level: {len(self.enc_blocks)} vs {len(self.dec_blocks)}")
+        if not _positive_int(self.middle_blocks, allow_zero=True):
+            raise ValueError(f"middle_blocks must be an integer ≥ 0, not {self.middle_blocks!r}")
+
+
+def _positive_int(value: object, allow_zero: bool = False) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= (0 if allow_zero else 1)
+
+
+def size_multiple(config: ModelConfig) -> int:
+    """Spatial sides the network accepts are multiples of this: 2^(number of downsamplings)."""
+    if config.arch == "nafnet":
+        return 2 ** len(config.enc_blocks)
+    return SIZE_MULTIPLE
 
 
 def build_model(config: ModelConfig) -> nn.Module:
     """A freshly initialised network for ``config``."""
+    if config.arch not in ARCHITECTURES:
+        raise UserError(f"unknown architecture {config.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise UserError(f"model config: {exc}") from None
     if config.arch == "attention-unet":
         return AttentionUNet(config.width, config.in_channels, config.out_channels)
-    raise UserError(f"unknown architecture {config.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+    if config.arch == "attention-unet-residual":
+        return ResidualAttentionUNet(config.width, config.in_channels, config.out_channels)
+    return NAFNet(config.width, config.in_channels, config.out_channels,
+                  config.enc_blocks, config.middle_blocks, config.dec_blocks)
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

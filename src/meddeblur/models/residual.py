@@ -1,0 +1,49 @@
+"""The reference Attention U-Net predicting a correction: ``output = input + head(features)``.
+
+Same layers, names and Keras initialisation as :class:`AttentionUNet` (so state dicts
+have the same keys), except the 1×1 head: zero weights and bias, and no sigmoid. An
+untrained network is therefore exactly the identity, and training starts from "leave
+the image as it is" instead of from a flat grey sigmoid(0) = 0.5 image.
+
+The output is not clamped here. Training sees the raw ``input + correction`` so that the
+loss keeps a gradient where a prediction overshoots [0, 1] (a clamp would zero it and the
+overshoot could never be corrected); ``meddeblur.infer.deblur_tensor`` and
+``meddeblur.tiling.deblur_tiled`` clamp to [0, 1] when producing images.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from meddeblur.models.attention_unet import AttentionUNet
+
+
+class ResidualAttentionUNet(AttentionUNet):
+    """(N, C, H, W) → (N, C, H, W), ``input + correction``, unclamped; H, W multiples of 16."""
+
+    def __init__(self, width: int = 64, in_channels: int = 3, out_channels: int = 3) -> None:
+        if in_channels != out_channels:
+            raise ValueError("a global residual needs in_channels == out_channels")
+        super().__init__(width, in_channels, out_channels)
+        nn.init.zeros_(self.head.weight)  # exact identity at initialisation
+        nn.init.zeros_(self.head.bias)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) → (N, width, H, W): the reference forward pass up to (not including) the head."""
+        # The reference forward ends in sigmoid(head(...)) and cannot be reused without editing it,
+        # so its loop is restated here over the very same modules.
+        skips = []
+        for encoder in self.encoders:
+            x = encoder(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottleneck(x)
+        for gate, decoder, skip in zip(self.gates, self.decoders, reversed(skips)):
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = decoder(torch.cat([x, gate(skip, x)], dim=1))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.head(self.features(x))
