@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from meddeblur.device import describe_machine
 from meddeblur.models import ModelConfig, build_model, count_flops, count_parameters
 
 RESULTS = Path(__file__).parent / "results"
@@ -45,16 +45,6 @@ ROWS: dict[str, ModelConfig] = {
     "nafnet-w24-lite": ModelConfig(arch="nafnet", width=24, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(0, 1, 1, 1)),
     "nafnet-w32-lite": ModelConfig(arch="nafnet", width=32, enc_blocks=(0, 1, 1, 4), middle_blocks=2, dec_blocks=(0, 1, 1, 1)),
 }
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def _cpu_ticks() -> tuple[int, int] | None:
@@ -168,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(label, ROWS[label], args.sizes, args.repeats, args.big_repeats, (args.quiet_below, args.quiet_wait))
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
+    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": describe_machine(),
               "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]), "rows": rows}
     write(result, args.out)
     print((args.out / "flops.md").read_text())

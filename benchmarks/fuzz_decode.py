@@ -30,7 +30,6 @@ import io
 import json
 import multiprocessing
 import os
-import platform
 import re
 import shutil
 import struct
@@ -458,13 +457,10 @@ def machine() -> dict:
     import hypothesis
     import PIL
 
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "os": platform.platform(), "python": platform.python_version(),
-            "pillow": PIL.__version__, "opencv": cv2.__version__, "numpy": np.__version__, "hypothesis": hypothesis.__version__}
+    from meddeblur.device import describe_machine
+
+    return {**describe_machine(), "pillow": PIL.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
+            "hypothesis": hypothesis.__version__}
 
 
 def markdown(result: dict) -> str:
@@ -474,7 +470,7 @@ def markdown(result: dict) -> str:
         "",
         f"Command: `{result['command']}`  ",
         f"Date: {result['date']}  ",
-        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (shared), {result['machine']['os']}; "
+        f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores (shared), {result['machine']['platform']}; "
         f"Python {result['machine']['python']}, Pillow {result['machine']['pillow']}, OpenCV {result['machine']['opencv']}, "
         f"NumPy {result['machine']['numpy']}, Hypothesis {result['machine']['hypothesis']}",
         "",

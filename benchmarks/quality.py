@@ -27,6 +27,7 @@ import torch
 from meddeblur.classical import METHODS, restore, tune
 from meddeblur.data import fixed_degradation, split_names, write_split
 from meddeblur.degrade import parse_spec
+from meddeblur.device import describe_machine
 from meddeblur.infer import deblur_array
 from meddeblur.io import list_images, read_rgb, resize_area
 from meddeblur.metrics import psnr_ssim_numpy
@@ -154,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "CPU")
-    machine = f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
+    described = describe_machine()
+    machine = f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}"
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     for protocol in (("seed", "native") if args.protocol == "both" else (args.protocol,)):
         result = run(protocol, args.isic, args.model, args.methods, {f: FAMILIES[f] for f in args.families}, args.limit, args.val_limit)

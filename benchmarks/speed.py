@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import platform
 import statistics
 import sys
 import time
@@ -24,21 +22,12 @@ from pathlib import Path
 
 import torch
 
+from meddeblur.device import describe_machine
 from meddeblur.losses import build_loss
 from meddeblur.models import ModelConfig, build_model, count_parameters
 
 RESULTS = Path(__file__).parent / "results"
 TRAIN_PAIRS, VAL_PAIRS, BATCH, SIZE = 140, 40, 8, 256
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
 
 
 def time_training(width: int, steps: int) -> dict:
@@ -93,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         row = {"width": width, "parameters": params, **time_training(width, args.steps), **time_inference(width, args.repeats)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {"machine": machine(), "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+    result = {"machine": describe_machine(), "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
               "protocol": f"batch {BATCH}, {SIZE}×{SIZE}, epoch = {TRAIN_PAIRS} train + {VAL_PAIRS} val pairs", "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from flops import OtherLoad, machine, wait_for_quiet  # noqa: E402  (sibling benchmark script)
+from flops import OtherLoad, describe_machine, wait_for_quiet  # noqa: E402  (sibling benchmark script)
 
 RESULTS = Path(__file__).parent / "results"
 MODELS = {"attention-unet-w64 (reference)": {"width": 64}, "nafnet (default config)": {"arch": "nafnet"}}
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         done = subprocess.run(command, capture_output=True, text=True, check=True)
         rows[label] = json.loads(done.stdout.strip().splitlines()[-1])
         print(label, json.dumps(rows[label]), flush=True)
-    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": {**machine(), "torch_threads": args.threads},
+    result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": {**describe_machine(), "torch_threads": args.threads},
               "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
               "image": f"{width}×{height}", "tile": args.tile, "overlap": args.overlap, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)

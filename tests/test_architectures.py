@@ -1,7 +1,9 @@
 """Every architecture: shapes, identity at initialisation, gradient flow, weights round trip, configs, FLOPs."""
 
+import importlib.util
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import pytest
 import torch
@@ -184,3 +186,13 @@ def test_reference_flops_and_nafnet_default_budget():
     assert round(count_flops(reference) / 1e9, 1) == 117.8  # the issue's figure, FLOPs = 2 × MACs
     assert reference.training  # mode restored
     assert count_flops(build_model(ModelConfig(arch="nafnet"))) <= 12e9
+
+
+def test_flops_benchmark_runs(tmp_path):
+    spec = importlib.util.spec_from_file_location("flops_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "flops.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.main(["--only", "nafnet-w16-lite", "--sizes", "256x256", "--repeats", "1", "--quiet-wait", "0", "--out", str(tmp_path)]) == 0
+    row = json.loads((tmp_path / "flops.json").read_text())["rows"][0]
+    assert row["config"] == json.loads(json.dumps(asdict(ModelConfig(arch="nafnet")))) and row["256x256"]["repeats"] == 1
+    assert "| nafnet-w16-lite |" in (tmp_path / "flops.md").read_text()

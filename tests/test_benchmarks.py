@@ -4,7 +4,6 @@ import importlib.util
 import json
 from pathlib import Path
 
-import pytest
 
 from meddeblur.models import ModelConfig, build_model, save_weights
 

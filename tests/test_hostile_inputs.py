@@ -47,7 +47,7 @@ import sys
 import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -406,7 +406,7 @@ def case_deblur_output_name_is_symlink_loop(c: Ctx) -> Case:
 
 @hostile(own_process=True)
 def case_deblur_non_utf8_name_truncated(c: Ctx) -> Case:
-    bad = put(c.root / "in" / f"{NON_UTF8}.png", half(image_bytes("PNG")))
+    put(c.root / "in" / f"{NON_UTF8}.png", half(image_bytes("PNG")))
     # The name is printed with its undecodable bytes escaped; its readable part must be there.
     return Case(c.deblur(c.root / "in"), ("caf", "photo.png", "truncated"), (c.root / "out",))
 

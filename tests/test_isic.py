@@ -9,7 +9,6 @@ import json
 
 import cv2
 import numpy as np
-import pytest
 
 from meddeblur.cli import main
 from meddeblur.io import read_image, write_image

@@ -9,9 +9,11 @@ differ by 10–40/255 (asserted > 1/255 below), which shows the comparison has t
 2-level NAFNet has a small receptive field (±~10 px) and agrees at a 32-pixel overlap.
 """
 
+import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -146,3 +148,12 @@ def test_4000x3000_image_runs_in_bounded_memory():
     assert done.returncode == 0, done.stderr
     peak_bytes = int(done.stdout.split()[-1]) * 1024  # Linux reports KiB
     assert peak_bytes < 3 * 1024 ** 3
+
+
+def test_tiling_memory_benchmark_runs(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "tiling_memory.py"
+    done = subprocess.run([sys.executable, str(script), "--only", "nafnet (default config)", "--size", "300", "200", "--tile", "128",
+                           "--overlap", "32", "--quiet-wait", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    row = json.loads((tmp_path / "tiling_memory.json").read_text())["rows"]["nafnet (default config)"]
+    assert row["tiles"] == 6 and 0 < row["peak_rss_mib"] < 3 * 1024

@@ -26,3 +26,19 @@ def pick_device(name: str = "auto") -> torch.device:
     if name == "mps" and not _mps_available():
         raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
     return torch.device(name)
+
+
+def describe_machine() -> dict:
+    """CPU model, cores and library versions, recorded beside every measured figure."""
+    import os
+    import platform
+
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}

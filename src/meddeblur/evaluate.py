@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io as _stdio
 import json
-import math
 import os
 import statistics
 from dataclasses import dataclass

@@ -20,7 +20,7 @@ from torch import nn
 from meddeblur.errors import UserError
 from meddeblur.io import atomic_path, atomic_write
 from meddeblur.models.attention_unet import AttentionUNet
-from meddeblur.models.flops import count_flops
+from meddeblur.models.flops import count_flops as count_flops  # re-exported
 from meddeblur.models.nafnet import NAFNet
 from meddeblur.models.residual import ResidualAttentionUNet
 

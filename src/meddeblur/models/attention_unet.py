@@ -91,7 +91,8 @@ class AttentionUNet(nn.Module):
         nn.init.xavier_uniform_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) → (N, width, H, W): everything before the 1×1 head."""
         skips = []
         for encoder in self.encoders:
             x = encoder(x)
@@ -101,4 +102,7 @@ class AttentionUNet(nn.Module):
         for gate, decoder, skip in zip(self.gates, self.decoders, reversed(skips)):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest")
             x = decoder(torch.cat([x, gate(skip, x)], dim=1))
-        return torch.sigmoid(self.head(x))
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(self.features(x)))

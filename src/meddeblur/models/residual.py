@@ -14,7 +14,6 @@ overshoot could never be corrected); ``meddeblur.infer.deblur_tensor`` and
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from meddeblur.models.attention_unet import AttentionUNet
@@ -29,21 +28,6 @@ class ResidualAttentionUNet(AttentionUNet):
         super().__init__(width, in_channels, out_channels)
         nn.init.zeros_(self.head.weight)  # exact identity at initialisation
         nn.init.zeros_(self.head.bias)
-
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) → (N, width, H, W): the reference forward pass up to (not including) the head."""
-        # The reference forward ends in sigmoid(head(...)) and cannot be reused without editing it,
-        # so its loop is restated here over the very same modules.
-        skips = []
-        for encoder in self.encoders:
-            x = encoder(x)
-            skips.append(x)
-            x = F.max_pool2d(x, 2)
-        x = self.bottleneck(x)
-        for gate, decoder, skip in zip(self.gates, self.decoders, reversed(skips)):
-            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = decoder(torch.cat([x, gate(skip, x)], dim=1))
-        return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.head(self.features(x))
