@@ -118,3 +118,16 @@ def test_no_pickle_loading_anywhere():
     for path in source.rglob("*.py"):
         for call in re.findall(r"torch\.load\([^)]*\)", path.read_text()):
             assert "weights_only=True" in call, f"{path}: {call}"
+
+
+def test_train_other_architectures_and_deblur_tiled(pairs, tmp_path):
+    from meddeblur.models import load_model
+
+    for arch in ("nafnet", "attention-unet-residual"):
+        run = tmp_path / arch
+        assert main(["train", "--data", str(pairs), "--out", str(run), "--arch", arch, "--epochs", "1", *TINY]) == 0
+        _, config, _ = load_model(run)
+        assert config.arch == arch and config.width == 4
+        out = tmp_path / f"{arch}-out"
+        assert main(["deblur", str(pairs / "blurred"), "-o", str(out), "--model", str(run), "--tile", "32", "--overlap", "8"]) == 0
+        assert len(list(out.glob("*.png"))) == 8

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from meddeblur import __version__
 from meddeblur.errors import UserError
+from meddeblur.models import ARCHITECTURES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,7 +38,8 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--degrade", metavar="SPEC", help="train from sharp images only, degraded on the fly: 'mixed', "
                        "'gauss:sigma=0.5..2.5', 'motion:length=11+noise:sigma=0..0.01', … (see README)")
     train.add_argument("--out", help="run folder to create (default runs/<time>)")
-    train.add_argument("--width", type=int, help="base filters; 64 = reference (default 64)")
+    train.add_argument("--arch", choices=ARCHITECTURES, help="network (default attention-unet, the exact reference)")
+    train.add_argument("--width", type=int, help="base channels (default 64 for attention-unet*, 16 for nafnet; 64 = reference)")
     size = train.add_mutually_exclusive_group()
     size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (default 256, the reference protocol)")
     size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing")
@@ -83,6 +85,10 @@ def _build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("-o", "--out", required=True, help="output folder (must not be an input's own folder)")
     deblur.add_argument("--model", required=True, help="run folder or .safetensors weights")
     deblur.add_argument("--format", choices=("png", "jpeg", "tiff", "bmp"), help="output format (default: the input's)")
+    deblur.add_argument("--tile", type=int, default=1024,
+                        help="images with a side above TILE are processed in overlapping TILE×TILE tiles, "
+                             "bounding memory (default 1024; 0 = always whole)")
+    deblur.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels, blended smoothly (default 128)")
     deblur.add_argument("--jpeg-quality", type=int, default=95, help="JPEG output quality (default 95)")
     deblur.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     deblur.set_defaults(handler=_deblur)
@@ -105,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # Options that may change when a run is resumed; everything else is fixed by run.json.
 _RESUMABLE = {"epochs", "device"}
-_TRAIN_FLAGS = ("out", "degrade", "width", "size", "crop", "epochs", "batch", "lr", "seed", "perceptual", "vgg19_weights",
+_TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "batch", "lr", "seed", "perceptual", "vgg19_weights",
                 "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last")
 _NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
 
@@ -183,13 +189,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _deblur(args: argparse.Namespace) -> int:
     from meddeblur.device import pick_device
     from meddeblur.infer import deblur_files
-    from meddeblur.models import load_model
+    from meddeblur.models import load_model, size_multiple
 
     if not 1 <= args.jpeg_quality <= 100:
         raise UserError(f"--jpeg-quality {args.jpeg_quality}: choose 1 to 100")
     device = pick_device(args.device)
-    model, _, _ = load_model(args.model, device)
-    written = deblur_files(model, args.inputs, args.out, fmt=args.format, device=device, jpeg_quality=args.jpeg_quality)
+    model, config, _ = load_model(args.model, device)
+    if args.tile and (args.tile < 32 or not 0 <= args.overlap < args.tile // 2):
+        raise UserError(f"--tile {args.tile} --overlap {args.overlap}: use a tile of at least 32 px and an overlap below half the tile")
+    written = deblur_files(model, args.inputs, args.out, fmt=args.format, device=device, jpeg_quality=args.jpeg_quality,
+                           tile=args.tile, overlap=args.overlap, multiple=size_multiple(config))
     print(f"{len(written)} image(s) written to {args.out}")
     return 0
 

@@ -14,6 +14,7 @@ from tqdm import tqdm
 from meddeblur.errors import UserError
 from meddeblur.io import IMAGE_EXTENSIONS, check_regular_file, list_images, read_image, write_image
 from meddeblur.models import SIZE_MULTIPLE
+from meddeblur.tiling import deblur_tiled
 
 FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp"}
 _SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
@@ -46,10 +47,17 @@ def deblur_tensor(model: nn.Module, images: torch.Tensor, multiple: int = SIZE_M
     return output[..., padding[2]:padding[2] + height, padding[0]:padding[0] + width].clamp(0, 1)
 
 
-def deblur_array(model: nn.Module, rgb: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
-    """(H, W, 3) float in [0, 1] → deblurred (H, W, 3) float32."""
+def deblur_array(model: nn.Module, rgb: np.ndarray, device: str | torch.device = "cpu", tile: int = 0,
+                 overlap: int = 128, multiple: int = SIZE_MULTIPLE) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] → deblurred (H, W, 3) float32.
+
+    With ``tile``, an image whose longer side exceeds it is processed in overlapping,
+    smoothly blended tiles (:func:`meddeblur.tiling.deblur_tiled`) so memory stays bounded.
+    """
     tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))[None].to(device)
-    return deblur_tensor(model, tensor)[0].cpu().numpy().transpose(1, 2, 0)
+    if tile and max(rgb.shape[:2]) > tile:
+        return deblur_tiled(model, tensor, tile=tile, overlap=overlap, multiple=multiple)[0].numpy().transpose(1, 2, 0)
+    return deblur_tensor(model, tensor, multiple=multiple)[0].cpu().numpy().transpose(1, 2, 0)
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -118,8 +126,9 @@ def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list
 
 
 def deblur_files(model: nn.Module, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
-                 device: str | torch.device = "cpu", jpeg_quality: int = 95) -> list[Path]:
-    """Deblur every input into ``outdir``; the model is loaded once by the caller.
+                 device: str | torch.device = "cpu", jpeg_quality: int = 95, tile: int = 0, overlap: int = 128,
+                 multiple: int = SIZE_MULTIPLE) -> list[Path]:
+    """Deblur every input into ``outdir``; the model is loaded once by the caller (tiling: see :func:`deblur_array`).
 
     Keeps grayscale, alpha and 8/16-bit depth (where the output format allows it).
     """
@@ -131,7 +140,7 @@ def deblur_files(model: nn.Module, inputs: list[str | Path], outdir: str | Path,
     written = []
     for source, target in tqdm(list(zip(files, outputs)), desc="deblurring", unit="image", disable=None if len(files) > 1 else True):
         image = read_image(source)
-        restored = deblur_array(model, image.rgb, device)
+        restored = deblur_array(model, image.rgb, device, tile=tile, overlap=overlap, multiple=multiple)
         out_format = _SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
         bit_depth = image.bit_depth if out_format in ("PNG", "TIFF") else 8
         alpha = image.alpha if out_format != "JPEG" else None

@@ -60,7 +60,7 @@ class TrainOptions:
     out: str
     degrade: str | None = None
     arch: str = "attention-unet"
-    width: int = 64
+    width: int | None = None  # None: the architecture's default (64 for attention-unet*, 16 for nafnet)
     size: int | None = 256
     crop: int | None = None
     epochs: int = 100
