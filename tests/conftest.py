@@ -80,3 +80,15 @@ def isic_images() -> list[Path]:
             pytest.fail(f"{ISIC}: ISIC images missing on CI, where ../shared must be present")
         pytest.skip(f"{ISIC}: ISIC images not present (../shared absent); set MEDDEBLUR_ISIC_DIR to run these tests")
     return images
+
+
+@pytest.fixture
+def one_thread():
+    """In-process work on one thread, like the child processes: the same kernels and rounding, and no
+    oversubscription of a small machine (a loaded 2-core machine crawls with two threads per process)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

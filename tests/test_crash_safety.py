@@ -42,12 +42,8 @@ EPOCHS = 6
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """In-process training on one thread, like the child processes (a loaded 2-core machine crawls otherwise)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here runs in-process work on one thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")

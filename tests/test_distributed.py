@@ -57,13 +57,8 @@ def _history(run: Path) -> list[dict]:
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """In-process work on one thread like the child processes: same kernels and rounding, and no
-    oversubscription on a small machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every test here runs in-process work on one thread (see conftest.one_thread)."""
 
 
 @pytest.fixture(scope="module")
