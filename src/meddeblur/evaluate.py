@@ -18,7 +18,7 @@ from meddeblur.data import SPLIT_FILE, Pair, check_pairs, fixed_degradation, loa
 from meddeblur.degrade import DegradeSpec, parse_spec
 from meddeblur.errors import UserError
 from meddeblur.infer import deblur_array
-from meddeblur.io import atomic_write, read_rgb, resize_area
+from meddeblur.io import atomic_write, check_creatable_folder, read_rgb, resize_area
 from meddeblur.metrics import psnr_ssim_numpy
 from meddeblur.models import load_model, weights_id
 from meddeblur.plots import plot_comparison
@@ -77,11 +77,7 @@ def _check_out(out: Path, data_dirs: list[Path]) -> None:
     if resolved in data:
         # comparison.png would become one more image of the data set (or replace one).
         raise UserError(f"{out}: --out is a data folder; pass another folder for the report")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{out}: cannot create the report folder, {parent} is a file; choose another --out")
+    check_creatable_folder(out, "--out")
 
 
 def _printable(name: str) -> str:

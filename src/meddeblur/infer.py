@@ -12,7 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from meddeblur.errors import UserError
-from meddeblur.io import IMAGE_EXTENSIONS, check_regular_file, list_images, read_image, write_image
+from meddeblur.io import IMAGE_EXTENSIONS, check_creatable_folder, check_regular_file, list_images, read_image, write_image
 from meddeblur.models import SIZE_MULTIPLE
 from meddeblur.tiling import deblur_tiled
 
@@ -103,11 +103,7 @@ def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list
         raise UserError(f"{outdir}: output folder is a file; pass a folder to -o")
     if not outdir.exists() and os.path.lexists(outdir):
         raise UserError(f"{outdir}: output folder is a broken symbolic link; pass a folder to -o")
-    parent = outdir
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{outdir}: cannot create the output folder, {parent} is a file; pass another folder to -o")
+    check_creatable_folder(outdir, "-o")
     if fmt is not None and fmt not in FORMAT_SUFFIXES:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMAT_SUFFIXES)}")
     outputs = [outdir / (f.stem + FORMAT_SUFFIXES[fmt] if fmt else f.name) for f in files]

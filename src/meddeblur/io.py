@@ -378,6 +378,16 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}{path.suffix}")
 
 
+def check_creatable_folder(folder: str | os.PathLike[str], option: str) -> None:
+    """UserError unless ``folder`` exists as a folder or can be created (no file in the way of its path)."""
+    folder = Path(folder)
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"{folder}: cannot create this folder, {parent} is a file; choose another {option}")
+
+
 def _prepare_parent(path: Path) -> None:
     if path.is_dir():
         raise UserError(f"{path}: is a folder; give a file name for the output")

@@ -15,7 +15,7 @@ from meddeblur import __version__
 from meddeblur.data import check_pairs, sharp_only
 from meddeblur.degrade import degradation_seed, degrade, parse_spec
 from meddeblur.errors import UserError
-from meddeblur.io import atomic_path, atomic_write, read_rgb, resize_area, write_image
+from meddeblur.io import atomic_path, atomic_write, check_creatable_folder, read_rgb, resize_area, write_image
 
 
 def _check_targets(out: Path, names: list[str]) -> None:
@@ -30,11 +30,7 @@ def _check_targets(out: Path, names: list[str]) -> None:
                 raise UserError(f"{target}: output is an existing folder; remove it or choose another -o")
     if (out / "manifest.json").is_dir():
         raise UserError(f"{out / 'manifest.json'}: output is an existing folder; remove it or choose another -o")
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise UserError(f"{out}: cannot create the output folder, {parent} is a file; choose another -o")
+    check_creatable_folder(out, "-o")
 
 
 def synthesize(sharp_dir: str | Path, out: str | Path, spec: str, seed: int = 0, size: int | None = None) -> dict:
