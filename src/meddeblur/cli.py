@@ -44,6 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (default 256, the reference protocol)")
     size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing")
     train.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
+    train.add_argument("--max-minutes", type=float, help="wall-clock budget: start no new epoch after this many training minutes")
     train.add_argument("--batch", type=int, help="global batch size, split evenly over torchrun processes (default 8)")
     train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
     train.add_argument("--seed", type=int, help="seed for split, init and augmentation (default 42)")
@@ -83,7 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                  description="Deblur images of any size; outputs keep name, format, channels and bit depth.")
     deblur.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     deblur.add_argument("-o", "--out", required=True, help="output folder (must not be an input's own folder)")
-    deblur.add_argument("--model", required=True, help="run folder or .safetensors weights")
+    deblur.add_argument("--model", help="run folder or .safetensors weights (default: the model shipped with meddeblur, see MODEL_CARD.md)")
     deblur.add_argument("--format", choices=("png", "jpeg", "tiff", "bmp"), help="output format (default: the input's)")
     deblur.add_argument("--tile", type=int, default=1024,
                         help="images with a side above TILE are processed in overlapping TILE×TILE tiles, "
@@ -110,8 +111,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 # Options that may change when a run is resumed; everything else is fixed by run.json.
-_RESUMABLE = {"epochs", "device"}
-_TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "batch", "lr", "seed", "perceptual", "vgg19_weights",
+_RESUMABLE = {"epochs", "max_minutes", "device"}
+_TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "batch", "lr", "seed", "perceptual", "vgg19_weights",
                 "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last")
 _NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
 
@@ -131,7 +132,7 @@ def _train(args: argparse.Namespace) -> int:
         fixed = sorted(set(given) - _RESUMABLE) + [f"w_{k}" for k in weights]
         fixed += [k for k in ("data", "blurred", "sharp") if getattr(args, k) is not None]
         if fixed:
-            raise UserError(f"--resume {args.resume}: only --epochs and --device may change; drop --{_NEGATED.get(fixed[0], fixed[0].replace('_', '-'))}")
+            raise UserError(f"--resume {args.resume}: only --epochs, --max-minutes and --device may change; drop --{_NEGATED.get(fixed[0], fixed[0].replace('_', '-'))}")
         options = read_run_options(args.resume)
         options = replace(options, out=str(args.resume), **{k: given[k] for k in _RESUMABLE & given.keys()})
         run = train(options, resume=True)
@@ -152,6 +153,8 @@ def _train(args: argparse.Namespace) -> int:
         for name in ("size", "crop"):
             if given.get(name) is not None and given[name] % 16:
                 raise UserError(f"--{name} {given[name]}: must be a multiple of 16 (the network pools four times)")
+        if "max_minutes" in given and not (math.isfinite(given["max_minutes"]) and given["max_minutes"] > 0):
+            raise UserError(f"--max-minutes {given['max_minutes']}: must be a positive number of minutes")
         if "lr" in given and not (math.isfinite(given["lr"]) and given["lr"] > 0):
             raise UserError(f"--lr {given['lr']}: must be a positive number, e.g. 1e-4")
         if given.get("seed") is not None and given["seed"] < 0:

@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 RUN_FILE = "run.json"
 CHECKPOINT = "last.pt"
 CHECKSUM = CHECKPOINT + ".sha256"
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_psnr", "train_ssim", "val_loss", "val_psnr", "val_ssim", "seconds")
+HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_psnr", "train_ssim", "val_loss", "val_psnr", "val_ssim", "seconds", "cpu_seconds")
 
 
 @dataclass
@@ -64,6 +64,7 @@ class TrainOptions:
     size: int | None = 256
     crop: int | None = None
     epochs: int = 100
+    max_minutes: float | None = None  # wall-clock budget: no new epoch starts once the epochs so far took this long
     batch: int = 8
     lr: float = 1e-4
     seed: int = 42
@@ -376,7 +377,11 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     step_options = {"scaler": scaler} if scaler is not None else {}
 
     for epoch in range(first_epoch, options.epochs + 1):
-        started = time.perf_counter()
+        spent = sum(float(r["seconds"]) for r in history) / 60
+        if options.max_minutes is not None and spent >= options.max_minutes:
+            log(f"time budget: {spent:.1f} of {options.max_minutes:g} minutes used after epoch {epoch - 1}; stopping")
+            break
+        started, cpu_started = time.perf_counter(), time.process_time()
         desc = f"epoch {epoch}/{options.epochs}"
         kept = f"last good checkpoint {run / CHECKPOINT} kept" if state is not None or epoch > 1 else "no checkpoint written yet"
         try:
@@ -392,7 +397,8 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(val_stats["loss"])
         row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
-               **{f"val_{k}": v for k, v in val_stats.items()}, "seconds": round(time.perf_counter() - started, 3)}
+               **{f"val_{k}": v for k, v in val_stats.items()}, "seconds": round(time.perf_counter() - started, 3),
+               "cpu_seconds": round(time.process_time() - cpu_started, 3)}
         history.append(row)
         improved = stopper.update(val_stats["loss"], epoch)
         if ddp.is_main():

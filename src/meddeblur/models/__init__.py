@@ -29,6 +29,8 @@ ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
 SIZE_MULTIPLE = 16
 #: Inside a run folder, the weights that ``--model RUN`` means.
 BEST_WEIGHTS = "best.safetensors"
+#: The trained model shipped inside the package (see MODEL_CARD.md); used when no ``--model`` is given.
+DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "default.safetensors"
 #: Base channels when a config names none: the reference's 64, NAFNet's measured CPU default.
 DEFAULT_WIDTHS = {"attention-unet": 64, "attention-unet-residual": 64, "nafnet": 16}
 #: NAFNet block counts when a config names none: no blocks at full resolution, where
@@ -152,8 +154,12 @@ def save_weights(model: nn.Module, config: ModelConfig, path: str | Path, extra:
     return path
 
 
-def resolve_weights(model: str | Path) -> Path:
-    """Map ``--model`` (a run folder or a .safetensors file) to the weights file."""
+def resolve_weights(model: str | Path | None = None) -> Path:
+    """Map ``--model`` (a run folder or a .safetensors file; ``None``: the shipped model) to the weights file."""
+    if model is None:
+        if not DEFAULT_WEIGHTS.is_file():
+            raise UserError(f"{DEFAULT_WEIGHTS}: the shipped model is missing from this installation; reinstall meddeblur or pass --model")
+        return DEFAULT_WEIGHTS
     path = Path(model)
     if path.is_dir():
         path = path / BEST_WEIGHTS
@@ -189,8 +195,8 @@ def _read_config(path: Path) -> ModelConfig:
     raise UserError(f"{path}: weights carry no model config and {sidecar.name} is missing; keep the .json written beside it")
 
 
-def load_model(model: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, Path]:
-    """Load ``--model`` (run folder or .safetensors) in eval mode: (network, config, weights path)."""
+def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, Path]:
+    """Load ``--model`` (run folder or .safetensors; ``None``: the shipped model) in eval mode: (network, config, weights path)."""
     path = resolve_weights(model)
     if path.suffix != ".safetensors":
         raise UserError(f"{path}: weights must be a .safetensors file written by meddeblur (pickled checkpoints are not loaded)")
