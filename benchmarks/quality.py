@@ -31,7 +31,7 @@ from meddeblur.device import describe_machine
 from meddeblur.infer import deblur_array
 from meddeblur.io import list_images, read_rgb, resize_area
 from meddeblur.metrics import psnr_ssim_numpy
-from meddeblur.models import load_model, weights_id
+from meddeblur.models import load_model, size_multiple, weights_id
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
@@ -45,7 +45,9 @@ FAMILIES = {  # the benchmark's fixed parameters (motion angle and shake path st
     "down×2-up": "down:scale=2",
     "down×4-up": "down:scale=4",
     "mixed": "mixed",
+    "sharp (none)": "none",  # an un-blurred input: a model must give it back unharmed; not part of the mean
 }
+UNBLURRED = "sharp (none)"
 
 
 def load_split(images: list[Path]) -> dict[str, list[str]]:
@@ -80,11 +82,11 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
     for model in models:
         network, config, weights = load_model(model, "cpu")
         label = Path(model).name if Path(model).is_dir() else Path(model).stem
-        loaded.append((f"model: {label}", network, {"path": str(weights), "id": weights_id(weights), "arch": config.arch, "width": config.width}))
+        loaded.append((f"model: {label}", network, size_multiple(config), {"path": str(weights), "id": weights_id(weights), "arch": config.arch, "width": config.width}))
     rows: dict[str, dict] = {"input": {"families": {}, "seconds": 0.0}}
     for name in methods:
         rows[METHODS[name].label] = {"families": {}, "seconds": 0.0, "params": {}}
-    for label, _, info in loaded:
+    for label, _, _, info in loaded:
         rows[label] = {"families": {}, "seconds": 0.0, "model": info}
     megapixels = 0.0
     for family, spec_text in families.items():
@@ -104,9 +106,9 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
                 restored = restore(name, blurred, kernel, **{k: v for k, v in rows[METHODS[name].label]["params"][family].items() if k != "val_psnr"})
                 rows[METHODS[name].label]["seconds"] += time.perf_counter() - t0
                 scores[METHODS[name].label].append(psnr_ssim_numpy(restored, sharp))
-            for label, network, _ in loaded:
+            for label, network, multiple, _ in loaded:
                 t0 = time.perf_counter()
-                restored = deblur_array(network, blurred)
+                restored = deblur_array(network, blurred, multiple=multiple)
                 rows[label]["seconds"] += time.perf_counter() - t0
                 scores[label].append(psnr_ssim_numpy(restored, sharp))
         for label, values in scores.items():
@@ -115,15 +117,16 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
               + f" ({time.perf_counter() - started:.0f} s)", flush=True)
     for row in rows.values():
         row["s_per_megapixel"] = row.pop("seconds") / megapixels if megapixels else 0.0
-        row["mean_psnr"] = statistics.fmean(f["psnr"] for f in row["families"].values())
-        row["mean_ssim"] = statistics.fmean(f["ssim"] for f in row["families"].values())
+        blurred_families = [f for name, f in row["families"].items() if name != UNBLURRED] or list(row["families"].values())
+        row["mean_psnr"] = statistics.fmean(f["psnr"] for f in blurred_families)
+        row["mean_ssim"] = statistics.fmean(f["ssim"] for f in blurred_families)
     return {"protocol": protocol, "test_images": len(test_names), "val_images_for_tuning": len(val_names),
             "families": families, "split": str(SPLIT.relative_to(HERE.parent)), "rows": rows}
 
 
 def markdown(result: dict, command: str, machine: str) -> str:
     families = list(result["families"])
-    head = "| method | " + " | ".join(families) + " | mean | s / MP |"
+    head = "| method | " + " | ".join(families) + " | mean of blurs | s / MP |"
     lines = [f"# Quality benchmark — {result['protocol']} protocol", "",
              f"{result['test_images']} ISIC test images ({result['split']}); classical parameters tuned per family on "
              f"{result['val_images_for_tuning']} validation images. Cells: PSNR (dB) / SSIM, TF-exact metrics, degraded inputs "

@@ -374,8 +374,8 @@ def case_deblur_jpeg_quality_out_of_range(c: Ctx) -> Case:
 
 
 @case
-def case_demo_zero_epochs(c: Ctx) -> Case:
-    return Case(["demo", "-o", c.root / "demo", "--epochs", "0"], ("--epochs 0",), absent=(c.root / "demo",))
+def case_demo_missing_model(c: Ctx) -> Case:
+    return Case(["demo", "-o", c.root / "demo", "--model", c.root / "nope.safetensors"], ("nope.safetensors",), absent=(c.root / "demo",))
 
 
 # --------------------------------------------------------------------------- usage

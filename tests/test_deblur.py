@@ -213,7 +213,8 @@ def test_folder_is_done_in_one_invocation_with_the_model_loaded_once(tmp_path: P
     assert rc == 0
     assert len(calls) == 1
     names = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert names == sorted([f"img{i}.png" for i in range(len(ODD_SIZES))] + ["single.bmp"])
+    # BMP has no metadata field: its provenance goes into a sidecar (meddeblur.provenance).
+    assert names == sorted([f"img{i}.png" for i in range(len(ODD_SIZES))] + ["single.bmp", "single.bmp.json"])
     for i, (h, w) in enumerate(ODD_SIZES):
         assert _pixels(tmp_path / "out" / f"img{i}.png").shape == (h, w, 3)
     assert f"{len(ODD_SIZES) + 1} image(s) written" in capsys.readouterr().out

@@ -18,7 +18,7 @@ escapes the real entry point either.
 
 Decisions these cases pin down:
 
-* GIF (and WebP, JPEG 2000, BigTIFF, DICOM, PDF, .npy...) is not decoded; the file
+* GIF (and WebP, JPEG 2000, BigTIFF, PDF, .npy...) is not decoded; the file
   is refused by content, whatever its extension, with "is a GIF image ... convert it
   to PNG or TIFF". Multi-frame PNG (APNG) and TIFF files are supported formats: their
   first frame is read.
@@ -679,6 +679,94 @@ def ok_synth_non_utf8_and_unicode_names(c: Ctx):
             assert names == sorted([b"caf\xe9 \xff photo.png", "naïve ✓.png".encode()]), names
 
     return c.synth(c.root / "sharp"), check
+
+
+# ---- DICOM, ONNX models and assess
+
+
+def dicom_bytes(frames: int = 1, transfer_syntax: str | None = None) -> bytes:
+    """A 32×32 8-bit MONOCHROME2 DICOM file; with ``transfer_syntax``, its pixel data a garbage encapsulated frame."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.file_meta.TransferSyntaxUID = transfer_syntax or ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = "P1", 32, 32, 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PixelData = rgb_array((32 * frames, 32))[:, :, 0].tobytes()
+    if transfer_syntax:
+        ds.PixelData = encapsulate([b"\xff\xd8\xff\xc3" + bytes(64) + b"\xff\xd9"])
+        ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@hostile
+def case_deblur_truncated_dicom(c: Ctx) -> Case:
+    bad = put(c.root / "in" / "scan.dcm", dicom_bytes()[:-400])
+    return Case(c.deblur(bad), (str(bad), "truncated or corrupt"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_dicom_marker_then_garbage(c: Ctx) -> Case:
+    bad = put(c.root / "in" / "IM0001", bytes(128) + b"DICM" + bytes(range(256)) * 2)
+    return Case(c.deblur(bad), (str(bad), "DICOM"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_compressed_dicom_not_decodable(c: Ctx) -> Case:
+    # JPEG Lossless: refused as undecodable here (no pylibjpeg/gdcm), or as corrupt where a decoder exists.
+    bad = put(c.root / "in" / "lossless.dcm", dicom_bytes(transfer_syntax="1.2.840.10008.1.2.4.70"))
+    return Case(c.deblur(bad), (str(bad), "cannot decode"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_multiframe_dicom_in_folder(c: Ctx) -> Case:
+    good(c.root / "in" / "a.png")
+    bad = put(c.root / "in" / "cine.dcm", dicom_bytes(frames=3))
+    return Case(c.deblur(c.root / "in"), (str(bad), "multi-frame"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_onnx_file_is_garbage(c: Ctx) -> Case:
+    image = good(c.root / "in" / "a.png")
+    bad = put(c.root / "models" / "model.onnx", b"\x08\x07" + bytes(range(256)) * 4)
+    return Case(["deblur", image, "-o", c.root / "out", "--onnx", bad], (str(bad), "ONNX"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_onnx_file_is_an_image(c: Ctx) -> Case:
+    image = good(c.root / "in" / "a.png")
+    bad = good(c.root / "models" / "model.onnx", seed=1)
+    return Case(["deblur", image, "-o", c.root / "out", "--onnx", bad], (str(bad), "ONNX"), (c.root / "out",))
+
+
+@hostile
+def case_assess_gif_named_png_in_folder(c: Ctx) -> Case:
+    good(c.root / "in" / "a.png")
+    bad = put(c.root / "in" / "b.png", animated_gif())
+    table = c.root / "triage.csv"
+    return Case(["assess", c.root / "in", "--csv", table], (str(bad), "GIF", "--skip-bad"), (table,))
+
+
+@hostile
+def case_assess_truncated_dicom(c: Ctx) -> Case:
+    bad = put(c.root / "in" / "scan.dcm", dicom_bytes()[:-400])
+    return Case(["assess", bad], (str(bad), "truncated or corrupt"))
+
+
+@hostile
+def case_assess_csv_is_a_folder(c: Ctx) -> Case:
+    image = good(c.root / "in" / "a.png")
+    (c.root / "tables").mkdir()
+    return Case(["assess", image, "--csv", c.root / "tables"], (str(c.root / "tables"), "folder"))
 
 
 # --------------------------------------------------------------------------- running and checking

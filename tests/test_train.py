@@ -131,3 +131,25 @@ def test_train_other_architectures_and_deblur_tiled(pairs, tmp_path):
         out = tmp_path / f"{arch}-out"
         assert main(["deblur", str(pairs / "blurred"), "-o", str(out), "--model", str(run), "--tile", "32", "--overlap", "8"]) == 0
         assert len(list(out.glob("*.png"))) == 8
+
+
+def test_max_minutes_stops_between_epochs_and_resume_respects_the_budget(pairs, tmp_path, monkeypatch):
+    import time
+    from types import SimpleNamespace
+
+    import meddeblur.train as train_module
+
+    clock = iter(range(0, 10_000, 30))  # every perf_counter() call in train advances 30 s: each epoch "takes" ≥ 30 s
+    monkeypatch.setattr(train_module, "time", SimpleNamespace(perf_counter=lambda: float(next(clock)), process_time=time.process_time))
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(pairs), "--out", str(run), "--epochs", "50", "--max-minutes", "1.5", *TINY]) == 0
+    with open(run / "history.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    spent = sum(float(r["seconds"]) for r in rows)
+    assert 2 <= len(rows) < 50 and spent >= 90 and spent - float(rows[-1]["seconds"]) < 90
+    assert all(float(r["cpu_seconds"]) > 0 for r in rows)
+    assert "time budget" in (run / "train.log").read_text()
+    assert main(["train", "--resume", str(run), "--max-minutes", "1.5"]) == 0  # budget already spent: no new epoch
+    with open(run / "history.csv") as fh:
+        assert len(list(csv.DictReader(fh))) == len(rows)
+    assert main(["train", "--resume", str(run), "--max-minutes", "0"]) == 2  # a budget must be positive

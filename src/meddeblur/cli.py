@@ -1,4 +1,4 @@
-"""The ``meddeblur`` command line: train, evaluate, deblur, synth, demo."""
+"""The ``meddeblur`` command line: train, evaluate, deblur, synth, demo, serve."""
 
 from __future__ import annotations
 
@@ -92,7 +92,36 @@ def _build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels, blended smoothly (default 128)")
     deblur.add_argument("--jpeg-quality", type=int, default=95, help="JPEG output quality (default 95)")
     deblur.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    deblur.add_argument("--engine", choices=("torch", "onnx"),
+                        help="torch (default) or onnx: ONNX Runtime on the CPU, same tiling; exports --model on the fly unless --onnx")
+    deblur.add_argument("--onnx", metavar="FILE", help="run this file written by meddeblur export (implies --engine onnx)")
     deblur.set_defaults(handler=_deblur)
+
+    export = commands.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
+                                 description="Write an ONNX model with the config and model id as metadata, for deblur --onnx or any ONNX runtime.")
+    export.add_argument("--model", help="run folder or .safetensors weights (default: the shipped model)")
+    export.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+    export.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    export.set_defaults(handler=_export)
+
+    info = commands.add_parser("info", help="print the provenance stored in files written by meddeblur",
+                               description="Print tool, version, model id and parameters recorded in output images (PNG/TIFF/JPEG "
+                                           "metadata, DICOM tags, BMP sidecar) or exported ONNX models. Exit code 1 if a file has none.")
+    info.add_argument("files", nargs="+", metavar="FILE", help="image, DICOM or .onnx files")
+    info.add_argument("--json", action="store_true", help="print the records as one JSON object keyed by file")
+    info.set_defaults(handler=_info)
+
+    from meddeblur.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD
+
+    assess = commands.add_parser("assess", help="score how blurred images are and flag the ones needing attention",
+                                 description=f"No-reference blur score in [0, 1] per image (higher = blurrier), measured at a long side of "
+                                             f"{ANALYSIS_SIDE} px; images above the threshold are flagged 'needs attention'.")
+    assess.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
+    assess.add_argument("--csv", metavar="FILE", help="write path, blur_score, flag, width, height, note to FILE")
+    assess.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help=f"flag images scoring above this (default {DEFAULT_THRESHOLD}, chosen on ISIC, see README)")
+    assess.add_argument("--skip-bad", action="store_true", help="list unreadable files as 'unreadable' instead of stopping")
+    assess.set_defaults(handler=_assess)
 
     synth = commands.add_parser("synth", help="write a paired data set by degrading sharp images",
                                 description="Degrade sharp images into blurred/, sharp/, kernels/*.npy and manifest.json.")
@@ -103,10 +132,27 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--size", type=int, help="resize to SIZE×SIZE first (area), like the reference protocol")
     synth.set_defaults(handler=_synth)
 
-    demo = commands.add_parser("demo", help="run the whole job on generated images (offline, about a minute)")
+    demo = commands.add_parser("demo", help="deblur a generated sample with the shipped model (offline, seconds)")
     demo.add_argument("-o", "--out", default="meddeblur-demo", help="output folder (default ./meddeblur-demo)")
-    demo.add_argument("--epochs", type=int, default=60, help="epochs for the tiny demo model (default 60)")
+    demo.add_argument("--model", help="run folder or .safetensors weights (default: the shipped model)")
     demo.set_defaults(handler=_demo)
+
+    serve = commands.add_parser("serve", help="web page and REST API for deblurring (FastAPI + uvicorn)",
+                                description="Serve the page at / and the API at /v1/deblur, /v1/model, /healthz (docs at /docs). "
+                                            "Output images are computer-processed and not for diagnosis alone.")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--model", help="run folder or .safetensors weights (default: the model shipped with meddeblur)")
+    serve.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once (default 1)")
+    serve.add_argument("--threads", type=int, default=1, help="images deblurred at once per worker (default 1)")
+    serve.add_argument("--queue", type=int, default=32, help="requests waiting per worker before answering 503 + Retry-After (default 32)")
+    serve.add_argument("--max-upload-mb", type=float, default=50, help="largest upload in MiB, refused with 413 while streaming (default 50)")
+    serve.add_argument("--max-pixels", type=float, default=64e6, help="largest image in pixels, checked before decoding (default 64e6)")
+    serve.add_argument("--tile", type=int, default=1024, help="tile size for large images, as in deblur (default 1024; 0 = whole)")
+    serve.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
+    serve.add_argument("--jpeg-quality", type=int, default=95, help="quality of JPEG answers (default 95)")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    serve.set_defaults(handler=_serve)
     return parser
 
 
@@ -128,6 +174,8 @@ def _train(args: argparse.Namespace) -> int:
 
     given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
     weights = {k: getattr(args, f"w_{k}") for k in ("ssim", "l1", "perceptual") if getattr(args, f"w_{k}") is not None}
+    if "max_minutes" in given and not (math.isfinite(given["max_minutes"]) and given["max_minutes"] > 0):
+        raise UserError(f"--max-minutes {given['max_minutes']}: must be a positive number of minutes")
     if args.resume:
         fixed = sorted(set(given) - _RESUMABLE) + [f"w_{k}" for k in weights]
         fixed += [k for k in ("data", "blurred", "sharp") if getattr(args, k) is not None]
@@ -153,8 +201,6 @@ def _train(args: argparse.Namespace) -> int:
         for name in ("size", "crop"):
             if given.get(name) is not None and given[name] % 16:
                 raise UserError(f"--{name} {given[name]}: must be a multiple of 16 (the network pools four times)")
-        if "max_minutes" in given and not (math.isfinite(given["max_minutes"]) and given["max_minutes"] > 0):
-            raise UserError(f"--max-minutes {given['max_minutes']}: must be a positive number of minutes")
         if "lr" in given and not (math.isfinite(given["lr"]) and given["lr"] > 0):
             raise UserError(f"--lr {given['lr']}: must be a positive number, e.g. 1e-4")
         if given.get("seed") is not None and given["seed"] < 0:
@@ -191,18 +237,70 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _deblur(args: argparse.Namespace) -> int:
     from meddeblur.device import pick_device
-    from meddeblur.infer import deblur_files
-    from meddeblur.models import load_model, size_multiple
+    from meddeblur.infer import deblur_files, open_engine
 
     if not 1 <= args.jpeg_quality <= 100:
         raise UserError(f"--jpeg-quality {args.jpeg_quality}: choose 1 to 100")
-    device = pick_device(args.device)
-    model, config, _ = load_model(args.model, device)
     if args.tile and (args.tile < 32 or not 0 <= args.overlap < args.tile // 2):
         raise UserError(f"--tile {args.tile} --overlap {args.overlap}: use a tile of at least 32 px and an overlap below half the tile")
+    engine = args.engine or ("onnx" if args.onnx else "torch")
+    # ONNX Runtime runs on the CPU: "auto" means the CPU there, an explicit GPU is refused by open_engine.
+    device = pick_device("cpu" if engine == "onnx" and args.device == "auto" else args.device)
+    model, multiple, record = open_engine(engine, args.model, args.onnx, device, {"tile": args.tile, "overlap": args.overlap})
     written = deblur_files(model, args.inputs, args.out, fmt=args.format, device=device, jpeg_quality=args.jpeg_quality,
-                           tile=args.tile, overlap=args.overlap, multiple=size_multiple(config))
+                           tile=args.tile, overlap=args.overlap, multiple=multiple, provenance=record)
     print(f"{len(written)} image(s) written to {args.out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from meddeblur.onnx_engine import export_onnx
+
+    meta = export_onnx(args.model, args.onnx, opset=args.opset)
+    print(f"{args.onnx}: model {meta['meddeblur_weights_id']} ({meta['meddeblur_source']}), opset {args.opset}, "
+          f"dynamic batch/height/width (multiples of {meta['meddeblur_size_multiple']})")
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    import json
+
+    from meddeblur.provenance import read_provenance, summary
+
+    records = {}
+    for name in args.files:
+        if name.lower().endswith(".onnx"):
+            from meddeblur.onnx_engine import OnnxModel
+
+            onnx = OnnxModel(name)
+            records[name] = {"tool": "meddeblur", "version": onnx.metadata["meddeblur_version"], "operation": "export",
+                             "model_id": onnx.weights_id, "model": onnx.describe(), "engine": "onnx",
+                             "parameters": {"size_multiple": onnx.size_multiple}, "note": "ONNX export of a meddeblur model"}
+        else:
+            records[name] = read_provenance(name)
+    if args.json:
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+    else:
+        for name, record in records.items():
+            print(f"{name}: {summary(record) if record else 'no meddeblur provenance (not written by meddeblur, or stripped)'}")
+    return 0 if all(records.values()) else 1
+
+
+def _assess(args: argparse.Namespace) -> int:
+    from meddeblur.assess import FLAG_ATTENTION, assess_files, check_csv_target, write_csv
+    from meddeblur.infer import collect_inputs
+
+    files = collect_inputs(args.inputs)
+    if args.csv:
+        check_csv_target(args.csv, files)
+    rows = assess_files(files, threshold=args.threshold, skip_bad=args.skip_bad)
+    if args.csv:
+        write_csv(rows, args.csv, files)
+    for row in rows:
+        score = "   -  " if row.blur_score is None else f"{row.blur_score:.4f}"
+        print(f"{score}  {row.flag:<15}  {row.path}")
+    flagged = sum(row.flag == FLAG_ATTENTION for row in rows)
+    print(f"{len(rows)} image(s): {flagged} need attention (blur score > {args.threshold:g})" + (f"; table: {args.csv}" if args.csv else ""))
     return 0
 
 
@@ -221,11 +319,21 @@ def _synth(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from meddeblur.demo import run_demo
 
-    if args.epochs < 1:
-        raise UserError(f"--epochs {args.epochs}: must be a positive integer")
-    result = run_demo(args.out, epochs=args.epochs)
+    result = run_demo(args.out, model=args.model)
     print(result["markdown"])
-    print(f"side-by-side figure: {result['figure']}\nmetrics table: {result['table']}\ndemo model: {result['weights']}")
+    print(f"side-by-side figure: {result['figure']}\nmetrics table: {result['table']}\nmodel: {result['weights']}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from meddeblur.server import ServerSettings, serve
+
+    if not (math.isfinite(args.max_pixels) and args.max_pixels >= 1):
+        raise UserError(f"--max-pixels {args.max_pixels:g}: must be a positive number, e.g. 64e6")
+    settings = ServerSettings(model=args.model, device=args.device, max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_pixels),
+                              threads=args.threads, queue=args.queue, tile=args.tile, overlap=args.overlap,
+                              jpeg_quality=args.jpeg_quality, workers=args.workers)
+    serve(settings, host=args.host, port=args.port)
     return 0
 
 

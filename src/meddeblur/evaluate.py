@@ -20,7 +20,7 @@ from meddeblur.errors import UserError
 from meddeblur.infer import deblur_array
 from meddeblur.io import atomic_write, check_creatable_folder, read_rgb, resize_area
 from meddeblur.metrics import psnr_ssim_numpy
-from meddeblur.models import load_model, weights_id
+from meddeblur.models import load_model, size_multiple, weights_id
 from meddeblur.plots import plot_comparison
 
 #: PSNR of identical images is +inf (as in TensorFlow); reports cap it so means stay finite.
@@ -160,7 +160,7 @@ def evaluate(options: EvalOptions) -> dict:
 
     records, figure_rows = [], []
     for name, blurred, sharp in tqdm(_samples(chosen, size, spec), total=len(chosen), desc="evaluating", unit="image", disable=None):
-        restored = deblur_array(model, blurred, options.device)
+        restored = deblur_array(model, blurred, options.device, multiple=size_multiple(config))
         in_psnr, in_ssim = psnr_ssim_numpy(blurred, sharp)
         out_psnr, out_ssim = psnr_ssim_numpy(restored, sharp)
         record = {"name": name, "input_psnr": min(in_psnr, PSNR_CAP), "input_ssim": in_ssim,

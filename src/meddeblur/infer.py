@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,18 +15,20 @@ from tqdm import tqdm
 from meddeblur.errors import UserError
 from meddeblur.io import IMAGE_EXTENSIONS, check_creatable_folder, check_regular_file, list_images, read_image, write_image
 from meddeblur.models import SIZE_MULTIPLE
-from meddeblur.tiling import deblur_tiled
+from meddeblur.provenance import make_record
+from meddeblur.tiling import TileFn, deblur_tiled
 
 FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp"}
-_SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
+_SUFFIX_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP", ".dcm": "DICOM"}
 
 
 @torch.no_grad()
-def deblur_tensor(model: nn.Module, images: torch.Tensor, multiple: int = SIZE_MULTIPLE,
+def deblur_tensor(model: nn.Module | TileFn, images: torch.Tensor, multiple: int = SIZE_MULTIPLE,
                   amp: bool = False, channels_last: bool = False) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] → (N, 3, H, W) float32 in [0, 1], any H, W ≥ ``multiple``.
 
-    The network needs sides divisible by ``multiple``: pad by reflection (split
+    ``model`` is a network or any callable on (N, 3, h, w) tensors (e.g. an ONNX Runtime session
+    wrapper). The network needs sides divisible by ``multiple``: pad by reflection (split
     between both sides so no border is always extrapolated), run, crop back.
     On CUDA only, ``amp`` runs under autocast (bf16 where supported, else fp16) and
     ``channels_last`` switches the input and the model (in place) to that memory
@@ -36,7 +39,7 @@ def deblur_tensor(model: nn.Module, images: torch.Tensor, multiple: int = SIZE_M
     padding = (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)
     padded = F.pad(images, padding, mode="reflect") if pad_h or pad_w else images
     cuda = padded.device.type == "cuda"
-    if channels_last and cuda:
+    if channels_last and cuda and isinstance(model, nn.Module):
         model.to(memory_format=torch.channels_last)
         padded = padded.contiguous(memory_format=torch.channels_last)
     if amp and cuda:
@@ -47,7 +50,7 @@ def deblur_tensor(model: nn.Module, images: torch.Tensor, multiple: int = SIZE_M
     return output[..., padding[2]:padding[2] + height, padding[0]:padding[0] + width].clamp(0, 1)
 
 
-def deblur_array(model: nn.Module, rgb: np.ndarray, device: str | torch.device = "cpu", tile: int = 0,
+def deblur_array(model: nn.Module | TileFn, rgb: np.ndarray, device: str | torch.device = "cpu", tile: int = 0,
                  overlap: int = 128, multiple: int = SIZE_MULTIPLE) -> np.ndarray:
     """(H, W, 3) float in [0, 1] → deblurred (H, W, 3) float32.
 
@@ -58,6 +61,46 @@ def deblur_array(model: nn.Module, rgb: np.ndarray, device: str | torch.device =
     if tile and max(rgb.shape[:2]) > tile:
         return deblur_tiled(model, tensor, tile=tile, overlap=overlap, multiple=multiple)[0].numpy().transpose(1, 2, 0)
     return deblur_tensor(model, tensor, multiple=multiple)[0].cpu().numpy().transpose(1, 2, 0)
+
+
+ENGINES = ("torch", "onnx")
+
+
+def open_engine(engine: str = "torch", model: str | Path | None = None, onnx: str | Path | None = None,
+                device: str | torch.device = "cpu", parameters: dict[str, Any] | None = None) -> tuple[nn.Module | TileFn, int, dict[str, Any]]:
+    """(network or ONNX Runtime model, its size multiple, the provenance record) for :func:`deblur_files`.
+
+    ``engine="torch"`` loads ``model`` (None: the shipped one). ``engine="onnx"`` runs the exported
+    file ``onnx`` or, without one, exports ``model`` to a temporary file first (seconds to a minute;
+    ``meddeblur export`` once is cheaper for repeated use). Both name the same model id: the hash
+    of the weights the network came from. ``parameters`` are recorded as they are.
+    """
+    if engine not in ENGINES:
+        raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
+    if engine == "torch":
+        from meddeblur.models import load_model, size_multiple, weights_id
+
+        if onnx is not None:
+            raise UserError(f"--onnx {onnx}: an ONNX file runs with --engine onnx; drop --engine torch or --onnx")
+        network, config, path = load_model(model, device)
+        record = make_record(weights_id(path), f"{config.arch} width {config.width}", "torch", parameters)
+        return network, size_multiple(config), record
+    import tempfile
+
+    from meddeblur.onnx_engine import OnnxModel, export_onnx
+
+    if torch.device(device).type != "cpu":
+        raise UserError(f"--device {device}: the ONNX engine runs on the CPU (onnxruntime); use --device cpu or --engine torch")
+    if onnx is not None and model is not None:
+        raise UserError(f"--model {model} --onnx {onnx}: the ONNX file holds its own model; give only one of them")
+    if onnx is not None:
+        runner = OnnxModel(onnx)
+    else:
+        with tempfile.TemporaryDirectory(prefix="meddeblur-onnx-") as folder:
+            exported = Path(folder) / "model.onnx"
+            export_onnx(model, exported)
+            runner = OnnxModel(exported)  # the session holds the whole graph: the file may go
+    return runner, runner.size_multiple, make_record(runner.weights_id, runner.describe(), "onnx", parameters)
 
 
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
@@ -121,18 +164,24 @@ def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list
     return outputs
 
 
-def deblur_files(model: nn.Module, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
+def deblur_files(model: nn.Module | TileFn, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
                  device: str | torch.device = "cpu", jpeg_quality: int = 95, tile: int = 0, overlap: int = 128,
-                 multiple: int = SIZE_MULTIPLE) -> list[Path]:
+                 multiple: int = SIZE_MULTIPLE, provenance: dict[str, Any] | None = None) -> list[Path]:
     """Deblur every input into ``outdir``; the model is loaded once by the caller (tiling: see :func:`deblur_array`).
 
-    Keeps grayscale, alpha and 8/16-bit depth (where the output format allows it).
+    Keeps grayscale, alpha and 8/16-bit depth (where the output format allows it); 16-bit
+    pixels go through the network as float32 without passing through 8 bits. A DICOM input
+    gives a derived DICOM (unless ``fmt``). Every output carries ``provenance`` (default: tool
+    and version only, see :mod:`meddeblur.provenance`).
     """
+    record = provenance if provenance is not None else make_record()
     files = collect_inputs(inputs)
     outputs = plan_outputs(files, outdir, fmt)
-    for source in files:
+    for source, target in zip(files, outputs):
         # Decode every input first: a bad file fails the run before any output is written.
-        read_image(source)
+        image = read_image(source)
+        if _SUFFIX_FORMATS.get(target.suffix.lower()) == "DICOM" and image.format != "DICOM":
+            raise UserError(f"{source}: named .dcm but holds a {image.format} image (a DICOM is written only from a DICOM); rename it or pass --format")
     written = []
     for source, target in tqdm(list(zip(files, outputs)), desc="deblurring", unit="image", disable=None if len(files) > 1 else True):
         image = read_image(source)
@@ -140,8 +189,13 @@ def deblur_files(model: nn.Module, inputs: list[str | Path], outdir: str | Path,
         out_format = _SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
         bit_depth = image.bit_depth if out_format in ("PNG", "TIFF") else 8
         alpha = image.alpha if out_format != "JPEG" else None
+        if out_format == "DICOM":
+            from meddeblur.dicom import write_dicom
+
+            written.append(write_dicom(target, restored, image.source, record))
+            continue
         written.append(write_image(target, restored, alpha=alpha, grayscale=image.grayscale, bit_depth=bit_depth,
-                                   format=out_format, jpeg_quality=jpeg_quality))
+                                   format=out_format, jpeg_quality=jpeg_quality, provenance=record))
     return written
 
 

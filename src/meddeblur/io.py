@@ -41,7 +41,7 @@ __all__ = [
     "resize_area",
 ]
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm")
 
 _SUFFIX_FORMAT = {
     ".png": "PNG",
@@ -70,8 +70,9 @@ class LoadedImage:
     alpha: np.ndarray | None  # (H, W) float32 in [0, 1], or None
     grayscale: bool
     bit_depth: int  # 8 or 16
-    format: str  # "PNG", "JPEG", "TIFF" or "BMP"
+    format: str  # "PNG", "JPEG", "TIFF", "BMP" or "DICOM"
     path: Path
+    source: Any = None  # what writing back needs beyond pixels (DICOM: a meddeblur.dicom.DicomSource)
 
 
 # --------------------------------------------------------------------------- reading
@@ -113,8 +114,6 @@ def _unsupported_kind(head: bytes) -> str | None:
         return "a WebP image"
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"):
         return "a HEIF/AVIF image"
-    if head[128:132] == b"DICM":
-        return "a DICOM file"
     return None
 
 
@@ -279,9 +278,9 @@ def _c_stderr_silenced() -> Iterator[None]:
 
 
 def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Read a PNG, JPEG, TIFF or BMP file (decoded by content) as float32 RGB in [0, 1].
+    """Read a PNG, JPEG, TIFF, BMP or DICOM file (decoded by content) as float32 RGB in [0, 1].
 
-    8- and 16-bit images are supported; JPEG EXIF orientation is applied; of a
+    8- and 16-bit images are supported (DICOM: see :mod:`meddeblur.dicom`); JPEG EXIF orientation is applied; of a
     multi-frame file (APNG, multi-page TIFF, MPO) the first frame is read. Raises
     :class:`UserError` for a missing, unreadable, non-regular (folder, FIFO, device),
     corrupt, unsupported (GIF, WebP, ...), too small or too large file: images of more
@@ -292,6 +291,10 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
         head = f.read(_HEAD_BYTES)
         if not head:
             raise UserError(f"{path}: empty file (0 bytes), not a readable image; re-export or remove it")
+        if head[128:132] == b"DICM":
+            from meddeblur.dicom import read_dicom  # pydicom is imported only for DICOM files
+
+            return read_dicom(path, f, min_size, max_pixels)
         # Decoder warnings (odd EXIF, malformed MPO, ...) are not actionable and must not reach stderr.
         with warnings.catch_warnings(), _c_stderr_silenced():
             warnings.simplefilter("ignore")
@@ -306,7 +309,7 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
                 if head.startswith(_SIGNATURES):
                     # e.g. a TIFF cut short loses the directory at its end, so Pillow cannot identify it.
                     raise UserError(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it")
-                raise UserError(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP expected); convert it or remove it")
+                raise UserError(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP/DICOM expected); convert it or remove it")
             with opened as im:
                 return _decode(path, f, im, min_size, max_pixels)
 
@@ -532,6 +535,7 @@ def write_image(
     bit_depth: int = 8,
     format: str | None = None,
     jpeg_quality: int = 95,
+    provenance: dict[str, Any] | None = None,
 ) -> Path:
     """Write a float RGB image in [0, 1] atomically and return the path.
 
@@ -540,6 +544,8 @@ def write_image(
     taken from the suffix when None. 16 bits are written for PNG and TIFF only;
     JPEG and BMP are always 8-bit and drop the alpha channel. A 16-bit grey image
     with alpha is stored as RGBA because OpenCV cannot encode two channels.
+    ``provenance`` (a :func:`meddeblur.provenance.make_record`) goes into the file's
+    metadata, or for BMP into a ``NAME.bmp.json`` sidecar.
     """
     path = Path(path)
     fmt = _resolve_format(path, format)
@@ -575,9 +581,7 @@ def write_image(
         ok, buf = cv2.imencode(ext, arr)
         if not ok:
             raise RuntimeError(f"OpenCV failed to encode {path} as 16-bit {fmt}")
-        with atomic_write(path) as f:
-            f.write(buf.tobytes())
-        return path
+        return _write_encoded(path, buf.tobytes(), fmt, provenance)
 
     im = Image.fromarray(_quantize(x, 255, np.uint8))  # mode from shape: L, LA, RGB, RGBA
     options: dict[str, Any] = {}
@@ -588,8 +592,19 @@ def write_image(
         options = {"compression": "tiff_lzw"}
     buffer = _io.BytesIO()
     im.save(buffer, format=fmt, **options)
+    return _write_encoded(path, buffer.getvalue(), fmt, provenance)
+
+
+def _write_encoded(path: Path, data: bytes, fmt: str, provenance: dict[str, Any] | None) -> Path:
+    if provenance is not None:
+        from meddeblur.provenance import embed, sidecar_path, to_json
+
+        data = embed(data, fmt, provenance)
+        if fmt == "BMP":  # no metadata field in the format
+            with atomic_write(sidecar_path(path), "w") as fh:
+                fh.write(to_json(provenance) + "\n")
     with atomic_write(path) as f:
-        f.write(buffer.getbuffer())
+        f.write(data)
     return path
 
 
@@ -618,7 +633,7 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     files = [p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()]
     files.sort(key=lambda p: p.name)
     if not files:
-        raise UserError(f"{folder}: no images (png/jpg/jpeg/tif/tiff/bmp) found; check the folder")
+        raise UserError(f"{folder}: no images (png/jpg/jpeg/tif/tiff/bmp/dcm) found; check the folder")
     return files
 
 

@@ -31,13 +31,19 @@ trained width-8 Attention U-Net (60 epochs) on two 1022×767 ISIC images, tile 5
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 # Own code, not MONAI's sliding_window_inference: monai 1.6 needs torch>=2.8 (we allow >=2.2) and lacks aligned tiles and border-aware weights.
 
-__all__ = ["deblur_tiled", "tile_starts", "blend_weights"]
+__all__ = ["deblur_tiled", "tile_starts", "blend_weights", "TileFn"]
+
+#: What runs on one batch of padded tiles: an ``nn.Module`` or any callable (N, C, h, w) → (N, C', h, w),
+#: e.g. :class:`meddeblur.onnx_engine.OnnxModel`.
+TileFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list[int]:
@@ -71,14 +77,14 @@ def blend_weights(length: int, start: int, size: int, ramp: int) -> torch.Tensor
 
 
 @torch.no_grad()
-def deblur_tiled(model: nn.Module, image: torch.Tensor, tile: int = 512, overlap: int | float = 128,
+def deblur_tiled(model: nn.Module | TileFn, image: torch.Tensor, tile: int = 512, overlap: int | float = 128,
                  multiple: int = 16, batch: int = 1) -> torch.Tensor:
     """(N, C, H, W) in [0, 1] → (N, C, H, W) float32 on the CPU, clamped to [0, 1]; H, W ≥ ``multiple``.
 
     ``tile``: window side (rounded up to a multiple of ``multiple``); ``overlap``: pixels, or
     a fraction of ``tile`` when below 1, at most ``tile - multiple``; ``batch``: tiles per
-    forward pass (faster on a GPU, costs memory). The model runs on the device of its
-    parameters (the image's when it has none).
+    forward pass (faster on a GPU, costs memory). A module runs on the device of its
+    parameters (the image's when it has none); any other callable gets tiles on the image's device.
 
     The image is first reflect-padded to a multiple of ``multiple`` exactly as
     ``meddeblur.infer.deblur_tensor`` does, and every tile starts at a multiple of it: the
@@ -92,7 +98,8 @@ def deblur_tiled(model: nn.Module, image: torch.Tensor, tile: int = 512, overlap
     overlap = round(overlap * tile) if 0 < overlap < 1 else int(overlap)
     if not 0 <= overlap <= tile - multiple or batch < 1:
         raise ValueError(f"need 0 ≤ overlap ≤ tile - multiple and batch ≥ 1, got tile {tile}, overlap {overlap}, batch {batch}")
-    device = next((p.device for p in model.parameters()), image.device)
+    parameters = model.parameters() if isinstance(model, nn.Module) else iter(())
+    device = next((p.device for p in parameters), image.device)
     n, _, height, width = image.shape
     pad_h, pad_w = (-height) % multiple, (-width) % multiple
     top, left = pad_h // 2, pad_w // 2

@@ -1,0 +1,170 @@
+"""The FastAPI application: the page, the deblurring endpoint, the model card and a health check.
+
+Every error is answered as JSON ``{"error": "one line"}`` with a 4xx status (5xx only for
+a busy server or a bug), and the server keeps serving after any bad upload.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+
+from meddeblur import __version__
+from meddeblur.server.card import model_card
+from meddeblur.server.engine import InferencePool, QueueFull, ServedModel, load_served_model
+from meddeblur.server.imaging import OUTPUT_FORMATS, UploadError, deblur_upload, display_name
+from meddeblur.server.settings import ServerSettings
+from meddeblur.server.upload import drain, receive_upload
+
+log = logging.getLogger("meddeblur.server")
+
+# The page loads nothing from elsewhere; the policy makes the browser enforce it.
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
+                               "script-src 'self' 'unsafe-inline'; connect-src 'self'; object-src 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+_ERROR_SCHEMA = {"content": {"application/json": {"schema": {
+    "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
+_DEBLUR_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
+                "file": {"type": "string", "format": "binary", "description": "PNG, JPEG, TIFF or BMP (decoded by content)"}}}},
+            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+        },
+    },
+    "responses": {
+        "200": {"description": "The deblurred image (input's format and bit depth unless `format`); headers "
+                               "X-Model-Id, X-Processing-Time-Ms, X-Deblur-Time-Ms, X-Image-Size",
+                "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                            for t in ("image/png", "image/jpeg", "image/tiff", "image/bmp")}},
+        "400": {"description": "empty upload, no file field, bad format", **_ERROR_SCHEMA},
+        "413": {"description": "upload larger than --max-upload-mb, or more pixels than --max-pixels", **_ERROR_SCHEMA},
+        "415": {"description": "not an image, or an unsupported format (GIF, WebP, DICOM, ...)", **_ERROR_SCHEMA},
+        "422": {"description": "truncated or corrupt image, smaller than 16 px", **_ERROR_SCHEMA},
+        "503": {"description": "queue full: retry after the Retry-After header's seconds", **_ERROR_SCHEMA},
+    },
+}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UploadError)
+    async def upload_error(_: Request, exc: UploadError) -> JSONResponse:
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(QueueFull)
+    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
+        return _error(503, str(exc), {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
+        return Response(status_code=400)  # nobody is listening; not worth a log line
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(Exception)
+    async def bug(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return _error(500, f"internal error ({type(exc).__name__}); the server keeps running, please report this")
+
+
+def create_app(settings: ServerSettings | None = None, model: ServedModel | None = None) -> FastAPI:
+    """The application for one worker process; loads the model now (once) unless ``model`` is given."""
+    settings = (settings or ServerSettings()).validate()
+    served = model or load_served_model(settings.model, settings.device)
+    pool = InferencePool(settings.threads, settings.queue)
+    card = model_card(served.config, served.weights_path, served.model_id)
+    page = resources.files("meddeblur.server").joinpath("page.html").read_text(encoding="utf-8")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        pool.shutdown()
+
+    app = FastAPIOffline(title="meddeblur", version=__version__, lifespan=lifespan,
+                         description="Deblurring of dermoscopic images. Output images are computer-processed and "
+                                     "not for diagnosis alone.")
+    app.state.settings, app.state.model, app.state.pool = settings, served, pool
+    _add_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index() -> HTMLResponse:
+        return HTMLResponse(page, headers=_PAGE_HEADERS)
+
+    @app.get("/healthz", summary="Liveness, load and limits")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "model_id": served.model_id, "version": __version__, "busy": pool.busy,
+                "capacity": pool.capacity, "max_upload_mb": settings.max_upload_mb, "max_pixels": settings.max_pixels}
+
+    @app.get("/v1/model", summary="The model card: id, version, architecture, training data, limits")
+    async def model_info() -> dict[str, Any]:
+        return card
+
+    @app.post("/v1/deblur", summary="Deblur one image", openapi_extra=_DEBLUR_OPENAPI,
+              responses={200: {"content": {"image/png": {}}}})
+    async def deblur(request: Request, format: str | None = Query(
+            None, description="output format: png, jpeg, tiff or bmp (default: the input's)")) -> Response:
+        started = time.perf_counter()
+        if format and format.lower() not in OUTPUT_FORMATS:
+            raise UploadError(400, f"format={format}: choose one of png, jpeg, tiff, bmp (or leave it out to keep the input's)")
+        try:
+            slot = pool.admit()
+        except QueueFull:
+            await drain(request, settings.max_upload_bytes)
+            raise
+        async with slot:
+            upload, filename = await receive_upload(request, settings.max_upload_bytes)
+            name = display_name(filename)
+            result = await slot.run(deblur_upload, served, upload, name, format, settings.max_pixels,
+                                    settings.tile, settings.overlap, settings.jpeg_quality)
+        total_ms = (time.perf_counter() - started) * 1000
+        stem = name.rsplit(".", 1)[0] if "." in name else name
+        suffix = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "BMP": "bmp"}[result.format]
+        headers = {
+            "X-Model-Id": served.model_id,
+            "X-Processing-Time-Ms": f"{total_ms:.1f}",
+            "X-Deblur-Time-Ms": f"{result.seconds * 1000:.1f}",
+            "X-Image-Size": f"{result.width}x{result.height}",
+            "X-Bit-Depth": str(result.bit_depth),
+            "Server-Timing": (f'wait;desc="upload and queue";dur={total_ms - result.seconds * 1000:.1f}, '
+                              f"deblur;dur={result.seconds * 1000:.1f}"),
+            "Content-Disposition": f'inline; filename="{stem}_deblurred.{suffix}"',
+        }
+        return Response(result.data, media_type=result.media_type, headers=headers)
+
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory for ``--workers N``: each worker process builds its own app (and loads the model once)."""
+    import torch
+
+    settings = ServerSettings.from_env()
+    torch.set_num_threads(settings.torch_threads())
+    return create_app(settings)

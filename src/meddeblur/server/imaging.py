@@ -1,0 +1,132 @@
+"""Upload → deblurred image bytes, with the same decoding, checks and output rules as ``meddeblur deblur``."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import numpy as np
+
+from meddeblur.errors import UserError
+from meddeblur.infer import FORMAT_SUFFIXES, deblur_array
+from meddeblur.io import LoadedImage, read_image, write_image
+from meddeblur.server.engine import ServedModel
+
+#: ``?format=`` values and what is answered for them.
+OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "tiff": "TIFF", "tif": "TIFF", "bmp": "BMP"}
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "TIFF": "image/tiff", "BMP": "image/bmp"}
+
+# read_image silences C-library chatter by swapping file descriptor 2 process-wide and
+# changes the global warning filters: two decodes overlapping in threads could leave
+# stderr pointing at /dev/null for good. Decoding is a small part of a request's time.
+_DECODE_LOCK = threading.Lock()
+
+
+class UploadError(Exception):
+    """A bad upload: answered with ``status`` and ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Deblurred:
+    """The answer to one upload."""
+
+    data: bytes
+    format: str  # PNG, JPEG, TIFF or BMP
+    width: int
+    height: int
+    bit_depth: int
+    seconds: float  # decode + deblur + encode, without waiting in the queue
+
+    @property
+    def media_type(self) -> str:
+        return MEDIA_TYPES[self.format]
+
+
+def display_name(filename: str | None) -> str:
+    """The client's file name, safe to echo in messages and headers (no folders, controls or quotes)."""
+    name = re.split(r"[\\/]", filename or "")[-1]
+    name = re.sub(r"[^\w.\- ()+,]", "_", name, flags=re.ASCII).strip(" .")[:120]
+    return name or "upload"
+
+
+def _status_for(message: str) -> int:
+    """HTTP status for a :func:`read_image` refusal (tests pin each case)."""
+    if "empty file" in message:  # (its message also says "not a readable image")
+        return 400
+    if "this tool decodes" in message:  # more pixels than --max-pixels: a decompression bomb, or just too large
+        return 413
+    if any(words in message for words in ("does not read", "not a readable image", "not supported", "this installation cannot decode",
+                                            "holds no (integer) Pixel Data")):
+        return 415  # a file type or variant (GIF, float, multi-frame DICOM, ...) this tool does not handle
+    return 422  # truncated, corrupt, smaller than 16 px
+
+
+def decode_upload(path: Path, name: str, max_pixels: int) -> LoadedImage:
+    """Decode the uploaded file by content; pixel count is checked from the header before decoding."""
+    try:
+        with _DECODE_LOCK:
+            return read_image(path, max_pixels=max_pixels)
+    except UserError as error:
+        message = " ".join(str(error).replace(str(path), name).split())
+        raise UploadError(_status_for(message), message) from None
+
+
+def output_format(requested: str | None, source: LoadedImage) -> str:
+    """``?format=`` if given, else the input's own format (a DICOM input needs ``format``: no DICOM answers yet)."""
+    if requested is None or requested == "":
+        if source.format not in MEDIA_TYPES:
+            raise UploadError(415, f"{source.format} uploads are answered only as an image file: add ?format=png "
+                                   "(keeps 16 bits) or format=tiff; `meddeblur deblur` writes a derived DICOM")
+        return source.format
+    fmt = OUTPUT_FORMATS.get(requested.lower())
+    if fmt is None:
+        raise UploadError(400, f"format={requested}: choose one of png, jpeg, tiff, bmp (or leave it out to keep the input's)")
+    return fmt
+
+
+def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, model_id: str, jpeg_quality: int = 95) -> tuple[bytes, int]:
+    """Encode the deblurred ``rgb`` like ``meddeblur deblur`` writes it: (file bytes, bit depth).
+
+    Keeps grayscale, alpha (not in JPEG/BMP) and 16 bits (PNG/TIFF only). Every served
+    image goes through here, so output metadata (provenance: ``model_id``) belongs here.
+    """
+    del model_id  # not written into the file yet (provenance metadata is another issue's work)
+    bit_depth = source.bit_depth if fmt in ("PNG", "TIFF") else 8
+    alpha = source.alpha if fmt not in ("JPEG", "BMP") else None
+    with tempfile.TemporaryDirectory(prefix="meddeblur-out-") as folder:
+        target = Path(folder) / f"result{FORMAT_SUFFIXES[fmt.lower()]}"
+        write_image(target, rgb, alpha=alpha, grayscale=source.grayscale, bit_depth=bit_depth, format=fmt,
+                    jpeg_quality=jpeg_quality)
+        return target.read_bytes(), bit_depth
+
+
+def deblur_upload(model: ServedModel, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,
+                  tile: int, overlap: int, jpeg_quality: int) -> Deblurred:
+    """The whole job of one request, run on a pool thread: decode, deblur, encode; closes ``upload``."""
+    started = time.perf_counter()
+    try:
+        with tempfile.TemporaryDirectory(prefix="meddeblur-in-") as folder:
+            # read_image takes a path (it checks the file type before opening it).
+            path = Path(folder) / "upload"
+            upload.seek(0)
+            with open(path, "wb") as fh:
+                shutil.copyfileobj(upload, fh, 1 << 20)
+            source = decode_upload(path, name, max_pixels)
+    finally:
+        upload.close()  # here, on the pool thread, so it is never closed while being copied
+    fmt = output_format(requested_format, source)
+    restored = deblur_array(model.network, source.rgb, model.device, tile=tile, overlap=overlap, multiple=model.multiple)
+    data, bit_depth = encode_output(restored, source, fmt, model.model_id, jpeg_quality)
+    height, width = source.rgb.shape[:2]
+    return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started)

@@ -1,0 +1,90 @@
+"""Reading an upload as a stream, with a size cap enforced while it arrives.
+
+FastAPI's ``UploadFile`` parameter would read the whole body before the endpoint runs;
+here the body is pulled through a receive wrapper that stops at the cap, so an oversized
+upload costs at most the cap in (disk-spooled) memory and is refused with 413.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from typing import IO
+
+from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Message, Receive
+
+from meddeblur.server.imaging import UploadError
+
+#: Multipart framing (boundaries, part headers) on top of the file itself.
+_FRAMING_BYTES = 64 * 1024
+#: Uploads stay in memory up to this size, then go to a temporary file.
+_SPOOL_BYTES = 1024 * 1024
+
+
+class _Capped:
+    """A receive callable that fails with 413 once more than ``limit`` body bytes came in."""
+
+    def __init__(self, receive: Receive, limit: int, limit_text: str) -> None:
+        self._receive, self._limit, self._text = receive, limit, limit_text
+        self.received = 0
+
+    async def __call__(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self.received += len(message.get("body", b""))
+            if self.received > self._limit:
+                raise UploadError(413, f"upload larger than {self._text}; downscale or compress the image")
+        return message
+
+
+def _limit_text(limit: int) -> str:
+    return f"{limit / 1024 / 1024:g} MiB"
+
+
+async def receive_upload(request: Request, limit: int) -> tuple[IO[bytes], str | None]:
+    """The uploaded file (a spooled temporary file; the caller closes it) and the client's file name.
+
+    Accepts ``multipart/form-data`` with a ``file`` field (what browsers and ``curl -F``
+    send) or the raw image as the body (``curl --data-binary``). Errors are
+    :class:`UploadError`: 413 over ``limit`` bytes, 400 for a missing or empty body.
+    """
+    text = _limit_text(limit)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit + _FRAMING_BYTES:
+        raise UploadError(413, f"upload of {int(declared):,} bytes is larger than {text}; downscale or compress the image")
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        capped = Request(request.scope, _Capped(request.receive, limit + _FRAMING_BYTES, text))
+        form = await capped.form(max_files=1, max_fields=8)
+        file = form.get("file")
+        if file is None:
+            file = next((value for value in form.values() if isinstance(value, UploadFile)), None)
+        if not isinstance(file, UploadFile):
+            await form.close()
+            raise UploadError(400, "no file in the upload; send multipart/form-data with the image in a field named 'file'")
+        if file.size is not None and file.size > limit:
+            await form.close()
+            raise UploadError(413, f"upload larger than {text}; downscale or compress the image")
+        # The form's spooled file outlives the form object; closing it is the caller's job.
+        return file.file, file.filename
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+    try:
+        async for chunk in Request(request.scope, _Capped(request.receive, limit, text)).stream():
+            spool.write(chunk)
+    except BaseException:
+        spool.close()
+        raise
+    if spool.tell() == 0:
+        spool.close()
+        raise UploadError(400, "empty upload; send the image as multipart/form-data (field 'file') or as the request body")
+    return spool, request.headers.get("x-filename")
+
+
+async def drain(request: Request, limit: int) -> None:
+    """Read and discard up to ``limit`` body bytes, so a refused client reads its answer, not a reset connection."""
+    try:
+        async for _ in Request(request.scope, _Capped(request.receive, limit, "")).stream():
+            pass
+    except (UploadError, ClientDisconnect, RuntimeError):  # over the limit, client gone, already read: uvicorn closes the connection
+        return
