@@ -28,6 +28,7 @@ from meddeblur import __version__
 from meddeblur.infer import deblur_array
 from meddeblur.io import read_image
 from meddeblur.models import ModelConfig, build_model, load_model, save_weights, weights_id
+from meddeblur.provenance import read_provenance
 from meddeblur.server import ServerSettings, create_app
 from meddeblur.server.card import model_card
 from meddeblur.server.engine import ServedModel
@@ -111,6 +112,9 @@ def test_png_round_trip_is_the_model_output_with_model_id_and_timing(client, wei
     expected = deblur_array(model, image.astype(np.float32) / 255, multiple=16)
     np.testing.assert_array_equal(np.round(result.rgb * 255), np.round(np.clip(expected, 0, 1) * 255))
     assert np.abs(result.rgb * 255 - image).max() >= 2, "the (perturbed) model must have changed the image"
+    (tmp_path / "answer.png").write_bytes(response.content)
+    record = read_provenance(tmp_path / "answer.png")  # the served file says what made it, like the CLI's outputs
+    assert record is not None and record["model_id"] == weights_id(weights) and record["tool"] == "meddeblur"
 
 
 @pytest.mark.parametrize("case", ["png16", "gray", "rgba", "jpeg", "tiff16", "bmp"])

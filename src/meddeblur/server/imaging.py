@@ -16,6 +16,7 @@ import numpy as np
 from meddeblur.errors import UserError
 from meddeblur.infer import FORMAT_SUFFIXES, deblur_array
 from meddeblur.io import LoadedImage, read_image, write_image
+from meddeblur.provenance import make_record
 from meddeblur.server.engine import ServedModel
 
 #: ``?format=`` values and what is answered for them.
@@ -95,19 +96,19 @@ def output_format(requested: str | None, source: LoadedImage) -> str:
     return fmt
 
 
-def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, model_id: str, jpeg_quality: int = 95) -> tuple[bytes, int]:
+def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: dict, jpeg_quality: int = 95) -> tuple[bytes, int]:
     """Encode the deblurred ``rgb`` like ``meddeblur deblur`` writes it: (file bytes, bit depth).
 
-    Keeps grayscale, alpha (not in JPEG/BMP) and 16 bits (PNG/TIFF only). Every served
-    image goes through here, so output metadata (provenance: ``model_id``) belongs here.
+    Keeps grayscale, alpha (not in JPEG/BMP) and 16 bits (PNG/TIFF only), and writes the
+    ``provenance`` record (:func:`meddeblur.provenance.make_record`) into the file's metadata.
+    BMP has no metadata field (the CLI writes a sidecar): there the response headers carry it.
     """
-    del model_id  # not written into the file yet (provenance metadata is another issue's work)
     bit_depth = source.bit_depth if fmt in ("PNG", "TIFF") else 8
     alpha = source.alpha if fmt not in ("JPEG", "BMP") else None
     with tempfile.TemporaryDirectory(prefix="meddeblur-out-") as folder:
         target = Path(folder) / f"result{FORMAT_SUFFIXES[fmt.lower()]}"
         write_image(target, rgb, alpha=alpha, grayscale=source.grayscale, bit_depth=bit_depth, format=fmt,
-                    jpeg_quality=jpeg_quality)
+                    jpeg_quality=jpeg_quality, provenance=provenance)
         return target.read_bytes(), bit_depth
 
 
@@ -127,6 +128,7 @@ def deblur_upload(model: ServedModel, upload: IO[bytes], name: str, requested_fo
         upload.close()  # here, on the pool thread, so it is never closed while being copied
     fmt = output_format(requested_format, source)
     restored = deblur_array(model.network, source.rgb, model.device, tile=tile, overlap=overlap, multiple=model.multiple)
-    data, bit_depth = encode_output(restored, source, fmt, model.model_id, jpeg_quality)
+    record = make_record(model.model_id, f"{model.config.arch} width {model.config.width}", "torch", {"tile": tile, "overlap": overlap})
+    data, bit_depth = encode_output(restored, source, fmt, record, jpeg_quality)
     height, width = source.rgb.shape[:2]
     return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started)
