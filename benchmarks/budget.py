@@ -28,8 +28,8 @@ from torch.utils.data import DataLoader
 from meddeblur.data import PairDataset, select, sharp_only
 from meddeblur.degrade import parse_spec
 from meddeblur.device import describe_machine
+from meddeblur.evaluate import input_scores
 from meddeblur.losses import LossWeights, build_loss
-from meddeblur.metrics import psnr, ssim
 from meddeblur.models import ModelConfig, build_model, count_flops, count_parameters
 from meddeblur.train import run_epoch
 
@@ -58,13 +58,6 @@ def evaluate_psnr(model: torch.nn.Module, loss_fn, dataset: PairDataset) -> dict
     """Mean val loss / PSNR / SSIM (outputs clamped to [0, 1]) over ``dataset``."""
     with torch.no_grad():
         return run_epoch(model, loss_fn, DataLoader(dataset, batch_size=8), torch.device("cpu"))
-
-
-def input_scores(dataset: PairDataset) -> dict[str, float]:
-    """PSNR / SSIM of the degraded inputs themselves: the line every model must rise above."""
-    blurred, sharp = zip(*(dataset[i] for i in range(len(dataset))))
-    blurred, sharp = torch.stack(blurred), torch.stack(sharp)
-    return {"psnr": float(psnr(blurred, sharp).mean()), "ssim": float(ssim(blurred, sharp).mean())}
 
 
 def train_candidate(candidate: Candidate, train_set: PairDataset, val_quick: PairDataset, val_full: PairDataset,

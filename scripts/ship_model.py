@@ -18,12 +18,11 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-import torch
 
 from meddeblur.data import PairDataset, load_pairs, read_split, select
 from meddeblur.degrade import parse_spec
 from meddeblur.device import describe_machine
-from meddeblur.metrics import psnr, ssim
+from meddeblur.evaluate import input_scores
 from meddeblur.models import BEST_WEIGHTS, DEFAULT_WEIGHTS, load_model, save_weights
 from meddeblur.train import read_run_options
 
@@ -38,8 +37,7 @@ def val_input_scores(run: Path) -> dict[str, float]:
     pairs = select(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), read_split(run / "split.json")["val"], str(run / "split.json"))
     dataset = PairDataset(pairs, size=options.size, crop=options.crop, seed=options.seed,
                           degrade=parse_spec(options.degrade) if options.degrade else None, fixed=True)
-    blurred, sharp = (torch.stack(t) for t in zip(*(dataset[i] for i in range(len(dataset)))))
-    return {"psnr": float(psnr(blurred, sharp).mean()), "ssim": float(ssim(blurred, sharp).mean())}
+    return input_scores(dataset)
 
 
 def plot_training(history: list[dict], input_psnr: float, threads: int, path: Path) -> None:

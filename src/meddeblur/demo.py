@@ -8,7 +8,6 @@ import numpy as np
 import torch
 
 from meddeblur.degrade import degrade, parse_spec
-from meddeblur.errors import UserError
 from meddeblur.infer import deblur_array
 from meddeblur.io import atomic_write, check_creatable_folder, write_image
 from meddeblur.metrics import psnr_ssim_numpy
@@ -27,8 +26,6 @@ def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None
     Returns the paths written and the metrics per blur.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: demo output is a file; pass a folder with -o")
     check_creatable_folder(out, "-o")
     network, config, weights = load_model(model)
     sharp = synthetic_dermoscopy(256, 256, seed=seed)

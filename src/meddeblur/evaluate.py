@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from meddeblur.data import SPLIT_FILE, Pair, check_pairs, fixed_degradation, load_pairs, read_split, select
+from meddeblur.data import SPLIT_FILE, Pair, PairDataset, check_pairs, fixed_degradation, load_pairs, read_split, select
 from meddeblur.degrade import DegradeSpec, parse_spec
 from meddeblur.errors import UserError
 from meddeblur.infer import deblur_array
 from meddeblur.io import atomic_write, check_creatable_folder, read_rgb, resize_area
-from meddeblur.metrics import psnr_ssim_numpy
+from meddeblur.metrics import psnr, psnr_ssim_numpy, ssim
 from meddeblur.models import load_model, size_multiple, weights_id
 from meddeblur.plots import plot_comparison
 
@@ -189,3 +189,9 @@ def evaluate(options: EvalOptions) -> dict:
     plot_comparison(figure_rows, out / "comparison.png")
     report["out"] = str(out)
     return report
+
+
+def input_scores(dataset: PairDataset) -> dict[str, float]:
+    """Mean PSNR / SSIM of a dataset's blurred inputs against their sharp images: the level a model must beat."""
+    blurred, sharp = (torch.stack(t) for t in zip(*(dataset[i] for i in range(len(dataset)))))
+    return {"psnr": float(psnr(blurred, sharp).mean()), "ssim": float(ssim(blurred, sharp).mean())}
