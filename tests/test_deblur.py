@@ -242,10 +242,16 @@ def test_same_output_name_from_two_folders_is_refused(tmp_path: Path) -> None:
 
 
 def test_output_folder_may_already_hold_results(tmp_path: Path) -> None:
+    """The overwrite rule: meddeblur's own earlier output is replaced; another file only with overwrite=True."""
     source = _write(tmp_path / "in" / "x.png", _ints((20, 20, 3), np.uint8))
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "x.png").write_bytes(b"old result")
     deblur_files(Identity(), [source], tmp_path / "out")
+    deblur_files(Identity(), [source], tmp_path / "out")  # an earlier result (it carries provenance) is replaced
+    np.testing.assert_array_equal(_pixels(tmp_path / "out" / "x.png"), _pixels(source))
+    (tmp_path / "out" / "x.png").write_bytes(b"someone else's file")
+    with pytest.raises(UserError, match="not written by meddeblur.*--overwrite"):
+        deblur_files(Identity(), [source], tmp_path / "out")
+    assert (tmp_path / "out" / "x.png").read_bytes() == b"someone else's file"
+    deblur_files(Identity(), [source], tmp_path / "out", overwrite=True)
     np.testing.assert_array_equal(_pixels(tmp_path / "out" / "x.png"), _pixels(source))
 
 

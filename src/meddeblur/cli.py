@@ -83,7 +83,9 @@ def _build_parser() -> argparse.ArgumentParser:
     deblur = commands.add_parser("deblur", help="deblur image files or folders",
                                  description="Deblur images of any size; outputs keep name, format, channels and bit depth.")
     deblur.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
-    deblur.add_argument("-o", "--out", required=True, help="output folder (must not be an input's own folder)")
+    deblur.add_argument("-o", "--out", required=True, help="output folder; an existing file there is replaced only if meddeblur "
+                        "wrote it (or with --overwrite), an input never")
+    deblur.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
     deblur.add_argument("--model", help="run folder or .safetensors weights (default: the model shipped with meddeblur, see MODEL_CARD.md)")
     deblur.add_argument("--format", choices=("png", "jpeg", "tiff", "bmp"), help="output format (default: the input's)")
     deblur.add_argument("--tile", type=int, default=1024,
@@ -102,6 +104,7 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--model", help="run folder or .safetensors weights (default: the shipped model)")
     export.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     export.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    export.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
     export.set_defaults(handler=_export)
 
     info = commands.add_parser("info", help="print the provenance stored in files written by meddeblur",
@@ -121,6 +124,7 @@ def _build_parser() -> argparse.ArgumentParser:
     assess.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
                         help=f"flag images scoring above this (default {DEFAULT_THRESHOLD}, chosen on ISIC, see README)")
     assess.add_argument("--skip-bad", action="store_true", help="list unreadable files as 'unreadable' instead of stopping")
+    assess.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
     assess.set_defaults(handler=_assess)
 
     synth = commands.add_parser("synth", help="write a paired data set by degrading sharp images",
@@ -130,6 +134,7 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--degrade", required=True, metavar="SPEC", help="degradation spec, e.g. mixed or gauss:sigma=1.2")
     synth.add_argument("--seed", type=int, default=0, help="seed of the degradation draws (default 0)")
     synth.add_argument("--size", type=int, help="resize to SIZE×SIZE first (area), like the reference protocol")
+    synth.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
     synth.set_defaults(handler=_synth)
 
     demo = commands.add_parser("demo", help="deblur a generated sample with the shipped model (offline, seconds)")
@@ -248,14 +253,17 @@ def _deblur(args: argparse.Namespace) -> int:
     device = pick_device("cpu" if engine == "onnx" and args.device == "auto" else args.device)
     model, multiple, record = open_engine(engine, args.model, args.onnx, device, {"tile": args.tile, "overlap": args.overlap})
     written = deblur_files(model, args.inputs, args.out, fmt=args.format, device=device, jpeg_quality=args.jpeg_quality,
-                           tile=args.tile, overlap=args.overlap, multiple=multiple, provenance=record)
+                           tile=args.tile, overlap=args.overlap, multiple=multiple, provenance=record, overwrite=args.overwrite)
     print(f"{len(written)} image(s) written to {args.out}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    from meddeblur.io import check_replaceable, remove_stale_temporaries
     from meddeblur.onnx_engine import export_onnx
 
+    check_replaceable(args.onnx, args.overwrite, "--onnx file")
+    remove_stale_temporaries(Path(args.onnx).parent)
     meta = export_onnx(args.model, args.onnx, opset=args.opset)
     print(f"{args.onnx}: model {meta['meddeblur_weights_id']} ({meta['meddeblur_source']}), opset {args.opset}, "
           f"dynamic batch/height/width (multiples of {meta['meddeblur_size_multiple']})")
@@ -292,7 +300,11 @@ def _assess(args: argparse.Namespace) -> int:
 
     files = collect_inputs(args.inputs)
     if args.csv:
+        from meddeblur.io import check_replaceable, remove_stale_temporaries
+
         check_csv_target(args.csv, files)
+        check_replaceable(args.csv, args.overwrite, "--csv file")
+        remove_stale_temporaries(Path(args.csv).parent)
     rows = assess_files(files, threshold=args.threshold, skip_bad=args.skip_bad)
     if args.csv:
         write_csv(rows, args.csv, files)
@@ -304,6 +316,32 @@ def _assess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_synth_targets(sharp: Path, out: Path, overwrite: bool) -> None:
+    """The overwrite rule for synth: files of an earlier synth run (listed in its manifest.json) may be replaced,
+    any other existing file only with --overwrite. Stale temporaries of a killed run are removed."""
+    import json
+
+    from meddeblur.data import sharp_only
+    from meddeblur.io import check_replaceable, remove_stale_temporaries
+
+    if not out.is_dir():
+        return
+    for folder in (out, out / "blurred", out / "sharp", out / "kernels"):
+        remove_stale_temporaries(folder)
+    if overwrite or not sharp.is_dir():
+        return  # a missing --sharp folder is reported by synthesize
+    manifest = out / "manifest.json"
+    check_replaceable(manifest, False, "-o folder")
+    ours: set[str] = set()
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text(encoding="utf-8", errors="replace")).get("images", [])
+        ours = {str(entry.get("name")) for entry in entries if isinstance(entry, dict)}
+    for pair in sharp_only(sharp):
+        for target in (out / "blurred" / f"{pair.name}.png", out / "sharp" / f"{pair.name}.png", out / "kernels" / f"{pair.name}.npy"):
+            if pair.name not in ours:
+                check_replaceable(target, False, "-o folder")
+
+
 def _synth(args: argparse.Namespace) -> int:
     from meddeblur.synth import synthesize
 
@@ -311,6 +349,7 @@ def _synth(args: argparse.Namespace) -> int:
         raise UserError(f"--size {args.size}: must be at least 16 pixels")
     if args.seed < 0:
         raise UserError(f"--seed {args.seed}: must be 0 or a positive integer")
+    _check_synth_targets(Path(args.sharp), Path(args.out), args.overwrite)
     manifest = synthesize(args.sharp, args.out, args.degrade, seed=args.seed, size=args.size)
     print(f"{len(manifest['images'])} pairs written to {args.out} (blurred/, sharp/, kernels/, manifest.json)")
     return 0
@@ -337,14 +376,51 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so temporary files are removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
+
+
+#: Commands whose SIGTERM/SIGHUP become _Terminated (serve: uvicorn shuts down gracefully itself; train/evaluate: their own).
+_CLEAN_STOP_COMMANDS = ("deblur", "synth", "assess", "export", "info")
+
+
+def _install_stop_handlers() -> dict[int, object]:
+    """Route SIGTERM and SIGHUP to :class:`_Terminated`; returns the handlers they had, for restoring."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signal handlers can only be set from the main thread (e.g. main() called from a test thread)
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            previous[getattr(signal, name)] = signal.signal(getattr(signal, name), _raise_terminated)
+    return previous
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``meddeblur`` console script; returns the exit code."""
     for stream in (sys.stdout, sys.stderr):
         if hasattr(stream, "reconfigure"):  # non-UTF-8 file names must not crash a print
             stream.reconfigure(errors="backslashreplace")
     args = _build_parser().parse_args(argv)
+    previous = _install_stop_handlers() if args.command in _CLEAN_STOP_COMMANDS else {}
     try:
         return args.handler(args)
+    except _Terminated as stop:
+        import signal
+
+        name = signal.Signals(stop.signum).name
+        sys.stderr.write(f"meddeblur {args.command}: stopped by {name}; finished outputs are complete, nothing half-written was left\n")
+        return 128 + stop.signum
     except UserError as error:
         message = " ".join(str(error).split())
         sys.stderr.write(f"meddeblur {args.command}: error: {message}\n")
@@ -358,3 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("meddeblur: interrupted\n")
         return 130
+    finally:
+        if previous:
+            import signal
+
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)

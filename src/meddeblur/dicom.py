@@ -145,8 +145,12 @@ def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> Load
                             "this tool decodes; downscale or tile it first")
         if frames != 1:
             raise UserError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export the frames as single images")
-        if allocated not in (8, 16) or not 1 <= stored <= allocated:
-            raise UserError(f"{path}: DICOM with {allocated}-bit pixels ({stored} stored) is not supported; 8- and 16-bit are")
+        if allocated not in (8, 16):
+            raise UserError(f"{path}: DICOM with {allocated} bits allocated per pixel is not supported (8 and 16 are); "
+                            "convert it to 8 or 16 bits allocated")
+        if not 1 <= stored <= allocated:
+            raise UserError(f"{path}: DICOM header is inconsistent: BitsStored {stored} does not fit in BitsAllocated {allocated} "
+                            "(corrupt or mis-written file); re-export it from the source system")
         if not ((samples == 1 and photometric in _MONOCHROME) or (samples == 3 and photometric in _COLOUR)):
             raise UserError(f"{path}: DICOM photometric interpretation {photometric or '(none)'} with {samples} sample(s) "
                             "is not supported (MONOCHROME1/2, RGB, YBR_FULL are); convert it to RGB")

@@ -13,9 +13,10 @@ from torch import nn
 from tqdm import tqdm
 
 from meddeblur.errors import UserError
-from meddeblur.io import IMAGE_EXTENSIONS, check_creatable_folder, check_regular_file, list_images, read_image, write_image
+from meddeblur.io import (IMAGE_EXTENSIONS, check_creatable_folder, check_regular_file, check_replaceable, list_images, read_image,
+                          remove_stale_temporaries, write_image)
 from meddeblur.models import SIZE_MULTIPLE
-from meddeblur.provenance import make_record
+from meddeblur.provenance import make_record, sidecar_path
 from meddeblur.tiling import TileFn, deblur_tiled
 
 FORMAT_SUFFIXES = {"png": ".png", "jpeg": ".jpg", "tiff": ".tif", "bmp": ".bmp"}
@@ -135,11 +136,12 @@ def _resolved(path: Path, what: str) -> Path:
         raise UserError(f"{path}: {what} is a symbolic link loop; remove it or choose another -o folder") from None
 
 
-def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list[Path]:
+def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None, overwrite: bool = False) -> list[Path]:
     """Output path per input: same file name (new suffix if ``fmt``), never an input itself.
 
-    Everything that can be checked before writing is: the folder, name clashes, and
-    outputs that are folders or inputs, so that a run never stops half-way for these.
+    Everything that can be checked before writing is: the folder, name clashes, outputs
+    that are folders or inputs, and existing files that are not meddeblur's own earlier
+    outputs (replaced only with ``overwrite``), so that a run never stops half-way for these.
     """
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
@@ -156,6 +158,9 @@ def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list
             raise UserError(f"{source}: output {target} would overwrite an input; choose another -o folder")
         if target.is_dir():
             raise UserError(f"{target}: output is an existing folder; remove it or choose another -o folder")
+        check_replaceable(target, overwrite, "-o folder")
+        if target.suffix.lower() == ".bmp":
+            check_replaceable(sidecar_path(target), overwrite, "-o folder")
     seen: dict[Path, Path] = {}
     for source, target in zip(files, outputs):
         if target in seen:
@@ -166,17 +171,20 @@ def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None) -> list
 
 def deblur_files(model: nn.Module | TileFn, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
                  device: str | torch.device = "cpu", jpeg_quality: int = 95, tile: int = 0, overlap: int = 128,
-                 multiple: int = SIZE_MULTIPLE, provenance: dict[str, Any] | None = None) -> list[Path]:
+                 multiple: int = SIZE_MULTIPLE, provenance: dict[str, Any] | None = None, overwrite: bool = False) -> list[Path]:
     """Deblur every input into ``outdir``; the model is loaded once by the caller (tiling: see :func:`deblur_array`).
 
     Keeps grayscale, alpha and 8/16-bit depth (where the output format allows it); 16-bit
     pixels go through the network as float32 without passing through 8 bits. A DICOM input
     gives a derived DICOM (unless ``fmt``). Every output carries ``provenance`` (default: tool
-    and version only, see :mod:`meddeblur.provenance`).
+    and version only, see :mod:`meddeblur.provenance`) and the input's ICC profile. An existing
+    file is replaced only if meddeblur wrote it (its provenance says so) or with ``overwrite``;
+    temporary files a killed earlier run left in ``outdir`` are removed.
     """
     record = provenance if provenance is not None else make_record()
     files = collect_inputs(inputs)
-    outputs = plan_outputs(files, outdir, fmt)
+    outputs = plan_outputs(files, outdir, fmt, overwrite)
+    remove_stale_temporaries(outdir)
     for source, target in zip(files, outputs):
         # Decode every input first: a bad file fails the run before any output is written.
         image = read_image(source)
@@ -195,7 +203,7 @@ def deblur_files(model: nn.Module | TileFn, inputs: list[str | Path], outdir: st
             written.append(write_dicom(target, restored, image.source, record))
             continue
         written.append(write_image(target, restored, alpha=alpha, grayscale=image.grayscale, bit_depth=bit_depth,
-                                   format=out_format, jpeg_quality=jpeg_quality, provenance=record))
+                                   format=out_format, jpeg_quality=jpeg_quality, provenance=record, icc=image.icc))
     return written
 
 

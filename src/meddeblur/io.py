@@ -12,18 +12,21 @@ import contextlib
 import errno
 import io as _io
 import os
+import re
 import secrets
 import stat
 import struct
 import sys
+import time
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 import cv2
 import numpy as np
-from PIL import BmpImagePlugin, Image, ImageOps, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, features
+from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, features
 
 from meddeblur.errors import UserError
 
@@ -32,6 +35,9 @@ __all__ = [
     "MAX_PIXELS",
     "LoadedImage",
     "check_regular_file",
+    "check_replaceable",
+    "is_own_output",
+    "remove_stale_temporaries",
     "read_image",
     "read_rgb",
     "write_image",
@@ -73,6 +79,7 @@ class LoadedImage:
     format: str  # "PNG", "JPEG", "TIFF", "BMP" or "DICOM"
     path: Path
     source: Any = None  # what writing back needs beyond pixels (DICOM: a meddeblur.dicom.DicomSource)
+    icc: bytes | None = None  # the embedded ICC colour profile, copied to PNG, JPEG and TIFF outputs
 
 
 # --------------------------------------------------------------------------- reading
@@ -222,10 +229,15 @@ def _decode_16bit_cv2(data: bytes) -> np.ndarray | None:
     return arr
 
 
-def _split(arr: np.ndarray, maxval: float) -> tuple[np.ndarray, np.ndarray | None]:
-    """(H, W[, C]) integers -> (H, W, 3) float32 rgb and optional alpha."""
+def _split(arr: np.ndarray, maxval: float, path: Path | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """(H, W[, C]) integers (or floats already in [0, 1] with ``maxval`` 1) -> (H, W, 3) float32 rgb and optional alpha.
+
+    Values outside ``0..maxval`` are refused, never clipped: clipping would change pixel values silently.
+    """
+    if arr.size and (arr.min() < 0 or arr.max() > maxval):
+        raise UserError(f"{path}: pixel values {arr.min()}..{arr.max()} lie outside the 0..{maxval:g} range of a "
+                        f"{'16' if maxval > 255 else '8'}-bit image, which would be clipped; export it as unsigned 8- or 16-bit")
     x = arr.astype(np.float32) / np.float32(maxval)
-    np.clip(x, 0.0, 1.0, out=x)
     if x.ndim == 2:
         x = x[:, :, None]
     channels = x.shape[2]
@@ -302,6 +314,27 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
                 opened = _open_header(f, os.fspath(path))
             except Exception:  # a plugin failing in an unexpected way on a crafted header
                 opened = None
+            if head.startswith(_PNG_SIGNATURE):
+                # Pillow refuses PNGs whose text chunks decompress beyond its limit (1 MiB each); such a file
+                # is valid, and its pixels do not depend on the text: decode it without the text chunks.
+                if opened is None:
+                    stripped = _png_without_text(f, max_pixels)
+                    if stripped is not None:
+                        f, opened = stripped, _open_header(stripped, os.fspath(path))
+                else:
+                    try:
+                        with opened as im:
+                            return _decode(path, f, im, min_size, max_pixels)
+                    except UserError as error:
+                        stripped = _png_without_text(f, max_pixels) if "truncated or corrupt" in str(error) else None
+                        if stripped is None:
+                            raise
+                        f, opened = stripped, _open_header(stripped, os.fspath(path))
+            if opened is None and head.startswith((b"II*\x00", b"MM\x00*")):
+                # Pillow cannot even open some valid TIFFs (16-bit grey + alpha, floating-point RGB): tifffile can say.
+                fallback = _tiff_without_pillow(path, f, min_size, max_pixels)
+                if fallback is not None:
+                    return fallback
             if opened is None:
                 kind = _unsupported_kind(head)
                 if kind is not None:
@@ -314,39 +347,74 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
                 return _decode(path, f, im, min_size, max_pixels)
 
 
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def _png_without_text(f: IO[bytes], max_pixels: int) -> IO[bytes] | None:
+    """The PNG in ``f`` minus its tEXt/zTXt/iTXt chunks, in memory; None if it has none or is not well formed.
+
+    Text chunks are skipped without being read. What is copied is bounded by what an
+    honest PNG of the size in its header can hold (8 bytes per pixel plus 16 MiB).
+    """
+    f.seek(8)
+    ihdr = f.read(25)
+    if len(ihdr) < 25 or ihdr[4:8] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", ihdr[8:16])
+    if width * height > max_pixels:
+        return None  # refused from the header anyway
+    budget = 8 * width * height + (16 << 20)
+    out = bytearray(_PNG_SIGNATURE) + ihdr
+    dropped = False
+    while True:
+        header = f.read(8)
+        if len(header) < 8:
+            return None
+        (length,) = struct.unpack(">I", header[:4])
+        kind = header[4:8]
+        if kind in _PNG_TEXT_CHUNKS:
+            f.seek(length + 4, os.SEEK_CUR)
+            dropped = True
+            continue
+        if len(out) + length + 12 > budget:
+            return None
+        body = f.read(length + 4)
+        if len(body) < length + 4:
+            return None
+        out += header + body
+        if kind == b"IEND":
+            break
+    return _io.BytesIO(bytes(out)) if dropped else None
+
+
 def _decode(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels: int) -> LoadedImage:
     # Cameras write multi-picture JPEGs, which Pillow's JPEG opener reports as MPO.
     fmt = "JPEG" if im.format == "MPO" else str(im.format)
     width, height = im.size
-    if width < min_size or height < min_size:
-        raise UserError(f"{path}: image is {width}x{height}, smaller than {min_size} px; use a larger image")
-    if width * height > max_pixels:
-        raise UserError(
-            f"{path}: image is {width}x{height} ({width * height:,} pixels), more than the {max_pixels:,} "
-            "this tool decodes; downscale or tile it first"
-        )
+    _check_size(path, width, height, min_size, max_pixels)
     try:
         mode, rawmode = im.mode, _rawmode(im)
+        if fmt == "TIFF" and _needs_tifffile(im):
+            arr, maxval, grayscale, depth = _decode_tiff(path, f, width, height)
+            # The pixels are decoded by tifffile; Pillow's header still gives orientation and ICC profile.
+            return _finish(path, im, fmt, arr, maxval, grayscale, depth)
         if mode == "F":
-            raise UserError(f"{path}: floating-point images are not supported; export as 8- or 16-bit")
+            raise UserError(f"{path}: 32-bit floating-point images are not supported (no fixed value range to map back "
+                            "to); export as 8- or 16-bit unsigned integers")
         # The header only was parsed so far; a truncated or corrupt body fails here.
         im.load()
-        if fmt == "JPEG":
-            im = ImageOps.exif_transpose(im)
         if mode in _GRAY16_MODES:
-            rgb, alpha = _split(np.asarray(im), 65535.0)
-            return _checked(path, LoadedImage(rgb, alpha, True, 16, fmt, path), im.size)
+            return _finish(path, im, fmt, np.asarray(im), 65535.0, True, 16)
         if ";16" not in rawmode:
-            im = _to_8bit_mode(im)
-            rgb, alpha = _split(np.asarray(im), 255.0)
-            return _checked(path, LoadedImage(rgb, alpha, im.mode in ("L", "LA"), 8, fmt, path), im.size)
+            converted = _to_8bit_mode(im)
+            return _finish(path, im, fmt, np.asarray(converted), 255.0, converted.mode in ("L", "LA"), 8)
         f.seek(0)
         arr = _decode_16bit_cv2(f.read())
         if arr is None or arr.shape[:2] != (height, width):
             raise UserError(f"{path}: cannot decode 16-bit image (truncated or corrupt); re-export or remove it")
-        rgb, alpha = _split(arr, 65535.0)
         # Pillow reports 16-bit grey+alpha PNGs as RGBA; the raw mode still says LA.
-        return _checked(path, LoadedImage(rgb, alpha, rawmode.startswith(("LA", "L;")), 16, fmt, path), (width, height))
+        return _finish(path, im, fmt, arr, 65535.0, rawmode.startswith(("LA", "L;")), 16)
     except UserError:
         raise
     except MemoryError:
@@ -354,6 +422,178 @@ def _decode(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels
                         "machine); re-export or downscale it") from None
     except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors...
         raise UserError(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it") from None
+
+
+def _orientation(im: Image.Image) -> int:
+    """The EXIF/TIFF Orientation (1..8) of JPEG (APP1), PNG (eXIf) and TIFF (tag 274) files; 1 when absent."""
+    value = im.getexif().get(0x0112, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn an (H, W[, C]) array stored with EXIF ``orientation`` upright (what Pillow's ``exif_transpose`` does)."""
+    turns = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: np.rot90(a, 2).swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    turn = turns.get(orientation)
+    return np.ascontiguousarray(turn(arr)) if turn else arr
+
+
+def _colour_key_alpha(im: Image.Image, arr: np.ndarray, maxval: float) -> np.ndarray | None:
+    """A PNG tRNS colour key (grey or RGB, not palette) as an alpha channel: 0 where the pixel equals the key."""
+    key = im.info.get("transparency")
+    if im.format != "PNG" or key is None or isinstance(key, bytes) or arr.ndim == 3 and arr.shape[2] in (2, 4):
+        return None
+    if arr.ndim == 2:
+        if not isinstance(key, int):
+            return None
+        opaque = arr != key
+    else:
+        if not (isinstance(key, tuple) and len(key) == 3):
+            return None
+        opaque = (arr[:, :, :3] != np.asarray(key, dtype=arr.dtype)).any(axis=2)
+    return (opaque * maxval).astype(arr.dtype)
+
+
+def _finish(path: Path, im: Image.Image | None, fmt: str, arr: np.ndarray, maxval: float, grayscale: bool, depth: int,
+            orientation: int = 1, icc: bytes | None = None) -> LoadedImage:
+    """Integer pixels (H, W[, C]) → LoadedImage: tRNS colour key as alpha, orientation applied, ICC profile kept.
+
+    With a Pillow image ``im``, orientation and ICC profile come from it; else from the arguments.
+    """
+    if im is not None:
+        alpha_key = _colour_key_alpha(im, arr, maxval)
+        if alpha_key is not None:
+            arr = np.dstack([arr, alpha_key])
+        orientation, icc = _orientation(im), im.info.get("icc_profile") or None
+    arr = orient(arr, orientation)
+    rgb, alpha = _split(arr, maxval, path)
+    height, width = arr.shape[:2]
+    return _checked(path, LoadedImage(rgb, alpha, grayscale, depth, fmt, path, icc=icc), (width, height))
+
+
+# --------------------------------------------------------------------------- TIFF beyond 8-bit (tifffile)
+
+
+def _needs_tifffile(im: Image.Image) -> bool:
+    """TIFFs Pillow would decode wrongly or not at all: anything but unsigned 1- or 8-bit samples."""
+    bits = im.tag_v2.get(258, (1,))
+    bits = bits if isinstance(bits, tuple) else (bits,)
+    sample_format = im.tag_v2.get(339, (1,))
+    sample_format = sample_format if isinstance(sample_format, tuple) else (sample_format,)
+    return any(b not in (1, 8) for b in bits) or any(s != 1 for s in sample_format)
+
+
+_TIFF_PHOTOMETRIC = {0: "MINISWHITE", 1: "MINISBLACK", 2: "RGB", 3: "PALETTE", 4: "MASK", 5: "SEPARATED", 6: "YCBCR", 8: "CIELAB"}
+
+
+@contextlib.contextmanager
+def _first_tiff_page(path: Path, f: IO[bytes]) -> Iterator[Any]:
+    """tifffile's view of the first page of the TIFF in ``f`` (its log lines silenced: the UserError says it)."""
+    import logging
+
+    import tifffile
+
+    logger = logging.getLogger("tifffile")
+    disabled, logger.disabled = logger.disabled, True
+    try:
+        f.seek(0)
+        with tifffile.TiffFile(f, name=path.name or "image.tif") as tif:
+            yield tif.pages.first
+    finally:
+        logger.disabled = disabled
+
+
+def _check_size(path: Path, width: int, height: int, min_size: int, max_pixels: int) -> None:
+    """Refuse, from the header, an image smaller than ``min_size`` or with more than ``max_pixels`` pixels."""
+    if width < min_size or height < min_size:
+        raise UserError(f"{path}: image is {width}x{height}, smaller than {min_size} px; use a larger image")
+    if width * height > max_pixels:
+        raise UserError(
+            f"{path}: image is {width}x{height} ({width * height:,} pixels), more than the {max_pixels:,} "
+            "this tool decodes; downscale or tile it first"
+        )
+
+
+def _tiff_without_pillow(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> LoadedImage | None:
+    """A TIFF Pillow cannot open, decoded (or refused by name) with tifffile; None if tifffile cannot parse it either."""
+    try:
+        with _first_tiff_page(path, f) as page:
+            width, height = int(page.imagewidth), int(page.imagelength)
+            orientation = page.tags.valueof(274, 1)
+            icc = page.tags.valueof(34675)
+    except Exception:
+        return None
+    _check_size(path, width, height, min_size, max_pixels)
+    try:
+        arr, maxval, grayscale, depth = _decode_tiff(path, f, width, height)
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{path}: ran out of memory decoding this {width}x{height} image; re-export or downscale it") from None
+    except Exception:
+        raise UserError(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it") from None
+    orientation = int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
+    return _finish(path, None, "TIFF", arr, maxval, grayscale, depth, orientation, bytes(icc) if icc else None)
+
+
+def _decode_tiff(path: Path, f: IO[bytes], width: int, height: int) -> tuple[np.ndarray, float, bool, int]:
+    """Decode the first page of a 16-bit (or otherwise non-8-bit) TIFF with tifffile: (pixels, max value, grey, bits).
+
+    Chunky and planar ("separate") layouts, grey, grey+alpha, RGB(A) and CMYK(A); signed,
+    32-bit and floating-point samples, and bit depths other than 8 and 16, are refused by name.
+    """
+    with _first_tiff_page(path, f) as page:
+        bits = int(page.bitspersample)
+        kind = np.dtype(page.dtype).kind if page.dtype is not None else "?"
+        if kind == "f":
+            raise UserError(f"{path}: {bits}-bit floating-point TIFF is not supported (no fixed value range to map back "
+                            "to); export it as 8- or 16-bit unsigned integers")
+        if kind == "i":
+            raise UserError(f"{path}: signed {bits}-bit integer TIFF is not supported (negative values would be lost); "
+                            "export it as unsigned 8- or 16-bit")
+        if kind != "u" or bits not in (8, 16):
+            raise UserError(f"{path}: {bits}-bit TIFF is not supported (8- and 16-bit unsigned samples are kept exactly); "
+                            "export it as 8- or 16-bit")
+        photometric = int(page.photometric)
+        extras = len(page.extrasamples or ())
+        colours = int(page.samplesperpixel) - extras
+        allowed = {0: 1, 1: 1, 2: 3, 5: 4}
+        if allowed.get(photometric) != colours or extras > 1:
+            name = _TIFF_PHOTOMETRIC.get(photometric, str(photometric))
+            raise UserError(f"{path}: {bits}-bit TIFF with photometric {name}, {colours} colour and {extras} extra "
+                            "channel(s) is not supported (grey, RGB or CMYK, each with optional alpha, are); convert it to RGB")
+        arr = page.asarray()
+        axes = page.axes
+        associated = extras == 1 and int(page.extrasamples[0]) == 1
+    if axes == "SYX":
+        arr = np.moveaxis(arr, 0, -1)
+    elif axes not in ("YXS", "YX"):
+        raise UserError(f"{path}: TIFF page layout {axes} is not supported; export it as a plain 2-D image")
+    if arr.shape[:2] != (height, width):
+        raise UserError(f"{path}: cannot decode TIFF (pixel data does not match the header); re-export or remove it")
+    maxval = float(2 ** bits - 1)
+    if arr.dtype != (np.uint16 if bits == 16 else np.uint8):
+        raise UserError(f"{path}: cannot decode TIFF ({arr.dtype} samples for {bits} bits); re-export or remove it")
+    if photometric == 0:  # MINISWHITE: 0 is white
+        top = np.iinfo(arr.dtype).max
+        arr = top - arr if arr.ndim == 2 else np.dstack([top - arr[:, :, 0], arr[:, :, 1:]])
+    if photometric == 5 or associated:
+        x = arr.astype(np.float32) / np.float32(maxval)
+        if associated:  # premultiplied colour → straight colour, as Pillow does for 8-bit RGBa
+            a = x[..., -1:]
+            x[..., :-1] = np.where(a > 0, x[..., :-1] / np.maximum(a, np.float32(1e-12)), 0)
+        if photometric == 5:  # CMYK → RGB the way Pillow converts 8-bit CMYK: (1 − C)(1 − K)
+            cmy, k = x[..., :3], x[..., 3:4]
+            x = np.concatenate([(1 - cmy) * (1 - k), x[..., 4:]], axis=-1)
+        return np.clip(x, 0.0, 1.0), 1.0, False, bits
+    return arr, maxval, photometric in (0, 1), bits
 
 
 def _checked(path: Path, image: LoadedImage, size: tuple[int, int]) -> LoadedImage:
@@ -376,9 +616,67 @@ def read_rgb(path: str | os.PathLike[str], min_size: int = 16) -> np.ndarray:
 
 
 def _temp_name(path: Path) -> Path:
-    # Hidden (so list_images skips it), unique, and ending in the real suffix so that
-    # libraries choosing an encoder by extension pick the right one.
-    return path.with_name(f".{path.name}.tmp-{secrets.token_hex(6)}{path.suffix}")
+    # Hidden (so list_images skips it), unique, naming the writing process (so a later run can tell
+    # a leftover from a kill from another process's work in progress), and ending in the real suffix
+    # so that libraries choosing an encoder by extension pick the right one.
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}{path.suffix}")
+
+
+_TEMP_PATTERN = re.compile(r"\..+\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]{12}(?:\.[^.]*)?", re.ASCII | re.DOTALL)
+#: A temporary file older than this is a leftover even if its process id is in use again (ids are recycled).
+STALE_TEMP_SECONDS = 3600
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # exists (another user's), or cannot tell: keep its file
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete this tool's own temporary files left in ``folder`` by a killed run (``SIGKILL``, power loss).
+
+    Only regular files named like :func:`_temp_name`'s are considered, and only those whose
+    writing process no longer exists, or that are older than :data:`STALE_TEMP_SECONDS`; a
+    concurrent run's file in progress is left alone. Returns what was removed.
+    """
+    folder = Path(folder)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _TEMP_PATTERN.fullmatch(entry.name)
+        if match is None:
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            continue
+        pid = match.group("pid")
+        dead = pid is not None and int(pid) != os.getpid() and not _process_alive(int(pid))
+        if dead or now - info.st_mtime > STALE_TEMP_SECONDS:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
+
+
+#: Errors of the device written to rather than of the program: reported naming the file.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS}
+
+
+def _write_error(path: Path, exc: OSError) -> UserError:
+    hint = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the disk"
+    return UserError(f"{path}: cannot write ({exc.strerror or exc}); {hint} or choose another output path; nothing was left half-written")
 
 
 def check_creatable_folder(folder: str | os.PathLike[str], option: str) -> None:
@@ -389,6 +687,24 @@ def check_creatable_folder(folder: str | os.PathLike[str], option: str) -> None:
         parent = parent.parent
     if not parent.is_dir():
         raise UserError(f"{folder}: cannot create this folder, {parent} is a file; choose another {option}")
+
+
+def is_own_output(path: str | os.PathLike[str]) -> bool:
+    """True if the existing file ``path`` was written by meddeblur: an image (or BMP sidecar) carrying its
+    provenance record, an assess CSV, a synth manifest or an ONNX export (see the README's overwrite rule)."""
+    from meddeblur.provenance import is_own_file
+
+    return is_own_file(path)
+
+
+def check_replaceable(path: str | os.PathLike[str], overwrite: bool, option: str = "output path") -> None:
+    """The overwrite rule: UserError if ``path`` exists, is not meddeblur's own earlier output and ``overwrite`` is off."""
+    path = Path(path)
+    if overwrite or not os.path.lexists(path) or path.is_dir():
+        return
+    if os.path.islink(path) or not is_own_output(path):
+        raise UserError(f"{path}: exists and was not written by meddeblur; move it away, choose another {option}, "
+                        "or pass --overwrite to replace it")
 
 
 def _prepare_parent(path: Path) -> None:
@@ -472,6 +788,11 @@ def atomic_write(
                 f.flush()
                 os.fsync(f.fileno())
         _commit(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        if exc.errno in _WRITE_ERRNOS:
+            raise _write_error(path, exc) from None
+        raise
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -499,6 +820,11 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         _commit(tmp, path)
+    except OSError as exc:
+        _remove_quietly(tmp)
+        if exc.errno in _WRITE_ERRNOS:
+            raise _write_error(path, exc) from None
+        raise
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -536,14 +862,16 @@ def write_image(
     format: str | None = None,
     jpeg_quality: int = 95,
     provenance: dict[str, Any] | None = None,
+    icc: bytes | None = None,
 ) -> Path:
     """Write a float RGB image in [0, 1] atomically and return the path.
 
     ``rgb`` is (H, W, 3) (or (H, W) grey); values are clipped and rounded.
     ``grayscale=True`` stores one channel, the mean of R, G and B. ``format`` is
     taken from the suffix when None. 16 bits are written for PNG and TIFF only;
-    JPEG and BMP are always 8-bit and drop the alpha channel. A 16-bit grey image
-    with alpha is stored as RGBA because OpenCV cannot encode two channels.
+    JPEG and BMP are always 8-bit and drop the alpha channel. A 16-bit grey PNG
+    with alpha is stored as RGBA because OpenCV cannot encode two channels (a TIFF stays grey + alpha).
+    ``icc`` (an ICC profile) is embedded in PNG, JPEG and TIFF files; BMP carries no metadata.
     ``provenance`` (a :func:`meddeblur.provenance.make_record`) goes into the file's
     metadata, or for BMP into a ``NAME.bmp.json`` sidecar.
     """
@@ -563,48 +891,73 @@ def write_image(
     if fmt in ("JPEG", "BMP"):
         # JPEG has no alpha and Pillow's 32-bit BMPs do not read back with alpha.
         bit_depth, alpha = 8, None
+    if fmt == "BMP":
+        icc = None
     if alpha is not None:
         alpha = np.asarray(alpha)
         if alpha.ndim == 3 and alpha.shape[2] == 1:
             alpha = alpha[:, :, 0]
         if alpha.shape != x.shape[:2]:
             raise ValueError(f"alpha must have shape {x.shape[:2]}, got {alpha.shape}")
-        if x.ndim == 2 and bit_depth == 16:
+        if x.ndim == 2 and bit_depth == 16 and fmt == "PNG":
             x = np.repeat(x[:, :, None], 3, axis=2)
         x = np.dstack([x, alpha])
 
+    if bit_depth == 16 and fmt == "TIFF":
+        return _write_encoded(path, _encode_tiff16(_quantize(x, 65535, np.uint16), alpha is not None, icc), fmt, provenance)
     if bit_depth == 16:
         arr = _quantize(x, 65535, np.uint16)
         if arr.ndim == 3:
             arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR if arr.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-        ext = ".png" if fmt == "PNG" else ".tif"
-        ok, buf = cv2.imencode(ext, arr)
+        ok, buf = cv2.imencode(".png", arr)
         if not ok:
             raise RuntimeError(f"OpenCV failed to encode {path} as 16-bit {fmt}")
-        return _write_encoded(path, buf.tobytes(), fmt, provenance)
+        data = buf.tobytes()
+        if icc:
+            from meddeblur.provenance import add_png_chunk
+
+            data = add_png_chunk(data, b"iCCP", b"ICC Profile\x00\x00" + zlib.compress(icc))
+        return _write_encoded(path, data, fmt, provenance)
 
     im = Image.fromarray(_quantize(x, 255, np.uint8))  # mode from shape: L, LA, RGB, RGBA
-    options: dict[str, Any] = {}
+    options: dict[str, Any] = {"icc_profile": icc} if icc else {}
     if fmt == "JPEG":
         # 4:4:4 chroma keeps the fine colour detail deblurring is judged on.
-        options = {"quality": int(jpeg_quality), "subsampling": 0}
+        options.update(quality=int(jpeg_quality), subsampling=0)
     elif fmt == "TIFF" and features.check("libtiff"):
-        options = {"compression": "tiff_lzw"}
+        options["compression"] = "tiff_lzw"
     buffer = _io.BytesIO()
     im.save(buffer, format=fmt, **options)
     return _write_encoded(path, buffer.getvalue(), fmt, provenance)
 
 
+def _encode_tiff16(arr: np.ndarray, has_alpha: bool, icc: bytes | None) -> bytes:
+    """A 16-bit TIFF (tifffile, deflate): grey, grey + alpha, RGB or RGBA, with the ICC profile if any."""
+    import tifffile
+
+    colour = arr.ndim == 3 and arr.shape[2] >= 3
+    buffer = _io.BytesIO()
+    tifffile.imwrite(buffer, arr, photometric="rgb" if colour else "minisblack", compression="zlib",
+                     extrasamples=("unassalpha",) if has_alpha else None, iccprofile=icc, metadata=None)
+    return buffer.getvalue()
+
+
 def _write_encoded(path: Path, data: bytes, fmt: str, provenance: dict[str, Any] | None) -> Path:
     if provenance is not None:
-        from meddeblur.provenance import embed, sidecar_path, to_json
+        from meddeblur.provenance import embed
 
         data = embed(data, fmt, provenance)
-        if fmt == "BMP":  # no metadata field in the format
-            with atomic_write(sidecar_path(path), "w") as fh:
-                fh.write(to_json(provenance) + "\n")
     with atomic_write(path) as f:
         f.write(data)
+    if provenance is not None and fmt == "BMP":  # no metadata field in the format: a sidecar, written after the image
+        from meddeblur.provenance import sidecar_path, to_json
+
+        try:
+            with atomic_write(sidecar_path(path), "w") as fh:
+                fh.write(to_json(provenance) + "\n")
+        except BaseException:
+            _remove_quietly(path)  # an image must not go out without its provenance
+            raise
     return path
 
 

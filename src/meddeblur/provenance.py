@@ -76,14 +76,18 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def _embed_png(data: bytes, record: dict[str, Any]) -> bytes:
+def add_png_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
+    """``data`` (a PNG stream) with one more chunk right after IHDR (where iCCP and text may go)."""
     if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         raise ValueError("not a PNG stream starting with IHDR")
     after_ihdr = 8 + 12 + struct.unpack(">I", data[8:12])[0]
+    return data[:after_ihdr] + _png_chunk(kind, body) + data[after_ihdr:]
+
+
+def _embed_png(data: bytes, record: dict[str, Any]) -> bytes:
     # iTXt: keyword, NUL, compression flag 0, method 0, empty language tag and translated keyword.
-    itxt = _png_chunk(b"iTXt", TOOL.encode() + b"\x00\x00\x00\x00\x00" + to_json(record).encode())
-    software = _png_chunk(b"tEXt", b"Software\x00" + f"{TOOL} {record.get('version', __version__)}".encode())
-    return data[:after_ihdr] + itxt + software + data[after_ihdr:]
+    data = add_png_chunk(data, b"tEXt", b"Software\x00" + f"{TOOL} {record.get('version', __version__)}".encode())
+    return add_png_chunk(data, b"iTXt", TOOL.encode() + b"\x00\x00\x00\x00\x00" + to_json(record).encode())
 
 
 def _embed_tiff(data: bytes, record: dict[str, Any]) -> bytes:
@@ -198,3 +202,34 @@ def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     if sidecar.is_file():
         return _parse(sidecar.read_text(encoding="utf-8", errors="replace"))
     return None
+
+
+def is_own_file(path: str | os.PathLike[str]) -> bool:
+    """True if the existing regular file ``path`` is an earlier meddeblur output, judged by its content.
+
+    Images (PNG, TIFF, JPEG, DICOM, BMP with its sidecar) carry a provenance record; a ``.json``
+    holding a record (a BMP sidecar) or a synth manifest, an assess CSV (its exact header row) and
+    an ONNX export (its ``meddeblur_weights_id`` metadata) are recognised too. Anything unreadable is not ours.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if not path.is_file():
+            return False
+        if suffix == ".json":
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read(1 << 24).decode("utf-8", "replace"))
+            return isinstance(data, dict) and (data.get("tool") == TOOL or ("meddeblur" in data and "spec" in data))
+        if suffix == ".csv":
+            from meddeblur.assess import CSV_COLUMNS
+
+            with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+                return fh.readline().rstrip("\r\n") == ",".join(CSV_COLUMNS)
+        if suffix == ".onnx":
+            import onnx
+
+            model = onnx.load(os.fspath(path), load_external_data=False)
+            return any(prop.key == "meddeblur_weights_id" for prop in model.metadata_props)
+        return read_provenance(path) is not None
+    except Exception:  # not an image, corrupt, unreadable: not something we wrote
+        return False
