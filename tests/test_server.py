@@ -394,3 +394,253 @@ def test_load_benchmark_runs_against_a_real_server(weights, tmp_path, monkeypatc
     assert result["requests"]["unexpected"] == 0 and result["latency_ms"]["p50"] > 0
     assert result["rss_mib"]["start"] > 0 and result["rss_mib"]["end"] > 0
     assert "p95" in (tmp_path / "load.md").read_text()
+
+
+# --------------------------------------------------------------------------- hardening (issue 12): stalled uploads, deadlines,
+# URL length, API key, Host allow-list, cross-site requests, security headers. Every input is made here.
+
+import contextlib  # noqa: E402
+import socket  # noqa: E402
+import time  # noqa: E402
+
+from meddeblur.server.run import network_settings, uvicorn_options  # noqa: E402
+from meddeblur.server.security import DATA_POLICY, HTML_POLICY  # noqa: E402
+
+API_KEY = "k" * 12 + "-test-key-0123456789"
+
+
+@contextlib.contextmanager
+def real_server(app):
+    """``app`` behind a real uvicorn (the options `meddeblur serve` uses) on a free loopback port: yields the port."""
+    import uvicorn
+
+    config = uvicorn.Config(app, **{**uvicorn_options(app.state.settings, "127.0.0.1", 0, "warning"), "lifespan": "off"})
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(15)
+
+
+def _raw(port: int, request: bytes, read_timeout: float = 20) -> bytes:
+    """Send ``request`` on a fresh socket and read the answer until the server closes or ``read_timeout`` passes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=read_timeout) as sock:
+        sock.sendall(request)
+        answer = b""
+        with contextlib.suppress(socket.timeout, ConnectionResetError):
+            while chunk := sock.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and b'"}' in answer:
+                    break
+    return answer
+
+
+def _multipart_head(boundary: str = "b0undary") -> bytes:
+    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.png\"\r\n"
+            "Content-Type: image/png\r\n\r\n").encode()
+
+
+def test_stalled_uploads_do_not_starve_processing_and_time_out_with_408(weights):
+    """40 clients send headers and 100 body bytes, then stall: a good request still gets 200 well within the body
+    timeout (the stalled ones hold no processing slot), and each stalled one is answered 408 when the timeout passes."""
+    timeout = 3.0
+    app = create_app(ServerSettings(model=str(weights), device="cpu", threads=1, queue=1, body_timeout=timeout))
+    png = encode(sample(32, 32), "PNG")
+    with real_server(app) as port:
+        stalled = []
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+            sock.sendall(b"POST /v1/deblur HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary=b0undary\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + (_multipart_head() + b"\0" * 100)[:100])
+            stalled.append(sock)
+        while app.state.uploads.active < 40:
+            time.sleep(0.02)
+        began = time.monotonic()
+        good = httpx.post(f"http://127.0.0.1:{port}/v1/deblur", files={"file": ("a.png", png, "image/png")}, timeout=30)
+        took = time.monotonic() - began
+        assert good.status_code == 200, good.text
+        assert took < timeout, f"good request took {took:.1f} s behind 40 stalled uploads"
+        answers = []
+        for sock in stalled:
+            sock.settimeout(timeout + 15)
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(4096):  # until the server closes the connection
+                    answer += chunk
+            answers.append(answer)
+            sock.close()
+    assert all(a.startswith(b"HTTP/1.1 408") for a in answers) and len(answers) == 40, answers[:3]
+    assert b"not received within 3 s" in answers[0]
+    assert app.state.pool.busy == 0 and app.state.uploads.active == 0
+
+
+def test_content_length_larger_than_the_body_is_408_not_a_hang(weights):
+    app = create_app(ServerSettings(model=str(weights), device="cpu", body_timeout=1.0))
+    with real_server(app) as port:
+        began = time.monotonic()
+        answer = _raw(port, b"POST /v1/deblur HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/octet-stream\r\n"
+                            b"Content-Length: 5000\r\n\r\n" + b"\x89PNG" + b"\0" * 96)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+        assert time.monotonic() - began < 10
+
+
+@pytest.mark.parametrize("length", [10_000, 60_000])
+def test_over_long_url_is_414_not_a_reset(weights, length):
+    app = create_app(ServerSettings(model=str(weights), device="cpu"))
+    with real_server(app) as port:
+        answer = _raw(port, f"GET /v1/model?q={'a' * length} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 414"), answer[:200]
+    assert b"longer than the 8,192" in answer and b"nosniff" in answer.lower()
+
+
+def test_api_key_is_required_on_the_api_and_compared_exactly(weights, tmp_path):
+    key_file = tmp_path / "key.txt"
+    key_file.write_text(API_KEY + "\n")
+    app = create_app(ServerSettings(model=str(weights), device="cpu", api_key_file=str(key_file)))
+    png = encode(sample(32, 32), "PNG")
+    with TestClient(app) as http:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"X-API-Key": API_KEY[:-1]}, {"Authorization": f"Basic {API_KEY}"}):
+            refused = http.post("/v1/deblur", files={"file": ("a.png", png, "image/png")}, headers=headers)
+            assert refused.status_code == 401 and "API key" in refused.json()["error"], headers
+            assert refused.headers["www-authenticate"].startswith("Bearer")
+            assert http.get("/v1/model", headers=headers).status_code == 401
+        ok = http.post("/v1/deblur", files={"file": ("a.png", png, "image/png")}, headers={"Authorization": f"Bearer {API_KEY}"})
+        assert ok.status_code == 200
+        assert http.get("/v1/model", headers={"X-API-Key": API_KEY}).status_code == 200
+        assert http.get("/healthz").json()["api_key_required"] is True  # liveness and the page stay open
+        assert http.get("/").status_code == 200
+
+
+def test_api_key_sources_and_bad_keys(tmp_path, monkeypatch):
+    from meddeblur.errors import UserError
+
+    monkeypatch.setenv("MEDDEBLUR_API_KEY", API_KEY)
+    assert ServerSettings().api_key() == API_KEY
+    (tmp_path / "short").write_text("secret")
+    with pytest.raises(UserError, match="at least 16 printable characters"):
+        ServerSettings(api_key_file=str(tmp_path / "short")).validate()
+    with pytest.raises(UserError, match="cannot read it"):
+        ServerSettings(api_key_file=str(tmp_path / "missing")).validate()
+    monkeypatch.delenv("MEDDEBLUR_API_KEY")
+    assert ServerSettings().api_key() is None
+
+
+def test_network_bind_without_key_warns_and_loopback_gets_a_host_allow_list(capsys, monkeypatch):
+    monkeypatch.delenv("MEDDEBLUR_API_KEY", raising=False)
+    settings = network_settings(ServerSettings(), "0.0.0.0")
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "without an API key" in err and settings.allowed_hosts is None
+    local = network_settings(ServerSettings(), "127.0.0.1")
+    assert capsys.readouterr().err == "" and set(local.allowed_hosts) == {"localhost", "127.0.0.1", "::1"}
+    monkeypatch.setenv("MEDDEBLUR_API_KEY", API_KEY)
+    network_settings(ServerSettings(allowed_hosts=("scanner.example",)), "0.0.0.0")
+    assert capsys.readouterr().err == ""
+
+
+def test_host_header_allow_list_refuses_dns_rebinding(weights):
+    app = create_app(ServerSettings(model=str(weights), device="cpu", allowed_hosts=("localhost", "127.0.0.1", "::1")))
+    with TestClient(app, base_url="http://localhost:8000") as http:
+        assert http.get("/v1/model").status_code == 200
+        for host in ("localhost:8000", "127.0.0.1", "[::1]:8000", "LOCALHOST."):
+            assert http.get("/healthz", headers={"Host": host}).status_code == 200, host
+        for host in ("attacker.example", "attacker.example:8000", "localhost.attacker.example", ""):
+            refused = http.get("/v1/model", headers={"Host": host})
+            assert refused.status_code == 400 and "Host" in refused.json()["error"], host
+
+
+def test_cross_site_posts_are_refused_and_cors_is_off_unless_asked(weights):
+    png = encode(sample(32, 32), "PNG")
+    app = create_app(ServerSettings(model=str(weights), device="cpu"))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as http:
+        def upload(**headers):
+            return http.post("/v1/deblur", files={"file": ("a.png", png, "image/png")}, headers=headers)
+        assert upload(**{"Sec-Fetch-Site": "cross-site"}).status_code == 403
+        assert upload(**{"Sec-Fetch-Site": "same-site"}).status_code == 403
+        assert upload(Origin="http://evil.example").status_code == 403
+        assert upload(Origin="http://127.0.0.1:8000", **{"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert upload().status_code == 200  # curl and scripts send neither header
+        preflight = http.options("/v1/deblur", headers={"Origin": "https://viewer.example", "Access-Control-Request-Method": "POST"})
+        assert "access-control-allow-origin" not in preflight.headers
+    app = create_app(ServerSettings(model=str(weights), device="cpu", cors_origins=("https://viewer.example",)))
+    with TestClient(app, base_url="http://127.0.0.1:8000") as http:
+        allowed = http.post("/v1/deblur", files={"file": ("a.png", png, "image/png")},
+                            headers={"Origin": "https://viewer.example", "Sec-Fetch-Site": "cross-site"})
+        assert allowed.status_code == 200 and allowed.headers["access-control-allow-origin"] == "https://viewer.example"
+        other = http.post("/v1/deblur", files={"file": ("a.png", png, "image/png")}, headers={"Origin": "https://evil.example"})
+        assert other.status_code == 403
+
+
+@pytest.mark.parametrize("request_", ["page", "docs", "model", "health", "not_found", "bad_upload", "image", "unauthorised", "bug"])
+def test_every_response_carries_the_security_headers(weights, request_, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text(API_KEY)
+    app = create_app(ServerSettings(model=str(weights), device="cpu", api_key_file=str(key_file) if request_ == "unauthorised" else None))
+    if request_ == "bug":  # an unexpected exception: answered 500 by the outermost error handler, still with the headers
+        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != "/v1/model"]
+
+        @app.get("/v1/model")
+        async def broken():
+            raise RuntimeError("boom")
+    with TestClient(app, raise_server_exceptions=False) as http:
+        response = {
+            "page": lambda: http.get("/"),
+            "docs": lambda: http.get("/docs"),
+            "model": lambda: http.get("/v1/model"),
+            "health": lambda: http.get("/healthz"),
+            "not_found": lambda: http.get("/nothing-here"),
+            "bad_upload": lambda: post(http, b"GIF89a" + bytes(40), name="x.gif", mime="image/gif"),
+            "image": lambda: post(http, encode(sample(32, 32), "PNG")),
+            "unauthorised": lambda: http.get("/v1/model"),
+            "bug": lambda: http.get("/v1/model"),
+        }[request_]()
+    expected_status = {"page": 200, "docs": 200, "model": 200, "health": 200, "not_found": 404, "bad_upload": 415,
+                       "image": 200, "unauthorised": 401, "bug": 500}[request_]
+    assert response.status_code == expected_status, response.text
+    headers = response.headers
+    assert headers["x-content-type-options"] == "nosniff" and headers["x-frame-options"] == "DENY"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert "frame-ancestors 'none'" in headers["content-security-policy"]
+    assert headers["content-security-policy"] == (HTML_POLICY if request_ in ("page", "docs") else DATA_POLICY)
+    if request_ in ("image", "model", "unauthorised", "bad_upload", "bug"):
+        assert headers["cache-control"] == "no-store"
+
+
+class _Slow(torch.nn.Module):
+    """An identity network taking ``seconds`` per forward pass."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds, self.calls = seconds, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        time.sleep(self.seconds)
+        return x
+
+
+def test_processing_deadline_stops_a_long_job_between_tiles_with_503(weights):
+    """A 4-tile image at 0.6 s per tile under a 1 s deadline: stopped after the tile that crossed it, 503 + Retry-After;
+    then, knowing the speed, a second such image is refused before any tile runs."""
+    slow = _Slow(0.6)
+    served = ServedModel(slow, ModelConfig(arch="nafnet", width=8), weights, "slow", torch.device("cpu"))
+    app = create_app(ServerSettings(device="cpu", deadline=1.0, tile=64, overlap=16), model=served)
+    png = encode(sample(100, 100), "PNG")  # 100 px with 64 px tiles: 2 × 2 tiles
+    with TestClient(app) as http:
+        first = post(http, png)
+        assert first.status_code == 503 and int(first.headers["retry-after"]) >= 1, first.text
+        assert "1 s processing deadline" in first.json()["error"]
+        assert slow.calls == 2  # the tile in progress at the deadline finishes; the next ones never start
+        small = post(http, encode(sample(32, 32), "PNG"))  # one tile, 0.6 s: within the deadline
+        assert small.status_code == 200
+        calls = slow.calls
+        second = post(http, png)
+        assert second.status_code == 503 and "needs about" in second.json()["error"] and slow.calls == calls
+        assert app.state.pool.busy == 0

@@ -152,7 +152,18 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=1, help="images deblurred at once per worker (default 1)")
     serve.add_argument("--queue", type=int, default=32, help="requests waiting per worker before answering 503 + Retry-After (default 32)")
     serve.add_argument("--max-upload-mb", type=float, default=50, help="largest upload in MiB, refused with 413 while streaming (default 50)")
-    serve.add_argument("--max-pixels", type=float, default=64e6, help="largest image in pixels, checked before decoding (default 64e6)")
+    serve.add_argument("--max-pixels", type=float, default=12e6, help="largest image in pixels, checked before decoding (default 12e6, "
+                       "a 4000×3000 photo: about 90 s on one core of the 2-core reference machine, see README)")
+    serve.add_argument("--deadline", type=float, default=120, help="seconds to answer once an upload is in; past it (or when it "
+                       "cannot be met) 503 + Retry-After (default 120)")
+    serve.add_argument("--body-timeout", type=float, default=30, help="seconds to receive a whole upload, else 408 (default 30)")
+    serve.add_argument("--max-uploads", type=int, default=64, help="uploads received at once per worker, else 503 (default 64)")
+    serve.add_argument("--api-key-file", metavar="FILE", help="require this key (Authorization: Bearer KEY or X-API-Key) on /v1/; "
+                       "default: $MEDDEBLUR_API_KEY if set, else no key")
+    serve.add_argument("--allowed-hosts", metavar="NAMES", help="comma-separated Host names served (default: localhost, 127.0.0.1 "
+                       "and ::1 when bound to loopback, any otherwise; '*' for any)")
+    serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                       help="let a web page from ORIGIN (https://host[:port]) call the API; repeatable (default: none, CORS off)")
     serve.add_argument("--tile", type=int, default=1024, help="tile size for large images, as in deblur (default 1024; 0 = whole)")
     serve.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
     serve.add_argument("--jpeg-quality", type=int, default=95, help="quality of JPEG answers (default 95)")
@@ -369,9 +380,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not (math.isfinite(args.max_pixels) and args.max_pixels >= 1):
         raise UserError(f"--max-pixels {args.max_pixels:g}: must be a positive number, e.g. 64e6")
+    hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()) if args.allowed_hosts else None
     settings = ServerSettings(model=args.model, device=args.device, max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_pixels),
                               threads=args.threads, queue=args.queue, tile=args.tile, overlap=args.overlap,
-                              jpeg_quality=args.jpeg_quality, workers=args.workers)
+                              jpeg_quality=args.jpeg_quality, workers=args.workers, deadline=args.deadline,
+                              body_timeout=args.body_timeout, max_uploads=args.max_uploads, api_key_file=args.api_key_file,
+                              allowed_hosts=hosts, cors_origins=tuple(args.cors_origin))
     serve(settings, host=args.host, port=args.port)
     return 0
 

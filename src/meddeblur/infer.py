@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -52,15 +53,19 @@ def deblur_tensor(model: nn.Module | TileFn, images: torch.Tensor, multiple: int
 
 
 def deblur_array(model: nn.Module | TileFn, rgb: np.ndarray, device: str | torch.device = "cpu", tile: int = 0,
-                 overlap: int = 128, multiple: int = SIZE_MULTIPLE) -> np.ndarray:
+                 overlap: int = 128, multiple: int = SIZE_MULTIPLE, before_tile: Callable[[], None] | None = None) -> np.ndarray:
     """(H, W, 3) float in [0, 1] → deblurred (H, W, 3) float32.
 
     With ``tile``, an image whose longer side exceeds it is processed in overlapping,
     smoothly blended tiles (:func:`meddeblur.tiling.deblur_tiled`) so memory stays bounded.
+    ``before_tile`` is called before each forward pass (e.g. to stop at a deadline).
     """
     tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))[None].to(device)
     if tile and max(rgb.shape[:2]) > tile:
-        return deblur_tiled(model, tensor, tile=tile, overlap=overlap, multiple=multiple)[0].numpy().transpose(1, 2, 0)
+        return deblur_tiled(model, tensor, tile=tile, overlap=overlap, multiple=multiple,
+                            before_tile=before_tile)[0].numpy().transpose(1, 2, 0)
+    if before_tile is not None:
+        before_tile()
     return deblur_tensor(model, tensor, multiple=multiple)[0].cpu().numpy().transpose(1, 2, 0)
 
 

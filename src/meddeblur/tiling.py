@@ -78,7 +78,7 @@ def blend_weights(length: int, start: int, size: int, ramp: int) -> torch.Tensor
 
 @torch.no_grad()
 def deblur_tiled(model: nn.Module | TileFn, image: torch.Tensor, tile: int = 512, overlap: int | float = 128,
-                 multiple: int = 16, batch: int = 1) -> torch.Tensor:
+                 multiple: int = 16, batch: int = 1, before_tile: Callable[[], None] | None = None) -> torch.Tensor:
     """(N, C, H, W) in [0, 1] → (N, C, H, W) float32 on the CPU, clamped to [0, 1]; H, W ≥ ``multiple``.
 
     ``tile``: window side (rounded up to a multiple of ``multiple``); ``overlap``: pixels, or
@@ -91,6 +91,9 @@ def deblur_tiled(model: nn.Module | TileFn, image: torch.Tensor, tile: int = 512
     network's pooling grid is then the same in every tile as in a whole-image pass (a
     U-Net is only shift-equivariant by multiples of its size multiple), and an image no
     larger than one tile is processed whole, giving ``deblur_tensor``'s result.
+
+    ``before_tile`` is called before every forward pass; an exception it raises (say, a
+    deadline passed) stops the work there.
     """
     if image.ndim != 4:
         raise ValueError(f"expected an (N, C, H, W) tensor, got shape {tuple(image.shape)}")
@@ -106,6 +109,8 @@ def deblur_tiled(model: nn.Module | TileFn, image: torch.Tensor, tile: int = 512
     padded = F.pad(image, (left, pad_w - left, top, pad_h - top), mode="reflect") if pad_h or pad_w else image
     full_h, full_w = height + pad_h, width + pad_w
     if full_h <= tile and full_w <= tile:
+        if before_tile is not None:
+            before_tile()
         return model(padded.to(device))[..., top:top + height, left:left + width].float().cpu().clamp_(0, 1)
 
     th, tw = min(tile, full_h), min(tile, full_w)
@@ -116,6 +121,8 @@ def deblur_tiled(model: nn.Module | TileFn, image: torch.Tensor, tile: int = 512
         weights = torch.zeros(full_h, full_w)
         for first in range(0, len(corners), batch):
             group = corners[first:first + batch]
+            if before_tile is not None:
+                before_tile()
             tiles = torch.stack([padded[index, :, y:y + th, x:x + tw] for y, x in group]).to(device)
             result = model(tiles).float().cpu()
             if canvas is None:

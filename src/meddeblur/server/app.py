@@ -22,20 +22,16 @@ from starlette.requests import ClientDisconnect
 
 from meddeblur import __version__
 from meddeblur.server.card import model_card
-from meddeblur.server.engine import InferencePool, QueueFull, ServedModel, load_served_model
+from meddeblur.server.engine import Deadline, InferencePool, QueueFull, ServedModel, UploadGate, load_served_model
 from meddeblur.server.imaging import OUTPUT_FORMATS, UploadError, deblur_upload, display_name
 from meddeblur.server.settings import ServerSettings
-from meddeblur.server.upload import drain, receive_upload
+from meddeblur.server.security import Guard
+from meddeblur.server.upload import receive_upload
 
 log = logging.getLogger("meddeblur.server")
 
-# The page loads nothing from elsewhere; the policy makes the browser enforce it.
-_PAGE_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; "
-                               "script-src 'self' 'unsafe-inline'; connect-src 'self'; object-src 'none'; base-uri 'none'",
-    "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-cache",
-}
+# The page loads nothing from elsewhere: the Content-Security-Policy that Guard sets on it makes the browser enforce it.
+_PAGE_HEADERS = {"Cache-Control": "no-cache"}
 _ERROR_SCHEMA = {"content": {"application/json": {"schema": {
     "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
 _DEBLUR_OPENAPI = {
@@ -53,10 +49,14 @@ _DEBLUR_OPENAPI = {
                 "content": {t: {"schema": {"type": "string", "format": "binary"}}
                             for t in ("image/png", "image/jpeg", "image/tiff", "image/bmp")}},
         "400": {"description": "empty upload, no file field, bad format", **_ERROR_SCHEMA},
+        "401": {"description": "API key missing or wrong (only when the server has one)", **_ERROR_SCHEMA},
+        "403": {"description": "cross-site request from a browser", **_ERROR_SCHEMA},
+        "408": {"description": "upload not received within --body-timeout", **_ERROR_SCHEMA},
         "413": {"description": "upload larger than --max-upload-mb, or more pixels than --max-pixels", **_ERROR_SCHEMA},
         "415": {"description": "not an image, or an unsupported format (GIF, WebP, DICOM, ...)", **_ERROR_SCHEMA},
         "422": {"description": "truncated or corrupt image, smaller than 16 px", **_ERROR_SCHEMA},
-        "503": {"description": "queue full: retry after the Retry-After header's seconds", **_ERROR_SCHEMA},
+        "503": {"description": "queue full, too many uploads at once, or the --deadline cannot be met: retry after the "
+                               "Retry-After header's seconds", **_ERROR_SCHEMA},
     },
 }
 
@@ -68,7 +68,8 @@ def _error(status: int, message: str, headers: dict[str, str] | None = None) -> 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UploadError)
     async def upload_error(_: Request, exc: UploadError) -> JSONResponse:
-        return _error(exc.status, exc.message)
+        # A refused upload may not have been read to its end: the connection cannot carry another request.
+        return _error(exc.status, exc.message, {"Connection": "close"} if exc.status in (408, 413) else None)
 
     @app.exception_handler(QueueFull)
     async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
@@ -99,6 +100,7 @@ def create_app(settings: ServerSettings | None = None, model: ServedModel | None
     settings = (settings or ServerSettings()).validate()
     served = model or load_served_model(settings.model, settings.device)
     pool = InferencePool(settings.threads, settings.queue)
+    uploads = UploadGate(settings.max_uploads, settings.body_timeout)
     card = model_card(served.config, served.weights_path, served.model_id)
     page = resources.files("meddeblur.server").joinpath("page.html").read_text(encoding="utf-8")
 
@@ -110,8 +112,21 @@ def create_app(settings: ServerSettings | None = None, model: ServedModel | None
     app = FastAPIOffline(title="meddeblur", version=__version__, lifespan=lifespan,
                          description="Deblurring of dermoscopic images. Output images are computer-processed and "
                                      "not for diagnosis alone.")
-    app.state.settings, app.state.model, app.state.pool = settings, served, pool
+    app.state.settings, app.state.model, app.state.pool, app.state.uploads = settings, served, pool, uploads
     _add_error_handlers(app)
+    if settings.cors_origins:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Filename"],
+                           expose_headers=["X-Model-Id", "X-Processing-Time-Ms", "X-Deblur-Time-Ms", "X-Image-Size", "X-Bit-Depth",
+                                           "Content-Disposition", "Retry-After"])
+    # Guard wraps the whole stack, the error middleware included, so that every response (a 500 too) is checked and
+    # gets the security headers.
+    build = app.build_middleware_stack
+    key = settings.api_key()
+    app.build_middleware_stack = lambda: Guard(build(), allowed_hosts=settings.allowed_hosts, api_key=key,  # type: ignore[method-assign]
+                                               cors_origins=settings.cors_origins)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -120,7 +135,9 @@ def create_app(settings: ServerSettings | None = None, model: ServedModel | None
     @app.get("/healthz", summary="Liveness, load and limits")
     async def healthz() -> dict[str, Any]:
         return {"status": "ok", "model_id": served.model_id, "version": __version__, "busy": pool.busy,
-                "capacity": pool.capacity, "max_upload_mb": settings.max_upload_mb, "max_pixels": settings.max_pixels}
+                "capacity": pool.capacity, "uploading": uploads.active, "max_upload_mb": settings.max_upload_mb,
+                "max_pixels": settings.max_pixels, "deadline_s": settings.deadline, "body_timeout_s": settings.body_timeout,
+                "api_key_required": key is not None}
 
     @app.get("/v1/model", summary="The model card: id, version, architecture, training data, limits")
     async def model_info() -> dict[str, Any]:
@@ -133,16 +150,20 @@ def create_app(settings: ServerSettings | None = None, model: ServedModel | None
         started = time.perf_counter()
         if format and format.lower() not in OUTPUT_FORMATS:
             raise UploadError(400, f"format={format}: choose one of png, jpeg, tiff, bmp (or leave it out to keep the input's)")
+        # The upload is received first, within --body-timeout, holding only an upload place: a slow or stalled client
+        # never holds a processing slot.
+        with uploads.enter():
+            upload, filename = await receive_upload(request, settings.max_upload_bytes, settings.body_timeout)
         try:
-            slot = pool.admit()
+            slot = pool.admit(settings.deadline)
         except QueueFull:
-            await drain(request, settings.max_upload_bytes)
+            upload.close()
             raise
+        deadline = Deadline(settings.deadline, pool)
         async with slot:
-            upload, filename = await receive_upload(request, settings.max_upload_bytes)
             name = display_name(filename)
             result = await slot.run(deblur_upload, served, upload, name, format, settings.max_pixels,
-                                    settings.tile, settings.overlap, settings.jpeg_quality)
+                                    settings.tile, settings.overlap, settings.jpeg_quality, deadline)
         total_ms = (time.perf_counter() - started) * 1000
         stem = name.rsplit(".", 1)[0] if "." in name else name
         suffix = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "BMP": "bmp"}[result.format]

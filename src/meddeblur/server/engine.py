@@ -1,19 +1,22 @@
 """The served model, loaded once per worker process, and the bounded pool that runs it.
 
 The pool admits at most ``threads + queue`` requests at a time; one more is refused at
-once (503 + Retry-After) instead of piling up uploads in memory. Admission happens
-before the upload is read, so a refused request costs nothing. Inference runs on a few
-threads: torch kernels release the GIL, so the event loop keeps answering meanwhile.
+once (503 + Retry-After). Admission happens once the upload is complete, so clients that
+are slow or stalled in sending never hold a processing slot: they hold one of the
+:class:`UploadGate`'s places, which the body timeout frees. A :class:`Deadline` bounds the
+work per request. Inference runs on a few threads: torch kernels release the GIL, so the
+event loop keeps answering meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,11 +76,64 @@ def trim_heap() -> None:
 
 
 class QueueFull(Exception):
-    """Every slot is taken; ``retry_after`` is the estimated seconds until one frees up."""
+    """Every slot is taken, or the work cannot be done in time; ``retry_after``: estimated seconds until it can."""
 
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(f"server busy; retry in {retry_after} s")
+    def __init__(self, retry_after: int, message: str | None = None) -> None:
+        super().__init__(message or f"server busy; retry in {retry_after} s")
         self.retry_after = retry_after
+
+
+def _seconds(value: float) -> int:
+    """Whole seconds for Retry-After: at least 1, at most 600."""
+    return min(600, max(1, math.ceil(value)))
+
+
+class UploadGate:
+    """At most ``limit`` uploads being received at once (event-loop only, so no lock).
+
+    Uploads are received *before* a processing slot is taken, so clients that are slow or
+    stalled in sending hold only one of these, never a slot of the pool; the body timeout
+    frees them.
+    """
+
+    def __init__(self, limit: int, body_timeout: float) -> None:
+        self.limit, self.body_timeout = limit, body_timeout
+        self.active = 0
+
+    @contextlib.contextmanager
+    def enter(self) -> Iterator[None]:
+        if self.active >= self.limit:
+            raise QueueFull(_seconds(self.body_timeout), f"too many uploads in progress ({self.limit}); retry in "
+                                                         f"{_seconds(self.body_timeout)} s")
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+
+class Deadline:
+    """When one request's answer is due. ``check`` and ``check_estimate`` raise :class:`QueueFull` (503) past it."""
+
+    def __init__(self, seconds: float, pool: InferencePool) -> None:
+        self.seconds, self.pool = seconds, pool
+        self.at = time.monotonic() + seconds
+
+    def _refuse(self, why: str) -> QueueFull:
+        retry = self.pool.retry_after()
+        return QueueFull(retry, f"{why}, more than this server's {self.seconds:g} s processing deadline; retry in {retry} s, "
+                                "or send a smaller image")
+
+    def check(self) -> None:
+        """Past the deadline: stop (called before each tile, so a large image stops within one tile's time)."""
+        if time.monotonic() > self.at:
+            raise self._refuse("the image took too long")
+
+    def check_estimate(self, pixels: int) -> None:
+        """Refuse before starting when this image is expected (from earlier images' speed) to end past the deadline."""
+        estimate = self.pool.estimate(pixels)
+        if estimate is not None and time.monotonic() + estimate > self.at:
+            raise self._refuse(f"this {pixels / 1e6:.1f}-megapixel image needs about {estimate:.0f} s here")
 
 
 class Slot:
@@ -126,21 +182,41 @@ class InferencePool:
         self._lock = threading.Lock()
         self._busy = 0
         self._mean_seconds = 1.0  # running mean of job time, for Retry-After
+        self._seconds_per_pixel: float | None = None  # running mean of deblurring speed, for the deadline
 
     @property
     def busy(self) -> int:
         """Requests admitted and not finished (running or waiting)."""
         return self._busy
 
-    def admit(self) -> Slot:
-        """A slot for one request, or :class:`QueueFull` when all are taken."""
+    def retry_after(self) -> int:
+        """Seconds until everyone admitted now has finished (a slot is then certain to be free)."""
+        return min(60, _seconds(self._busy * self._mean_seconds / self.threads))
+
+    def admit(self, deadline: float | None = None) -> Slot:
+        """A slot for one request, or :class:`QueueFull` when all are taken or the wait alone would pass ``deadline`` s."""
         with self._lock:
             if self._busy >= self.capacity:
-                # Everyone admitted has to finish before a slot is certain to be free.
-                wait = self._busy * self._mean_seconds / self.threads
-                raise QueueFull(min(60, max(1, math.ceil(wait))))
+                raise QueueFull(self.retry_after())
+            wait = (self._busy // self.threads) * self._mean_seconds  # jobs ahead of this one, per thread
+            if deadline is not None and self._busy >= self.threads and wait > deadline:
+                raise QueueFull(self.retry_after(), f"server busy: about {wait:.0f} s of queued work, more than this server's "
+                                                    f"{deadline:g} s processing deadline; retry in {self.retry_after()} s")
             self._busy += 1
         return Slot(self)
+
+    def record(self, pixels: int, seconds: float) -> None:
+        """Learn the deblurring speed from a finished image (for :meth:`estimate`)."""
+        if pixels > 0:
+            rate = seconds / pixels
+            with self._lock:
+                old = self._seconds_per_pixel
+                self._seconds_per_pixel = rate if old is None else 0.7 * old + 0.3 * rate
+
+    def estimate(self, pixels: int) -> float | None:
+        """Expected seconds to deblur ``pixels`` at the speed seen so far; None before the first image."""
+        rate = self._seconds_per_pixel
+        return None if rate is None else rate * pixels
 
     def _timed(self, fn: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()

@@ -17,7 +17,7 @@ from meddeblur.errors import UserError
 from meddeblur.infer import FORMAT_SUFFIXES, deblur_array
 from meddeblur.io import LoadedImage, read_image, write_image
 from meddeblur.provenance import make_record
-from meddeblur.server.engine import ServedModel
+from meddeblur.server.engine import Deadline, ServedModel
 
 #: ``?format=`` values and what is answered for them.
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "tiff": "TIFF", "tif": "TIFF", "bmp": "BMP"}
@@ -108,15 +108,21 @@ def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: di
     with tempfile.TemporaryDirectory(prefix="meddeblur-out-") as folder:
         target = Path(folder) / f"result{FORMAT_SUFFIXES[fmt.lower()]}"
         write_image(target, rgb, alpha=alpha, grayscale=source.grayscale, bit_depth=bit_depth, format=fmt,
-                    jpeg_quality=jpeg_quality, provenance=provenance)
+                    jpeg_quality=jpeg_quality, provenance=provenance, icc=source.icc)
         return target.read_bytes(), bit_depth
 
 
 def deblur_upload(model: ServedModel, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,
-                  tile: int, overlap: int, jpeg_quality: int) -> Deblurred:
-    """The whole job of one request, run on a pool thread: decode, deblur, encode; closes ``upload``."""
+                  tile: int, overlap: int, jpeg_quality: int, deadline: Deadline | None = None) -> Deblurred:
+    """The whole job of one request, run on a pool thread: decode, deblur, encode; closes ``upload``.
+
+    With a ``deadline``, a job that waited past it, whose image is expected to end past it, or
+    that runs past it (checked before every tile) stops with :class:`QueueFull` (503).
+    """
     started = time.perf_counter()
     try:
+        if deadline is not None:
+            deadline.check()
         with tempfile.TemporaryDirectory(prefix="meddeblur-in-") as folder:
             # read_image takes a path (it checks the file type before opening it).
             path = Path(folder) / "upload"
@@ -127,7 +133,14 @@ def deblur_upload(model: ServedModel, upload: IO[bytes], name: str, requested_fo
     finally:
         upload.close()  # here, on the pool thread, so it is never closed while being copied
     fmt = output_format(requested_format, source)
-    restored = deblur_array(model.network, source.rgb, model.device, tile=tile, overlap=overlap, multiple=model.multiple)
+    pixels = source.rgb.shape[0] * source.rgb.shape[1]
+    if deadline is not None:
+        deadline.check_estimate(pixels)
+    began = time.perf_counter()
+    restored = deblur_array(model.network, source.rgb, model.device, tile=tile, overlap=overlap, multiple=model.multiple,
+                            before_tile=deadline.check if deadline is not None else None)
+    if deadline is not None:
+        deadline.pool.record(pixels, time.perf_counter() - began)
     record = make_record(model.model_id, f"{model.config.arch} width {model.config.width}", "torch", {"tile": tile, "overlap": overlap})
     data, bit_depth = encode_output(restored, source, fmt, record, jpeg_quality)
     height, width = source.rgb.shape[:2]

@@ -3,8 +3,38 @@
 from __future__ import annotations
 
 import os
+import sys
+from dataclasses import replace
+from typing import Any
 
+from meddeblur.server.security import default_allowed_hosts, is_loopback
 from meddeblur.server.settings import SETTINGS_ENV, ServerSettings
+
+
+def uvicorn_options(settings: ServerSettings, host: str, port: int, log_level: str = "info") -> dict[str, Any]:
+    """What uvicorn runs with (tests start a server with the same options)."""
+    # Connections beyond limit_concurrency get uvicorn's own 503: a guard against connection floods, far above the
+    # pool's queue and the upload places. h11 (the pure-Python HTTP parser) reads request heads of up to 64 KiB, so
+    # that a long URL reaches the app and is answered 414 rather than with a reset connection.
+    return {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10, "http": "h11",
+            "h11_max_incomplete_event_size": 64 * 1024, "server_header": False,
+            "limit_concurrency": max(64, 4 * settings.workers * (settings.threads + settings.queue) + settings.max_uploads)}
+
+
+def network_settings(settings: ServerSettings, host: str) -> ServerSettings:
+    """Settings for binding ``host``: loopback Host names by default on loopback; warnings on stderr for a
+    network-reachable server without an API key or a Host allow-list."""
+    if settings.allowed_hosts is None:
+        settings = replace(settings, allowed_hosts=default_allowed_hosts(host))
+    if not is_loopback(host):
+        if settings.api_key() is None:
+            print(f"meddeblur serve: WARNING: listening on {host}, reachable from the network, without an API key: anyone who "
+                  "can reach this port can send images; give --api-key-file FILE (or $MEDDEBLUR_API_KEY) and serve over "
+                  "TLS behind a reverse proxy (see SECURITY.md)", file=sys.stderr, flush=True)
+        if settings.allowed_hosts is None:
+            print("meddeblur serve: note: any Host header is accepted; --allowed-hosts NAME,... guards against DNS rebinding",
+                  file=sys.stderr, flush=True)
+    return settings
 
 
 def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
@@ -24,10 +54,9 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
         from meddeblur.errors import UserError
 
         raise UserError(f"--port {port}: choose 0 to 65535")
+    settings = network_settings(settings, host)
     torch.set_num_threads(settings.torch_threads())
-    # Connections beyond this get uvicorn's own 503: a guard against connection floods, far above the pool's queue.
-    options = {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10,
-               "limit_concurrency": max(64, 4 * settings.workers * (settings.threads + settings.queue))}
+    options = uvicorn_options(settings, host, port, log_level)
     if settings.workers == 1:
         app = create_app(settings)
         print(f"meddeblur serve: model {app.state.model.model_id} ({app.state.model.config.arch}) on http://{host}:{port}/ "

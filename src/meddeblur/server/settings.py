@@ -11,6 +11,10 @@ from meddeblur.errors import UserError
 
 #: Environment variable through which ``serve`` hands the settings to uvicorn's worker processes.
 SETTINGS_ENV = "MEDDEBLUR_SERVE_SETTINGS"
+#: Environment variable holding the API key when no ``--api-key-file`` is given.
+API_KEY_ENV = "MEDDEBLUR_API_KEY"
+#: Shortest API key accepted: a guessable key is no key.
+MIN_KEY_LENGTH = 16
 
 
 @dataclass(frozen=True)
@@ -20,13 +24,19 @@ class ServerSettings:
     model: str | None = None  # run folder or .safetensors; None: the shipped model
     device: str = "auto"
     max_upload_mb: float = 50.0  # uploaded file size cap, in MiB
-    max_pixels: int = 64_000_000  # decoded pixel count cap, checked from the header
+    max_pixels: int = 12_000_000  # decoded pixel count cap, checked from the header (README: measured cost)
     threads: int = 1  # images deblurred at once per worker process
     queue: int = 32  # requests waiting per worker process before answering 503
     tile: int = 1024  # as `meddeblur deblur --tile`: bounds memory on large images
     overlap: int = 128
     jpeg_quality: int = 95
     workers: int = 1  # worker processes; used to share the CPU cores between them
+    body_timeout: float = 30.0  # seconds to receive a whole upload, else 408
+    deadline: float = 120.0  # seconds from upload received to answer sent, else 503 + Retry-After
+    max_uploads: int = 64  # uploads being received at once per worker, else 503 (they hold no processing slot)
+    api_key_file: str | None = None  # file holding the API key; None: $MEDDEBLUR_API_KEY, or no key
+    allowed_hosts: tuple[str, ...] | None = None  # Host header allow-list; None: any host
+    cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser (CORS); none by default
 
     def validate(self) -> ServerSettings:
         """Return self, or raise :class:`UserError` naming the first bad option."""
@@ -43,7 +53,36 @@ class ServerSettings:
             raise UserError(f"--tile {self.tile} --overlap {self.overlap}: use a tile of at least 32 px and an overlap below half the tile")
         if not 1 <= self.jpeg_quality <= 100:
             raise UserError(f"--jpeg-quality {self.jpeg_quality}: choose 1 to 100")
+        for name in ("body_timeout", "deadline"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"--{name.replace('_', '-')} {value}: must be a positive number of seconds")
+        if self.max_uploads < 1:
+            raise UserError(f"--max-uploads {self.max_uploads}: must be a positive integer")
+        for origin in self.cors_origins:
+            if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
+                raise UserError(f"--cors-origin {origin}: give an origin such as https://viewer.example.org (scheme and host, no path)")
+        self.api_key()  # a missing, unreadable or too short key file fails now, before the port is bound
         return self
+
+    def api_key(self) -> str | None:
+        """The API key from ``api_key_file`` or ``$MEDDEBLUR_API_KEY`` (surrounding white space dropped); None: no key."""
+        if self.api_key_file is not None:
+            try:
+                key = open(self.api_key_file, encoding="utf-8").read().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise UserError(f"--api-key-file {self.api_key_file}: cannot read it ({getattr(exc, 'strerror', None) or exc}); "
+                                "give a readable text file holding the key") from None
+            source = f"--api-key-file {self.api_key_file}"
+        else:
+            key = os.environ.get(API_KEY_ENV, "").strip()
+            source = f"${API_KEY_ENV}"
+            if not key:
+                return None
+        if len(key) < MIN_KEY_LENGTH or any(c.isspace() or not c.isprintable() for c in key):
+            raise UserError(f"{source}: the key must be at least {MIN_KEY_LENGTH} printable characters without spaces; "
+                            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+        return key
 
     @property
     def max_upload_bytes(self) -> int:
@@ -66,4 +105,8 @@ class ServerSettings:
         raw = os.environ.get(SETTINGS_ENV)
         if raw is None:
             raise RuntimeError(f"{SETTINGS_ENV} is not set; start the server with `meddeblur serve`")
-        return cls(**json.loads(raw)).validate()
+        values = json.loads(raw)
+        for name in ("allowed_hosts", "cors_origins"):  # JSON has lists, the settings tuples
+            if isinstance(values.get(name), list):
+                values[name] = tuple(values[name])
+        return cls(**values).validate()

@@ -7,11 +7,12 @@ upload costs at most the cap in (disk-spooled) memory and is refused with 413.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from typing import IO
 
 from starlette.datastructures import UploadFile
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.types import Message, Receive
 
 from meddeblur.server.imaging import UploadError
@@ -23,14 +24,27 @@ _SPOOL_BYTES = 1024 * 1024
 
 
 class _Capped:
-    """A receive callable that fails with 413 once more than ``limit`` body bytes came in."""
+    """A receive callable that fails with 413 once more than ``limit`` body bytes came in, and with 408
+    when the body has not fully arrived ``timeout`` seconds after the first call (a stalled or lying client)."""
 
-    def __init__(self, receive: Receive, limit: int, limit_text: str) -> None:
+    def __init__(self, receive: Receive, limit: int, limit_text: str, timeout: float | None = None) -> None:
         self._receive, self._limit, self._text = receive, limit, limit_text
+        self._timeout = timeout
+        self._deadline: float | None = None
         self.received = 0
 
     async def __call__(self) -> Message:
-        message = await self._receive()
+        if self._timeout is None:
+            message = await self._receive()
+        else:
+            loop = asyncio.get_running_loop()
+            if self._deadline is None:
+                self._deadline = loop.time() + self._timeout
+            try:
+                message = await asyncio.wait_for(self._receive(), max(0.0, self._deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise UploadError(408, f"upload not received within {self._timeout:g} s ({self.received:,} bytes came); "
+                                       "send it again over a faster connection, or compress it") from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self._limit:
@@ -42,12 +56,14 @@ def _limit_text(limit: int) -> str:
     return f"{limit / 1024 / 1024:g} MiB"
 
 
-async def receive_upload(request: Request, limit: int) -> tuple[IO[bytes], str | None]:
+async def receive_upload(request: Request, limit: int, timeout: float | None = None) -> tuple[IO[bytes], str | None]:
     """The uploaded file (a spooled temporary file; the caller closes it) and the client's file name.
 
     Accepts ``multipart/form-data`` with a ``file`` field (what browsers and ``curl -F``
     send) or the raw image as the body (``curl --data-binary``). Errors are
-    :class:`UploadError`: 413 over ``limit`` bytes, 400 for a missing or empty body.
+    :class:`UploadError`: 413 over ``limit`` bytes, 408 when the body is not all there after
+    ``timeout`` seconds (a stalled client, or a Content-Length larger than the body), 400 for a
+    missing or empty body.
     """
     text = _limit_text(limit)
     declared = request.headers.get("content-length")
@@ -55,7 +71,7 @@ async def receive_upload(request: Request, limit: int) -> tuple[IO[bytes], str |
         raise UploadError(413, f"upload of {int(declared):,} bytes is larger than {text}; downscale or compress the image")
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
-        capped = Request(request.scope, _Capped(request.receive, limit + _FRAMING_BYTES, text))
+        capped = Request(request.scope, _Capped(request.receive, limit + _FRAMING_BYTES, text, timeout))
         form = await capped.form(max_files=1, max_fields=8)
         file = form.get("file")
         if file is None:
@@ -70,7 +86,7 @@ async def receive_upload(request: Request, limit: int) -> tuple[IO[bytes], str |
         return file.file, file.filename
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
     try:
-        async for chunk in Request(request.scope, _Capped(request.receive, limit, text)).stream():
+        async for chunk in Request(request.scope, _Capped(request.receive, limit, text, timeout)).stream():
             spool.write(chunk)
     except BaseException:
         spool.close()
@@ -79,12 +95,3 @@ async def receive_upload(request: Request, limit: int) -> tuple[IO[bytes], str |
         spool.close()
         raise UploadError(400, "empty upload; send the image as multipart/form-data (field 'file') or as the request body")
     return spool, request.headers.get("x-filename")
-
-
-async def drain(request: Request, limit: int) -> None:
-    """Read and discard up to ``limit`` body bytes, so a refused client reads its answer, not a reset connection."""
-    try:
-        async for _ in Request(request.scope, _Capped(request.receive, limit, "")).stream():
-            pass
-    except (UploadError, ClientDisconnect, RuntimeError):  # over the limit, client gone, already read: uvicorn closes the connection
-        return
