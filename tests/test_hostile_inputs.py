@@ -769,6 +769,156 @@ def case_assess_csv_is_a_folder(c: Ctx) -> Case:
     return Case(["assess", image, "--csv", c.root / "tables"], (str(c.root / "tables"), "folder"))
 
 
+# ---- issue 12: wide and signed samples, inconsistent headers, files that are not ours
+
+
+def _tiff(path: Path, values: np.ndarray, **options) -> Path:
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, values, **options)
+    return path
+
+
+@hostile
+def case_deblur_signed_int16_tiff_is_refused_not_clipped(c: Ctx) -> Case:
+    bad = _tiff(c.root / "in" / "ct.tif", np.arange(-512, 512, dtype=np.int16).reshape(32, 32))
+    return Case(c.deblur(bad), (str(bad), "signed 16-bit integer TIFF is not supported"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_uint32_tiff_is_refused_not_clipped(c: Ctx) -> Case:
+    bad = _tiff(c.root / "in" / "wide.tif", np.arange(1024, dtype=np.uint32).reshape(32, 32) * 100_000)
+    return Case(c.deblur(bad), (str(bad), "32-bit TIFF is not supported"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_float32_rgb_tiff_says_what_is_not_supported(c: Ctx) -> Case:
+    bad = _tiff(c.root / "in" / "hdr.tif", np.random.default_rng(0).random((32, 32, 3)).astype(np.float32), photometric="rgb")
+    return Case(c.deblur(bad), (str(bad), "floating-point TIFF is not supported"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_dicom_12_bits_stored_in_8_allocated(c: Ctx) -> Case:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes()))
+    ds.BitsStored, ds.HighBit = 12, 11
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    bad = put(c.root / "in" / "scan.dcm", buffer.getvalue())
+    return Case(c.deblur(bad), (str(bad), "BitsStored 12 does not fit in BitsAllocated 8"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_into_the_inputs_folder_never_replaces_an_unrelated_file(c: Ctx) -> Case:
+    """The issue's reproduction: `deblur d/x.jpg -o d --format png` with an unrelated d/x.png."""
+    source = put(c.root / "in" / "x.jpg", image_bytes("JPEG"))
+    unrelated = good(c.root / "in" / "x.png", seed=7)
+    return Case(c.deblur(source, out=c.root / "in") + ["--format", "png"], (str(unrelated), "not written by meddeblur", "--overwrite"))
+
+
+@hostile
+def case_deblur_bmp_sidecar_name_taken_by_another_file(c: Ctx) -> Case:
+    source = good(c.root / "in" / "a.png")
+    taken = put(c.root / "elsewhere" / "a.bmp.json", b'{"mine": true}')
+    return Case(c.deblur(source, out=c.root / "elsewhere") + ["--format", "bmp"], (str(taken), "not written by meddeblur"),
+                (c.root / "elsewhere" / "a.bmp",))
+
+
+@hostile
+def case_assess_csv_over_an_unrelated_file(c: Ctx) -> Case:
+    image = good(c.root / "in" / "a.png")
+    notes = put(c.root / "elsewhere" / "notes.csv", b"patient,note\n1,keep me\n")
+    return Case(["assess", image, "--csv", notes], (str(notes), "not written by meddeblur", "--overwrite"))
+
+
+@hostile
+def case_synth_over_unrelated_files(c: Ctx) -> Case:
+    good(c.root / "sharp" / "a.png")
+    taken = good(c.root / "elsewhere" / "pairs" / "blurred" / "a.png", seed=3)
+    return Case(["synth", "--sharp", c.root / "sharp", "-o", c.root / "elsewhere" / "pairs", "--degrade", "gauss:sigma=1"],
+                (str(taken), "not written by meddeblur"), (c.root / "elsewhere" / "pairs" / "manifest.json",))
+
+
+@hostile
+def case_export_over_an_unrelated_file(c: Ctx) -> Case:
+    taken = put(c.root / "elsewhere" / "model.onnx", b"not an onnx file, and not ours")
+    return Case(["export", "--model", c.weights, "--onnx", taken], (str(taken), "not written by meddeblur"))
+
+
+@valid
+def ok_16bit_tiffs_planar_grey_alpha_cmyk_and_a_png_with_huge_text(c: Ctx):
+    from PIL import PngImagePlugin
+
+    folder = c.root / "in"
+    ramp = np.tile(np.linspace(0, 65535, 48).astype(np.uint16), (32, 1))
+    _tiff(folder / "planar.tif", np.stack([ramp] * 3), photometric="rgb", planarconfig="separate")
+    _tiff(folder / "la.tif", np.dstack([ramp, ramp[::-1]]), photometric="minisblack", extrasamples=["unassalpha"])
+    _tiff(folder / "cmyk.tif", np.dstack([ramp] * 4), photometric="separated")
+    info = PngImagePlugin.PngInfo()
+    info.add_text("notes", "x" * (2 * PngImagePlugin.MAX_TEXT_CHUNK), zip=True)
+    put(folder / "text.png", encode(Image.fromarray(rgb_array()), "PNG", pnginfo=info))
+
+    def check() -> None:
+        out = c.root / "out"
+        _check_output(out / "planar.tif", (32, 48), "TIFF", bit_depth=16, grayscale=False, alpha=False)
+        _check_output(out / "la.tif", (32, 48), "TIFF", bit_depth=16, grayscale=True, alpha=True)
+        _check_output(out / "cmyk.tif", (32, 48), "TIFF", bit_depth=16, grayscale=False)
+        _check_output(out / "text.png", (32, 32), "PNG", bit_depth=8)
+
+    return c.deblur(folder), check
+
+
+@valid
+def ok_orientation_icc_profile_and_colour_key_are_kept(c: Ctx):
+    from PIL import ImageCms
+
+    folder = c.root / "in"
+    folder.mkdir()
+    Image.fromarray(rgb_array((32, 48))).save(folder / "turned.tif", tiffinfo={0x0112: 6})
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    Image.fromarray(rgb_array((32, 48), seed=1)).save(folder / "turned.png", exif=exif)
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rgb_array(seed=2)).save(folder / "profiled.jpg", icc_profile=icc, quality=95)
+    keyed = rgb_array(seed=3)
+    keyed[0, 0] = (9, 8, 7)
+    Image.fromarray(keyed).save(folder / "keyed.png", transparency=(9, 8, 7))
+
+    def check() -> None:
+        out = c.root / "out"
+        _check_output(out / "turned.tif", (48, 32), "TIFF")  # upright, as viewers show the input
+        _check_output(out / "turned.png", (48, 32), "PNG")
+        assert _check_output(out / "profiled.jpg", (32, 32), "JPEG").icc == icc
+        assert _check_output(out / "keyed.png", (32, 32), "PNG", alpha=True).alpha[0, 0] == 0
+
+    return c.deblur(folder), check
+
+
+@valid
+def ok_rerun_replaces_own_outputs_and_overwrite_replaces_others(c: Ctx):
+    image = good(c.root / "in" / "a.png")
+    good(c.root / "in" / "b.png", seed=1)
+    out = c.root / "out"
+    mio.write_image(out / "a.png", np.zeros((32, 32, 3), np.float32), provenance={"tool": "meddeblur"})  # an earlier output
+    put(out / "b.png", b"someone else's file")
+    put(out / f".a.png.tmp-{_dead_pid()}-0123456789ab.png", b"left by a killed run")
+
+    def check() -> None:
+        for name in ("a.png", "b.png"):
+            assert (mio.read_image(out / name).rgb > 0).any(), name
+        assert image.exists()
+
+    return c.deblur(c.root / "in", out=out) + ["--overwrite"], check
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
 # --------------------------------------------------------------------------- running and checking
 
 
