@@ -30,7 +30,7 @@ from meddeblur.io import write_image
 from meddeblur.synthetic import write_synthetic_pairs
 
 # Fast training options, for the cases that get as far as loading images.
-TINY_TRAIN = ("--width", "4", "--size", "16", "--epochs", "1", "--batch", "8")
+TINY_TRAIN = ("--recipe", "reference", "--width", "4", "--size", "16", "--epochs", "1", "--batch", "8")
 
 
 @dataclass

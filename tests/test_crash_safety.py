@@ -37,7 +37,7 @@ from meddeblur.train import TrainOptions, load_checkpoint, train
 
 # lr 3e-3 and --lr-patience 2: val loss improves for 3 epochs and then not, so resumes cross
 # best-weight writes, epochs that keep an older best, and an LR cut (after epoch 5).
-TINY = ["--width", "4", "--size", "32", "--batch", "4", "--lr", "3e-3", "--lr-patience", "2", "--device", "cpu"]
+TINY = ["--recipe", "reference", "--width", "4", "--size", "32", "--batch", "4", "--lr", "3e-3", "--lr-patience", "2", "--device", "cpu"]
 EPOCHS = 6
 
 

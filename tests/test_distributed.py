@@ -42,7 +42,7 @@ from meddeblur.losses import build_loss
 from meddeblur.models import ModelConfig, build_model
 from meddeblur.synthetic import write_synthetic_pairs
 
-TINY = ["--width", "4", "--size", "32", "--batch", "4", "--device", "cpu"]
+TINY = ["--recipe", "reference", "--width", "4", "--size", "32", "--batch", "4", "--device", "cpu"]
 
 
 def _free_port() -> int:

@@ -59,7 +59,7 @@ from meddeblur import io as mio
 from meddeblur.cli import main
 from meddeblur.synthetic import write_synthetic_pairs
 
-TINY_TRAIN = ("--width", "4", "--size", "16", "--epochs", "1", "--batch", "8")
+TINY_TRAIN = ("--recipe", "reference", "--width", "4", "--size", "16", "--epochs", "1", "--batch", "8")
 NON_UTF8 = os.fsdecode(b"caf\xe9 \xff photo")  # a Latin-1 file name: not valid UTF-8
 
 

@@ -34,7 +34,7 @@ def test_train_evaluate_deblur_on_real_photographs(isic_images, tmp_path):
         write_image(data / "sharp" / f"{path.stem}_sharp.png", sharp)
         write_image(data / "blurred" / f"{path.stem}_blurred.png", blurred)
     run = tmp_path / "run"
-    assert main(["train", "--data", str(data), "--out", str(run), "--width", "4", "--size", "64", "--epochs", "2", "--batch", "4"]) == 0
+    assert main(["train", "--recipe", "reference", "--data", str(data), "--out", str(run), "--width", "4", "--size", "64", "--epochs", "2", "--batch", "4"]) == 0
     assert main(["evaluate", "--model", str(run), "--native", "--device", "cpu"]) == 0
     report = json.loads((run / "eval-test" / "metrics.json").read_text())
     assert report["protocol"] == "native resolution" and report["images"] == 1

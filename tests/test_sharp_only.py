@@ -15,7 +15,7 @@ from meddeblur.degrade import blur, parse_spec, quantize8
 from meddeblur.io import read_rgb, write_image
 from meddeblur.synthetic import synthetic_dermoscopy
 
-TINY = ["--width", "4", "--size", "32", "--batch", "4"]
+TINY = ["--recipe", "reference", "--width", "4", "--size", "32", "--batch", "4"]
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from meddeblur.cli import main
 from meddeblur.losses import VGG19Features
 from meddeblur.synthetic import write_synthetic_pairs
 
-TINY = ["--width", "4", "--size", "32", "--batch", "4"]
+TINY = ["--recipe", "reference", "--width", "4", "--size", "32", "--batch", "4"]
 
 
 @pytest.fixture(scope="module")

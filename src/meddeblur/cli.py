@@ -31,22 +31,31 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"meddeblur {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    train = commands.add_parser("train", help="train a model on blurred/sharp pairs",
-                                description="Train the reference Attention U-Net (Adam, early stopping, LR plateau). "
+    train = commands.add_parser("train", help="train a model on sharp images or blurred/sharp pairs",
+                                description="Train with the shipped model's recipe (NAFNet, random-scale native crops with the 'real' "
+                                            "degradation mix, AdamW + cosine over the budget, EMA), or --recipe reference for the exact "
+                                            "reference Attention U-Net. Options given explicitly override the recipe's. "
                                             "Data-parallel on several GPUs or processes: torchrun --nproc_per_node N -m meddeblur train ...")
     _add_data_args(train, "(not needed with --resume)")
-    train.add_argument("--degrade", metavar="SPEC", help="train from sharp images only, degraded on the fly: 'mixed', "
-                       "'gauss:sigma=0.5..2.5', 'motion:length=11+noise:sigma=0..0.01', … (see README)")
+    train.add_argument("--recipe", choices=("default", "reference"),
+                       help="default: how the shipped model is trained (MODEL_CARD.md); reference: the reference system's exact settings")
+    train.add_argument("--init", metavar="WEIGHTS", help="start from these weights: 'default' (the shipped model), a .safetensors file or "
+                       "a run folder; architecture and width come from them (fine-tuning)")
+    train.add_argument("--degrade", metavar="SPEC", help="train from sharp images only, degraded on the fly: 'real' (the default "
+                       "recipe's), 'mixed', 'gauss:sigma=0.5..2.5', 'motion:length=11+noise:sigma=0..0.01', … (see README)")
     train.add_argument("--out", help="run folder to create (default runs/<time>)")
-    train.add_argument("--arch", choices=ARCHITECTURES, help="network (default attention-unet, the exact reference)")
+    train.add_argument("--arch", choices=ARCHITECTURES, help="network (default: the recipe's, nafnet; attention-unet is the reference)")
     train.add_argument("--width", type=int, help="base channels (default 64 for attention-unet*, 16 for nafnet; 64 = reference)")
     size = train.add_mutually_exclusive_group()
-    size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (default 256, the reference protocol)")
-    size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing")
-    train.add_argument("--epochs", type=int, help="maximum epochs (default 100)")
-    train.add_argument("--max-minutes", type=float, help="wall-clock budget: start no new epoch after this many training minutes")
-    train.add_argument("--batch", type=int, help="global batch size, split evenly over torchrun processes (default 8)")
-    train.add_argument("--lr", type=float, help="Adam learning rate (default 1e-4)")
+    size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (the reference recipe: 256)")
+    size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing (default recipe: 128)")
+    train.add_argument("--epochs", type=int, help="maximum epochs (reference recipe: 100)")
+    train.add_argument("--max-minutes", type=float, help="wall-clock budget in training minutes; the default recipe's cosine "
+                       "schedule anneals over it (default 60 unless --steps is given)")
+    train.add_argument("--steps", type=int, help="default recipe: optimizer steps to anneal over (instead of --max-minutes)")
+    train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores)")
+    train.add_argument("--batch", type=int, help="global batch size, split evenly over torchrun processes (default 16; reference 8)")
+    train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 AdamW; reference 1e-4 Adam)")
     train.add_argument("--seed", type=int, help="seed for split, init and augmentation (default 42)")
     train.add_argument("--perceptual", action="store_true", default=None,
                        help="add the VGG19 perceptual term, weights from the PyTorch hub cache file")
@@ -173,20 +182,21 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 # Options that may change when a run is resumed; everything else is fixed by run.json.
-_RESUMABLE = {"epochs", "max_minutes", "device"}
-_TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "batch", "lr", "seed", "perceptual", "vgg19_weights",
-                "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last")
+_RESUMABLE = {"epochs", "max_minutes", "steps", "device", "threads"}
+_TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "steps", "threads", "batch", "lr", "seed", "perceptual",
+                "vgg19_weights", "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last", "init")
 _NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
 
 
 def _train(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+    from dataclasses import asdict, replace
     from datetime import datetime
 
     from meddeblur.data import data_dirs
     from meddeblur.distributed import is_main
     from meddeblur.losses import LossWeights
-    from meddeblur.train import TrainOptions, read_run_options, train
+    from meddeblur.recipes import recipe_options
+    from meddeblur.train import TrainOptions, init_weights, read_run_options, train
 
     given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
     weights = {k: getattr(args, f"w_{k}") for k in ("ssim", "l1", "perceptual") if getattr(args, f"w_{k}") is not None}
@@ -195,23 +205,36 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         fixed = sorted(set(given) - _RESUMABLE) + [f"w_{k}" for k in weights]
         fixed += [k for k in ("data", "blurred", "sharp") if getattr(args, k) is not None]
+        fixed += ["recipe"] if args.recipe else []
         if fixed:
-            raise UserError(f"--resume {args.resume}: only --epochs, --max-minutes and --device may change; drop --{_NEGATED.get(fixed[0], fixed[0].replace('_', '-'))}")
+            raise UserError(f"--resume {args.resume}: only --epochs, --max-minutes, --steps, --threads and --device may change; "
+                            f"drop --{_NEGATED.get(fixed[0], fixed[0].replace('_', '-'))}")
         options = read_run_options(args.resume)
         options = replace(options, out=str(args.resume), **{k: given[k] for k in _RESUMABLE & given.keys()})
         run = train(options, resume=True)
     else:
-        blurred, sharp = data_dirs(args.data, args.blurred, args.sharp, args.degrade)
+        recipe = args.recipe or "default"
+        paired = not args.degrade and (args.blurred is not None or recipe == "reference"
+                                       or (args.data is not None and (Path(args.data) / "blurred").is_dir()))
+        values = recipe_options(recipe, paired)
+        blurred, sharp = data_dirs(args.data, args.blurred, args.sharp, args.degrade or values["degrade"])
         if args.degrade:
             from meddeblur.degrade import parse_spec
 
             given["degrade"] = str(parse_spec(args.degrade))
         given.setdefault("out", str(Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")))
+        if "steps" in given and "max_minutes" not in given:
+            values["max_minutes"] = None  # --steps alone is the horizon
         if "crop" in given:
             given["size"] = None
+        elif "size" in given:  # resizing instead of the recipe's crops
+            given.update(crop=None, scales=None)
+        if given.get("init"):
+            _, config, _ = init_weights(given["init"], given.get("arch"), given.get("width"))
+            given.update(arch=config.arch, width=config.width)
         if given.get("vgg19_weights"):
             given["perceptual"] = True
-        for name in ("width", "size", "crop", "epochs", "batch", "patience", "lr_patience"):
+        for name in ("width", "size", "crop", "epochs", "batch", "patience", "lr_patience", "steps", "threads"):
             if given.get(name) is not None and given[name] < 1:
                 raise UserError(f"--{name.replace('_', '-')} {given[name]}: must be a positive integer")
         for name in ("size", "crop"):
@@ -224,7 +247,8 @@ def _train(args: argparse.Namespace) -> int:
         for name, value in weights.items():
             if not (math.isfinite(value) and value >= 0):
                 raise UserError(f"--w-{name} {value}: must be 0 (term off) or a positive number")
-        options = TrainOptions(blurred_dir=str(blurred) if blurred else None, sharp_dir=str(sharp), loss=LossWeights(**weights), **given)
+        loss = LossWeights(**{**asdict(values.pop("loss")), **weights})
+        options = TrainOptions(blurred_dir=str(blurred) if blurred else None, sharp_dir=str(sharp), loss=loss, **{**values, **given})
         run = train(options)
     if is_main():  # under torchrun every process returns here; one report is enough
         print(f"run folder: {run}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import zlib
@@ -17,6 +18,7 @@ from torch.utils.data import Dataset
 from meddeblur.degrade import Degradation, DegradeSpec, degradation_seed, degrade
 from meddeblur.errors import UserError
 from meddeblur.io import atomic_write, list_images, read_image, read_rgb, resize_area
+from meddeblur.metrics import psnr, ssim
 
 BLURRED_SUFFIXES = ("_blurry", "_blurred", "_blur", "_zamucena")
 SHARP_SUFFIXES = ("_sharp", "_ostra", "_gt")
@@ -212,6 +214,19 @@ def augment_pair(blurred: torch.Tensor, sharp: torch.Tensor, generator: torch.Ge
     if k:
         blurred, sharp = torch.rot90(blurred, k, (-2, -1)), torch.rot90(sharp, k, (-2, -1))
     return blurred.contiguous(), sharp.contiguous()
+
+
+def input_scores(dataset: Dataset) -> dict[str, float]:
+    """Mean PSNR / SSIM of a dataset's degraded inputs against their targets: the level a model must beat.
+
+    Samples whose input equals the target (an un-blurred share) are left out: their PSNR is infinite.
+    """
+    blurred, sharp = (torch.stack(t) for t in zip(*(dataset[i] for i in range(len(dataset)))))
+    degraded = ~(blurred == sharp).flatten(1).all(1)
+    if not degraded.any():
+        return {"psnr": math.nan, "ssim": math.nan}
+    blurred, sharp = blurred[degraded], sharp[degraded]
+    return {"psnr": float(psnr(blurred, sharp).mean()), "ssim": float(ssim(blurred, sharp).mean())}
 
 
 def _to_tensor(rgb: np.ndarray) -> torch.Tensor:

@@ -23,13 +23,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from meddeblur.degrade_spec import FAMILIES, MIXED, MIXED_ANISO, MIXED_OPS, OPERATORS, DegradeSpec, StageSpec, Value, Key, parse_spec
+from meddeblur.degrade_spec import (FAMILIES, MIXED, MIXED_ANISO, MIXED_OPS, OPERATORS, REAL, REAL_ANISO, REAL_OPS, DegradeSpec, Key, StageSpec,
+                                    Value, parse_spec)
 from meddeblur.kernels import (check_down_up_args, resample_down_up, disk_kernel, gaussian_kernel, motion_kernel, resolution_kernel,
                                shake_kernel)
+from meddeblur.resampling import KERNELS, LIBRARIES, down_up, down_up_kernel, supported
 
 __all__ = [
     "gaussian_kernel", "disk_kernel", "motion_kernel", "shake_kernel", "resolution_kernel",
-    "blur", "downup", "add_gaussian_noise", "add_poisson_gaussian_noise", "jpeg", "quantize8",
+    "blur", "downup", "resample", "add_gaussian_noise", "add_poisson_gaussian_noise", "jpeg", "quantize8",
     "Degradation", "StageSpec", "DegradeSpec", "parse_spec", "degrade", "degradation_seed",
 ]
 
@@ -105,6 +107,17 @@ def downup(images: Tensor, scale: int, up: str = "bicubic") -> Tensor:
     check_down_up_args(scale, up)
     out = resample_down_up(images.to(_work_dtype(images)), int(scale), up)
     return out.clamp(0.0, 1.0).to(images.dtype)
+
+
+def resample(images: Tensor, scale: float, down: str = "box", up: str = "bicubic", library: str = "pil") -> Tensor:
+    """Shrink by ``scale`` and enlarge back as ``library`` (pil, cv2, torch) does; (N, C, H, W), clamped.
+
+    See :mod:`meddeblur.resampling`: the image libraries' own kernels, not torch's alone.
+    """
+    _check_images(images)
+    out = [torch.from_numpy(down_up(np.ascontiguousarray(x.detach().cpu().float().permute(1, 2, 0).numpy()), float(scale), down, up, library))
+           for x in images]
+    return torch.stack(out).permute(0, 3, 1, 2).to(images.device, images.dtype)
 
 
 def _per_image(value: float | Tensor, n: int, name: str) -> Tensor:
@@ -236,7 +249,34 @@ def _kernel(family: str, p: dict) -> Tensor:
         return shake_kernel(p["extent"], torch.Generator().manual_seed(p["seed"]))
     if family == "down":
         return resolution_kernel(p["scale"], p["up"])
+    if family == "resample":
+        return down_up_kernel(p["scale"], p["down"], p["up"], p["lib"])
     return torch.ones(1, 1)
+
+
+def _draw_resample(params: dict, generator: torch.Generator) -> dict:
+    """Replace "any" by a draw: the library first, then kernels it offers."""
+    if params["lib"] == "any":
+        params["lib"] = LIBRARIES[_randint(0, len(LIBRARIES) - 1, generator)]
+    for key in ("down", "up"):
+        if params[key] == "any":
+            offered = [k for k in KERNELS if supported(k, params["lib"])]
+            params[key] = offered[_randint(0, len(offered) - 1, generator)]
+    return params
+
+
+def _draw_real(generator: torch.Generator) -> tuple[str, dict, list]:
+    u = torch.rand(1, generator=generator, dtype=torch.float64).item()
+    cumulative = 0.0
+    for family, probability, chosen in REAL:
+        cumulative += probability
+        if u < cumulative:
+            break
+    if family == "gauss" and torch.rand(1, generator=generator).item() < 0.3:
+        chosen = REAL_ANISO
+    params = _draw_all(chosen.items(), FAMILIES[family], generator)
+    ops = [] if family == "none" else [(name, tuple(p.items())) for name, p in REAL_OPS if torch.rand(1, generator=generator).item() < 0.5]
+    return family, params, ops
 
 
 def _degrade_one(image: Tensor, spec: DegradeSpec, generator: torch.Generator) -> tuple[Tensor, Degradation]:
@@ -248,14 +288,21 @@ def _degrade_one(image: Tensor, spec: DegradeSpec, generator: torch.Generator) -
             chosen = MIXED_ANISO
         params = _draw_all(chosen.items(), FAMILIES[family], generator)
         ops = [(name, tuple(p.items())) for name, p in MIXED_OPS] + ops
+    elif family == "real":
+        family, params, drawn_ops = _draw_real(generator)
+        ops = drawn_ops + ops
     else:
         params = _draw_all(spec.params, FAMILIES[family], generator)
+    if family == "resample":
+        params = _draw_resample(params, generator)
     if family == "shake":
         # Its own seed makes the random trajectory reproducible from the params alone.
         params["seed"] = int(torch.randint(0, 2**62, (1,), generator=generator).item())
     kernel = _kernel(family, params)
     if family == "down":
         out = downup(image, params["scale"], params["up"])
+    elif family == "resample":
+        out = resample(image, params["scale"], params["down"], params["up"], params["lib"])
     elif family == "none":
         out = image
     else:

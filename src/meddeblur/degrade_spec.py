@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 
 from meddeblur.errors import UserError
+from meddeblur.resampling import KERNELS, LIBRARIES, supported
 
 Value = float | int | str | tuple[float, float]  # a number, a (low, high) range or a word
 
@@ -33,7 +34,11 @@ FAMILIES: dict[str, dict[str, Key]] = {
     "motion": {"length": Key((3.0, 21.0), low=1.0, high=101.0), "angle": _ANGLE},
     "shake": {"extent": Key((5.0, 21.0), low=1.0, high=101.0)},
     "down": {"scale": Key(2, "int", 2, 16), "up": Key("bicubic", "word", words=("bicubic", "bilinear"))},
+    # Resampled by an image library (meddeblur.resampling); "any" draws one per image.
+    "resample": {"scale": Key(2.0, low=1.0, high=16.0), "down": Key("box", "word", words=(*KERNELS, "any")),
+                 "up": Key("bicubic", "word", words=(*KERNELS, "any")), "lib": Key("pil", "word", words=(*LIBRARIES, "any"))},
     "mixed": {},
+    "real": {},
     "none": {},
 }
 _ALIASES = {"identity": "none"}
@@ -52,6 +57,19 @@ MIXED: dict[str, dict[str, Value | tuple[str, ...]]] = {
 }
 MIXED_ANISO = {"sigma": (0.5, 3.0), "sigma_y": (0.5, 3.0), "angle": (0.0, 180.0)}
 MIXED_OPS = (("noise", {"sigma": (0.0, 0.01)}), ("jpeg", {"quality": (85, 100)}))
+# What "real" draws from: the degradations photographs meet, mild ones included, and an un-blurred
+# share that teaches the network to leave a sharp image alone. (family, probability, parameters).
+REAL: tuple[tuple[str, float, dict[str, Value | tuple[str, ...]]], ...] = (
+    ("none", 0.15, {}),
+    ("gauss", 0.25, {"sigma": (0.3, 3.0)}),
+    ("defocus", 0.15, {"radius": (0.5, 4.0)}),
+    ("motion", 0.1, {"length": (2.0, 15.0), "angle": (0.0, 180.0)}),
+    ("shake", 0.1, {"extent": (3.0, 15.0)}),
+    ("resample", 0.25, {"scale": (1.25, 4.0), "down": "any", "up": "any", "lib": "any"}),
+)
+REAL_ANISO = {"sigma": (0.3, 3.0), "sigma_y": (0.3, 3.0), "angle": (0.0, 180.0)}  # gauss, p = 0.3
+# Each applied with probability 0.5 to a blurred image (never to "none": sharp in, the same out).
+REAL_OPS = (("noise", {"sigma": (0.0, 0.012)}), ("jpeg", {"quality": (70, 98)}))
 
 
 def _fmt(v: Value) -> str:
@@ -124,6 +142,10 @@ def _parse_stage(spec: str, text: str, table: dict[str, dict[str, Key]], what: s
         given[key] = _parse_value(raw, keys[key], f"{name}:{key}", fail)
     if name == "gauss" and "angle" in given and "sigma_y" not in given:
         raise fail("gauss: angle needs sigma_y (an isotropic Gaussian has no direction)")
+    if name == "resample" and given.get("lib", "pil") != "any":
+        for key in ("down", "up"):
+            if given.get(key, "any") != "any" and not supported(str(given[key]), str(given.get("lib", "pil"))):
+                raise fail(f"resample: lib={given.get('lib', 'pil')} has no {key}={given[key]}")
     params = []
     for key, spec_key in keys.items():
         value = given.get(key, spec_key.default)
@@ -162,9 +184,9 @@ def parse_spec(spec: str) -> DegradeSpec:
     """Parse ``FAMILY[:key=value,...][+OP[:key=value,...]]...``; raises UserError naming the problem.
 
     Families: gauss (sigma, sigma_y, angle), defocus (radius), motion (length, angle),
-    shake (extent), down (scale, up), mixed, none/identity. Operators: noise (sigma),
+    shake (extent), down (scale, up), resample (scale, down, up, lib), mixed, real, none/identity. Operators: noise (sigma),
     pgnoise (peak, sigma), jpeg (quality). A value is a number, a range ``a..b`` drawn
-    uniformly per image (integers for scale and quality), or for ``up`` bicubic/bilinear.
+    uniformly per image (integers for scale and quality), or a word (``any``: one drawn per image).
     """
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"--degrade {spec!r}: the spec is empty; {_help()}")

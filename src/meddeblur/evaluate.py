@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from meddeblur.data import SPLIT_FILE, Pair, PairDataset, check_pairs, fixed_degradation, load_pairs, read_split, select
+from meddeblur.data import SPLIT_FILE, Pair, PairDataset, check_pairs, fixed_degradation, input_scores, load_pairs, read_split, select
 from meddeblur.degrade import DegradeSpec, parse_spec
 from meddeblur.errors import UserError
 from meddeblur.infer import deblur_array
@@ -191,7 +191,3 @@ def evaluate(options: EvalOptions) -> dict:
     return report
 
 
-def input_scores(dataset: PairDataset) -> dict[str, float]:
-    """Mean PSNR / SSIM of a dataset's blurred inputs against their sharp images: the level a model must beat."""
-    blurred, sharp = (torch.stack(t) for t in zip(*(dataset[i] for i in range(len(dataset)))))
-    return {"psnr": float(psnr(blurred, sharp).mean()), "ssim": float(ssim(blurred, sharp).mean())}

@@ -1,4 +1,8 @@
-"""Training with the reference schedule: Adam 1e-4, batch 8, early stopping, LR plateau.
+"""Training: the reference schedule (Adam, early stopping, LR plateau) or a step-based cosine recipe.
+
+The recipes themselves (what ``meddeblur train`` does by default, and ``--recipe reference``)
+are in :mod:`meddeblur.recipes`; the step-level control of the cosine recipe in
+:mod:`meddeblur.schedule`; its training distribution in :mod:`meddeblur.sampling`.
 
 Run folder layout: ``run.json`` (options), ``split.json``, ``history.csv``,
 ``curves.png``, ``train.log``, ``last.pt`` (full training state, tensors and plain
@@ -32,15 +36,17 @@ from tqdm import tqdm
 
 from meddeblur import __version__
 from meddeblur import distributed as ddp
-from meddeblur.data import EVAL_DEGRADE_SEED, SPLIT_FILE, PairDataset, check_pairs, load_pairs, read_split, select, split_names, write_split
+from meddeblur.data import EVAL_DEGRADE_SEED, SPLIT_FILE, PairDataset, check_pairs, input_scores, load_pairs, read_split, select, split_names, write_split
 from meddeblur.degrade import parse_spec
 from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.io import atomic_path, atomic_write
 from meddeblur.losses import DeblurLoss, LossWeights, build_loss
 from meddeblur.metrics import psnr, ssim
-from meddeblur.models import BEST_WEIGHTS, ModelConfig, build_model, count_parameters, save_weights
+from meddeblur.models import BEST_WEIGHTS, ModelConfig, build_model, count_parameters, load_model, save_weights
 from meddeblur.plots import plot_curves
+from meddeblur.sampling import EpochSamples, ScaledCrops
+from meddeblur.schedule import TrainControl
 
 if TYPE_CHECKING:
     from meddeblur.degrade import DegradeSpec
@@ -48,12 +54,17 @@ if TYPE_CHECKING:
 RUN_FILE = "run.json"
 CHECKPOINT = "last.pt"
 CHECKSUM = CHECKPOINT + ".sha256"
-HISTORY_FIELDS = ("epoch", "lr", "train_loss", "train_psnr", "train_ssim", "val_loss", "val_psnr", "val_ssim", "seconds", "cpu_seconds")
+HISTORY_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_psnr", "train_ssim", "val_loss", "val_psnr", "val_ssim", "val_input_psnr",
+                  "val_sharp_psnr", "seconds", "cpu_seconds")
 
 
 @dataclass
 class TrainOptions:
-    """Every option of ``meddeblur train``; stored in the run folder and reused by ``--resume``."""
+    """Every option of ``meddeblur train``; stored in the run folder and reused by ``--resume``.
+
+    The defaults are the reference system's (so run folders of older versions load unchanged);
+    ``meddeblur train`` fills them from a recipe (:mod:`meddeblur.recipes`).
+    """
 
     blurred_dir: str | None
     sharp_dir: str
@@ -64,25 +75,42 @@ class TrainOptions:
     size: int | None = 256
     crop: int | None = None
     epochs: int = 100
-    max_minutes: float | None = None  # wall-clock budget: no new epoch starts once the epochs so far took this long
+    max_minutes: float | None = None  # training budget; with the cosine schedule also its horizon
+    budget_clock: str = "wall"  # what --max-minutes counts: "wall" clock or process "cpu" time (all threads; fair on a shared machine)
     batch: int = 8
     lr: float = 1e-4
     seed: int = 42
     loss: LossWeights = field(default_factory=LossWeights)
     perceptual: bool = False
     vgg19_weights: str | None = None
-    patience: int = 10
+    patience: int | None = 10  # None: no early stopping
     lr_patience: int = 5
     lr_factor: float = 0.5
     device: str = "auto"
     skip_bad: bool = False
     amp: bool = True  # CUDA only: bf16 (or fp16 + GradScaler) autocast
     channels_last: bool = True  # CUDA only
+    recipe: str = "reference"
+    init: str | None = None  # "default" (the shipped weights) or a .safetensors file / run folder to start from
+    optimizer: str = "adam"  # "adam" (Keras epsilon) or "adamw" (betas 0.9/0.9)
+    weight_decay: float = 0.0
+    schedule: str = "plateau"  # "plateau" (per epoch, on val loss) or "cosine" (per step, see meddeblur.schedule)
+    steps: int | None = None  # cosine horizon in optimizer steps (else --max-minutes)
+    epoch_steps: int | None = None  # steps between validations; None: one pass over the training pairs
+    warmup: int = 0
+    clip: float | None = None
+    ema: float | None = None
+    scales: tuple[float, float] | None = None  # sharp-only data: random-scale native crops (meddeblur.sampling)
+    soften: float = 0.0
+    compress: float = 0.0
+    threads: int | None = None  # torch intra-op threads (None: torch's choice)
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainOptions":
         data = dict(data)
         data["loss"] = LossWeights(**data.get("loss", {}))
+        if data.get("scales") is not None:
+            data["scales"] = tuple(data["scales"])
         return cls(**data)
 
 
@@ -90,7 +118,7 @@ class TrainOptions:
 class EarlyStopping:
     """Keras EarlyStopping(monitor='val_loss', min_delta=0) bookkeeping."""
 
-    patience: int
+    patience: int | None  # None: never stops
     best: float = math.inf
     best_epoch: int = 0
     wait: int = 0
@@ -102,7 +130,7 @@ class EarlyStopping:
             self.best, self.best_epoch, self.wait = value, epoch, 0
             return True
         self.wait += 1
-        self.stopped = self.wait >= self.patience
+        self.stopped = self.patience is not None and self.wait >= self.patience
         return False
 
 
@@ -138,18 +166,26 @@ def _epoch_loader(dataset: PairDataset, batch: int, seed: int, epoch: int, shuff
 
 
 def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.device, optimizer=None, desc: str = "",
-              scaler: torch.amp.GradScaler | None = None) -> dict[str, float]:
-    """One pass; trains when ``optimizer`` is given. Mean loss, PSNR and SSIM per image, over all processes.
+              scaler: torch.amp.GradScaler | None = None, control: TrainControl | None = None) -> dict[str, float]:
+    """One pass; trains when ``optimizer`` is given. Mean loss over all images; over all processes.
 
-    ``scaler`` (fp16 autocast only) scales the loss before backward. Raises
-    :class:`Diverged` before stepping on a NaN/Inf loss.
+    PSNR and SSIM are means over the images that were degraded; an image whose input equals its
+    target (the ``none`` share) is scored apart as ``sharp_psnr``: PSNR(output, input), how well the
+    network leaves a sharp image alone (NaN when there is none). ``scaler`` (fp16 autocast only)
+    scales the loss before backward; ``control`` (cosine recipe) clips, sets the learning rate,
+    updates the EMA and ends the pass early when the budget is spent. Raises :class:`Diverged`
+    before stepping on a NaN/Inf loss.
     """
     training = optimizer is not None
     model.train(training)
-    totals = {"loss": 0.0, "psnr": 0.0, "ssim": 0.0}
-    seen = 0
-    with tqdm(loader, desc=desc, leave=False, disable=None if ddp.is_main() else True, unit="batch") as bar, torch.set_grad_enabled(training):
+    totals = {"loss": 0.0, "psnr": 0.0, "ssim": 0.0, "sharp_psnr": 0.0}
+    seen = degraded = 0
+    quiet = not ddp.is_main() or (control is not None and training)  # the run's own bar shows progress then
+    with tqdm(loader, desc=desc, leave=False, disable=True if quiet else None, unit="batch") as bar, torch.set_grad_enabled(training):
+        started = control.clock() if control is not None else 0.0
         for step, (blurred, sharp) in enumerate(bar, 1):
+            if training and control is not None and control.finished():
+                break
             blurred, sharp = blurred.to(device), sharp.to(device)
             output = model(blurred)
             loss, _ = loss_fn(output, sharp)
@@ -162,20 +198,36 @@ def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.devi
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
+                    if control is not None:
+                        control.before_step()
                     optimizer.step()
                 else:
                     scaler.scale(loss).backward()
+                    if control is not None:
+                        scaler.unscale_(optimizer)
+                        control.before_step()
                     scaler.step(optimizer)
                     scaler.update()
+                if control is not None:
+                    now = control.clock()
+                    control.after_step(now - started)
+                    started = now
             with torch.no_grad():
                 n = blurred.shape[0]
                 totals["loss"] += float(loss) * n
-                totals["psnr"] += float(psnr(output.clamp(0, 1), sharp).clamp(max=100).sum())
-                totals["ssim"] += float(ssim(output.clamp(0, 1), sharp).sum())
+                restored = output.detach().float().clamp(0, 1)
+                unchanged = (blurred == sharp).flatten(1).all(1)
+                scores = psnr(restored, sharp).clamp(max=100)
+                totals["sharp_psnr"] += float(scores[unchanged].sum())
+                totals["psnr"] += float(scores[~unchanged].sum())
+                totals["ssim"] += float(ssim(restored, sharp)[~unchanged].sum())
                 seen += n
-            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", psnr=f"{totals['psnr'] / seen:.2f}", ssim=f"{totals['ssim'] / seen:.4f}")
-    *sums, seen = ddp.all_reduce_sum([totals["loss"], totals["psnr"], totals["ssim"], seen])
-    return {k: v / max(seen, 1) for k, v in zip(totals, sums)}
+                degraded += int((~unchanged).sum())
+            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", psnr=f"{totals['psnr'] / max(degraded, 1):.2f}")
+    *sums, seen, degraded = ddp.all_reduce_sum([*totals.values(), seen, degraded])
+    loss, psnr_sum, ssim_sum, sharp_sum = sums
+    return {"loss": loss / max(seen, 1), "psnr": psnr_sum / degraded if degraded else math.nan,
+            "ssim": ssim_sum / degraded if degraded else math.nan, "sharp_psnr": sharp_sum / (seen - degraded) if seen > degraded else math.nan}
 
 
 # --------------------------------------------------------------------------- run folder files
@@ -297,6 +349,43 @@ def read_run_options(run: str | Path) -> TrainOptions:
         raise UserError(f"{path}: unreadable run options ({exc}); start a new run") from None
 
 
+def init_weights(init: str, arch: str | None = None, width: int | None = None) -> tuple[dict, ModelConfig, Path]:
+    """(state dict, config, file) of ``init``: "default" (the shipped model), a .safetensors file or a run folder.
+
+    The architecture comes from the weights' own config; an ``arch`` or ``width`` that differs is a UserError.
+    """
+    network, config, path = load_model(None if init == "default" else init)
+    for name, wanted in (("arch", arch), ("width", width)):
+        if wanted is not None and wanted != getattr(config, name):
+            raise UserError(f"--{name} {wanted} conflicts with --init {init} ({path.name}: {config.arch} width {config.width}); "
+                            f"drop --{name}, the architecture comes from the weights")
+    return network.state_dict(), config, path
+
+
+def _checkpoint_config(state: dict, run: Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(state["config"])
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{run / CHECKPOINT}: holds no valid model config; restore this run's checkpoint or start a new run") from None
+
+
+def _horizon(options: TrainOptions) -> str:
+    parts = ([f"{options.steps} steps"] if options.steps else []) + ([f"{options.max_minutes:g} minutes"] if options.max_minutes else [])
+    return " or ".join(parts)
+
+
+def _datasets(options: TrainOptions, spec: DegradeSpec | None, train_pairs: list, val_pairs: list) -> tuple:
+    """(train, val) datasets: random-scale native crops for sharp-only data with ``scales``, else :class:`PairDataset`."""
+    epoch_samples = options.epoch_steps * options.batch if options.epoch_steps else None
+    if options.scales and spec is not None:
+        return (ScaledCrops(train_pairs, options.crop, options.scales, spec, options.seed, epoch_samples, options.soften, options.compress),
+                ScaledCrops(val_pairs, options.crop * 2, (1.0, 1.0), spec, options.seed, fixed=True))
+    train_set = PairDataset(train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed, degrade=spec)
+    if epoch_samples:
+        train_set = EpochSamples(train_set, epoch_samples)
+    return train_set, PairDataset(val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed, degrade=spec, fixed=True)
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -306,6 +395,8 @@ def train(options: TrainOptions, resume: bool = False) -> Path:
     Under torchrun each process calls this; they join one process group for the run.
     """
     device = pick_device(options.device)
+    if options.threads:
+        torch.set_num_threads(options.threads)
     spec = parse_spec(options.degrade) if options.degrade else None
     loss_fn = build_loss(options.loss, options.vgg19_weights, options.perceptual)  # fails before any work if VGG is missing
     with ddp.process_group(device) as device:
@@ -320,14 +411,27 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     has_checkpoint = ddp.broadcast(resume and (run / CHECKPOINT).exists())
     state = load_checkpoint(run / CHECKPOINT) if has_checkpoint else None
     log = RunLog(run / "train.log")
-    config = ModelConfig(arch=options.arch, width=options.width)
+    initial = init_weights(options.init, options.arch, options.width) if options.init and state is None else None
+    config = _checkpoint_config(state, run) if state is not None else initial[1] if initial else ModelConfig(arch=options.arch, width=options.width)
     precision = ddp.choose_precision(device, options.amp, options.channels_last)
     torch.manual_seed(options.seed)
     net = build_model(config).to(device)
+    if initial is not None:
+        net.load_state_dict(initial[0])
+        log(f"starting from the weights of {initial[2]} (--init {options.init})")
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)
     loss_fn = loss_fn.to(device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=options.lr, eps=1e-7)  # Keras' Adam epsilon
+    if options.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(net.parameters(), lr=options.lr, betas=(0.9, 0.9), weight_decay=options.weight_decay)
+    else:
+        optimizer = torch.optim.Adam(net.parameters(), lr=options.lr, eps=1e-7)  # Keras' Adam epsilon
+    control = None
+    spent_column = "cpu_seconds" if options.budget_clock == "cpu" else "seconds"
+    if options.schedule == "cosine":
+        control = TrainControl(net, optimizer, options.lr, options.steps, options.max_minutes * 60 if options.max_minutes else None,
+                               options.warmup, options.clip, options.ema, progress_bar=ddp.is_main(),
+                               clock=time.process_time if options.budget_clock == "cpu" else time.perf_counter)
     # Keras ReduceLROnPlateau semantics: absolute min_delta 1e-4, and it cuts once `patience` bad
     # epochs have passed where PyTorch waits for one more, hence patience - 1.
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=options.lr_factor, patience=options.lr_patience - 1,
@@ -337,8 +441,14 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     history: list[dict] = []
     first_epoch = 1
     if state is not None:
-        net.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        try:
+            net.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError):
+            raise UserError(f"{run / CHECKPOINT}: does not fit the run's model ({config.arch} width {config.width}); "
+                            "it belongs to another run — restore this run's checkpoint or start a new run") from None
+        if control is not None:
+            control.load_state_dict(state["control"])
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler"):
             scaler.load_state_dict(state["scaler"])
@@ -348,7 +458,7 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         first_epoch = int(state["epoch"]) + 1
         # Files written after the checkpoint by a killed run may be ahead of it or missing: redo them.
         current_best = stopper.best_epoch if stopper.best_epoch == first_epoch - 1 else None
-        ddp.main_first(lambda: _publish(run, net, config, history, current_best))
+        ddp.main_first(lambda: _publish(run, control.evaluated() if control is not None else net, config, history, current_best))
         log(f"resuming {run} after epoch {first_epoch - 1} (best val loss {stopper.best:.5f} at epoch {stopper.best_epoch})")
         if stopper.stopped:
             log("this run had already stopped early; nothing to do")
@@ -358,8 +468,13 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
 
     trainable, _ = count_parameters(net)
     protocol = f"resized to {options.size}×{options.size}" if options.size else f"random {options.crop}×{options.crop} crops at native resolution"
-    log(f"meddeblur {__version__}: {config.arch} width {config.width} ({trainable:,} parameters) on {device}; "
-        f"{len(train_pairs)} train / {len(val_pairs)} val pairs, {protocol}; batch {options.batch}, Adam lr {options.lr:g}")
+    if options.scales and spec is not None:
+        protocol = (f"{options.crop}×{options.crop} crops at a down-scale of {options.scales[0]:g}–{options.scales[1]:g}×, "
+                    f"source softened p={options.soften:g}, compressed p={options.compress:g}")
+    log(f"meddeblur {__version__} (recipe {options.recipe}): {config.arch} width {config.width} ({trainable:,} parameters) on {device}, "
+        f"{torch.get_num_threads()} thread(s); {len(train_pairs)} train / {len(val_pairs)} val images, {protocol}; batch {options.batch}, "
+        f"{'AdamW' if options.optimizer == 'adamw' else 'Adam'} lr {options.lr:g}, " + (
+            f"cosine over {_horizon(options)}, warm-up {options.warmup}, clip {options.clip}, EMA {options.ema}" if control else "LR plateau"))
     if ddp.world_size() > 1:
         log(ddp.describe(device, options.batch))
     if device.type == "cuda":
@@ -370,22 +485,29 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     if spec is not None:
         log(f"blurred inputs synthesised from the sharp images with '{spec}': fresh for every training epoch, "
             f"fixed (seed {EVAL_DEGRADE_SEED}) for validation and test")
-    train_set = PairDataset(train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed, degrade=spec)
-    val_set = PairDataset(val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed, degrade=spec, fixed=True)
+    train_set, val_set = _datasets(options, spec, train_pairs, val_pairs)
     model = ddp.with_precision(ddp.wrap_model(net, device), precision)  # what trains: DDP under torchrun
-    evaluator = ddp.with_precision(net, precision)  # no DDP: processes may hold different numbers of val batches
+    # No DDP: processes may hold different numbers of val batches. The EMA, when there is one, is what is scored and saved.
+    scored = control.evaluated() if control is not None else net
+    evaluator = ddp.with_precision(scored, precision)
     step_options = {"scaler": scaler} if scaler is not None else {}
+    if control is not None:
+        step_options["control"] = control
+    baseline = input_scores(val_set)
+    log(f"validation: {len(val_set)} fixed samples, input PSNR {baseline['psnr']:.2f} dB (degraded ones)")
 
     for epoch in range(first_epoch, options.epochs + 1):
-        spent = sum(float(r["seconds"]) for r in history) / 60
-        if options.max_minutes is not None and spent >= options.max_minutes:
-            log(f"time budget: {spent:.1f} of {options.max_minutes:g} minutes used after epoch {epoch - 1}; stopping")
+        spent = sum(float(r[spent_column] or 0) for r in history) / 60
+        if options.max_minutes is not None and spent >= options.max_minutes or (control is not None and control.finished()):
+            log(f"time budget: {spent:.1f} of {options.max_minutes or 0:g} minutes used after epoch {epoch - 1}"
+                + (f" ({control.step} of {options.steps} steps)" if control and options.steps else "") + "; stopping")
             break
         started, cpu_started = time.perf_counter(), time.process_time()
         desc = f"epoch {epoch}/{options.epochs}"
         kept = f"last good checkpoint {run / CHECKPOINT} kept" if state is not None or epoch > 1 else "no checkpoint written yet"
         try:
-            train_stats = run_epoch(model, loss_fn, _epoch_loader(train_set, options.batch, options.seed, epoch, True), device, optimizer, desc, **step_options)
+            train_stats = run_epoch(model, loss_fn, _epoch_loader(train_set, options.batch, options.seed, epoch, True), device, optimizer, desc,
+                                    **step_options)
         except Diverged as error:
             raise UserError(f"training diverged at epoch {epoch} step {error.step} (loss {error.loss}); {kept} — lower --lr or check the data") from None
         if not ddp.synchronises_batchnorm(device):
@@ -395,11 +517,16 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         if not (math.isfinite(val_stats["loss"]) and ddp.all_agree(finite)):
             raise UserError(f"training diverged at epoch {epoch} (val loss {val_stats['loss']}); {kept} — lower --lr or check the data")
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(val_stats["loss"])
-        row = {"epoch": epoch, "lr": lr, **{f"train_{k}": v for k, v in train_stats.items()},
-               **{f"val_{k}": v for k, v in val_stats.items()}, "seconds": round(time.perf_counter() - started, 3),
+        if control is None:
+            scheduler.step(val_stats["loss"])
+        steps = (int(history[-1]["steps"] or 0) if history else 0) + math.ceil(len(train_set) / options.batch) if control is None else control.step
+        row = {"epoch": epoch, "steps": steps, "lr": lr, **{f"train_{k}": train_stats[k] for k in ("loss", "psnr", "ssim")},
+               **{f"val_{k}": val_stats[k] for k in ("loss", "psnr", "ssim")}, "val_input_psnr": baseline["psnr"],
+               "val_sharp_psnr": val_stats["sharp_psnr"], "seconds": round(time.perf_counter() - started, 3),
                "cpu_seconds": round(time.process_time() - cpu_started, 3)}
         history.append(row)
+        if control is not None:  # the budget counts validation and checkpoints too, as --max-minutes does
+            control.seconds = sum(float(r[spent_column] or 0) for r in history)
         improved = stopper.update(val_stats["loss"], epoch)
         if ddp.is_main():
             # The checkpoint commits the epoch; everything after it is rebuilt from it on --resume.
@@ -407,13 +534,18 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
                 "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "early_stop": asdict(stopper), "history": history,
                 "rng": torch.get_rng_state(), "config": asdict(config), "scaler": scaler.state_dict() if scaler is not None else {},
+                "control": control.state_dict() if control is not None else {},
             })
-            _publish(run, net, config, history, epoch if improved else None)
-        log(f"epoch {epoch}: loss {train_stats['loss']:.4f}/{val_stats['loss']:.4f} (train/val), val PSNR {val_stats['psnr']:.2f} dB, "
+            _publish(run, scored, config, history, epoch if improved else None)
+        sharp = f", sharp inputs kept at {val_stats['sharp_psnr']:.2f} dB" if math.isfinite(val_stats["sharp_psnr"]) else ""
+        log(f"epoch {epoch} (step {steps}): loss {train_stats['loss']:.4f}/{val_stats['loss']:.4f} (train/val), "
+            f"val PSNR {val_stats['psnr']:.2f} dB (input {baseline['psnr']:.2f}){sharp}, "
             f"val SSIM {val_stats['ssim']:.4f}, lr {lr:g}, {row['seconds']:.1f} s" + (" — best so far" if improved else ""))
         if stopper.stopped:
             log(f"early stopping: no val-loss improvement for {options.patience} epochs; best epoch {stopper.best_epoch} kept")
             break
+    if control is not None:
+        control.close()
     log(f"best weights: {run / BEST_WEIGHTS} (epoch {stopper.best_epoch}, val loss {stopper.best:.5f})")
     ddp.barrier()  # nobody reports success before rank 0's last files are in place
     return run
