@@ -566,6 +566,8 @@ def test_cross_site_posts_are_refused_and_cors_is_off_unless_asked(weights):
         assert upload(**{"Sec-Fetch-Site": "same-site"}).status_code == 403
         assert upload(Origin="http://evil.example").status_code == 403
         assert upload(Origin="http://127.0.0.1:8000", **{"Sec-Fetch-Site": "same-origin"}).status_code == 200
+        assert upload(Origin="https://127.0.0.1:8000").status_code == 200  # behind a TLS proxy: same host, https origin
+        assert upload(Origin="http://127.0.0.1:9999").status_code == 403
         assert upload().status_code == 200  # curl and scripts send neither header
         preflight = http.options("/v1/deblur", headers={"Origin": "https://viewer.example", "Access-Control-Request-Method": "POST"})
         assert "access-control-allow-origin" not in preflight.headers

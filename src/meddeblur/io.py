@@ -292,11 +292,13 @@ def _c_stderr_silenced() -> Iterator[None]:
 def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read a PNG, JPEG, TIFF, BMP or DICOM file (decoded by content) as float32 RGB in [0, 1].
 
-    8- and 16-bit images are supported (DICOM: see :mod:`meddeblur.dicom`); JPEG EXIF orientation is applied; of a
-    multi-frame file (APNG, multi-page TIFF, MPO) the first frame is read. Raises
-    :class:`UserError` for a missing, unreadable, non-regular (folder, FIFO, device),
-    corrupt, unsupported (GIF, WebP, ...), too small or too large file: images of more
-    than ``max_pixels`` pixels are refused from their header, before any decoding.
+    8- and 16-bit images are supported (DICOM: see :mod:`meddeblur.dicom`; TIFFs beyond 8-bit through tifffile,
+    planes chunky or separate); the stored orientation (JPEG/PNG EXIF, TIFF tag) is applied, the ICC profile is
+    kept in ``icc`` and a PNG colour key (tRNS) becomes alpha; of a multi-frame file (APNG, multi-page TIFF, MPO)
+    the first frame is read. Raises :class:`UserError` for a missing, unreadable, non-regular (folder, FIFO,
+    device), corrupt, unsupported (GIF, WebP, signed/32-bit/float TIFF, ...), too small or too large file:
+    images of more than ``max_pixels`` pixels are refused from their header, before any decoding. Pixel
+    values are never clipped: values outside the format's range are refused.
     """
     path = Path(path)
     with _open_regular(path) as f:

@@ -68,10 +68,6 @@ def is_loopback(bind: str) -> bool:
         return False
 
 
-def _origin_of(scope: Scope, host: str) -> str:
-    return f"{scope.get('scheme', 'http')}://{host.strip().lower()}"
-
-
 class Guard:
     """The ASGI layer described in the module docstring. ``allowed_hosts`` None: any Host; ``api_key`` None: no key."""
 
@@ -108,7 +104,10 @@ class Guard:
             origin = headers.get("origin")
             site = headers.get("sec-fetch-site", "").lower()
             listed = origin is not None and origin.rstrip("/").lower() in self.cors
-            if origin is not None and not listed and origin.rstrip("/").lower() != _origin_of(scope, host):
+            # The host part only: behind a TLS proxy the browser's https Origin meets a plain-http scope. A browser
+            # that itself says same-origin (Sec- headers cannot be set by a page) is believed.
+            own = origin is not None and origin.split("://", 1)[-1].rstrip("/").lower() == host.strip().lower()
+            if origin is not None and not (listed or own or site == "same-origin"):
                 return 403, "cross-origin request refused (Origin is not this server; see --cors-origin)", {}
             if site in ("cross-site", "same-site") and not listed:
                 return 403, "cross-site request refused (Sec-Fetch-Site); open the page on this server itself", {}
