@@ -645,4 +645,7 @@ def test_processing_deadline_stops_a_long_job_between_tiles_with_503(weights):
         calls = slow.calls
         second = post(http, png)
         assert second.status_code == 503 and "needs about" in second.json()["error"] and slow.calls == calls
+        waited = time.monotonic()
+        while app.state.pool.busy and time.monotonic() - waited < 5:  # the slot is freed by the job's done-callback
+            time.sleep(0.01)
         assert app.state.pool.busy == 0
