@@ -54,6 +54,8 @@ def _build_parser() -> argparse.ArgumentParser:
                        "schedule anneals over it (default 60 unless --steps is given)")
     train.add_argument("--steps", type=int, help="default recipe: optimizer steps to anneal over (instead of --max-minutes)")
     train.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice, all cores)")
+    train.add_argument("--val-every", dest="epoch_steps", type=int, metavar="STEPS",
+                       help="validate and checkpoint every STEPS steps (default recipe: 200; reference: once per pass over the data)")
     train.add_argument("--batch", type=int, help="global batch size, split evenly over torchrun processes (default 16; reference 8)")
     train.add_argument("--lr", type=float, help="peak learning rate (default 1e-3 AdamW; reference 1e-4 Adam)")
     train.add_argument("--seed", type=int, help="seed for split, init and augmentation (default 42)")
@@ -183,7 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 # Options that may change when a run is resumed; everything else is fixed by run.json.
 _RESUMABLE = {"epochs", "max_minutes", "steps", "device", "threads"}
-_TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "steps", "threads", "batch", "lr", "seed", "perceptual",
+_TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "steps", "threads", "epoch_steps", "batch", "lr", "seed", "perceptual",
                 "vgg19_weights", "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last", "init")
 _NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
 
@@ -234,7 +236,7 @@ def _train(args: argparse.Namespace) -> int:
             given.update(arch=config.arch, width=config.width)
         if given.get("vgg19_weights"):
             given["perceptual"] = True
-        for name in ("width", "size", "crop", "epochs", "batch", "patience", "lr_patience", "steps", "threads"):
+        for name in ("width", "size", "crop", "epochs", "batch", "patience", "lr_patience", "steps", "threads", "epoch_steps"):
             if given.get(name) is not None and given[name] < 1:
                 raise UserError(f"--{name.replace('_', '-')} {given[name]}: must be a positive integer")
         for name in ("size", "crop"):

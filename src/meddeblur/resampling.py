@@ -97,7 +97,11 @@ def _profile(scale: float, down: str, up: str, library: str) -> tuple[float, ...
     response = resize(low, (period, length), up, library)[..., 0].astype(np.float64)
     reach = int(np.ceil(3 * scale)) + 2
     profile = np.mean([response[p, centre + p - reach: centre + p + reach + 1] for p in range(period)], axis=0)
-    return tuple(np.trim_zeros(np.clip(profile, 0.0, None)).tolist())
+    profile = np.clip(profile, 0.0, None)
+    profile[profile < 1e-4 * profile.max()] = 0.0
+    # Every kernel here is symmetric; what is not comes from rounding the low-resolution size.
+    profile = (profile + profile[::-1]) / 2
+    return tuple(np.trim_zeros(profile).tolist())  # symmetric, odd length: the trim keeps it centred
 
 
 def down_up_kernel(scale: float, down: str = "box", up: str = "bicubic", library: str = "pil") -> torch.Tensor:
@@ -107,7 +111,5 @@ def down_up_kernel(scale: float, down: str = "box", up: str = "bicubic", library
     response averaged over sub-pixel phases with negative lobes clipped, for kernel-based baselines.
     """
     profile = np.asarray(_profile(round(float(scale), 3), down, up, library))
-    if profile.size % 2 == 0:  # centre it on a pixel
-        profile = np.convolve(profile, [0.5, 0.5])
     kernel = np.outer(profile, profile)
     return torch.from_numpy((kernel / kernel.sum()).astype(np.float32))
