@@ -53,10 +53,22 @@ def test_shipped_model_improves_psnr_on_a_generated_blurred_sample(shipped, spec
     assert min(gains) > 0.2, gains  # measured at shipping: +0.5 to +2.5 dB on these samples
 
 
-def test_shipped_model_leaves_a_sharp_image_nearly_unchanged(shipped):
+@pytest.mark.parametrize("height, width", [(256, 256), (1040, 1200)])  # the second is tiled (default tile 1024)
+def test_shipped_model_leaves_a_sharp_image_alone(shipped, height, width):
     model, config, _ = shipped
-    sharp = synthetic_dermoscopy(128, 128, seed=3)
-    assert psnr_ssim_numpy(deblur_array(model, sharp, multiple=size_multiple(config)), sharp)[0] >= 35
+    sharp = np.round(synthetic_dermoscopy(height, width, seed=3) * 255) / 255
+    restored = deblur_array(model, sharp.astype(np.float32), multiple=size_multiple(config), tile=1024, overlap=128)
+    assert psnr_ssim_numpy(restored, sharp)[0] >= 45  # issue 11: an already sharp image is not "sharpened"
+
+
+@pytest.mark.parametrize("size", [256, 1024])
+def test_shipped_model_is_never_worse_than_its_input(shipped, size):
+    model, config, _ = shipped
+    for spec in ("gauss:sigma=1.6", "defocus:radius=2.5", "shake:extent=9", "resample:scale=2,down=box,up=bicubic,lib=pil"):
+        blurred, sharp = _blurred_sample(spec, seed=5, size=size)
+        restored = deblur_array(model, blurred, multiple=size_multiple(config))
+        gain = psnr_ssim_numpy(restored, sharp)[0] - psnr_ssim_numpy(blurred, sharp)[0]
+        assert gain >= -0.05, (spec, size, gain)
 
 
 def test_deblur_without_model_uses_the_shipped_weights(shipped, tmp_path):

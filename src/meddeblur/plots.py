@@ -21,12 +21,14 @@ def _save(figure, path: Path) -> Path:
 
 
 def plot_curves(history: list[dict], path: str | Path) -> Path:
-    """Loss, PSNR and SSIM per epoch, train and val, side by side."""
+    """Loss, PSNR and SSIM per epoch, train and val, side by side; the val inputs' PSNR as the line to beat."""
     epochs = [row["epoch"] for row in history]
     figure, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for axis, key, label in zip(axes, ("loss", "psnr", "ssim"), ("loss", "PSNR (dB)", "SSIM")):
         axis.plot(epochs, [row[f"train_{key}"] for row in history], "o-", label="train", markersize=3)
         axis.plot(epochs, [row[f"val_{key}"] for row in history], "o-", label="val", markersize=3)
+        if key == "psnr" and history and history[-1].get("val_input_psnr") not in (None, ""):
+            axis.axhline(float(history[-1]["val_input_psnr"]), color="gray", linestyle="--", label="val input (degraded)")
         axis.set_xlabel("epoch")
         axis.set_title(label)
         axis.grid(alpha=0.3)
