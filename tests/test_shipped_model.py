@@ -39,7 +39,7 @@ def test_shipped_weights_are_in_the_package_and_small(shipped):
     assert path == DEFAULT_WEIGHTS and path.suffix == ".safetensors"
     assert path.stat().st_size <= 20e6
     assert config.arch == "nafnet"
-    assert json.loads(path.with_suffix(".json").read_text())["training"]["epochs"] >= 1
+    assert json.loads(path.with_suffix(".json").read_text())["training"]["steps"] >= 1
 
 
 @pytest.mark.parametrize("spec", ["gauss:sigma=1.5", "defocus:radius=3", "motion:length=9"])
@@ -113,12 +113,14 @@ def test_model_card_numbers_match_the_committed_benchmark_results():
     text, data = card.build()  # renders every number from benchmarks/results/*.json and the shipped weights
     assert (ROOT / "MODEL_CARD.md").read_text() == text, "MODEL_CARD.md is stale: run python benchmarks/model_card.py"
     assert json.loads(card.CARD_JSON.read_text()) == json.loads(json.dumps(data)), "model_card.json is stale"
-    quality = json.loads((ROOT / "benchmarks" / "results" / "quality_seed.json").read_text())
-    row = quality["rows"]["model: default"]
-    assert row["model"]["id"] == weights_id(DEFAULT_WEIGHTS) == data["id"]
-    for family, value in row["families"].items():  # the card's table cells, read back as numbers
-        assert f"{value['psnr']:.2f} / {value['ssim']:.4f}" in text
-        assert data["test_psnr"][family] == round(value["psnr"], 2)
+    for protocol in ("full", "half", "soft", "seed"):
+        quality = json.loads((ROOT / "benchmarks" / "results" / f"quality_{protocol}.json").read_text())
+        row = quality["rows"]["model: default"]
+        assert row["model"]["id"] == weights_id(DEFAULT_WEIGHTS) == data["id"]
+        for family, value in row["families"].items():  # the card's table cells, read back as numbers
+            assert f"{value['psnr']:.2f} / {value['ssim']:.4f}" in text
+            assert data["test_psnr"][protocol][family] == round(value["psnr"], 2)
+    assert text.index("## Quality at full resolution") < text.index("## Quality at 256×256")  # full resolution leads
 
 
 def test_model_card_check_fails_when_a_result_changes(tmp_path, monkeypatch):
@@ -127,8 +129,8 @@ def test_model_card_check_fails_when_a_result_changes(tmp_path, monkeypatch):
     fake.mkdir()
     for path in card.RESULTS.iterdir():
         (fake / path.name).write_bytes(path.read_bytes())
-    quality = json.loads((fake / "quality_seed.json").read_text())
+    quality = json.loads((fake / "quality_full.json").read_text())
     quality["rows"]["model: default"]["families"]["mixed"]["psnr"] += 0.5
-    (fake / "quality_seed.json").write_text(json.dumps(quality))
+    (fake / "quality_full.json").write_text(json.dumps(quality))
     monkeypatch.setattr(card, "RESULTS", fake)
     assert card.main(["--check"]) == 1

@@ -153,3 +153,32 @@ def test_max_minutes_stops_between_epochs_and_resume_respects_the_budget(pairs, 
     with open(run / "history.csv") as fh:
         assert len(list(csv.DictReader(fh))) == len(rows)
     assert main(["train", "--resume", str(run), "--max-minutes", "0"]) == 2  # a budget must be positive
+
+
+def test_batchnorm_never_sees_a_training_batch_of_one(tmp_path, capsys):
+    from meddeblur.synthetic import write_synthetic_pairs
+
+    few = write_synthetic_pairs(tmp_path / "few", n=3, height=32, width=32, seed=5)  # 70/20/10 of 3: one training pair
+    assert main(["train", "--data", str(few), "--out", str(tmp_path / "one"), *TINY]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "BatchNorm" in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "one").exists()  # nothing half-made
+    eight = write_synthetic_pairs(tmp_path / "eight", n=8, height=32, width=32, seed=6)  # 5 training pairs, batch 4: a last batch of one
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(eight), "--out", str(run), "--epochs", "1", "--recipe", "reference", "--width", "4",
+                 "--size", "16", "--batch", "4"]) == 0
+    assert (run / "best.safetensors").is_file()
+
+
+def test_resume_with_a_checkpoint_of_another_architecture_is_one_line(pairs, tmp_path, capsys):
+    import shutil
+
+    first, other = tmp_path / "first", tmp_path / "other"
+    assert main(["train", "--data", str(pairs), "--out", str(first), "--epochs", "1", *TINY]) == 0
+    assert main(["train", "--data", str(pairs), "--out", str(other), "--epochs", "1", *TINY, "--arch", "nafnet"]) == 0
+    for name in ("last.pt", "last.pt.sha256"):
+        shutil.copyfile(other / name, first / name)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(first), "--epochs", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different runs" in err[0] and "Traceback" not in err[0]

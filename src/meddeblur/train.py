@@ -162,7 +162,10 @@ def _epoch_loader(dataset: PairDataset, batch: int, seed: int, epoch: int, shuff
     if ddp.world_size() > 1:
         return ddp.sharded_train_loader(dataset, batch, seed, epoch) if shuffle else ddp.sharded_eval_loader(dataset, batch)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return DataLoader(dataset, batch_size=batch, shuffle=shuffle, generator=generator, num_workers=0)
+    # BatchNorm cannot normalise a training batch of one image: such a last batch is left out (its image is
+    # drawn again in later epochs); evaluation uses running statistics and keeps every image.
+    drop_last = shuffle and len(dataset) > 1 and len(dataset) % batch == 1
+    return DataLoader(dataset, batch_size=batch, shuffle=shuffle, generator=generator, num_workers=0, drop_last=drop_last)
 
 
 def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.device, optimizer=None, desc: str = "",
@@ -319,6 +322,9 @@ def _prepare_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
         raise UserError(f"{run}: already holds a run; continue it with --resume {run} or choose another --out")
     pairs, skipped = check_pairs(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), options.skip_bad)
     split = split_names([p.name for p in pairs], seed=options.seed)
+    if options.arch.startswith("attention-unet") and len(split["train"]) < 2 and not options.epoch_steps:
+        raise UserError(f"{len(pairs)} image(s) leave {len(split['train'])} for training: {options.arch} uses BatchNorm, which needs "
+                        "at least 2 images per batch; add images or use --arch nafnet")
     run.mkdir(parents=True, exist_ok=True)
     write_split(run / SPLIT_FILE, split, options.seed)
     with atomic_write(run / RUN_FILE, "w") as fh:
@@ -411,6 +417,9 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     has_checkpoint = ddp.broadcast(resume and (run / CHECKPOINT).exists())
     state = load_checkpoint(run / CHECKPOINT) if has_checkpoint else None
     log = RunLog(run / "train.log")
+    if state is not None and _checkpoint_config(state, run).arch != options.arch:
+        raise UserError(f"{run / CHECKPOINT} holds a {_checkpoint_config(state, run).arch} but {run / RUN_FILE} says {options.arch}: "
+                        "the two files come from different runs; restore this run's files or start a new run")
     initial = init_weights(options.init, options.arch, options.width) if options.init and state is None else None
     config = _checkpoint_config(state, run) if state is not None else initial[1] if initial else ModelConfig(arch=options.arch, width=options.width)
     precision = ddp.choose_precision(device, options.amp, options.channels_last)
@@ -519,7 +528,8 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         lr = optimizer.param_groups[0]["lr"]
         if control is None:
             scheduler.step(val_stats["loss"])
-        steps = (int(history[-1]["steps"] or 0) if history else 0) + math.ceil(len(train_set) / options.batch) if control is None else control.step
+        batches = len(train_set) // options.batch if len(train_set) > 1 and len(train_set) % options.batch == 1 else math.ceil(len(train_set) / options.batch)
+        steps = (int(history[-1]["steps"] or 0) if history else 0) + batches if control is None else control.step
         row = {"epoch": epoch, "steps": steps, "lr": lr, **{f"train_{k}": train_stats[k] for k in ("loss", "psnr", "ssim")},
                **{f"val_{k}": val_stats[k] for k in ("loss", "psnr", "ssim")}, "val_input_psnr": baseline["psnr"],
                "val_sharp_psnr": val_stats["sharp_psnr"], "seconds": round(time.perf_counter() - started, 3),
