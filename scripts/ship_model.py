@@ -65,6 +65,8 @@ def train_command(options: dict) -> str:
     for key, value in options.items():
         if key in ("recipe", "device", "amp", "channels_last", "skip_bad", "perceptual", "vgg19_weights", "lr_patience", "lr_factor", "seed"):
             continue
+        if key == "budget_clock" and value == "wall" or key == "width" and options.get("init"):  # defaults; --init sets the width
+            continue
         if key == "loss":
             default = recipe["loss"].__dict__
             parts += [f"--w-{term} {weight:g}" for term, weight in value.items() if weight != default[term]]
