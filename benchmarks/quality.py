@@ -1,42 +1,57 @@
 """Quality benchmark on the ISIC dermoscopy images: input, classical baselines and models, per blur family.
 
-A script, not a test. Two protocols:
-  seed   — images resized to 256×256 first (like the reference), then degraded;
-  native — degraded at stored resolution (up to 1024 px).
-Every degraded image is quantised to 8 bits (part of every meddeblur degradation). Test images come from a
-fixed seeded 70/20/10 split of the 557 images (benchmarks/isic_split.json); each classical method's
-parameters are chosen per family on validation images, never on test.
+A script, not a test. Four protocols (the test images are the targets; each is degraded, 8-bit quantised, restored):
+  full — stored resolution (up to 1024 px; ``native`` is accepted as an old name for it);
+  half — area down-scaled ×2 first;
+  seed — area-resized to 256×256 first (like the reference; its own, older family set);
+  soft — as ``half``, then each image blurred with a Gaussian of σ drawn per image in 0.7..1.0 (fixed seed) and
+         re-quantised to 8 bits: a softer camera. That softened image is the target and what gets degraded.
+Each protocol has a ``none`` column (an un-blurred input: a model must give it back unharmed; not in the mean).
+Test images come from a fixed seeded 70/20/10 split of the 557 images (benchmarks/isic_split.json); each
+classical method's parameters are chosen per family on validation images, never on test.
 
-    python benchmarks/quality.py --protocol seed
-    python benchmarks/quality.py --protocol native --model runs/mixed   # add a model row (run folder or weights)
+Classical rows are costly at full resolution, so their per-image scores are kept in a cache file
+(``benchmarks/results/quality_classical_cache.json``, committed) and reused: an image's cached score is used
+when the SHA-256 of its degraded input, target and kernel is unchanged (so any change to the images, the
+split, the protocol or the degradation code recomputes it), and the tuning when the validation inputs,
+the grid and ``classical.py`` are unchanged. Later runs then only compute the model rows.
+
+    python benchmarks/quality.py --protocol full --model default     # the shipped model as a row
+    python benchmarks/quality.py --protocol seed half --model runs/mixed   # a run folder or .safetensors
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
+import scipy.ndimage
 import torch
 
 from meddeblur.classical import METHODS, restore, tune
 from meddeblur.data import fixed_degradation, split_names, write_split
-from meddeblur.degrade import parse_spec
+from meddeblur.degrade import blur, parse_spec, quantize8
 from meddeblur.device import describe_machine
 from meddeblur.infer import deblur_array
 from meddeblur.io import list_images, read_rgb, resize_area
-from meddeblur.metrics import psnr_ssim_numpy
-from meddeblur.models import load_model, size_multiple, weights_id
+from meddeblur.kernels import gaussian_kernel
+from meddeblur.metrics import gaussian_kernel1d
+from meddeblur.models import DEFAULT_WEIGHTS, load_model, size_multiple, weights_id
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
 SPLIT = HERE / "isic_split.json"
-FAMILIES = {  # the benchmark's fixed parameters (motion angle and shake path still vary per image, seeded)
+CACHE_NAME = "quality_classical_cache.json"
+CLASSICAL_SOURCE = Path(sys.modules[METHODS["wiener"].fn.__module__].__file__)
+SEED_FAMILIES = {  # fixed parameters (motion angle and shake path still vary per image, seeded)
     "gauss σ=1.2": "gauss:sigma=1.2",
     "gauss σ=2.0": "gauss:sigma=2.0",
     "defocus r=3": "defocus:radius=3",
@@ -45,97 +60,300 @@ FAMILIES = {  # the benchmark's fixed parameters (motion angle and shake path st
     "down×2-up": "down:scale=2",
     "down×4-up": "down:scale=4",
     "mixed": "mixed",
-    "sharp (none)": "none",  # an un-blurred input: a model must give it back unharmed; not part of the mean
+    "sharp (none)": "none",
 }
-UNBLURRED = "sharp (none)"
+FAMILIES = {  # full, half, soft: the families of issue 11's table
+    "gauss σ=1.6": "gauss:sigma=1.6",
+    "defocus r=2.5": "defocus:radius=2.5",
+    "shake 9": "shake:extent=9",
+    "down×2 → PIL bicubic": "resample:scale=2,down=box,up=bicubic,lib=pil",
+    "mixed": "mixed",
+    "none": "none",
+}
+UNBLURRED = ("sharp (none)", "none")  # not part of any mean
+RL_GRID = tuple({"iterations": n} for n in (0, 5, 10, 20, 30, 40))  # full/half/soft: 0 = give the input back
+PROTOCOLS = {
+    "seed": {"about": "area-resized to 256×256", "families": SEED_FAMILIES, "methods": tuple(METHODS), "val": 8, "grids": {}},
+    "full": {"about": "stored resolution (up to 1024 px)", "families": FAMILIES, "methods": ("wiener", "richardson_lucy"),
+             "val": 4, "grids": {"richardson_lucy": RL_GRID}},
+    "half": {"about": "area down-scaled ×2", "families": FAMILIES, "methods": ("wiener", "richardson_lucy"), "val": 4,
+             "grids": {"richardson_lucy": RL_GRID}},
+    "soft": {"about": "area down-scaled ×2, then softened (Gaussian σ 0.7–1.0 per image, 8-bit): the softened image is the target",
+             "families": FAMILIES, "methods": ("wiener", "richardson_lucy"), "val": 4, "grids": {"richardson_lucy": RL_GRID}},
+}
+ALIASES = {"native": "full"}
+SOFT_SIGMA = (0.7, 1.0)
+SOFT_SEED = 1107
 
 
-def load_split(images: list[Path]) -> dict[str, list[str]]:
-    """The committed split, or a new one (seed 42) written to benchmarks/ when none exists."""
+def load_split(images: list[Path], split_path: Path = SPLIT) -> dict[str, list[str]]:
+    """The committed split, or a new one (seed 42) written to ``split_path`` when none exists."""
     names = [p.stem for p in images]
-    if SPLIT.is_file():
-        split = json.loads(SPLIT.read_text())
+    if split_path.is_file():
+        split = json.loads(split_path.read_text())
         if sorted(split["train"] + split["val"] + split["test"]) != sorted(names):
-            sys.exit(f"{SPLIT}: does not list exactly the images in the data folder; delete it to make a new split")
+            sys.exit(f"{split_path}: does not list exactly the images in the data folder; delete it to make a new split")
         return split
     split = split_names(names, seed=42)
-    write_split(SPLIT, split, 42)
+    write_split(split_path, split, 42)
     return split
 
 
-def prepare(path: Path, protocol: str, spec, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(blurred, sharp, kernel) for one image and one family, identical on every run."""
+class Scorer:
+    """PSNR and SSIM of images against one target, equal to :func:`meddeblur.metrics.psnr_ssim_numpy`.
+
+    The same TF-exact float64 arithmetic, with the separable VALID Gaussian filter done by scipy and the
+    target's statistics computed once: torch's float64 depthwise convolution takes ~8 s per 1024×768
+    pair on this CPU, which made scoring, not restoring, the cost of the full-resolution protocol.
+    """
+
+    KERNEL = gaussian_kernel1d(11, 1.5, dtype=torch.float64).numpy()
+    C1, C2 = 0.01**2, 0.03**2
+
+    def __init__(self, target: np.ndarray):
+        self.target = np.asarray(target, dtype=np.float64)
+        if self.target.ndim != 3 or min(self.target.shape[:2]) < len(self.KERNEL):
+            raise ValueError(f"expected an (H, W, C) target of at least 11×11 pixels, got shape {self.target.shape}")
+        self.stats = [(self._valid(y), self._valid(y * y)) for y in self.target.transpose(2, 0, 1)]
+
+    @classmethod
+    def _valid(cls, x: np.ndarray) -> np.ndarray:
+        r = len(cls.KERNEL) // 2  # both passes along rows (contiguous), ~2× faster than along columns
+        x = scipy.ndimage.correlate1d(x, cls.KERNEL, axis=1, mode="constant")[:, r:-r]
+        x = scipy.ndimage.correlate1d(np.ascontiguousarray(x.T), cls.KERNEL, axis=1, mode="constant")[:, r:-r]
+        return x.T
+
+    def __call__(self, pred: np.ndarray) -> tuple[float, float]:
+        a = np.asarray(pred, dtype=np.float64)
+        if a.shape != self.target.shape:
+            raise ValueError(f"pred and target shapes differ: {a.shape} vs {self.target.shape}")
+        mse = np.mean((a - self.target) ** 2)
+        psnr = float(-10.0 * np.log10(mse)) if mse > 0 else float("inf")
+        per_channel = []
+        for x, y, (mu_y, e_yy) in zip(a.transpose(2, 0, 1), self.target.transpose(2, 0, 1), self.stats):
+            mu_x, e_xx, e_xy = self._valid(x), self._valid(x * x), self._valid(x * y)
+            num0 = 2.0 * mu_x * mu_y  # TF's _ssim_helper arrangement, as meddeblur.metrics.ssim
+            den0 = mu_x * mu_x + mu_y * mu_y
+            ssim_map = ((num0 + self.C1) / (den0 + self.C1)) * ((2.0 * e_xy - num0 + self.C2) / (e_xx + e_yy - den0 + self.C2))
+            per_channel.append(ssim_map.mean())
+        return psnr, float(np.mean(per_channel))
+
+
+def soft_sigma(name: str) -> float:
+    """The soft protocol's source blur of image ``name``: σ in 0.7..1.0, fixed by the name."""
+    u = np.random.default_rng([SOFT_SEED, zlib.crc32(os.fsencode(name))]).random()
+    return float(SOFT_SIGMA[0] + (SOFT_SIGMA[1] - SOFT_SIGMA[0]) * u)
+
+
+def target_image(path: Path, protocol: str) -> np.ndarray:
+    """The protocol's sharp target of one image, (H, W, 3) float32 in [0, 1]."""
     sharp = read_rgb(path)
     if protocol == "seed":
-        sharp = resize_area(sharp, (256, 256))
+        return resize_area(sharp, (256, 256))
+    if protocol == "full":
+        return np.asarray(sharp, dtype=np.float32)
+    half = resize_area(sharp, (sharp.shape[0] // 2, sharp.shape[1] // 2))
+    if protocol == "half":
+        return half
+    tensor = torch.from_numpy(np.ascontiguousarray(half.transpose(2, 0, 1)))[None]
+    softened = quantize8(blur(tensor, gaussian_kernel(soft_sigma(path.stem))))
+    return softened[0].numpy().transpose(1, 2, 0)
+
+
+def prepare(path: Path, protocol: str, spec, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(blurred, target, kernel) for one image and one family, identical on every run."""
+    sharp = target_image(path, protocol)
     made, done = fixed_degradation(torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1))), spec, name)
     return made.numpy().transpose(1, 2, 0), sharp, done.kernel
 
 
+def sample_digest(name: str, blurred: np.ndarray, target: np.ndarray, kernel: np.ndarray) -> str:
+    """SHA-256 (first 16 hex) of what a classical method sees and is scored against."""
+    digest = hashlib.sha256(name.encode())
+    for array in (blurred, target, kernel):
+        array = np.ascontiguousarray(array, dtype=np.float32)
+        digest.update(repr(array.shape).encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def classical_version() -> str:
+    """SHA-256 (first 12 hex) of meddeblur/classical.py: any change to the methods recomputes their rows."""
+    return hashlib.sha256(CLASSICAL_SOURCE.read_bytes()).hexdigest()[:12]
+
+
+class Cache:
+    """Per-image classical scores and per-family tuning, in one JSON file (see the module docstring).
+
+    ``entries[protocol | family | method]`` holds the tuning key (spec, grid, classical.py hash, validation
+    images and the digest of their inputs), the chosen parameters, and per test image
+    ``[digest, psnr, ssim, seconds, megapixels]``. ``computed`` / ``reused`` count images this run.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.is_file() else {}
+        self.data.setdefault("about", "Classical rows of benchmarks/quality.py, reused while their inputs are unchanged; "
+                                      "written by that script. seconds: measured when computed.")
+        self.data.setdefault("entries", {})
+        self.computed = 0
+        self.reused = 0
+
+    def entry(self, protocol: str, family: str, method: str, tuning_key: dict) -> dict:
+        key = f"{protocol} | {family} | {method}"
+        entry = self.data["entries"].get(key)
+        if entry is None or entry.get("tuning_key") != tuning_key:
+            entry = self.data["entries"][key] = {"tuning_key": tuning_key, "params": None, "val_psnr": None, "images": {}}
+        return entry
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        lines = ['{', f'  "about": {json.dumps(self.data["about"], ensure_ascii=False)},', '  "entries": {']
+        items = sorted(self.data["entries"].items())
+        for i, (key, entry) in enumerate(items):  # one line per image keeps the committed file diffable
+            head = {k: v for k, v in entry.items() if k != "images"}
+            body = ",\n".join(f"      {json.dumps(n)}: {json.dumps(v)}" for n, v in sorted(entry["images"].items()))
+            text = json.dumps(head, ensure_ascii=False)[:-1] + ', "images": {\n' + body + "\n    }}"
+            lines.append(f"    {json.dumps(key, ensure_ascii=False)}: {text}" + ("," if i < len(items) - 1 else ""))
+        lines += ["  }", "}"]
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.path)
+
+
+def model_label(model: str) -> tuple[str | None, str]:
+    """(what load_model takes, row name) for a ``--model`` argument; ``default`` is the shipped weights."""
+    if model == "default":
+        return None, "default"
+    path = Path(model)
+    if path.resolve() == DEFAULT_WEIGHTS.resolve():
+        return model, "default"
+    return model, path.name if path.is_dir() else path.stem
+
+
 def run(protocol: str, isic: Path, models: list[str], methods: list[str], families: dict[str, str],
-        limit: int | None, val_limit: int) -> dict:
+        limit: int | None, val_limit: int, cache: Cache, split_path: Path = SPLIT) -> dict:
     images = {p.stem: p for p in list_images(isic / "images")}
-    split = load_split(list(images.values()))
+    split = load_split(list(images.values()), split_path)
     test_names = split["test"][:limit] if limit else split["test"]
     val_names = split["val"][:val_limit]
+    grids = PROTOCOLS[protocol]["grids"]
+    version = classical_version()
     loaded = []
     for model in models:
-        network, config, weights = load_model(model, "cpu")
-        label = Path(model).name if Path(model).is_dir() else Path(model).stem
-        loaded.append((f"model: {label}", network, size_multiple(config), {"path": str(weights), "id": weights_id(weights), "arch": config.arch, "width": config.width}))
+        argument, name = model_label(model)
+        network, config, weights = load_model(argument, "cpu")
+        loaded.append((f"model: {name}", network, size_multiple(config),
+                       {"path": str(weights), "id": weights_id(weights), "arch": config.arch, "width": config.width}))
     rows: dict[str, dict] = {"input": {"families": {}, "seconds": 0.0}}
     for name in methods:
         rows[METHODS[name].label] = {"families": {}, "seconds": 0.0, "params": {}}
     for label, _, _, info in loaded:
         rows[label] = {"families": {}, "seconds": 0.0, "model": info}
     megapixels = 0.0
+    started_all = time.perf_counter()
     for family, spec_text in families.items():
         spec = parse_spec(spec_text)
         started = time.perf_counter()
         val = [prepare(images[n], protocol, spec, n) for n in val_names]
+        val_digest = hashlib.sha256("".join(sample_digest(n, *v) for n, v in zip(val_names, val)).encode()).hexdigest()[:16]
+        entries = {}
         for name in methods:
-            params, val_psnr = tune(name, val)
-            rows[METHODS[name].label]["params"][family] = {**params, "val_psnr": round(val_psnr, 3)}
+            grid = grids.get(name, METHODS[name].grid)
+            key = {"spec": spec_text, "grid": [dict(p) for p in grid], "classical": version, "val_images": val_names, "val_digest": val_digest}
+            entry = entries[name] = cache.entry(protocol, family, name, key)
+            if entry["params"] is None:
+                params, val_psnr = tune(name, val, grid)
+                entry["params"], entry["val_psnr"] = params, round(val_psnr, 4)
+            rows[METHODS[name].label]["params"][family] = {**entry["params"], "val_psnr": entry["val_psnr"]}
+        del val
         scores: dict[str, list[tuple[float, float]]] = {label: [] for label in rows}
         for n in test_names:
             blurred, sharp, kernel = prepare(images[n], protocol, spec, n)
-            megapixels += sharp.shape[0] * sharp.shape[1] / 1e6
-            scores["input"].append(psnr_ssim_numpy(blurred, sharp))
+            mp = sharp.shape[0] * sharp.shape[1] / 1e6
+            megapixels += mp
+            digest = sample_digest(n, blurred, sharp, kernel)
+            score = Scorer(sharp)
+            scores["input"].append(score(blurred))
             for name in methods:
-                t0 = time.perf_counter()
-                restored = restore(name, blurred, kernel, **{k: v for k, v in rows[METHODS[name].label]["params"][family].items() if k != "val_psnr"})
-                rows[METHODS[name].label]["seconds"] += time.perf_counter() - t0
-                scores[METHODS[name].label].append(psnr_ssim_numpy(restored, sharp))
+                stored = entries[name]["images"].get(n)
+                if stored is None or stored[0] != digest:
+                    t0 = time.perf_counter()
+                    restored = restore(name, blurred, kernel, **entries[name]["params"])
+                    seconds = time.perf_counter() - t0
+                    psnr, ssim = score(restored)
+                    stored = entries[name]["images"][n] = [digest, round(psnr, 6), round(ssim, 6), round(seconds, 4), round(mp, 6)]
+                    cache.computed += 1
+                else:
+                    cache.reused += 1
+                rows[METHODS[name].label]["seconds"] += stored[3] / stored[4] * mp
+                scores[METHODS[name].label].append((stored[1], stored[2]))
             for label, network, multiple, _ in loaded:
                 t0 = time.perf_counter()
                 restored = deblur_array(network, blurred, multiple=multiple)
                 rows[label]["seconds"] += time.perf_counter() - t0
-                scores[label].append(psnr_ssim_numpy(restored, sharp))
+                scores[label].append(score(restored))
+        cache.save()
         for label, values in scores.items():
             rows[label]["families"][family] = {"psnr": statistics.fmean(v[0] for v in values), "ssim": statistics.fmean(v[1] for v in values)}
         print(f"[{protocol}] {family}: " + ", ".join(f"{k} {v['families'][family]['psnr']:.2f}" for k, v in rows.items())
               + f" ({time.perf_counter() - started:.0f} s)", flush=True)
     for row in rows.values():
         row["s_per_megapixel"] = row.pop("seconds") / megapixels if megapixels else 0.0
-        blurred_families = [f for name, f in row["families"].items() if name != UNBLURRED] or list(row["families"].values())
+    summarise(rows)
+    return {"protocol": protocol, "about": PROTOCOLS[protocol]["about"], "test_images": len(test_names),
+            "val_images_for_tuning": len(val_names), "families": families,
+            "split": str(split_path.relative_to(HERE.parent)) if split_path.is_relative_to(HERE.parent) else str(split_path),
+            "classical_cache": {"file": cache.path.name, "computed": cache.computed, "reused": cache.reused, "classical_version": version},
+            "seconds": round(time.perf_counter() - started_all, 1), "rows": rows}
+
+
+def summarise(rows: dict[str, dict]) -> None:
+    """Add each row's means over the blur families, its gain over the input and its worst family.
+
+    The worst family is over the families where the input's PSNR is finite: for ``none`` with an 8-bit
+    target the input equals the target (∞ dB), and that column is read as PSNR(output, input) instead.
+    """
+    source = rows["input"]["families"]
+    for row in rows.values():
+        blurred_families = [f for name, f in row["families"].items() if name not in UNBLURRED] or list(row["families"].values())
         row["mean_psnr"] = statistics.fmean(f["psnr"] for f in blurred_families)
         row["mean_ssim"] = statistics.fmean(f["ssim"] for f in blurred_families)
-    return {"protocol": protocol, "test_images": len(test_names), "val_images_for_tuning": len(val_names),
-            "families": families, "split": str(SPLIT.relative_to(HERE.parent)), "rows": rows}
+    for label, row in rows.items():
+        if label != "input":
+            gains = {f: v["psnr"] - source[f]["psnr"] for f, v in row["families"].items() if np.isfinite(source[f]["psnr"])}
+            worst = min(gains, key=gains.get) if gains else None
+            row["gain_psnr"] = row["mean_psnr"] - rows["input"]["mean_psnr"]
+            row["worst_family_gain"] = {"family": worst, "psnr": gains[worst] if gains else None}
 
 
 def markdown(result: dict, command: str, machine: str) -> str:
     families = list(result["families"])
-    head = "| method | " + " | ".join(families) + " | mean of blurs | s / MP |"
+    head = "| method | " + " | ".join(families) + " | mean of blurs | gain | worst family vs input | s / MP |"
+    cache = result.get("classical_cache", {})
     lines = [f"# Quality benchmark — {result['protocol']} protocol", "",
-             f"{result['test_images']} ISIC test images ({result['split']}); classical parameters tuned per family on "
-             f"{result['val_images_for_tuning']} validation images. Cells: PSNR (dB) / SSIM, TF-exact metrics, degraded inputs "
-             f"quantised to 8 bits. s / MP: seconds per megapixel per image on {machine}.", "",
-             f"Command: `{command}`", "", head, "|" + "---|" * (len(families) + 3)]
+             f"{result['test_images']} ISIC test images ({result['split']}), {result.get('about', '')}; classical parameters "
+             f"tuned per family on {result['val_images_for_tuning']} validation images. Cells: PSNR (dB) / SSIM, TF-exact metrics, "
+             "degraded inputs quantised to 8 bits. mean of blurs: over every family but `none`. gain: mean of blurs minus the "
+             "input's. worst family vs input: the smallest PSNR difference to the input over the families, `none` included "
+             "where the input's PSNR is finite (with an 8-bit target an un-blurred input equals it: ∞ dB, and the `none` cell "
+             "is then PSNR(output, input)). "
+             f"s / MP: seconds per megapixel per image on {machine} (classical rows: as measured when computed, "
+             f"`{cache.get('file', CACHE_NAME)}`; {cache.get('computed', 0)} classical restorations computed in this run, "
+             f"{cache.get('reused', 0)} reused).", "",
+             f"Command: `{command}` ({result.get('seconds', 0) / 60:.1f} min wall clock)", "",
+             head, "|" + "---|" * (len(families) + 5)]
     for label, row in result["rows"].items():
         cells = [f"{row['families'][f]['psnr']:.2f} / {row['families'][f]['ssim']:.4f}" for f in families]
-        speed = "—" if label == "input" else f"{row['s_per_megapixel']:.3f}"
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {row['mean_psnr']:.2f} / {row['mean_ssim']:.4f} | {speed} |")
+        shown = f"{label} (id {row['model']['id']})" if "model" in row else label
+        if label == "input":
+            gain = worst = speed = "—"
+        else:
+            gain = f"{row['gain_psnr']:+.2f}"
+            worst = (f"{row['worst_family_gain']['psnr']:+.2f} ({row['worst_family_gain']['family']})"
+                     if row["worst_family_gain"]["family"] else "—")
+            speed = f"{row['s_per_megapixel']:.3f}"
+        lines.append(f"| {shown} | " + " | ".join(cells) + f" | {row['mean_psnr']:.2f} / {row['mean_ssim']:.4f} | {gain} | {worst} | {speed} |")
     tuned = [(label, row["params"]) for label, row in result["rows"].items() if "params" in row]
     if tuned:
         lines += ["", "Parameters chosen on validation:", ""]
@@ -147,27 +365,42 @@ def markdown(result: dict, command: str, machine: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--protocol", choices=("seed", "native", "both"), default="both")
-    parser.add_argument("--model", nargs="*", default=[], help="run folders or .safetensors weights to add as rows")
-    parser.add_argument("--methods", nargs="*", default=list(METHODS), choices=list(METHODS))
-    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--protocol", nargs="+", default=["all"], choices=(*PROTOCOLS, *ALIASES, "all"),
+                        help="full (alias native), half, seed, soft, or all (default)")
+    parser.add_argument("--model", nargs="*", default=[], help="'default' (the shipped weights), run folders or .safetensors weights to add as rows")
+    parser.add_argument("--methods", nargs="*", choices=list(METHODS), help="classical methods (default: all for seed, Wiener and RL otherwise)")
+    parser.add_argument("--families", nargs="*", help="column names (default: the protocol's own; see SEED_FAMILIES / FAMILIES)")
     parser.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    parser.add_argument("--split", type=Path, default=SPLIT, help="train/val/test split file (made with seed 42 when missing)")
     parser.add_argument("--limit", type=int, help="use only the first N test images")
-    parser.add_argument("--val-limit", type=int, default=8, help="validation images used for tuning (default 8)")
+    parser.add_argument("--val-limit", type=int, help="validation images used for tuning (default 8 for seed, 4 otherwise)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--cache", type=Path, help=f"classical results cache (default: OUT/{CACHE_NAME})")
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
+    protocols = list(PROTOCOLS) if "all" in args.protocol else list(dict.fromkeys(ALIASES.get(p, p) for p in args.protocol))
     described = describe_machine()
-    machine = f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}"
+    machine = f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}, {torch.get_num_threads()} thread(s)"
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    for protocol in (("seed", "native") if args.protocol == "both" else (args.protocol,)):
-        result = run(protocol, args.isic, args.model, args.methods, {f: FAMILIES[f] for f in args.families}, args.limit, args.val_limit)
+    cache = Cache(args.cache or args.out / CACHE_NAME)
+    results = {}
+    for protocol in protocols:
+        table = PROTOCOLS[protocol]["families"]
+        unknown = [f for f in args.families or () if f not in table]
+        if unknown:
+            sys.exit(f"--families: {', '.join(unknown)} not in the {protocol} protocol; choose from: {', '.join(table)}")
+        families = {f: table[f] for f in (args.families or table)}
+        methods = args.methods if args.methods is not None else list(PROTOCOLS[protocol]["methods"])
+        cache.computed = cache.reused = 0
+        result = run(protocol, args.isic, args.model, methods, families, args.limit,
+                     args.val_limit or PROTOCOLS[protocol]["val"], cache, args.split)
         result.update(command=command, machine=machine)
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"quality_{protocol}.json").write_text(json.dumps(result, indent=2) + "\n")
+        (args.out / f"quality_{protocol}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         (args.out / f"quality_{protocol}.md").write_text(markdown(result, command, machine))
         print(markdown(result, command, machine))
+        results[protocol] = result
     return 0
 
 

@@ -32,7 +32,9 @@ def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):
     wiener = result["rows"]["Wiener (true kernel)"]
     assert wiener["families"]["gauss σ=1.2"]["psnr"] > result["rows"]["input"]["families"]["gauss σ=1.2"]["psnr"]
     assert "nsr" in wiener["params"]["gauss σ=1.2"]
-    assert "| model: tiny-mixed |" in (out / "quality_seed.md").read_text()
+    model_id = result["rows"]["model: tiny-mixed"]["model"]["id"]
+    assert f"| model: tiny-mixed (id {model_id}) |" in (out / "quality_seed.md").read_text()
+    assert set(result["rows"]["model: tiny-mixed"]) >= {"gain_psnr", "worst_family_gain"}
 
 
 def test_committed_split_is_the_seeded_70_20_10_split_of_all_images(isic_images):

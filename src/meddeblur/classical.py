@@ -37,6 +37,7 @@ from meddeblur.metrics import psnr as _psnr
 __all__ = [
     "wiener",
     "richardson_lucy",
+    "richardson_lucy_path",
     "unsupervised_wiener",
     "unsharp_mask",
     "MethodInfo",
@@ -185,10 +186,23 @@ def richardson_lucy(image: np.ndarray, kernel: np.ndarray, iterations: int = 30)
     Returns:
         Restored image, float32 in ``[0, 1]``, same shape as ``image``.
     """
-    # Own loop: skimage's richardson_lucy zero-pads each convolution (dark, ringing borders)
-    # and recomputes the kernel FFT every iteration; here the padded image and OTF are reused.
     if iterations < 0:
         raise ValueError(f"iterations must be non-negative, got {iterations}")
+    return next(iter(richardson_lucy_path(image, kernel, (iterations,)).values()))
+
+
+def richardson_lucy_path(image: np.ndarray, kernel: np.ndarray, checkpoints: tuple[int, ...]) -> dict[int, np.ndarray]:
+    """Richardson-Lucy results after each iteration count in ``checkpoints``, from one run.
+
+    ``richardson_lucy_path(y, k, (5, 20))[20]`` equals ``richardson_lucy(y, k, 20)`` bit for bit
+    (the same updates in the same order), at the cost of the largest count only; :func:`tune`
+    uses it to try every iteration count of the grid at once.
+    """
+    # Own loop: skimage's richardson_lucy zero-pads each convolution (dark, ringing borders)
+    # and recomputes the kernel FFT every iteration; here the padded image and OTF are reused.
+    wanted = sorted({int(c) for c in checkpoints})
+    if not wanted or wanted[0] < 0:
+        raise ValueError(f"checkpoints must be non-negative iteration counts, got {checkpoints}")
     img, was_2d = _as_image(image)
     k = _as_kernel(kernel)
     padded, crop = _pad_taper(np.clip(img, 0.0, None), _pad_amount(k.shape))
@@ -198,12 +212,17 @@ def richardson_lucy(image: np.ndarray, kernel: np.ndarray, iterations: int = 30)
     otf = _otf(k, shape)[..., None].astype(np.complex64)
     otf_adj = np.conj(otf)
     estimate = np.maximum(padded, _EPS)
-    for _ in range(int(iterations)):
+    out: dict[int, np.ndarray] = {}
+    for done in range(wanted[-1] + 1):
+        if done in wanted:
+            out[done] = _finish(estimate[crop], was_2d)
+        if done == wanted[-1]:
+            break
         reblurred = _ifft2(_fft2(estimate) * otf, shape)
         ratio = padded / np.maximum(reblurred, _EPS)
         estimate = estimate * _ifft2(_fft2(ratio) * otf_adj, shape)
         estimate = np.maximum(estimate, 0.0)  # FFT round-off can dip just below zero
-    return _finish(estimate[crop], was_2d)
+    return out
 
 
 def _gaussian_psf(sigma: float) -> np.ndarray:
@@ -361,28 +380,37 @@ def _psnr_db(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def tune(
-    method: str, samples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]
+    method: str, samples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    grid: tuple[dict[str, Any], ...] | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Choose the grid parameters of ``method`` that maximise mean PSNR over ``samples``.
 
     ``samples`` are (blurred, sharp, kernel) triples from the VALIDATION split -- never the
     test split, whose scores would otherwise be optimistically biased. ``kernel`` may be
-    None for methods that do not use one. Deterministic; ties go to the first grid entry.
+    None for methods that do not use one. ``grid`` replaces the method's own grid. Deterministic;
+    ties go to the first grid entry. Richardson-Lucy tries every iteration count in one run per
+    sample (:func:`richardson_lucy_path`).
 
     Returns:
         (best params dict -- a copy, safe to modify -- and its mean PSNR in dB).
     """
     info = _method(method)
+    grid = info.grid if grid is None else tuple(grid)
     if not samples:
         raise ValueError("tune needs at least one (blurred, sharp, kernel) sample")
-    best_params: dict[str, Any] | None = None
-    best_score = -np.inf
-    for params in info.grid:
-        score = float(
-            np.mean([_psnr_db(restore(method, blurred, kernel, **params), sharp)
-                     for blurred, sharp, kernel in samples])
-        )
-        if best_params is None or score > best_score:
-            best_params, best_score = dict(params), score
-    assert best_params is not None
-    return best_params, best_score
+    if not grid:
+        raise ValueError("tune needs a non-empty grid")
+    if method == "richardson_lucy" and all(set(p) == {"iterations"} for p in grid):
+        counts = tuple(int(p["iterations"]) for p in grid)
+        per_sample = []
+        for blurred, sharp, kernel in samples:
+            if kernel is None:
+                raise ValueError("method 'richardson_lucy' needs the true blur kernel, got kernel=None")
+            path = richardson_lucy_path(blurred, kernel, counts)
+            per_sample.append({c: _psnr_db(path[c], sharp) for c in counts})
+        scores = [float(np.mean([s[c] for s in per_sample])) for c in counts]
+    else:
+        scores = [float(np.mean([_psnr_db(restore(method, blurred, kernel, **params), sharp)
+                                 for blurred, sharp, kernel in samples])) for params in grid]
+    best = int(np.argmax(scores))  # the first of equal maxima
+    return dict(grid[best]), scores[best]
