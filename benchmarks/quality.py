@@ -2,7 +2,7 @@
 
 A script, not a test. Four protocols (the test images are the targets; each is degraded, 8-bit quantised, restored):
   full — stored resolution (up to 1024 px; ``native`` is accepted as an old name for it);
-  half — area down-scaled ×2 first;
+  half — area down-scaled ×2 first (and quantised to 8 bits, like any exported copy);
   seed — area-resized to 256×256 first (like the reference; its own, older family set);
   soft — as ``half``, then each image blurred with a Gaussian of σ drawn per image in 0.7..1.0 (fixed seed) and
          re-quantised to 8 bits: a softer camera. That softened image is the target and what gets degraded.
@@ -76,7 +76,7 @@ PROTOCOLS = {
     "seed": {"about": "area-resized to 256×256", "families": SEED_FAMILIES, "methods": tuple(METHODS), "val": 8, "grids": {}},
     "full": {"about": "stored resolution (up to 1024 px)", "families": FAMILIES, "methods": ("wiener", "richardson_lucy"),
              "val": 4, "grids": {"richardson_lucy": RL_GRID}},
-    "half": {"about": "area down-scaled ×2", "families": FAMILIES, "methods": ("wiener", "richardson_lucy"), "val": 4,
+    "half": {"about": "area down-scaled ×2, 8-bit", "families": FAMILIES, "methods": ("wiener", "richardson_lucy"), "val": 4,
              "grids": {"richardson_lucy": RL_GRID}},
     "soft": {"about": "area down-scaled ×2, then softened (Gaussian σ 0.7–1.0 per image, 8-bit): the softened image is the target",
              "families": FAMILIES, "methods": ("wiener", "richardson_lucy"), "val": 4, "grids": {"richardson_lucy": RL_GRID}},
@@ -153,8 +153,8 @@ def target_image(path: Path, protocol: str) -> np.ndarray:
     if protocol == "full":
         return np.asarray(sharp, dtype=np.float32)
     half = resize_area(sharp, (sharp.shape[0] // 2, sharp.shape[1] // 2))
-    if protocol == "half":
-        return half
+    if protocol == "half":  # a half-size copy is itself an 8-bit image: an un-blurred input then equals its target
+        return (np.round(np.clip(half, 0.0, 1.0) * 255) / 255).astype(np.float32)
     tensor = torch.from_numpy(np.ascontiguousarray(half.transpose(2, 0, 1)))[None]
     softened = quantize8(blur(tensor, gaussian_kernel(soft_sigma(path.stem))))
     return softened[0].numpy().transpose(1, 2, 0)
