@@ -27,11 +27,12 @@ with warnings.catch_warnings():
 from meddeblur import __version__
 from meddeblur.infer import deblur_array
 from meddeblur.io import read_image
-from meddeblur.models import ModelConfig, build_model, load_model, save_weights, weights_id
+from meddeblur.deblurrer import Deblurrer
+from meddeblur.models import ModelConfig, build_model, load_model, save_weights, size_multiple, weights_id
+from meddeblur.provenance import make_record
 from meddeblur.provenance import read_provenance
 from meddeblur.server import ServerSettings, create_app
 from meddeblur.server.card import model_card
-from meddeblur.server.engine import ServedModel
 from meddeblur.server.imaging import display_name
 from meddeblur.synthetic import synthetic_dermoscopy
 
@@ -287,9 +288,16 @@ class _Gate(torch.nn.Module):
         return x
 
 
+def _served(network: torch.nn.Module, weights: Path, model_id: str, tile: int = 1024, overlap: int = 128) -> Deblurrer:
+    """A stand-in network served as if loaded from ``weights`` (what create_app gets from Deblurrer.load)."""
+    config = ModelConfig(arch="nafnet", width=8)
+    record = make_record(model_id, "nafnet width 8", "torch", {"tile": tile, "overlap": overlap})
+    return Deblurrer(network, size_multiple(config), record, torch.device("cpu"), tile, overlap, config, weights)
+
+
 def test_full_queue_answers_503_with_retry_after_and_recovers(weights):
     gate = _Gate()
-    served = ServedModel(gate, ModelConfig(arch="nafnet", width=8), weights, "gate", torch.device("cpu"))
+    served = _served(gate, weights, "gate")
     app = create_app(ServerSettings(device="cpu", threads=1, queue=1), model=served)
     png = encode(sample(32, 32), "PNG")
 
@@ -632,7 +640,7 @@ def test_processing_deadline_stops_a_long_job_between_tiles_with_503(weights):
     """A 4-tile image at 0.6 s per tile under a 1 s deadline: stopped after the tile that crossed it, 503 + Retry-After;
     then, knowing the speed, a second such image is refused before any tile runs."""
     slow = _Slow(0.6)
-    served = ServedModel(slow, ModelConfig(arch="nafnet", width=8), weights, "slow", torch.device("cpu"))
+    served = _served(slow, weights, "slow", tile=64, overlap=16)
     app = create_app(ServerSettings(device="cpu", deadline=1.0, tile=64, overlap=16), model=served)
     png = encode(sample(100, 100), "PNG")  # 100 px with 64 px tiles: 2 × 2 tiles
     with TestClient(app) as http:

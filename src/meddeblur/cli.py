@@ -8,8 +8,14 @@ import sys
 from pathlib import Path
 
 from meddeblur import __version__
-from meddeblur.errors import UserError
-from meddeblur.models import ARCHITECTURES
+from meddeblur.errors import InvalidOption, UserError, require
+
+# Imports of the handlers' modules (torch, OpenCV, FastAPI, ...) happen inside the handlers, so that --help and
+# --version answer at once. The few constants the parser needs are repeated here; tests/test_cli_errors.py checks
+# that they equal meddeblur.models.ARCHITECTURES and meddeblur.assess's.
+ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
+_ASSESS_SIDE = 768  # meddeblur.assess.ANALYSIS_SIDE
+_ASSESS_THRESHOLD = 0.4  # meddeblur.assess.DEFAULT_THRESHOLD
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,7 +86,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a model against sharp references",
                                    description="PSNR/SSIM of the blurred input and of the model, per image and on average.")
-    evaluate.add_argument("--model", required=True, help="run folder or .safetensors weights")
+    evaluate.add_argument("--model", help="run folder or .safetensors weights (default: the shipped model, see MODEL_CARD.md; "
+                          "its data is unknown, so give --data, --blurred/--sharp or --sharp with --degrade, and --split all)")
     _add_data_args(evaluate, "(default: the run's data)")
     evaluate.add_argument("--degrade", metavar="SPEC", help="evaluate on sharp images degraded with SPEC (fixed seed)")
     evaluate.add_argument("--split", default="test", choices=("test", "val", "train", "all"), help="default test (the run's split.json)")
@@ -110,7 +117,7 @@ def _build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("--onnx", metavar="FILE", help="run this file written by meddeblur export (implies --engine onnx)")
     deblur.set_defaults(handler=_deblur)
 
-    export = commands.add_parser("export", help="export a model to ONNX (dynamic batch, height and width)",
+    export = commands.add_parser("export", help="export a model to ONNX (dynamic batch, height and width; the [onnx] extra)",
                                  description="Write an ONNX model with the config and model id as metadata, for deblur --onnx or any ONNX runtime.")
     export.add_argument("--model", help="run folder or .safetensors weights (default: the shipped model)")
     export.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
@@ -125,15 +132,13 @@ def _build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print the records as one JSON object keyed by file")
     info.set_defaults(handler=_info)
 
-    from meddeblur.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD
-
     assess = commands.add_parser("assess", help="score how blurred images are and flag the ones needing attention",
                                  description=f"No-reference blur score in [0, 1] per image (higher = blurrier), measured at a long side of "
-                                             f"{ANALYSIS_SIDE} px; images above the threshold are flagged 'needs attention'.")
+                                             f"{_ASSESS_SIDE} px; images above the threshold are flagged 'needs attention'.")
     assess.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     assess.add_argument("--csv", metavar="FILE", help="write path, blur_score, flag, width, height, note to FILE")
-    assess.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                        help=f"flag images scoring above this (default {DEFAULT_THRESHOLD}, chosen on ISIC, see README)")
+    assess.add_argument("--threshold", type=float, default=_ASSESS_THRESHOLD,
+                        help=f"flag images scoring above this (default {_ASSESS_THRESHOLD}, chosen on ISIC, see README)")
     assess.add_argument("--skip-bad", action="store_true", help="list unreadable files as 'unreadable' instead of stopping")
     assess.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
     assess.set_defaults(handler=_assess)
@@ -153,7 +158,7 @@ def _build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", help="run folder or .safetensors weights (default: the shipped model)")
     demo.set_defaults(handler=_demo)
 
-    serve = commands.add_parser("serve", help="web page and REST API for deblurring (FastAPI + uvicorn)",
+    serve = commands.add_parser("serve", help="web page and REST API for deblurring (FastAPI + uvicorn: the [serve] extra)",
                                 description="Serve the page at / and the API at /v1/deblur, /v1/model, /healthz (docs at /docs). "
                                             "Output images are computer-processed and not for diagnosis alone.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
@@ -278,24 +283,34 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _deblur(args: argparse.Namespace) -> int:
+    from meddeblur.deblurrer import Deblurrer
     from meddeblur.device import pick_device
-    from meddeblur.infer import deblur_files, open_engine
 
     if not 1 <= args.jpeg_quality <= 100:
-        raise UserError(f"--jpeg-quality {args.jpeg_quality}: choose 1 to 100")
+        raise InvalidOption(f"--jpeg-quality {args.jpeg_quality}: choose 1 to 100", value=args.jpeg_quality, option="jpeg_quality")
     if args.tile and (args.tile < 32 or not 0 <= args.overlap < args.tile // 2):
-        raise UserError(f"--tile {args.tile} --overlap {args.overlap}: use a tile of at least 32 px and an overlap below half the tile")
+        raise InvalidOption(f"--tile {args.tile} --overlap {args.overlap}: use a tile of at least 32 px and an overlap below half the tile",
+                            value=(args.tile, args.overlap), option="tile")
     engine = args.engine or ("onnx" if args.onnx else "torch")
-    # ONNX Runtime runs on the CPU: "auto" means the CPU there, an explicit GPU is refused by open_engine.
+    # ONNX Runtime runs on the CPU: "auto" means the CPU there, an explicit GPU is refused.
     device = pick_device("cpu" if engine == "onnx" and args.device == "auto" else args.device)
-    model, multiple, record = open_engine(engine, args.model, args.onnx, device, {"tile": args.tile, "overlap": args.overlap})
-    written = deblur_files(model, args.inputs, args.out, fmt=args.format, device=device, jpeg_quality=args.jpeg_quality,
-                           tile=args.tile, overlap=args.overlap, multiple=multiple, provenance=record, overwrite=args.overwrite)
+    if args.onnx is not None and engine == "torch":
+        raise InvalidOption(f"--onnx {args.onnx}: an ONNX file runs with --engine onnx; drop --engine torch or --onnx", value=args.onnx, option="onnx")
+    if engine == "onnx" and device.type != "cpu":
+        raise InvalidOption(f"--device {device}: the ONNX engine runs on the CPU (onnxruntime); use --device cpu or --engine torch",
+                            value=args.device, option="device")
+    if args.onnx is not None and args.model is not None:
+        raise InvalidOption(f"--model {args.model} --onnx {args.onnx}: the ONNX file holds its own model; give only one of them",
+                            value=args.onnx, option="onnx")
+    deblurrer = Deblurrer.load(args.onnx if args.onnx is not None else args.model, engine, str(device), args.tile, args.overlap)
+    written = deblurrer.deblur_files(args.inputs, args.out, format=args.format, jpeg_quality=args.jpeg_quality, overwrite=args.overwrite)
     print(f"{len(written)} image(s) written to {args.out}")
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
+    for module in ("onnx", "onnxscript"):  # before the overwrite check, which reads an existing .onnx with onnx
+        require(module, "meddeblur export")
     from meddeblur.io import check_replaceable, remove_stale_temporaries
     from meddeblur.onnx_engine import export_onnx
 

@@ -23,16 +23,24 @@ never clipped silently: a float image outside [0, 1] or with NaN is refused. H a
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import torch
 
 from meddeblur.device import pick_device
-from meddeblur.infer import deblur_array, deblur_tensor, open_engine
+from meddeblur.errors import InvalidOption
+from meddeblur.infer import deblur_array, deblur_files, deblur_tensor
+from meddeblur.provenance import make_record
+
+if TYPE_CHECKING:
+    from meddeblur.models import ModelConfig
 
 __all__ = ["Deblurrer", "deblur"]
+
+ENGINES = ("torch", "onnx")
 
 ImageLike = Union[np.ndarray, torch.Tensor]
 _INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -61,31 +69,50 @@ class Deblurrer:
     """A loaded model; call it on an image. Build it with :meth:`load`.
 
     ``model_id`` is the id of the weights (first 12 hex of their SHA-256), ``size_multiple`` the side
-    multiple the network pads to, ``provenance`` the record meddeblur writes into output files.
+    multiple the network pads to, ``provenance`` the record meddeblur writes into output files;
+    ``config`` and ``weights`` (the :class:`~meddeblur.models.ModelConfig` and the ``.safetensors`` path)
+    are None for an ONNX model.
     """
 
-    def __init__(self, network: Any, size_multiple: int, provenance: dict, device: torch.device, tile: int, overlap: int) -> None:
+    def __init__(self, network: Any, size_multiple: int, provenance: dict, device: torch.device, tile: int, overlap: int,
+                 config: ModelConfig | None = None, weights: Path | None = None) -> None:
         self._network, self.size_multiple, self.provenance = network, size_multiple, provenance
         self.device, self.tile, self.overlap = device, tile, overlap
+        self.config, self.weights = config, weights
 
     @classmethod
     def load(cls, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
              overlap: int = 128) -> "Deblurrer":
         """Load ``model`` once: None (the shipped model), a ``.safetensors`` file or a run folder; or an ``.onnx`` file.
 
-        ``engine``: "torch" or "onnx" (ONNX Runtime on the CPU; a ``.onnx`` ``model`` implies it).
-        ``device``: "auto", "cpu", "cuda" or "mps". Images with a side above ``tile`` (0: never) are
-        processed in overlapping tiles of that size, ``overlap`` pixels wide, bounding memory.
+        ``engine``: "torch" or "onnx" (ONNX Runtime on the CPU; a ``.onnx`` ``model`` implies it, other models
+        are exported on the fly). ``device``: "auto", "cpu", "cuda" or "mps". Images with a side above ``tile``
+        (0: never) are processed in overlapping tiles of that size, ``overlap`` pixels wide, bounding memory.
+        Bad options raise :class:`~meddeblur.errors.InvalidOption` (a ``ValueError``); a missing or damaged
+        model another :class:`~meddeblur.errors.UserError`.
         """
-        if engine not in ("torch", "onnx"):
-            raise ValueError(f"engine must be 'torch' or 'onnx', got {engine!r}")
+        if engine not in ENGINES:
+            raise InvalidOption(f"engine must be 'torch' or 'onnx', got {engine!r}", value=engine, option="engine")
         if tile and (tile < 32 or not 0 <= overlap < tile // 2):
-            raise ValueError(f"tile {tile} / overlap {overlap}: use a tile of at least 32 px (or 0) and an overlap below half the tile")
-        onnx = model if model is not None and str(model).lower().endswith(".onnx") else None
-        engine = "onnx" if onnx is not None else engine
+            raise InvalidOption(f"tile {tile} / overlap {overlap}: use a tile of at least 32 px (or 0) and an overlap below half the tile",
+                                value=(tile, overlap), option="tile")
+        engine = "onnx" if model is not None and str(model).lower().endswith(".onnx") else engine
+        # ONNX Runtime runs on the CPU: "auto" means the CPU there.
         target = pick_device("cpu" if engine == "onnx" and device == "auto" else device)
-        network, multiple, record = open_engine(engine, None if onnx is not None else model, onnx, target, {"tile": tile, "overlap": overlap})
-        return cls(network, multiple, record, target, tile, overlap)
+        parameters = {"tile": tile, "overlap": overlap}
+        if engine == "torch":
+            from meddeblur.models import load_model, size_multiple, weights_id
+
+            network, config, weights = load_model(model, target)
+            record = make_record(weights_id(weights), f"{config.arch} width {config.width}", "torch", parameters)
+            return cls(network, size_multiple(config), record, target, tile, overlap, config, weights)
+        if target.type != "cpu":
+            raise InvalidOption(f"device {device!r}: the ONNX engine runs on the CPU (onnxruntime); use device='cpu' or engine='torch'",
+                                value=device, option="device")
+        from meddeblur.onnx_engine import open_onnx
+
+        runner = open_onnx(model)
+        return cls(runner, runner.size_multiple, make_record(runner.weights_id, runner.describe(), "onnx", parameters), target, tile, overlap)
 
     @property
     def model_id(self) -> str:
@@ -102,8 +129,23 @@ class Deblurrer:
             return self._array(image)
         raise _refuse(image, "not a numpy array or torch tensor")
 
-    def _rgb(self, rgb: np.ndarray) -> np.ndarray:
-        return deblur_array(self._network, rgb, device=self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple)
+    def deblur_rgb(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> np.ndarray:
+        """(H, W, 3) float in [0, 1] → (H, W, 3) float32, as the CLI deblurs decoded images (tiled above ``tile``).
+
+        ``before_tile`` is called before each forward pass (e.g. to stop at a deadline).
+        """
+        return deblur_array(self._network, rgb, device=self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple,
+                            before_tile=before_tile)
+
+    def deblur_files(self, inputs: list[str | Path], out: str | Path, format: str | None = None, jpeg_quality: int = 95,
+                     overwrite: bool = False) -> list[Path]:
+        """Deblur image files and folders into the folder ``out``, like ``meddeblur deblur``; returns the files written.
+
+        Outputs keep name, format (unless ``format``: png, jpeg, tiff or bmp), channels and bit depth and carry
+        :attr:`provenance`; see :func:`meddeblur.infer.deblur_files`.
+        """
+        return deblur_files(self._network, inputs, out, fmt=format, device=self.device, jpeg_quality=jpeg_quality, tile=self.tile,
+                            overlap=self.overlap, multiple=self.size_multiple, provenance=self.provenance, overwrite=overwrite)
 
     def _array(self, image: np.ndarray) -> np.ndarray:
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
@@ -122,7 +164,7 @@ class Deblurrer:
         planes = values[..., None] if values.ndim == 2 else values
         channels = planes.shape[2]
         colour = planes[..., :3] if channels >= 3 else np.repeat(planes[..., :1], 3, axis=2)
-        restored = self._rgb(np.ascontiguousarray(colour))
+        restored = self.deblur_rgb(np.ascontiguousarray(colour))
         out = restored if channels >= 3 else restored.mean(axis=2, keepdims=True)
         if channels == 4:
             out = np.concatenate([out, planes[..., 3:]], axis=2)
@@ -143,7 +185,7 @@ class Deblurrer:
         channels = values.shape[1]
         colour = values[:, :3] if channels >= 3 else values[:, :1].expand(-1, 3, -1, -1)
         if self.tile and max(values.shape[-2:]) > self.tile:
-            restored = torch.stack([torch.from_numpy(self._rgb(np.ascontiguousarray(x.permute(1, 2, 0).numpy()))).permute(2, 0, 1)
+            restored = torch.stack([torch.from_numpy(self.deblur_rgb(np.ascontiguousarray(x.permute(1, 2, 0).numpy()))).permute(2, 0, 1)
                                     for x in colour])
         else:
             restored = deblur_tensor(self._network, colour.to(self.device), multiple=self.size_multiple).cpu()

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from meddeblur.deblurrer import Deblurrer
 from meddeblur.degrade import degrade, parse_spec
-from meddeblur.infer import deblur_array
 from meddeblur.io import atomic_write, check_creatable_folder, write_image
 from meddeblur.metrics import psnr_ssim_numpy
-from meddeblur.models import load_model, size_multiple, weights_id
 from meddeblur.plots import plot_comparison
 from meddeblur.synthetic import synthetic_dermoscopy
 
@@ -27,7 +26,8 @@ def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None
     """
     out = Path(out)
     check_creatable_folder(out, "-o")
-    network, config, weights = load_model(model)
+    deblurrer = Deblurrer.load(model, "torch", "cpu", tile=0)
+    config, weights = deblurrer.config, deblurrer.weights
     sharp = synthetic_dermoscopy(256, 256, seed=seed)
     sharp_tensor = torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1)))[None]
     out.mkdir(parents=True, exist_ok=True)
@@ -37,7 +37,7 @@ def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None
     for index, (label, spec) in enumerate(DEMO_BLURS.items()):
         made, _ = degrade(sharp_tensor, parse_spec(spec), torch.Generator().manual_seed(seed * 100 + index))
         blurred = made[0].numpy().transpose(1, 2, 0)
-        restored = deblur_array(network, blurred, multiple=size_multiple(config))
+        restored = deblurrer.deblur_rgb(blurred)
         (in_psnr, in_ssim), (out_psnr, out_ssim) = psnr_ssim_numpy(blurred, sharp), psnr_ssim_numpy(restored, sharp)
         metrics[label] = {"input_psnr": in_psnr, "input_ssim": in_ssim, "model_psnr": out_psnr, "model_ssim": out_ssim}
         stem = spec.split(":")[0]
@@ -46,7 +46,7 @@ def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None
         rows.append((label, blurred, restored, sharp, metrics[label]))
         table.append(f"| {label} | {in_psnr:.2f} / {in_ssim:.4f} | {out_psnr:.2f} / {out_ssim:.4f} | {out_psnr - in_psnr:+.2f} |")
     figure = plot_comparison(rows, out / "side_by_side.png")
-    markdown = "\n".join(table) + f"\n\nModel: {config.arch} width {config.width}, weights {weights.name} (id {weights_id(weights)}).\n"
+    markdown = "\n".join(table) + f"\n\nModel: {config.arch} width {config.width}, weights {weights.name} (id {deblurrer.model_id}).\n"
     with atomic_write(out / "metrics.md", "w") as fh:
         fh.write(markdown)
     return {"figure": figure, "table": out / "metrics.md", "weights": weights, "metrics": metrics, "markdown": markdown}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from meddeblur.errors import UserError
+from meddeblur.errors import InvalidOption
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -20,11 +20,11 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("cuda")
         return torch.device("mps") if _mps_available() else torch.device("cpu")
     if name not in DEVICE_CHOICES:
-        raise UserError(f"--device {name}: choose one of {', '.join(DEVICE_CHOICES)}")
+        raise InvalidOption(f"--device {name}: choose one of {', '.join(DEVICE_CHOICES)}", value=name, option="device")
     if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+        raise InvalidOption("--device cuda: no CUDA GPU is available here; use --device cpu or auto", value="cuda", option="device")
     if name == "mps" and not _mps_available():
-        raise UserError("--device mps: Apple MPS is not available here; use --device cpu or auto")
+        raise InvalidOption("--device mps: Apple MPS is not available here; use --device cpu or auto", value="mps", option="device")
     return torch.device(name)
 
 

@@ -31,7 +31,7 @@ from typing import IO, Any, Iterator
 import numpy as np
 
 from meddeblur import __version__
-from meddeblur.errors import UserError
+from meddeblur.errors import CorruptImage, TooLarge, TooSmall, UnsupportedFormat, require
 from meddeblur.io import LoadedImage, atomic_path
 from meddeblur.provenance import TOOL, summary, to_json
 
@@ -83,9 +83,9 @@ def _read_dataset(path: Path, f: IO[bytes]) -> Any:
     try:
         return pydicom.dcmread(f)
     except InvalidDicomError:
-        raise UserError(f"{path}: not a valid DICOM file (corrupt header); re-export or remove it") from None
+        raise CorruptImage(f"{path}: not a valid DICOM file (corrupt header); re-export or remove it", value=path) from None
     except Exception:  # EOFError, struct.error, ValueError...: a file cut short or damaged
-        raise UserError(f"{path}: cannot decode DICOM (truncated or corrupt); re-export or remove it") from None
+        raise CorruptImage(f"{path}: cannot decode DICOM (truncated or corrupt); re-export or remove it", value=path) from None
 
 
 def _int(ds: Any, name: str, default: int | None = None) -> int:
@@ -110,8 +110,8 @@ def _decode_pixels(path: Path, ds: Any) -> np.ndarray:
         except (NotImplementedError, ValueError):
             available = False
         if not available:
-            raise UserError(f"{path}: DICOM compressed as {syntax.name}, which this installation cannot decode; {_CODEC_HINT}") from None
-    raise UserError(f"{path}: cannot decode DICOM pixel data (truncated or corrupt); re-export or remove it") from None
+            raise UnsupportedFormat(f"{path}: DICOM compressed as {syntax.name}, which this installation cannot decode; {_CODEC_HINT}", value=path) from None
+    raise CorruptImage(f"{path}: cannot decode DICOM pixel data (truncated or corrupt); re-export or remove it", value=path) from None
 
 
 def _lossless_syntaxes() -> set[str]:
@@ -124,10 +124,11 @@ def _lossless_syntaxes() -> set[str]:
 
 def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> LoadedImage:
     """Decode a single-frame DICOM image from the open file ``f`` (see the module docstring for scaling)."""
+    require("pydicom", f"{path}: reading a DICOM file")
     with _quiet():
         ds = _read_dataset(path, f)
         if "PixelData" not in ds:
-            raise UserError(f"{path}: DICOM file holds no (integer) Pixel Data, e.g. a report or float image; give an image instance")
+            raise UnsupportedFormat(f"{path}: DICOM file holds no (integer) Pixel Data, e.g. a report or float image; give an image instance", value=path)
         try:
             rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
             frames = _int(ds, "NumberOfFrames", 1)
@@ -136,28 +137,28 @@ def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> Load
             stored = _int(ds, "BitsStored", allocated)
             signed = _int(ds, "PixelRepresentation", 0) == 1
         except ValueError as exc:
-            raise UserError(f"{path}: DICOM image tag {exc} missing or invalid (corrupt file); re-export or remove it") from None
+            raise CorruptImage(f"{path}: DICOM image tag {exc} missing or invalid (corrupt file); re-export or remove it", value=path) from None
         photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
         if cols < min_size or rows < min_size:
-            raise UserError(f"{path}: image is {cols}x{rows}, smaller than {min_size} px; use a larger image")
+            raise TooSmall(f"{path}: image is {cols}x{rows}, smaller than {min_size} px; use a larger image", value=path)
         if rows * cols > max_pixels:
-            raise UserError(f"{path}: image is {cols}x{rows} ({rows * cols:,} pixels), more than the {max_pixels:,} "
-                            "this tool decodes; downscale or tile it first")
+            raise TooLarge(f"{path}: image is {cols}x{rows} ({rows * cols:,} pixels), more than the {max_pixels:,} "
+                            "this tool decodes; downscale or tile it first", value=path)
         if frames != 1:
-            raise UserError(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export the frames as single images")
+            raise UnsupportedFormat(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export the frames as single images", value=path)
         if allocated not in (8, 16):
-            raise UserError(f"{path}: DICOM with {allocated} bits allocated per pixel is not supported (8 and 16 are); "
-                            "convert it to 8 or 16 bits allocated")
+            raise UnsupportedFormat(f"{path}: DICOM with {allocated} bits allocated per pixel is not supported (8 and 16 are); "
+                            "convert it to 8 or 16 bits allocated", value=path)
         if not 1 <= stored <= allocated:
-            raise UserError(f"{path}: DICOM header is inconsistent: BitsStored {stored} does not fit in BitsAllocated {allocated} "
-                            "(corrupt or mis-written file); re-export it from the source system")
+            raise CorruptImage(f"{path}: DICOM header is inconsistent: BitsStored {stored} does not fit in BitsAllocated {allocated} "
+                            "(corrupt or mis-written file); re-export it from the source system", value=path)
         if not ((samples == 1 and photometric in _MONOCHROME) or (samples == 3 and photometric in _COLOUR)):
-            raise UserError(f"{path}: DICOM photometric interpretation {photometric or '(none)'} with {samples} sample(s) "
-                            "is not supported (MONOCHROME1/2, RGB, YBR_FULL are); convert it to RGB")
+            raise UnsupportedFormat(f"{path}: DICOM photometric interpretation {photometric or '(none)'} with {samples} sample(s) "
+                            "is not supported (MONOCHROME1/2, RGB, YBR_FULL are); convert it to RGB", value=path)
         arr = _decode_pixels(path, ds)
     expected = (rows, cols) if samples == 1 else (rows, cols, 3)
     if arr.shape != expected:
-        raise UserError(f"{path}: cannot decode DICOM (pixel data does not match Rows/Columns); re-export or remove it")
+        raise CorruptImage(f"{path}: cannot decode DICOM (pixel data does not match Rows/Columns); re-export or remove it", value=path)
     maxval = float(2 ** stored - 1)
     values = arr.astype(np.float32)
     if signed:
@@ -224,6 +225,7 @@ def _derived_dataset(source: DicomSource, pixels: np.ndarray, record: dict[str, 
 
 def write_dicom(path: str | os.PathLike[str], rgb: np.ndarray, source: DicomSource, record: dict[str, Any]) -> Path:
     """Write ``rgb`` ((H, W, 3) float in [0, 1]) as a derived instance of ``source``, atomically."""
+    require("pydicom", f"{path}: writing a DICOM file")
     path = Path(path)
     maxval = 2 ** source.bits_stored - 1
     x = np.nan_to_num(np.asarray(rgb, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
@@ -243,6 +245,7 @@ def write_dicom(path: str | os.PathLike[str], rgb: np.ndarray, source: DicomSour
 
 def read_dicom_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The meddeblur record of a DICOM file (private block, else a DerivationDescription naming meddeblur)."""
+    require("pydicom", f"{path}: reading a DICOM file")
     import json
 
     import pydicom
@@ -251,7 +254,7 @@ def read_dicom_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:
-            raise UserError(f"{path}: cannot read DICOM header (truncated or corrupt); re-export or remove it") from None
+            raise CorruptImage(f"{path}: cannot read DICOM header (truncated or corrupt); re-export or remove it", value=path) from None
         try:
             text = ds.private_block(_PRIVATE_GROUP, TOOL)[_PROVENANCE_ELEMENT].value
             record = json.loads(text)

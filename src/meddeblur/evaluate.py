@@ -15,12 +15,11 @@ import torch
 from tqdm import tqdm
 
 from meddeblur.data import SPLIT_FILE, Pair, PairDataset, check_pairs, fixed_degradation, input_scores, load_pairs, read_split, select
+from meddeblur.deblurrer import Deblurrer
 from meddeblur.degrade import DegradeSpec, parse_spec
 from meddeblur.errors import UserError
-from meddeblur.infer import deblur_array
 from meddeblur.io import atomic_write, check_creatable_folder, read_rgb, resize_area
 from meddeblur.metrics import psnr, psnr_ssim_numpy, ssim
-from meddeblur.models import load_model, size_multiple, weights_id
 from meddeblur.plots import plot_comparison
 
 #: PSNR of identical images is +inf (as in TensorFlow); reports cap it so means stay finite.
@@ -32,7 +31,7 @@ METRIC_FIELDS = ("input_psnr", "input_ssim", "model_psnr", "model_ssim")
 class EvalOptions:
     """What ``meddeblur evaluate`` needs; None means "take it from the run folder"."""
 
-    model: str
+    model: str | None = None  # run folder or .safetensors; None: the shipped model
     blurred_dir: str | None = None
     sharp_dir: str | None = None
     degrade: str | None = None
@@ -125,7 +124,8 @@ def _samples(pairs: list[Pair], size: int | None, spec: DegradeSpec | None):
 
 def evaluate(options: EvalOptions) -> dict:
     """Score a model on a data split; writes per_image.csv, metrics.json, report.md, comparison.png."""
-    model, config, weights = load_model(options.model, options.device)
+    deblurrer = Deblurrer.load(options.model, "torch", options.device, tile=0)
+    config, weights = deblurrer.config, deblurrer.weights
     run = run_folder_of(weights)
     run_options = _run_options(run) if run else {}
     if options.sharp_dir:
@@ -160,7 +160,7 @@ def evaluate(options: EvalOptions) -> dict:
 
     records, figure_rows = [], []
     for name, blurred, sharp in tqdm(_samples(chosen, size, spec), total=len(chosen), desc="evaluating", unit="image", disable=None):
-        restored = deblur_array(model, blurred, options.device, multiple=size_multiple(config))
+        restored = deblurrer.deblur_rgb(blurred)
         in_psnr, in_ssim = psnr_ssim_numpy(blurred, sharp)
         out_psnr, out_ssim = psnr_ssim_numpy(restored, sharp)
         record = {"name": name, "input_psnr": min(in_psnr, PSNR_CAP), "input_ssim": in_ssim,
@@ -170,7 +170,7 @@ def evaluate(options: EvalOptions) -> dict:
             figure_rows.append((_printable(name), blurred, restored, sharp, record))
 
     report = {
-        "model": str(weights), "model_id": weights_id(weights), "arch": config.arch, "width": config.width,
+        "model": str(weights), "model_id": deblurrer.model_id, "arch": config.arch, "width": config.width,
         "split": options.split, "images": len(records), "protocol": protocol, "skipped": skipped,
         "summary": {k: _summary([r[k] for r in records]) for k in METRIC_FIELDS},
         "per_image": records,

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from meddeblur.errors import UserError
+from meddeblur.errors import InvalidOption, NotFound, UserError
 from meddeblur.io import (IMAGE_EXTENSIONS, check_creatable_folder, check_regular_file, check_replaceable, list_images, read_image,
                           remove_stale_temporaries, write_image)
 from meddeblur.models import SIZE_MULTIPLE
@@ -69,46 +69,6 @@ def deblur_array(model: nn.Module | TileFn, rgb: np.ndarray, device: str | torch
     return deblur_tensor(model, tensor, multiple=multiple)[0].cpu().numpy().transpose(1, 2, 0)
 
 
-ENGINES = ("torch", "onnx")
-
-
-def open_engine(engine: str = "torch", model: str | Path | None = None, onnx: str | Path | None = None,
-                device: str | torch.device = "cpu", parameters: dict[str, Any] | None = None) -> tuple[nn.Module | TileFn, int, dict[str, Any]]:
-    """(network or ONNX Runtime model, its size multiple, the provenance record) for :func:`deblur_files`.
-
-    ``engine="torch"`` loads ``model`` (None: the shipped one). ``engine="onnx"`` runs the exported
-    file ``onnx`` or, without one, exports ``model`` to a temporary file first (seconds to a minute;
-    ``meddeblur export`` once is cheaper for repeated use). Both name the same model id: the hash
-    of the weights the network came from. ``parameters`` are recorded as they are.
-    """
-    if engine not in ENGINES:
-        raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
-    if engine == "torch":
-        from meddeblur.models import load_model, size_multiple, weights_id
-
-        if onnx is not None:
-            raise UserError(f"--onnx {onnx}: an ONNX file runs with --engine onnx; drop --engine torch or --onnx")
-        network, config, path = load_model(model, device)
-        record = make_record(weights_id(path), f"{config.arch} width {config.width}", "torch", parameters)
-        return network, size_multiple(config), record
-    import tempfile
-
-    from meddeblur.onnx_engine import OnnxModel, export_onnx
-
-    if torch.device(device).type != "cpu":
-        raise UserError(f"--device {device}: the ONNX engine runs on the CPU (onnxruntime); use --device cpu or --engine torch")
-    if onnx is not None and model is not None:
-        raise UserError(f"--model {model} --onnx {onnx}: the ONNX file holds its own model; give only one of them")
-    if onnx is not None:
-        runner = OnnxModel(onnx)
-    else:
-        with tempfile.TemporaryDirectory(prefix="meddeblur-onnx-") as folder:
-            exported = Path(folder) / "model.onnx"
-            export_onnx(model, exported)
-            runner = OnnxModel(exported)  # the session holds the whole graph: the file may go
-    return runner, runner.size_multiple, make_record(runner.weights_id, runner.describe(), "onnx", parameters)
-
-
 def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     """Expand files and folders (their images, non-recursive) into a list of files, each once.
 
@@ -122,7 +82,7 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
         elif item.is_file():
             files.append(item)
         elif not os.path.lexists(item):
-            raise UserError(f"{item}: no such file or folder; check the path")
+            raise NotFound(f"{item}: no such file or folder; check the path", value=item)
         else:
             files.append(item)
     for file in files:
@@ -155,7 +115,7 @@ def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None, overwri
         raise UserError(f"{outdir}: output folder is a broken symbolic link; pass a folder to -o")
     check_creatable_folder(outdir, "-o")
     if fmt is not None and fmt not in FORMAT_SUFFIXES:
-        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMAT_SUFFIXES)}")
+        raise InvalidOption(f"--format {fmt}: choose one of {', '.join(FORMAT_SUFFIXES)}", value=fmt, option="format")
     outputs = [outdir / (f.stem + FORMAT_SUFFIXES[fmt] if fmt else f.name) for f in files]
     inputs = {f.resolve() for f in files}
     for source, target in zip(files, outputs):

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, features
 
-from meddeblur.errors import UserError
+from meddeblur.errors import CorruptImage, EmptyFile, NotFound, TooLarge, TooSmall, UnsupportedFormat, UserError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -136,25 +136,25 @@ _FILE_KINDS = (
 def _not_regular(path: Path, mode: int) -> UserError:
     kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
     if kind == "a folder":
-        return UserError(f"{path}: is a folder, not an image file; give an image file")
-    return UserError(f"{path}: is {kind}, not a regular file; give an image file")
+        return UserError(f"{path}: is a folder, not an image file; give an image file", value=path)
+    return UserError(f"{path}: is {kind}, not a regular file; give an image file", value=path)
 
 
 def _open_error(path: Path, exc: OSError) -> UserError:
     """The message for a file that cannot be opened (or stat-ed) for reading."""
     if isinstance(exc, PermissionError):
-        return UserError(f"{path}: permission denied; make the file readable (chmod +r) or copy it somewhere readable")
+        return UserError(f"{path}: permission denied; make the file readable (chmod +r) or copy it somewhere readable", value=path)
     if exc.errno == errno.ELOOP:
-        return UserError(f"{path}: symbolic link loop; fix or remove the link")
+        return UserError(f"{path}: symbolic link loop; fix or remove the link", value=path)
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
         if os.path.islink(path):
             try:
                 target = os.readlink(path)
             except OSError:
                 target = "?"
-            return UserError(f"{path}: broken symbolic link (its target {target} does not exist); fix or remove the link")
-        return UserError(f"{path}: no such file; check the path")
-    return UserError(f"{path}: cannot open ({exc.strerror or exc}); check the file")
+            return NotFound(f"{path}: broken symbolic link (its target {target} does not exist); fix or remove the link", value=path)
+        return NotFound(f"{path}: no such file; check the path", value=path)
+    return UserError(f"{path}: cannot open ({exc.strerror or exc}); check the file", value=path)
 
 
 def check_regular_file(path: str | os.PathLike[str]) -> Path:
@@ -235,8 +235,8 @@ def _split(arr: np.ndarray, maxval: float, path: Path | None = None) -> tuple[np
     Values outside ``0..maxval`` are refused, never clipped: clipping would change pixel values silently.
     """
     if arr.size and (arr.min() < 0 or arr.max() > maxval):
-        raise UserError(f"{path}: pixel values {arr.min()}..{arr.max()} lie outside the 0..{maxval:g} range of a "
-                        f"{'16' if maxval > 255 else '8'}-bit image, which would be clipped; export it as unsigned 8- or 16-bit")
+        raise CorruptImage(f"{path}: pixel values {arr.min()}..{arr.max()} lie outside the 0..{maxval:g} range of a "
+                        f"{'16' if maxval > 255 else '8'}-bit image, which would be clipped; export it as unsigned 8- or 16-bit", value=path)
     x = arr.astype(np.float32) / np.float32(maxval)
     if x.ndim == 2:
         x = x[:, :, None]
@@ -304,7 +304,7 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
     with _open_regular(path) as f:
         head = f.read(_HEAD_BYTES)
         if not head:
-            raise UserError(f"{path}: empty file (0 bytes), not a readable image; re-export or remove it")
+            raise EmptyFile(f"{path}: empty file (0 bytes), not a readable image; re-export or remove it", value=path)
         if head[128:132] == b"DICM":
             from meddeblur.dicom import read_dicom  # pydicom is imported only for DICOM files
 
@@ -340,11 +340,11 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
             if opened is None:
                 kind = _unsupported_kind(head)
                 if kind is not None:
-                    raise UserError(f"{path}: is {kind}, which meddeblur does not read; convert it to PNG or TIFF")
+                    raise UnsupportedFormat(f"{path}: is {kind}, which meddeblur does not read; convert it to PNG or TIFF", value=path)
                 if head.startswith(_SIGNATURES):
                     # e.g. a TIFF cut short loses the directory at its end, so Pillow cannot identify it.
-                    raise UserError(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it")
-                raise UserError(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP/DICOM expected); convert it or remove it")
+                    raise CorruptImage(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it", value=path)
+                raise UnsupportedFormat(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP/DICOM expected); convert it or remove it", value=path)
             with opened as im:
                 return _decode(path, f, im, min_size, max_pixels)
 
@@ -402,8 +402,8 @@ def _decode(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels
             # The pixels are decoded by tifffile; Pillow's header still gives orientation and ICC profile.
             return _finish(path, im, fmt, arr, maxval, grayscale, depth)
         if mode == "F":
-            raise UserError(f"{path}: 32-bit floating-point images are not supported (no fixed value range to map back "
-                            "to); export as 8- or 16-bit unsigned integers")
+            raise UnsupportedFormat(f"{path}: 32-bit floating-point images are not supported (no fixed value range to map back "
+                            "to); export as 8- or 16-bit unsigned integers", value=path)
         # The header only was parsed so far; a truncated or corrupt body fails here.
         im.load()
         if mode in _GRAY16_MODES:
@@ -414,16 +414,16 @@ def _decode(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels
         f.seek(0)
         arr = _decode_16bit_cv2(f.read())
         if arr is None or arr.shape[:2] != (height, width):
-            raise UserError(f"{path}: cannot decode 16-bit image (truncated or corrupt); re-export or remove it")
+            raise CorruptImage(f"{path}: cannot decode 16-bit image (truncated or corrupt); re-export or remove it", value=path)
         # Pillow reports 16-bit grey+alpha PNGs as RGBA; the raw mode still says LA.
         return _finish(path, im, fmt, arr, 65535.0, rawmode.startswith(("LA", "L;")), 16)
     except UserError:
         raise
     except MemoryError:
-        raise UserError(f"{path}: ran out of memory decoding this {width}x{height} image (corrupt, or too large for this "
-                        "machine); re-export or downscale it") from None
+        raise CorruptImage(f"{path}: ran out of memory decoding this {width}x{height} image (corrupt, or too large for this "
+                        "machine); re-export or downscale it", value=path) from None
     except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors...
-        raise UserError(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it") from None
+        raise CorruptImage(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it", value=path) from None
 
 
 def _orientation(im: Image.Image) -> int:
@@ -515,12 +515,11 @@ def _first_tiff_page(path: Path, f: IO[bytes]) -> Iterator[Any]:
 def _check_size(path: Path, width: int, height: int, min_size: int, max_pixels: int) -> None:
     """Refuse, from the header, an image smaller than ``min_size`` or with more than ``max_pixels`` pixels."""
     if width < min_size or height < min_size:
-        raise UserError(f"{path}: image is {width}x{height}, smaller than {min_size} px; use a larger image")
+        raise TooSmall(f"{path}: image is {width}x{height}, smaller than {min_size} px; use a larger image", value=path)
     if width * height > max_pixels:
-        raise UserError(
+        raise TooLarge(
             f"{path}: image is {width}x{height} ({width * height:,} pixels), more than the {max_pixels:,} "
-            "this tool decodes; downscale or tile it first"
-        )
+            "this tool decodes; downscale or tile it first", value=path)
 
 
 def _tiff_without_pillow(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> LoadedImage | None:
@@ -538,9 +537,9 @@ def _tiff_without_pillow(path: Path, f: IO[bytes], min_size: int, max_pixels: in
     except UserError:
         raise
     except MemoryError:
-        raise UserError(f"{path}: ran out of memory decoding this {width}x{height} image; re-export or downscale it") from None
+        raise CorruptImage(f"{path}: ran out of memory decoding this {width}x{height} image; re-export or downscale it", value=path) from None
     except Exception:
-        raise UserError(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it") from None
+        raise CorruptImage(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it", value=path) from None
     orientation = int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
     return _finish(path, None, "TIFF", arr, maxval, grayscale, depth, orientation, bytes(icc) if icc else None)
 
@@ -555,34 +554,34 @@ def _decode_tiff(path: Path, f: IO[bytes], width: int, height: int) -> tuple[np.
         bits = int(page.bitspersample)
         kind = np.dtype(page.dtype).kind if page.dtype is not None else "?"
         if kind == "f":
-            raise UserError(f"{path}: {bits}-bit floating-point TIFF is not supported (no fixed value range to map back "
-                            "to); export it as 8- or 16-bit unsigned integers")
+            raise UnsupportedFormat(f"{path}: {bits}-bit floating-point TIFF is not supported (no fixed value range to map back "
+                            "to); export it as 8- or 16-bit unsigned integers", value=path)
         if kind == "i":
-            raise UserError(f"{path}: signed {bits}-bit integer TIFF is not supported (negative values would be lost); "
-                            "export it as unsigned 8- or 16-bit")
+            raise UnsupportedFormat(f"{path}: signed {bits}-bit integer TIFF is not supported (negative values would be lost); "
+                            "export it as unsigned 8- or 16-bit", value=path)
         if kind != "u" or bits not in (8, 16):
-            raise UserError(f"{path}: {bits}-bit TIFF is not supported (8- and 16-bit unsigned samples are kept exactly); "
-                            "export it as 8- or 16-bit")
+            raise UnsupportedFormat(f"{path}: {bits}-bit TIFF is not supported (8- and 16-bit unsigned samples are kept exactly); "
+                            "export it as 8- or 16-bit", value=path)
         photometric = int(page.photometric)
         extras = len(page.extrasamples or ())
         colours = int(page.samplesperpixel) - extras
         allowed = {0: 1, 1: 1, 2: 3, 5: 4}
         if allowed.get(photometric) != colours or extras > 1:
             name = _TIFF_PHOTOMETRIC.get(photometric, str(photometric))
-            raise UserError(f"{path}: {bits}-bit TIFF with photometric {name}, {colours} colour and {extras} extra "
-                            "channel(s) is not supported (grey, RGB or CMYK, each with optional alpha, are); convert it to RGB")
+            raise UnsupportedFormat(f"{path}: {bits}-bit TIFF with photometric {name}, {colours} colour and {extras} extra "
+                            "channel(s) is not supported (grey, RGB or CMYK, each with optional alpha, are); convert it to RGB", value=path)
         arr = page.asarray()
         axes = page.axes
         associated = extras == 1 and int(page.extrasamples[0]) == 1
     if axes == "SYX":
         arr = np.moveaxis(arr, 0, -1)
     elif axes not in ("YXS", "YX"):
-        raise UserError(f"{path}: TIFF page layout {axes} is not supported; export it as a plain 2-D image")
+        raise UnsupportedFormat(f"{path}: TIFF page layout {axes} is not supported; export it as a plain 2-D image", value=path)
     if arr.shape[:2] != (height, width):
-        raise UserError(f"{path}: cannot decode TIFF (pixel data does not match the header); re-export or remove it")
+        raise CorruptImage(f"{path}: cannot decode TIFF (pixel data does not match the header); re-export or remove it", value=path)
     maxval = float(2 ** bits - 1)
     if arr.dtype != (np.uint16 if bits == 16 else np.uint8):
-        raise UserError(f"{path}: cannot decode TIFF ({arr.dtype} samples for {bits} bits); re-export or remove it")
+        raise CorruptImage(f"{path}: cannot decode TIFF ({arr.dtype} samples for {bits} bits); re-export or remove it", value=path)
     if photometric == 0:  # MINISWHITE: 0 is white
         top = np.iinfo(arr.dtype).max
         arr = top - arr if arr.ndim == 2 else np.dstack([top - arr[:, :, 0], arr[:, :, 1:]])
@@ -605,7 +604,7 @@ def _checked(path: Path, image: LoadedImage, size: tuple[int, int]) -> LoadedIma
     if image.alpha is not None:
         ok = ok and image.alpha.shape == (height, width) and image.alpha.dtype == np.float32
     if not ok:
-        raise UserError(f"{path}: cannot decode image (inconsistent pixel data); re-export or remove it")
+        raise CorruptImage(f"{path}: cannot decode image (inconsistent pixel data); re-export or remove it", value=path)
     return image
 
 
@@ -975,8 +974,9 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     """
     folder = Path(folder)
     if not folder.is_dir():
-        what = "not a folder" if folder.exists() else "no such folder"
-        raise UserError(f"{folder}: {what}; give a folder of images")
+        if not folder.exists():
+            raise NotFound(f"{folder}: no such folder; give a folder of images", value=folder)
+        raise UserError(f"{folder}: not a folder; give a folder of images", value=folder)
     try:
         entries = list(folder.iterdir())
     except PermissionError:
@@ -988,7 +988,7 @@ def list_images(folder: str | os.PathLike[str]) -> list[Path]:
     files = [p for p in candidates if p.suffix.lower() in IMAGE_EXTENSIONS and not p.is_dir()]
     files.sort(key=lambda p: p.name)
     if not files:
-        raise UserError(f"{folder}: no images (png/jpg/jpeg/tif/tiff/bmp/dcm) found; check the folder")
+        raise NotFound(f"{folder}: no images (png/jpg/jpeg/tif/tiff/bmp/dcm) found; check the folder", value=folder)
     return files
 
 

@@ -27,10 +27,10 @@ from typing import Iterator
 import torch
 
 from meddeblur import __version__
-from meddeblur.errors import UserError
+from meddeblur.errors import CorruptFile, UnsupportedFormat, UserError, require
 from meddeblur.io import atomic_write, check_regular_file
 
-__all__ = ["DEFAULT_OPSET", "export_onnx", "OnnxModel"]
+__all__ = ["DEFAULT_OPSET", "export_onnx", "OnnxModel", "open_onnx"]
 
 #: The opset PyTorch's exporter targets natively; others go through ONNX's version converter.
 DEFAULT_OPSET = 18
@@ -63,6 +63,8 @@ def export_onnx(model: str | Path | None, out: str | os.PathLike[str], opset: in
 
     from meddeblur.models import load_model, size_multiple, weights_id
 
+    for module in ("onnx", "onnxscript"):
+        require(module, "exporting a model to ONNX")
     network, config, weights = load_model(model, "cpu")
     multiple = size_multiple(config)
     # Batch 2 and unequal sides so that no dimension can be specialised to the example's value.
@@ -103,6 +105,7 @@ class OnnxModel:
     """
 
     def __init__(self, path: str | os.PathLike[str], threads: int | None = None) -> None:
+        require("onnxruntime", "running an ONNX model")
         import onnxruntime as ort
 
         self.path = check_regular_file(path)
@@ -115,21 +118,21 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             detail = " ".join(str(exc).split())[:120]
-            raise UserError(f"{self.path}: not a loadable ONNX model ({detail}); export one with meddeblur export") from None
+            raise CorruptFile(f"{self.path}: not a loadable ONNX model ({detail}); export one with meddeblur export", value=self.path) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = [key for key in _META if key not in meta]
         if missing:
-            raise UserError(f"{self.path}: ONNX model without meddeblur metadata ({missing[0]}); export it with meddeblur export")
+            raise UnsupportedFormat(f"{self.path}: ONNX model without meddeblur metadata ({missing[0]}); export it with meddeblur export", value=self.path)
         try:
             self.config = json.loads(meta["meddeblur_config"])
             self.size_multiple = int(meta["meddeblur_size_multiple"])
         except (ValueError, TypeError):
-            raise UserError(f"{self.path}: ONNX model with damaged meddeblur metadata; export it again with meddeblur export") from None
+            raise CorruptFile(f"{self.path}: ONNX model with damaged meddeblur metadata; export it again with meddeblur export", value=self.path) from None
         self.weights_id = meta["meddeblur_weights_id"]
         self.metadata = dict(meta)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise UserError(f"{self.path}: ONNX model does not take one (N, C, H, W) image; export it with meddeblur export")
+            raise UnsupportedFormat(f"{self.path}: ONNX model does not take one (N, C, H, W) image; export it with meddeblur export", value=self.path)
         self._input, self._output = inputs[0].name, self.session.get_outputs()[0].name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -139,3 +142,16 @@ class OnnxModel:
     def describe(self) -> str:
         """``arch width N``, as the provenance names a model."""
         return f"{self.config.get('arch', '?')} width {self.config.get('width', '?')}"
+
+
+def open_onnx(model: str | Path | None) -> OnnxModel:
+    """``model`` run by ONNX Runtime: an ``.onnx`` file as it is; weights (run folder, ``.safetensors``, None: the
+    shipped model) exported to a temporary file first (seconds to a minute; ``meddeblur export`` once is cheaper)."""
+    import tempfile
+
+    if model is not None and str(model).lower().endswith(".onnx"):
+        return OnnxModel(model)
+    with tempfile.TemporaryDirectory(prefix="meddeblur-onnx-") as folder:
+        exported = Path(folder) / "model.onnx"
+        export_onnx(model, exported)
+        return OnnxModel(exported)  # the session holds the whole graph: the file may go

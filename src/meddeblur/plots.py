@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from meddeblur.errors import require
+
+require("matplotlib", "drawing figures (train's curves, evaluate's and demo's comparisons)")
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402

@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from meddeblur.errors import UserError
+from meddeblur.errors import CorruptFile, NotFound, UnsupportedFormat, UserError
 from meddeblur.io import atomic_path, atomic_write
 from meddeblur.models.attention_unet import AttentionUNet
 from meddeblur.models.flops import count_flops as count_flops  # re-exported
@@ -158,15 +158,15 @@ def resolve_weights(model: str | Path | None = None) -> Path:
     """Map ``--model`` (a run folder or a .safetensors file; ``None``: the shipped model) to the weights file."""
     if model is None:
         if not DEFAULT_WEIGHTS.is_file():
-            raise UserError(f"{DEFAULT_WEIGHTS}: the shipped model is missing from this installation; reinstall meddeblur or pass --model")
+            raise NotFound(f"{DEFAULT_WEIGHTS}: the shipped model is missing from this installation; reinstall meddeblur or pass --model", value=DEFAULT_WEIGHTS)
         return DEFAULT_WEIGHTS
     path = Path(model)
     if path.is_dir():
         path = path / BEST_WEIGHTS
         if not path.is_file():
-            raise UserError(f"{path}: run folder has no {BEST_WEIGHTS}; finish or resume training, or pass a .safetensors file")
+            raise NotFound(f"{path}: run folder has no {BEST_WEIGHTS}; finish or resume training, or pass a .safetensors file", value=path)
     elif not path.exists():
-        raise UserError(f"{path}: no such model; pass a run folder or a .safetensors weights file")
+        raise NotFound(f"{path}: no such model; pass a run folder or a .safetensors weights file", value=path)
     return path
 
 
@@ -191,25 +191,25 @@ def _read_config(path: Path) -> ModelConfig:
         if sidecar.is_file():
             return ModelConfig.from_dict(json.loads(sidecar.read_text())["config"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: not a meddeblur weights file ({exc}); pass a .safetensors written by meddeblur train") from None
-    raise UserError(f"{path}: weights carry no model config and {sidecar.name} is missing; keep the .json written beside it")
+        raise CorruptFile(f"{path}: not a meddeblur weights file ({exc}); pass a .safetensors written by meddeblur train", value=path) from None
+    raise CorruptFile(f"{path}: weights carry no model config and {sidecar.name} is missing; keep the .json written beside it", value=path)
 
 
 def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, Path]:
     """Load ``--model`` (run folder or .safetensors; ``None``: the shipped model) in eval mode: (network, config, weights path)."""
     path = resolve_weights(model)
     if path.suffix != ".safetensors":
-        raise UserError(f"{path}: weights must be a .safetensors file written by meddeblur (pickled checkpoints are not loaded)")
+        raise UnsupportedFormat(f"{path}: weights must be a .safetensors file written by meddeblur (pickled checkpoints are not loaded)", value=path)
     config = _read_config(path)
     network = build_model(config)
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as exc:
-        raise UserError(f"{path}: cannot read weights ({exc}); the file is corrupt, re-export it") from None
+        raise CorruptFile(f"{path}: cannot read weights ({exc}); the file is corrupt, re-export it", value=path) from None
     try:
         network.load_state_dict(state)
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        raise UserError(f"{path}: weights do not fit {config.arch} width {config.width} ({detail}); use the .json written with these weights") from None
+        raise CorruptFile(f"{path}: weights do not fit {config.arch} width {config.width} ({detail}); use the .json written with these weights", value=path) from None
     return network.to(device).eval(), config, path

@@ -22,7 +22,8 @@ from starlette.requests import ClientDisconnect
 
 from meddeblur import __version__
 from meddeblur.server.card import model_card
-from meddeblur.server.engine import Deadline, InferencePool, QueueFull, ServedModel, UploadGate, load_served_model
+from meddeblur.deblurrer import Deblurrer
+from meddeblur.server.engine import Deadline, InferencePool, QueueFull, UploadGate, load_served_model
 from meddeblur.server.imaging import OUTPUT_FORMATS, UploadError, deblur_upload, display_name
 from meddeblur.server.settings import ServerSettings
 from meddeblur.server.security import Guard
@@ -95,13 +96,16 @@ def _add_error_handlers(app: FastAPI) -> None:
         return _error(500, f"internal error ({type(exc).__name__}); the server keeps running, please report this")
 
 
-def create_app(settings: ServerSettings | None = None, model: ServedModel | None = None) -> FastAPI:
-    """The application for one worker process; loads the model now (once) unless ``model`` is given."""
+def create_app(settings: ServerSettings | None = None, model: Deblurrer | None = None) -> FastAPI:
+    """The application for one worker process; loads the model now (once) unless ``model`` is given.
+
+    Requests are deblurred with ``model``'s tiling (:func:`load_served_model` takes it from ``settings``).
+    """
     settings = (settings or ServerSettings()).validate()
-    served = model or load_served_model(settings.model, settings.device)
+    served = model or load_served_model(settings.model, settings.device, settings.tile, settings.overlap)
     pool = InferencePool(settings.threads, settings.queue)
     uploads = UploadGate(settings.max_uploads, settings.body_timeout)
-    card = model_card(served.config, served.weights_path, served.model_id)
+    card = model_card(served.config, served.weights, served.model_id)
     page = resources.files("meddeblur.server").joinpath("page.html").read_text(encoding="utf-8")
 
     @contextlib.asynccontextmanager
@@ -162,8 +166,7 @@ def create_app(settings: ServerSettings | None = None, model: ServedModel | None
         deadline = Deadline(settings.deadline, pool)
         async with slot:
             name = display_name(filename)
-            result = await slot.run(deblur_upload, served, upload, name, format, settings.max_pixels,
-                                    settings.tile, settings.overlap, settings.jpeg_quality, deadline)
+            result = await slot.run(deblur_upload, served, upload, name, format, settings.max_pixels, settings.jpeg_quality, deadline)
         total_ms = (time.perf_counter() - started) * 1000
         stem = name.rsplit(".", 1)[0] if "." in name else name
         suffix = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "BMP": "bmp"}[result.format]

@@ -18,40 +18,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
-from torch import nn
-
-from meddeblur.models import ModelConfig, load_model, size_multiple, weights_id
+from meddeblur.deblurrer import Deblurrer
 
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class ServedModel:
-    """A network in eval mode plus what identifies it to clients."""
-
-    network: nn.Module
-    config: ModelConfig
-    weights_path: Path
-    model_id: str  # content hash of the weights file
-    device: torch.device
-
-    @property
-    def multiple(self) -> int:
-        return size_multiple(self.config)
-
-
-def load_served_model(model: str | None, device: str = "auto") -> ServedModel:
-    """Load ``--model`` (``None``: the shipped model) once; :class:`UserError` when it cannot be."""
-    from meddeblur.device import pick_device
-
-    torch_device = pick_device(device)
-    network, config, path = load_model(model, torch_device)
-    return ServedModel(network, config, path, weights_id(path), torch_device)
+def load_served_model(model: str | None, device: str = "auto", tile: int = 1024, overlap: int = 128) -> Deblurrer:
+    """Load ``--model`` (``None``: the shipped model) once, with the tiling every request uses; :class:`UserError` when it cannot be."""
+    return Deblurrer.load(model, "torch", device, tile, overlap)
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

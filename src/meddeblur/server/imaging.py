@@ -13,11 +13,11 @@ from typing import IO
 
 import numpy as np
 
-from meddeblur.errors import UserError
-from meddeblur.infer import FORMAT_SUFFIXES, deblur_array
+from meddeblur.errors import CorruptImage, EmptyFile, InvalidOption, MissingExtra, TooLarge, TooSmall, UnsupportedFormat, UserError
+from meddeblur.deblurrer import Deblurrer
+from meddeblur.infer import FORMAT_SUFFIXES
 from meddeblur.io import LoadedImage, read_image, write_image
-from meddeblur.provenance import make_record
-from meddeblur.server.engine import Deadline, ServedModel
+from meddeblur.server.engine import Deadline
 
 #: ``?format=`` values and what is answered for them.
 OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "tiff": "TIFF", "tif": "TIFF", "bmp": "BMP"}
@@ -61,16 +61,14 @@ def display_name(filename: str | None) -> str:
     return name or "upload"
 
 
-def _status_for(message: str) -> int:
-    """HTTP status for a :func:`read_image` refusal (tests pin each case)."""
-    if "empty file" in message:  # (its message also says "not a readable image")
-        return 400
-    if "this tool decodes" in message:  # more pixels than --max-pixels: a decompression bomb, or just too large
-        return 413
-    if any(words in message for words in ("does not read", "not a readable image", "not supported", "this installation cannot decode",
-                                            "holds no (integer) Pixel Data")):
-        return 415  # a file type or variant (GIF, float, multi-frame DICOM, ...) this tool does not handle
-    return 422  # truncated, corrupt, smaller than 16 px
+#: HTTP status per :mod:`meddeblur.errors` class of a refused upload; the most specific class present wins.
+STATUSES: dict[type[UserError], int] = {EmptyFile: 400, InvalidOption: 400, TooLarge: 413, UnsupportedFormat: 415, MissingExtra: 415,
+                                        CorruptImage: 422, TooSmall: 422}
+
+
+def status_for(error: UserError) -> int:
+    """HTTP status for a :func:`read_image` refusal: by class (:data:`STATUSES`), 422 for any other user error."""
+    return next((STATUSES[cls] for cls in type(error).__mro__ if cls in STATUSES), 422)
 
 
 def decode_upload(path: Path, name: str, max_pixels: int) -> LoadedImage:
@@ -80,7 +78,7 @@ def decode_upload(path: Path, name: str, max_pixels: int) -> LoadedImage:
             return read_image(path, max_pixels=max_pixels)
     except UserError as error:
         message = " ".join(str(error).replace(str(path), name).split())
-        raise UploadError(_status_for(message), message) from None
+        raise UploadError(status_for(error), message) from None
 
 
 def output_format(requested: str | None, source: LoadedImage) -> str:
@@ -112,8 +110,8 @@ def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: di
         return target.read_bytes(), bit_depth
 
 
-def deblur_upload(model: ServedModel, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,
-                  tile: int, overlap: int, jpeg_quality: int, deadline: Deadline | None = None) -> Deblurred:
+def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,
+                  jpeg_quality: int, deadline: Deadline | None = None) -> Deblurred:
     """The whole job of one request, run on a pool thread: decode, deblur, encode; closes ``upload``.
 
     With a ``deadline``, a job that waited past it, whose image is expected to end past it, or
@@ -137,11 +135,9 @@ def deblur_upload(model: ServedModel, upload: IO[bytes], name: str, requested_fo
     if deadline is not None:
         deadline.check_estimate(pixels)
     began = time.perf_counter()
-    restored = deblur_array(model.network, source.rgb, model.device, tile=tile, overlap=overlap, multiple=model.multiple,
-                            before_tile=deadline.check if deadline is not None else None)
+    restored = model.deblur_rgb(source.rgb, before_tile=deadline.check if deadline is not None else None)
     if deadline is not None:
         deadline.pool.record(pixels, time.perf_counter() - began)
-    record = make_record(model.model_id, f"{model.config.arch} width {model.config.width}", "torch", {"tile": tile, "overlap": overlap})
-    data, bit_depth = encode_output(restored, source, fmt, record, jpeg_quality)
+    data, bit_depth = encode_output(restored, source, fmt, model.provenance, jpeg_quality)
     height, width = source.rgb.shape[:2]
     return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started)

@@ -63,7 +63,7 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
               f"(API docs: /docs)", flush=True)
         uvicorn.run(app, **options)
         return
-    served = load_served_model(settings.model, settings.device)  # fail here, once, rather than in every worker
+    served = load_served_model(settings.model, settings.device, settings.tile, settings.overlap)  # fail here, once, rather than in every worker
     print(f"meddeblur serve: model {served.model_id} ({served.config.arch}) on http://{host}:{port}/ with "
           f"{settings.workers} worker processes (API docs: /docs)", flush=True)
     del served
