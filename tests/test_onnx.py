@@ -10,7 +10,8 @@ import torch
 
 from meddeblur.cli import main
 from meddeblur.errors import UserError
-from meddeblur.infer import deblur_array, open_engine
+from meddeblur.deblurrer import Deblurrer
+from meddeblur.infer import deblur_array
 from meddeblur.io import read_image, write_image
 from meddeblur.models import (
     ModelConfig,
@@ -100,7 +101,8 @@ def test_cli_deblur_with_onnx_file_and_info(exported, tmp_path: Path, capsys, on
 
 def test_engine_onnx_exports_on_the_fly(tmp_path: Path, one_thread) -> None:
     weights = _random_weights("attention-unet", tmp_path / "m.safetensors")
-    runner, multiple, record = open_engine("onnx", weights, None, "cpu", {"tile": 0})
+    deblurrer = Deblurrer.load(weights, engine="onnx", device="cpu", tile=0)
+    runner, multiple, record = deblurrer._network, deblurrer.size_multiple, deblurrer.provenance
     network = load_model(weights)[0]
     rgb = np.random.default_rng(2).random((20, 33, 3), dtype=np.float32)
     assert np.abs(deblur_array(runner, rgb, multiple=multiple) - deblur_array(network, rgb, multiple=multiple)).max() <= TOLERANCE
