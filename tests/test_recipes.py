@@ -229,3 +229,21 @@ def test_default_recipe_trains_from_init_and_resumes_exactly(sharp_dir, tmp_path
     assert main([*common, "--lr", "1e-12", "--out", str(still)]) == 0
     start, kept = load_file(str(init)), load_file(str(still / "best.safetensors"))
     assert all(torch.allclose(start[k], kept[k], atol=1e-6) for k in start)
+
+
+def test_default_recipe_trains_under_torchrun(sharp_dir, tmp_path):
+    """NAFNet has no BatchNorm: the CPU path that averages BatchNorm statistics across processes must cope."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    run = tmp_path / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port),
+               "-m", "meddeblur", "train", "--sharp", str(sharp_dir), "--out", str(run), "--steps", "2", *TINY_DEFAULT]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run / "best.safetensors").is_file() and "2 processes" in (run / "train.log").read_text()

@@ -185,6 +185,8 @@ def average_batchnorm_stats(model: nn.Module) -> None:
     if not dist.is_initialized():
         return
     buffers = [b for name, b in model.named_buffers() if name.endswith(("running_mean", "running_var"))]
+    if not buffers:  # no BatchNorm (NAFNet): nothing to average
+        return
     flat = torch.cat([b.reshape(-1) for b in buffers]).to(_comm_device())
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     flat /= world_size()
