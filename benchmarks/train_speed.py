@@ -147,7 +147,7 @@ def markdown(result: dict) -> str:
         gain = current["val"]["val mix"]["psnr"] - former["val"]["val mix"]["psnr"]
         lines += ["", f"Default recipe − former recipe on the val mix: **{gain:+.2f} dB** (target ≥ +1 dB)."]
     if "parallel" in result:
-        lines += ["", "## Using both cores (default recipe, wall clock, idle machine)", "", "| setup | steps | samples / s |", "|---|---|---|"]
+        lines += ["", "## Using both cores (default recipe, wall clock incl. one validation round, otherwise idle machine)", "", "| setup | steps | samples / s |", "|---|---|---|"]
         for label, row in result["parallel"].items():
             lines.append(f"| {label} | {row['steps']} | {row['samples_per_second']:.2f} |")
     return "\n".join(lines) + "\n"
