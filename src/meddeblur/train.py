@@ -157,15 +157,26 @@ class Diverged(ArithmeticError):
         self.step, self.loss = step, loss
 
 
-def _epoch_loader(dataset: PairDataset, batch: int, seed: int, epoch: int, shuffle: bool) -> DataLoader:
+def _epoch_loader(dataset: PairDataset, batch: int, seed: int, epoch: int, shuffle: bool, drop_single: bool = False) -> DataLoader:
     dataset.set_epoch(epoch)
     if ddp.world_size() > 1:
         return ddp.sharded_train_loader(dataset, batch, seed, epoch) if shuffle else ddp.sharded_eval_loader(dataset, batch)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    # BatchNorm cannot normalise a training batch of one image: such a last batch is left out (its image is
-    # drawn again in later epochs); evaluation uses running statistics and keeps every image.
-    drop_last = shuffle and len(dataset) > 1 and len(dataset) % batch == 1
+    # ``drop_single``: the network's BatchNorm would see one value per channel in a last training batch of one
+    # image (1×1 bottleneck), which it cannot normalise; that batch is left out (its image is drawn again in
+    # later epochs). Evaluation uses running statistics and keeps every image.
+    drop_last = drop_single and shuffle and _drops_last(len(dataset), batch)
     return DataLoader(dataset, batch_size=batch, shuffle=shuffle, generator=generator, num_workers=0, drop_last=drop_last)
+
+
+def _drops_last(samples: int, batch: int) -> bool:
+    return samples > 1 and samples % batch == 1
+
+
+def _needs_drop_single(config: ModelConfig, options: TrainOptions) -> bool:
+    """BatchNorm networks whose training images shrink to 1×1 at the bottleneck (sides below 32 px)."""
+    side = options.size or options.crop or 0
+    return config.arch.startswith("attention-unet") and side < 32
 
 
 def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.device, optimizer=None, desc: str = "",
@@ -174,7 +185,7 @@ def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.devi
 
     PSNR and SSIM are means over the images that were degraded; an image whose input equals its
     target (the ``none`` share) is scored apart as ``sharp_psnr``: PSNR(output, input), how well the
-    network leaves a sharp image alone (NaN when there is none). ``scaler`` (fp16 autocast only)
+    network leaves a sharp image alone (absent when there is none). ``scaler`` (fp16 autocast only)
     scales the loss before backward; ``control`` (cosine recipe) clips, sets the learning rate,
     updates the EMA and ends the pass early when the budget is spent. Raises :class:`Diverged`
     before stepping on a NaN/Inf loss.
@@ -229,8 +240,8 @@ def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.devi
             bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", psnr=f"{totals['psnr'] / max(degraded, 1):.2f}")
     *sums, seen, degraded = ddp.all_reduce_sum([*totals.values(), seen, degraded])
     loss, psnr_sum, ssim_sum, sharp_sum = sums
-    return {"loss": loss / max(seen, 1), "psnr": psnr_sum / degraded if degraded else math.nan,
-            "ssim": ssim_sum / degraded if degraded else math.nan, "sharp_psnr": sharp_sum / (seen - degraded) if seen > degraded else math.nan}
+    stats = {"loss": loss / max(seen, 1), "psnr": psnr_sum / degraded if degraded else math.nan, "ssim": ssim_sum / degraded if degraded else math.nan}
+    return {**stats, "sharp_psnr": sharp_sum / (seen - degraded)} if seen > degraded else stats
 
 
 # --------------------------------------------------------------------------- run folder files
@@ -322,9 +333,9 @@ def _prepare_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
         raise UserError(f"{run}: already holds a run; continue it with --resume {run} or choose another --out")
     pairs, skipped = check_pairs(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), options.skip_bad)
     split = split_names([p.name for p in pairs], seed=options.seed)
-    if options.arch.startswith("attention-unet") and len(split["train"]) < 2 and not options.epoch_steps:
-        raise UserError(f"{len(pairs)} image(s) leave {len(split['train'])} for training: {options.arch} uses BatchNorm, which needs "
-                        "at least 2 images per batch; add images or use --arch nafnet")
+    if options.arch.startswith("attention-unet") and (options.size or options.crop or 0) < 32 and len(split["train"]) < 2 and not options.epoch_steps:
+        raise UserError(f"{len(pairs)} image(s) leave {len(split['train'])} for training: {options.arch} uses BatchNorm, which cannot "
+                        "normalise one image shrunk to 1×1; add images, a --size of at least 32, or use --arch nafnet")
     run.mkdir(parents=True, exist_ok=True)
     write_split(run / SPLIT_FILE, split, options.seed)
     with atomic_write(run / RUN_FILE, "w") as fh:
@@ -515,7 +526,8 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         desc = f"epoch {epoch}/{options.epochs}"
         kept = f"last good checkpoint {run / CHECKPOINT} kept" if state is not None or epoch > 1 else "no checkpoint written yet"
         try:
-            train_stats = run_epoch(model, loss_fn, _epoch_loader(train_set, options.batch, options.seed, epoch, True), device, optimizer, desc,
+            loader = _epoch_loader(train_set, options.batch, options.seed, epoch, True, _needs_drop_single(config, options))
+            train_stats = run_epoch(model, loss_fn, loader, device, optimizer, desc,
                                     **step_options)
         except Diverged as error:
             raise UserError(f"training diverged at epoch {epoch} step {error.step} (loss {error.loss}); {kept} — lower --lr or check the data") from None
@@ -528,11 +540,12 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         lr = optimizer.param_groups[0]["lr"]
         if control is None:
             scheduler.step(val_stats["loss"])
-        batches = len(train_set) // options.batch if len(train_set) > 1 and len(train_set) % options.batch == 1 else math.ceil(len(train_set) / options.batch)
+        batches = (len(train_set) // options.batch if _needs_drop_single(config, options) and _drops_last(len(train_set), options.batch)
+                   else math.ceil(len(train_set) / options.batch))
         steps = (int(history[-1]["steps"] or 0) if history else 0) + batches if control is None else control.step
         row = {"epoch": epoch, "steps": steps, "lr": lr, **{f"train_{k}": train_stats[k] for k in ("loss", "psnr", "ssim")},
                **{f"val_{k}": val_stats[k] for k in ("loss", "psnr", "ssim")}, "val_input_psnr": baseline["psnr"],
-               "val_sharp_psnr": val_stats["sharp_psnr"], "seconds": round(time.perf_counter() - started, 3),
+               "val_sharp_psnr": val_stats.get("sharp_psnr", math.nan), "seconds": round(time.perf_counter() - started, 3),
                "cpu_seconds": round(time.process_time() - cpu_started, 3)}
         history.append(row)
         if control is not None:  # the budget counts validation and checkpoints too, as --max-minutes does
@@ -547,8 +560,8 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
                 "control": control.state_dict() if control is not None else {},
             })
             _publish(run, scored, config, history, epoch if improved else None)
-        sharp = f", sharp inputs kept at {val_stats['sharp_psnr']:.2f} dB" if math.isfinite(val_stats["sharp_psnr"]) else ""
-        log(f"epoch {epoch} (step {steps}): loss {train_stats['loss']:.4f}/{val_stats['loss']:.4f} (train/val), "
+        sharp = f", sharp inputs kept at {val_stats['sharp_psnr']:.2f} dB" if "sharp_psnr" in val_stats else ""
+        log(f"epoch {epoch}: step {steps}, loss {train_stats['loss']:.4f}/{val_stats['loss']:.4f} (train/val), "
             f"val PSNR {val_stats['psnr']:.2f} dB (input {baseline['psnr']:.2f}){sharp}, "
             f"val SSIM {val_stats['ssim']:.4f}, lr {lr:g}, {row['seconds']:.1f} s" + (" — best so far" if improved else ""))
         if stopper.stopped:
