@@ -1,11 +1,11 @@
 """Does ``meddeblur assess`` tell sharp dermoscopy photographs from blurred ones? ROC AUC on ISIC.
 
 A script, not a test. Every ISIC image (at its stored resolution) is scored as it is ("sharp")
-and after a Gaussian blur of σ = 1.5 px made by :func:`meddeblur.degrade.degrade` (spec
+and after a Gaussian blur of σ = 1.5 px made by :func:`meddeblur.degradation.pipeline.degrade` (spec
 ``gauss:sigma=1.5``, which ends with 8-bit quantisation like a saved photograph). The ROC AUC is
 the probability that a blurred image scores higher than a sharp one (Mann–Whitney U / n₁n₂, ties
 counting one half). Also reported: the threshold with the highest balanced accuracy (how
-``meddeblur.assess.DEFAULT_THRESHOLD`` was chosen), sensitivity and specificity at the default,
+``meddeblur.evaluation.assess.DEFAULT_THRESHOLD`` was chosen), sensitivity and specificity at the default,
 the share of pairs whose blurred version scores higher than its own original, and AUCs for
 σ = 1.0 and 2.0.
 
@@ -29,10 +29,10 @@ import numpy as np
 import torch
 from scipy.stats import mannwhitneyu
 
-from meddeblur.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD, blur_score
-from meddeblur.degrade import degrade
+from meddeblur.degradation.pipeline import degrade
 from meddeblur.device import describe_machine
-from meddeblur.io import read_image
+from meddeblur.evaluation.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD, blur_score
+from meddeblur.io.decode import read_image
 
 RESULTS = Path(__file__).parent / "results"
 ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-dermoscopy"))
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`{result['command']}` — {result['date']}, {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
         f"{len(files)} images, {seconds:.0f} s.",
         "",
-        f"Score: `meddeblur.assess.blur_score` at a long side of {ANALYSIS_SIDE} px (higher = blurrier). Blurred copies: "
+        f"Score: `meddeblur.evaluation.assess.blur_score` at a long side of {ANALYSIS_SIDE} px (higher = blurrier). Blurred copies: "
         "`degrade(images, 'gauss:sigma=σ')` at stored resolution, 8-bit quantised.",
         "",
         "| σ (px) | ROC AUC | blurred scores higher than own original |",

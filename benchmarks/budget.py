@@ -25,13 +25,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from meddeblur.data import PairDataset, select, sharp_only
-from meddeblur.degrade import parse_spec
+from meddeblur.data.pairs import PairDataset, input_scores, select, sharp_only
+from meddeblur.degradation.spec import parse_spec
 from meddeblur.device import describe_machine
-from meddeblur.evaluate import input_scores
 from meddeblur.losses import LossWeights, build_loss
 from meddeblur.models import ModelConfig, build_model, count_flops, count_parameters
-from meddeblur.train import run_epoch
+from meddeblur.training.loop import run_epoch
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))

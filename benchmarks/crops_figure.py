@@ -4,7 +4,7 @@ A script, not a test. The whole image is degraded (fixed seed) and deblurred by 
 as `meddeblur deblur` does (tiles of 1024 px, overlap 128); a window of ``--crop`` pixels is then shown
 at 100 % (one image pixel per figure pixel), with the PSNR of the whole image in each title.
 
-The committed figure is made from a GENERATED 1024×768 dermoscopy-like image (meddeblur.synthetic):
+The committed figure is made from a GENERATED 1024×768 dermoscopy-like image (meddeblur.data.synthetic):
 ISIC images and crops of them must not enter the repository. ``--image FILE`` renders any photograph
 instead; its figure goes wherever ``--out`` says (by default ``runs/``, which git ignores).
 
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddeblur.degrade import degrade, parse_spec
-from meddeblur.infer import deblur_array
-from meddeblur.io import read_rgb
+from meddeblur.data.synthetic import synthetic_dermoscopy
+from meddeblur.degradation.pipeline import degrade
+from meddeblur.degradation.spec import parse_spec
+from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.io.decode import read_rgb
 from meddeblur.metrics import psnr_ssim_numpy
-from meddeblur.models import load_model, size_multiple, weights_id
-from meddeblur.synthetic import synthetic_dermoscopy
 
 HERE = Path(__file__).resolve().parent
 FAMILIES = {"gauss σ=1.6": "gauss:sigma=1.6", "defocus r=2.5": "defocus:radius=2.5", "shake 9": "shake:extent=9",
@@ -39,7 +39,7 @@ def render(sharp: np.ndarray, model_arg: str | None, crop: int, out: Path, sourc
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    model, config, weights = load_model(model_arg)
+    deblurrer = Deblurrer.load(model_arg, device="cpu")  # tiles of 1024 px, as `meddeblur deblur` runs
     height, width = sharp.shape[:2]
     top, left = (height - crop) // 2, (width - crop) // 2
     window = (slice(top, top + crop), slice(left, left + crop))
@@ -48,7 +48,7 @@ def render(sharp: np.ndarray, model_arg: str | None, crop: int, out: Path, sourc
     tensor = torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1)))[None]
     for row, (label, spec) in enumerate(FAMILIES.items()):
         blurred = degrade(tensor, parse_spec(spec), torch.Generator().manual_seed(row))[0][0].numpy().transpose(1, 2, 0)
-        restored = deblur_array(model, blurred, multiple=size_multiple(config), tile=1024, overlap=128)
+        restored = deblurrer(blurred)
         p_in, p_out = psnr_ssim_numpy(blurred, sharp)[0], psnr_ssim_numpy(restored, sharp)[0]
         for col, (image, title) in enumerate(((blurred, f"{label}: input {p_in:.2f} dB"), (restored, f"deblurred {p_out:.2f} dB ({p_out - p_in:+.2f})"),
                                                (sharp, "sharp"))):
@@ -56,7 +56,7 @@ def render(sharp: np.ndarray, model_arg: str | None, crop: int, out: Path, sourc
             axis.imshow(np.clip(image[window], 0, 1), interpolation="nearest")
             axis.set_title(title, fontsize=7)
             axis.axis("off")
-    figure.suptitle(f"100 % crops ({crop}×{crop}) of a {width}×{height} {source}; model {weights_id(weights)}; PSNR of the whole image", fontsize=8)
+    figure.suptitle(f"100 % crops ({crop}×{crop}) of a {width}×{height} {source}; model {deblurrer.model_id}; PSNR of the whole image", fontsize=8)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=dpi)

@@ -1,4 +1,4 @@
-"""Bounded fuzzing of the image reader, ``meddeblur.io.read_image``, on files.
+"""Bounded fuzzing of the image reader, ``meddeblur.io.decode.read_image``, on files.
 
 A script, not a test. Hypothesis draws structured mutations of small valid PNG,
 JPEG, TIFF and BMP files made in memory (truncations, byte flips, spliced and
@@ -42,7 +42,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-from hypothesis import HealthCheck, Phase, given, settings, seed as hypothesis_seed
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -280,7 +281,7 @@ def worker(conn, folder: str, min_size: int, max_pixels: int, memory_gib: float)
     except (ImportError, ValueError, OSError):
         pass
     from meddeblur.errors import UserError
-    from meddeblur.io import read_image
+    from meddeblur.io.decode import read_image
 
     noise = open(os.path.join(folder, "stderr.log"), "w+b")
     os.dup2(noise.fileno(), 2)
@@ -466,7 +467,7 @@ def machine() -> dict:
 def markdown(result: dict) -> str:
     o = result["outcomes"]
     lines = [
-        "# Fuzzing `meddeblur.io.read_image`",
+        "# Fuzzing `meddeblur.io.decode.read_image`",
         "",
         f"Command: `{result['command']}`  ",
         f"Date: {result['date']}  ",
@@ -515,7 +516,7 @@ def markdown(result: dict) -> str:
 
 def replay(path: Path, min_size: int, max_pixels: int) -> int:
     from meddeblur.errors import UserError
-    from meddeblur.io import read_image
+    from meddeblur.io.decode import read_image
 
     try:
         image = read_image(path, min_size=min_size, max_pixels=max_pixels)

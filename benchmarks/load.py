@@ -3,7 +3,7 @@
 A script, not a test. Starts ``python -m meddeblur serve`` on a free loopback port (the
 shipped model, or ``--model``), warms it up, then N client threads (default 16) send
 ``--requests`` uploads (default 2,000), alternating the ``--sizes`` (default 256×256 and
-1024×768 synthetic dermoscopy-like JPEGs from ``meddeblur.synthetic``), stopping early at
+1024×768 synthetic dermoscopy-like JPEGs from ``meddeblur.data.synthetic``), stopping early at
 ``--max-seconds``. A 503 (queue full) is expected back-pressure: counted apart, the client
 waits its Retry-After (at most 2 s) and goes on to its next request without retrying.
 Anything else that is not a correct 200 image is an unexpected error.
@@ -78,7 +78,7 @@ def tree_rss_mib(pid: int) -> float:
 
 def make_images(sizes: list[tuple[int, int]]) -> dict[str, list[bytes]]:
     """JPEG uploads (what dermoscopes write), a few seeds per size. Synthetic: no patient data."""
-    from meddeblur.synthetic import synthetic_dermoscopy
+    from meddeblur.data.synthetic import synthetic_dermoscopy
 
     images: dict[str, list[bytes]] = {}
     for width, height in sizes:

@@ -106,8 +106,8 @@ def _quality_table(quality: dict, labels: tuple[str, ...]) -> list[str]:
 
 def build() -> tuple[str, dict]:
     """(MODEL_CARD.md text, model_card.json content)."""
-    from meddeblur.degrade_spec import REAL, REAL_OPS
-    from meddeblur.recipes import RECIPES
+    from meddeblur.degradation.spec import REAL, REAL_OPS
+    from meddeblur.training.recipes import RECIPES
 
     network, config, weights = load_model(None)
     model_id = weights_id(weights)
@@ -162,7 +162,7 @@ def build() -> tuple[str, dict]:
     lines += [
         "", "## Training", "",
         f"- Data: {training['data']}: 390 train images; the 111 validation images chose the weights; the 56 test images were never used.",
-        f"- Recipe `default` (`meddeblur train`, src/meddeblur/recipes.py): {recipe['crop']}-px crops of the native images at a log-uniform "
+        f"- Recipe `default` (`meddeblur train`, src/meddeblur/training/recipes.py): {recipe['crop']}-px crops of the native images at a log-uniform "
         f"down-scale {recipe['scales'][0]:g}–{recipe['scales'][1]:g}× (resampling kernel and library drawn per sample), source softened "
         f"with p = {recipe['soften']:g} and JPEG-compressed with p = {recipe['compress']:g} (the target is the softened/compressed source), "
         f"flips/rot90, then the `real` mix: {real}; each blurred image then {ops}, each with p = 0.5; 8-bit quantisation.",

@@ -1,8 +1,8 @@
 """Milliseconds per image for the two inference engines: PyTorch and ONNX Runtime (CPU).
 
 A script, not a test: run it on a quiet machine, nothing else using the cores. Each model is
-exported with ``meddeblur.onnx_engine.export_onnx`` and both engines deblur the same random image
-through ``meddeblur.infer.deblur_array`` (reflection padding to the size multiple, crop back;
+exported with ``meddeblur.inference.onnx_engine.export_onnx`` and both engines deblur the same random image
+through :class:`meddeblur.Deblurrer` (reflection padding to the size multiple, crop back;
 whole image, no tiling, as ``deblur`` does for sides up to 1024), with the same number of threads.
 Reported: the median and minimum over ``--repeats`` timed passes after one warm-up pass, and the
 largest difference between the engines' outputs.
@@ -29,9 +29,9 @@ import numpy as np
 import torch
 
 from meddeblur.device import describe_machine
-from meddeblur.infer import deblur_array
-from meddeblur.models import DEFAULT_WEIGHTS, ModelConfig, build_model, load_model, save_weights, size_multiple, weights_id
-from meddeblur.onnx_engine import OnnxModel, export_onnx
+from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.inference.onnx_engine import export_onnx
+from meddeblur.models import DEFAULT_WEIGHTS, ModelConfig, build_model, save_weights, weights_id
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_MODELS = ["default", "nafnet:16", "attention-unet:64"]
@@ -53,12 +53,12 @@ def _weights(spec: str, folder: Path) -> Path | None:
     return Path(spec)
 
 
-def _time(run, rgb: np.ndarray, multiple: int, repeats: int) -> tuple[list[float], np.ndarray]:
-    out = deblur_array(run, rgb, multiple=multiple)  # warm-up: allocations, ORT arena, oneDNN primitives
+def _time(deblurrer: Deblurrer, rgb: np.ndarray, repeats: int) -> tuple[list[float], np.ndarray]:
+    out = deblurrer(rgb)  # warm-up: allocations, ORT arena, oneDNN primitives
     durations = []
     for _ in range(repeats):
         started = time.perf_counter()
-        out = deblur_array(run, rgb, multiple=multiple)
+        out = deblurrer(rgb)
         durations.append(1000 * (time.perf_counter() - started))
     return durations, out
 
@@ -81,18 +81,18 @@ def main(argv: list[str] | None = None) -> int:
             if weights is None:
                 print(f"{spec}: no shipped model in this installation, skipped", file=sys.stderr)
                 continue
-            network, config, _ = load_model(weights)
+            # Whole images (tile=0): the engines are compared, not the tiling. ONNX Runtime gets torch's thread count.
+            in_torch = Deblurrer.load(weights, engine="torch", device="cpu", tile=0)
+            config = in_torch.config
             started = time.perf_counter()
             onnx_path = Path(tmp) / f"{weights.stem}.onnx"
             export_onnx(weights, onnx_path, opset=args.opset)
             export_s = time.perf_counter() - started
-            runner = OnnxModel(onnx_path, threads=args.threads)
-            multiple = size_multiple(config)
+            in_onnx = Deblurrer.load(onnx_path, engine="onnx", device="cpu", tile=0)
             for width, height in sizes:
                 rgb = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
-                with torch.inference_mode():
-                    torch_ms, want = _time(network, rgb, multiple, args.repeats)
-                onnx_ms, got = _time(runner, rgb, multiple, args.repeats)
+                torch_ms, want = _time(in_torch, rgb, args.repeats)
+                onnx_ms, got = _time(in_onnx, rgb, args.repeats)
                 row = {"model": spec, "arch": config.arch, "width": config.width, "model_id": weights_id(weights),
                        "size": f"{width}x{height}", "torch_ms_median": statistics.median(torch_ms), "torch_ms_min": min(torch_ms),
                        "onnx_ms_median": statistics.median(onnx_ms), "onnx_ms_min": min(onnx_ms),

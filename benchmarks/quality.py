@@ -33,18 +33,20 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import scipy.ndimage
 import torch
 
-from meddeblur.classical import METHODS, restore, tune
-from meddeblur.data import fixed_degradation, split_names, write_split
-from meddeblur.degrade import blur, parse_spec, quantize8
+from meddeblur.data.pairs import fixed_degradation, split_names, write_split
+from meddeblur.degradation.kernels import gaussian_kernel
+from meddeblur.degradation.pipeline import blur, quantize8
+from meddeblur.degradation.resampling import resize_area
+from meddeblur.degradation.spec import parse_spec
 from meddeblur.device import describe_machine
-from meddeblur.infer import deblur_array
-from meddeblur.io import list_images, read_rgb, resize_area
-from meddeblur.kernels import gaussian_kernel
-from meddeblur.metrics import gaussian_kernel1d
-from meddeblur.models import DEFAULT_WEIGHTS, load_model, size_multiple, weights_id
+from meddeblur.evaluation.classical import METHODS, restore, tune
+from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.io.decode import read_rgb
+from meddeblur.io.listing import list_images
+from meddeblur.metrics import ReferenceScorer
+from meddeblur.models import DEFAULT_WEIGHTS
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
@@ -97,46 +99,6 @@ def load_split(images: list[Path], split_path: Path = SPLIT) -> dict[str, list[s
     split = split_names(names, seed=42)
     write_split(split_path, split, 42)
     return split
-
-
-class Scorer:
-    """PSNR and SSIM of images against one target, equal to :func:`meddeblur.metrics.psnr_ssim_numpy`.
-
-    The same TF-exact float64 arithmetic, with the separable VALID Gaussian filter done by scipy and the
-    target's statistics computed once: torch's float64 depthwise convolution takes ~8 s per 1024×768
-    pair on this CPU, which made scoring, not restoring, the cost of the full-resolution protocol.
-    """
-
-    KERNEL = gaussian_kernel1d(11, 1.5, dtype=torch.float64).numpy()
-    C1, C2 = 0.01**2, 0.03**2
-
-    def __init__(self, target: np.ndarray):
-        self.target = np.asarray(target, dtype=np.float64)
-        if self.target.ndim != 3 or min(self.target.shape[:2]) < len(self.KERNEL):
-            raise ValueError(f"expected an (H, W, C) target of at least 11×11 pixels, got shape {self.target.shape}")
-        self.stats = [(self._valid(y), self._valid(y * y)) for y in self.target.transpose(2, 0, 1)]
-
-    @classmethod
-    def _valid(cls, x: np.ndarray) -> np.ndarray:
-        r = len(cls.KERNEL) // 2  # both passes along rows (contiguous), ~2× faster than along columns
-        x = scipy.ndimage.correlate1d(x, cls.KERNEL, axis=1, mode="constant")[:, r:-r]
-        x = scipy.ndimage.correlate1d(np.ascontiguousarray(x.T), cls.KERNEL, axis=1, mode="constant")[:, r:-r]
-        return x.T
-
-    def __call__(self, pred: np.ndarray) -> tuple[float, float]:
-        a = np.asarray(pred, dtype=np.float64)
-        if a.shape != self.target.shape:
-            raise ValueError(f"pred and target shapes differ: {a.shape} vs {self.target.shape}")
-        mse = np.mean((a - self.target) ** 2)
-        psnr = float(-10.0 * np.log10(mse)) if mse > 0 else float("inf")
-        per_channel = []
-        for x, y, (mu_y, e_yy) in zip(a.transpose(2, 0, 1), self.target.transpose(2, 0, 1), self.stats):
-            mu_x, e_xx, e_xy = self._valid(x), self._valid(x * x), self._valid(x * y)
-            num0 = 2.0 * mu_x * mu_y  # TF's _ssim_helper arrangement, as meddeblur.metrics.ssim
-            den0 = mu_x * mu_x + mu_y * mu_y
-            ssim_map = ((num0 + self.C1) / (den0 + self.C1)) * ((2.0 * e_xy - num0 + self.C2) / (e_xx + e_yy - den0 + self.C2))
-            per_channel.append(ssim_map.mean())
-        return psnr, float(np.mean(per_channel))
 
 
 def soft_sigma(name: str) -> float:
@@ -242,9 +204,10 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
     loaded = []
     for model in models:
         argument, name = model_label(model)
-        network, config, weights = load_model(argument, "cpu")
-        loaded.append((f"model: {name}", network, size_multiple(config),
-                       {"path": str(weights), "id": weights_id(weights), "arch": config.arch, "width": config.width}))
+        deblurrer = Deblurrer.load(argument, device="cpu", tile=0)  # whole images, as the protocols were measured
+        config = deblurrer.config
+        loaded.append((f"model: {name}", deblurrer, None,
+                       {"path": str(deblurrer.weights), "id": deblurrer.model_id, "arch": config.arch, "width": config.width}))
     rows: dict[str, dict] = {"input": {"families": {}, "seconds": 0.0}}
     for name in methods:
         rows[METHODS[name].label] = {"families": {}, "seconds": 0.0, "params": {}}
@@ -273,7 +236,7 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
             mp = sharp.shape[0] * sharp.shape[1] / 1e6
             megapixels += mp
             digest = sample_digest(n, blurred, sharp, kernel)
-            score = Scorer(sharp)
+            score = ReferenceScorer(sharp)
             scores["input"].append(score(blurred))
             for name in methods:
                 stored = entries[name]["images"].get(n)
@@ -288,9 +251,9 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
                     cache.reused += 1
                 rows[METHODS[name].label]["seconds"] += stored[3] / stored[4] * mp
                 scores[METHODS[name].label].append((stored[1], stored[2]))
-            for label, network, multiple, _ in loaded:
+            for label, deblurrer, _, _ in loaded:
                 t0 = time.perf_counter()
-                restored = deblur_array(network, blurred, multiple=multiple)
+                restored = deblurrer(blurred)
                 rows[label]["seconds"] += time.perf_counter() - t0
                 scores[label].append(score(restored))
         cache.save()

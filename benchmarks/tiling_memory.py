@@ -1,4 +1,4 @@
-"""Peak memory and time of tiled inference on a 4000×3000 image (``meddeblur.tiling.deblur_tiled``).
+"""Peak memory and time of tiled inference on a 4000×3000 image (``meddeblur.inference.tiling.deblur_tiled``).
 
 A script, not a test. Each model runs in a fresh child process, so its peak resident set
 size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is that run's alone: Python, torch,
@@ -30,8 +30,8 @@ MODELS = {"attention-unet-w64 (reference)": {"width": 64}, "nafnet (default conf
 def child(config: dict, height: int, width: int, tile: int, overlap: int, threads: int) -> dict:
     import torch
 
+    from meddeblur.inference.tiling import deblur_tiled, tile_starts
     from meddeblur.models import ModelConfig, build_model, count_parameters, size_multiple
-    from meddeblur.tiling import deblur_tiled, tile_starts
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

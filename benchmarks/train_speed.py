@@ -29,14 +29,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from meddeblur.data import PairDataset, read_split, select, sharp_only
-from meddeblur.degrade import parse_spec
+from meddeblur.data.pairs import PairDataset, read_split, select, sharp_only
+from meddeblur.data.sampling import ScaledCrops
+from meddeblur.degradation.spec import parse_spec
 from meddeblur.device import describe_machine
 from meddeblur.losses import LossWeights, build_loss
 from meddeblur.models import load_model
-from meddeblur.recipes import recipe_options
-from meddeblur.sampling import ScaledCrops
-from meddeblur.train import TrainOptions, run_epoch, train
+from meddeblur.training.loop import run_epoch, train
+from meddeblur.training.options import TrainOptions
+from meddeblur.training.recipes import recipe_options
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))

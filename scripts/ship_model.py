@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import re
 import shutil
 import sys
 from datetime import datetime, timezone
@@ -25,13 +26,15 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from meddeblur.data import PairDataset, load_pairs, read_split, select
-from meddeblur.degrade import parse_spec
+from meddeblur.data.pairs import PairDataset, load_pairs, read_split, select
+from meddeblur.data.sampling import ScaledCrops
+from meddeblur.degradation.spec import parse_spec
 from meddeblur.device import describe_machine
 from meddeblur.losses import LossWeights, build_loss
 from meddeblur.models import DEFAULT_WEIGHTS, load_model, save_weights, weights_id
-from meddeblur.sampling import ScaledCrops
-from meddeblur.train import TrainOptions, read_run_options, run_epoch
+from meddeblur.training.loop import run_epoch
+from meddeblur.training.options import TrainOptions
+from meddeblur.training.runs import read_run_options
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -55,12 +58,20 @@ def score(model: torch.nn.Module, dataset) -> dict[str, float]:
         return run_epoch(model, build_loss(LossWeights(ssim=0.0, l1=1.0), use_perceptual=False), DataLoader(dataset, batch_size=4), torch.device("cpu"))
 
 
-def train_command(options: dict) -> str:
+def processes_of(run: Path) -> int:
+    """How many torchrun processes trained ``run`` (its train.log says so), 1 without torchrun."""
+    log = (run / "train.log").read_text(encoding="utf-8", errors="replace") if (run / "train.log").is_file() else ""
+    found = re.search(r"data parallel: (\d+) processes", log)
+    return int(found.group(1)) if found else 1
+
+
+def train_command(options: dict, processes: int = 1) -> str:
     """The `meddeblur train` command line that reproduces a run's options (the recipe's values left out)."""
-    from meddeblur.recipes import recipe_options
+    from meddeblur.training.recipes import recipe_options
 
     recipe = recipe_options(options.get("recipe", "reference"), paired=False)
-    parts = ["meddeblur train --sharp ISIC/images"] + ([f"--recipe {options['recipe']}"] if options.get("recipe") == "reference" else [])
+    launcher = f"torchrun --standalone --nproc_per_node {processes} -m meddeblur train" if processes > 1 else "meddeblur train"
+    parts = [f"{launcher} --sharp ISIC/images"] + ([f"--recipe {options['recipe']}"] if options.get("recipe") == "reference" else [])
     flags = {"epoch_steps": "val-every"}
     for key, value in options.items():
         if key in ("recipe", "device", "amp", "channels_last", "skip_bad", "perceptual", "vgg19_weights", "lr_patience", "lr_factor", "seed"):
@@ -138,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     # network has a lower loss than a model that harms sharp images, but it restores nothing.
     improved = scores["candidate"]["loss"] < scores["start"]["loss"] and scores["candidate"]["psnr"] >= scores["start"]["psnr"]
     run_options = {k: v for k, v in json.loads((run / "run.json").read_text())["options"].items() if k not in ("out", "sharp_dir", "blurred_dir")}
-    stage = {"stage": len(stages) + 1, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": train_command(run_options),
+    processes = processes_of(run)
+    stage = {"stage": len(stages) + 1, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": train_command(run_options, processes),
              "options": run_options, "started_from": weights_id(DEFAULT_WEIGHTS), "id": weights_id(candidate_path),
-             "wall_minutes": sum(float(r["seconds"]) for r in history) / 60, "cpu_minutes": sum(float(r["cpu_seconds"] or 0) for r in history) / 60,
+             # history.csv holds rank 0's CPU time; torchrun's processes do equal work.
+             "wall_minutes": sum(float(r["seconds"]) for r in history) / 60,
+             "cpu_minutes": processes * sum(float(r["cpu_seconds"] or 0) for r in history) / 60, "processes": processes,
              "steps": int(history[-1]["steps"]), "epochs": len(history), "threads": args.threads,
              "machine": f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}", "shipped": improved, **scores}
     stages.append(stage)

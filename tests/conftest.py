@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny model saved once per session, a runner for the real CLI, the ISIC images."""
+"""Shared fixtures: a tiny model saved once per session, a runner for the real CLI, template pairs, the ISIC images."""
 
 from __future__ import annotations
 
@@ -92,3 +92,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """5 synthetic 32×32 pairs in ``blurred/`` and ``sharp/``; copy before changing them."""
+    from synthetic_pairs import write_synthetic_pairs
+
+    return write_synthetic_pairs(tmp_path_factory.mktemp("template"), n=5, height=32, width=32, seed=0)

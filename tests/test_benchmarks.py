@@ -4,10 +4,9 @@ import importlib.util
 import json
 from pathlib import Path
 
+from conftest import ISIC
 
 from meddeblur.models import ModelConfig, build_model, save_weights
-
-from conftest import ISIC
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +37,7 @@ def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):
 
 
 def test_committed_split_is_the_seeded_70_20_10_split_of_all_images(isic_images):
-    from meddeblur.data import split_names
+    from meddeblur.data.pairs import split_names
 
     committed = json.loads((ROOT / "benchmarks" / "isic_split.json").read_text())
     assert {k: committed[k] for k in ("train", "val", "test")} == split_names([p.stem for p in isic_images], seed=42)
@@ -48,3 +47,15 @@ def test_speed_benchmark_runs(tmp_path):
     speed = _load("speed")
     assert speed.main(["--widths", "4", "--steps", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "speed.json").read_text())["rows"][0]["width"] == 4
+
+
+def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
+    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts" / "ship_model.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    (tmp_path / "train.log").write_text("meddeblur 0.1.0 (recipe default): nafnet width 16\ndata parallel: 2 processes (gloo), "
+                                        "global batch 16 = 8 per process\n")
+    assert ship.processes_of(tmp_path) == 2 and ship.processes_of(tmp_path / "elsewhere") == 1
+    options = {"recipe": "default", "init": "default", "lr": 5e-4, "max_minutes": 100.0, "threads": 1}
+    assert ship.train_command(options, 2).startswith("torchrun --standalone --nproc_per_node 2 -m meddeblur train --sharp ISIC/images")
+    assert ship.train_command(options).startswith("meddeblur train --sharp ISIC/images") and "--lr 0.0005" in ship.train_command(options)

@@ -9,14 +9,25 @@ import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
+from synthetic_pairs import write_synthetic_pairs
 
 from meddeblur import cli
-from meddeblur.errors import (CorruptImage, EmptyFile, InvalidOption, MissingExtra, NotFound, TooLarge, TooSmall, UnsupportedFormat,
-                              UserError)
-from meddeblur.io import read_image, write_image
-from meddeblur.synthetic import synthetic_dermoscopy, write_synthetic_pairs
+from meddeblur.cli import parser
+from meddeblur.data.synthetic import synthetic_dermoscopy
+from meddeblur.errors import (
+    CorruptImage,
+    EmptyFile,
+    InvalidOption,
+    MissingExtra,
+    NotFound,
+    TooLarge,
+    TooSmall,
+    UnsupportedFormat,
+    UserError,
+)
+from meddeblur.io.decode import read_image
+from meddeblur.io.encode import write_image
 
 #: Modules of the extras; a core install has none of them.
 EXTRA_MODULES = ("fastapi", "uvicorn", "starlette", "fastapi_offline", "multipart", "python_multipart", "onnx", "onnxruntime",
@@ -90,11 +101,11 @@ def test_cli_prints_a_typed_error_as_one_line_with_exit_2(tmp_path, capsys):
 
 
 def test_parser_constants_equal_the_library_ones():
-    from meddeblur.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD
+    from meddeblur.evaluation.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD
     from meddeblur.models import ARCHITECTURES
 
-    assert cli.ARCHITECTURES == ARCHITECTURES
-    assert (cli._ASSESS_SIDE, cli._ASSESS_THRESHOLD) == (ANALYSIS_SIDE, DEFAULT_THRESHOLD)
+    assert parser.ARCHITECTURES == ARCHITECTURES
+    assert (parser._ASSESS_SIDE, parser._ASSESS_THRESHOLD) == (ANALYSIS_SIDE, DEFAULT_THRESHOLD)
 
 
 def test_help_and_version_import_nothing_heavy():
@@ -155,7 +166,7 @@ def without(monkeypatch):
     (["export", "--onnx", "{tmp}/m.onnx"], "onnxscript", (), "onnx"),
     (["info", "{tmp}/m.onnx"], "onnxruntime", (), "onnx"),
     (["demo", "-o", "{tmp}/demo"], "matplotlib", ("meddeblur.plots", "meddeblur.demo"), "plots"),
-    (["evaluate", "--data", "{tmp}/data", "--split", "all"], "matplotlib", ("meddeblur.plots", "meddeblur.evaluate"), "plots"),
+    (["evaluate", "--data", "{tmp}/data", "--split", "all"], "matplotlib", ("meddeblur.plots", "meddeblur.evaluation.evaluate"), "plots"),
 ])
 def test_a_command_without_its_extra_names_it_in_one_line(tmp_path, capsys, without, argv, module, fresh, extra):
     (tmp_path / "m.onnx").write_bytes(b"\x08\x07")
@@ -176,6 +187,7 @@ def test_a_dicom_input_without_pydicom_names_the_dicom_extra(tmp_path, without):
 
 def test_pyproject_core_is_light_torch_stays_pinned_and_test_pulls_every_extra():
     import re
+
     import tomllib
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
@@ -203,5 +215,16 @@ def test_evaluate_defaults_to_the_shipped_model(tmp_path, capsys):
                      "--device", "cpu"]) == 0
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert report["model"] == str(DEFAULT_WEIGHTS) and report["images"] == 2
-    evaluate = cli._build_parser()._subparsers._group_actions[0].choices["evaluate"]
+    evaluate = parser.build_parser()._subparsers._group_actions[0].choices["evaluate"]
     assert "default: the shipped model" in " ".join(evaluate.format_help().split())
+
+
+def test_training_needs_no_extra_only_its_curves_figure_does(tmp_path, without):
+    from synthetic_pairs import write_sharp_images
+
+    sharp = write_sharp_images(tmp_path / "sharp", n=6, height=72, width=80, first_seed=300)
+    without("matplotlib", "meddeblur.plots", "meddeblur.training")  # the training modules import afresh without it
+    run = tmp_path / "run"
+    assert cli.main(["train", "--sharp", str(sharp), "--out", str(run), "--width", "4", "--crop", "32", "--batch", "2", "--steps", "2",
+                     "--val-every", "1", "--device", "cpu", "--threads", "1"]) == 0
+    assert (run / "history.csv").is_file() and (run / "best.safetensors").is_file() and not (run / "curves.png").exists()

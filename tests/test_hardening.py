@@ -26,9 +26,12 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 
 from meddeblur.cli import main
 from meddeblur.errors import UserError
-from meddeblur.infer import deblur_files
-from meddeblur.io import orient, read_image, remove_stale_temporaries, write_image
-from meddeblur.provenance import add_png_chunk, read_provenance
+from meddeblur.files import remove_stale_temporaries
+from meddeblur.inference.batch import deblur_files
+from meddeblur.io.decode import orient, read_image
+from meddeblur.io.encode import write_image
+from meddeblur.io.ownership import read_provenance
+from meddeblur.io.provenance import add_png_chunk
 
 RAMP = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))  # the reproduction
 ALL_16BIT = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # every 16-bit value once
@@ -273,12 +276,12 @@ def test_disk_full_names_the_file_and_leaves_no_orphan_sidecar(tmp_path, tiny_we
 
 
 def test_a_failed_sidecar_takes_its_image_back(tmp_path, monkeypatch):
-    import meddeblur.provenance as provenance
+    import meddeblur.io.encode as encode  # the sidecar's JSON is made where the image is written
 
     def broken(record):
         raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
 
-    monkeypatch.setattr(provenance, "to_json", broken)
+    monkeypatch.setattr(encode, "to_json", broken)
     with pytest.raises(UserError, match="a.bmp.json: cannot write"):
         write_image(tmp_path / "a.bmp", np.zeros((16, 16, 3), np.float32), provenance={"tool": "meddeblur"})
     assert list(tmp_path.iterdir()) == []  # an image never goes out without its provenance

@@ -9,11 +9,12 @@ import json
 
 import cv2
 import numpy as np
+from conftest import ISIC
 
 from meddeblur.cli import main
-from meddeblur.io import read_image, write_image
+from meddeblur.io.decode import read_image
+from meddeblur.io.encode import write_image
 
-from conftest import ISIC
 
 def test_metadata_matches_decoded_images(isic_images):
     import csv

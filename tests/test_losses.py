@@ -181,7 +181,7 @@ def test_find_explicit(tmp_path: Path, vgg_file: Path) -> None:
     missing = tmp_path / "nope.pth"
     with pytest.raises(UserError) as err:
         find_vgg19_weights(missing)
-    _assert_one_line(err, str(missing), "--vgg19-weights")
+    _assert_one_line(err, str(missing), "vgg19_weights=")
 
 
 def test_find_hub_cache(tmp_path: Path, monkeypatch, vgg_state) -> None:
@@ -189,7 +189,7 @@ def test_find_hub_cache(tmp_path: Path, monkeypatch, vgg_state) -> None:
     expected = tmp_path / "hub" / "checkpoints" / losses.VGG19_HUB_FILENAME
     with pytest.raises(UserError) as err:
         find_vgg19_weights(None)
-    _assert_one_line(err, str(expected), "--vgg19-weights FILE")
+    _assert_one_line(err, str(expected), "vgg19_weights=FILE")
 
     expected.parent.mkdir(parents=True)
     torch.save(vgg_state, expected)

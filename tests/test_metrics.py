@@ -139,3 +139,20 @@ def test_errors() -> None:
         ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))
     with pytest.raises(ValueError, match="N, C, H, W"):
         psnr(torch.rand(3, 16, 16), torch.rand(3, 16, 16))
+
+
+def test_reference_scorer_equals_the_tf_exact_torch_metrics():
+    # psnr_ssim_numpy and the benchmarks score with scipy; psnr()/ssim() (torch, float64) are the TF-exact definition.
+    from meddeblur.metrics import ReferenceScorer, psnr_ssim_numpy
+
+    rng = np.random.default_rng(2)
+    target = rng.random((40, 53, 3)).astype(np.float32)
+    score = ReferenceScorer(target)
+    as_tensor = lambda x: torch.from_numpy(np.ascontiguousarray(x.astype(np.float64).transpose(2, 0, 1)))[None]  # noqa: E731
+    for pred in (np.clip(target + 0.05 * rng.standard_normal(target.shape), 0, 1), rng.random(target.shape), target):
+        pred = pred.astype(np.float32)
+        want = float(psnr(as_tensor(pred), as_tensor(target))[0]), float(ssim(as_tensor(pred), as_tensor(target))[0])
+        for got in (score(pred), psnr_ssim_numpy(pred, target)):
+            assert got[0] == pytest.approx(want[0], rel=1e-12, abs=0) and got[1] == pytest.approx(want[1], rel=1e-12, abs=1e-15)
+    grey = target[..., 0]
+    assert psnr_ssim_numpy(grey, grey)[1] == 1.0  # (H, W) images too

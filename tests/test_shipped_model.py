@@ -12,13 +12,15 @@ import pytest
 import torch
 
 from meddeblur.cli import main
-from meddeblur.degrade import degrade, parse_spec
+from meddeblur.data.synthetic import synthetic_dermoscopy
+from meddeblur.degradation.pipeline import degrade
+from meddeblur.degradation.spec import parse_spec
 from meddeblur.demo import DEMO_BLURS
-from meddeblur.infer import deblur_array
-from meddeblur.io import read_image, write_image
+from meddeblur.inference.batch import deblur_array
+from meddeblur.io.decode import read_image
+from meddeblur.io.encode import write_image
 from meddeblur.metrics import psnr_ssim_numpy
 from meddeblur.models import DEFAULT_WEIGHTS, load_model, size_multiple, weights_id
-from meddeblur.synthetic import synthetic_dermoscopy
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,12 +7,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddeblur.deblurrer import Deblurrer
-from meddeblur.degrade import degrade, parse_spec
-from meddeblur.io import atomic_write, check_creatable_folder, write_image
+from meddeblur.data.synthetic import synthetic_dermoscopy
+from meddeblur.degradation.pipeline import degrade
+from meddeblur.degradation.spec import parse_spec
+from meddeblur.files import atomic_write, check_creatable_folder
+from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.io.encode import write_image
 from meddeblur.metrics import psnr_ssim_numpy
 from meddeblur.plots import plot_comparison
-from meddeblur.synthetic import synthetic_dermoscopy
 
 #: Blurs shown by the demo: one of each kind the model was trained on (see MODEL_CARD.md).
 DEMO_BLURS = {"Gaussian σ=1.5": "gauss:sigma=1.5", "defocus r=3": "defocus:radius=3", "motion L=9": "motion:length=9"}
@@ -21,11 +23,11 @@ DEMO_BLURS = {"Gaussian σ=1.5": "gauss:sigma=1.5", "defocus r=3": "defocus:radi
 def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None, seed: int = 0) -> dict:
     """Blur a generated dermoscopy-like image three ways, deblur it with the shipped model, write a figure and a table.
 
-    The sample is synthetic (``meddeblur.synthetic``), so the demo needs no data and no network.
+    The sample is synthetic (``meddeblur.data.synthetic``), so the demo needs no data and no network.
     Returns the paths written and the metrics per blur.
     """
     out = Path(out)
-    check_creatable_folder(out, "-o")
+    check_creatable_folder(out, "`out`")
     deblurrer = Deblurrer.load(model, "torch", "cpu", tile=0)
     config, weights = deblurrer.config, deblurrer.weights
     sharp = synthetic_dermoscopy(256, 256, seed=seed)

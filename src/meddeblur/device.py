@@ -20,11 +20,11 @@ def pick_device(name: str = "auto") -> torch.device:
             return torch.device("cuda")
         return torch.device("mps") if _mps_available() else torch.device("cpu")
     if name not in DEVICE_CHOICES:
-        raise InvalidOption(f"--device {name}: choose one of {', '.join(DEVICE_CHOICES)}", value=name, option="device")
+        raise InvalidOption(f"device={name}: choose one of {', '.join(DEVICE_CHOICES)}", value=name, option="device")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidOption("--device cuda: no CUDA GPU is available here; use --device cpu or auto", value="cuda", option="device")
+        raise InvalidOption("device=cuda: no CUDA GPU is available here; use device=cpu or device=auto", value="cuda", option="device")
     if name == "mps" and not _mps_available():
-        raise InvalidOption("--device mps: Apple MPS is not available here; use --device cpu or auto", value="mps", option="device")
+        raise InvalidOption("device=mps: Apple MPS is not available here; use device=cpu or device=auto", value="mps", option="device")
     return torch.device(name)
 
 

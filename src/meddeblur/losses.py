@@ -110,7 +110,7 @@ def find_vgg19_weights(explicit: str | Path | None) -> Path:
         path = Path(explicit).expanduser()
         if not path.is_file():
             raise UserError(
-                f"--vgg19-weights {explicit}: no such file; pass a torchvision vgg19 "
+                f"vgg19_weights={explicit}: no such file; pass a torchvision vgg19 "
                 "state dict (.pth or .safetensors)"
             )
         return path
@@ -120,7 +120,7 @@ def find_vgg19_weights(explicit: str | Path | None) -> Path:
         return candidate
     raise UserError(
         f"no VGG19 weights found for the perceptual loss (looked at: {candidate}); pass "
-        "--vgg19-weights FILE (a torchvision vgg19 state dict, .pth or .safetensors)"
+        "vgg19_weights=FILE (a torchvision vgg19 state dict, .pth or .safetensors)"
     )
 
 

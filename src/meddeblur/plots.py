@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from meddeblur.io import atomic_path  # noqa: E402
+from meddeblur.files import atomic_path
 
 
 def _save(figure, path: Path) -> Path:

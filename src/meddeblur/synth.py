@@ -12,10 +12,14 @@ import torch
 from tqdm import tqdm
 
 from meddeblur import __version__
-from meddeblur.data import check_pairs, sharp_only
-from meddeblur.degrade import degradation_seed, degrade, parse_spec
-from meddeblur.errors import UserError
-from meddeblur.io import atomic_path, atomic_write, check_creatable_folder, read_rgb, resize_area, write_image
+from meddeblur.data.pairs import check_pairs, sharp_only
+from meddeblur.degradation.pipeline import degradation_seed, degrade
+from meddeblur.degradation.resampling import resize_area
+from meddeblur.degradation.spec import parse_spec
+from meddeblur.errors import InvalidOption, UserError
+from meddeblur.files import atomic_path, atomic_write, check_creatable_folder
+from meddeblur.io.decode import read_rgb
+from meddeblur.io.encode import write_image
 
 
 def _check_targets(out: Path, names: list[str]) -> None:
@@ -23,14 +27,14 @@ def _check_targets(out: Path, names: list[str]) -> None:
     for sub in ("blurred", "sharp", "kernels"):
         folder = out / sub
         if folder.exists() and not folder.is_dir():
-            raise UserError(f"{folder}: is a file where the {sub}/ output folder goes; remove it or choose another -o")
+            raise UserError(f"{folder}: is a file where the {sub}/ output folder goes; remove it or choose another `out`")
         for name in names:
             target = folder / (f"{name}.npy" if sub == "kernels" else f"{name}.png")
             if target.is_dir():
-                raise UserError(f"{target}: output is an existing folder; remove it or choose another -o")
+                raise UserError(f"{target}: output is an existing folder; remove it or choose another `out`")
     if (out / "manifest.json").is_dir():
-        raise UserError(f"{out / 'manifest.json'}: output is an existing folder; remove it or choose another -o")
-    check_creatable_folder(out, "-o")
+        raise UserError(f"{out / 'manifest.json'}: output is an existing folder; remove it or choose another `out`")
+    check_creatable_folder(out, "`out`")
 
 
 def synthesize(sharp_dir: str | Path, out: str | Path, spec: str, seed: int = 0, size: int | None = None) -> dict:
@@ -39,13 +43,17 @@ def synthesize(sharp_dir: str | Path, out: str | Path, spec: str, seed: int = 0,
     Each image's draw is seeded by ``seed`` and its name, so one image's degradation does
     not depend on which other images are in the folder. Returns the manifest.
     """
+    if size is not None and size < 16:
+        raise InvalidOption(f"size={size}: must be at least 16 pixels", value=size, option="size")
+    if seed < 0:
+        raise InvalidOption(f"seed={seed}: must be 0 or a positive integer", value=seed, option="seed")
     parsed = parse_spec(spec)
     sharp_dir, out = Path(sharp_dir), Path(out)
     if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: output is a file; pass a new folder with -o")
+        raise UserError(f"{out}: output is a file; pass a new folder as `out`")
     if not out.exists() and os.path.lexists(out):
-        raise UserError(f"{out}: output is a broken symbolic link; pass a new folder with -o")
-    for folder, option in ((sharp_dir, "--sharp"), (out, "-o")):
+        raise UserError(f"{out}: output is a broken symbolic link; pass a new folder as `out`")
+    for folder, option in ((sharp_dir, "`sharp`"), (out, "`out`")):
         try:
             folder.resolve()
         except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
@@ -53,7 +61,7 @@ def synthesize(sharp_dir: str | Path, out: str | Path, spec: str, seed: int = 0,
     try:
         inside = sharp_dir.resolve() in {(out / sub).resolve() for sub in ("", "sharp", "blurred", "kernels")}
     except (OSError, RuntimeError):
-        raise UserError(f"{out}: a symbolic link loop inside the output folder; remove it or choose another -o") from None
+        raise UserError(f"{out}: a symbolic link loop inside the output folder; remove it or choose another `out`") from None
     if inside:
         raise UserError(f"{out}: would write into the input folder {sharp_dir}; choose another -o")
     pairs, _ = check_pairs(sharp_only(sharp_dir))

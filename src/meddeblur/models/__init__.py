@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from meddeblur.errors import CorruptFile, NotFound, UnsupportedFormat, UserError
-from meddeblur.io import atomic_path, atomic_write
+from meddeblur.files import atomic_path, atomic_write
 from meddeblur.models.attention_unet import AttentionUNet
 from meddeblur.models.flops import count_flops as count_flops  # re-exported
 from meddeblur.models.nafnet import NAFNet
@@ -158,7 +158,7 @@ def resolve_weights(model: str | Path | None = None) -> Path:
     """Map ``--model`` (a run folder or a .safetensors file; ``None``: the shipped model) to the weights file."""
     if model is None:
         if not DEFAULT_WEIGHTS.is_file():
-            raise NotFound(f"{DEFAULT_WEIGHTS}: the shipped model is missing from this installation; reinstall meddeblur or pass --model", value=DEFAULT_WEIGHTS)
+            raise NotFound(f"{DEFAULT_WEIGHTS}: the shipped model is missing from this installation; reinstall meddeblur or pass `model`", value=DEFAULT_WEIGHTS)
         return DEFAULT_WEIGHTS
     path = Path(model)
     if path.is_dir():

@@ -66,7 +66,7 @@ class AttentionGate(nn.Module):
 class AttentionUNet(nn.Module):
     """Reference Attention U-Net: (N, 3, H, W) in [0, 1] → (N, 3, H, W) in [0, 1].
 
-    H and W must be multiples of 16 (four 2×2 poolings); ``meddeblur.infer`` pads
+    H and W must be multiples of 16 (four 2×2 poolings); ``meddeblur.inference.batch`` pads
     arbitrary sizes by reflection and crops back. ``width=64`` is the reference:
     32,438,215 trainable parameters and 11,776 BatchNorm running-statistic values.
     """

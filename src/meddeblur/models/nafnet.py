@@ -73,7 +73,7 @@ class NAFNet(nn.Module):
     """(N, C, H, W) → (N, C, H, W), ``output = input + correction``; unclamped.
 
     H and W must be multiples of ``2 ** len(enc_blocks)`` (one 2×2 stride-2 conv per
-    level); ``meddeblur.infer`` pads other sizes by reflection. Channels double at each
+    level); ``meddeblur.inference.batch`` pads other sizes by reflection. Channels double at each
     level: ``width, 2·width, …``; ``enc_blocks[i]`` / ``dec_blocks[i]`` NAFBlocks sit at
     level i (full resolution first), ``middle_blocks`` at the lowest resolution.
     """

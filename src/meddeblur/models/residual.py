@@ -7,8 +7,8 @@ the image as it is" instead of from a flat grey sigmoid(0) = 0.5 image.
 
 The output is not clamped here. Training sees the raw ``input + correction`` so that the
 loss keeps a gradient where a prediction overshoots [0, 1] (a clamp would zero it and the
-overshoot could never be corrected); ``meddeblur.infer.deblur_tensor`` and
-``meddeblur.tiling.deblur_tiled`` clamp to [0, 1] when producing images.
+overshoot could never be corrected); ``meddeblur.inference.batch.deblur_tensor`` and
+``meddeblur.inference.tiling.deblur_tiled`` clamp to [0, 1] when producing images.
 """
 
 from __future__ import annotations

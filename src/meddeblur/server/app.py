@@ -21,12 +21,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from meddeblur import __version__
+from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.io.formats import OUTPUT_SUFFIXES
 from meddeblur.server.card import model_card
-from meddeblur.deblurrer import Deblurrer
 from meddeblur.server.engine import Deadline, InferencePool, QueueFull, UploadGate, load_served_model
 from meddeblur.server.imaging import OUTPUT_FORMATS, UploadError, deblur_upload, display_name
-from meddeblur.server.settings import ServerSettings
 from meddeblur.server.security import Guard
+from meddeblur.server.settings import ServerSettings
 from meddeblur.server.upload import receive_upload
 
 log = logging.getLogger("meddeblur.server")
@@ -169,7 +170,7 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
             result = await slot.run(deblur_upload, served, upload, name, format, settings.max_pixels, settings.jpeg_quality, deadline)
         total_ms = (time.perf_counter() - started) * 1000
         stem = name.rsplit(".", 1)[0] if "." in name else name
-        suffix = {"PNG": "png", "JPEG": "jpg", "TIFF": "tif", "BMP": "bmp"}[result.format]
+        suffix = OUTPUT_SUFFIXES[result.format.lower()].lstrip(".")
         headers = {
             "X-Model-Id": served.model_id,
             "X-Processing-Time-Ms": f"{total_ms:.1f}",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from meddeblur.deblurrer import Deblurrer
+from meddeblur.inference.deblurrer import Deblurrer
 
 T = TypeVar("T")
 

@@ -13,15 +13,24 @@ from typing import IO
 
 import numpy as np
 
-from meddeblur.errors import CorruptImage, EmptyFile, InvalidOption, MissingExtra, TooLarge, TooSmall, UnsupportedFormat, UserError
-from meddeblur.deblurrer import Deblurrer
-from meddeblur.infer import FORMAT_SUFFIXES
-from meddeblur.io import LoadedImage, read_image, write_image
+from meddeblur.errors import (
+    CorruptImage,
+    EmptyFile,
+    InvalidOption,
+    MissingExtra,
+    TooLarge,
+    TooSmall,
+    UnsupportedFormat,
+    UserError,
+)
+from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.io.decode import read_image
+from meddeblur.io.encode import encode_image
+from meddeblur.io.formats import BY_NAME, FORMATS, MEDIA_TYPES, LoadedImage
 from meddeblur.server.engine import Deadline
 
 #: ``?format=`` values and what is answered for them.
-OUTPUT_FORMATS = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "tiff": "TIFF", "tif": "TIFF", "bmp": "BMP"}
-MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "TIFF": "image/tiff", "BMP": "image/bmp"}
+OUTPUT_FORMATS = {alias.lower(): f.name for f in FORMATS if f.name != "DICOM" for alias in (f.name, *f.aliases)}
 
 # read_image silences C-library chatter by swapping file descriptor 2 process-wide and
 # changes the global warning filters: two decodes overlapping in threads could leave
@@ -84,7 +93,7 @@ def decode_upload(path: Path, name: str, max_pixels: int) -> LoadedImage:
 def output_format(requested: str | None, source: LoadedImage) -> str:
     """``?format=`` if given, else the input's own format (a DICOM input needs ``format``: no DICOM answers yet)."""
     if requested is None or requested == "":
-        if source.format not in MEDIA_TYPES:
+        if source.format not in OUTPUT_FORMATS.values():
             raise UploadError(415, f"{source.format} uploads are answered only as an image file: add ?format=png "
                                    "(keeps 16 bits) or format=tiff; `meddeblur deblur` writes a derived DICOM")
         return source.format
@@ -98,16 +107,13 @@ def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: di
     """Encode the deblurred ``rgb`` like ``meddeblur deblur`` writes it: (file bytes, bit depth).
 
     Keeps grayscale, alpha (not in JPEG/BMP) and 16 bits (PNG/TIFF only), and writes the
-    ``provenance`` record (:func:`meddeblur.provenance.make_record`) into the file's metadata.
+    ``provenance`` record (:func:`meddeblur.io.provenance.make_record`) into the file's metadata.
     BMP has no metadata field (the CLI writes a sidecar): there the response headers carry it.
     """
-    bit_depth = source.bit_depth if fmt in ("PNG", "TIFF") else 8
-    alpha = source.alpha if fmt not in ("JPEG", "BMP") else None
-    with tempfile.TemporaryDirectory(prefix="meddeblur-out-") as folder:
-        target = Path(folder) / f"result{FORMAT_SUFFIXES[fmt.lower()]}"
-        write_image(target, rgb, alpha=alpha, grayscale=source.grayscale, bit_depth=bit_depth, format=fmt,
-                    jpeg_quality=jpeg_quality, provenance=provenance, icc=source.icc)
-        return target.read_bytes(), bit_depth
+    bit_depth = source.bit_depth if source.bit_depth in BY_NAME[fmt].bit_depths else 8
+    data = encode_image(rgb, fmt, alpha=source.alpha, grayscale=source.grayscale, bit_depth=bit_depth, jpeg_quality=jpeg_quality,
+                        provenance=provenance, icc=source.icc)
+    return data, bit_depth
 
 
 def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,

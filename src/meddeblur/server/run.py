@@ -53,7 +53,7 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
     if not 0 <= port <= 65535:
         from meddeblur.errors import UserError
 
-        raise UserError(f"--port {port}: choose 0 to 65535")
+        raise UserError(f"port={port}: choose 0 to 65535")
     settings = network_settings(settings, host)
     torch.set_num_threads(settings.torch_threads())
     options = uvicorn_options(settings, host, port, log_level)

@@ -8,6 +8,8 @@ import os
 from dataclasses import asdict, dataclass
 
 from meddeblur.errors import UserError
+from meddeblur.inference.tiling import Tiling
+from meddeblur.io.encode import check_jpeg_quality
 
 #: Environment variable through which ``serve`` hands the settings to uvicorn's worker processes.
 SETTINGS_ENV = "MEDDEBLUR_SERVE_SETTINGS"
@@ -38,30 +40,31 @@ class ServerSettings:
     allowed_hosts: tuple[str, ...] | None = None  # Host header allow-list; None: any host
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser (CORS); none by default
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     def validate(self) -> ServerSettings:
         """Return self, or raise :class:`UserError` naming the first bad option."""
         if not (math.isfinite(self.max_upload_mb) and self.max_upload_mb > 0):
-            raise UserError(f"--max-upload-mb {self.max_upload_mb}: must be a positive number of MiB")
+            raise UserError(f"max_upload_mb={self.max_upload_mb}: must be a positive number of MiB")
         if self.max_pixels < 256:
-            raise UserError(f"--max-pixels {self.max_pixels}: must be at least 256 (16×16 pixels)")
+            raise UserError(f"max_pixels={self.max_pixels}: must be at least 256 (16×16 pixels)")
         for name in ("threads", "workers"):
             if getattr(self, name) < 1:
-                raise UserError(f"--{name} {getattr(self, name)}: must be a positive integer")
+                raise UserError(f"{name}={getattr(self, name)}: must be a positive integer")
         if self.queue < 0:
-            raise UserError(f"--queue {self.queue}: must be 0 or a positive integer")
-        if self.tile and (self.tile < 32 or not 0 <= self.overlap < self.tile // 2):
-            raise UserError(f"--tile {self.tile} --overlap {self.overlap}: use a tile of at least 32 px and an overlap below half the tile")
-        if not 1 <= self.jpeg_quality <= 100:
-            raise UserError(f"--jpeg-quality {self.jpeg_quality}: choose 1 to 100")
+            raise UserError(f"queue={self.queue}: must be 0 or a positive integer")
+        Tiling(self.tile, self.overlap)
+        check_jpeg_quality(self.jpeg_quality)
         for name in ("body_timeout", "deadline"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
-                raise UserError(f"--{name.replace('_', '-')} {value}: must be a positive number of seconds")
+                raise UserError(f"{name}={value}: must be a positive number of seconds")
         if self.max_uploads < 1:
-            raise UserError(f"--max-uploads {self.max_uploads}: must be a positive integer")
+            raise UserError(f"max_uploads={self.max_uploads}: must be a positive integer")
         for origin in self.cors_origins:
             if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
-                raise UserError(f"--cors-origin {origin}: give an origin such as https://viewer.example.org (scheme and host, no path)")
+                raise UserError(f"cors_origins={origin}: give an origin such as https://viewer.example.org (scheme and host, no path)")
         self.api_key()  # a missing, unreadable or too short key file fails now, before the port is bound
         return self
 
@@ -71,9 +74,9 @@ class ServerSettings:
             try:
                 key = open(self.api_key_file, encoding="utf-8").read().strip()
             except (OSError, UnicodeDecodeError) as exc:
-                raise UserError(f"--api-key-file {self.api_key_file}: cannot read it ({getattr(exc, 'strerror', None) or exc}); "
+                raise UserError(f"api_key_file={self.api_key_file}: cannot read it ({getattr(exc, 'strerror', None) or exc}); "
                                 "give a readable text file holding the key") from None
-            source = f"--api-key-file {self.api_key_file}"
+            source = f"api_key_file={self.api_key_file}"
         else:
             key = os.environ.get(API_KEY_ENV, "").strip()
             source = f"${API_KEY_ENV}"

@@ -1,0 +1,241 @@
+"""The ``meddeblur`` commands: each turns parsed flags into calls of the public Python API.
+
+Flags are checked here only where the library has no parameter for them; the library's own errors name its
+parameters, and :func:`meddeblur.cli.main.main` prints them naming the flags. Each command imports its modules
+(torch, OpenCV, FastAPI, ...) itself, so that one command never pays for another's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from meddeblur.errors import InvalidOption, UserError, require
+
+__all__ = ["COMMANDS"]
+
+# Options that may change when a run is resumed; everything else is fixed by run.json.
+_RESUMABLE = {"epochs", "max_minutes", "steps", "device", "threads"}
+_TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "steps", "threads", "epoch_steps", "batch", "lr", "seed", "perceptual",
+                "vgg19_weights", "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last", "init")
+_NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
+
+
+def train(args: argparse.Namespace) -> int:
+    from dataclasses import asdict, replace
+    from datetime import datetime
+
+    from meddeblur.data.pairs import data_dirs
+    from meddeblur.losses import LossWeights
+    from meddeblur.training.distributed import is_main
+    from meddeblur.training.loop import init_weights, train
+    from meddeblur.training.options import TrainOptions
+    from meddeblur.training.recipes import recipe_options
+    from meddeblur.training.runs import read_run_options
+
+    given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
+    weights = {k: getattr(args, f"w_{k}") for k in ("ssim", "l1", "perceptual") if getattr(args, f"w_{k}") is not None}
+    if args.resume:
+        fixed = sorted(set(given) - _RESUMABLE) + [f"w_{k}" for k in weights]
+        fixed += [k for k in ("data", "blurred", "sharp") if getattr(args, k) is not None]
+        fixed += ["recipe"] if args.recipe else []
+        if fixed:
+            raise UserError(f"--resume {args.resume}: only --epochs, --max-minutes, --steps, --threads and --device may change; "
+                            f"drop --{_NEGATED.get(fixed[0], fixed[0].replace('_', '-'))}")
+        options = read_run_options(args.resume)
+        options = replace(options, out=str(args.resume), **{k: given[k] for k in _RESUMABLE & given.keys()})
+        run = train(options, resume=True)
+    else:
+        recipe = args.recipe or "default"
+        paired = not args.degrade and (args.blurred is not None or recipe == "reference"
+                                       or (args.data is not None and (Path(args.data) / "blurred").is_dir()))
+        values = recipe_options(recipe, paired)
+        blurred, sharp = data_dirs(args.data, args.blurred, args.sharp, args.degrade or values["degrade"])
+        if args.degrade:
+            from meddeblur.degradation.spec import parse_spec
+
+            given["degrade"] = str(parse_spec(args.degrade))
+        given.setdefault("out", str(Path("runs") / datetime.now().strftime("run-%Y%m%d-%H%M%S")))
+        if "steps" in given and "max_minutes" not in given:
+            values["max_minutes"] = None  # --steps alone is the horizon
+        if "crop" in given:
+            given["size"] = None
+        elif "size" in given:  # resizing instead of the recipe's crops
+            given.update(crop=None, scales=None)
+        if given.get("init"):
+            _, config, _ = init_weights(given["init"], given.get("arch"), given.get("width"))
+            given.update(arch=config.arch, width=config.width)
+        if given.get("vgg19_weights"):
+            given["perceptual"] = True
+        loss = LossWeights(**{**asdict(values.pop("loss")), **weights})
+        options = TrainOptions(blurred_dir=str(blurred) if blurred else None, sharp_dir=str(sharp), loss=loss, **{**values, **given})
+        run = train(options)
+    if is_main():  # under torchrun every process returns here; one report is enough
+        print(f"run folder: {run}")
+    return 0
+
+
+def evaluate(args: argparse.Namespace) -> int:
+    from meddeblur.data.pairs import data_dirs
+    from meddeblur.device import pick_device
+    from meddeblur.evaluation.evaluate import EvalOptions, evaluate
+
+    blurred = sharp = None
+    if args.data or args.blurred or args.sharp:
+        blurred, sharp = data_dirs(args.data, args.blurred, args.sharp, args.degrade)
+        blurred, sharp = (str(blurred) if blurred else None), str(sharp)
+    report = evaluate(EvalOptions(model=args.model, blurred_dir=blurred, sharp_dir=sharp, degrade=args.degrade, split=args.split, out=args.out,
+                                  skip_bad=args.skip_bad, size=args.size, native=args.native, device=str(pick_device(args.device))))
+    summary = report["summary"]
+    print(f"{report['images']} images ({report['split']}): input {summary['input_psnr']['mean']:.2f} dB / "
+          f"{summary['input_ssim']['mean']:.4f} → model {summary['model_psnr']['mean']:.2f} dB / {summary['model_ssim']['mean']:.4f}")
+    print(f"report: {report['out']}")
+    return 0
+
+
+def deblur(args: argparse.Namespace) -> int:
+    from meddeblur.inference.deblurrer import Deblurrer
+    from meddeblur.inference.tiling import Tiling
+    from meddeblur.io.encode import check_jpeg_quality
+
+    check_jpeg_quality(args.jpeg_quality)
+    Tiling(args.tile, args.overlap)  # both before the model is loaded
+    engine = args.engine or ("onnx" if args.onnx else "torch")
+    # --onnx is the command line's own way to name an ONNX model; the API has one `model` for both.
+    if args.onnx is not None and engine == "torch":
+        raise InvalidOption(f"--onnx {args.onnx}: an ONNX file runs with --engine onnx; drop --engine torch or --onnx", value=args.onnx, option="onnx")
+    if args.onnx is not None and args.model is not None:
+        raise InvalidOption(f"--model {args.model} --onnx {args.onnx}: the ONNX file holds its own model; give only one of them",
+                            value=args.onnx, option="onnx")
+    deblurrer = Deblurrer.load(args.onnx if args.onnx is not None else args.model, engine, args.device, args.tile, args.overlap)
+    written = deblurrer.deblur_files(args.inputs, args.out, format=args.format, jpeg_quality=args.jpeg_quality, overwrite=args.overwrite)
+    print(f"{len(written)} image(s) written to {args.out}")
+    return 0
+
+
+def export(args: argparse.Namespace) -> int:
+    for module in ("onnx", "onnxscript"):  # before the overwrite check, which reads an existing .onnx with onnx
+        require(module, "meddeblur export")
+    from meddeblur.files import remove_stale_temporaries
+    from meddeblur.inference.onnx_engine import export_onnx
+    from meddeblur.io.ownership import check_replaceable
+
+    check_replaceable(args.onnx, args.overwrite, "--onnx file")
+    remove_stale_temporaries(Path(args.onnx).parent)
+    meta = export_onnx(args.model, args.onnx, opset=args.opset)
+    print(f"{args.onnx}: model {meta['meddeblur_weights_id']} ({meta['meddeblur_source']}), opset {args.opset}, "
+          f"dynamic batch/height/width (multiples of {meta['meddeblur_size_multiple']})")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    import json
+
+    from meddeblur.io.ownership import read_provenance
+    from meddeblur.io.provenance import summary
+
+    records = {}
+    for name in args.files:
+        if name.lower().endswith(".onnx"):
+            from meddeblur.inference.onnx_engine import OnnxModel
+
+            onnx = OnnxModel(name)
+            records[name] = {"tool": "meddeblur", "version": onnx.metadata["meddeblur_version"], "operation": "export",
+                             "model_id": onnx.weights_id, "model": onnx.describe(), "engine": "onnx",
+                             "parameters": {"size_multiple": onnx.size_multiple}, "note": "ONNX export of a meddeblur model"}
+        else:
+            records[name] = read_provenance(name)
+    if args.json:
+        print(json.dumps(records, indent=2, ensure_ascii=False))
+    else:
+        for name, record in records.items():
+            print(f"{name}: {summary(record) if record else 'no meddeblur provenance (not written by meddeblur, or stripped)'}")
+    return 0 if all(records.values()) else 1
+
+
+def assess(args: argparse.Namespace) -> int:
+    from meddeblur.evaluation.assess import FLAG_ATTENTION, assess_files, check_csv_target, write_csv
+    from meddeblur.inference.batch import collect_inputs
+
+    files = collect_inputs(args.inputs)
+    if args.csv:
+        from meddeblur.files import remove_stale_temporaries
+        from meddeblur.io.ownership import check_replaceable
+
+        check_csv_target(args.csv, files)
+        check_replaceable(args.csv, args.overwrite, "--csv file")
+        remove_stale_temporaries(Path(args.csv).parent)
+    rows = assess_files(files, threshold=args.threshold, skip_bad=args.skip_bad)
+    if args.csv:
+        write_csv(rows, args.csv, files)
+    for row in rows:
+        score = "   -  " if row.blur_score is None else f"{row.blur_score:.4f}"
+        print(f"{score}  {row.flag:<15}  {row.path}")
+    flagged = sum(row.flag == FLAG_ATTENTION for row in rows)
+    print(f"{len(rows)} image(s): {flagged} need attention (blur score > {args.threshold:g})" + (f"; table: {args.csv}" if args.csv else ""))
+    return 0
+
+
+def _check_synth_targets(sharp: Path, out: Path, overwrite: bool) -> None:
+    """The overwrite rule for synth: files of an earlier synth run (listed in its manifest.json) may be replaced,
+    any other existing file only with --overwrite. Stale temporaries of a killed run are removed."""
+    import json
+
+    from meddeblur.data.pairs import sharp_only
+    from meddeblur.files import remove_stale_temporaries
+    from meddeblur.io.ownership import check_replaceable
+
+    if not out.is_dir():
+        return
+    for folder in (out, out / "blurred", out / "sharp", out / "kernels"):
+        remove_stale_temporaries(folder)
+    if overwrite or not sharp.is_dir():
+        return  # a missing --sharp folder is reported by synthesize
+    manifest = out / "manifest.json"
+    check_replaceable(manifest, False, "-o folder")
+    ours: set[str] = set()
+    if manifest.is_file():
+        entries = json.loads(manifest.read_text(encoding="utf-8", errors="replace")).get("images", [])
+        ours = {str(entry.get("name")) for entry in entries if isinstance(entry, dict)}
+    for pair in sharp_only(sharp):
+        for target in (out / "blurred" / f"{pair.name}.png", out / "sharp" / f"{pair.name}.png", out / "kernels" / f"{pair.name}.npy"):
+            if pair.name not in ours:
+                check_replaceable(target, False, "-o folder")
+
+
+def synth(args: argparse.Namespace) -> int:
+    from meddeblur.synth import synthesize
+
+    _check_synth_targets(Path(args.sharp), Path(args.out), args.overwrite)
+    manifest = synthesize(args.sharp, args.out, args.degrade, seed=args.seed, size=args.size)
+    print(f"{len(manifest['images'])} pairs written to {args.out} (blurred/, sharp/, kernels/, manifest.json)")
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    from meddeblur.demo import run_demo
+
+    result = run_demo(args.out, model=args.model)
+    print(result["markdown"])
+    print(f"side-by-side figure: {result['figure']}\nmetrics table: {result['table']}\nmodel: {result['weights']}")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    from meddeblur.server import ServerSettings, serve
+
+    if not (math.isfinite(args.max_pixels) and args.max_pixels >= 1):
+        raise UserError(f"--max-pixels {args.max_pixels:g}: must be a positive number, e.g. 64e6")
+    hosts = tuple(h.strip() for h in args.allowed_hosts.split(",") if h.strip()) if args.allowed_hosts else None
+    settings = ServerSettings(model=args.model, device=args.device, max_upload_mb=args.max_upload_mb, max_pixels=int(args.max_pixels),
+                              threads=args.threads, queue=args.queue, tile=args.tile, overlap=args.overlap,
+                              jpeg_quality=args.jpeg_quality, workers=args.workers, deadline=args.deadline,
+                              body_timeout=args.body_timeout, max_uploads=args.max_uploads, api_key_file=args.api_key_file,
+                              allowed_hosts=hosts, cors_origins=tuple(args.cors_origin))
+    serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+#: Command name → handler; each returns the exit code.
+COMMANDS = {"train": train, "evaluate": evaluate, "deblur": deblur, "export": export, "info": info, "assess": assess, "synth": synth, "demo": demo, "serve": serve}

@@ -1,0 +1,82 @@
+"""Entry point of the ``meddeblur`` console script: parse, dispatch, and turn every user error into one line and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+
+from meddeblur.errors import UserError
+
+__all__ = ["main"]
+
+
+class _Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so temporary files are removed on the way out."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, _frame: object) -> None:
+    raise _Terminated(signum)
+
+
+#: Commands whose SIGTERM/SIGHUP become _Terminated (serve: uvicorn shuts down gracefully itself; train/evaluate: their own).
+_CLEAN_STOP_COMMANDS = ("deblur", "synth", "assess", "export", "info")
+
+
+def _install_stop_handlers() -> dict[int, object]:
+    """Route SIGTERM and SIGHUP to :class:`_Terminated`; returns the handlers they had, for restoring."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}  # signal handlers can only be set from the main thread (e.g. main() called from a test thread)
+    previous = {}
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            previous[getattr(signal, name)] = signal.signal(getattr(signal, name), _raise_terminated)
+    return previous
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``meddeblur`` console script; returns the exit code."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):  # non-UTF-8 file names must not crash a print
+            stream.reconfigure(errors="backslashreplace")
+    from meddeblur.cli.parser import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    previous = _install_stop_handlers() if args.command in _CLEAN_STOP_COMMANDS else {}
+    try:
+        from meddeblur.cli.commands import COMMANDS
+
+        return COMMANDS[args.command](args)
+    except _Terminated as stop:
+        import signal
+
+        name = signal.Signals(stop.signum).name
+        sys.stderr.write(f"meddeblur {args.command}: stopped by {name}; finished outputs are complete, nothing half-written was left\n")
+        return 128 + stop.signum
+    except UserError as error:
+        from meddeblur.cli.parser import command_flags, in_flags
+
+        message = in_flags(" ".join(str(error).split()), command_flags(parser, args.command))
+        sys.stderr.write(f"meddeblur {args.command}: error: {message}\n")
+        return 2
+    except BrokenPipeError:  # output piped into `head` and closed: nothing left to say
+        return 1
+    except OSError as error:  # permissions, full disk, read-only folder: the user's environment, not a bug
+        where = f"{error.filename}: " if error.filename else ""
+        sys.stderr.write(f"meddeblur {args.command}: error: {where}{error.strerror or error}; check the path, its permissions and free space\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("meddeblur: interrupted\n")
+        return 130
+    finally:
+        if previous:
+            import signal
+
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)

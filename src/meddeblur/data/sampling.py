@@ -1,0 +1,153 @@
+"""Training crops that look like use: native images at random scales, softened or compressed sources.
+
+A photograph reaches the network at whatever sharpness its camera, optics and resizing left it.
+Training on images squashed to one size teaches one native softness only: the network then
+"sharpens" images that were as sharp as their camera allows, and misses blur at other scales.
+So each training sample is drawn as:
+
+1. an image of the training set, chosen uniformly;
+2. a down-scale factor ``s`` drawn log-uniformly from ``scales`` (1 = native pixels); a window of
+   ``crop·s`` pixels is cut at a random place and shrunk to ``crop`` with a resampling kernel and
+   library drawn per sample (:data:`SHRINKERS`), so the per-pixel softness of the target varies;
+3. with probability ``soften`` the source itself is blurred (Gaussian σ 0.3–1.0: a softer camera)
+   and with probability ``compress`` JPEG-compressed (quality 75–95); the result, quantised to 8
+   bits, is the *target* — the network learns to keep what a camera gave, not to invent detail;
+4. flips and a rot90, then the degradation spec (e.g. ``real``, :mod:`meddeblur.degradation.spec`)
+   makes the input.
+
+Every draw comes from a generator seeded by (seed, epoch, index), so a resumed run sees exactly
+the samples an uninterrupted one would. Validation (``fixed=True``) takes each image once, at a
+scale cycling through 1, 2 and 4, a centre crop, no source change, and the run-independent
+degradation of :func:`meddeblur.data.pairs.fixed_degradation`: a fixed mix of families, ``none`` included.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from meddeblur.data.pairs import Pair, augment_pair, fixed_degradation
+from meddeblur.degradation.kernels import gaussian_kernel
+from meddeblur.degradation.pipeline import blur, degradation_seed, degrade, jpeg, quantize8
+from meddeblur.degradation.resampling import resize
+from meddeblur.degradation.spec import DegradeSpec
+from meddeblur.errors import UserError
+from meddeblur.io.decode import read_image
+
+__all__ = ["SHRINKERS", "VALIDATION_SCALES", "ScaledCrops", "EpochSamples"]
+
+#: (kernel, library) pairs a training window is shrunk with, one drawn per sample.
+SHRINKERS = (("box", "pil"), ("box", "cv2"), ("bicubic", "pil"), ("lanczos", "pil"), ("bilinear", "torch"), ("bicubic", "torch"))
+#: Down-scale factors of the validation images, by index: native, half and quarter size.
+VALIDATION_SCALES = (1.0, 2.0, 4.0)
+_SOFTEN_SIGMA = (0.3, 1.0)
+_COMPRESS_QUALITY = (75, 95)
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand(1, generator=generator, dtype=torch.float64).item()
+
+
+def _randint(generator: torch.Generator, high: int) -> int:
+    return int(torch.randint(0, high, (1,), generator=generator))
+
+
+class ScaledCrops(Dataset):
+    """(input, target) float tensors shaped (3, crop, crop) in [0, 1], drawn as the module explains.
+
+    ``pairs``: sharp-only pairs (their ``sharp`` files are the sources). ``samples``: the length of
+    an epoch (training draws images with replacement, so any length works); ignored when ``fixed``,
+    where there is one sample per image. ``scales``: (low, high) down-scale range, low ≥ 1.
+    """
+
+    def __init__(self, pairs: list[Pair], crop: int, scales: tuple[float, float], degrade: DegradeSpec, seed: int = 0,
+                 samples: int | None = None, soften: float = 0.0, compress: float = 0.0, fixed: bool = False) -> None:
+        if not pairs:
+            raise ValueError("no images to sample from")
+        if crop < 16:
+            raise ValueError(f"crop must be at least 16, got {crop}")
+        if not 1.0 <= scales[0] <= scales[1]:
+            raise ValueError(f"scales must be (low, high) with 1 <= low <= high, got {scales}")
+        if not (0.0 <= soften <= 1.0 and 0.0 <= compress <= 1.0):
+            raise ValueError(f"soften and compress are probabilities in [0, 1], got {soften}, {compress}")
+        self.pairs, self.crop, self.scales, self.degrade, self.seed = pairs, crop, scales, degrade, seed
+        self.samples = len(pairs) if fixed or samples is None else samples
+        self.soften, self.compress, self.fixed = soften, compress, fixed
+        self.epoch = 0
+        self._cache: dict[int, np.ndarray] = {}
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def _image(self, index: int) -> np.ndarray:
+        """The decoded source, (H, W, 3); 8-bit sources are kept as uint8 (a quarter of the memory)."""
+        if index not in self._cache:
+            path = self.pairs[index].sharp
+            loaded = read_image(path)
+            if min(loaded.rgb.shape[:2]) < self.crop:
+                raise UserError(f"{path}: image {loaded.rgb.shape[1]}×{loaded.rgb.shape[0]} is smaller than crop={self.crop}; lower `crop`")
+            rgb = loaded.rgb
+            self._cache[index] = np.round(rgb * 255).astype(np.uint8) if loaded.bit_depth == 8 else rgb.astype(np.float32)
+        return self._cache[index]
+
+    def _window(self, image: np.ndarray, scale: float, generator: torch.Generator | None) -> np.ndarray:
+        height, width = image.shape[:2]
+        side = min(math.ceil(self.crop * scale), height, width)
+        if generator is None:
+            top, left = (height - side) // 2, (width - side) // 2
+        else:
+            top, left = _randint(generator, height - side + 1), _randint(generator, width - side + 1)
+        window = image[top:top + side, left:left + side]
+        window = window.astype(np.float32) / 255.0 if window.dtype == np.uint8 else window.astype(np.float32)
+        if side == self.crop:
+            return window
+        kernel, library = ("box", "cv2") if generator is None else SHRINKERS[_randint(generator, len(SHRINKERS))]
+        return resize(window, (self.crop, self.crop), kernel, library)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fixed:
+            source = self._image(index)
+            window = self._window(source, VALIDATION_SCALES[index % len(VALIDATION_SCALES)], None)
+            target = quantize8(torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1))))
+            return fixed_degradation(target, self.degrade, self.pairs[index].name)[0], target
+        generator = torch.Generator().manual_seed(degradation_seed(self.seed, self.epoch, index))
+        chosen = _randint(generator, len(self.pairs))
+        low, high = self.scales
+        scale = math.exp(_uniform(generator, math.log(low), math.log(high)))
+        window = self._window(self._image(chosen), scale, generator)
+        target = torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))[None]
+        if torch.rand(1, generator=generator).item() < self.soften:
+            target = blur(target, gaussian_kernel(_uniform(generator, *_SOFTEN_SIGMA)))
+        if torch.rand(1, generator=generator).item() < self.compress:
+            target = jpeg(target, int(round(_uniform(generator, *_COMPRESS_QUALITY))))
+        target = quantize8(target[0])
+        _, target = augment_pair(target, target, generator)
+        return degrade(target, self.degrade, generator)[0], target
+
+
+class EpochSamples(Dataset):
+    """An epoch of ``samples`` items from ``dataset`` (an epoch-seeded dataset such as PairDataset): rounds over it.
+
+    Round ``r`` of epoch ``e`` is the base dataset's epoch ``e · rounds + r``, so repeated images get fresh draws.
+    """
+
+    def __init__(self, dataset, samples: int) -> None:
+        self.dataset, self.samples = dataset, samples
+        self.rounds = math.ceil(samples / len(dataset))
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, index: int):
+        self.dataset.set_epoch(self.epoch * self.rounds + index // len(self.dataset))
+        return self.dataset[index % len(self.dataset)]

@@ -1,0 +1,211 @@
+"""The Python entry point for deblurring: :class:`Deblurrer` (load once, call many times) and :func:`deblur`.
+
+A notebook user should not need to know about size multiples, tiling or engines:
+
+>>> import numpy as np
+>>> import meddeblur
+>>> image = np.zeros((64, 80, 3), np.uint8)
+>>> meddeblur.deblur(image).dtype
+dtype('uint8')
+>>> deblurrer = meddeblur.Deblurrer.load()          # the shipped model (MODEL_CARD.md), on the best device
+>>> deblurrer(np.full((40, 50), 0.5, np.float32)).shape   # grey (H, W) in, grey (H, W) out
+(40, 50)
+>>> deblurrer.model_id == meddeblur.Deblurrer.load().model_id
+True
+
+Accepted images: numpy ``(H, W)``, ``(H, W, C)`` with C in 1/3/4, dtype uint8, uint16 or float in [0, 1];
+torch ``(C, H, W)`` or ``(N, C, H, W)`` float in [0, 1] with C in 1/3/4. The result has the input's type,
+dtype, shape and device. Grey images go through the network as three equal channels and come back grey;
+alpha is passed through untouched. Integers are scaled by their own range (255 or 65535) and rounded back,
+never clipped silently: a float image outside [0, 1] or with NaN is refused. H and W ≥ 16.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+import torch
+
+from meddeblur.device import pick_device
+from meddeblur.errors import InvalidOption
+from meddeblur.inference.batch import deblur_array, deblur_files, deblur_tensor
+from meddeblur.inference.tiling import Tiling
+from meddeblur.io.provenance import make_record
+
+if TYPE_CHECKING:
+    from meddeblur.models import ModelConfig
+
+__all__ = ["Deblurrer", "deblur"]
+
+ENGINES = ("torch", "onnx")
+
+ImageLike = Union[np.ndarray, torch.Tensor]
+_INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+_MIN_SIDE = 16
+
+
+def _describe(image: object) -> str:
+    if isinstance(image, (np.ndarray, torch.Tensor)):
+        return f"{type(image).__module__.split('.')[0]} {str(image.dtype).replace('torch.', '')} {tuple(image.shape)}"
+    return type(image).__name__
+
+
+def _refuse(image: object, why: str) -> ValueError:
+    return ValueError(f"image: {why}; got {_describe(image)}. Accepted: numpy (H, W) or (H, W, C) with C in 1/3/4, uint8, uint16 "
+                      "or float in [0, 1]; torch float (C, H, W) or (N, C, H, W) in [0, 1]; H, W >= 16")
+
+
+def _check_float_range(image: object, low: float, high: float, finite: bool) -> None:
+    if not finite:
+        raise _refuse(image, "float values must be finite and lie in [0, 1] (found NaN or infinity)")
+    if low < 0.0 or high > 1.0:
+        raise _refuse(image, f"float values must lie in [0, 1] (found {low:g}..{high:g}); scale the image first")
+
+
+class Deblurrer:
+    """A loaded model; call it on an image. Build it with :meth:`load`.
+
+    ``model_id`` is the id of the weights (first 12 hex of their SHA-256), ``size_multiple`` the side
+    multiple the network pads to, ``provenance`` the record meddeblur writes into output files;
+    ``config`` and ``weights`` (the :class:`~meddeblur.models.ModelConfig` and the ``.safetensors`` path)
+    are None for an ONNX model.
+    """
+
+    def __init__(self, network: Any, size_multiple: int, provenance: dict, device: torch.device, tile: int, overlap: int,
+                 config: ModelConfig | None = None, weights: Path | None = None) -> None:
+        self._network, self.size_multiple, self.provenance = network, size_multiple, provenance
+        self.device, self.tile, self.overlap = device, tile, overlap
+        self.config, self.weights = config, weights
+
+    @classmethod
+    def load(cls, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
+             overlap: int = 128) -> "Deblurrer":
+        """Load ``model`` once: None (the shipped model), a ``.safetensors`` file or a run folder; or an ``.onnx`` file.
+
+        ``engine``: "torch" or "onnx" (ONNX Runtime on the CPU; a ``.onnx`` ``model`` implies it, other models
+        are exported on the fly). ``device``: "auto", "cpu", "cuda" or "mps". Images with a side above ``tile``
+        (0: never) are processed in overlapping tiles of that size, ``overlap`` pixels wide, bounding memory.
+        Bad options raise :class:`~meddeblur.errors.InvalidOption` (a ``ValueError``); a missing or damaged
+        model another :class:`~meddeblur.errors.UserError`.
+        """
+        if engine not in ENGINES:
+            raise InvalidOption(f"engine={engine!r}: choose 'torch' or 'onnx'", value=engine, option="engine")
+        Tiling(tile, overlap)
+        engine = "onnx" if model is not None and str(model).lower().endswith(".onnx") else engine
+        # ONNX Runtime runs on the CPU: "auto" means the CPU there.
+        target = pick_device("cpu" if engine == "onnx" and device == "auto" else device)
+        parameters = {"tile": tile, "overlap": overlap}
+        if engine == "torch":
+            from meddeblur.models import load_model, size_multiple, weights_id
+
+            network, config, weights = load_model(model, target)
+            record = make_record(weights_id(weights), f"{config.arch} width {config.width}", "torch", parameters)
+            return cls(network, size_multiple(config), record, target, tile, overlap, config, weights)
+        if target.type != "cpu":
+            raise InvalidOption(f"device={device}: the ONNX engine runs on the CPU (onnxruntime); use device=cpu or engine=torch",
+                                value=device, option="device")
+        from meddeblur.inference.onnx_engine import open_onnx
+
+        runner = open_onnx(model)
+        return cls(runner, runner.size_multiple, make_record(runner.weights_id, runner.describe(), "onnx", parameters), target, tile, overlap)
+
+    @property
+    def model_id(self) -> str:
+        return self.provenance["model_id"]
+
+    def __repr__(self) -> str:
+        return f"Deblurrer(model_id={self.model_id!r}, engine={self.provenance.get('engine')!r}, device={str(self.device)!r}, tile={self.tile})"
+
+    def __call__(self, image: ImageLike) -> ImageLike:
+        """Deblur ``image``; returns the same type, dtype, shape (and device) as given."""
+        if isinstance(image, torch.Tensor):
+            return self._tensor(image)
+        if isinstance(image, np.ndarray):
+            return self._array(image)
+        raise _refuse(image, "not a numpy array or torch tensor")
+
+    def deblur_rgb(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> np.ndarray:
+        """(H, W, 3) float in [0, 1] → (H, W, 3) float32, as the CLI deblurs decoded images (tiled above ``tile``).
+
+        ``before_tile`` is called before each forward pass (e.g. to stop at a deadline).
+        """
+        return deblur_array(self._network, rgb, device=self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple,
+                            before_tile=before_tile)
+
+    def deblur_files(self, inputs: list[str | Path], out: str | Path, format: str | None = None, jpeg_quality: int = 95,
+                     overwrite: bool = False) -> list[Path]:
+        """Deblur image files and folders into the folder ``out``, like ``meddeblur deblur``; returns the files written.
+
+        Outputs keep name, format (unless ``format``: png, jpeg, tiff or bmp), channels and bit depth and carry
+        :attr:`provenance`; see :func:`meddeblur.inference.batch.deblur_files`.
+        """
+        return deblur_files(self._network, inputs, out, fmt=format, device=self.device, jpeg_quality=jpeg_quality, tile=self.tile,
+                            overlap=self.overlap, multiple=self.size_multiple, provenance=self.provenance, overwrite=overwrite)
+
+    def _array(self, image: np.ndarray) -> np.ndarray:
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+            raise _refuse(image, "expected (H, W) or (H, W, C) with C in 1/3/4")
+        if min(image.shape[:2]) < _MIN_SIDE:
+            raise _refuse(image, f"height and width must be at least {_MIN_SIDE}")
+        scale = _INTEGER_RANGES.get(image.dtype)
+        if scale is None:
+            if not np.issubdtype(image.dtype, np.floating):
+                raise _refuse(image, f"dtype {image.dtype} is not supported")
+            finite = bool(np.isfinite(image).all())
+            _check_float_range(image, float(image.min()) if finite else 0.0, float(image.max()) if finite else 0.0, finite)
+            values = image.astype(np.float32)
+        else:
+            values = image.astype(np.float32) / scale
+        planes = values[..., None] if values.ndim == 2 else values
+        channels = planes.shape[2]
+        colour = planes[..., :3] if channels >= 3 else np.repeat(planes[..., :1], 3, axis=2)
+        restored = self.deblur_rgb(np.ascontiguousarray(colour))
+        out = restored if channels >= 3 else restored.mean(axis=2, keepdims=True)
+        if channels == 4:
+            out = np.concatenate([out, planes[..., 3:]], axis=2)
+        out = out.reshape(image.shape)
+        if scale is not None:
+            return np.round(np.clip(out, 0.0, 1.0) * scale).astype(image.dtype)
+        return out.astype(image.dtype, copy=False)
+
+    def _tensor(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dim() not in (3, 4) or image.shape[-3] not in (1, 3, 4) or not image.is_floating_point():
+            raise _refuse(image, "expected a float (C, H, W) or (N, C, H, W) tensor with C in 1/3/4")
+        if min(image.shape[-2:]) < _MIN_SIDE:
+            raise _refuse(image, f"height and width must be at least {_MIN_SIDE}")
+        finite = bool(torch.isfinite(image).all())
+        _check_float_range(image, float(image.nan_to_num().min()), float(image.nan_to_num().max()), finite)
+        batch = image if image.dim() == 4 else image[None]
+        values = batch.detach().to("cpu", torch.float32)
+        channels = values.shape[1]
+        colour = values[:, :3] if channels >= 3 else values[:, :1].expand(-1, 3, -1, -1)
+        if self.tile and max(values.shape[-2:]) > self.tile:
+            restored = torch.stack([torch.from_numpy(self.deblur_rgb(np.ascontiguousarray(x.permute(1, 2, 0).numpy()))).permute(2, 0, 1)
+                                    for x in colour])
+        else:
+            restored = deblur_tensor(self._network, colour.to(self.device), multiple=self.size_multiple).cpu()
+        out = restored if channels >= 3 else restored.mean(dim=1, keepdim=True)
+        if channels == 4:
+            out = torch.cat([out, values[:, 3:]], dim=1)
+        out = out.to(image.device, image.dtype)
+        return out if image.dim() == 4 else out[0]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached(model: str | None, engine: str, device: str, tile: int, overlap: int) -> Deblurrer:
+    return Deblurrer.load(model, engine, device, tile, overlap)
+
+
+def deblur(image: ImageLike, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
+           overlap: int = 128) -> ImageLike:
+    """Deblur one image with a cached :class:`Deblurrer` (loaded on first use); same type, dtype and shape out.
+
+    >>> import numpy as np, meddeblur
+    >>> meddeblur.deblur(np.zeros((64, 80, 3), np.uint16)).dtype
+    dtype('uint16')
+    """
+    return _cached(None if model is None else str(model), engine, device, tile, overlap)(image)

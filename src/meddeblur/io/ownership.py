@@ -1,0 +1,93 @@
+"""Whose file is this: reading a file's provenance record back, and the overwrite rule built on it.
+
+meddeblur replaces an existing file only if it wrote it itself (an image carrying its provenance record, a BMP
+sidecar, an assess CSV, a synth manifest, an ONNX export) or the user said ``overwrite``; anything else is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+from meddeblur.errors import UserError
+from meddeblur.files import check_regular_file
+from meddeblur.io.dicom import read_dicom_provenance
+from meddeblur.io.provenance import TIFF_DESCRIPTION_TAG, TOOL, parse, sidecar_path
+
+__all__ = ["ASSESS_CSV_COLUMNS", "read_provenance", "is_own_file", "check_replaceable"]
+
+#: The header row of a ``meddeblur assess`` CSV (written by :mod:`meddeblur.evaluation.assess`), which is how one is recognised.
+ASSESS_CSV_COLUMNS = ("path", "blur_score", "flag", "width", "height", "note")
+
+
+def read_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The meddeblur record stored in an image file (or its BMP sidecar), or None when it has none.
+
+    Raises :class:`meddeblur.errors.UserError` for a file that is not a readable image.
+    """
+    path = check_regular_file(path)
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head[128:132] == b"DICM":
+        return read_dicom_provenance(path)
+    try:
+        with Image.open(path) as im:
+            fmt = im.format
+            if fmt == "PNG":
+                return parse(im.info.get(TOOL))
+            if fmt == "TIFF":
+                return parse(im.tag_v2.get(TIFF_DESCRIPTION_TAG))
+            if fmt in ("JPEG", "MPO"):
+                return parse(im.info.get("comment"))
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise UserError(f"{path}: not a readable image ({exc.__class__.__name__}); give an image written by meddeblur") from None
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        return parse(sidecar.read_text(encoding="utf-8", errors="replace"))
+    return None
+
+
+def is_own_file(path: str | os.PathLike[str]) -> bool:
+    """True if the existing regular file ``path`` is an earlier meddeblur output, judged by its content.
+
+    Images (PNG, TIFF, JPEG, DICOM, BMP with its sidecar) carry a provenance record; a ``.json``
+    holding a record (a BMP sidecar) or a synth manifest, an assess CSV (its exact header row) and
+    an ONNX export (its ``meddeblur_weights_id`` metadata) are recognised too. Anything unreadable is not ours.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        if not path.is_file():
+            return False
+        if suffix == ".json":
+            with open(path, "rb") as fh:
+                data = json.loads(fh.read(1 << 24).decode("utf-8", "replace"))
+            return isinstance(data, dict) and (data.get("tool") == TOOL or ("meddeblur" in data and "spec" in data))
+        if suffix == ".csv":
+            with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+                return fh.readline().rstrip("\r\n") == ",".join(ASSESS_CSV_COLUMNS)
+        if suffix == ".onnx":
+            import onnx
+
+            model = onnx.load(os.fspath(path), load_external_data=False)
+            return any(prop.key == "meddeblur_weights_id" for prop in model.metadata_props)
+        return read_provenance(path) is not None
+    except Exception:  # not an image, corrupt, unreadable: not something we wrote
+        return False
+
+
+def check_replaceable(path: str | os.PathLike[str], overwrite: bool, option: str = "output path") -> None:
+    """The overwrite rule: UserError if ``path`` exists, is not meddeblur's own earlier output and ``overwrite`` is off.
+
+    ``option`` names what the caller calls the path in the message (a parameter, or a CLI flag).
+    """
+    path = Path(path)
+    if overwrite or not os.path.lexists(path) or path.is_dir():
+        return
+    if os.path.islink(path) or not is_own_file(path):
+        raise UserError(f"{path}: exists and was not written by meddeblur; move it away, choose another {option}, "
+                        "or pass overwrite=True to replace it", value=path)

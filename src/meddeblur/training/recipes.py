@@ -1,0 +1,43 @@
+"""Training recipes: named sets of :class:`~meddeblur.training.options.TrainOptions` values that ``meddeblur train`` starts from.
+
+``default`` is how the shipped model is trained (MODEL_CARD.md): a small NAFNet, 128-px crops of the
+native images at random down-scales with the ``real`` degradation mix (un-blurred share included),
+AdamW with warm-up and a cosine decay over the budget, gradient clipping, EMA weights, L1 loss and a
+validation round every 200 steps. Its numbers are what measured best on this project's 2-core CPU
+(benchmarks/results/train_speed.md). ``reference`` is exactly the reference system: Attention U-Net
+w64, Adam 1e-4, batch 8, 256×256 resize, LR plateau, 0.85·(1−SSIM)+0.15·L1, early stopping 10.
+
+Options given explicitly always win over the recipe's. With blurred/sharp pairs (no ``degrade``) the
+default recipe trains on random native crops of the pairs, since there is nothing to synthesise.
+"""
+
+from __future__ import annotations
+
+from meddeblur.losses import LossWeights
+
+__all__ = ["RECIPES", "recipe_options"]
+
+RECIPES: dict[str, dict] = {
+    "default": {
+        "arch": "nafnet", "width": None, "size": None, "crop": 128, "scales": (1.0, 4.0), "soften": 0.25, "compress": 0.2,
+        "degrade": "real", "batch": 16, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "cosine",
+        "max_minutes": 60.0, "epochs": 100_000, "epoch_steps": 200, "warmup": 100, "clip": 1.0, "ema": 0.999,
+        "loss": LossWeights(ssim=0.0, l1=1.0), "patience": None,
+    },
+    "reference": {
+        "arch": "attention-unet", "width": None, "size": 256, "crop": None, "scales": None, "soften": 0.0, "compress": 0.0,
+        "degrade": None, "batch": 8, "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0, "schedule": "plateau",
+        "max_minutes": None, "epochs": 100, "epoch_steps": None, "warmup": 0, "clip": None, "ema": None,
+        "loss": LossWeights(), "patience": 10,
+    },
+}
+
+
+def recipe_options(name: str, paired: bool) -> dict:
+    """The option values of recipe ``name``; ``paired``: blurred/sharp pairs are given (nothing to synthesise)."""
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+    values = dict(RECIPES[name], recipe=name)
+    if paired:
+        values.update(degrade=None, scales=None)
+    return values

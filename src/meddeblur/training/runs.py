@@ -1,0 +1,185 @@
+"""A training run's folder: options, split, checkpoint with checksum, history, best weights and log.
+
+Layout: ``run.json`` (options), ``split.json``, ``history.csv``, ``curves.png``, ``train.log``, ``last.pt`` (full
+training state, tensors and plain values only so it loads with ``weights_only=True``) with its SHA-256 in
+``last.pt.sha256``, and ``best.safetensors`` + ``best.json``.
+
+Crash safety: every file is replaced atomically, and ``last.pt`` is the commit point of an epoch: it is written
+first, then best weights, history and curves, which are derived from it (:func:`publish`). Resuming rewrites those
+derived files from the checkpoint, so a run killed at any moment continues to the same result as an uninterrupted
+one. Under torchrun only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io as _stdio
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from meddeblur import __version__
+from meddeblur.data.pairs import SPLIT_FILE, check_pairs, load_pairs, read_split, select, split_names, write_split
+from meddeblur.errors import MissingExtra, UserError
+from meddeblur.files import atomic_path, atomic_write
+from meddeblur.models import BEST_WEIGHTS, ModelConfig, save_weights
+from meddeblur.training import distributed as ddp
+from meddeblur.training.options import TrainOptions
+
+__all__ = ["RUN_FILE", "CHECKPOINT", "CHECKSUM", "HISTORY_FIELDS", "RunLog", "save_checkpoint", "load_checkpoint", "publish",
+           "prepare_run", "open_run", "read_run_options", "checkpoint_config"]
+
+RUN_FILE = "run.json"
+CHECKPOINT = "last.pt"
+CHECKSUM = CHECKPOINT + ".sha256"
+HISTORY_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_psnr", "train_ssim", "val_loss", "val_psnr", "val_ssim", "val_input_psnr",
+                  "val_sharp_psnr", "seconds", "cpu_seconds")
+
+
+class RunLog:
+    """Lines to the terminal (through tqdm, so bars stay intact) and to ``train.log``; silent outside rank 0."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        if not ddp.is_main():
+            return
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # non-UTF-8 file names
+        tqdm.write(message)
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(message + "\n")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _write_checksums(run: Path, digests: list[str]) -> None:
+    with atomic_write(run / CHECKSUM, "w") as fh:  # sha256sum format: `sha256sum -c` checks it
+        fh.writelines(f"{d}  {CHECKPOINT}\n" for d in dict.fromkeys(digests))
+
+
+def _read_checksums(run: Path) -> list[str]:
+    try:
+        return [line.split()[0] for line in (run / CHECKSUM).read_text().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+def save_checkpoint(run: Path, state: dict) -> None:
+    """Write ``last.pt`` and its checksum so that a kill at any moment leaves a pair that verifies.
+
+    Two files cannot be replaced at once, so while the new checkpoint is moved into
+    place the checksum file accepts both the old and the new digest, then only the new.
+    """
+    with atomic_path(run / CHECKPOINT) as tmp:
+        torch.save(state, tmp)
+        digest = _sha256(tmp)
+        _write_checksums(run, [digest, *_read_checksums(run)])
+    _write_checksums(run, [digest])
+
+
+def load_checkpoint(path: Path) -> dict:
+    """The training state in ``last.pt`` (plain tensors and values only), verified against its checksum."""
+    sidecar = path.with_name(path.name + ".sha256")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: no checkpoint to resume from; start a new run without resume=True") from None
+    accepted = _read_checksums(path.parent)
+    if not accepted:
+        raise UserError(f"checkpoint {path} has no checksum in {sidecar.name} (incomplete, or written by an older meddeblur); "
+                        f"start a new run, or if you trust the file run `sha256sum {path.name} > {sidecar.name}` in {path.parent}")
+    if hashlib.sha256(data).hexdigest() not in accepted:
+        raise UserError(f"checkpoint {path} is corrupt or incomplete (checksum mismatch with {sidecar.name}); "
+                        "restore it from a backup or start a new run")
+    buffer = _stdio.BytesIO(data)
+    try:
+        return torch.load(buffer, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged zip/pickle stream
+        raise UserError(f"{path}: checkpoint is unreadable ({type(exc).__name__}); start a new run or restore the file") from None
+
+
+def _write_history(run: Path, history: list[dict]) -> None:
+    buffer = _stdio.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(history)
+    with atomic_write(run / "history.csv", "w") as fh:
+        fh.write(buffer.getvalue())
+
+
+def publish(run: Path, net: torch.nn.Module, config: ModelConfig, history: list[dict], best_epoch: int | None) -> None:
+    """Write the files derived from the checkpoint: best weights (if ``best_epoch`` is the current one), history, curves."""
+    if best_epoch is not None:
+        row = next(r for r in history if r["epoch"] == best_epoch)
+        best = save_weights(net, config, run / BEST_WEIGHTS, extra={"epoch": best_epoch, **{k: row[k] for k in ("val_loss", "val_psnr", "val_ssim")}})
+        info = json.loads(best.with_suffix(".json").read_text())
+        with atomic_write(best.with_suffix(".json"), "w") as fh:
+            json.dump({**info, "sha256": _sha256(best)}, fh, indent=2)
+    _write_history(run, history)
+    try:
+        from meddeblur.plots import plot_curves
+    except MissingExtra:  # a core install trains too; curves.png needs the [plots] extra, history.csv has the same numbers
+        return
+    plot_curves(history, run / "curves.png")
+
+
+def prepare_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
+    run = Path(options.out)
+    if run.exists() and not run.is_dir():
+        raise UserError(f"{run}: `out` is a file; pass a folder for the run")
+    data_folders = {Path(d).resolve() for d in (options.blurred_dir, options.sharp_dir) if d}
+    if run.resolve() in data_folders:
+        raise UserError(f"{run}: `out` is a data folder; pass a new folder for the run")
+    if (run / CHECKPOINT).exists():
+        raise UserError(f"{run}: already holds a run; continue it with resume={run} or choose another `out`")
+    pairs, skipped = check_pairs(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), options.skip_bad)
+    split = split_names([p.name for p in pairs], seed=options.seed)
+    if options.arch.startswith("attention-unet") and (options.size or options.crop or 0) < 32 and len(split["train"]) < 2 and not options.epoch_steps:
+        raise UserError(f"{len(pairs)} image(s) leave {len(split['train'])} for training: {options.arch} uses BatchNorm, which cannot "
+                        "normalise one image shrunk to 1×1; add images, size=32 or more, or arch=nafnet")
+    run.mkdir(parents=True, exist_ok=True)
+    write_split(run / SPLIT_FILE, split, options.seed)
+    with atomic_write(run / RUN_FILE, "w") as fh:
+        json.dump({"version": __version__, "options": asdict(options)}, fh, indent=2)
+    return run, *(select(pairs, split[part], str(run / SPLIT_FILE)) for part in ("train", "val")), skipped
+
+
+def open_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
+    """The pairs of an existing run folder; clears temporary files a killed run left behind."""
+    run = Path(options.out)
+    split = read_split(run / SPLIT_FILE)
+    pairs, skipped = check_pairs(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), options.skip_bad)
+    if not (run / CHECKPOINT).exists() and ((run / "history.csv").exists() or (run / BEST_WEIGHTS).exists()):
+        raise UserError(f"{run / CHECKPOINT}: missing although the run has finished epochs; restore it or start a new run")
+    for stale in run.glob(".*.tmp-*"):  # our atomic writes' temporaries; nobody writes this run now
+        stale.unlink(missing_ok=True)
+    return run, *(select(pairs, split[part], str(run / SPLIT_FILE)) for part in ("train", "val")), skipped
+
+
+def read_run_options(run: str | Path) -> TrainOptions:
+    """The options a run was started with."""
+    path = Path(run) / RUN_FILE
+    try:
+        return TrainOptions.from_dict(json.loads(path.read_text())["options"])
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; `resume` needs a run folder written by meddeblur train") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"{path}: unreadable run options ({exc}); start a new run") from None
+
+
+def checkpoint_config(state: dict, run: Path) -> ModelConfig:
+    try:
+        return ModelConfig.from_dict(state["config"])
+    except (KeyError, ValueError, TypeError):
+        raise UserError(f"{run / CHECKPOINT}: holds no valid model config; restore this run's checkpoint or start a new run") from None
