@@ -171,7 +171,8 @@ def build() -> tuple[str, dict]:
         f"- Trained in stages, each continuing from the shipped weights (`--init default`) and shipped only if the validation mix "
         f"improves (`benchmarks/results/default_training_stages.md`). This weights' stage: {training['steps']} steps in "
         f"{training['wall_minutes']:.0f} minutes wall clock ({training['cpu_minutes']:.0f} CPU minutes) on {training['machine']}, "
-        f"{training['threads']} intra-op thread(s). Validation mix: input {val['input']['psnr']:.2f} dB → {val['start']['psnr']:.2f} dB "
+        + (f"{training['processes']} torchrun processes × " if training.get("processes", 1) > 1 else "")
+        + f"{training['threads']} intra-op thread(s). Validation mix: input {val['input']['psnr']:.2f} dB → {val['start']['psnr']:.2f} dB "
         f"(the weights it started from) → {val['candidate']['psnr']:.2f} dB; un-blurred inputs kept at {val['start']['sharp_psnr']:.2f} → "
         f"{val['candidate']['sharp_psnr']:.2f} dB. Curve: `benchmarks/results/default_training.png`.", "",
         "| stage | command | minutes (wall / CPU) | steps | val mix PSNR: input → start → stage | sharp kept | shipped |", "|---|---|---|---|---|---|---|",

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if improved:
         training = {"recipe": options.recipe, "run_options": run_options, "data": DATA, "stage": stage["stage"], "val_mix": scores,
                     "wall_minutes": stage["wall_minutes"], "cpu_minutes": stage["cpu_minutes"], "steps": stage["steps"],
-                    "threads": args.threads, "machine": stage["machine"], "shipped": stage["date"]}
+                    "threads": args.threads, "processes": processes, "machine": stage["machine"], "shipped": stage["date"]}
         save_weights(candidate, config, DEFAULT_WEIGHTS, extra={"training": training})
         stage["id"] = weights_id(DEFAULT_WEIGHTS)  # the shipped file's own id (its metadata differs from the run's)
     STAGES.write_text(json.dumps(stages, indent=2) + "\n")
