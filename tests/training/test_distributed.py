@@ -255,3 +255,26 @@ def test_training_loop_with_mixed_precision_and_channels_last_switched_on(data, 
     assert all(math.isfinite(float(r["val_loss"])) for r in _history(run))
     model, _, _ = load_model(run)  # channels_last weights load like any others
     assert model(torch.rand(1, 3, 32, 32)).dtype == torch.float32
+
+
+def test_processes_with_different_clocks_stop_together_at_the_time_budget(tmp_path):
+    # Rank 1's clock runs 3× fast: with each process judging the budget by its own clock, rank 1 stopped while
+    # rank 0 waited for it in DDP's all-reduce, forever. Now all use one clock, so both stop at the same step.
+    from synthetic_pairs import write_sharp_images
+
+    sharp = write_sharp_images(tmp_path / "sharp", n=8, height=72, width=80, first_seed=400)
+    launcher = tmp_path / "skewed_clock.py"
+    launcher.write_text("import os, sys, time\n"
+                        "if os.environ.get('RANK') == '1':\n"
+                        "    real = time.perf_counter\n"
+                        "    time.perf_counter = lambda: 3.0 * real()\n"
+                        "from meddeblur.cli import main\n"
+                        "sys.exit(main(sys.argv[1:]))\n")
+    run = tmp_path / "run"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(_free_port()), str(launcher), "train", "--sharp", str(sharp), "--out", str(run), "--width", "4",
+               "--crop", "32", "--batch", "4", "--threads", "1", "--device", "cpu", "--max-minutes", "0.1", "--val-every", "3"]
+    done = subprocess.run(command, env=cli_env(), capture_output=True, text=True,
+                          timeout=180, stdin=subprocess.DEVNULL, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "budget used after epoch" in (run / "train.log").read_text() and len(_history(run)) >= 1

@@ -118,17 +118,22 @@ def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.devi
     with tqdm(loader, desc=desc, leave=False, disable=True if quiet else None, unit="batch") as bar, torch.set_grad_enabled(training):
         started = control.clock() if control is not None else 0.0
         for step, (blurred, sharp) in enumerate(bar, 1):
-            if training and control is not None and control.finished():
-                break
             blurred, sharp = blurred.to(device), sharp.to(device)
             output = model(blurred)
             loss, _ = loss_fn(output, sharp)
             if training:
-                # Checked in every process before anyone steps, so a NaN never reaches the weights and
-                # no process is left waiting in DDP's all-reduce: one NaN/Inf makes the sum NaN/Inf everywhere.
-                spread = ddp.all_reduce_sum([float(loss.detach())])[0]
+                # One all-reduce before anyone steps carries what every process must agree on. The loss: a NaN/Inf
+                # anywhere makes the sum NaN/Inf everywhere, so it never reaches the weights. The budget clock: each
+                # process's own clock would stop one of them while another waits in DDP's all-reduce, and give each
+                # its own learning rate; all use the mean instead.
+                elapsed = control.seconds + control.clock() - started if control is not None else 0.0
+                spread, elapsed_sum = ddp.all_reduce_sum([float(loss.detach()), elapsed])
                 if not math.isfinite(spread):
                     raise Diverged(step, spread)
+                if control is not None:
+                    control.seconds, started = elapsed_sum / ddp.world_size(), control.clock()
+                    if control.finished():
+                        break
                 optimizer.zero_grad(set_to_none=True)
                 if scaler is None:
                     loss.backward()
@@ -308,7 +313,8 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     log(f"validation: {len(val_set)} fixed samples, input PSNR {baseline['psnr']:.2f} dB (degraded ones)")
 
     for epoch in range(first_epoch, options.epochs + 1):
-        spent = sum(float(r[spent_column] or 0) for r in history) / 60
+        # Rank 0's clock decides for all: processes that disagree would wait for each other forever.
+        spent = ddp.broadcast(sum(float(r[spent_column] or 0) for r in history) / 60)
         if options.max_minutes is not None and spent >= options.max_minutes or (control is not None and control.finished()):
             used = [f"{spent:.1f} of {options.max_minutes:g} minutes"] if options.max_minutes is not None else []
             used += [f"{control.step} of {options.steps} steps"] if control and options.steps else []
@@ -340,8 +346,8 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
                "val_sharp_psnr": val_stats.get("sharp_psnr", math.nan), "seconds": round(time.perf_counter() - started, 3),
                "cpu_seconds": round(time.process_time() - cpu_started, 3)}
         history.append(row)
-        if control is not None:  # the budget counts validation and checkpoints too, as --max-minutes does
-            control.seconds = sum(float(r[spent_column] or 0) for r in history)
+        if control is not None:  # the budget counts validation and checkpoints too, as --max-minutes does; rank 0's count
+            control.seconds = ddp.broadcast(sum(float(r[spent_column] or 0) for r in history))
         improved = stopper.update(val_stats["loss"], epoch)
         if ddp.is_main():
             # The checkpoint commits the epoch; everything after it is rebuilt from it on --resume.
