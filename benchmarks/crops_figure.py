@@ -50,13 +50,17 @@ def render(sharp: np.ndarray, model_arg: str | None, crop: int, out: Path, sourc
         blurred = degrade(tensor, parse_spec(spec), torch.Generator().manual_seed(row))[0][0].numpy().transpose(1, 2, 0)
         restored = deblurrer(blurred)
         p_in, p_out = psnr_ssim_numpy(blurred, sharp)[0], psnr_ssim_numpy(restored, sharp)[0]
-        for col, (image, title) in enumerate(((blurred, f"{label}: input {p_in:.2f} dB"), (restored, f"deblurred {p_out:.2f} dB ({p_out - p_in:+.2f})"),
-                                               (sharp, "sharp"))):
+        if np.isfinite(p_in):
+            titles = (f"{label}: input {p_in:.2f} dB", f"deblurred {p_out:.2f} dB ({p_out - p_in:+.2f})")
+        else:  # an un-blurred input equals the target: what counts is how little the model changed it
+            titles = (f"{label}: input = sharp", f"output vs input {p_out:.2f} dB")
+        for col, (image, title) in enumerate(((blurred, titles[0]), (restored, titles[1]), (sharp, "sharp"))):
             axis = axes[row, col]
             axis.imshow(np.clip(image[window], 0, 1), interpolation="nearest")
             axis.set_title(title, fontsize=7)
             axis.axis("off")
-    figure.suptitle(f"100 % crops ({crop}×{crop}) of a {width}×{height} {source}; model {deblurrer.model_id}; PSNR of the whole image", fontsize=8)
+    figure.suptitle(f"100 % crops ({crop}×{crop}) of a {width}×{height} {source}\nmodel {deblurrer.model_id}; PSNR of the whole image",
+                    fontsize=8)
     figure.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=dpi)
