@@ -156,6 +156,9 @@ def without(monkeypatch):
     def hide(module: str, *fresh: str) -> None:
         monkeypatch.setitem(sys.modules, module, None)
         for name in [n for n in sys.modules if n.startswith(fresh)] if fresh else []:
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules:  # re-importing rebinds the parent's attribute: put the original back afterwards too
+                monkeypatch.setattr(sys.modules[parent], child, sys.modules[name], raising=False)
             monkeypatch.delitem(sys.modules, name)
 
     return hide
