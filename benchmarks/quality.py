@@ -206,12 +206,12 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
         argument, name = model_label(model)
         deblurrer = Deblurrer.load(argument, device="cpu", tile=0)  # whole images, as the protocols were measured
         config = deblurrer.config
-        loaded.append((f"model: {name}", deblurrer, None,
+        loaded.append((f"model: {name}", deblurrer,
                        {"path": str(deblurrer.weights), "id": deblurrer.model_id, "arch": config.arch, "width": config.width}))
     rows: dict[str, dict] = {"input": {"families": {}, "seconds": 0.0}}
     for name in methods:
         rows[METHODS[name].label] = {"families": {}, "seconds": 0.0, "params": {}}
-    for label, _, _, info in loaded:
+    for label, _, info in loaded:
         rows[label] = {"families": {}, "seconds": 0.0, "model": info}
     megapixels = 0.0
     started_all = time.perf_counter()
@@ -251,7 +251,7 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
                     cache.reused += 1
                 rows[METHODS[name].label]["seconds"] += stored[3] / stored[4] * mp
                 scores[METHODS[name].label].append((stored[1], stored[2]))
-            for label, deblurrer, _, _ in loaded:
+            for label, deblurrer, _ in loaded:
                 t0 = time.perf_counter()
                 restored = deblurrer(blurred)
                 rows[label]["seconds"] += time.perf_counter() - t0

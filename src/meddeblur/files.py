@@ -215,6 +215,21 @@ def remove_quietly(tmp: Path) -> None:
 
 
 @contextlib.contextmanager
+def _removed_on_failure(tmp: Path, path: Path) -> Iterator[None]:
+    """Remove ``tmp`` if the block fails; a full or failing disk becomes a :class:`UserError` naming ``path``."""
+    try:
+        yield
+    except OSError as exc:
+        remove_quietly(tmp)
+        if exc.errno in _WRITE_ERRNOS:
+            raise _write_error(path, exc) from None
+        raise
+    except BaseException:
+        remove_quietly(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike[str],
     mode: str = "wb",
@@ -244,21 +259,13 @@ def atomic_write(
         os.close(fd)
         remove_quietly(tmp)
         raise
-    try:
+    with _removed_on_failure(tmp, path):
         with f:
             yield f
             if not f.closed:
                 f.flush()
                 os.fsync(f.fileno())
         _commit(tmp, path)
-    except OSError as exc:
-        remove_quietly(tmp)
-        if exc.errno in _WRITE_ERRNOS:
-            raise _write_error(path, exc) from None
-        raise
-    except BaseException:
-        remove_quietly(tmp)
-        raise
 
 
 @contextlib.contextmanager
@@ -272,7 +279,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     path = Path(path)
     _prepare_parent(path)
     tmp = _temp_name(path)
-    try:
+    with _removed_on_failure(tmp, path):
         yield tmp
         if not tmp.is_file():
             raise RuntimeError(f"atomic_path: nothing was written to {tmp} for {path}")
@@ -283,11 +290,3 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         _commit(tmp, path)
-    except OSError as exc:
-        remove_quietly(tmp)
-        if exc.errno in _WRITE_ERRNOS:
-            raise _write_error(path, exc) from None
-        raise
-    except BaseException:
-        remove_quietly(tmp)
-        raise

@@ -96,11 +96,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def deblur(args: argparse.Namespace) -> int:
     from meddeblur.inference.deblurrer import Deblurrer
-    from meddeblur.inference.tiling import Tiling
     from meddeblur.io.encode import check_jpeg_quality
 
-    check_jpeg_quality(args.jpeg_quality)
-    Tiling(args.tile, args.overlap)  # both before the model is loaded
+    check_jpeg_quality(args.jpeg_quality)  # before the model is loaded (Deblurrer.load checks tile and overlap first too)
     engine = args.engine or ("onnx" if args.onnx else "torch")
     # --onnx is the command line's own way to name an ONNX model; the API has one `model` for both.
     if args.onnx is not None and engine == "torch":

@@ -15,7 +15,7 @@ import numpy as np
 
 from meddeblur.errors import InvalidOption, TooLarge, TooSmall, UnsupportedFormat
 
-__all__ = ["ImageFormat", "FORMATS", "IMAGE_EXTENSIONS", "SUFFIX_FORMATS", "OUTPUT_SUFFIXES", "MEDIA_TYPES", "MAX_PIXELS",
+__all__ = ["ImageFormat", "FORMATS", "IMAGE_EXTENSIONS", "SUFFIX_FORMATS", "OUTPUT_SUFFIXES", "FORMAT_ALIASES", "MEDIA_TYPES", "MAX_PIXELS",
            "LoadedImage", "resolve_format", "check_size", "unsupported_kind"]
 
 
@@ -47,7 +47,8 @@ SUFFIX_FORMATS = {suffix: f.name for f in FORMATS for suffix in f.suffixes}
 #: ``--format`` / ``format=`` choices of the deblur command and API → the suffix written.
 OUTPUT_SUFFIXES = {f.name.lower(): f.suffixes[0] for f in FORMATS if f.name != "DICOM"}
 MEDIA_TYPES = {f.name: f.media_type for f in FORMATS}
-_ALIASES = {alias: f.name for f in FORMATS if f.name != "DICOM" for alias in (f.name, *f.aliases)}
+#: Names ``format=`` accepts for writing (upper case) → the format.
+FORMAT_ALIASES = {alias: f.name for f in FORMATS if f.name != "DICOM" for alias in (f.name, *f.aliases)}
 
 #: Images with more pixels are refused from their header, before decoding: 100 megapixels
 #: already take 1.2 GB as float32 RGB, and a crafted header can claim 10^10.
@@ -72,7 +73,7 @@ class LoadedImage:
 def resolve_format(path: Path, format: str | None) -> ImageFormat:
     """The format to write ``path`` in: ``format`` (a name or alias, any case) or else the path's suffix."""
     if format is not None:
-        name = _ALIASES.get(format.upper())
+        name = FORMAT_ALIASES.get(format.upper())
         if name is None:
             raise InvalidOption(f"format={format!r}: unsupported image format; use PNG, JPEG, TIFF or BMP", value=format, option="format")
         return BY_NAME[name]

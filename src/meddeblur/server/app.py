@@ -102,7 +102,7 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
 
     Requests are deblurred with ``model``'s tiling (:func:`load_served_model` takes it from ``settings``).
     """
-    settings = (settings or ServerSettings()).validate()
+    settings = settings or ServerSettings()
     served = model or load_served_model(settings.model, settings.device, settings.tile, settings.overlap)
     pool = InferencePool(settings.threads, settings.queue)
     uploads = UploadGate(settings.max_uploads, settings.body_timeout)

@@ -26,11 +26,11 @@ from meddeblur.errors import (
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import encode_image
-from meddeblur.io.formats import BY_NAME, FORMATS, MEDIA_TYPES, LoadedImage
+from meddeblur.io.formats import BY_NAME, FORMAT_ALIASES, MEDIA_TYPES, LoadedImage
 from meddeblur.server.engine import Deadline
 
 #: ``?format=`` values and what is answered for them.
-OUTPUT_FORMATS = {alias.lower(): f.name for f in FORMATS if f.name != "DICOM" for alias in (f.name, *f.aliases)}
+OUTPUT_FORMATS = {alias.lower(): name for alias, name in FORMAT_ALIASES.items()}
 
 # read_image silences C-library chatter by swapping file descriptor 2 process-wide and
 # changes the global warning filters: two decodes overlapping in threads could leave

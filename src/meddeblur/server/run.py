@@ -49,7 +49,6 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
     from meddeblur.server.app import create_app
     from meddeblur.server.engine import load_served_model
 
-    settings.validate()
     if not 0 <= port <= 65535:
         from meddeblur.errors import UserError
 

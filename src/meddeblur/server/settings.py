@@ -112,4 +112,4 @@ class ServerSettings:
         for name in ("allowed_hosts", "cors_origins"):  # JSON has lists, the settings tuples
             if isinstance(values.get(name), list):
                 values[name] = tuple(values[name])
-        return cls(**values).validate()
+        return cls(**values)
