@@ -42,6 +42,8 @@ ROWS: dict[str, ModelConfig] = {
     "attention-unet-residual-w32": ModelConfig(arch="attention-unet-residual", width=32),
     "nafnet-w16-full": ModelConfig(arch="nafnet", width=16, enc_blocks=(1, 1, 2, 4), middle_blocks=4, dec_blocks=(1, 1, 1, 1)),
     "nafnet-w16-lite": ModelConfig(arch="nafnet", width=16, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(0, 1, 1, 1)),
+    # stage 3 of the default model: lite grown by one full-resolution block and one more at ½ and ¼ on the way up
+    "nafnet-w16-grown": ModelConfig(arch="nafnet", width=16, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(1, 2, 2, 1)),
     "nafnet-w24-lite": ModelConfig(arch="nafnet", width=24, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(0, 1, 1, 1)),
     "nafnet-w32-lite": ModelConfig(arch="nafnet", width=32, enc_blocks=(0, 1, 1, 4), middle_blocks=2, dec_blocks=(0, 1, 1, 1)),
 }

@@ -84,7 +84,9 @@ def train_command(options: dict, processes: int = 1) -> str:
         elif key in recipe and (tuple(value) if isinstance(value, list) else value) == recipe[key]:
             continue
         elif value is not None:
-            parts.append(f"--{flags.get(key, key.replace('_', '-'))}" + ("" if value is True else f" {value:g}" if isinstance(value, float) else f" {value}"))
+            shown = "" if value is True else f" {value:g}" if isinstance(value, float) else \
+                f" {','.join(map(str, value))}" if isinstance(value, (list, tuple)) else f" {value}"
+            parts.append(f"--{flags.get(key, key.replace('_', '-'))}{shown}")
     return " ".join(parts)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from meddeblur.errors import UserError
+from meddeblur.errors import InvalidOption, UserError
 from meddeblur.inference.batch import deblur_tensor
 from meddeblur.models import (
     ARCHITECTURES,
@@ -17,6 +17,8 @@ from meddeblur.models import (
     ModelConfig,
     build_model,
     count_flops,
+    grow_model,
+    grown_config,
     load_model,
     save_weights,
     size_multiple,
@@ -180,6 +182,37 @@ def test_build_model_turns_a_bad_config_into_a_user_error():
         build_model(ModelConfig(arch="nafnet", enc_blocks=(1, 1), dec_blocks=(1,)))
     with pytest.raises(UserError, match="unknown architecture"):
         build_model(ModelConfig(arch="bogus"))
+
+
+def test_a_grown_nafnet_computes_exactly_what_it_grew_from():
+    small = CONFIGS["nafnet-2-levels"]
+    trained = _perturbed(build_model(small), seed=3).eval()
+    grown = grown_config(small, enc_blocks=(2, 2), middle_blocks=3, dec_blocks=(1, 1))
+    assert (grown.width, grown.enc_blocks, grown.middle_blocks, grown.dec_blocks) == (8, (2, 2), 3, (1, 1))
+    bigger = grow_model(trained.state_dict(), small, grown).eval()
+    assert sum(p.numel() for p in bigger.parameters()) > sum(p.numel() for p in trained.parameters())
+    image = torch.rand(2, 3, 16, 20)
+    with torch.no_grad():
+        assert not torch.allclose(trained(image), image, atol=1e-3)  # a real function, not the identity
+        assert torch.allclose(bigger(image), trained(image), atol=1e-6)
+    # The new blocks learn: their residual scales get gradients at once.
+    bigger.train()
+    (bigger(image) - image.flip(-1)).abs().mean().backward()
+    assert bigger.encoders[0][1].beta.grad.abs().sum() > 0 and bigger.middle[2].gamma.grad.abs().sum() > 0
+    assert grown_config(small) is small
+
+
+@pytest.mark.parametrize("blocks, message", [
+    ({"enc_blocks": (0, 2)}, "enc_blocks=0,2: the initial weights have 1,2; a network can only grow"),
+    ({"middle_blocks": 0}, "middle_blocks=0: the initial weights have 1"),
+    ({"dec_blocks": (1, 0, 0)}, "`enc_blocks` and `dec_blocks` need one entry per level"),
+])
+def test_a_network_can_only_grow(blocks, message):
+    with pytest.raises(InvalidOption, match=message) as error:
+        grown_config(CONFIGS["nafnet-2-levels"], **blocks)
+    assert error.value.option == next(iter(blocks))
+    with pytest.raises(InvalidOption, match="`enc_blocks` applies to nafnet weights only; these are attention-unet"):
+        grown_config(CONFIGS["attention-unet"], enc_blocks=(1,))
 
 
 def test_flop_counter_counts_two_per_multiply_add():

@@ -22,6 +22,7 @@ from meddeblur.degradation.resampling import down_up, down_up_kernel, resize
 from meddeblur.degradation.spec import parse_spec
 from meddeblur.errors import UserError
 from meddeblur.losses import LossWeights
+from meddeblur.models import load_model
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.schedule import TrainControl, cosine_factor
 
@@ -227,6 +228,35 @@ def test_default_recipe_trains_from_init_and_resumes_exactly(sharp_dir, tmp_path
     assert main([*common, "--lr", "1e-12", "--out", str(still)]) == 0
     start, kept = load_file(str(init)), load_file(str(still / "best.safetensors"))
     assert all(torch.allclose(start[k], kept[k], atol=1e-6) for k in start)
+
+
+def test_init_with_more_blocks_grows_the_network_and_starts_from_the_same_function(sharp_dir, tmp_path, capsys):
+    seed_run = tmp_path / "seed"
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(seed_run), "--steps", "2", *TINY_DEFAULT]) == 0
+    init = seed_run / "best.safetensors"
+    common = ["train", "--sharp", str(sharp_dir), "--init", str(init), "--steps", "2", "--val-every", "2", "--lr", "1e-12",
+              *[a for a in TINY_DEFAULT if a not in ("--width", "4")]]
+    grown = tmp_path / "grown"
+    assert main([*common, "--out", str(grown), "--dec-blocks", "1,2,2,1", "--middle-blocks", "5"]) == 0
+    config = json.loads((grown / "best.json").read_text())["config"]
+    assert (config["width"], config["enc_blocks"], config["middle_blocks"], config["dec_blocks"]) == (4, [0, 1, 2, 4], 5, [1, 2, 2, 1])
+    assert "grown from blocks 0,1,2,4 | 4 | 0,1,1,1 to blocks 0,1,2,4 | 5 | 1,2,2,1" in (grown / "train.log").read_text()
+    before, after = load_model(init)[0], load_model(grown)[0]
+    image = _image(seed=4, size=64)[None]
+    with torch.no_grad():
+        assert torch.allclose(after(image), before(image), atol=1e-5)  # lr ≈ 0: still the function it grew from
+    capsys.readouterr()
+    assert main([*common, "--out", str(tmp_path / "shrunk"), "--enc-blocks", "0,0,2,4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["meddeblur train: error: --enc-blocks 0,0,2,4: the initial weights have 0,1,2,4; a network can only grow "
+                   "(same levels, at least as many blocks each)"]
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "unet"), "--arch", "attention-unet", "--middle-blocks", "2"]) == 2
+    assert capsys.readouterr().err.strip() == "meddeblur train: error: --middle-blocks applies to nafnet only, not attention-unet"
+    with pytest.raises(SystemExit) as usage:
+        main([*common, "--out", str(tmp_path / "typo"), "--dec-blocks", "1,a"])
+    assert usage.value.code == 2
+    assert "invalid block counts value: '1,a'" in capsys.readouterr().err
+    assert not any((tmp_path / name).exists() for name in ("shrunk", "unet", "typo"))
 
 
 def test_default_recipe_trains_under_torchrun(sharp_dir, tmp_path):

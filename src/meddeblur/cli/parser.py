@@ -15,8 +15,9 @@ __all__ = ["ARCHITECTURES", "Parser", "build_parser", "command_flags", "in_flags
 
 # Imports of the handlers' modules (torch, OpenCV, FastAPI, ...) happen inside the handlers, so that --help and
 # --version answer at once. The few constants the parser needs are repeated here; tests/cli/test_cli_errors.py checks
-# that they equal meddeblur.models.ARCHITECTURES and meddeblur.evaluation.assess's.
+# that they equal meddeblur.models.ARCHITECTURES and NAFNET_DEFAULTS and meddeblur.evaluation.assess's.
 ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
+_NAFNET_BLOCKS = {"enc": (0, 1, 2, 4), "middle": 4, "dec": (0, 1, 1, 1)}  # meddeblur.models.NAFNET_DEFAULTS
 _ASSESS_SIDE = 768  # meddeblur.evaluation.assess.ANALYSIS_SIDE
 _ASSESS_THRESHOLD = 0.4  # meddeblur.evaluation.assess.DEFAULT_THRESHOLD
 
@@ -27,6 +28,14 @@ class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
+
+
+def _counts(text: str) -> tuple[int, ...]:
+    """'0,1,2,4' → (0, 1, 2, 4); argparse turns the ValueError into a one-line usage error."""
+    return tuple(int(part) for part in text.split(","))
+
+
+_counts.__name__ = "block counts"  # what argparse names in "invalid block counts value: '1,a'"
 
 
 def _add_data_args(parser: argparse.ArgumentParser, required_hint: str) -> None:
@@ -55,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder to create (default runs/<time>)")
     train.add_argument("--arch", choices=ARCHITECTURES, help="network (default: the recipe's, nafnet; attention-unet is the reference)")
     train.add_argument("--width", type=int, help="base channels (default 64 for attention-unet*, 16 for nafnet; 64 = reference)")
+    for name, where in (("enc", "on the way down"), ("dec", "on the way up")):
+        train.add_argument(f"--{name}-blocks", type=_counts, metavar="N,N,…",
+                           help=f"nafnet: blocks per level {where}, full resolution first (default "
+                                f"{','.join(map(str, _NAFNET_BLOCKS[name]))}); with --init, more blocks than "
+                                "the weights have grow the network, the new blocks starting as the identity")
+    train.add_argument("--middle-blocks", type=int, metavar="N", help=f"nafnet: blocks at the lowest resolution (default {_NAFNET_BLOCKS['middle']})")
     size = train.add_mutually_exclusive_group()
     size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (the reference recipe: 256)")
     size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing (default recipe: 128)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from meddeblur.errors import CorruptFile, NotFound, UnsupportedFormat, UserError
+from meddeblur.errors import CorruptFile, InvalidOption, NotFound, UnsupportedFormat, UserError
 from meddeblur.files import atomic_path, atomic_write
 from meddeblur.models.attention_unet import AttentionUNet
 from meddeblur.models.flops import count_flops as count_flops  # re-exported
@@ -94,17 +94,17 @@ class ModelConfig:
         if self.arch != "nafnet":
             for name in _NAFNET_FIELDS:
                 if getattr(self, name) is not None:
-                    raise ValueError(f"{name} applies to nafnet only, not {self.arch}")
+                    raise ValueError(f"`{name}` applies to nafnet only, not {self.arch}")
             return
         for name in ("enc_blocks", "dec_blocks"):
             value = getattr(self, name)
             if (not isinstance(value, tuple) or not 1 <= len(value) <= _MAX_LEVELS
                     or not all(_positive_int(v, allow_zero=True) for v in value)):
-                raise ValueError(f"{name} must be a list of 1 to {_MAX_LEVELS} block counts (integers ≥ 0), not {value!r}")
+                raise ValueError(f"`{name}` must be a list of 1 to {_MAX_LEVELS} block counts (integers ≥ 0), not {value!r}")
         if len(self.enc_blocks) != len(self.dec_blocks):
-            raise ValueError(f"enc_blocks and dec_blocks need one entry per level: {len(self.enc_blocks)} vs {len(self.dec_blocks)}")
+            raise ValueError(f"`enc_blocks` and `dec_blocks` need one entry per level: {len(self.enc_blocks)} vs {len(self.dec_blocks)}")
         if not _positive_int(self.middle_blocks, allow_zero=True):
-            raise ValueError(f"middle_blocks must be an integer ≥ 0, not {self.middle_blocks!r}")
+            raise ValueError(f"`middle_blocks` must be an integer ≥ 0, not {self.middle_blocks!r}")
 
 
 def _positive_int(value: object, allow_zero: bool = False) -> bool:
@@ -132,6 +132,51 @@ def build_model(config: ModelConfig) -> nn.Module:
         return ResidualAttentionUNet(config.width, config.in_channels, config.out_channels)
     return NAFNet(config.width, config.in_channels, config.out_channels,
                   config.enc_blocks, config.middle_blocks, config.dec_blocks)
+
+
+def grown_config(config: ModelConfig, **blocks: object) -> ModelConfig:
+    """``config`` with the NAFNet block counts in ``blocks`` (``enc_blocks``, ``middle_blocks``, ``dec_blocks``).
+
+    InvalidOption unless the result only adds blocks: same architecture, width and levels, at
+    least as many blocks everywhere (see :func:`grow_model`).
+    """
+    if not blocks:
+        return config
+    if config.arch != "nafnet":
+        name = next(iter(blocks))
+        raise InvalidOption(f"`{name}` applies to nafnet weights only; these are {config.arch}", value=blocks[name], option=name)
+    name = next(iter(blocks))
+    grown = replace(config, **blocks)
+    try:
+        grown.validate()
+    except ValueError as exc:
+        raise InvalidOption(str(exc), value=blocks[name], option=name) from None
+    for name in ("enc_blocks", "middle_blocks", "dec_blocks"):
+        old, new = getattr(config, name), getattr(grown, name)
+        old_counts, new_counts = (old, new) if isinstance(old, tuple) else ((old,), (new,))
+        if len(old_counts) != len(new_counts) or any(n < o for o, n in zip(old_counts, new_counts)):
+            raise InvalidOption(f"{name}={_listed(new_counts)}: the initial weights have {_listed(old_counts)}; a network can only grow "
+                                "(same levels, at least as many blocks each)", value=new, option=name)
+    return grown
+
+
+def _listed(counts: tuple[int, ...]) -> str:
+    return ",".join(map(str, counts))
+
+
+def grow_model(state: dict, config: ModelConfig, grown: ModelConfig) -> nn.Module:
+    """A network for ``grown`` (from :func:`grown_config`) holding the weights ``state`` of ``config``.
+
+    New NAFBlocks are appended where :class:`NAFNet` puts them and keep their zero residual
+    scales, so the grown network computes exactly what ``state`` did: training goes on from
+    there with more capacity instead of starting over (how the shipped model grew).
+    """
+    network = build_model(grown)
+    # Only the appended blocks may be missing; shapes that differ raise in load_state_dict itself.
+    unexpected = network.load_state_dict(state, strict=False).unexpected_keys
+    if unexpected:
+        raise CorruptFile(f"weights of {config.arch} width {config.width} do not fit the grown network: {', '.join(unexpected[:3])}")
+    return network
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:

@@ -27,7 +27,7 @@ from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.losses import DeblurLoss, build_loss
 from meddeblur.metrics import psnr, ssim
-from meddeblur.models import BEST_WEIGHTS, ModelConfig, build_model, count_parameters, load_model
+from meddeblur.models import BEST_WEIGHTS, ModelConfig, build_model, count_parameters, grow_model, grown_config, load_model
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.runs import (
@@ -182,6 +182,17 @@ def init_weights(init: str, arch: str | None = None, width: int | None = None) -
     return network.state_dict(), config, path
 
 
+def _starting_point(options: TrainOptions) -> tuple[tuple[dict, ModelConfig, Path] | None, ModelConfig]:
+    """(``init``'s (state dict, config, file) or None, the config of the network to train)."""
+    initial = init_weights(options.init, options.arch, options.width) if options.init else None
+    blocks = {k: getattr(options, k) for k in ("enc_blocks", "middle_blocks", "dec_blocks") if getattr(options, k) is not None}
+    return initial, grown_config(initial[1], **blocks) if initial else ModelConfig(arch=options.arch, width=options.width, **blocks)
+
+
+def _layout(config: ModelConfig) -> str:
+    return f"blocks {','.join(map(str, config.enc_blocks))} | {config.middle_blocks} | {','.join(map(str, config.dec_blocks))}"
+
+
 def _horizon(options: TrainOptions) -> str:
     parts = ([f"{options.steps} steps"] if options.steps else []) + ([f"{options.max_minutes:g} minutes"] if options.max_minutes else [])
     return " or ".join(parts)
@@ -219,6 +230,7 @@ def train(options: TrainOptions, resume: bool = False) -> Path:
 
 def _train(options: TrainOptions, resume: bool, device: torch.device, spec: DegradeSpec | None, loss_fn: DeblurLoss) -> Path:
     ddp.per_process_batch(options.batch)  # an uneven split is an error before anything is written
+    start = None if resume else _starting_point(options)  # bad `init` or blocks fail before a run folder exists
     run, train_pairs, val_pairs, skipped = ddp.main_first(lambda: (open_run if resume else prepare_run)(options))
     # Rank 0 decides whether there is a checkpoint: every process must then load it, or all start afresh.
     has_checkpoint = ddp.broadcast(resume and (run / CHECKPOINT).exists())
@@ -227,14 +239,13 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     if state is not None and checkpoint_config(state, run).arch != options.arch:
         raise UserError(f"{run / CHECKPOINT} holds a {checkpoint_config(state, run).arch} but {run / RUN_FILE} says {options.arch}: "
                         "the two files come from different runs; restore this run's files or start a new run")
-    initial = init_weights(options.init, options.arch, options.width) if options.init and state is None else None
-    config = checkpoint_config(state, run) if state is not None else initial[1] if initial else ModelConfig(arch=options.arch, width=options.width)
+    initial, config = (None, checkpoint_config(state, run)) if state is not None else start or _starting_point(options)
     precision = ddp.choose_precision(device, options.amp, options.channels_last)
     torch.manual_seed(options.seed)
-    net = build_model(config).to(device)
+    net = (grow_model(initial[0], initial[1], config) if initial else build_model(config)).to(device)
     if initial is not None:
-        net.load_state_dict(initial[0])
-        log(f"starting from the weights of {initial[2]} (init={options.init})")
+        grown = f", grown from {_layout(initial[1])} to {_layout(config)} (new blocks start as the identity)" if config != initial[1] else ""
+        log(f"starting from the weights of {initial[2]} (init={options.init}){grown}")
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)
     loss_fn = loss_fn.to(device)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from meddeblur.errors import InvalidOption
 from meddeblur.losses import LossWeights
+from meddeblur.models import ModelConfig
 
 __all__ = ["TrainOptions"]
 
@@ -30,6 +31,11 @@ class TrainOptions:
     degrade: str | None = None
     arch: str = "attention-unet"
     width: int | None = None  # None: the architecture's default (64 for attention-unet*, 16 for nafnet)
+    # NAFNet block counts (meddeblur.models.ModelConfig); None: the architecture's default, or with `init` the weights'
+    # own. With `init`, more blocks than the weights have grow the network (meddeblur.models.grow_model).
+    enc_blocks: tuple[int, ...] | None = None
+    middle_blocks: int | None = None
+    dec_blocks: tuple[int, ...] | None = None
     size: int | None = 256
     crop: int | None = None
     epochs: int = 100
@@ -79,6 +85,13 @@ class TrainOptions:
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise InvalidOption(f"max_minutes={self.max_minutes}: must be a positive number of minutes", value=self.max_minutes,
                                 option="max_minutes")
+        blocks = {name: getattr(self, name) for name in ("enc_blocks", "middle_blocks", "dec_blocks") if getattr(self, name) is not None}
+        if blocks:
+            name = next(iter(blocks))
+            try:
+                ModelConfig(arch=self.arch, width=self.width, **blocks).validate()
+            except ValueError as exc:
+                raise InvalidOption(str(exc), value=blocks[name], option=name) from None
         for name in ("ssim", "l1", "perceptual"):
             value = getattr(self.loss, name)
             if not (math.isfinite(value) and value >= 0):
@@ -88,6 +101,7 @@ class TrainOptions:
     def from_dict(cls, data: dict) -> "TrainOptions":
         data = dict(data)
         data["loss"] = LossWeights(**data.get("loss", {}))
-        if data.get("scales") is not None:
-            data["scales"] = tuple(data["scales"])
+        for name in ("scales", "enc_blocks", "dec_blocks"):
+            if data.get(name) is not None:
+                data[name] = tuple(data[name])
         return cls(**data)
