@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.degradation.pipeline import degrade
 from meddeblur.degradation.resampling import down_up, down_up_kernel, resize
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.errors import UserError
+from meddeblur.errors import InvalidOption, UserError
 from meddeblur.losses import LossWeights
 from meddeblur.models import load_model
 from meddeblur.training.options import TrainOptions
@@ -257,6 +258,14 @@ def test_init_with_more_blocks_grows_the_network_and_starts_from_the_same_functi
     assert usage.value.code == 2
     assert "invalid block counts value: '1,a'" in capsys.readouterr().err
     assert not any((tmp_path / name).exists() for name in ("shrunk", "unet", "typo"))
+
+
+def test_train_options_check_block_counts_once_and_keep_them_through_run_json():
+    with pytest.raises(InvalidOption) as error:
+        TrainOptions(blurred_dir=None, sharp_dir="s", out="o", arch="nafnet", dec_blocks=(1, -1, 1, 1))
+    assert error.value.option == "dec_blocks" and "`dec_blocks` must be a list of 1 to 8 block counts" in str(error.value)
+    options = TrainOptions(blurred_dir=None, sharp_dir="s", out="o", arch="nafnet", enc_blocks=(0, 1, 2, 4), middle_blocks=5)
+    assert TrainOptions.from_dict(json.loads(json.dumps(asdict(options)))) == options  # lists back to tuples
 
 
 def test_default_recipe_trains_under_torchrun(sharp_dir, tmp_path):
