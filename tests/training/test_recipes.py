@@ -23,7 +23,7 @@ from meddeblur.degradation.resampling import down_up, down_up_kernel, resize
 from meddeblur.degradation.spec import parse_spec
 from meddeblur.errors import InvalidOption, UserError
 from meddeblur.losses import LossWeights
-from meddeblur.models import load_model
+from meddeblur.models import ModelConfig, load_model
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.schedule import TrainControl, cosine_factor
 
@@ -193,6 +193,8 @@ def test_no_options_train_with_the_shipped_recipe(captured, sharp_dir, tmp_path)
     assert (options.recipe, options.arch, options.crop, options.size, options.degrade, options.optimizer, options.schedule) == \
         ("default", "nafnet", 128, None, "real", "adamw", "cosine")
     assert options.scales == (1.0, 4.0) and options.ema and options.clip and options.max_minutes
+    blocks = {k: getattr(options, k) for k in ("enc_blocks", "middle_blocks", "dec_blocks") if getattr(options, k) is not None}
+    assert ModelConfig(arch=options.arch, width=options.width, **blocks) == load_model(None)[1]  # the shipped network itself
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r2"), "--steps", "50"]) == 0
     assert captured["options"].steps == 50 and captured["options"].max_minutes is None  # --steps alone is the horizon
 
