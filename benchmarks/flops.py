@@ -34,7 +34,8 @@ from meddeblur.models import ModelConfig, build_model, count_flops, count_parame
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"256x256": (256, 256), "1024x768": (768, 1024)}  # label (W×H) → (H, W)
 
-# label → config. The NAFNet rows are the candidates tried for the default (models.NAFNET_DEFAULTS).
+# label → config. The NAFNet rows are the candidates tried for the default (models.NAFNET_DEFAULTS is lite) and
+# the network it grew into.
 ROWS: dict[str, ModelConfig] = {
     "attention-unet-w64 (reference)": ModelConfig(width=64),
     "attention-unet-w32": ModelConfig(width=32),

@@ -81,7 +81,8 @@ def train_command(options: dict, processes: int = 1) -> str:
         if key == "loss":
             default = recipe["loss"].__dict__
             parts += [f"--w-{term} {weight:g}" for term, weight in value.items() if weight != default[term]]
-        elif key in recipe and (tuple(value) if isinstance(value, list) else value) == recipe[key]:
+        elif key in recipe and (tuple(value) if isinstance(value, list) else value) == recipe[key] and not (
+                key.endswith("_blocks") and options.get("init")):  # with --init, blocks come from the weights unless given
             continue
         elif value is not None:
             shown = "" if value is True else f" {value:g}" if isinstance(value, float) else \

@@ -195,6 +195,8 @@ def test_no_options_train_with_the_shipped_recipe(captured, sharp_dir, tmp_path)
     assert options.scales == (1.0, 4.0) and options.ema and options.clip and options.max_minutes
     blocks = {k: getattr(options, k) for k in ("enc_blocks", "middle_blocks", "dec_blocks") if getattr(options, k) is not None}
     assert ModelConfig(arch=options.arch, width=options.width, **blocks) == load_model(None)[1]  # the shipped network itself
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r3"), "--arch", "attention-unet-residual"]) == 0
+    assert (captured["options"].arch, captured["options"].enc_blocks, captured["options"].dec_blocks) == ("attention-unet-residual", None, None)
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r2"), "--steps", "50"]) == 0
     assert captured["options"].steps == 50 and captured["options"].max_minutes is None  # --steps alone is the horizon
 
@@ -235,7 +237,7 @@ def test_default_recipe_trains_from_init_and_resumes_exactly(sharp_dir, tmp_path
 
 def test_init_with_more_blocks_grows_the_network_and_starts_from_the_same_function(sharp_dir, tmp_path, capsys):
     seed_run = tmp_path / "seed"
-    assert main(["train", "--sharp", str(sharp_dir), "--out", str(seed_run), "--steps", "2", *TINY_DEFAULT]) == 0
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(seed_run), "--steps", "2", "--dec-blocks", "0,1,1,1", *TINY_DEFAULT]) == 0
     init = seed_run / "best.safetensors"
     common = ["train", "--sharp", str(sharp_dir), "--init", str(init), "--steps", "2", "--val-every", "2", "--lr", "1e-12",
               *[a for a in TINY_DEFAULT if a not in ("--width", "4")]]

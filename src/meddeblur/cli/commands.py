@@ -67,7 +67,8 @@ def train(args: argparse.Namespace) -> int:
         if given.get("init"):
             _, config, _ = init_weights(given["init"], given.get("arch"), given.get("width"))
             given.update(arch=config.arch, width=config.width)
-            values.update(enc_blocks=None, middle_blocks=None, dec_blocks=None)  # the weights' own layout, unless given
+        if given.get("init") or given.get("arch", values["arch"]) != "nafnet":
+            values.update(enc_blocks=None, middle_blocks=None, dec_blocks=None)  # the weights' own layout, or no NAFNet: unless given
         if given.get("vgg19_weights"):
             given["perceptual"] = True
         loss = LossWeights(**{**asdict(values.pop("loss")), **weights})

@@ -1,6 +1,6 @@
 """Training recipes: named sets of :class:`~meddeblur.training.options.TrainOptions` values that ``meddeblur train`` starts from.
 
-``default`` is how the shipped model is trained (MODEL_CARD.md): a small NAFNet, 128-px crops of the
+``default`` is how the shipped model is trained (MODEL_CARD.md): the shipped NAFNet (width 16), 128-px crops of the
 native images at random down-scales with the ``real`` degradation mix (un-blurred share included),
 AdamW with warm-up and a cosine decay over the budget, gradient clipping, EMA weights, L1 loss and a
 validation round every 200 steps. Its numbers are what measured best on this project's 2-core CPU
@@ -19,7 +19,8 @@ __all__ = ["RECIPES", "recipe_options"]
 
 RECIPES: dict[str, dict] = {
     "default": {
-        "arch": "nafnet", "width": None, "size": None, "crop": 128, "scales": (1.0, 4.0), "soften": 0.25, "compress": 0.2,
+        # The shipped network: the lite NAFNet of stages 0–2 grown in stage 3 by decoder blocks at full, ½ and ¼ resolution.
+        "arch": "nafnet", "width": None, "enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "size": None, "crop": 128, "scales": (1.0, 4.0), "soften": 0.25, "compress": 0.2,
         "degrade": "real", "batch": 16, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "cosine",
         "max_minutes": 60.0, "epochs": 100_000, "epoch_steps": 200, "warmup": 100, "clip": 1.0, "ema": 0.999,
         "loss": LossWeights(ssim=0.0, l1=1.0), "patience": None,
