@@ -142,10 +142,9 @@ def grown_config(config: ModelConfig, **blocks: object) -> ModelConfig:
     """
     if not blocks:
         return config
-    if config.arch != "nafnet":
-        name = next(iter(blocks))
-        raise InvalidOption(f"`{name}` applies to nafnet weights only; these are {config.arch}", value=blocks[name], option=name)
     name = next(iter(blocks))
+    if config.arch != "nafnet":
+        raise InvalidOption(f"`{name}` applies to nafnet weights only; these are {config.arch}", value=blocks[name], option=name)
     grown = replace(config, **blocks)
     try:
         grown.validate()
