@@ -36,7 +36,8 @@ DEFAULT_WIDTHS = {"attention-unet": 64, "attention-unet-residual": 64, "nafnet":
 #: NAFNet block counts when a config names none: no blocks at full resolution, where
 #: memory-bound LayerNorm/depthwise passes cost most on a CPU (benchmarks/results/flops.md).
 NAFNET_DEFAULTS = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (0, 1, 1, 1)}
-_NAFNET_FIELDS = tuple(NAFNET_DEFAULTS)
+#: The ModelConfig fields that hold NAFNet block counts.
+NAFNET_FIELDS = tuple(NAFNET_DEFAULTS)
 _MAX_LEVELS = 8  # 2^8 = 256: beyond that the size multiple exceeds any training crop
 
 
@@ -92,7 +93,7 @@ class ModelConfig:
         if self.arch != "attention-unet" and self.in_channels != self.out_channels:
             raise ValueError(f"{self.arch} adds its input to its output: in_channels and out_channels must be equal")
         if self.arch != "nafnet":
-            for name in _NAFNET_FIELDS:
+            for name in NAFNET_FIELDS:
                 if getattr(self, name) is not None:
                     raise ValueError(f"`{name}` applies to nafnet only, not {self.arch}")
             return
@@ -150,7 +151,7 @@ def grown_config(config: ModelConfig, **blocks: object) -> ModelConfig:
         grown.validate()
     except ValueError as exc:
         raise InvalidOption(str(exc), value=blocks[name], option=name) from None
-    for name in ("enc_blocks", "middle_blocks", "dec_blocks"):
+    for name in NAFNET_FIELDS:
         old, new = getattr(config, name), getattr(grown, name)
         old_counts, new_counts = (old, new) if isinstance(old, tuple) else ((old,), (new,))
         if len(old_counts) != len(new_counts) or any(n < o for o, n in zip(old_counts, new_counts)):

@@ -185,8 +185,7 @@ def init_weights(init: str, arch: str | None = None, width: int | None = None) -
 def _starting_point(options: TrainOptions) -> tuple[tuple[dict, ModelConfig, Path] | None, ModelConfig]:
     """(``init``'s (state dict, config, file) or None, the config of the network to train)."""
     initial = init_weights(options.init, options.arch, options.width) if options.init else None
-    blocks = {k: getattr(options, k) for k in ("enc_blocks", "middle_blocks", "dec_blocks") if getattr(options, k) is not None}
-    return initial, grown_config(initial[1], **blocks) if initial else ModelConfig(arch=options.arch, width=options.width, **blocks)
+    return initial, grown_config(initial[1], **options.blocks) if initial else ModelConfig(arch=options.arch, width=options.width, **options.blocks)
 
 
 def _layout(config: ModelConfig) -> str:

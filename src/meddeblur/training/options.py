@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from meddeblur.errors import InvalidOption
 from meddeblur.losses import LossWeights
-from meddeblur.models import ModelConfig
+from meddeblur.models import NAFNET_FIELDS, ModelConfig
 
 __all__ = ["TrainOptions"]
 
@@ -85,7 +85,7 @@ class TrainOptions:
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise InvalidOption(f"max_minutes={self.max_minutes}: must be a positive number of minutes", value=self.max_minutes,
                                 option="max_minutes")
-        blocks = {name: getattr(self, name) for name in ("enc_blocks", "middle_blocks", "dec_blocks") if getattr(self, name) is not None}
+        blocks = self.blocks
         if blocks:
             name = next(iter(blocks))
             try:
@@ -96,6 +96,11 @@ class TrainOptions:
             value = getattr(self.loss, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InvalidOption(f"w_{name}={value}: must be 0 (term off) or a positive number", value=value, option=f"w_{name}")
+
+    @property
+    def blocks(self) -> dict[str, object]:
+        """The NAFNet block counts that were given (the others: the architecture's or the initial weights')."""
+        return {name: getattr(self, name) for name in NAFNET_FIELDS if getattr(self, name) is not None}
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainOptions":
