@@ -102,10 +102,11 @@ def test_cli_prints_a_typed_error_as_one_line_with_exit_2(tmp_path, capsys):
 
 def test_parser_constants_equal_the_library_ones():
     from meddeblur.evaluation.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD
-    from meddeblur.models import ARCHITECTURES, NAFNET_DEFAULTS
+    from meddeblur.models import ARCHITECTURES
+    from meddeblur.training.recipes import RECIPES
 
     assert parser.ARCHITECTURES == ARCHITECTURES
-    assert {f"{k}_blocks": v for k, v in parser._NAFNET_BLOCKS.items()} == NAFNET_DEFAULTS
+    assert parser._RECIPE == {name: RECIPES["default"][name] for name in parser._RECIPE}
     assert (parser._ASSESS_SIDE, parser._ASSESS_THRESHOLD) == (ANALYSIS_SIDE, DEFAULT_THRESHOLD)
 
 

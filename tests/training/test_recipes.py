@@ -122,6 +122,24 @@ def test_validation_crops_do_not_depend_on_seed_or_epoch(sharp_dir):
         ScaledCrops(pairs, 128, (1.0, 1.0), parse_spec("real"), fixed=True)[0]
 
 
+def test_half_the_validation_sources_come_from_a_softer_camera(sharp_dir):
+    from meddeblur.data.sampling import VALIDATION_SCALES, VALIDATION_SOFTEN
+    from meddeblur.degradation.kernels import gaussian_kernel
+    from meddeblur.degradation.pipeline import blur, quantize8
+    from meddeblur.io.decode import read_image
+
+    pairs = sharp_only(sharp_dir)
+    crops = ScaledCrops(pairs, 64, (1.0, 1.0), parse_spec("real"), fixed=True)
+    for index in (0, len(VALIDATION_SCALES)):  # native scale, stored vs softened by VALIDATION_SOFTEN[1]
+        rgb = read_image(pairs[index].sharp).rgb
+        top, left = (rgb.shape[0] - 64) // 2, (rgb.shape[1] - 64) // 2
+        stored = quantize8(torch.from_numpy(np.ascontiguousarray(rgb[top:top + 64, left:left + 64].transpose(2, 0, 1))).float())
+        sigma = VALIDATION_SOFTEN[index // len(VALIDATION_SCALES)]
+        expected = quantize8(blur(stored[None], gaussian_kernel(sigma))[0]) if sigma else stored
+        assert torch.allclose(crops[index][1], expected, atol=1e-6), index
+    assert sorted(set(VALIDATION_SOFTEN)) == [0.0, 0.7, 1.0] and VALIDATION_SOFTEN.count(0.0) == len(VALIDATION_SOFTEN) / 2
+
+
 def test_epoch_samples_give_repeated_images_fresh_draws(sharp_dir):
     from meddeblur.data.pairs import PairDataset
 
@@ -199,6 +217,15 @@ def test_no_options_train_with_the_shipped_recipe(captured, sharp_dir, tmp_path)
     assert (captured["options"].arch, captured["options"].enc_blocks, captured["options"].dec_blocks) == ("attention-unet-residual", None, None)
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r2"), "--steps", "50"]) == 0
     assert captured["options"].steps == 50 and captured["options"].max_minutes is None  # --steps alone is the horizon
+    assert (options.soften, options.compress) == (0.25, 0.2)
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r4"), "--soften", "0.4", "--compress", "0"]) == 0
+    assert (captured["options"].soften, captured["options"].compress) == (0.4, 0.0)
+
+
+def test_a_source_share_outside_0_to_1_is_refused_naming_the_flag(captured, sharp_dir, tmp_path, capsys):
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run"), "--soften", "1.5"]) == 2
+    assert capsys.readouterr().err.strip() == "meddeblur train: error: --soften 1.5: a share of the training sources, from 0 to 1"
+    assert "options" not in captured
 
 
 def test_init_takes_the_architecture_from_the_weights(captured, sharp_dir, tmp_path, capsys):

@@ -19,7 +19,7 @@ __all__ = ["COMMANDS"]
 _RESUMABLE = {"epochs", "max_minutes", "steps", "device", "threads"}
 _TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "steps", "threads", "epoch_steps", "batch", "lr", "seed", "perceptual",
                 "vgg19_weights", "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last", "init",
-                "enc_blocks", "middle_blocks", "dec_blocks")
+                "enc_blocks", "middle_blocks", "dec_blocks", "soften", "compress")
 _NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
 
 

@@ -17,7 +17,8 @@ __all__ = ["ARCHITECTURES", "Parser", "build_parser", "command_flags", "in_flags
 # --version answer at once. The few constants the parser needs are repeated here; tests/cli/test_cli_errors.py checks
 # that they equal meddeblur.models.ARCHITECTURES and NAFNET_DEFAULTS and meddeblur.evaluation.assess's.
 ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
-_NAFNET_BLOCKS = {"enc": (0, 1, 2, 4), "middle": 4, "dec": (0, 1, 1, 1)}  # meddeblur.models.NAFNET_DEFAULTS
+# Values of meddeblur.training.recipes.RECIPES["default"] shown in the help (not imported: it loads torch).
+_RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.25, "compress": 0.2}
 _ASSESS_SIDE = 768  # meddeblur.evaluation.assess.ANALYSIS_SIDE
 _ASSESS_THRESHOLD = 0.4  # meddeblur.evaluation.assess.DEFAULT_THRESHOLD
 
@@ -67,12 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name, where in (("enc", "on the way down"), ("dec", "on the way up")):
         train.add_argument(f"--{name}-blocks", type=_counts, metavar="N,N,…",
                            help=f"nafnet: blocks per level {where}, full resolution first (default "
-                                f"{','.join(map(str, _NAFNET_BLOCKS[name]))}); with --init, more blocks than "
+                                f"recipe {','.join(map(str, _RECIPE[f'{name}_blocks']))}); with --init, more blocks than "
                                 "the weights have grow the network, the new blocks starting as the identity")
-    train.add_argument("--middle-blocks", type=int, metavar="N", help=f"nafnet: blocks at the lowest resolution (default {_NAFNET_BLOCKS['middle']})")
+    train.add_argument("--middle-blocks", type=int, metavar="N", help=f"nafnet: blocks at the lowest resolution (default recipe {_RECIPE['middle_blocks']})")
     size = train.add_mutually_exclusive_group()
     size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (the reference recipe: 256)")
     size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing (default recipe: 128)")
+    for name, what in (("soften", "blurred with a Gaussian σ 0.3–1.0 (a softer camera)"), ("compress", "JPEG-compressed (quality 75–95)")):
+        train.add_argument(f"--{name}", type=float, metavar="P", help=f"sharp-only crops: share of sources {what} before degrading; "
+                           f"that image is then the target (default recipe: {_RECIPE[name]:g})")
     train.add_argument("--epochs", type=int, help="maximum epochs (reference recipe: 100)")
     train.add_argument("--max-minutes", type=float, help="wall-clock budget in training minutes; the default recipe's cosine "
                        "schedule anneals over it (default 60 unless --steps is given)")

@@ -17,7 +17,9 @@ So each training sample is drawn as:
 
 Every draw comes from a generator seeded by (seed, epoch, index), so a resumed run sees exactly
 the samples an uninterrupted one would. Validation (``fixed=True``) takes each image once, at a
-scale cycling through 1, 2 and 4, a centre crop, no source change, and the run-independent
+scale cycling through 1, 2 and 4, a centre crop, the source softened with a σ cycling through
+:data:`VALIDATION_SOFTEN` (every scale meets every softness; half the samples come from a "softer
+camera", so model selection sees the over-sharpening a sharp-only mix hides), and the run-independent
 degradation of :func:`meddeblur.data.pairs.fixed_degradation`: a fixed mix of families, ``none`` included.
 """
 
@@ -37,12 +39,14 @@ from meddeblur.degradation.spec import DegradeSpec
 from meddeblur.errors import UserError
 from meddeblur.io.decode import read_image
 
-__all__ = ["SHRINKERS", "VALIDATION_SCALES", "ScaledCrops", "EpochSamples"]
+__all__ = ["SHRINKERS", "VALIDATION_SCALES", "VALIDATION_SOFTEN", "ScaledCrops", "EpochSamples"]
 
 #: (kernel, library) pairs a training window is shrunk with, one drawn per sample.
 SHRINKERS = (("box", "pil"), ("box", "cv2"), ("bicubic", "pil"), ("lanczos", "pil"), ("bilinear", "torch"), ("bicubic", "torch"))
 #: Down-scale factors of the validation images, by index: native, half and quarter size.
 VALIDATION_SCALES = (1.0, 2.0, 4.0)
+#: Gaussian σ the validation sources are softened with (0: as stored), by ``index // len(VALIDATION_SCALES)``.
+VALIDATION_SOFTEN = (0.0, 0.7, 0.0, 1.0)
 _SOFTEN_SIGMA = (0.3, 1.0)
 _COMPRESS_QUALITY = (75, 95)
 
@@ -114,7 +118,9 @@ class ScaledCrops(Dataset):
         if self.fixed:
             source = self._image(index)
             window = self._window(source, VALIDATION_SCALES[index % len(VALIDATION_SCALES)], None)
-            target = quantize8(torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1))))
+            target = torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))[None]
+            sigma = VALIDATION_SOFTEN[index // len(VALIDATION_SCALES) % len(VALIDATION_SOFTEN)]
+            target = quantize8((blur(target, gaussian_kernel(sigma)) if sigma else target)[0])
             return fixed_degradation(target, self.degrade, self.pairs[index].name)[0], target
         generator = torch.Generator().manual_seed(degradation_seed(self.seed, self.epoch, index))
         chosen = _randint(generator, len(self.pairs))

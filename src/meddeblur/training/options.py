@@ -85,6 +85,9 @@ class TrainOptions:
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise InvalidOption(f"max_minutes={self.max_minutes}: must be a positive number of minutes", value=self.max_minutes,
                                 option="max_minutes")
+        for name in ("soften", "compress"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InvalidOption(f"{name}={getattr(self, name)}: a share of the training sources, from 0 to 1", value=getattr(self, name), option=name)
         blocks = self.blocks
         if blocks:
             name = next(iter(blocks))
