@@ -45,6 +45,8 @@ ROWS: dict[str, ModelConfig] = {
     "nafnet-w16-lite": ModelConfig(arch="nafnet", width=16, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(0, 1, 1, 1)),
     # stage 3 of the default model: lite grown by one full-resolution block and one more at ½ and ¼ on the way up
     "nafnet-w16-grown": ModelConfig(arch="nafnet", width=16, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(1, 2, 2, 1)),
+    # stage 4: grown again by one full-resolution block on the way down (not shipped: over 2× the lite time per 1024×768)
+    "nafnet-w16-stage4": ModelConfig(arch="nafnet", width=16, enc_blocks=(1, 1, 2, 4), middle_blocks=4, dec_blocks=(1, 2, 2, 1)),
     "nafnet-w24-lite": ModelConfig(arch="nafnet", width=24, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(0, 1, 1, 1)),
     "nafnet-w32-lite": ModelConfig(arch="nafnet", width=32, enc_blocks=(0, 1, 1, 4), middle_blocks=2, dec_blocks=(0, 1, 1, 1)),
 }

@@ -188,7 +188,7 @@ def build() -> tuple[str, dict]:
     for stage in stages:
         lines.append(f"| {stage['stage']} | `{stage['command']}` | {stage['wall_minutes']:.0f} / {stage['cpu_minutes']:.0f} | {stage['steps']} | "
                      f"{stage['input']['psnr']:.2f} → {stage['start']['psnr']:.2f} → {stage['candidate']['psnr']:.2f} | "
-                     f"{stage['start']['sharp_psnr']:.2f} → {stage['candidate']['sharp_psnr']:.2f} dB | {'yes' if stage['shipped'] else 'no'} |")
+                     f"{stage['start']['sharp_psnr']:.2f} → {stage['candidate']['sharp_psnr']:.2f} dB | {'yes' if stage['shipped'] else 'no: ' + stage.get('not_shipped_because', 'the validation mix did not improve')} |")
     lines += ["", "Stage 0 (id `5be7353d1c30`) was trained from scratch with the former recipe (256×256 resize, `mixed`, Adam, plateau; "
               "44 epochs, 91 minutes). Then `python scripts/ship_model.py RUN --threads N`, the quality benchmark, and this script."]
     former, current = speed["rows"].values()

@@ -3,8 +3,8 @@
     python scripts/ship_model.py RUN --threads 1            # RUN: a `meddeblur train --init default ...` run folder
 
 The candidate (RUN/best.safetensors) and the shipped weights are scored on the run's own validation set
-(for the default recipe the fixed validation mix: native, ½ and ¼ scale crops, the ``real`` families and
-un-blurred images). The candidate replaces src/meddeblur/weights/default.safetensors only when its
+(for the default recipe the fixed validation mix: native, ½ and ¼ scale crops, half of them from a softened
+source, the ``real`` families and un-blurred images). The candidate replaces src/meddeblur/weights/default.safetensors only when its
 validation loss (L1 over the whole mix, un-blurred share included) is lower and its PSNR on the degraded
 samples is not; either way the stage is
 recorded in benchmarks/results/default_training_stages.{json,md} with its command, minutes, steps and
@@ -117,7 +117,9 @@ def stages_markdown(stages: list[dict]) -> str:
     lines = ["# Default model: training stages", "",
              "Each stage continues from the previous shipped weights (`--init default`) and replaces them only when its "
              "validation-mix loss is lower and its PSNR on the degraded samples is not (`python scripts/ship_model.py RUN`). Val mix: the 111 validation images at native, ½ "
-             "and ¼ scale (256-px crops), the `real` families, un-blurred samples included; PSNR over the degraded samples, "
+             "and ¼ scale (256-px crops), the `real` families, un-blurred samples included; from stage 4 on, half of them come from a "
+             "softened source (σ 0.7 or 1.0, a softer camera), so rows from stage 4 on are not comparable with earlier ones (each row's start and stage "
+             "are scored on the same mix). PSNR over the degraded samples, "
              "'sharp kept' = PSNR(output, input) over the un-blurred ones, both for the stage's weights and for the weights it started from.",
              "", "| stage | date | command | minutes (wall / CPU) | steps | val mix PSNR: input → start → stage | sharp kept: start → stage | "
              "val loss: start → stage | shipped | id |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -125,7 +127,7 @@ def stages_markdown(stages: list[dict]) -> str:
         lines.append(f"| {s['stage']} | {s['date']} | `{s['command']}` | {s['wall_minutes']:.0f} / {s['cpu_minutes']:.0f} | {s['steps']} | "
                      f"{s['input']['psnr']:.2f} → {s['start']['psnr']:.2f} → {s['candidate']['psnr']:.2f} | "
                      f"{s['start']['sharp_psnr']:.2f} → {s['candidate']['sharp_psnr']:.2f} | {s['start']['loss']:.5f} → {s['candidate']['loss']:.5f} | "
-                     f"{'yes' if s['shipped'] else 'no'} | `{s['id']}` |")
+                     f"{'yes' if s['shipped'] else 'no: ' + s.get('not_shipped_because', 'the validation mix did not improve')} | `{s['id']}` |")
     machine = stages[-1]["machine"] if stages else ""
     return "\n".join(lines) + (f"\n\nStage 0 (`5be7353d1c30`, shipped 2026-11-24): trained from scratch with the former recipe (256×256 resize, "
                                 "`mixed`, Adam 1e-3, plateau), 44 epochs in 91 minutes; its scores are stage 1's 'start'. "
