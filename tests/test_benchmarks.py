@@ -60,3 +60,17 @@ def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
     assert ship.train_command(options, 2).startswith("torchrun --standalone --nproc_per_node 2 -m meddeblur train --sharp ISIC/images")
     single = ship.train_command(options)
     assert single.startswith("meddeblur train --sharp ISIC/images") and "--lr 0.0005" in single and "--dec-blocks 1,2,2,1" in single
+
+
+def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
+    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts" / "ship_model.py")
+    ship = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ship)
+    scores = {"loss": 0.007, "psnr": 40.0, "sharp_psnr": 65.0}
+    stage = {"stage": 1, "date": "2026-11-30", "command": "meddeblur train", "wall_minutes": 10.0, "cpu_minutes": 20.0, "steps": 5,
+             "input": scores, "start": scores, "candidate": scores, "machine": "test", "threads": 1}
+    stages = [{**stage, "shipped": True, "id": "aaa"}, {**stage, "shipped": False, "id": "bbb"},
+              {**stage, "shipped": False, "id": "ccc", "not_shipped_because": "2.44× the former time"}]
+    rows = [line for line in ship.stages_markdown(stages).splitlines() if line.startswith("| 1 |")]
+    assert [row.rsplit("|", 3)[1].strip() for row in rows] == [
+        "yes", "no: the validation mix did not improve", "no: 2.44× the former time"]
