@@ -100,7 +100,9 @@ class ScaledCrops(Dataset):
             self._cache[index] = np.round(rgb * 255).astype(np.uint8) if loaded.bit_depth == 8 else rgb.astype(np.float32)
         return self._cache[index]
 
-    def _window(self, image: np.ndarray, scale: float, generator: torch.Generator | None) -> np.ndarray:
+    def _window(self, image: np.ndarray, scale: float, generator: torch.Generator | None) -> torch.Tensor:
+        """A ``crop``-px window of ``image`` at down-scale ``scale`` as a (1, 3, crop, crop) float tensor in [0, 1]:
+        centred and area-shrunk when ``generator`` is None (validation), else placed and resampled at random."""
         height, width = image.shape[:2]
         side = min(math.ceil(self.crop * scale), height, width)
         if generator is None:
@@ -109,16 +111,15 @@ class ScaledCrops(Dataset):
             top, left = _randint(generator, height - side + 1), _randint(generator, width - side + 1)
         window = image[top:top + side, left:left + side]
         window = window.astype(np.float32) / 255.0 if window.dtype == np.uint8 else window.astype(np.float32)
-        if side == self.crop:
-            return window
-        kernel, library = ("box", "cv2") if generator is None else SHRINKERS[_randint(generator, len(SHRINKERS))]
-        return resize(window, (self.crop, self.crop), kernel, library)
+        if side != self.crop:
+            kernel, library = ("box", "cv2") if generator is None else SHRINKERS[_randint(generator, len(SHRINKERS))]
+            window = resize(window, (self.crop, self.crop), kernel, library)
+        return torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))[None]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fixed:
             source = self._image(index)
-            window = self._window(source, VALIDATION_SCALES[index % len(VALIDATION_SCALES)], None)
-            target = torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))[None]
+            target = self._window(source, VALIDATION_SCALES[index % len(VALIDATION_SCALES)], None)
             sigma = VALIDATION_SOFTEN[index // len(VALIDATION_SCALES) % len(VALIDATION_SOFTEN)]
             target = quantize8((blur(target, gaussian_kernel(sigma)) if sigma else target)[0])
             return fixed_degradation(target, self.degrade, self.pairs[index].name)[0], target
@@ -126,8 +127,7 @@ class ScaledCrops(Dataset):
         chosen = _randint(generator, len(self.pairs))
         low, high = self.scales
         scale = math.exp(_uniform(generator, math.log(low), math.log(high)))
-        window = self._window(self._image(chosen), scale, generator)
-        target = torch.from_numpy(np.ascontiguousarray(window.transpose(2, 0, 1)))[None]
+        target = self._window(self._image(chosen), scale, generator)
         if torch.rand(1, generator=generator).item() < self.soften:
             target = blur(target, gaussian_kernel(_uniform(generator, *_SOFTEN_SIGMA)))
         if torch.rand(1, generator=generator).item() < self.compress:
