@@ -11,8 +11,8 @@ from meddeblur.models import ModelConfig, build_model, save_weights
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+def _load(name: str, folder: str = "benchmarks"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -50,9 +50,7 @@ def test_speed_benchmark_runs(tmp_path):
 
 
 def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
-    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts" / "ship_model.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = _load("ship_model", "scripts")
     (tmp_path / "train.log").write_text("meddeblur 0.1.0 (recipe default): nafnet width 16\ndata parallel: 2 processes (gloo), "
                                         "global batch 16 = 8 per process\n")
     assert ship.processes_of(tmp_path) == 2 and ship.processes_of(tmp_path / "elsewhere") == 1
@@ -63,9 +61,7 @@ def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
 
 
 def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
-    spec = importlib.util.spec_from_file_location("ship_model", ROOT / "scripts" / "ship_model.py")
-    ship = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(ship)
+    ship = _load("ship_model", "scripts")
     scores = {"loss": 0.007, "psnr": 40.0, "sharp_psnr": 65.0}
     stage = {"stage": 1, "date": "2026-11-30", "command": "meddeblur train", "wall_minutes": 10.0, "cpu_minutes": 20.0, "steps": 5,
              "input": scores, "start": scores, "candidate": scores, "machine": "test", "threads": 1}
