@@ -10,6 +10,10 @@ seconds) until other processes use less than ``--quiet-below`` cores, and it rec
 many cores they used *during* the series (from /proc/stat minus this process), so a
 disturbed number is visible as such.
 
+A full run ends with the number the default model is held to (at most 2× the former network's time per
+1024×768, issue 11): the shipped network (its own weights) and the former one timed in alternating
+passes, since series run one after the other meet a host whose speed drifts.
+
     python benchmarks/flops.py                          # writes benchmarks/results/flops.{json,md}
     python benchmarks/flops.py --only nafnet-w16-lite   # one row
 """
@@ -29,7 +33,7 @@ from pathlib import Path
 import torch
 
 from meddeblur.device import describe_machine
-from meddeblur.models import ModelConfig, build_model, count_flops, count_parameters
+from meddeblur.models import ModelConfig, build_model, count_flops, count_parameters, load_model, weights_id
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = {"256x256": (256, 256), "1024x768": (768, 1024)}  # label (W×H) → (H, W)
@@ -47,9 +51,13 @@ ROWS: dict[str, ModelConfig] = {
     "nafnet-w16-grown": ModelConfig(arch="nafnet", width=16, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(1, 2, 2, 1)),
     # stage 4: grown again by one full-resolution block on the way down (not shipped: over 2× the lite time per 1024×768)
     "nafnet-w16-stage4": ModelConfig(arch="nafnet", width=16, enc_blocks=(1, 1, 2, 4), middle_blocks=4, dec_blocks=(1, 2, 2, 1)),
+    # stage 6: the stage-3 network with two more blocks at 1/16 resolution (not shipped: soft sources got worse)
+    "nafnet-w16-mid6": ModelConfig(arch="nafnet", width=16, enc_blocks=(0, 1, 2, 4), middle_blocks=6, dec_blocks=(1, 2, 2, 1)),
     "nafnet-w24-lite": ModelConfig(arch="nafnet", width=24, enc_blocks=(0, 1, 2, 4), middle_blocks=4, dec_blocks=(0, 1, 1, 1)),
     "nafnet-w32-lite": ModelConfig(arch="nafnet", width=32, enc_blocks=(0, 1, 1, 4), middle_blocks=2, dec_blocks=(0, 1, 1, 1)),
 }
+#: The network of stages 0–2 (id 5be7353d1c30), whose time per 1024×768 bounds the default model's (≤ 2×, issue 11).
+FORMER = "nafnet-w16-lite"
 
 
 def _cpu_ticks() -> tuple[int, int] | None:
@@ -120,6 +128,31 @@ def measure(label: str, config: ModelConfig, sizes: list[str], repeats: int, big
     return row
 
 
+def paired(former: torch.nn.Module, shipped: torch.nn.Module, size: str, pairs: int, quiet: tuple[float, float]) -> dict:
+    """Seconds per ``size`` image of two networks timed in alternating passes (former, shipped, former, …).
+
+    Two series one after the other can meet different hosts: on this machine the same network took 1.56 s
+    per 1024×768 in one run of this script and 1.78 s in the next while the former took 0.91 and 0.87 s.
+    Alternating passes meet the same host, so the median of the per-pair ratios is what a user would see.
+    """
+    height, width = SIZES[size]
+    image = torch.rand(1, 3, height, width)
+    times: tuple[list[float], list[float]] = ([], [])
+    with torch.inference_mode():
+        former(image), shipped(image)  # warm-up
+        wait_for_quiet(*quiet)
+        load = OtherLoad()
+        load.start()
+        for _ in range(pairs):
+            for model, series in zip((former, shipped), times, strict=True):
+                started = time.perf_counter()
+                model(image)
+                series.append(time.perf_counter() - started)
+        other = load.stop()
+    return {"size": size, "pairs": pairs, "former_median_s": statistics.median(times[0]), "shipped_median_s": statistics.median(times[1]),
+            "ratio": statistics.median([b / a for a, b in zip(*times, strict=True)]), "other_cores": None if other is None else round(other, 2)}
+
+
 def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "flops.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -143,6 +176,11 @@ def write(result: dict, out: Path) -> None:
         lines.append(f"| {r['label']} | {detail} | {r['parameters']:,} | {r['gflop_256']:.2f} | {ms} | {seconds} | "
                      f"{small.get('repeats', '–')} / {big.get('repeats', '–')} | "
                      f"{small.get('other_cores', '–')} / {big.get('other_cores', '–')} |")
+    if "paired" in result:
+        p = result["paired"]
+        lines += ["", f"**Shipped vs former network, alternating passes** ({p['pairs']} pairs at {p['size']}, other load {p['other_cores']} cores; "
+                  f"the shipped network with its own weights, `{p['shipped_id']}`): {p['shipped_median_s']:.2f} s vs {p['former_median_s']:.2f} s "
+                  f"(`{p['former']}`), median ratio **{p['ratio']:.2f}×**."]
     (out / "flops.md").write_text("\n".join(lines) + "\n")
 
 
@@ -155,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quiet-below", type=float, default=0.2, help="wait until other processes use fewer cores")
     parser.add_argument("--quiet-wait", type=float, default=600, help="longest wait for quiet, seconds per series")
+    parser.add_argument("--pairs", type=int, default=10, help="alternating passes of the shipped and the former network after a full run (0: none)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -165,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": describe_machine(),
               "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]), "rows": rows}
+    if args.pairs > 0 and not args.only:
+        torch.manual_seed(0)
+        shipped, config, weights = load_model(None)
+        result["paired"] = {"former": FORMER, "shipped_config": json.loads(json.dumps(asdict(config))), "shipped_id": weights_id(weights),
+                            **paired(build_model(ROWS[FORMER]).eval(), shipped.eval(), "1024x768", args.pairs, (args.quiet_below, args.quiet_wait))}
     write(result, args.out)
     print((args.out / "flops.md").read_text())
     return 0

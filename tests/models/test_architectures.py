@@ -237,3 +237,7 @@ def test_flops_benchmark_runs(tmp_path):
     row = json.loads((tmp_path / "flops.json").read_text())["rows"][0]
     assert row["config"] == json.loads(json.dumps(asdict(ModelConfig(arch="nafnet")))) and row["256x256"]["repeats"] == 1
     assert "| nafnet-w16-lite |" in (tmp_path / "flops.md").read_text()
+    small = build_model(ModelConfig(arch="nafnet", width=4, enc_blocks=(0, 1), middle_blocks=0, dec_blocks=(0, 1))).eval()
+    large = build_model(ModelConfig(arch="nafnet", width=32, enc_blocks=(2, 2), middle_blocks=2, dec_blocks=(2, 2))).eval()
+    timing = module.paired(small, large, "256x256", 3, (1.0, 0))  # alternating passes: the larger network is the slower one
+    assert timing["pairs"] == 3 and timing["former_median_s"] < timing["shipped_median_s"] and timing["ratio"] > 1
