@@ -2,7 +2,8 @@
 
 A script, not a test. Both train from scratch on the ISIC train split (seed-42 split, as `meddeblur train`
 makes it over the whole folder) for the same budget of *process CPU time* (``budget_clock="cpu"``: all
-threads counted, validation and checkpoints included), one intra-op thread each, one after the other.
+threads counted, validation and checkpoints included), one intra-op thread each, one after the other
+(or both at once with ``--jobs 2``, one core each).
 CPU time, so that other jobs on the 2-core machine cannot tilt the comparison. Then the best weights of
 each are scored on the same two validation sets (the 111 val images):
 
@@ -11,6 +12,7 @@ each are scored on the same two validation sets (the 111 val images):
 - ``val 256 mixed``: the former recipe's validation — images resized to 256×256 with ``mixed``.
 
     python benchmarks/train_speed.py --minutes 30                 # both recipes, then the tables
+    python benchmarks/train_speed.py --minutes 30 --jobs 2        # the same, both recipes at once (half the wall time)
     python benchmarks/train_speed.py --parallel                   # samples/s: 1 vs 2 threads vs torchrun 2×1
 """
 
@@ -18,11 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,7 +53,6 @@ FORMER = {"arch": "nafnet", "size": 256, "crop": None, "degrade": "mixed", "batc
 
 def recipes(minutes: float) -> dict[str, dict]:
     current = recipe_options("default", paired=False)
-    current.pop("recipe")
     return {"former (shipped 5be7353d1c30)": {**FORMER, "max_minutes": minutes},
             "default (issue 11)": {**current, "max_minutes": minutes}}
 
@@ -64,32 +67,43 @@ def scores(weights: Path, val_sets: dict[str, torch.utils.data.Dataset]) -> dict
     return out
 
 
-def compare(isic: Path, minutes: float, work: Path) -> dict:
+def _train_row(label: str, options: TrainOptions) -> dict:
+    """Train one recipe (1 thread, CPU-time budget) and describe the run; module level so a worker process can run it."""
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    train(options)
+    history = _history(Path(options.out))
+    cpu = sum(float(r["cpu_seconds"]) for r in history)
+    steps = int(history[-1]["steps"])
+    print(f"{label}: {steps} steps in {cpu / 60:.1f} CPU min", flush=True)
+    return {"options": {k: v for k, v in asdict(options).items() if k not in ("out", "sharp_dir", "blurred_dir")},
+            "cpu_minutes": cpu / 60, "wall_minutes": (time.perf_counter() - started) / 60, "steps": steps,
+            "samples": steps * options.batch, "samples_per_cpu_second": steps * options.batch / cpu,
+            "pixels_per_cpu_second": steps * options.batch * (options.crop or options.size) ** 2 / cpu,
+            "epochs": len(history)}
+
+
+def compare(isic: Path, minutes: float, work: Path, jobs: int = 1) -> dict:
+    """Both recipes for ``minutes`` of CPU time each; ``jobs`` 2 trains them side by side (one core each)."""
     images = isic / "images"
     pairs = sharp_only(images)
     torch.set_num_threads(1)
-    rows = {}
-    for label, values in recipes(minutes).items():
-        run = work / label.split()[0]
-        options = TrainOptions(blurred_dir=None, sharp_dir=str(images), out=str(run), threads=1, budget_clock="cpu", device="cpu", **values)
-        started = time.perf_counter()
-        train(options)
-        history = _history(run)
-        cpu = sum(float(r["cpu_seconds"]) for r in history)
-        steps = int(history[-1]["steps"])
-        rows[label] = {"options": {k: v for k, v in asdict(options).items() if k not in ("out", "sharp_dir", "blurred_dir")},
-                       "cpu_minutes": cpu / 60, "wall_minutes": (time.perf_counter() - started) / 60, "steps": steps,
-                       "samples": steps * options.batch, "samples_per_cpu_second": steps * options.batch / cpu,
-                       "pixels_per_cpu_second": steps * options.batch * (options.crop or options.size) ** 2 / cpu,
-                       "epochs": len(history)}
-        print(f"{label}: {steps} steps in {cpu / 60:.1f} CPU min", flush=True)
+    runs = {label: TrainOptions(blurred_dir=None, sharp_dir=str(images), out=str(work / label.split()[0]), threads=1,
+                                budget_clock="cpu", device="cpu", **values) for label, values in recipes(minutes).items()}
+    if jobs > 1:
+        # spawn, not fork: a forked child would inherit this process's torch thread pool
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {label: pool.submit(_train_row, label, options) for label, options in runs.items()}
+            rows = {label: future.result() for label, future in futures.items()}
+    else:
+        rows = {label: _train_row(label, options) for label, options in runs.items()}
     val = select(pairs, read_split(work / "default" / "split.json")["val"], "split")
     val_sets = {"val mix": ScaledCrops(val, 256, (1.0, 1.0), parse_spec("real"), fixed=True),
                 "val 256 mixed": PairDataset(val, size=256, degrade=parse_spec("mixed"), fixed=True)}
     inputs = {name: _identity_scores(dataset) for name, dataset in val_sets.items()}
     for label in rows:
         rows[label]["val"] = scores(work / label.split()[0] / "best.safetensors", val_sets)
-    return {"minutes": minutes, "rows": rows, "inputs": inputs, "val_images": len(val),
+    return {"minutes": minutes, "jobs": jobs, "rows": rows, "inputs": inputs, "val_images": len(val),
             "train_images": len(read_split(work / "default" / "split.json")["train"])}
 
 
@@ -136,7 +150,8 @@ def markdown(result: dict) -> str:
     if "rows" in result:
         inputs = result["inputs"]
         lines += [f"Budget: {result['minutes']:g} CPU-minutes each (process CPU time, 1 thread, validation included), from scratch, "
-                  f"ISIC train split ({result['train_images']} images); both scored on the same {result['val_images']} val images.", "",
+                  f"ISIC train split ({result['train_images']} images); "
+                  f"{'trained side by side, one core each' if result.get('jobs', 1) > 1 else 'trained one after the other'}; both scored on the same {result['val_images']} val images.", "",
                   "| recipe | steps | samples | samples / CPU-s | Mpixel / CPU-s | val mix PSNR (input {:.2f}) | val mix sharp kept | "
                   "val 256 mixed PSNR (input {:.2f}) |".format(inputs["val mix"]["psnr"], inputs["val 256 mixed"]["psnr"]),
                   "|---|---|---|---|---|---|---|---|"]
@@ -157,6 +172,8 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=30.0, help="CPU-minutes per recipe (default 30)")
+    parser.add_argument("--jobs", type=int, choices=(1, 2), default=1,
+                        help="2: train both recipes at once, one core each (CPU-time budgets, so the comparison stays fair)")
     parser.add_argument("--parallel", action="store_true", help="only measure 1 vs 2 threads vs torchrun 2×1 (wall clock)")
     parser.add_argument("--parallel-steps", type=int, default=40)
     parser.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
@@ -174,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             result["parallel"] = parallel(args.isic, args.parallel_steps, Path(work))
             result["parallel_command"] = command
         else:
-            result.update(compare(args.isic, args.minutes, Path(work)), command=command)
+            result.update(compare(args.isic, args.minutes, Path(work), args.jobs), command=command)
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     (args.out / "train_speed.md").write_text(markdown(result))
