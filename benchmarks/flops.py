@@ -96,21 +96,29 @@ def wait_for_quiet(below: float, max_wait: float) -> float | None:
             return load
 
 
-def time_forward(model: torch.nn.Module, height: int, width: int, repeats: int, quiet: tuple[float, float]) -> dict:
+def _passes(models: tuple[torch.nn.Module, ...], height: int, width: int, repeats: int,
+            quiet: tuple[float, float]) -> tuple[list[list[float]], float | None]:
+    """Seconds of ``repeats`` rounds of one forward pass per model (in turn), and the other load meanwhile."""
     image = torch.rand(1, 3, height, width)
+    durations: list[list[float]] = [[] for _ in models]
     with torch.inference_mode():
-        model(image)  # warm-up: allocator, oneDNN primitives
+        for model in models:
+            model(image)  # warm-up: allocator, oneDNN primitives
         wait_for_quiet(*quiet)
         load = OtherLoad()
         load.start()
-        durations = []
         for _ in range(repeats):
-            started = time.perf_counter()
-            model(image)
-            durations.append(time.perf_counter() - started)
+            for model, series in zip(models, durations, strict=True):
+                started = time.perf_counter()
+                model(image)
+                series.append(time.perf_counter() - started)
         other = load.stop()
-    return {"median_s": statistics.median(durations), "min_s": min(durations), "repeats": repeats,
-            "other_cores": None if other is None else round(other, 2)}
+    return durations, None if other is None else round(other, 2)
+
+
+def time_forward(model: torch.nn.Module, height: int, width: int, repeats: int, quiet: tuple[float, float]) -> dict:
+    (durations,), other = _passes((model,), height, width, repeats, quiet)
+    return {"median_s": statistics.median(durations), "min_s": min(durations), "repeats": repeats, "other_cores": other}
 
 
 def measure(label: str, config: ModelConfig, sizes: list[str], repeats: int, big_repeats: int,
@@ -135,22 +143,9 @@ def paired(former: torch.nn.Module, shipped: torch.nn.Module, size: str, pairs: 
     per 1024×768 in one run of this script and 1.78 s in the next while the former took 0.91 and 0.87 s.
     Alternating passes meet the same host, so the median of the per-pair ratios is what a user would see.
     """
-    height, width = SIZES[size]
-    image = torch.rand(1, 3, height, width)
-    times: tuple[list[float], list[float]] = ([], [])
-    with torch.inference_mode():
-        former(image), shipped(image)  # warm-up
-        wait_for_quiet(*quiet)
-        load = OtherLoad()
-        load.start()
-        for _ in range(pairs):
-            for model, series in zip((former, shipped), times, strict=True):
-                started = time.perf_counter()
-                model(image)
-                series.append(time.perf_counter() - started)
-        other = load.stop()
-    return {"size": size, "pairs": pairs, "former_median_s": statistics.median(times[0]), "shipped_median_s": statistics.median(times[1]),
-            "ratio": statistics.median([b / a for a, b in zip(*times, strict=True)]), "other_cores": None if other is None else round(other, 2)}
+    (former_s, shipped_s), other = _passes((former, shipped), *SIZES[size], pairs, quiet)
+    return {"size": size, "pairs": pairs, "former_median_s": statistics.median(former_s), "shipped_median_s": statistics.median(shipped_s),
+            "ratio": statistics.median([b / a for a, b in zip(former_s, shipped_s, strict=True)]), "other_cores": other}
 
 
 def write(result: dict, out: Path) -> None:
