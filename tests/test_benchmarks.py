@@ -70,3 +70,16 @@ def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
     rows = [line for line in ship.stages_markdown(stages).splitlines() if line.startswith("| 1 |")]
     assert [row.rsplit("|", 3)[1].strip() for row in rows] == [
         "yes", "no: the validation mix did not improve", "no: 2.44× the former time"]
+
+
+def test_train_speed_table_states_the_gain_and_tolerates_a_val_set_without_unblurred_samples():
+    train_speed = _load("train_speed")
+    row = {"steps": 10, "samples": 160, "samples_per_cpu_second": 2.0, "pixels_per_cpu_second": 3e5}
+    result = {"machine": "test host", "command": "python benchmarks/train_speed.py --minutes 1 --jobs 2", "minutes": 1.0, "jobs": 2,
+              "train_images": 14, "val_images": 4, "inputs": {"val mix": {"psnr": 30.0}, "val 256 mixed": {"psnr": 29.0}},
+              "rows": {"former": {**row, "val": {"val mix": {"psnr": 29.5}, "val 256 mixed": {"psnr": 29.2}}},
+                       "default": {**row, "val": {"val mix": {"psnr": 30.75, "sharp_psnr": 61.0}, "val 256 mixed": {"psnr": 29.1}}}}}
+    table = train_speed.markdown(result)
+    assert "| former | 10 | 160 | 2.00 | 0.300 | 29.50 | — | 29.20 |" in table
+    assert "| default | 10 | 160 | 2.00 | 0.300 | 30.75 | 61.00 dB | 29.10 |" in table
+    assert "trained side by side, one core each" in table and "**+1.25 dB** (target ≥ +1 dB)" in table
