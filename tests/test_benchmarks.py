@@ -1,21 +1,14 @@
 """The benchmark scripts run end to end (tiny settings) and a trained run folder can be a row."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 from conftest import ISIC
+from conftest import load_script as _load
 
 from meddeblur.models import ModelConfig, build_model, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(name: str, folder: str = "benchmarks"):
-    spec = importlib.util.spec_from_file_location(name, ROOT / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):

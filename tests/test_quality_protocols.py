@@ -1,25 +1,20 @@
 """benchmarks/quality.py protocols (full, half, seed, soft) on tiny generated images, and its classical cache."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from conftest import load_script
 
 from meddeblur.degradation.spec import parse_spec
 from meddeblur.evaluation.classical import richardson_lucy, richardson_lucy_path, tune
 from meddeblur.models import ModelConfig, build_model, save_weights
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _quality():
-    spec = importlib.util.spec_from_file_location("quality", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("quality")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
 from pathlib import Path
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from meddeblur.cli import main
 from meddeblur.data.synthetic import synthetic_dermoscopy
@@ -104,10 +104,7 @@ def test_demo_runs_offline_with_the_shipped_model(tmp_path, monkeypatch, capsys)
 
 
 def _model_card_module():
-    spec = importlib.util.spec_from_file_location("model_card", ROOT / "benchmarks" / "model_card.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("model_card")
 
 
 def test_model_card_numbers_match_the_committed_benchmark_results():

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from meddeblur.cli import main
 from meddeblur.data.synthetic import synthetic_dermoscopy
@@ -18,8 +18,6 @@ from meddeblur.degradation.pipeline import blur
 from meddeblur.degradation.resampling import resize_area
 from meddeblur.evaluation.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD, blur_score
 from meddeblur.io.encode import write_image
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +114,7 @@ def test_csv_never_overwrites_an_input(scene: np.ndarray, tmp_path: Path, capfd)
 
 
 def test_auc_benchmark_runs_and_resummarises(scene: np.ndarray, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("assess_auc", ROOT / "benchmarks" / "assess_auc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("assess_auc")
     images = tmp_path / "images"
     for i in range(3):
         write_image(images / f"{i}.png", synthetic_dermoscopy(96, 128, seed=i))
@@ -131,9 +127,7 @@ def test_auc_benchmark_runs_and_resummarises(scene: np.ndarray, tmp_path: Path) 
 
 
 def test_auc_and_threshold_choice() -> None:
-    spec = importlib.util.spec_from_file_location("assess_auc", ROOT / "benchmarks" / "assess_auc.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("assess_auc")
     assert module.auc([0.1, 0.2], [0.3, 0.4]) == 1.0
     assert module.auc([0.1, 0.3], [0.2, 0.4]) == 0.75
     assert module.auc([0.5], [0.5]) == 0.5

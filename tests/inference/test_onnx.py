@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 
 from meddeblur.cli import main
 from meddeblur.errors import UserError
@@ -162,12 +163,9 @@ def test_export_refuses_an_impossible_opset(tmp_path: Path, capfd) -> None:
 
 def test_speed_benchmark_smoke(tmp_path: Path, one_thread) -> None:
     """benchmarks/onnx_speed.py runs end to end (tiny model, one small size, one pass) and writes both files."""
-    import importlib.util
     import json
 
-    spec = importlib.util.spec_from_file_location("onnx_speed", Path(__file__).resolve().parents[2] / "benchmarks" / "onnx_speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("onnx_speed")
     assert module.main(["--models", "nafnet:8", "--sizes", "40x24", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "onnx_speed.json").read_text())["rows"]
     assert row["size"] == "40x24" and row["max_abs_diff"] <= TOLERANCE and row["onnx_ms_median"] > 0

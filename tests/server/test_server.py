@@ -23,6 +23,7 @@ with warnings.catch_warnings():
     # Starlette 1.x suggests its httpx fork for the test client; httpx is what FastAPI documents and works.
     warnings.simplefilter("ignore", UserWarning)
     from fastapi.testclient import TestClient
+from conftest import load_script
 
 from meddeblur import __version__
 from meddeblur.data.synthetic import synthetic_dermoscopy
@@ -36,7 +37,6 @@ from meddeblur.server import ServerSettings, create_app
 from meddeblur.server.card import model_card
 from meddeblur.server.imaging import display_name
 
-ROOT = Path(__file__).resolve().parents[2]
 MAX_UPLOAD_MB = 0.25
 MAX_PIXELS = 100_000
 
@@ -388,12 +388,8 @@ def test_serve_command_refuses_bad_options_before_listening(run_cli, tmp_path, c
 
 
 def test_load_benchmark_runs_against_a_real_server(weights, tmp_path, monkeypatch):
-    import importlib.util
-
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server child: one thread is fastest on a loaded small machine
-    spec = importlib.util.spec_from_file_location("load", ROOT / "benchmarks" / "load.py")
-    load = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(load)
+    load = load_script("load")
     # Two worker processes: the multi-process path (settings through the environment, a model per worker, RSS of all).
     assert load.main(["--model", str(weights), "--requests", "12", "--clients", "4", "--warmup", "2", "--sizes", "48x40", "80x64",
                       "--workers", "2", "--queue", "1", "--out", str(tmp_path)]) == 0
