@@ -217,7 +217,7 @@ def test_no_options_train_with_the_shipped_recipe(captured, sharp_dir, tmp_path)
     assert (captured["options"].arch, captured["options"].enc_blocks, captured["options"].dec_blocks) == ("attention-unet-residual", None, None)
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r2"), "--steps", "50"]) == 0
     assert captured["options"].steps == 50 and captured["options"].max_minutes is None  # --steps alone is the horizon
-    assert (options.soften, options.compress) == (0.4, 0.2)
+    assert (options.soften, options.compress) == (0.55, 0.2)
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r4"), "--soften", "0.6", "--compress", "0"]) == 0
     assert (captured["options"].soften, captured["options"].compress) == (0.6, 0.0)
 

@@ -18,7 +18,7 @@ __all__ = ["ARCHITECTURES", "Parser", "build_parser", "command_flags", "in_flags
 # that they equal meddeblur.models.ARCHITECTURES and NAFNET_DEFAULTS and meddeblur.evaluation.assess's.
 ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
 # Values of meddeblur.training.recipes.RECIPES["default"] shown in the help (not imported: it loads torch).
-_RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.4, "compress": 0.2}
+_RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2}
 _ASSESS_SIDE = 768  # meddeblur.evaluation.assess.ANALYSIS_SIDE
 _ASSESS_THRESHOLD = 0.4  # meddeblur.evaluation.assess.DEFAULT_THRESHOLD
 
