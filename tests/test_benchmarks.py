@@ -3,8 +3,7 @@
 import json
 from pathlib import Path
 
-from conftest import ISIC
-from conftest import load_script as _load
+from conftest import ISIC, load_script
 
 from meddeblur.models import ModelConfig, build_model, save_weights
 
@@ -12,7 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):
-    quality = _load("quality")
+    quality = load_script("quality")
     run = tmp_path / "runs" / "tiny-mixed"
     save_weights(build_model(ModelConfig(width=4)), ModelConfig(width=4), run / "best.safetensors")
     out = tmp_path / "results"
@@ -37,13 +36,13 @@ def test_committed_split_is_the_seeded_70_20_10_split_of_all_images(isic_images)
 
 
 def test_speed_benchmark_runs(tmp_path):
-    speed = _load("speed")
+    speed = load_script("speed")
     assert speed.main(["--widths", "4", "--steps", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "speed.json").read_text())["rows"][0]["width"] == 4
 
 
 def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
-    ship = _load("ship_model", "scripts")
+    ship = load_script("ship_model", "scripts")
     (tmp_path / "train.log").write_text("meddeblur 0.1.0 (recipe default): nafnet width 16\ndata parallel: 2 processes (gloo), "
                                         "global batch 16 = 8 per process\n")
     assert ship.processes_of(tmp_path) == 2 and ship.processes_of(tmp_path / "elsewhere") == 1
@@ -54,7 +53,7 @@ def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
 
 
 def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
-    ship = _load("ship_model", "scripts")
+    ship = load_script("ship_model", "scripts")
     scores = {"loss": 0.007, "psnr": 40.0, "sharp_psnr": 65.0}
     stage = {"stage": 1, "date": "2026-11-30", "command": "meddeblur train", "wall_minutes": 10.0, "cpu_minutes": 20.0, "steps": 5,
              "input": scores, "start": scores, "candidate": scores, "machine": "test", "threads": 1}
@@ -66,7 +65,7 @@ def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
 
 
 def test_train_speed_table_states_the_gain_and_tolerates_a_val_set_without_unblurred_samples():
-    train_speed = _load("train_speed")
+    train_speed = load_script("train_speed")
     row = {"steps": 10, "samples": 160, "samples_per_cpu_second": 2.0, "pixels_per_cpu_second": 3e5}
     result = {"machine": "test host", "command": "python benchmarks/train_speed.py --minutes 1 --jobs 2", "minutes": 1.0, "jobs": 2,
               "train_images": 14, "val_images": 4, "inputs": {"val mix": {"psnr": 30.0}, "val 256 mixed": {"psnr": 29.0}},
