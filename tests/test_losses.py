@@ -62,13 +62,52 @@ def test_terms_combine_with_weights(vgg_file: Path, images) -> None:
     loss = DeblurLoss(w, load_vgg19_features(vgg_file))
     total, terms = loss(*images)
     assert total.dim() == 0
-    assert set(terms) == {"ssim", "l1", "perceptual"}
+    assert set(terms) == {"ssim", "l1", "mse", "psnr", "perceptual"}
+    assert terms["mse"] == terms["psnr"] == 0.0  # weight 0 by default: not computed
     assert all(isinstance(v, float) for v in terms.values())
     expect = 0.85 * (1 - terms["ssim"]) + 0.15 * terms["l1"] + 1e-3 * terms["perceptual"]
     assert total.item() == pytest.approx(expect, rel=1e-5)
     assert terms["ssim"] == pytest.approx(ssim(*images).mean().item(), abs=1e-7)
     assert terms["l1"] == pytest.approx((images[0] - images[1]).abs().mean().item(), abs=1e-7)
     assert terms["perceptual"] > 0
+
+
+def test_mse_term(images) -> None:
+    loss = DeblurLoss(LossWeights(ssim=0.0, l1=0.5, perceptual=0.0, mse=2.0))
+    total, terms = loss(*images)
+    mse = ((images[0] - images[1]) ** 2).mean().item()
+    assert terms["mse"] == pytest.approx(mse, rel=1e-6)
+    assert total.item() == pytest.approx(0.5 * terms["l1"] + 2.0 * mse, rel=1e-6)
+    assert loss.describe().startswith("loss = 0.5·L1 + 2·MSE")
+
+
+def test_psnr_term_is_the_mean_per_image_psnr(images) -> None:
+    from meddeblur.metrics import psnr
+
+    loss = DeblurLoss(LossWeights(ssim=0.0, l1=0.0, perceptual=0.0, psnr=0.5))
+    pred, target = images
+    total, terms = loss(pred, target)
+    assert terms["psnr"] == pytest.approx(psnr(pred, target).mean().item(), abs=1e-3)
+    assert total.item() == pytest.approx(-0.5 * terms["psnr"], rel=1e-6)
+    assert DeblurLoss(LossWeights(0.0, 0.0, 0.0, psnr=1.0))(target, target)[1]["psnr"] == pytest.approx(60.0)  # PSNR_LOSS_EPS cap
+    assert loss.describe().startswith("loss = 0.5·(−PSNR dB)")
+
+
+def test_mse_leaves_the_identity_where_l1_stays() -> None:
+    # Why the term exists (DeblurLoss docstring): one detail the target wants sharper, one already as sharp as
+    # its target. A first small unsharp-masking step raises L1 (every pixel it changes wrongly costs a full unit)
+    # and lowers MSE (those pixels' cost is quadratic, so near 0 for a small step).
+    image = torch.zeros(1, 1, 24, 24)
+    image[..., 6, 6] = image[..., 17, 17] = 0.5
+    target = image.clone()
+    target[..., 6, 6] = 0.6
+    blurred = torch.nn.functional.avg_pool2d(image, 5, 1, 2, count_include_pad=False)
+    amount = torch.tensor(1e-3, requires_grad=True)
+    for weights, falls in ((LossWeights(ssim=0.0, l1=1.0, perceptual=0.0), False),
+                           (LossWeights(ssim=0.0, l1=0.0, perceptual=0.0, mse=1.0), True)):
+        pred = image + amount * (image - blurred)
+        (grad,) = torch.autograd.grad(DeblurLoss(weights)(pred, target)[0], amount)
+        assert (grad.item() < 0) is falls, (weights, grad.item())
 
 
 def test_perceptual_scale(vgg_file: Path, images) -> None:

@@ -33,6 +33,7 @@ from meddeblur.metrics import ssim
 
 __all__ = [
     "CAFFE_SCALE",
+    "PSNR_LOSS_EPS",
     "VGG19_HUB_FILENAME",
     "VGG19Features",
     "find_vgg19_weights",
@@ -44,6 +45,10 @@ __all__ = [
 
 #: Multiplier from torchvision-normalised to caffe-scale feature MSE (see module docstring).
 CAFFE_SCALE: float = (255 * 0.226) ** 2
+
+#: Added to each image's MSE in the PSNR term: caps it at 60 dB, so an un-blurred sample kept nearly exactly
+#: stops pulling (its gradient weight 1/(MSE + eps) would otherwise grow without bound and drown the blurred ones).
+PSNR_LOSS_EPS: float = 1e-6
 
 #: File name torchvision's ``vgg19(weights="IMAGENET1K_V1")`` caches under the hub directory.
 VGG19_HUB_FILENAME = "vgg19-dcbb9e9d.pth"
@@ -180,17 +185,23 @@ def load_vgg19_features(path: str | Path) -> VGG19Features:
 
 @dataclass
 class LossWeights:
-    """Weights of the three loss terms (reference values by default)."""
+    """Weights of the loss terms (reference values by default; ``mse`` is not in the reference)."""
 
     ssim: float = 0.85
     l1: float = 0.15
     perceptual: float = 1e-6
+    mse: float = 0.0
+    psnr: float = 0.0
 
 
 class DeblurLoss(nn.Module):
-    """``ssim·(1 − SSIM) + l1·L1 + perceptual·CAFFE_SCALE·VGG`` on (N, C, H, W) images in [0, 1].
+    """``ssim·(1 − SSIM) + l1·L1 + mse·MSE + perceptual·CAFFE_SCALE·VGG`` on (N, C, H, W) images in [0, 1].
 
-    Without ``vgg`` the perceptual term is off whatever its weight.
+    Without ``vgg`` the perceptual term is off whatever its weight. Why MSE beside L1: on mildly blurred
+    8-bit images most pixels already equal their target, and L1 charges every such pixel a full unit of
+    gradient for any change, so an untrained (identity) network is held at the identity; MSE charges
+    small changes quadratically, and it is what PSNR measures. The PSNR term (NAFNet's loss) is the mean
+    of each image's PSNR: the quantity our validation reports, weighting each image by 1/its MSE.
     """
 
     def __init__(self, weights: LossWeights | None = None, vgg: VGG19Features | None = None) -> None:
@@ -210,6 +221,10 @@ class DeblurLoss(nn.Module):
             parts.append(f"{w.ssim:g}·(1−SSIM)")
         if w.l1 != 0:
             parts.append(f"{w.l1:g}·L1")
+        if w.mse != 0:
+            parts.append(f"{w.mse:g}·MSE")
+        if w.psnr != 0:
+            parts.append(f"{w.psnr:g}·(−PSNR dB)")
         if self.uses_perceptual:
             parts.append(f"{w.perceptual:g}·VGG19 perceptual")
         text = "loss = " + (" + ".join(parts) if parts else "0")
@@ -233,15 +248,16 @@ class DeblurLoss(nn.Module):
         return CAFFE_SCALE * total
 
     def forward(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
-        """Total loss (scalar) and the detached terms ``{"ssim", "l1", "perceptual"}``.
+        """Total loss (scalar) and the detached terms ``{"ssim", "l1", "mse", "psnr", "perceptual"}``.
 
-        "ssim" is the SSIM value (not 1 − SSIM); "perceptual" is the caffe-scaled distance,
-        so ``total = w.ssim·(1 − ssim) + w.l1·l1 + w.perceptual·perceptual``. A term whose
+        "ssim" is the SSIM value (not 1 − SSIM); "psnr" the mean over the batch of each image's PSNR in dB
+        (MSE + :data:`PSNR_LOSS_EPS`); "perceptual" is the caffe-scaled distance, so
+        ``total = w.ssim·(1 − ssim) + w.l1·l1 + w.mse·mse − w.psnr·psnr + w.perceptual·perceptual``. A term whose
         weight is 0 (or the perceptual term without VGG) is not computed and reads 0.0.
         """
         w = self.weights
         total = pred.new_zeros(())
-        terms = {"ssim": 0.0, "l1": 0.0, "perceptual": 0.0}
+        terms = {"ssim": 0.0, "l1": 0.0, "mse": 0.0, "psnr": 0.0, "perceptual": 0.0}
         if w.ssim != 0:
             s = ssim(pred, target).mean()
             total = total + w.ssim * (1.0 - s)
@@ -250,6 +266,14 @@ class DeblurLoss(nn.Module):
             l1 = (pred - target).abs().mean()
             total = total + w.l1 * l1
             terms["l1"] = l1.item()
+        if w.mse != 0:
+            mse = F.mse_loss(pred, target)
+            total = total + w.mse * mse
+            terms["mse"] = mse.item()
+        if w.psnr != 0:
+            psnr = -10.0 * torch.log10(((pred - target) ** 2).flatten(1).mean(1) + PSNR_LOSS_EPS).mean()
+            total = total - w.psnr * psnr
+            terms["psnr"] = psnr.item()
         if self.uses_perceptual:
             p = self.perceptual(pred, target)
             total = total + w.perceptual * p

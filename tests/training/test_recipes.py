@@ -228,6 +228,13 @@ def test_a_source_share_outside_0_to_1_is_refused_naming_the_flag(captured, shar
     assert "options" not in captured
 
 
+def test_loss_flags_set_their_terms_and_negative_weights_are_refused(captured, sharp_dir, tmp_path, capsys):
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run"), "--w-l1", "0", "--w-psnr", "0.5", "--w-mse", "2"]) == 0
+    assert captured["options"].loss == LossWeights(ssim=0.0, l1=0.0, perceptual=1e-6, mse=2.0, psnr=0.5)
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r2"), "--w-psnr", "-1"]) == 2
+    assert capsys.readouterr().err.strip() == "meddeblur train: error: --w-psnr -1.0: must be 0 (term off) or a positive number"
+
+
 def test_init_takes_the_architecture_from_the_weights(captured, sharp_dir, tmp_path, capsys):
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run"), "--init", "default"]) == 0
     assert (captured["options"].arch, captured["options"].width, captured["options"].init) == ("nafnet", 16, "default")

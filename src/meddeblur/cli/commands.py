@@ -36,7 +36,7 @@ def train(args: argparse.Namespace) -> int:
     from meddeblur.training.runs import read_run_options
 
     given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
-    weights = {k: getattr(args, f"w_{k}") for k in ("ssim", "l1", "perceptual") if getattr(args, f"w_{k}") is not None}
+    weights = {k: getattr(args, f"w_{k}") for k in ("ssim", "l1", "mse", "psnr", "perceptual") if getattr(args, f"w_{k}") is not None}
     if args.resume:
         fixed = sorted(set(given) - _RESUMABLE) + [f"w_{k}" for k in weights]
         fixed += [k for k in ("data", "blurred", "sharp") if getattr(args, k) is not None]

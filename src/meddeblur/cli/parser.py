@@ -90,8 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--perceptual", action="store_true", default=None,
                        help="add the VGG19 perceptual term, weights from the PyTorch hub cache file")
     train.add_argument("--vgg19-weights", help="torchvision vgg19 state dict (.pth/.safetensors); implies --perceptual")
-    train.add_argument("--w-ssim", type=float, help="weight of (1 − SSIM) (default 0.85)")
-    train.add_argument("--w-l1", type=float, help="weight of L1 (default 0.15)")
+    train.add_argument("--w-ssim", type=float, help="weight of (1 − SSIM) (default recipe 0; reference 0.85)")
+    train.add_argument("--w-l1", type=float, help="weight of L1 (default recipe 1; reference 0.15)")
+    train.add_argument("--w-mse", type=float, help="weight of the mean squared error (default recipe 0; reference 0)")
+    train.add_argument("--w-psnr", type=float, help="weight of minus the mean per-image PSNR in dB, NAFNet's loss (default recipe 0; reference 0)")
     train.add_argument("--w-perceptual", type=float, help="weight of the VGG19 term (default 1e-6)")
     train.add_argument("--patience", type=int, help="early-stopping patience in epochs (default 10)")
     train.add_argument("--lr-patience", type=int, help="epochs without improvement before LR × 0.5 (default 5)")

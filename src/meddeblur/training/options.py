@@ -95,7 +95,7 @@ class TrainOptions:
                 ModelConfig(arch=self.arch, width=self.width, **blocks).validate()
             except ValueError as exc:
                 raise InvalidOption(str(exc), value=blocks[name], option=name) from None
-        for name in ("ssim", "l1", "perceptual"):
+        for name in ("ssim", "l1", "mse", "psnr", "perceptual"):
             value = getattr(self.loss, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InvalidOption(f"w_{name}={value}: must be 0 (term off) or a positive number", value=value, option=f"w_{name}")
