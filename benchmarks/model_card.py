@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from meddeblur import __version__
+from meddeblur.losses import DeblurLoss, LossWeights
 from meddeblur.models import DEFAULT_WEIGHTS, ModelConfig, load_model, weights_id
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,6 +134,7 @@ def build() -> tuple[str, dict]:
     flops = _flops_row(config)
     parameters = sum(p.numel() for p in network.parameters())
     recipe = RECIPES["default"]
+    loss = DeblurLoss(LossWeights(**training["run_options"]["loss"])).describe().split(" (")[0].removeprefix("loss = ")  # the shipped stage's
     real = "; ".join(f"{name} {p:.0%}" + (" (" + ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in params.items() if isinstance(v, tuple)) + ")"
                                           if any(isinstance(v, tuple) for v in params.values()) else "") for name, p, params in REAL)
     ops = ", ".join(f"{name} " + ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in params.items()) for name, params in REAL_OPS)
@@ -178,7 +180,7 @@ def build() -> tuple[str, dict]:
         f"down-scale {recipe['scales'][0]:g}–{recipe['scales'][1]:g}× (resampling kernel and library drawn per sample), source softened "
         f"with p = {recipe['soften']:g} and JPEG-compressed with p = {recipe['compress']:g} (the target is the softened/compressed source), "
         f"flips/rot90, then the `real` mix: {real}; each blurred image then {ops}, each with p = 0.5; 8-bit quantisation.",
-        f"- L1 loss, AdamW (β 0.9/0.9), batch {recipe['batch']}, warm-up {recipe['warmup']} steps then cosine decay over the budget, "
+        f"- Loss {loss}, AdamW (β 0.9/0.9), batch {recipe['batch']}, warm-up {recipe['warmup']} steps then cosine decay over the budget, "
         f"gradient clipping {recipe['clip']:g}, EMA {recipe['ema']:g} of the weights (validated and shipped).",
         f"- Trained in stages, each continuing from the shipped weights (`--init default`) and shipped only if the validation mix "
         f"improves (`benchmarks/results/default_training_stages.md`). This weights' stage: {training['steps']} steps in "
