@@ -113,10 +113,24 @@ def plot_training(history: list[dict], threads: int, path: Path) -> None:
     figure.savefig(path, dpi=120)
 
 
+def why_not_shipped(start: dict[str, float], candidate: dict[str, float]) -> str | None:
+    """None when ``candidate`` replaces ``start``, else which condition it failed, in words.
+
+    The rule: a lower L1 loss over the whole validation mix (un-blurred share included) and no lower PSNR on its
+    degraded samples. An identity network has a lower loss than a model that harms sharp images, but it restores nothing.
+    """
+    reasons = []
+    if not candidate["loss"] < start["loss"]:
+        reasons.append(f"its L1 loss on the validation mix did not fall ({start['loss']:.5f} → {candidate['loss']:.5f})")
+    if candidate["psnr"] < start["psnr"]:
+        reasons.append(f"its PSNR on the degraded samples fell ({start['psnr']:.2f} → {candidate['psnr']:.2f} dB)")
+    return "; ".join(reasons) or None
+
+
 def stages_markdown(stages: list[dict]) -> str:
     lines = ["# Default model: training stages", "",
              "Each stage continues from the previous shipped weights (`--init default`) and replaces them only when its "
-             "validation-mix loss is lower and its PSNR on the degraded samples is not (`python scripts/ship_model.py RUN`). Val mix: the 111 validation images at native, ½ "
+             "validation-mix L1 loss is lower and its PSNR on the degraded samples is not (`python scripts/ship_model.py RUN`). Val mix: the 111 validation images at native, ½ "
              "and ¼ scale (256-px crops), the `real` families, un-blurred samples included; from stage 4 on, half of them come from a "
              "softened source (σ 0.7 or 1.0, a softer camera), so rows from stage 4 on are not comparable with earlier ones (each row's start and stage "
              "are scored on the same mix). PSNR over the degraded samples, "
@@ -150,9 +164,8 @@ def main(argv: list[str] | None = None) -> int:
         history = list(csv.DictReader(fh))
     described = describe_machine()
     stages = json.loads(STAGES.read_text()) if STAGES.is_file() else []
-    # Lower loss over the whole mix (un-blurred share included) and no lower PSNR on the degraded samples: an identity
-    # network has a lower loss than a model that harms sharp images, but it restores nothing.
-    improved = scores["candidate"]["loss"] < scores["start"]["loss"] and scores["candidate"]["psnr"] >= scores["start"]["psnr"]
+    rejected = why_not_shipped(scores["start"], scores["candidate"])
+    improved = rejected is None
     run_options = {k: v for k, v in json.loads((run / "run.json").read_text())["options"].items() if k not in ("out", "sharp_dir", "blurred_dir")}
     processes = processes_of(run)
     stage = {"stage": len(stages) + 1, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": train_command(run_options, processes),
@@ -162,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
              "cpu_minutes": processes * sum(float(r["cpu_seconds"] or 0) for r in history) / 60, "processes": processes,
              "steps": int(history[-1]["steps"]), "epochs": len(history), "threads": args.threads,
              "machine": f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}", "shipped": improved, **scores}
+    if rejected:
+        stage["not_shipped_because"] = rejected
     stages.append(stage)
     summary = (f"stage {stage['stage']}: val mix loss {scores['start']['loss']:.5f} → {scores['candidate']['loss']:.5f}, PSNR "
                f"{scores['start']['psnr']:.2f} → {scores['candidate']['psnr']:.2f} dB (input {scores['input']['psnr']:.2f}), sharp kept "
@@ -176,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     STAGES.write_text(json.dumps(stages, indent=2) + "\n")
     (RESULTS / "default_training_stages.md").write_text(stages_markdown(stages))
     if not improved:
-        print(f"{summary}: not better than the shipped model, which stays; the stage is recorded")
+        print(f"{summary}: not shipped, {rejected}; the shipped model stays and the stage is recorded")
         return 1
     megabytes = DEFAULT_WEIGHTS.stat().st_size / 1e6
     if megabytes > MAX_MEGABYTES:

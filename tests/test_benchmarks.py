@@ -64,6 +64,16 @@ def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
         "yes", "no: the validation mix did not improve", "no: 2.44× the former time"]
 
 
+def test_ship_model_ships_only_a_lower_l1_loss_with_no_lower_psnr_and_says_which_failed():
+    ship = load_script("ship_model", "scripts")
+    start = {"loss": 0.00687, "psnr": 40.57}
+    assert ship.why_not_shipped(start, {"loss": 0.00686, "psnr": 40.57}) is None
+    assert ship.why_not_shipped(start, {"loss": 0.00690, "psnr": 40.65}) == \
+        "its L1 loss on the validation mix did not fall (0.00687 → 0.00690)"
+    assert ship.why_not_shipped(start, {"loss": 0.00680, "psnr": 40.50}) == "its PSNR on the degraded samples fell (40.57 → 40.50 dB)"
+    assert ship.why_not_shipped(start, {"loss": 0.00687, "psnr": 40.50}).count("; ") == 1  # both, and an equal loss is no gain
+
+
 def test_train_speed_table_states_the_gain_and_tolerates_a_val_set_without_unblurred_samples():
     train_speed = load_script("train_speed")
     row = {"steps": 10, "samples": 160, "samples_per_cpu_second": 2.0, "pixels_per_cpu_second": 3e5}
