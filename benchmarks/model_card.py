@@ -134,7 +134,7 @@ def build() -> tuple[str, dict]:
     flops = _flops_row(config)
     parameters = sum(p.numel() for p in network.parameters())
     recipe = RECIPES["default"]
-    loss = DeblurLoss(LossWeights(**training["run_options"]["loss"])).describe().split(" (")[0].removeprefix("loss = ")  # the shipped stage's
+    loss = DeblurLoss(LossWeights(**training["run_options"]["loss"])).formula()  # the shipped stage's
     real = "; ".join(f"{name} {p:.0%}" + (" (" + ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in params.items() if isinstance(v, tuple)) + ")"
                                           if any(isinstance(v, tuple) for v in params.values()) else "") for name, p, params in REAL)
     ops = ", ".join(f"{name} " + ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in params.items()) for name, params in REAL_OPS)

@@ -213,8 +213,8 @@ class DeblurLoss(nn.Module):
     def uses_perceptual(self) -> bool:
         return self.vgg is not None and self.weights.perceptual != 0
 
-    def describe(self) -> str:
-        """One plain sentence saying which loss is optimised."""
+    def formula(self) -> str:
+        """The weighted terms that are computed, e.g. ``"0.85·(1−SSIM) + 0.15·L1"`` (``"0"`` when none is)."""
         w = self.weights
         parts = []
         if w.ssim != 0:
@@ -227,7 +227,11 @@ class DeblurLoss(nn.Module):
             parts.append(f"{w.psnr:g}·(−PSNR dB)")
         if self.uses_perceptual:
             parts.append(f"{w.perceptual:g}·VGG19 perceptual")
-        text = "loss = " + (" + ".join(parts) if parts else "0")
+        return " + ".join(parts) if parts else "0"
+
+    def describe(self) -> str:
+        """One plain sentence saying which loss is optimised."""
+        text = "loss = " + self.formula()
         if self.uses_perceptual:
             assert self.vgg is not None
             text += f" (weights: {self.vgg.source if self.vgg.source else 'in memory'})"

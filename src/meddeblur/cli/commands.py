@@ -24,7 +24,7 @@ _NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags store
 
 
 def train(args: argparse.Namespace) -> int:
-    from dataclasses import asdict, replace
+    from dataclasses import asdict, fields, replace
     from datetime import datetime
 
     from meddeblur.data.pairs import data_dirs
@@ -36,7 +36,7 @@ def train(args: argparse.Namespace) -> int:
     from meddeblur.training.runs import read_run_options
 
     given = {k: getattr(args, k) for k in _TRAIN_FLAGS if getattr(args, k) is not None}
-    weights = {k: getattr(args, f"w_{k}") for k in ("ssim", "l1", "mse", "psnr", "perceptual") if getattr(args, f"w_{k}") is not None}
+    weights = {k: getattr(args, f"w_{k}") for k in (term.name for term in fields(LossWeights)) if getattr(args, f"w_{k}") is not None}
     if args.resume:
         fixed = sorted(set(given) - _RESUMABLE) + [f"w_{k}" for k in weights]
         fixed += [k for k in ("data", "blurred", "sharp") if getattr(args, k) is not None]

@@ -8,7 +8,7 @@ is an :class:`~meddeblur.errors.InvalidOption` naming the parameter before any w
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from meddeblur.errors import InvalidOption
 from meddeblur.losses import LossWeights
@@ -95,7 +95,7 @@ class TrainOptions:
                 ModelConfig(arch=self.arch, width=self.width, **blocks).validate()
             except ValueError as exc:
                 raise InvalidOption(str(exc), value=blocks[name], option=name) from None
-        for name in ("ssim", "l1", "mse", "psnr", "perceptual"):
+        for name in (term.name for term in fields(LossWeights)):
             value = getattr(self.loss, name)
             if not (math.isfinite(value) and value >= 0):
                 raise InvalidOption(f"w_{name}={value}: must be 0 (term off) or a positive number", value=value, option=f"w_{name}")
