@@ -57,12 +57,18 @@ def recipes(minutes: float) -> dict[str, dict]:
             "default (issue 11)": {**current, "max_minutes": minutes}}
 
 
-def scores(weights: Path, val_sets: dict[str, torch.utils.data.Dataset]) -> dict[str, dict[str, float]]:
+def val_sets(val: list) -> dict[str, torch.utils.data.Dataset]:
+    """The two validation sets every recipe is scored on (``val``: the validation pairs)."""
+    return {"val mix": ScaledCrops(val, 256, (1.0, 1.0), parse_spec("real"), fixed=True),
+            "val 256 mixed": PairDataset(val, size=256, degrade=parse_spec("mixed"), fixed=True)}
+
+
+def scores(weights: Path, datasets: dict[str, torch.utils.data.Dataset]) -> dict[str, dict[str, float]]:
     model, _, _ = load_model(weights)
     loss_fn = build_loss(LossWeights(ssim=0.0, l1=1.0), use_perceptual=False)
     out = {}
     with torch.no_grad():
-        for name, dataset in val_sets.items():
+        for name, dataset in datasets.items():
             out[name] = run_epoch(model, loss_fn, DataLoader(dataset, batch_size=4), torch.device("cpu"))
     return out
 
@@ -98,11 +104,10 @@ def compare(isic: Path, minutes: float, work: Path, jobs: int = 1) -> dict:
     else:
         rows = {label: _train_row(label, options) for label, options in runs.items()}
     val = select(pairs, read_split(work / "default" / "split.json")["val"], "split")
-    val_sets = {"val mix": ScaledCrops(val, 256, (1.0, 1.0), parse_spec("real"), fixed=True),
-                "val 256 mixed": PairDataset(val, size=256, degrade=parse_spec("mixed"), fixed=True)}
-    inputs = {name: _identity_scores(dataset) for name, dataset in val_sets.items()}
+    sets = val_sets(val)
+    inputs = {name: _identity_scores(dataset) for name, dataset in sets.items()}
     for label in rows:
-        rows[label]["val"] = scores(work / label.split()[0] / "best.safetensors", val_sets)
+        rows[label]["val"] = scores(work / label.split()[0] / "best.safetensors", sets)
     return {"minutes": minutes, "jobs": jobs, "rows": rows, "inputs": inputs, "val_images": len(val),
             "train_images": len(read_split(work / "default" / "split.json")["train"])}
 

@@ -69,7 +69,7 @@ def train_command(options: dict, processes: int = 1) -> str:
     """The `meddeblur train` command line that reproduces a run's options (the recipe's values left out)."""
     from meddeblur.training.recipes import recipe_options
 
-    recipe = recipe_options(options.get("recipe", "reference"), paired=False)
+    recipe = recipe_options(options.get("recipe", "reference"), paired=False, fine_tune=bool(options.get("init")))
     launcher = f"torchrun --standalone --nproc_per_node {processes} -m meddeblur train" if processes > 1 else "meddeblur train"
     parts = [f"{launcher} --sharp ISIC/images"] + ([f"--recipe {options['recipe']}"] if options.get("recipe") == "reference" else [])
     flags = {"epoch_steps": "val-every"}

@@ -3,8 +3,10 @@
 import json
 from pathlib import Path
 
+import pytest
 from conftest import ISIC, load_script
 
+from meddeblur.losses import LossWeights
 from meddeblur.models import ModelConfig, build_model, save_weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,7 +51,10 @@ def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
     options = {"recipe": "default", "init": "default", "lr": 5e-4, "max_minutes": 100.0, "threads": 1, "dec_blocks": [1, 2, 2, 1]}
     assert ship.train_command(options, 2).startswith("torchrun --standalone --nproc_per_node 2 -m meddeblur train --sharp ISIC/images")
     single = ship.train_command(options)
-    assert single.startswith("meddeblur train --sharp ISIC/images") and "--lr 0.0005" in single and "--dec-blocks 1,2,2,1" in single
+    assert single.startswith("meddeblur train --sharp ISIC/images") and "--dec-blocks 1,2,2,1" in single
+    assert "--lr" not in single  # 5e-4 is the recipe's fine-tuning rate (--init given) ...
+    assert "--lr 0.002" in ship.train_command({**options, "lr": 2e-3})  # ... and its from-scratch rate is not
+    assert "--lr" not in ship.train_command({**options, "init": None, "lr": 2e-3})
 
 
 def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
@@ -85,3 +90,19 @@ def test_train_speed_table_states_the_gain_and_tolerates_a_val_set_without_unblu
     assert "| former | 10 | 160 | 2.00 | 0.300 | 29.50 | — | 29.20 |" in table
     assert "| default | 10 | 160 | 2.00 | 0.300 | 30.75 | 61.00 dB | 29.10 |" in table
     assert "trained side by side, one core each" in table and "**+1.25 dB** (target ≥ +1 dB)" in table
+
+
+def test_loss_probe_reads_loss_weights_and_keeps_every_run_in_one_table(tmp_path):
+    probe = load_script("loss_probe")
+    assert probe.parse_loss("ssim=0.15, l1=0.85") == LossWeights(ssim=0.15, l1=0.85)
+    assert probe.parse_loss("mse=1") == LossWeights(ssim=0.0, l1=0.0, mse=1.0)
+    with pytest.raises(ValueError, match="'ms'"):
+        probe.parse_loss("ms=1")
+    row = {"steps": 10, "cpu_minutes": 1.0, "machine": "test host", "inputs": {"val mix": {"psnr": 39.0}, "val 256 mixed": {"psnr": 33.8}},
+           "val": {"val mix": {"psnr": 39.5, "ssim": 0.9, "sharp_psnr": 50.0}, "val 256 mixed": {"psnr": 34.0}}}
+    probe.record("mse=1", row, "cmd a", tmp_path)
+    table = probe.record("ssim=0.5,l1=0.5", {**row, "steps": 20, "val": {**row["val"], "val mix": {"psnr": 39.6, "ssim": 0.91}}}, "cmd b", tmp_path)
+    assert set(json.loads((tmp_path / "loss_probe.json").read_text())) == {"mse=1", "ssim=0.5,l1=0.5"}
+    assert "| mse=1 | `cmd a` | 10 | 1.0 | 39.50 (39.00) | 50.00 dB | 0.9000 | 34.00 (33.80) |" in table
+    assert "| ssim=0.5,l1=0.5 | `cmd b` | 20 | 1.0 | 39.60 (39.00) | — | 0.9100 | 34.00 (33.80) |" in table
+    assert (tmp_path / "loss_probe.md").read_text() == table and "Machine: test host." in table

@@ -218,6 +218,7 @@ def test_no_options_train_with_the_shipped_recipe(captured, sharp_dir, tmp_path)
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r2"), "--steps", "50"]) == 0
     assert captured["options"].steps == 50 and captured["options"].max_minutes is None  # --steps alone is the horizon
     assert (options.soften, options.compress) == (0.55, 0.2)
+    assert (options.lr, options.loss) == (2e-3, LossWeights(ssim=0.15, l1=0.85))
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r4"), "--soften", "0.6", "--compress", "0"]) == 0
     assert (captured["options"].soften, captured["options"].compress) == (0.6, 0.0)
 
@@ -230,7 +231,7 @@ def test_a_source_share_outside_0_to_1_is_refused_naming_the_flag(captured, shar
 
 def test_loss_flags_set_their_terms_and_negative_weights_are_refused(captured, sharp_dir, tmp_path, capsys):
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run"), "--w-l1", "0", "--w-psnr", "0.5", "--w-mse", "2"]) == 0
-    assert captured["options"].loss == LossWeights(ssim=0.0, l1=0.0, perceptual=1e-6, mse=2.0, psnr=0.5)
+    assert captured["options"].loss == LossWeights(ssim=0.15, l1=0.0, perceptual=1e-6, mse=2.0, psnr=0.5)  # SSIM: the recipe's
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "r2"), "--w-psnr", "-1"]) == 2
     assert capsys.readouterr().err.strip() == "meddeblur train: error: --w-psnr -1.0: must be 0 (term off) or a positive number"
 
@@ -238,6 +239,9 @@ def test_loss_flags_set_their_terms_and_negative_weights_are_refused(captured, s
 def test_init_takes_the_architecture_from_the_weights(captured, sharp_dir, tmp_path, capsys):
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run"), "--init", "default"]) == 0
     assert (captured["options"].arch, captured["options"].width, captured["options"].init) == ("nafnet", 16, "default")
+    assert captured["options"].lr == 5e-4  # fine-tuning: the recipe's fine-tuning rate, not its from-scratch 2e-3 ...
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run1"), "--init", "default", "--lr", "1e-3"]) == 0
+    assert captured["options"].lr == 1e-3  # ... unless --lr says otherwise
     capsys.readouterr()
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run2"), "--init", "default", "--arch", "attention-unet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -51,7 +51,7 @@ def train(args: argparse.Namespace) -> int:
         recipe = args.recipe or "default"
         paired = not args.degrade and (args.blurred is not None or recipe == "reference"
                                        or (args.data is not None and (Path(args.data) / "blurred").is_dir()))
-        values = recipe_options(recipe, paired)
+        values = recipe_options(recipe, paired, fine_tune=bool(given.get("init")))
         blurred, sharp = data_dirs(args.data, args.blurred, args.sharp, args.degrade or values["degrade"])
         if args.degrade:
             from meddeblur.degradation.spec import parse_spec

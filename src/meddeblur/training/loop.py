@@ -369,7 +369,7 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
             })
             publish(run, scored, config, history, epoch if improved else None)
         sharp = f", sharp inputs kept at {val_stats['sharp_psnr']:.2f} dB" if "sharp_psnr" in val_stats else ""
-        log(f"epoch {epoch}: step {steps}, loss {train_stats['loss']:.4f}/{val_stats['loss']:.4f} (train/val), "
+        log(f"epoch {epoch}: step {steps}, loss {train_stats['loss']:.4g}/{val_stats['loss']:.4g} (train/val), "
             f"val PSNR {val_stats['psnr']:.2f} dB (input {baseline['psnr']:.2f}){sharp}, "
             f"val SSIM {val_stats['ssim']:.4f}, lr {lr:g}, {row['seconds']:.1f} s" + (" — best so far" if improved else ""))
         if stopper.stopped:

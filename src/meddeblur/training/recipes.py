@@ -2,10 +2,12 @@
 
 ``default`` is how the shipped model is trained (MODEL_CARD.md): the shipped NAFNet (width 16), 128-px crops of the
 native images at random down-scales with the ``real`` degradation mix (un-blurred share included),
-AdamW with warm-up and a cosine decay over the budget, gradient clipping, EMA weights, L1 loss and a
-validation round every 200 steps. Its numbers are what measured best on this project's 2-core CPU
-(benchmarks/results/train_speed.md). ``reference`` is exactly the reference system: Attention U-Net
-w64, Adam 1e-4, batch 8, 256×256 resize, LR plateau, 0.85·(1−SSIM)+0.15·L1, early stopping 10.
+AdamW with warm-up and a cosine decay over the budget, gradient clipping, EMA weights, 0.15·(1−SSIM) + 0.85·L1
+and a validation round every 200 steps. Its numbers are what measured best on this project's 2-core CPU
+(benchmarks/results/train_speed.md, loss_probe.md). Starting from weights (``--init``) it fine-tunes at a quarter
+of its from-scratch learning rate (``fine_tune_lr``, what every shipped stage used). ``reference`` is exactly the
+reference system: Attention U-Net w64, Adam 1e-4, batch 8, 256×256 resize, LR plateau, 0.85·(1−SSIM)+0.15·L1,
+early stopping 10.
 
 Options given explicitly always win over the recipe's. With blurred/sharp pairs (no ``degrade``) the
 default recipe trains on random native crops of the pairs, since there is nothing to synthesise.
@@ -23,24 +25,31 @@ RECIPES: dict[str, dict] = {
         # soften 0.55 since stage 7 (0.4 since stage 5): with less, a softer source's resampling blur was over-sharpened
         # (soft protocol worst family −0.37 dB at 0.25, −0.15 at 0.4, +0.06 at 0.55; full resolution unchanged).
         "arch": "nafnet", "width": None, "enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "size": None, "crop": 128, "scales": (1.0, 4.0), "soften": 0.55, "compress": 0.2,
-        "degrade": "real", "batch": 16, "lr": 1e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "cosine",
+        "degrade": "real", "batch": 16, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "cosine",
         "max_minutes": 60.0, "epochs": 100_000, "epoch_steps": 200, "warmup": 100, "clip": 1.0, "ema": 0.999,
-        "loss": LossWeights(ssim=0.0, l1=1.0), "patience": None,
+        # From scratch, L1 alone stays at the identity on this mix (most pixels already equal their target) and MSE
+        # leaves it slowly; the SSIM term pulls local structure back at once, and lr 2e-3 learns fastest within
+        # 30 CPU-minutes (benchmarks/results/loss_probe.md). Stages 1–7 of the shipped model were L1 fine-tunes.
+        "loss": LossWeights(ssim=0.15, l1=0.85), "patience": None, "fine_tune_lr": 5e-4,
     },
     "reference": {
         "arch": "attention-unet", "width": None, "size": 256, "crop": None, "scales": None, "soften": 0.0, "compress": 0.0,
         "degrade": None, "batch": 8, "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0, "schedule": "plateau",
         "max_minutes": None, "epochs": 100, "epoch_steps": None, "warmup": 0, "clip": None, "ema": None,
-        "loss": LossWeights(), "patience": 10,
+        "loss": LossWeights(), "patience": 10, "fine_tune_lr": None,
     },
 }
 
 
-def recipe_options(name: str, paired: bool) -> dict:
-    """The option values of recipe ``name``; ``paired``: blurred/sharp pairs are given (nothing to synthesise)."""
+def recipe_options(name: str, paired: bool, fine_tune: bool = False) -> dict:
+    """The option values of recipe ``name``; ``paired``: blurred/sharp pairs are given (nothing to synthesise);
+    ``fine_tune``: training starts from weights (``init``), so the recipe's fine-tuning learning rate applies."""
     if name not in RECIPES:
         raise ValueError(f"unknown recipe {name!r}; choose one of: {', '.join(RECIPES)}")
     values = dict(RECIPES[name], recipe=name)
+    fine_tune_lr = values.pop("fine_tune_lr")
+    if fine_tune and fine_tune_lr is not None:
+        values["lr"] = fine_tune_lr
     if paired:
         values.update(degrade=None, scales=None)
     return values

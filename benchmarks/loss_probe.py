@@ -1,0 +1,132 @@
+"""Which loss lets the default recipe learn from scratch: one run of the default recipe with other loss weights.
+
+A script, not a test. The run trains exactly like ``benchmarks/train_speed.py``'s default row (ISIC train split,
+one intra-op thread, a budget of process CPU time, from scratch) except for the loss weights (and ``--lr`` if
+given; ``--init default`` fine-tunes the shipped model instead), and is scored on the same two validation sets.
+Each run is added to ``benchmarks/results/loss_probe.{json,md}`` under its label; run two at once on a 2-core
+machine (CPU-time budgets keep them comparable):
+
+    python benchmarks/loss_probe.py ssim=0.15,l1=0.85 --minutes 30 --lr 2e-3 &
+    python benchmarks/loss_probe.py mse=1 --minutes 30 --lr 2e-3
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fcntl
+import os
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from meddeblur.data.pairs import read_split, select, sharp_only
+from meddeblur.device import describe_machine
+from meddeblur.losses import LossWeights
+from meddeblur.training.options import TrainOptions
+from meddeblur.training.recipes import recipe_options
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train_speed  # noqa: E402  (a sibling script, not a package)
+
+RESULTS = train_speed.RESULTS
+
+
+def parse_loss(text: str) -> LossWeights:
+    """``"ssim=0.15,l1=0.85"`` → LossWeights with those weights; SSIM, L1, MSE and PSNR not named are 0 (the
+    perceptual weight keeps its default, inert without VGG19 weights, as in the recipe)."""
+    given: dict[str, float] = {}
+    for item in text.split(","):
+        name, _, value = (part.strip() for part in item.partition("="))
+        if name not in {field.name for field in dataclasses.fields(LossWeights)}:
+            raise ValueError(f"loss term {name!r}: choose from {', '.join(f.name for f in dataclasses.fields(LossWeights))}")
+        given[name] = float(value)
+    return LossWeights(**{"ssim": 0.0, "l1": 0.0, **given})
+
+
+def probe(isic: Path, loss: LossWeights, minutes: float, work: Path, lr: float | None = None, init: str | None = None) -> dict:
+    """Train the default recipe with ``loss`` for ``minutes`` of CPU time and score its best weights.
+
+    ``init``: fine-tune these weights (``"default"``: the shipped model; their own block layout) instead of starting from scratch.
+    """
+    images = isic / "images"
+    values = {**recipe_options("default", paired=False, fine_tune=init is not None), "max_minutes": minutes, "loss": loss}
+    if init is not None:
+        values.update(init=init, enc_blocks=None, middle_blocks=None, dec_blocks=None)
+    if lr is not None:
+        values["lr"] = lr
+    options = TrainOptions(blurred_dir=None, sharp_dir=str(images), out=str(work), threads=1, budget_clock="cpu", device="cpu", **values)
+    row = train_speed._train_row(str(loss), options)
+    val = select(sharp_only(images), read_split(work / "split.json")["val"], "split")
+    sets = train_speed.val_sets(val)
+    row["val"] = train_speed.scores(work / "best.safetensors", sets)
+    row["inputs"] = {name: train_speed._identity_scores(dataset) for name, dataset in sets.items()}
+    described = describe_machine()
+    row["machine"] = f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}"
+    return row
+
+
+def record(label: str, row: dict, command: str, results: Path = RESULTS) -> str:
+    """Add ``row`` under ``label`` to loss_probe.json (locked: two probes may finish together); rewrite loss_probe.md."""
+    results.mkdir(parents=True, exist_ok=True)
+    folder = os.open(results, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        path = results / "loss_probe.json"
+        runs = json.loads(path.read_text()) if path.is_file() else {}
+        runs[label] = {**row, "command": command}
+        path.write_text(json.dumps(runs, indent=2, default=str) + "\n")
+        table = markdown(runs)
+        (results / "loss_probe.md").write_text(table)
+    finally:
+        os.close(folder)  # releases the lock
+    return table
+
+
+def markdown(runs: dict[str, dict]) -> str:
+    lines = ["# Loss probes: the default recipe with other losses, at equal CPU time", "",
+             "Each row: one run of `benchmarks/loss_probe.py` (1 thread, a budget of process CPU time, ISIC train split, "
+             "the default recipe but for the loss and learning rate; from scratch unless the label says which weights it "
+             "fine-tunes); its best weights scored like `train_speed.py`'s rows. "
+             f"Machine: {next(reversed(runs.values()))['machine']}.", "",
+             "| loss | command | steps | CPU min | val mix PSNR (input) | val mix sharp kept | val mix SSIM | val 256 mixed PSNR (input) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for label, row in runs.items():
+        mix, old = row["val"]["val mix"], row["val"]["val 256 mixed"]
+        kept = f"{mix['sharp_psnr']:.2f} dB" if "sharp_psnr" in mix else "—"  # a tiny val set may draw no un-blurred sample
+        lines.append(f"| {label} | `{row['command']}` | {row['steps']} | {row['cpu_minutes']:.1f} | {mix['psnr']:.2f} "
+                     f"({row['inputs']['val mix']['psnr']:.2f}) | {kept} | {mix['ssim']:.4f} | "
+                     f"{old['psnr']:.2f} ({row['inputs']['val 256 mixed']['psnr']:.2f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("loss", help="loss weights, e.g. ssim=0.15,l1=0.85 (terms: ssim, l1, mse, psnr; those not named are 0)")
+    parser.add_argument("--minutes", type=float, default=30.0, help="CPU-minutes (default 30)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, its fine-tuning rate with --init)")
+    parser.add_argument("--init", help="fine-tune these weights (default: the shipped model; or a .safetensors) instead of training from scratch")
+    parser.add_argument("--isic", type=Path, default=train_speed.DEFAULT_ISIC)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if not (args.isic / "images").is_dir():
+        sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
+    try:
+        loss = parse_loss(args.loss)
+    except ValueError as error:
+        sys.exit(f"loss {args.loss!r}: {error}")
+    torch.set_num_threads(1)
+    lr = args.lr if args.lr is not None else recipe_options("default", paired=False, fine_tune=args.init is not None)["lr"]
+    label = f"{args.loss}, lr {lr:g}" + (f", from {args.init}" if args.init else "")  # the lr too: the recipe's may change later
+    command = "python benchmarks/loss_probe.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    with tempfile.TemporaryDirectory() as work:
+        row = probe(args.isic, loss, args.minutes, Path(work), lr, args.init)
+    print(record(label, row, command, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
