@@ -182,8 +182,9 @@ def build() -> tuple[str, dict]:
         f"flips/rot90, then the `real` mix: {real}; each blurred image then {ops}, each with p = 0.5; 8-bit quantisation.",
         f"- This weights' stage: loss {loss}, AdamW (β 0.9/0.9) lr {training['run_options']['lr']:g}, batch {recipe['batch']}, warm-up "
         f"{recipe['warmup']} steps then cosine decay over the budget, gradient clipping {recipe['clip']:g}, EMA {recipe['ema']:g} of the "
-        f"weights (validated and shipped). The recipe's own values: loss {DeblurLoss(recipe['loss']).formula()}, lr {recipe['lr']:g} from "
-        f"scratch and {recipe['fine_tune_lr']:g} when fine-tuning (`benchmarks/results/loss_probe.md`).",
+        f"weights (validated and shipped). The recipe's own values: from scratch loss {DeblurLoss(recipe['loss']).formula()} at lr "
+        f"{recipe['lr']:g}; fine-tuning (`--init`) loss {DeblurLoss(recipe['fine_tune']['loss']).formula()} at lr "
+        f"{recipe['fine_tune']['lr']:g} (`benchmarks/results/loss_probe.md`).",
         f"- Trained in stages, each continuing from the shipped weights (`--init default`) and shipped only if the validation mix "
         f"improves (`benchmarks/results/default_training_stages.md`). This weights' stage: {training['steps']} steps in "
         f"{training['wall_minutes']:.0f} minutes wall clock ({training['cpu_minutes']:.0f} CPU minutes) on {training['machine']}, "

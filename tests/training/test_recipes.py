@@ -239,9 +239,10 @@ def test_loss_flags_set_their_terms_and_negative_weights_are_refused(captured, s
 def test_init_takes_the_architecture_from_the_weights(captured, sharp_dir, tmp_path, capsys):
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run"), "--init", "default"]) == 0
     assert (captured["options"].arch, captured["options"].width, captured["options"].init) == ("nafnet", 16, "default")
-    assert captured["options"].lr == 5e-4  # fine-tuning: the recipe's fine-tuning rate, not its from-scratch 2e-3 ...
-    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run1"), "--init", "default", "--lr", "1e-3"]) == 0
-    assert captured["options"].lr == 1e-3  # ... unless --lr says otherwise
+    # fine-tuning: the recipe's fine-tuning rate and loss, not its from-scratch 2e-3 and SSIM term ...
+    assert (captured["options"].lr, captured["options"].loss) == (5e-4, LossWeights(ssim=0.0, l1=1.0))
+    assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run1"), "--init", "default", "--lr", "1e-3", "--w-ssim", "0.2"]) == 0
+    assert (captured["options"].lr, captured["options"].loss) == (1e-3, LossWeights(ssim=0.2, l1=1.0))  # ... unless flags say otherwise
     capsys.readouterr()
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run2"), "--init", "default", "--arch", "attention-unet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

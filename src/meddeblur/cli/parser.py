@@ -90,8 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--perceptual", action="store_true", default=None,
                        help="add the VGG19 perceptual term, weights from the PyTorch hub cache file")
     train.add_argument("--vgg19-weights", help="torchvision vgg19 state dict (.pth/.safetensors); implies --perceptual")
-    train.add_argument("--w-ssim", type=float, help="weight of (1 − SSIM) (default recipe 0.15; reference 0.85)")
-    train.add_argument("--w-l1", type=float, help="weight of L1 (default recipe 0.85; reference 0.15)")
+    train.add_argument("--w-ssim", type=float, help="weight of (1 − SSIM) (default recipe 0.15, 0 with --init; reference 0.85)")
+    train.add_argument("--w-l1", type=float, help="weight of L1 (default recipe 0.85, 1 with --init; reference 0.15)")
     train.add_argument("--w-mse", type=float, help="weight of the mean squared error (default recipe 0; reference 0)")
     train.add_argument("--w-psnr", type=float, help="weight of minus the mean per-image PSNR in dB, NAFNet's loss (default recipe 0; reference 0)")
     train.add_argument("--w-perceptual", type=float, help="weight of the VGG19 term (default 1e-6)")
