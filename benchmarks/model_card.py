@@ -48,16 +48,17 @@ def _load(name: str) -> dict:
     return json.loads((RESULTS / name).read_text())
 
 
-def _flops_row(config: ModelConfig) -> dict:
-    for row in _load("flops.json")["rows"]:
+def _flops_row(flops: dict, config: ModelConfig) -> dict:
+    """flops.json's row of the network ``config``."""
+    for row in flops["rows"]:
         if ModelConfig.from_dict(row["config"]) == config:
             return row
     raise SystemExit(f"benchmarks/results/flops.json has no row for {config}; run benchmarks/flops.py")
 
 
-def _paired(config: ModelConfig) -> dict:
+def _paired(flops: dict, config: ModelConfig) -> dict:
     """flops.json's alternating-pass timing of the shipped network against the former one."""
-    paired = _load("flops.json").get("paired")
+    paired = flops.get("paired")
     if paired is None or ModelConfig.from_dict(paired["shipped_config"]) != config:
         raise SystemExit("benchmarks/results/flops.json has no alternating-pass timing of the shipped network; run benchmarks/flops.py")
     return paired
@@ -131,14 +132,15 @@ def build() -> tuple[str, dict]:
                              f"--protocol {protocol} --model default")
     budget, stages, speed = _load("budget.json"), _load("default_training_stages.json"), _load("train_speed.json")
     training = json.loads(weights.with_suffix(".json").read_text())["training"]
-    flops = _flops_row(config)
+    flops_result = _load("flops.json")
+    flops = _flops_row(flops_result, config)
     parameters = sum(p.numel() for p in network.parameters())
     recipe = RECIPES["default"]
     loss = DeblurLoss(LossWeights(**training["run_options"]["loss"])).formula()  # the shipped stage's
     real = "; ".join(f"{name} {p:.0%}" + (" (" + ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in params.items() if isinstance(v, tuple)) + ")"
                                           if any(isinstance(v, tuple) for v in params.values()) else "") for name, p, params in REAL)
     ops = ", ".join(f"{name} " + ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in params.items()) for name, params in REAL_OPS)
-    checks = targets(quality, flops, _paired(config), speed)
+    checks = targets(quality, flops, _paired(flops_result, config), speed)
     val = training["val_mix"]
     lines = [
         "# Model card — meddeblur default model", "",
@@ -153,7 +155,7 @@ def build() -> tuple[str, dict]:
         f"| parameters | {parameters:,} |",
         f"| compute | {flops['gflop_256']:.2f} GFLOP per 256×256 image (the reference Attention U-Net: 117.84) |",
         f"| CPU speed | {flops['256x256']['median_s'] * 1000:.0f} ms per 256×256, {flops['1024x768']['median_s']:.2f} s per 1024×768 "
-        f"(median, {flops_machine()}; `benchmarks/results/flops.md`) |",
+        f"(median, {flops_machine(flops_result)}; `benchmarks/results/flops.md`) |",
         "", "## Intended use", "",
         "Removing mild to moderate blur (defocus, camera shake, motion, soft optics, resampling) from dermoscopic photographs "
         "at the resolution they were taken, so that borders, pigment networks and vessels are easier to read, offline on an "
@@ -235,8 +237,8 @@ def build() -> tuple[str, dict]:
     return "\n".join(lines) + "\n", card
 
 
-def flops_machine() -> str:
-    machine = _load("flops.json")["machine"]
+def flops_machine(flops: dict) -> str:
+    machine = flops["machine"]
     return f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} threads"
 
 
