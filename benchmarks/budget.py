@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader
 
 from meddeblur.data.pairs import PairDataset, input_scores, select, sharp_only
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.device import describe_machine
+from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights, build_loss
 from meddeblur.models import ModelConfig, build_model, count_flops, count_parameters
 from meddeblur.training.loop import run_epoch
@@ -166,10 +166,9 @@ def main(argv: list[str] | None = None) -> int:
     val_pairs = select(pairs, split["val"], str(SPLIT))
     val_full = PairDataset(val_pairs, size=256, seed=args.seed, degrade=spec, fixed=True)
     val_quick = PairDataset(val_pairs[: args.val_limit], size=256, seed=args.seed, degrade=spec, fixed=True)
-    described = describe_machine()
     results_path = args.out / "budget.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() and args.only else {"candidates": {}}
-    results.update(minutes=args.minutes, machine=f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}",
+    results.update(minutes=args.minutes, machine=machine_line(),
                    train_images=len(train_set), val_images=len(val_full), val_quick_images=len(val_quick),
                    split=str(SPLIT.relative_to(HERE.parent)), input_full=input_scores(val_full), input_quick=input_scores(val_quick),
                    command="python benchmarks/budget.py " + " ".join(argv if argv is not None else sys.argv[1:]))

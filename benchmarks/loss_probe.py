@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import fcntl
-import os
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from meddeblur.data.pairs import read_split, select, sharp_only
-from meddeblur.device import describe_machine
+from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.recipes import recipe_options
@@ -38,11 +38,12 @@ RESULTS = train_speed.RESULTS
 def parse_loss(text: str) -> LossWeights:
     """``"ssim=0.15,l1=0.85"`` → LossWeights with those weights; SSIM, L1, MSE and PSNR not named are 0 (the
     perceptual weight keeps its default, inert without VGG19 weights, as in the recipe)."""
+    terms = [term.name for term in dataclasses.fields(LossWeights)]
     given: dict[str, float] = {}
     for item in text.split(","):
         name, _, value = (part.strip() for part in item.partition("="))
-        if name not in {field.name for field in dataclasses.fields(LossWeights)}:
-            raise ValueError(f"loss term {name!r}: choose from {', '.join(f.name for f in dataclasses.fields(LossWeights))}")
+        if name not in terms:
+            raise ValueError(f"loss term {name!r}: choose from {', '.join(terms)}")
         given[name] = float(value)
     return LossWeights(**{"ssim": 0.0, "l1": 0.0, **given})
 
@@ -64,8 +65,7 @@ def probe(isic: Path, loss: LossWeights, minutes: float, work: Path, lr: float |
     sets = train_speed.val_sets(val)
     row["val"] = train_speed.scores(work / "best.safetensors", sets)
     row["inputs"] = {name: train_speed._identity_scores(dataset) for name, dataset in sets.items()}
-    described = describe_machine()
-    row["machine"] = f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}"
+    row["machine"] = machine_line()
     return row
 
 

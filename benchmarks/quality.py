@@ -40,7 +40,7 @@ from meddeblur.degradation.kernels import gaussian_kernel
 from meddeblur.degradation.pipeline import blur, quantize8
 from meddeblur.degradation.resampling import resize_area
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.device import describe_machine
+from meddeblur.device import machine_line
 from meddeblur.evaluation.classical import METHODS, restore, tune
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.decode import read_rgb
@@ -343,8 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
     protocols = list(PROTOCOLS) if "all" in args.protocol else list(dict.fromkeys(ALIASES.get(p, p) for p in args.protocol))
-    described = describe_machine()
-    machine = f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}, {torch.get_num_threads()} thread(s)"
+    machine = f"{machine_line()}, {torch.get_num_threads()} thread(s)"
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     cache = Cache(args.cache or args.out / CACHE_NAME)
     results = {}

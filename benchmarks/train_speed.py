@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from meddeblur.data.pairs import PairDataset, read_split, select, sharp_only
 from meddeblur.data.sampling import ScaledCrops
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.device import describe_machine
+from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights, build_loss
 from meddeblur.models import load_model
 from meddeblur.training.loop import run_epoch, train
@@ -187,10 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
-    described = describe_machine()
     path = args.out / "train_speed.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
-    result.update(machine=f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}")
+    result.update(machine=machine_line())
     command = "python benchmarks/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as work:
         if args.parallel:

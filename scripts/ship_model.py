@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from meddeblur.data.pairs import PairDataset, load_pairs, read_split, select
 from meddeblur.data.sampling import ScaledCrops
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.device import describe_machine
+from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights, build_loss
 from meddeblur.models import DEFAULT_WEIGHTS, load_model, save_weights, weights_id
 from meddeblur.training.loop import run_epoch
@@ -162,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
     scores = {"input": score(identity, dataset), "start": score(shipped, dataset), "candidate": score(candidate, dataset)}
     with open(run / "history.csv", newline="") as fh:
         history = list(csv.DictReader(fh))
-    described = describe_machine()
     stages = json.loads(STAGES.read_text()) if STAGES.is_file() else []
     rejected = why_not_shipped(scores["start"], scores["candidate"])
     improved = rejected is None
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
              "wall_minutes": sum(float(r["seconds"]) for r in history) / 60,
              "cpu_minutes": processes * sum(float(r["cpu_seconds"] or 0) for r in history) / 60, "processes": processes,
              "steps": int(history[-1]["steps"]), "epochs": len(history), "threads": args.threads,
-             "machine": f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}", "shipped": improved, **scores}
+             "machine": machine_line(), "shipped": improved, **scores}
     if rejected:
         stage["not_shipped_because"] = rejected
     stages.append(stage)

@@ -42,3 +42,9 @@ def describe_machine() -> dict:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "platform": platform.platform()}
+
+
+def machine_line() -> str:
+    """``"AMD EPYC, 2 cores, torch 2.13.0+cpu"``: the machine as results files and tables name it."""
+    described = describe_machine()
+    return f"{described['cpu']}, {described['cores']} cores, torch {described['torch']}"
