@@ -1,8 +1,8 @@
-"""Which loss lets the default recipe learn from scratch: one run of the default recipe with other loss weights.
+"""Which loss, learning rate and crop size let the default recipe learn fastest: one run of the default recipe with other settings.
 
 A script, not a test. The run trains exactly like ``benchmarks/train_speed.py``'s default row (ISIC train split,
-one intra-op thread, a budget of process CPU time, from scratch) except for the loss weights (and ``--lr`` if
-given; ``--init default`` fine-tunes the shipped model instead), and is scored on the same two validation sets.
+one intra-op thread, a budget of process CPU time, from scratch) except for the loss weights (and ``--lr`` and
+``--crop`` if given; ``--init default`` fine-tunes the shipped model instead), and is scored on the same two validation sets.
 Each run is added to ``benchmarks/results/loss_probe.{json,md}`` under its label; run two at once on a 2-core
 machine (CPU-time budgets keep them comparable):
 
@@ -48,10 +48,12 @@ def parse_loss(text: str) -> LossWeights:
     return LossWeights(**{"ssim": 0.0, "l1": 0.0, **given})
 
 
-def probe(isic: Path, loss: LossWeights, minutes: float, work: Path, lr: float | None = None, init: str | None = None) -> dict:
+def probe(isic: Path, loss: LossWeights, minutes: float, work: Path, lr: float | None = None, init: str | None = None,
+          crop: int | None = None) -> dict:
     """Train the default recipe with ``loss`` for ``minutes`` of CPU time and score its best weights.
 
-    ``init``: fine-tune these weights (``"default"``: the shipped model; their own block layout) instead of starting from scratch.
+    ``init``: fine-tune these weights (``"default"``: the shipped model; their own block layout) instead of starting
+    from scratch; ``crop``: training crop side instead of the recipe's.
     """
     images = isic / "images"
     values = {**recipe_options("default", paired=False, fine_tune=init is not None), "max_minutes": minutes, "loss": loss}
@@ -59,6 +61,8 @@ def probe(isic: Path, loss: LossWeights, minutes: float, work: Path, lr: float |
         values.update(init=init, enc_blocks=None, middle_blocks=None, dec_blocks=None)
     if lr is not None:
         values["lr"] = lr
+    if crop is not None:
+        values["crop"] = crop
     options = TrainOptions(blurred_dir=None, sharp_dir=str(images), out=str(work), threads=1, budget_clock="cpu", device="cpu", **values)
     row = train_speed._train_row(str(loss), options)
     val = select(sharp_only(images), read_split(work / "split.json")["val"], "split")
@@ -67,6 +71,12 @@ def probe(isic: Path, loss: LossWeights, minutes: float, work: Path, lr: float |
     row["inputs"] = {name: train_speed._identity_scores(dataset) for name, dataset in sets.items()}
     row["machine"] = machine_line()
     return row
+
+
+def run_label(loss: str, lr: float, crop: int | None = None, init: str | None = None) -> str:
+    """A run's row label: the loss as given and every setting that differs from the recipe's from-scratch run
+    (the lr always: the recipe's may change later)."""
+    return f"{loss}, lr {lr:g}" + (f", crop {crop}" if crop else "") + (f", from {init}" if init else "")
 
 
 def record(label: str, row: dict, command: str, results: Path = RESULTS) -> str:
@@ -89,7 +99,7 @@ def record(label: str, row: dict, command: str, results: Path = RESULTS) -> str:
 def markdown(runs: dict[str, dict]) -> str:
     lines = ["# Loss probes: the default recipe with other losses, at equal CPU time", "",
              "Each row: one run of `benchmarks/loss_probe.py` (1 thread, a budget of process CPU time, ISIC train split, "
-             "the default recipe but for the loss and learning rate; from scratch unless the label says which weights it "
+             "the default recipe but for the loss, learning rate and crop size; from scratch unless the label says which weights it "
              "fine-tunes); its best weights scored like `train_speed.py`'s rows. "
              f"Machine: {next(reversed(runs.values()))['machine']}.", "",
              "| loss | command | steps | CPU min | val mix PSNR (input) | val mix sharp kept | val mix SSIM | val 256 mixed PSNR (input) |",
@@ -109,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="CPU-minutes (default 30)")
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, its fine-tuning rate with --init)")
     parser.add_argument("--init", help="fine-tune these weights (default: the shipped model; or a .safetensors) instead of training from scratch")
+    parser.add_argument("--crop", type=int, help="training crop side in pixels (default: the recipe's)")
     parser.add_argument("--isic", type=Path, default=train_speed.DEFAULT_ISIC)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -120,10 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"loss {args.loss!r}: {error}")
     torch.set_num_threads(1)
     lr = args.lr if args.lr is not None else recipe_options("default", paired=False, fine_tune=args.init is not None)["lr"]
-    label = f"{args.loss}, lr {lr:g}" + (f", from {args.init}" if args.init else "")  # the lr too: the recipe's may change later
+    label = run_label(args.loss, lr, args.crop, args.init)
     command = "python benchmarks/loss_probe.py " + " ".join(argv if argv is not None else sys.argv[1:])
     with tempfile.TemporaryDirectory() as work:
-        row = probe(args.isic, loss, args.minutes, Path(work), lr, args.init)
+        row = probe(args.isic, loss, args.minutes, Path(work), lr, args.init, args.crop)
     print(record(label, row, command, args.out))
     return 0
 

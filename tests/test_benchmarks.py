@@ -98,6 +98,8 @@ def test_loss_probe_reads_loss_weights_and_keeps_every_run_in_one_table(tmp_path
     assert probe.parse_loss("mse=1") == LossWeights(ssim=0.0, l1=0.0, mse=1.0)
     with pytest.raises(ValueError, match="'ms'"):
         probe.parse_loss("ms=1")
+    assert probe.run_label("l1=1", 5e-4, init="default") == "l1=1, lr 0.0005, from default"
+    assert probe.run_label("l1=1", 2e-3, crop=96) == "l1=1, lr 0.002, crop 96"
     row = {"steps": 10, "cpu_minutes": 1.0, "machine": "test host", "inputs": {"val mix": {"psnr": 39.0}, "val 256 mixed": {"psnr": 33.8}},
            "val": {"val mix": {"psnr": 39.5, "ssim": 0.9, "sharp_psnr": 50.0}, "val 256 mixed": {"psnr": 34.0}}}
     probe.record("mse=1", row, "cmd a", tmp_path)
