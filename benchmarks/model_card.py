@@ -178,11 +178,13 @@ def build() -> tuple[str, dict]:
     lines += [
         "", "## Training", "",
         f"- Data: {training['data']}: 390 train images; the 111 validation images chose the weights; the 56 test images were never used.",
-        f"- Recipe `default` (`meddeblur train`, src/meddeblur/training/recipes.py): {recipe['crop']}-px crops of the native images at a log-uniform "
+        f"- Recipe `default` (`meddeblur train`, src/meddeblur/training/recipes.py): {recipe['crop']}-px crops ({recipe['fine_tune']['crop']} px when "
+        f"fine-tuning) of the native images at a log-uniform "
         f"down-scale {recipe['scales'][0]:g}–{recipe['scales'][1]:g}× (resampling kernel and library drawn per sample), source softened "
         f"with p = {recipe['soften']:g} and JPEG-compressed with p = {recipe['compress']:g} (the target is the softened/compressed source), "
         f"flips/rot90, then the `real` mix: {real}; each blurred image then {ops}, each with p = 0.5; 8-bit quantisation.",
-        f"- This weights' stage: loss {loss}, AdamW (β 0.9/0.9) lr {training['run_options']['lr']:g}, batch {recipe['batch']}, warm-up "
+        f"- This weights' stage: {training['run_options']['crop']}-px crops, loss {loss}, AdamW (β 0.9/0.9) lr "
+        f"{training['run_options']['lr']:g}, batch {recipe['batch']}, warm-up "
         f"{recipe['warmup']} steps then cosine decay over the budget, gradient clipping {recipe['clip']:g}, EMA {recipe['ema']:g} of the "
         f"weights (validated and shipped). The recipe's own values: from scratch loss {DeblurLoss(recipe['loss']).formula()} at lr "
         f"{recipe['lr']:g}; fine-tuning (`--init`) loss {DeblurLoss(recipe['fine_tune']['loss']).formula()} at lr "

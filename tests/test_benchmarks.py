@@ -48,13 +48,14 @@ def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
     (tmp_path / "train.log").write_text("meddeblur 0.1.0 (recipe default): nafnet width 16\ndata parallel: 2 processes (gloo), "
                                         "global batch 16 = 8 per process\n")
     assert ship.processes_of(tmp_path) == 2 and ship.processes_of(tmp_path / "elsewhere") == 1
-    options = {"recipe": "default", "init": "default", "lr": 5e-4, "max_minutes": 100.0, "threads": 1, "dec_blocks": [1, 2, 2, 1]}
+    options = {"recipe": "default", "init": "default", "lr": 5e-4, "crop": 128, "max_minutes": 100.0, "threads": 1, "dec_blocks": [1, 2, 2, 1]}
     assert ship.train_command(options, 2).startswith("torchrun --standalone --nproc_per_node 2 -m meddeblur train --sharp ISIC/images")
     single = ship.train_command(options)
     assert single.startswith("meddeblur train --sharp ISIC/images") and "--dec-blocks 1,2,2,1" in single
     assert "--lr" not in single  # 5e-4 is the recipe's fine-tuning rate (--init given) ...
     assert "--lr 0.002" in ship.train_command({**options, "lr": 2e-3})  # ... and its from-scratch rate is not
     assert "--lr" not in ship.train_command({**options, "init": None, "lr": 2e-3})
+    assert "--crop" not in single and "--crop 128" in ship.train_command({**options, "init": None})  # fine-tuning's crop, not from scratch's
 
 
 def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():

@@ -209,7 +209,7 @@ def test_no_options_train_with_the_shipped_recipe(captured, sharp_dir, tmp_path)
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run")]) == 0
     options = captured["options"]
     assert (options.recipe, options.arch, options.crop, options.size, options.degrade, options.optimizer, options.schedule) == \
-        ("default", "nafnet", 128, None, "real", "adamw", "cosine")
+        ("default", "nafnet", 64, None, "real", "adamw", "cosine")
     assert options.scales == (1.0, 4.0) and options.ema and options.clip and options.max_minutes
     blocks = {k: getattr(options, k) for k in ("enc_blocks", "middle_blocks", "dec_blocks") if getattr(options, k) is not None}
     assert ModelConfig(arch=options.arch, width=options.width, **blocks) == load_model(None)[1]  # the shipped network itself
@@ -240,7 +240,7 @@ def test_init_takes_the_architecture_from_the_weights(captured, sharp_dir, tmp_p
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run"), "--init", "default"]) == 0
     assert (captured["options"].arch, captured["options"].width, captured["options"].init) == ("nafnet", 16, "default")
     # fine-tuning: the recipe's fine-tuning rate and loss, not its from-scratch 2e-3 and SSIM term ...
-    assert (captured["options"].lr, captured["options"].loss) == (5e-4, LossWeights(ssim=0.0, l1=1.0))
+    assert (captured["options"].lr, captured["options"].loss, captured["options"].crop) == (5e-4, LossWeights(ssim=0.0, l1=1.0), 128)
     assert main(["train", "--sharp", str(sharp_dir), "--out", str(tmp_path / "run1"), "--init", "default", "--lr", "1e-3", "--w-ssim", "0.2"]) == 0
     assert (captured["options"].lr, captured["options"].loss) == (1e-3, LossWeights(ssim=0.2, l1=1.0))  # ... unless flags say otherwise
     capsys.readouterr()

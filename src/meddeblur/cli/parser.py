@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--middle-blocks", type=int, metavar="N", help=f"nafnet: blocks at the lowest resolution (default recipe {_RECIPE['middle_blocks']})")
     size = train.add_mutually_exclusive_group()
     size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (the reference recipe: 256)")
-    size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing (default recipe: 128)")
+    size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing (default recipe: 64, 128 with --init)")
     for name, what in (("soften", "blurred with a Gaussian σ 0.3–1.0 (a softer camera)"), ("compress", "JPEG-compressed (quality 75–95)")):
         train.add_argument(f"--{name}", type=float, metavar="P", help=f"sharp-only crops: share of sources {what} before degrading; "
                            f"that image is then the target (default recipe: {_RECIPE[name]:g})")

@@ -1,11 +1,11 @@
 """Training recipes: named sets of :class:`~meddeblur.training.options.TrainOptions` values that ``meddeblur train`` starts from.
 
-``default`` is how the shipped model is trained (MODEL_CARD.md): the shipped NAFNet (width 16), 128-px crops of the
+``default`` is how the shipped model is trained (MODEL_CARD.md): the shipped NAFNet (width 16), 64-px crops of the
 native images at random down-scales with the ``real`` degradation mix (un-blurred share included),
 AdamW with warm-up and a cosine decay over the budget, gradient clipping, EMA weights, 0.15·(1−SSIM) + 0.85·L1
 and a validation round every 200 steps. Its numbers are what measured best on this project's 2-core CPU
 (benchmarks/results/train_speed.md, loss_probe.md). Starting from weights (``--init``) it fine-tunes with L1 alone
-at a quarter of that learning rate (``fine_tune``: what every shipped stage used). ``reference`` is exactly the
+at a quarter of that learning rate on 128-px crops (``fine_tune``: what every shipped stage used). ``reference`` is exactly the
 reference system: Attention U-Net w64, Adam 1e-4, batch 8, 256×256 resize, LR plateau, 0.85·(1−SSIM)+0.15·L1,
 early stopping 10.
 
@@ -24,15 +24,17 @@ RECIPES: dict[str, dict] = {
         # The shipped network: the lite NAFNet of stages 0–2 grown in stage 3 by decoder blocks at full, ½ and ¼ resolution.
         # soften 0.55 since stage 7 (0.4 since stage 5): with less, a softer source's resampling blur was over-sharpened
         # (soft protocol worst family −0.37 dB at 0.25, −0.15 at 0.4, +0.06 at 0.55; full resolution unchanged).
-        "arch": "nafnet", "width": None, "enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "size": None, "crop": 128, "scales": (1.0, 4.0), "soften": 0.55, "compress": 0.2,
+        "arch": "nafnet", "width": None, "enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "size": None, "crop": 64, "scales": (1.0, 4.0), "soften": 0.55, "compress": 0.2,
         "degrade": "real", "batch": 16, "lr": 2e-3, "optimizer": "adamw", "weight_decay": 0.0, "schedule": "cosine",
         "max_minutes": 60.0, "epochs": 100_000, "epoch_steps": 200, "warmup": 100, "clip": 1.0, "ema": 0.999,
         # From scratch, L1 alone stays at the identity on this mix (most pixels already equal their target) and MSE
         # leaves it slowly; the SSIM term pulls local structure back at once, and lr 2e-3 learns fastest within
         # 30 CPU-minutes. From the shipped weights, L1 at 5e-4 (every shipped stage's) beat the SSIM term in 25 CPU-minutes:
         # val mix 40.56 vs 40.50 dB, sharp inputs kept 70.5 vs 65.3 dB (benchmarks/results/loss_probe.md).
+        # 64-px crops: 3.5× the steps of 128-px ones per CPU-second, and in 30 CPU-minutes from scratch val mix 39.93 dB
+        # against 39.84 at 96 px and 39.61 at 128 px (loss_probe.md); fine-tuning keeps the 128 px every shipped stage used.
         "loss": LossWeights(ssim=0.15, l1=0.85), "patience": None,
-        "fine_tune": {"lr": 5e-4, "loss": LossWeights(ssim=0.0, l1=1.0)},
+        "fine_tune": {"lr": 5e-4, "loss": LossWeights(ssim=0.0, l1=1.0), "crop": 128},
     },
     "reference": {
         "arch": "attention-unet", "width": None, "size": 256, "crop": None, "scales": None, "soften": 0.0, "compress": 0.0,
