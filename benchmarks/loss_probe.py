@@ -97,7 +97,7 @@ def record(label: str, row: dict, command: str, results: Path = RESULTS) -> str:
 
 
 def markdown(runs: dict[str, dict]) -> str:
-    lines = ["# Loss probes: the default recipe with other losses, at equal CPU time", "",
+    lines = ["# Loss probes: the default recipe with other losses, learning rates and crops, at equal CPU time", "",
              "Each row: one run of `benchmarks/loss_probe.py` (1 thread, a budget of process CPU time, ISIC train split, "
              "the default recipe but for the loss, learning rate and crop size; from scratch unless the label says which weights it "
              "fine-tunes); its best weights scored like `train_speed.py`'s rows. "

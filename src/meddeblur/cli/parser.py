@@ -18,7 +18,7 @@ __all__ = ["ARCHITECTURES", "Parser", "build_parser", "command_flags", "in_flags
 # that they equal meddeblur.models.ARCHITECTURES and NAFNET_DEFAULTS and meddeblur.evaluation.assess's.
 ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
 # Values of meddeblur.training.recipes.RECIPES["default"] shown in the help (not imported: it loads torch).
-_RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2}
+_RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2, "crop": 64}
 _ASSESS_SIDE = 768  # meddeblur.evaluation.assess.ANALYSIS_SIDE
 _ASSESS_THRESHOLD = 0.4  # meddeblur.evaluation.assess.DEFAULT_THRESHOLD
 
@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--middle-blocks", type=int, metavar="N", help=f"nafnet: blocks at the lowest resolution (default recipe {_RECIPE['middle_blocks']})")
     size = train.add_mutually_exclusive_group()
     size.add_argument("--size", type=int, help="resize pairs to SIZE×SIZE (the reference recipe: 256)")
-    size.add_argument("--crop", type=int, help="random CROP×CROP crops at native resolution instead of resizing (default recipe: 64, 128 with --init)")
+    size.add_argument("--crop", type=int, help=f"random CROP×CROP crops at native resolution instead of resizing (default recipe: {_RECIPE['crop']}, 128 with --init)")
     for name, what in (("soften", "blurred with a Gaussian σ 0.3–1.0 (a softer camera)"), ("compress", "JPEG-compressed (quality 75–95)")):
         train.add_argument(f"--{name}", type=float, metavar="P", help=f"sharp-only crops: share of sources {what} before degrading; "
                            f"that image is then the target (default recipe: {_RECIPE[name]:g})")
