@@ -32,7 +32,8 @@ RECIPES: dict[str, dict] = {
         # 30 CPU-minutes. From the shipped weights, L1 at 5e-4 (every shipped stage's) beat the SSIM term in 25 CPU-minutes:
         # val mix 40.56 vs 40.50 dB, sharp inputs kept 70.5 vs 65.3 dB (benchmarks/results/loss_probe.md).
         # 64-px crops: 3.5× the steps of 128-px ones per CPU-second, and in 30 CPU-minutes from scratch val mix 39.93 dB
-        # against 39.84 at 96 px and 39.61 at 128 px (loss_probe.md); fine-tuning keeps the 128 px every shipped stage used.
+        # against 39.84 at 96 px and 39.61 at 128 px (loss_probe.md). Fine-tuning keeps the 128 px every shipped stage used:
+        # from the shipped weights 64-px crops fell to 40.43 dB in 25 CPU-minutes, 128-px ones held 40.56 (start 40.57).
         "loss": LossWeights(ssim=0.15, l1=0.85), "patience": None,
         "fine_tune": {"lr": 5e-4, "loss": LossWeights(ssim=0.0, l1=1.0), "crop": 128},
     },
