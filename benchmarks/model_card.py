@@ -136,7 +136,8 @@ def build() -> tuple[str, dict]:
     flops = _flops_row(flops_result, config)
     parameters = sum(p.numel() for p in network.parameters())
     recipe = RECIPES["default"]
-    loss = DeblurLoss(LossWeights(**training["run_options"]["loss"])).formula()  # the shipped stage's
+    stage = training["run_options"]  # the options the shipped weights' own stage ran with
+    loss = DeblurLoss(LossWeights(**stage["loss"])).formula()
     real = "; ".join(f"{name} {p:.0%}" + (" (" + ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in params.items() if isinstance(v, tuple)) + ")"
                                           if any(isinstance(v, tuple) for v in params.values()) else "") for name, p, params in REAL)
     ops = ", ".join(f"{name} " + ", ".join(f"{k} {v[0]:g}–{v[1]:g}" for k, v in params.items()) for name, params in REAL_OPS)
@@ -183,10 +184,9 @@ def build() -> tuple[str, dict]:
         f"down-scale {recipe['scales'][0]:g}–{recipe['scales'][1]:g}× (resampling kernel and library drawn per sample), source softened "
         f"with p = {recipe['soften']:g} and JPEG-compressed with p = {recipe['compress']:g} (the target is the softened/compressed source), "
         f"flips/rot90, then the `real` mix: {real}; each blurred image then {ops}, each with p = 0.5; 8-bit quantisation.",
-        f"- This weights' stage: {training['run_options']['crop']}-px crops, loss {loss}, AdamW (β 0.9/0.9) lr "
-        f"{training['run_options']['lr']:g}, batch {recipe['batch']}, warm-up "
-        f"{recipe['warmup']} steps then cosine decay over the budget, gradient clipping {recipe['clip']:g}, EMA {recipe['ema']:g} of the "
-        f"weights (validated and shipped). The recipe's own values: from scratch loss {DeblurLoss(recipe['loss']).formula()} at lr "
+        f"- This weights' stage: {stage['crop']}-px crops, loss {loss}, AdamW (β 0.9/0.9) lr {stage['lr']:g}, batch {stage['batch']}, "
+        f"warm-up {stage['warmup']} steps then cosine decay over the budget, gradient clipping {stage['clip']:g}, EMA {stage['ema']:g} "
+        f"of the weights (validated and shipped). The recipe's own values: from scratch loss {DeblurLoss(recipe['loss']).formula()} at lr "
         f"{recipe['lr']:g}; fine-tuning (`--init`) loss {DeblurLoss(recipe['fine_tune']['loss']).formula()} at lr "
         f"{recipe['fine_tune']['lr']:g} (`benchmarks/results/loss_probe.md`).",
         f"- Trained in stages, each continuing from the shipped weights (`--init default`) and shipped only if the validation mix "
