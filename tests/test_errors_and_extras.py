@@ -110,6 +110,26 @@ def test_parser_constants_equal_the_library_ones():
     assert (parser._ASSESS_SIDE, parser._ASSESS_THRESHOLD) == (ANALYSIS_SIDE, DEFAULT_THRESHOLD)
 
 
+def test_train_help_states_the_recipes_values():
+    """The --lr / --w-* / --crop help is written as literals (the parser must not import torch): keep it equal to RECIPES."""
+    import re
+
+    from meddeblur.training.recipes import RECIPES
+
+    train = parser.build_parser()._subparsers._group_actions[0].choices["train"]
+    helps = {action.option_strings[0]: action.help for action in train._actions if action.option_strings}
+    default, reference = RECIPES["default"], RECIPES["reference"]
+    fine = default["fine_tune"]
+    number = r"([0-9.e-]+)"
+    lr = re.search(rf"default recipe {number} AdamW, {number} with --init; reference {number} Adam", helps["--lr"])
+    assert lr and tuple(map(float, lr.groups())) == (default["lr"], fine["lr"], reference["lr"])
+    for flag, term in (("--w-ssim", "ssim"), ("--w-l1", "l1")):
+        found = re.search(rf"default recipe {number}, {number} with --init; reference {number}", helps[flag])
+        assert found and tuple(map(float, found.groups())) == tuple(getattr(r["loss"], term) for r in (default, fine, reference))
+    crop = re.search(rf"default recipe: {number}, {number} with --init", helps["--crop"])
+    assert crop and tuple(map(int, crop.groups())) == (default["crop"], fine["crop"])
+
+
 def test_help_and_version_import_nothing_heavy():
     code = textwrap.dedent("""
         import sys
