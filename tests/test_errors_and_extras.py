@@ -4,6 +4,7 @@ and the documented defaults (evaluate --model)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -112,8 +113,6 @@ def test_parser_constants_equal_the_library_ones():
 
 def test_train_help_states_the_recipes_values():
     """The --lr / --w-* / --crop help is written as literals (the parser must not import torch): keep it equal to RECIPES."""
-    import re
-
     from meddeblur.training.recipes import RECIPES
 
     train = parser.build_parser()._subparsers._group_actions[0].choices["train"]
@@ -211,8 +210,6 @@ def test_a_dicom_input_without_pydicom_names_the_dicom_extra(tmp_path, without):
 
 
 def test_pyproject_core_is_light_torch_stays_pinned_and_test_pulls_every_extra():
-    import re
-
     import tomllib
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text(encoding="utf-8"))["project"]
