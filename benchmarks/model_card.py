@@ -26,6 +26,7 @@ CARD = ROOT / "MODEL_CARD.md"
 CARD_JSON = DEFAULT_WEIGHTS.parent / "model_card.json"
 MODEL_ROW = "model: default"
 UNBLURRED = ("none", "sharp (none)")  # the un-blurred family's name in the current and in the seed protocol
+STAGE_STOP_DB = 0.05  # issue 11, item 7: staged training stops once a stage adds less than this on the validation mix
 PROTOCOLS = {  # results file suffix: what the protocol is
     "full": "the 56 ISIC test images at stored resolution (up to 1024 px), as `meddeblur deblur photo.jpg` sees them",
     "half": "the test images area-down-scaled ×2 first (a lower-resolution camera or an exported copy)",
@@ -204,6 +205,10 @@ def build() -> tuple[str, dict]:
                      f"{stage['start']['sharp_psnr']:.2f} → {stage['candidate']['sharp_psnr']:.2f} dB | {'yes' if stage['shipped'] else 'no: ' + stage.get('not_shipped_because', 'the validation mix did not improve')} |")
     lines += ["", "Stage 0 (id `5be7353d1c30`) was trained from scratch with the former recipe (256×256 resize, `mixed`, Adam, plateau; "
               "44 epochs, 91 minutes). Then `python scripts/ship_model.py RUN --threads N`, the quality benchmark, and this script."]
+    last = stages[-1] if stages else None
+    if last and last["candidate"]["psnr"] - last["start"]["psnr"] < STAGE_STOP_DB:
+        lines += ["", f"The stages ended with stage {last['stage']}: it added {last['candidate']['psnr'] - last['start']['psnr']:+.3f} dB on the "
+                  f"validation mix, under the {STAGE_STOP_DB:g} dB below which the default-model issue stops training more stages."]
     former, current = speed["rows"].values()
     lines += ["", "## Learning per CPU-hour", "",
               f"The former and the default recipe, each from scratch for {speed['minutes']:g} CPU-minutes on one thread "

@@ -142,10 +142,14 @@ def stages_markdown(stages: list[dict]) -> str:
                      f"{s['input']['psnr']:.2f} → {s['start']['psnr']:.2f} → {s['candidate']['psnr']:.2f} | "
                      f"{s['start']['sharp_psnr']:.2f} → {s['candidate']['sharp_psnr']:.2f} | {s['start']['loss']:.5f} → {s['candidate']['loss']:.5f} | "
                      f"{'yes' if s['shipped'] else 'no: ' + s.get('not_shipped_because', 'the validation mix did not improve')} | `{s['id']}` |")
-    machine = stages[-1]["machine"] if stages else ""
+    by_machine: dict[str, list[int]] = {}  # hosts differ between sessions; name each stage's own
+    for s in stages:
+        by_machine.setdefault(s["machine"], []).append(s["stage"])
+    machines = "; ".join(f"{machine} (stage{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))})" if len(by_machine) > 1 else machine
+                         for machine, numbers in by_machine.items())
     return "\n".join(lines) + (f"\n\nStage 0 (`5be7353d1c30`, shipped 2026-11-24): trained from scratch with the former recipe (256×256 resize, "
                                 "`mixed`, Adam 1e-3, plateau), 44 epochs in 91 minutes; its scores are stage 1's 'start'. "
-                                f"Machine of the stages: {machine}, {stages[-1]['threads'] if stages else 1} intra-op thread(s).\n")
+                                f"Machine of the stages: {machines}, {stages[-1]['threads'] if stages else 1} intra-op thread(s).\n")
 
 
 def main(argv: list[str] | None = None) -> int:

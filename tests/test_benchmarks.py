@@ -68,6 +68,9 @@ def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
     rows = [line for line in ship.stages_markdown(stages).splitlines() if line.startswith("| 1 |")]
     assert [row.rsplit("|", 3)[1].strip() for row in rows] == [
         "yes", "no: the validation mix did not improve", "no: 2.44× the former time"]
+    assert "Machine of the stages: test, 1 intra-op" in ship.stages_markdown(stages)  # one host: named once
+    moved = stages + [{**stage, "stage": 4, "shipped": True, "id": "ddd", "machine": "other host"}]
+    assert "Machine of the stages: test (stages 1, 1, 1); other host (stage 4), 1 intra-op" in ship.stages_markdown(moved)
 
 
 def test_ship_model_ships_only_a_lower_l1_loss_with_no_lower_psnr_and_says_which_failed():
