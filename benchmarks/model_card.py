@@ -132,6 +132,7 @@ def build() -> tuple[str, dict]:
             raise SystemExit(f"quality_{protocol}.json has no row for the shipped weights; run: python benchmarks/quality.py "
                              f"--protocol {protocol} --model default")
     budget, stages, speed = _load("budget.json"), _load("default_training_stages.json"), _load("train_speed.json")
+    harmful = [str(s["stage"]) for s in stages if not s["shipped"] and "no-harm" in s.get("not_shipped_because", "")]
     training = json.loads(weights.with_suffix(".json").read_text())["training"]
     flops_result = _load("flops.json")
     flops = _flops_row(flops_result, config)
@@ -191,7 +192,8 @@ def build() -> tuple[str, dict]:
         f"{recipe['lr']:g}; fine-tuning (`--init`) loss {DeblurLoss(recipe['fine_tune']['loss']).formula()} at lr "
         f"{recipe['fine_tune']['lr']:g} (`benchmarks/results/loss_probe.md`).",
         f"- Trained in stages, each continuing from the shipped weights (`--init default`) and shipped only if the validation mix "
-        f"improves (`benchmarks/results/default_training_stages.md`). This weights' stage: {training['steps']} steps in "
+        f"improves and the quality benchmark shows no protocol's no-harm target broken by it (stages {', '.join(harmful)} failed the second) "
+        f"(`benchmarks/results/default_training_stages.md`). This weights' stage: {training['steps']} steps in "
         f"{training['wall_minutes']:.0f} minutes wall clock ({training['cpu_minutes']:.0f} CPU minutes) on {training['machine']}, "
         + (f"{training['processes']} torchrun processes × " if training.get("processes", 1) > 1 else "")
         + f"{training['threads']} intra-op thread(s). Validation mix: input {val['input']['psnr']:.2f} dB → {val['start']['psnr']:.2f} dB "
