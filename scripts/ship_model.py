@@ -145,8 +145,11 @@ def stages_markdown(stages: list[dict]) -> str:
     by_machine: dict[str, list[int]] = {}  # hosts differ between sessions; name each stage's own
     for s in stages:
         by_machine.setdefault(s["machine"], []).append(s["stage"])
-    machines = "; ".join(f"{machine} (stage{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))})" if len(by_machine) > 1 else machine
-                         for machine, numbers in by_machine.items())
+    if len(by_machine) > 1:
+        machines = "; ".join(f"{machine} (stage{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers))})"
+                             for machine, numbers in by_machine.items())
+    else:
+        machines = next(iter(by_machine), "")
     return "\n".join(lines) + (f"\n\nStage 0 (`5be7353d1c30`, shipped 2026-11-24): trained from scratch with the former recipe (256×256 resize, "
                                 "`mixed`, Adam 1e-3, plateau), 44 epochs in 91 minutes; its scores are stage 1's 'start'. "
                                 f"Machine of the stages: {machines}, {stages[-1]['threads'] if stages else 1} intra-op thread(s).\n")
