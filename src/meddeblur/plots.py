@@ -55,3 +55,30 @@ def plot_comparison(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, di
             axis.set_title(title, fontsize=9)
             axis.axis("off")
     return _save(figure, Path(path))
+
+
+def plot_psf(kernel: np.ndarray, freqs: np.ndarray, mtf: np.ndarray, mtf50: float | None, path: str | Path, title: str = "PSF",
+             curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
+    """A PSF figure: the (kh, kw) kernel at 1 px per cell beside its MTF curve (cycles/pixel) with MTF50 marked.
+
+    ``curves`` adds labelled (frequencies, MTF) lines, e.g. a slanted-edge measurement beside the kernel's own.
+    """
+    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
+    kh, kw = kernel.shape
+    left.imshow(kernel, cmap="inferno", interpolation="nearest", extent=(-(kw // 2) - 0.5, kw // 2 + 0.5, kh // 2 + 0.5, -(kh // 2) - 0.5))
+    left.set_title(f"{title} ({kw}×{kh} px)")
+    left.set_xlabel("x (px)")
+    left.set_ylabel("y (px)")
+    right.plot(freqs, mtf, label="MTF (mean over directions)")
+    for label, (f, v) in (curves or {}).items():
+        right.plot(f, v, "--", label=label)
+    right.axhline(0.5, color="gray", linewidth=0.8)
+    if mtf50 is not None:
+        right.axvline(mtf50, color="tab:red", linewidth=0.8)
+    right.set_title("MTF50 " + (f"{mtf50:.3f} cycles/px" if mtf50 is not None else "above Nyquist"))
+    right.set_xlabel("spatial frequency (cycles/pixel)")
+    right.set_xlim(0, 0.5)
+    right.set_ylim(0, 1.05)
+    right.grid(alpha=0.3)
+    right.legend(loc="upper right", fontsize=8)
+    return _save(figure, Path(path))

@@ -52,7 +52,7 @@ from meddeblur.degradation.spec import (
 __all__ = [
     "gaussian_kernel", "disk_kernel", "motion_kernel", "shake_kernel", "resolution_kernel",
     "blur", "downup", "resample", "add_gaussian_noise", "add_poisson_gaussian_noise", "jpeg", "quantize8",
-    "Degradation", "StageSpec", "DegradeSpec", "parse_spec", "degrade", "degradation_seed",
+    "family_kernel", "Degradation", "StageSpec", "DegradeSpec", "parse_spec", "degrade", "degradation_seed",
 ]
 
 # Kernel size above which FFT convolution beats direct depthwise conv2d (measured on 256x256).
@@ -258,7 +258,8 @@ def _draw_all(params, table: dict[str, Key], generator: torch.Generator) -> dict
     return {key: _draw(value, table[key].kind, generator) for key, value in params}
 
 
-def _kernel(family: str, p: dict) -> Tensor:
+def family_kernel(family: str, p: dict) -> Tensor:
+    """The (k, k) kernel of blur ``family`` with drawn parameters ``p`` (a :class:`Degradation`'s params); ``none``: [[1]]."""
     if family == "gauss":
         return gaussian_kernel(p["sigma"], p.get("sigma_y"), p.get("angle", 0.0))
     if family == "defocus":
@@ -318,7 +319,7 @@ def _degrade_one(image: Tensor, spec: DegradeSpec, generator: torch.Generator) -
     if family == "shake":
         # Its own seed makes the random trajectory reproducible from the params alone.
         params["seed"] = int(torch.randint(0, 2**62, (1,), generator=generator).item())
-    kernel = _kernel(family, params)
+    kernel = family_kernel(family, params)
     if family == "down":
         out = downup(image, params["scale"], params["up"])
     elif family == "resample":
