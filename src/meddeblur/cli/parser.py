@@ -16,9 +16,9 @@ __all__ = ["ARCHITECTURES", "Parser", "build_parser", "command_flags", "in_flags
 # Imports of the handlers' modules (torch, OpenCV, FastAPI, ...) happen inside the handlers, so that --help and
 # --version answer at once. The few constants the parser needs are repeated here; tests/cli/test_cli_errors.py checks
 # that they equal meddeblur.models.ARCHITECTURES and NAFNET_DEFAULTS and meddeblur.evaluation.assess's.
-ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
+ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet", "psf-nafnet")
 # Values of meddeblur.training.recipes.RECIPES["default"] shown in the help (not imported: it loads torch).
-_RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2, "crop": 64}
+_RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2, "crop": 64, "perturb_psf": 0.3}
 _ASSESS_SIDE = 768  # meddeblur.evaluation.assess.ANALYSIS_SIDE
 _ASSESS_THRESHOLD = 0.4  # meddeblur.evaluation.assess.DEFAULT_THRESHOLD
 
@@ -42,7 +42,8 @@ _counts.__name__ = "block counts"  # what argparse names in "invalid block count
 def _add_data_args(parser: argparse.ArgumentParser, required_hint: str) -> None:
     parser.add_argument("--data", help=f"folder holding blurred/ and sharp/ {required_hint}")
     parser.add_argument("--blurred", help="folder of blurred images (with --sharp)")
-    parser.add_argument("--sharp", help="folder of sharp images (with --blurred)")
+    parser.add_argument("--sharp", help="folder of sharp images: with --blurred for pairs, or alone (the blurred inputs are "
+                        "synthesised from them with --degrade, for train the recipe's 'real' mix)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, what in (("soften", "blurred with a Gaussian σ 0.3–1.0 (a softer camera)"), ("compress", "JPEG-compressed (quality 75–95)")):
         train.add_argument(f"--{name}", type=float, metavar="P", help=f"sharp-only crops: share of sources {what} before degrading; "
                            f"that image is then the target (default recipe: {_RECIPE[name]:g})")
+    train.add_argument("--perturb-psf", type=float, metavar="P", help="psf-nafnet: share of training crops told a slightly wrong PSF "
+                       f"(zoomed 0.8–1.25×), so that an imprecise PSF softens rather than rings (default recipe: {_RECIPE['perturb_psf']:g})")
     train.add_argument("--epochs", type=int, help="maximum epochs (reference recipe: 100)")
     train.add_argument("--max-minutes", type=float, help="wall-clock budget in training minutes; the default recipe's cosine "
                        "schedule anneals over it (default 60 unless --steps is given)")
@@ -126,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("-o", "--out", required=True, help="output folder; an existing file there is replaced only if meddeblur "
                         "wrote it (or with --overwrite), an input never")
     deblur.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
-    deblur.add_argument("--model", help="run folder or .safetensors weights (default: the model shipped with meddeblur, see MODEL_CARD.md)")
+    deblur.add_argument("--model", help="run folder, .safetensors weights or an .onnx file from meddeblur export (runs in ONNX Runtime) "
+                        "(default: the model shipped with meddeblur, see MODEL_CARD.md)")
     deblur.add_argument("--format", choices=("png", "jpeg", "tiff", "bmp"), help="output format (default: the input's)")
     deblur.add_argument("--tile", type=int, default=1024,
                         help="images with a side above TILE are processed in overlapping TILE×TILE tiles, "
@@ -179,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                                             "Output images are computer-processed and not for diagnosis alone.")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--model", help="run folder or .safetensors weights (default: the model shipped with meddeblur)")
+    serve.add_argument("--model", help="run folder, .safetensors weights or an .onnx file from meddeblur export "
+                       "(default: the model shipped with meddeblur)")
     serve.add_argument("--workers", type=int, default=1, help="worker processes, each loading the model once (default 1)")
     serve.add_argument("--threads", type=int, default=1, help="images deblurred at once per worker (default 1)")
     serve.add_argument("--queue", type=int, default=32, help="requests waiting per worker before answering 503 + Retry-After (default 32)")

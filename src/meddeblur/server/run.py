@@ -37,22 +37,49 @@ def network_settings(settings: ServerSettings, host: str) -> ServerSettings:
     return settings
 
 
+def check_port_free(host: str, port: int) -> None:
+    """Raise a one-line UserError when ``host:port`` cannot be bound (in use, or an address this machine lacks), before
+    the model is loaded and the ready line printed; uvicorn would otherwise print the line, then fail with exit code 3."""
+    import errno
+    import socket
+
+    from meddeblur.errors import UserError
+
+    if port == 0:  # any free port
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as error:
+        raise UserError(f"host={host}: not an address of this machine ({error.strerror}); use 127.0.0.1, 0.0.0.0 or one of its addresses") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port left in TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UserError(f"port={port}: {host}:{port} is already in use by another program; choose another port, "
+                                f"e.g. port={port + 1}, or stop that program") from None
+            raise UserError(f"host={host}, port={port}: cannot listen there ({error.strerror}); choose another address or port") from None
+
+
 def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve until interrupted. The model is loaded (and a bad ``--model`` refused) before the port is bound.
 
     ``workers == 1`` runs the app in this process; more start uvicorn worker processes,
     each loading the model once and running ``threads`` inferences at a time.
     """
+    if not 0 <= port <= 65535:
+        from meddeblur.errors import UserError
+
+        raise UserError(f"port={port}: choose 0 to 65535")
+    check_port_free(host, port)  # before torch is imported and the model loaded: a busy port is known at once
     import torch
     import uvicorn
 
     from meddeblur.server.app import create_app
     from meddeblur.server.engine import load_served_model
 
-    if not 0 <= port <= 65535:
-        from meddeblur.errors import UserError
-
-        raise UserError(f"port={port}: choose 0 to 65535")
     settings = network_settings(settings, host)
     torch.set_num_threads(settings.torch_threads())
     options = uvicorn_options(settings, host, port, log_level)

@@ -27,7 +27,17 @@ from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.losses import DeblurLoss, build_loss
 from meddeblur.metrics import psnr, ssim
-from meddeblur.models import BEST_WEIGHTS, ModelConfig, build_model, count_parameters, grow_model, grown_config, load_model
+from meddeblur.models import (
+    BEST_WEIGHTS,
+    PSF_ARCHITECTURES,
+    ModelConfig,
+    build_model,
+    count_parameters,
+    grow_model,
+    grown_config,
+    lift_to_psf,
+    load_model,
+)
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.runs import (
@@ -117,6 +127,8 @@ def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.devi
     quiet = not ddp.is_main() or (control is not None and training)  # the run's own bar shows progress then
     with tqdm(loader, desc=desc, leave=False, disable=True if quiet else None, unit="batch") as bar, torch.set_grad_enabled(training):
         started = control.clock() if control is not None else 0.0
+        if training and control is not None:
+            control.open_bar()
         for step, (blurred, sharp) in enumerate(bar, 1):
             blurred, sharp = blurred.to(device), sharp.to(device)
             output = model(blurred)
@@ -155,7 +167,7 @@ def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.devi
                 n = blurred.shape[0]
                 totals["loss"] += float(loss) * n
                 restored = output.detach().float().clamp(0, 1)
-                unchanged = (blurred == sharp).flatten(1).all(1)
+                unchanged = (blurred[:, : sharp.shape[1]] == sharp).flatten(1).all(1)  # a PSF model's input also holds its kernel
                 scores = psnr(restored, sharp).clamp(max=100)
                 totals["sharp_psnr"] += float(scores[unchanged].sum())
                 totals["psnr"] += float(scores[~unchanged].sum())
@@ -172,14 +184,18 @@ def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.devi
 def init_weights(init: str, arch: str | None = None, width: int | None = None) -> tuple[dict, ModelConfig, Path]:
     """(state dict, config, file) of ``init``: "default" (the shipped model), a .safetensors file or a run folder.
 
-    The architecture comes from the weights' own config; an ``arch`` or ``width`` that differs is a UserError.
+    The architecture comes from the weights' own config; an ``arch`` or ``width`` that differs is a UserError,
+    except ``arch="psf-nafnet"`` from ``nafnet`` weights: they are lifted (:func:`meddeblur.models.lift_to_psf`).
     """
     network, config, path = load_model(None if init == "default" else init)
+    state = network.state_dict()
+    if arch in PSF_ARCHITECTURES and config.arch == "nafnet":
+        state, config = lift_to_psf(state, config)  # starts as exactly the blind model, then learns to use the PSF
     for name, wanted in (("arch", arch), ("width", width)):
         if wanted is not None and wanted != getattr(config, name):
             raise UserError(f"{name}={wanted} conflicts with init={init} ({path.name}: {config.arch} width {config.width}); "
                             f"drop `{name}`, the architecture comes from the weights")
-    return network.state_dict(), config, path
+    return state, config, path
 
 
 def _starting_point(options: TrainOptions) -> tuple[tuple[dict, ModelConfig, Path] | None, ModelConfig]:
@@ -200,13 +216,29 @@ def _horizon(options: TrainOptions) -> str:
 def _datasets(options: TrainOptions, spec: DegradeSpec | None, train_pairs: list, val_pairs: list) -> tuple:
     """(train, val) datasets: random-scale native crops for sharp-only data with ``scales``, else :class:`PairDataset`."""
     epoch_samples = options.epoch_steps * options.batch if options.epoch_steps else None
+    with_psf = options.arch in PSF_ARCHITECTURES
     if options.scales and spec is not None:
-        return (ScaledCrops(train_pairs, options.crop, options.scales, spec, options.seed, epoch_samples, options.soften, options.compress),
-                ScaledCrops(val_pairs, options.crop * 2, (1.0, 1.0), spec, options.seed, fixed=True))
+        return (ScaledCrops(train_pairs, options.crop, options.scales, spec, options.seed, epoch_samples, options.soften, options.compress,
+                            psf=with_psf, perturb=options.perturb_psf),
+                ScaledCrops(val_pairs, options.crop * 2, (1.0, 1.0), spec, options.seed, fixed=True, psf=with_psf))
+    if with_psf:
+        raise UserError(f"arch={options.arch} is told each image's blur: train it on sharp images with a degradation "
+                        "(sharp folder with `degrade`, random-scale crops), not on blurred/sharp pairs or resized images")
     train_set = PairDataset(train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed, degrade=spec)
     if epoch_samples:
         train_set = EpochSamples(train_set, epoch_samples)
     return train_set, PairDataset(val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed, degrade=spec, fixed=True)
+
+
+def _summary(history: list[dict], best_epoch: int, baseline: dict, start_scores: dict | None, what: str) -> str:
+    """The run's last line: where the best weights leave the validation PSNR against where training started."""
+    best = next((row for row in history if int(row["epoch"]) == best_epoch), None)
+    if best is None:
+        return "no epoch finished; nothing to compare"
+    if start_scores:
+        return (f"fine-tuning changed the validation {what} from {start_scores['psnr']:.2f} to {float(best['val_psnr']):.2f} dB "
+                f"(input {baseline['psnr']:.2f} dB; best epoch {best_epoch})")
+    return f"training took the validation {what} from the input's {baseline['psnr']:.2f} to {float(best['val_psnr']):.2f} dB (best epoch {best_epoch})"
 
 
 # --------------------------------------------------------------------------- training
@@ -320,7 +352,14 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     if control is not None:
         step_options["control"] = control
     baseline = input_scores(val_set)
-    log(f"validation: {len(val_set)} fixed samples, input PSNR {baseline['psnr']:.2f} dB (degraded ones)")
+    # What the starting weights score, so that every later line (and the summary) shows whether training helps.
+    start_scores = state.get("start_scores") if state is not None else None
+    if state is None and initial is not None:
+        start_scores = run_epoch(evaluator, loss_fn, _epoch_loader(val_set, options.batch, options.seed, 0, False), device, None, "start val")
+    start_note = f", start {start_scores['psnr']:.2f}" if start_scores else ""
+    kept_at = f", sharp inputs kept at {start_scores['sharp_psnr']:.2f} dB" if start_scores and "sharp_psnr" in start_scores else ""
+    log(f"validation: {len(val_set)} fixed samples, input PSNR {baseline['psnr']:.2f} dB (degraded ones)"
+        + (f"; starting weights {start_scores['psnr']:.2f} dB{kept_at}" if start_scores else ""))
 
     for epoch in range(first_epoch, options.epochs + 1):
         # Rank 0's clock decides for all: processes that disagree would wait for each other forever.
@@ -366,11 +405,12 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
                 "scheduler": scheduler.state_dict(), "early_stop": asdict(stopper), "history": history,
                 "rng": torch.get_rng_state(), "config": asdict(config), "scaler": scaler.state_dict() if scaler is not None else {},
                 "control": control.state_dict() if control is not None else {},
+                "start_scores": start_scores,
             })
             publish(run, scored, config, history, epoch if improved else None)
         sharp = f", sharp inputs kept at {val_stats['sharp_psnr']:.2f} dB" if "sharp_psnr" in val_stats else ""
         log(f"epoch {epoch}: step {steps}, loss {train_stats['loss']:.4g}/{val_stats['loss']:.4g} (train/val), "
-            f"val PSNR {val_stats['psnr']:.2f} dB (input {baseline['psnr']:.2f}){sharp}, "
+            f"val PSNR {val_stats['psnr']:.2f} dB (input {baseline['psnr']:.2f}{start_note}){sharp}, "
             f"val SSIM {val_stats['ssim']:.4f}, lr {lr:g}, {row['seconds']:.1f} s" + (" — best so far" if improved else ""))
         if stopper.stopped:
             log(f"early stopping: no val-loss improvement for {options.patience} epochs; best epoch {stopper.best_epoch} kept")
@@ -378,5 +418,6 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     if control is not None:
         control.close()
     log(f"best weights: {run / BEST_WEIGHTS} (epoch {stopper.best_epoch}, val loss {stopper.best:.5f})")
+    log(_summary(history, stopper.best_epoch, baseline, start_scores, "mix" if options.scales and spec is not None else "set"))
     ddp.barrier()  # nobody reports success before rank 0's last files are in place
     return run

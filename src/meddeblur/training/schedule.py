@@ -22,12 +22,17 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from tqdm import tqdm
 
-__all__ = ["cosine_factor", "TrainControl"]
+__all__ = ["WARMUP_SHARE", "cosine_factor", "TrainControl"]
+
+#: The warm-up never takes more than this share of the run: a short fine-tune (2 minutes, a few dozen steps) would
+#: otherwise spend its whole budget below the peak learning rate.
+WARMUP_SHARE = 0.1
 
 
 def cosine_factor(progress: float, step: int, warmup: int) -> float:
-    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, then half a cosine from 1 to 0 over progress 0..1."""
-    ramp = min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+    """Learning-rate multiplier: linear warm-up over ``warmup`` steps, or over the first :data:`WARMUP_SHARE` of
+    the run when that comes first, then half a cosine from 1 to 0 over progress 0..1."""
+    ramp = min(1.0, max((step + 1) / warmup, progress / WARMUP_SHARE)) if warmup > 0 else 1.0
     return ramp * 0.5 * (1.0 + math.cos(math.pi * min(max(progress, 0.0), 1.0)))
 
 
@@ -45,7 +50,8 @@ class TrainControl:
 
     ``steps`` and/or ``budget_seconds`` give the horizon (the first reached ends the run);
     ``clip``: maximum global gradient norm (None: off); ``ema``: decay (None: off).
-    ``progress_bar``: one bar over the whole run with its ETA (steps, or seconds of the budget).
+    ``progress_bar``: one bar over the whole run counting steps, with steps/s and the ETA (for a time budget the
+    total is the number of steps the budget will hold at the speed so far).
     ``clock``: what a budget second is (``time.perf_counter``: wall clock; ``time.process_time``: CPU time).
     """
 
@@ -78,6 +84,11 @@ class TrainControl:
         """The network validation should score and the run should save: the EMA when there is one."""
         return self.ema.module if self.ema is not None else self.net
 
+    def open_bar(self) -> None:
+        """Start the run's bar (if it has one and it is not open): before the first step, so that its steps/s is a real rate."""
+        if self._progress_bar and self.bar is None:
+            self.bar = tqdm(total=self.expected_steps(), initial=self.step, unit="step", desc="training", dynamic_ncols=True)
+
     def before_step(self) -> None:
         """Clip the gradients just computed and set this step's learning rate."""
         if self.clip is not None:
@@ -92,12 +103,16 @@ class TrainControl:
         self.seconds += seconds
         if self.ema is not None:
             self.ema.update_parameters(self.net)
-        if self._progress_bar:
-            if self.bar is None:
-                total = self.steps if self.steps else round(self.budget)
-                self.bar = tqdm(total=total, unit="step" if self.steps else "s", desc="training", dynamic_ncols=True)
-            self.bar.n = self.step if self.steps else min(round(self.seconds), round(self.budget))
-            self.bar.set_postfix_str(f"step {self.step}, lr {self.optimizer.param_groups[0]['lr']:.2e}", refresh=True)
+        if self.bar is not None:
+            self.bar.total = self.expected_steps()
+            self.bar.n = self.step
+            self.bar.set_postfix_str(f"lr {self.optimizer.param_groups[0]['lr']:.2e}", refresh=True)
+
+    def expected_steps(self) -> int | None:
+        """Steps the whole run will take: ``steps``, or what the time budget holds at the speed so far (None before any)."""
+        if self.progress <= 0:
+            return self.steps
+        return max(self.step, round(self.step / self.progress))
 
     def close(self) -> None:
         if self.bar is not None:
