@@ -19,7 +19,7 @@ __all__ = ["COMMANDS"]
 _RESUMABLE = {"epochs", "max_minutes", "steps", "device", "threads"}
 _TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "steps", "threads", "epoch_steps", "batch", "lr", "seed", "perceptual",
                 "vgg19_weights", "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last", "init",
-                "enc_blocks", "middle_blocks", "dec_blocks", "soften", "compress")
+                "enc_blocks", "middle_blocks", "dec_blocks", "soften", "compress", "perturb_psf")
 _NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
 
 
@@ -67,7 +67,7 @@ def train(args: argparse.Namespace) -> int:
         if given.get("init"):
             _, config, _ = init_weights(given["init"], given.get("arch"), given.get("width"))
             given.update(arch=config.arch, width=config.width)
-        if given.get("init") or given.get("arch", values["arch"]) != "nafnet":
+        if given.get("init") or given.get("arch", values["arch"]) not in ("nafnet", "psf-nafnet"):
             values.update(enc_blocks=None, middle_blocks=None, dec_blocks=None)  # the weights' own layout, or no NAFNet: unless given
         if given.get("vgg19_weights"):
             given["perceptual"] = True

@@ -226,6 +226,7 @@ def input_scores(dataset: Dataset) -> dict[str, float]:
     Samples whose input equals the target (an un-blurred share) are left out: their PSNR is infinite.
     """
     blurred, sharp = (torch.stack(t) for t in zip(*(dataset[i] for i in range(len(dataset)))))
+    blurred = blurred[:, : sharp.shape[1]]  # a PSF model's input also holds its kernel canvas
     degraded = ~(blurred == sharp).flatten(1).all(1)
     if not degraded.any():
         return {"psnr": math.nan, "ssim": math.nan}

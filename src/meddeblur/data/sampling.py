@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.ndimage
 import torch
 from torch.utils.data import Dataset
 
@@ -38,8 +39,9 @@ from meddeblur.degradation.resampling import resize
 from meddeblur.degradation.spec import DegradeSpec
 from meddeblur.errors import UserError
 from meddeblur.io.decode import read_image
+from meddeblur.psf.canvas import kernel_canvas
 
-__all__ = ["SHRINKERS", "VALIDATION_SCALES", "VALIDATION_SOFTEN", "ScaledCrops", "EpochSamples"]
+__all__ = ["SHRINKERS", "VALIDATION_SCALES", "VALIDATION_SOFTEN", "ScaledCrops", "EpochSamples", "zoom_kernel"]
 
 #: (kernel, library) pairs a training window is shrunk with, one drawn per sample.
 SHRINKERS = (("box", "pil"), ("box", "cv2"), ("bicubic", "pil"), ("lanczos", "pil"), ("bilinear", "torch"), ("bicubic", "torch"))
@@ -48,7 +50,34 @@ VALIDATION_SCALES = (1.0, 2.0, 4.0)
 #: Gaussian σ the validation sources are softened with (0: as stored), by ``index // len(VALIDATION_SCALES)``.
 VALIDATION_SOFTEN = (0.0, 0.7, 0.0, 1.0)
 _SOFTEN_SIGMA = (0.3, 1.0)
+_PERTURB_ZOOM = (0.8, 1.25)
 _COMPRESS_QUALITY = (75, 95)
+
+
+def zoom_kernel(kernel: np.ndarray, zoom: float) -> np.ndarray:
+    """``kernel`` (kh, kw) stretched ``zoom``× about its middle sample (bilinear), odd-sided, summing to 1.
+
+    The PSF perturbation of training: a PSF a little too narrow or too wide, as a measured or estimated one is.
+    """
+    kh, kw = kernel.shape
+    out_h, out_w = (2 * max(1, math.ceil((side // 2) * zoom)) + 1 for side in (kh, kw))
+    # Output sample o (about the middle) reads input position o / zoom (about the middle).
+    offset = (kh // 2 - (out_h // 2) / zoom, kw // 2 - (out_w // 2) / zoom)
+    out = scipy.ndimage.affine_transform(kernel.astype(np.float64), (1 / zoom, 1 / zoom), offset=offset,
+                                         output_shape=(out_h, out_w), order=1, mode="constant")
+    total = out.sum()
+    return (out / total).astype(np.float32) if total > 0 else kernel
+
+
+def _fit(kernel: np.ndarray, side: int) -> np.ndarray:
+    """The kernel cropped about its middle to at most ``side`` (odd) pixels, renormalised: a crop must hold its PSF."""
+    limit = side - 1 if side % 2 == 0 else side
+    kh, kw = kernel.shape
+    if kh <= limit and kw <= limit:
+        return kernel
+    dy, dx = max(0, (kh - limit) // 2), max(0, (kw - limit) // 2)
+    cropped = kernel[dy : kh - dy, dx : kw - dx]
+    return cropped / cropped.sum()
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -68,18 +97,20 @@ class ScaledCrops(Dataset):
     """
 
     def __init__(self, pairs: list[Pair], crop: int, scales: tuple[float, float], degrade: DegradeSpec, seed: int = 0,
-                 samples: int | None = None, soften: float = 0.0, compress: float = 0.0, fixed: bool = False) -> None:
+                 samples: int | None = None, soften: float = 0.0, compress: float = 0.0, fixed: bool = False,
+                 psf: bool = False, perturb: float = 0.0) -> None:
         if not pairs:
             raise ValueError("no images to sample from")
         if crop < 16:
             raise ValueError(f"crop must be at least 16, got {crop}")
         if not 1.0 <= scales[0] <= scales[1]:
             raise ValueError(f"scales must be (low, high) with 1 <= low <= high, got {scales}")
-        if not (0.0 <= soften <= 1.0 and 0.0 <= compress <= 1.0):
-            raise ValueError(f"soften and compress are probabilities in [0, 1], got {soften}, {compress}")
+        if not (0.0 <= soften <= 1.0 and 0.0 <= compress <= 1.0 and 0.0 <= perturb <= 1.0):
+            raise ValueError(f"soften, compress and perturb are probabilities in [0, 1], got {soften}, {compress}, {perturb}")
         self.pairs, self.crop, self.scales, self.degrade, self.seed = pairs, crop, scales, degrade, seed
         self.samples = len(pairs) if fixed or samples is None else samples
         self.soften, self.compress, self.fixed = soften, compress, fixed
+        self.psf, self.perturb = psf, perturb
         self.epoch = 0
         self._cache: dict[int, np.ndarray] = {}
 
@@ -122,7 +153,8 @@ class ScaledCrops(Dataset):
             target = self._window(source, VALIDATION_SCALES[index % len(VALIDATION_SCALES)], None)
             sigma = VALIDATION_SOFTEN[index // len(VALIDATION_SCALES) % len(VALIDATION_SOFTEN)]
             target = quantize8((blur(target, gaussian_kernel(sigma)) if sigma else target)[0])
-            return fixed_degradation(target, self.degrade, self.pairs[index].name)[0], target
+            blurred, record = fixed_degradation(target, self.degrade, self.pairs[index].name)
+            return self._with_kernel(blurred, record.kernel), target
         generator = torch.Generator().manual_seed(degradation_seed(self.seed, self.epoch, index))
         chosen = _randint(generator, len(self.pairs))
         low, high = self.scales
@@ -134,7 +166,17 @@ class ScaledCrops(Dataset):
             target = jpeg(target, int(round(_uniform(generator, *_COMPRESS_QUALITY))))
         target = quantize8(target[0])
         _, target = augment_pair(target, target, generator)
-        return degrade(target, self.degrade, generator)[0], target
+        blurred, (record,) = degrade(target, self.degrade, generator)
+        kernel = record.kernel
+        if self.psf and record.family != "none" and torch.rand(1, generator=generator).item() < self.perturb:
+            kernel = zoom_kernel(kernel, math.exp(_uniform(generator, math.log(_PERTURB_ZOOM[0]), math.log(_PERTURB_ZOOM[1]))))
+        return self._with_kernel(blurred, kernel), target
+
+    def _with_kernel(self, blurred: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+        """``blurred`` itself, or for a PSF model (``psf``) with the kernel canvas appended as one more channel."""
+        if not self.psf:
+            return blurred
+        return torch.cat([blurred, kernel_canvas(_fit(kernel, self.crop if not self.fixed else blurred.shape[-1]), *blurred.shape[-2:])[None]])
 
 
 class EpochSamples(Dataset):

@@ -22,9 +22,13 @@ from meddeblur.files import atomic_path, atomic_write
 from meddeblur.models.attention_unet import AttentionUNet
 from meddeblur.models.flops import count_flops as count_flops  # re-exported
 from meddeblur.models.nafnet import NAFNet
+from meddeblur.models.psf_nafnet import PSFNAFNet, lift_blind_state
 from meddeblur.models.residual import ResidualAttentionUNet
 
-ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet")
+ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet", "psf-nafnet")
+#: Architectures that are told the blur: their input carries a kernel canvas after the image channels.
+PSF_ARCHITECTURES = ("psf-nafnet",)
+_NAFNETS = ("nafnet", "psf-nafnet")
 #: Size multiple of the reference (four 2×2 poolings); other configs: :func:`size_multiple`.
 SIZE_MULTIPLE = 16
 #: Inside a run folder, the weights that ``--model RUN`` means.
@@ -32,7 +36,7 @@ BEST_WEIGHTS = "best.safetensors"
 #: The trained model shipped inside the package (see MODEL_CARD.md); used when no ``--model`` is given.
 DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "default.safetensors"
 #: Base channels when a config names none: the reference's 64, NAFNet's measured CPU default.
-DEFAULT_WIDTHS = {"attention-unet": 64, "attention-unet-residual": 64, "nafnet": 16}
+DEFAULT_WIDTHS = {"attention-unet": 64, "attention-unet-residual": 64, "nafnet": 16, "psf-nafnet": 16}
 #: NAFNet block counts when a config names none: no blocks at full resolution, where
 #: memory-bound LayerNorm/depthwise passes cost most on a CPU (benchmarks/results/flops.md).
 NAFNET_DEFAULTS = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (0, 1, 1, 1)}
@@ -67,7 +71,7 @@ class ModelConfig:
             value = getattr(self, name)
             if isinstance(value, list):
                 object.__setattr__(self, name, tuple(value))
-        if self.arch == "nafnet":
+        if self.arch in _NAFNETS:
             for name, default in NAFNET_DEFAULTS.items():
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, default)
@@ -92,7 +96,7 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a positive integer, not {value!r}")
         if self.arch != "attention-unet" and self.in_channels != self.out_channels:
             raise ValueError(f"{self.arch} adds its input to its output: in_channels and out_channels must be equal")
-        if self.arch != "nafnet":
+        if self.arch not in _NAFNETS:
             for name in NAFNET_FIELDS:
                 if getattr(self, name) is not None:
                     raise ValueError(f"`{name}` applies to nafnet only, not {self.arch}")
@@ -114,7 +118,7 @@ def _positive_int(value: object, allow_zero: bool = False) -> bool:
 
 def size_multiple(config: ModelConfig) -> int:
     """Spatial sides the network accepts are multiples of this: 2^(number of downsamplings)."""
-    if config.arch == "nafnet":
+    if config.arch in _NAFNETS:
         return 2 ** len(config.enc_blocks)
     return SIZE_MULTIPLE
 
@@ -131,6 +135,8 @@ def build_model(config: ModelConfig) -> nn.Module:
         return AttentionUNet(config.width, config.in_channels, config.out_channels)
     if config.arch == "attention-unet-residual":
         return ResidualAttentionUNet(config.width, config.in_channels, config.out_channels)
+    if config.arch == "psf-nafnet":
+        return PSFNAFNet(config.width, config.in_channels, config.enc_blocks, config.middle_blocks, config.dec_blocks)
     return NAFNet(config.width, config.in_channels, config.out_channels,
                   config.enc_blocks, config.middle_blocks, config.dec_blocks)
 
@@ -144,7 +150,7 @@ def grown_config(config: ModelConfig, **blocks: object) -> ModelConfig:
     if not blocks:
         return config
     name = next(iter(blocks))
-    if config.arch != "nafnet":
+    if config.arch not in _NAFNETS:
         raise InvalidOption(f"`{name}` applies to nafnet weights only; these are {config.arch}", value=blocks[name], option=name)
     grown = replace(config, **blocks)
     try:
@@ -258,3 +264,11 @@ def load_model(model: str | Path | None = None, device: str | torch.device = "cp
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
         raise CorruptFile(f"{path}: weights do not fit {config.arch} width {config.width} ({detail}); use the .json written with these weights", value=path) from None
     return network.to(device).eval(), config, path
+
+
+def lift_to_psf(state: dict, config: ModelConfig) -> tuple[dict, ModelConfig]:
+    """A blind ``nafnet`` (state, config) as an equivalent ``psf-nafnet`` one: the kernel-conditioned restorer
+    starts out computing exactly what the blind weights do (see :mod:`meddeblur.models.psf_nafnet`)."""
+    if config.arch != "nafnet":
+        raise InvalidOption(f"a psf-nafnet can start from nafnet weights only; these are {config.arch}", value=config.arch, option="init")
+    return lift_blind_state(state, config.in_channels), replace(config, arch="psf-nafnet")

@@ -34,6 +34,8 @@ RECIPES: dict[str, dict] = {
         # 64-px crops: 3.5× the steps of 128-px ones per CPU-second, and in 30 CPU-minutes from scratch val mix 39.93 dB
         # against 39.84 at 96 px and 39.61 at 128 px (loss_probe.md). Fine-tuning keeps the 128 px every shipped stage used:
         # from the shipped weights 64-px crops fell to 40.43 dB in 25 CPU-minutes, 128-px ones held 40.56 (start 40.57).
+        # psf-nafnet only: 30 % of the crops are told a PSF zoomed 0.8–1.25×, so a slightly wrong PSF softens rather than rings.
+        "perturb_psf": 0.3,
         "loss": LossWeights(ssim=0.15, l1=0.85), "patience": None,
         "fine_tune": {"lr": 5e-4, "loss": LossWeights(ssim=0.0, l1=1.0), "crop": 128},
     },
@@ -41,7 +43,7 @@ RECIPES: dict[str, dict] = {
         "arch": "attention-unet", "width": None, "size": 256, "crop": None, "scales": None, "soften": 0.0, "compress": 0.0,
         "degrade": None, "batch": 8, "lr": 1e-4, "optimizer": "adam", "weight_decay": 0.0, "schedule": "plateau",
         "max_minutes": None, "epochs": 100, "epoch_steps": None, "warmup": 0, "clip": None, "ema": None,
-        "loss": LossWeights(), "patience": 10, "fine_tune": {},
+        "loss": LossWeights(), "patience": 10, "perturb_psf": 0.0, "fine_tune": {},
     },
 }
 
