@@ -138,7 +138,7 @@ def test_errors() -> None:
     with pytest.raises(ValueError, match="shapes differ"):
         ssim(torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 17))
     with pytest.raises(ValueError, match="N, C, H, W"):
-        psnr(torch.rand(3, 16, 16), torch.rand(3, 16, 16))
+        psnr(torch.rand(16, 16), torch.rand(16, 16))
 
 
 def test_reference_scorer_equals_the_tf_exact_torch_metrics():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import secrets
@@ -19,10 +20,10 @@ import time
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from meddeblur.errors import NotFound, UserError
+from meddeblur.errors import NotFound, TooLarge, UserError
 
-__all__ = ["check_regular_file", "open_regular", "check_creatable_folder", "atomic_write", "atomic_path",
-           "remove_quietly", "remove_stale_temporaries"]
+__all__ = ["check_regular_file", "open_regular", "check_creatable_folder", "check_name_length", "atomic_write", "atomic_path",
+           "remove_quietly", "remove_stale_temporaries", "read_whole", "file_stamp"]
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -91,14 +92,63 @@ def open_regular(path: Path) -> IO[bytes]:
 
 
 
+def read_whole(path: Path, f: IO[bytes], limit: int) -> bytes:
+    """The bytes of the open file ``f`` (of ``path``), read twice: a file that differs between the two reads is being
+    written and is refused (UserError), so what is decoded from these bytes is never a mix of two versions of it.
+
+    Files over ``limit`` bytes are refused before reading (:class:`~meddeblur.errors.TooLarge`).
+    """
+    size = os.fstat(f.fileno()).st_size
+    if size > limit:
+        raise TooLarge(f"{path}: file of {size:,} bytes, more than an image within this tool's pixel limit holds; "
+                       "downscale or tile it, or export it alone (one page)", value=path)
+    try:
+        data = f.read(limit + 1)
+        f.seek(0)
+        again = f.read(len(data) + 1)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc}); check the file and the disk", value=path) from None
+    if again != data or len(data) > limit:
+        raise UserError(f"{path}: changed while being read (another program is writing it); read it again once it "
+                        "is complete", value=path)
+    return data
+
+
+def file_stamp(info: os.stat_result) -> tuple[int, ...]:
+    """What tells two versions of a file apart without reading it: device, inode, size, mtime and ctime (ns)."""
+    # ctime too: a rewrite that restores size and mtime (touch -r) still moves the change time.
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
 # --------------------------------------------------------------------------- atomic output
+
+
+#: Longest file name (in bytes) the temporary name may have: the limit of nearly every file system (ext4, XFS, APFS, NTFS).
+NAME_MAX = 255
+
+
+def check_name_length(path: str | os.PathLike[str]) -> None:
+    """UserError if the file name of ``path`` is longer than :data:`NAME_MAX` bytes (no file system would take it)."""
+    size = len(os.fsencode(Path(path).name))
+    if size > NAME_MAX:
+        raise UserError(f"{path}: file name of {size} bytes is longer than the {NAME_MAX} a file system takes; shorten the "
+                        "input's name or choose another output format", value=path)
 
 
 def _temp_name(path: Path) -> Path:
     # Hidden (so meddeblur.io.listing skips it), unique, naming the writing process (so a later run can tell
     # a leftover from a kill from another process's work in progress), and ending in the real suffix
     # so that libraries choosing an encoder by extension pick the right one.
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(6)}{path.suffix}")
+    suffix = path.suffix if len(os.fsencode(path.suffix)) <= 16 else ""
+    tail = f".tmp-{os.getpid()}-{secrets.token_hex(6)}{suffix}"
+    name = f".{path.name}{tail}"
+    if len(os.fsencode(name)) > NAME_MAX:
+        # A long output name (up to the file system's 255 bytes) must stay writable: keep as much of it as fits
+        # before a digest of the whole name, so temporaries of different outputs still differ.
+        digest = hashlib.sha256(os.fsencode(path.name)).hexdigest()[:16]
+        room = NAME_MAX - len(os.fsencode(f".~{digest}{tail}"))
+        name = f".{os.fsencode(path.name)[:room].decode('utf-8', 'ignore')}~{digest}{tail}"
+    return path.with_name(name)
 
 
 _TEMP_PATTERN = re.compile(r"\..+\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]{12}(?:\.[^.]*)?", re.ASCII | re.DOTALL)

@@ -1,7 +1,15 @@
 """Image quality metrics that reproduce TensorFlow's ``tf.image.psnr`` and ``tf.image.ssim``.
 
-All tensors are shaped (N, C, H, W) with values in ``[0, max_val]``. Both metrics return
-one value per image, shape (N,), so callers choose how to reduce over the batch.
+Both take a pair of images of one kind:
+
+* torch tensors (N, C, H, W) → one value per image, shape (N,), so callers choose how to reduce over the
+  batch; (C, H, W) → a 0-d tensor. Float values in ``[0, max_val]`` (not checked: they are differentiable loss
+  terms, and a NaN must reach the loss); uint8 and uint16 tensors are scaled by their range to ``[0, max_val]``.
+* numpy arrays (H, W) or (H, W, C) → a float. uint8 and uint16 are scaled by their range; floats must be finite
+  and lie in ``[0, max_val]``, else ``ValueError`` (:func:`meddeblur.io.pixels.unit_float`).
+
+So an integer image gives the same PSNR and SSIM as the same image as floats in [0, 1]. Bad parameters
+(``max_val``, ``filter_size``, ``sigma``, ``k1``, ``k2``) raise a ``ValueError`` naming the parameter.
 
 SSIM follows ``tf.image.ssim`` exactly: a normalised 11x11 Gaussian window (sigma 1.5),
 VALID filtering (no padding), biased (population) variances, the SSIM map averaged over
@@ -21,37 +29,88 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from meddeblur.io.pixels import INTEGER_RANGES, describe, unit_float
+
 __all__ = ["psnr", "ssim", "psnr_ssim_numpy", "ReferenceScorer", "gaussian_kernel1d", "PSNR", "SSIM"]
 
 
-def _check_pair(pred: Tensor, target: Tensor) -> None:
-    if pred.dim() != 4:
-        raise ValueError(f"expected images shaped (N, C, H, W), got shape {tuple(pred.shape)}")
+_TENSOR_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
+_ACCEPTED = ("two numpy (H, W) or (H, W, C) uint8, uint16 or float arrays in [0, max_val], or two torch (N, C, H, W) "
+             "or (C, H, W) tensors (float, uint8 or uint16)")
+
+
+def _positive(name: str, value: object, integer: bool = False) -> None:
+    """ValueError naming ``name`` unless ``value`` is a finite number > 0 (a whole one with ``integer``)."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    ok = ok and math.isfinite(value) and value > 0 and (not integer or float(value).is_integer())
+    if not ok:
+        kind = "a whole number" if integer else "a finite number"
+        raise ValueError(f"{name}={value!r}: must be {kind} greater than 0")
+
+
+def _tensor(x: Tensor, name: str, max_val: float) -> Tensor:
+    """A float tensor as it is; uint8/uint16 scaled by their range to [0, max_val] (float64); anything else refused."""
+    if x.is_floating_point():
+        return x
+    scale = _TENSOR_RANGES.get(x.dtype)
+    if scale is None:
+        raise ValueError(f"{name}: dtype {str(x.dtype).replace('torch.', '')} is not supported; got {describe(x)}. Accepted: {_ACCEPTED}")
+    return x.to(torch.float64) * (max_val / scale)
+
+
+def _pair(pred: object, target: object, max_val: float) -> tuple[Tensor, Tensor, bool, bool]:
+    """(pred, target) as float (N, C, H, W) tensors, whether they came as numpy arrays, whether as single images.
+
+    See the module docstring for what is accepted.
+    """
+    _positive("max_val", max_val)
+    if isinstance(pred, Tensor) and isinstance(target, Tensor):
+        if pred.dim() not in (3, 4):
+            raise ValueError(f"pred: expected images shaped (N, C, H, W) or (C, H, W), got shape {tuple(pred.shape)}")
+        if pred.shape != target.shape:
+            raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
+        a, b = _tensor(pred, "pred", max_val), _tensor(target, "target", max_val)
+        return (a[None], b[None], False, True) if pred.dim() == 3 else (a, b, False, False)
+    if not (isinstance(pred, np.ndarray) and isinstance(target, np.ndarray)):
+        raise ValueError(f"pred, target: got {describe(pred)} and {describe(target)}. Accepted: {_ACCEPTED}")
     if pred.shape != target.shape:
-        raise ValueError(
-            f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}"
-        )
+        raise ValueError(f"pred and target shapes differ: {pred.shape} vs {target.shape}")
+    if pred.ndim not in (2, 3):
+        raise ValueError(f"pred: expected an image shaped (H, W) or (H, W, C), got shape {pred.shape}")
+    planes = []
+    for name, x in (("pred", pred), ("target", target)):
+        integer = np.asarray(x).dtype in INTEGER_RANGES
+        values = unit_float(x, name, _ACCEPTED, top=1.0 if integer else float(max_val)).astype(np.float64)
+        values = values * max_val if integer else values
+        chw = (values[..., None] if values.ndim == 2 else values).transpose(2, 0, 1)
+        planes.append(torch.from_numpy(np.ascontiguousarray(chw))[None])
+    return planes[0], planes[1], True, True
 
 
-def psnr(pred: Tensor, target: Tensor, max_val: float = 1.0) -> Tensor:
+def _result(values: Tensor, numpy: bool, single: bool) -> Tensor | float:
+    """(N,) values as the caller gave images: a float for numpy, a 0-d tensor for one (C, H, W) tensor."""
+    return float(values[0]) if numpy else (values[0] if single else values)
+
+
+def psnr(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, max_val: float = 1.0) -> Tensor | float:
     """Peak signal-to-noise ratio per image, as ``tf.image.psnr``.
 
     Args:
-        pred: (N, C, H, W) images in ``[0, max_val]``.
-        target: (N, C, H, W) images in ``[0, max_val]``.
-        max_val: dynamic range of the images.
+        pred, target: two (N, C, H, W) or (C, H, W) tensors, or two numpy (H, W[, C]) images (module docstring).
+        max_val: dynamic range of float images (integer images are scaled to it by their own range).
 
     Returns:
-        (N,) float64 tensor in dB; ``+inf`` where an image equals its target (as TF).
+        (N,) float64 tensor in dB (0-d for a (C, H, W) pair, a float for numpy images); ``+inf`` where an image
+        equals its target (as TF).
     """
-    _check_pair(pred, target)
+    a, b, numpy, single = _pair(pred, target, max_val)
     # float64 so the result agrees with scikit-image to ~1e-12 rather than float32's ~1e-5 dB.
     # MPS has no float64, so PSNR is computed on the CPU there.
-    device = torch.device("cpu") if pred.device.type == "mps" else pred.device
-    diff = pred.detach().to(device, torch.float64) - target.detach().to(device, torch.float64)
+    device = torch.device("cpu") if a.device.type == "mps" else a.device
+    diff = a.detach().to(device, torch.float64) - b.detach().to(device, torch.float64)
     mse = diff.pow(2).mean(dim=(1, 2, 3))
     # log(0) = -inf, so identical images give +inf rather than an error, matching TF.
-    return 20.0 * math.log10(max_val) - 10.0 * torch.log10(mse)
+    return _result(20.0 * math.log10(max_val) - 10.0 * torch.log10(mse), numpy, single)
 
 
 def gaussian_kernel1d(
@@ -77,37 +136,40 @@ def _valid_gaussian_filter(x: Tensor, kernel: Tensor) -> Tensor:
 
 
 def ssim(
-    pred: Tensor,
-    target: Tensor,
+    pred: Tensor | np.ndarray,
+    target: Tensor | np.ndarray,
     max_val: float = 1.0,
     filter_size: int = 11,
     sigma: float = 1.5,
     k1: float = 0.01,
     k2: float = 0.03,
-) -> Tensor:
+) -> Tensor | float:
     """Structural similarity per image, as ``tf.image.ssim``; differentiable.
 
     Args:
-        pred: (N, C, H, W) images in ``[0, max_val]``.
-        target: (N, C, H, W) images in ``[0, max_val]``.
-        max_val: dynamic range of the images.
-        filter_size: side of the Gaussian window; H and W must be at least this.
-        sigma: standard deviation of the Gaussian window.
-        k1, k2: stabilising constants, ``C1 = (k1 * max_val)^2``, ``C2 = (k2 * max_val)^2``.
+        pred, target: two (N, C, H, W) or (C, H, W) tensors, or two numpy (H, W[, C]) images (module docstring).
+        max_val: dynamic range of float images (integer images are scaled to it by their own range).
+        filter_size: side of the Gaussian window (a whole number > 0); H and W must be at least this.
+        sigma: standard deviation of the Gaussian window (> 0).
+        k1, k2: stabilising constants (> 0), ``C1 = (k1 * max_val)^2``, ``C2 = (k2 * max_val)^2``.
 
     Returns:
-        (N,) tensor in the dtype of ``pred`` (float32 for integer inputs).
+        (N,) tensor in the dtype of a float ``pred`` (float64 for integer tensors; 0-d for a (C, H, W) pair), or a
+        float for numpy images.
     """
-    _check_pair(pred, target)
-    h, w = pred.shape[-2:]
+    for name, value in (("sigma", sigma), ("k1", k1), ("k2", k2)):
+        _positive(name, value)
+    _positive("filter_size", filter_size, integer=True)
+    filter_size = int(filter_size)
+    x, y, numpy, single = _pair(pred, target, max_val)
+    h, w = x.shape[-2:]
     if h < filter_size or w < filter_size:
         raise ValueError(
             f"SSIM needs images at least {filter_size}x{filter_size} (the filter size), "
             f"got {h}x{w}"
         )
-    dtype = pred.dtype if pred.is_floating_point() else torch.float32
-    x = pred.to(dtype)
-    y = target.to(dtype)
+    dtype = x.dtype
+    y = y.to(dtype)
     c = x.shape[1]
     kernel = gaussian_kernel1d(filter_size, sigma, device=x.device, dtype=dtype)
 
@@ -123,7 +185,7 @@ def ssim(
     luminance = (num0 + c1) / (den0 + c1)
     cs = (2.0 * e_xy - num0 + c2) / (e_xx + e_yy - den0 + c2)
     ssim_map = luminance * cs
-    return ssim_map.mean(dim=(2, 3)).mean(dim=1)
+    return _result(ssim_map.mean(dim=(2, 3)).mean(dim=1), numpy, single)
 
 
 class ReferenceScorer:

@@ -62,17 +62,49 @@ def test_round_trip_exact(tmp_path: Path, fmt: str, bit_depth: int, kind: str) -
     else:
         assert img.alpha is not None and img.alpha.dtype == np.float32
         np.testing.assert_array_equal(img.alpha, alpha)
-    # 16-bit grey+alpha is stored as RGBA (OpenCV cannot encode two channels).
-    if not (kind == "gray_alpha" and bit_depth == 16):
-        assert img.grayscale == grayscale
+    assert img.grayscale == grayscale  # 16-bit grey + alpha PNGs too (written without OpenCV, which has no 2-channel PNG)
 
 
-def test_write_clips_and_rounds(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("value", "words"), [(-0.25, "must lie in [0, 1] (found -0.25..0.5)"), (1.5, "found 0.5..1.5"),
+                                              (np.nan, "must be finite"), (np.inf, "must be finite")])
+def test_write_refuses_floats_outside_the_unit_range_and_nan(tmp_path: Path, value: float, words: str) -> None:
     rgb = np.full((16, 16, 3), 0.5, np.float32)
-    rgb[0, 0] = [-1.0, 2.0, np.nan]
-    img = read_image(write_image(tmp_path / "c.png", rgb))
-    np.testing.assert_array_equal(img.rgb[0, 0], [0.0, 1.0, 0.0])
-    assert img.rgb[1, 1, 0] == pytest.approx(128 / 255)  # round half to even: 127.5 -> 128
+    rgb[0, 0, 1] = value
+    with pytest.raises(ValueError, match="^rgb: ") as refusal:
+        write_image(tmp_path / "c.png", rgb)
+    assert words in str(refusal.value) and "numpy float32 (16, 16, 3)" in str(refusal.value)
+    with pytest.raises(ValueError, match="^alpha: "):
+        write_image(tmp_path / "c.png", np.zeros((16, 16, 3)), alpha=rgb[:, :, 1])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_write_takes_integer_arrays_scaled_by_their_range(tmp_path: Path, dtype: type) -> None:
+    top = np.iinfo(dtype).max
+    pixels = np.random.default_rng(4).integers(0, top + 1, (18, 21, 3), dtype=dtype)
+    pixels[0, :3] = [[0, 1, top], [top - 1, 2, 3], [1, 1, 1]]
+    for suffix in ("png", "tif"):
+        img = read_image(write_image(tmp_path / f"i.{suffix}", pixels))
+        assert img.bit_depth == (16 if dtype == np.uint16 else 8)  # a uint16 array is written at 16 bits by default
+        np.testing.assert_array_equal(np.round(img.rgb * top), pixels)
+    grey = read_image(write_image(tmp_path / "g.png", pixels[:, :, 0]))
+    assert grey.grayscale  # an (H, W) array is written grey
+    np.testing.assert_array_equal(np.round(grey.rgb[:, :, 0] * top), pixels[:, :, 0])
+    rgba = np.dstack([pixels, pixels[:, :, :1]])
+    img = read_image(write_image(tmp_path / "a.png", rgba))  # (H, W, 4): the last channel is alpha
+    np.testing.assert_array_equal(np.round(img.alpha * top), pixels[:, :, 0])
+
+
+@pytest.mark.parametrize("array", [np.zeros((16, 16, 3), np.int32), np.zeros((16, 16, 3), bool), np.zeros((16, 16, 3), np.int8),
+                                   np.ma.masked_array(np.zeros((16, 16, 3)), mask=False)], ids=["int32", "bool", "int8", "masked"])
+def test_write_refuses_other_dtypes_and_masked_arrays(tmp_path: Path, array: np.ndarray) -> None:
+    with pytest.raises(ValueError, match="^rgb: (dtype|a masked array)"):
+        write_image(tmp_path / "c.png", array)
+
+
+def test_write_rounds_half_to_even(tmp_path: Path) -> None:
+    img = read_image(write_image(tmp_path / "c.png", np.full((16, 16, 3), 0.5, np.float32)))
+    assert img.rgb[1, 1, 0] == pytest.approx(128 / 255)  # 127.5 -> 128
 
 
 def test_grayscale_write_uses_channel_mean(tmp_path: Path) -> None:
@@ -83,14 +115,15 @@ def test_grayscale_write_uses_channel_mean(tmp_path: Path) -> None:
     np.testing.assert_allclose(img.rgb, 0.2, atol=0.5 / 255)
 
 
-def test_jpeg_and_bmp_are_8bit_without_alpha(tmp_path: Path) -> None:
+def test_jpeg_is_8bit_without_alpha_and_bmp_8bit_with_alpha(tmp_path: Path) -> None:
     rgb = _random((24, 24, 3), 8)
-    alpha = np.ones((24, 24), np.float32)
+    alpha = _random((24, 24), 8, seed=5)
     jpg = read_image(write_image(tmp_path / "a.jpg", rgb, alpha=alpha, bit_depth=16))
     assert (jpg.format, jpg.bit_depth, jpg.alpha) == ("JPEG", 8, None)
     bmp = read_image(write_image(tmp_path / "a.bmp", rgb, alpha=alpha, bit_depth=16))
-    assert (bmp.format, bmp.bit_depth, bmp.alpha) == ("BMP", 8, None)
+    assert (bmp.format, bmp.bit_depth) == ("BMP", 8)
     np.testing.assert_array_equal(bmp.rgb, rgb)
+    np.testing.assert_array_equal(bmp.alpha, alpha)
 
 
 def test_decodes_by_content_not_extension(tmp_path: Path) -> None:

@@ -39,6 +39,21 @@ def _install_stop_handlers() -> dict[int, object]:
     return previous
 
 
+def _one_line(error: UserError) -> str:
+    """The error as one line. A file name holding control characters (a newline, a tab) is shown quoted, with
+    them escaped, so the line still names the file exactly; other white space runs become one space."""
+    import os
+    import unicodedata
+
+    text = str(error)
+    if isinstance(error.value, (str, os.PathLike)):
+        name = os.fspath(error.value)
+        if isinstance(name, str) and any(unicodedata.category(c) == "Cc" for c in name):
+            quoted = "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in name)
+            text = text.replace(name, f"'{quoted}'")
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``meddeblur`` console script; returns the exit code."""
     for stream in (sys.stdout, sys.stderr):
@@ -62,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         from meddeblur.cli.parser import command_flags, in_flags
 
-        message = in_flags(" ".join(str(error).split()), command_flags(parser, args.command))
+        message = in_flags(_one_line(error), command_flags(parser, args.command))
         sys.stderr.write(f"meddeblur {args.command}: error: {message}\n")
         return 2
     except BrokenPipeError:  # output piped into `head` and closed: nothing left to say

@@ -27,6 +27,7 @@ import csv
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ from meddeblur.errors import UserError
 from meddeblur.files import atomic_write
 from meddeblur.io.decode import read_image
 from meddeblur.io.ownership import ASSESS_CSV_COLUMNS
+from meddeblur.io.pixels import refuse, unit_float
 
 __all__ = ["ANALYSIS_SIDE", "DEFAULT_THRESHOLD", "FLAG_ATTENTION", "FLAG_OK", "FLAG_UNREADABLE", "Assessment",
            "blur_score", "assess_files", "check_csv_target", "write_csv"]
@@ -49,10 +51,42 @@ CSV_COLUMNS = ASSESS_CSV_COLUMNS
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def blur_score(rgb: np.ndarray, side: int = ANALYSIS_SIDE) -> float:
-    """Blur score of an (H, W, 3) or (H, W) float image in [0, 1]: 0 sharp … 1 featureless (see module docstring)."""
-    x = np.asarray(rgb, dtype=np.float32)
-    y = x @ _LUMA if x.ndim == 3 else x
+_ACCEPTED = ("numpy (H, W) or (H, W, C) with C in 1/3/4 (alpha is ignored), uint8, uint16 or float in [0, 1]; "
+             "torch (C, H, W) or (N, C, H, W), same dtypes")
+
+
+def blur_score(image: Any, side: int = ANALYSIS_SIDE) -> Any:
+    """Blur score of an image: 0 sharp … 1 featureless (see module docstring); a float, or an (N,) float64 tensor for (N, C, H, W).
+
+    ``image``: numpy (H, W) or (H, W, C) with C in 1, 3 or 4 (alpha is ignored), uint8 or uint16 (scaled by their
+    range) or float in [0, 1]; or a torch (C, H, W) or (N, C, H, W) tensor of those. Anything else (floats
+    outside [0, 1], NaN, other dtypes, masked arrays) raises ``ValueError``, as does a ``side`` (the analysis size
+    in pixels, see module docstring) below 16.
+    """
+    if isinstance(side, (bool, np.bool_)) or not isinstance(side, (int, np.integer)) or side < 16:
+        raise ValueError(f"side={side!r}: must be a whole number of pixels, at least 16 (default {ANALYSIS_SIDE})")
+    if type(image).__module__.split(".")[0] == "torch":
+        import torch
+
+        if image.dim() == 4:
+            return torch.tensor([_score(_hwc(x), "image", side) for x in image], dtype=torch.float64)
+        if image.dim() != 3:
+            raise refuse("image", image, "expected a (C, H, W) or (N, C, H, W) tensor", _ACCEPTED)
+        return _score(_hwc(image), "image", side)
+    return _score(image, "image", side)
+
+
+def _hwc(tensor: Any) -> np.ndarray:
+    """A (C, H, W) tensor as a numpy (H, W, C) array of the same dtype."""
+    return tensor.detach().cpu().permute(1, 2, 0).numpy()
+
+
+def _score(image: Any, name: str, side: int) -> float:
+    x = unit_float(image, name, _ACCEPTED)
+    if not (x.ndim == 2 or (x.ndim == 3 and x.shape[2] in (1, 3, 4))) or 0 in x.shape:
+        raise refuse(name, image, "expected (H, W) or (H, W, C) with C in 1/3/4", _ACCEPTED)
+    x = x.astype(np.float32, copy=False)
+    y = x[:, :, :3] @ _LUMA if x.ndim == 3 and x.shape[2] >= 3 else (x[:, :, 0] if x.ndim == 3 else x)
     if float(y.max() - y.min()) < 1e-6:  # no detail at all (resampling would leave only rounding noise)
         return 1.0
     height, width = y.shape

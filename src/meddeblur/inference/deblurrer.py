@@ -13,7 +13,8 @@ dtype('uint8')
 >>> deblurrer.model_id == meddeblur.Deblurrer.load().model_id
 True
 
-Accepted images: numpy ``(H, W)``, ``(H, W, C)`` with C in 1/3/4, dtype uint8, uint16 or float in [0, 1];
+Accepted images: numpy ``(H, W)``, ``(H, W, C)`` with C in 1/3/4, dtype uint8, uint16 or float in [0, 1] (not masked
+arrays: the mask would be lost);
 torch ``(C, H, W)`` or ``(N, C, H, W)`` float in [0, 1] with C in 1/3/4. The result has the input's type,
 dtype, shape and device. Grey images go through the network as three equal channels and come back grey;
 alpha is passed through untouched. Integers are scaled by their own range (255 or 65535) and rounded back,
@@ -146,7 +147,21 @@ class Deblurrer:
         return deblur_files(self._network, inputs, out, fmt=format, device=self.device, jpeg_quality=jpeg_quality, tile=self.tile,
                             overlap=self.overlap, multiple=self.size_multiple, provenance=self.provenance, overwrite=overwrite)
 
+    def write(self, path: str | Path, image: ImageLike, source: str | Path | None = None, *, format: str | None = None,
+              jpeg_quality: int = 95, overwrite: bool = False) -> Path:
+        """Write ``image`` (what this Deblurrer returned) to ``path`` with :attr:`provenance`, as ``meddeblur deblur`` would.
+
+        ``source``: the file the image was read from; its metadata (ICC profile, PNG colour chunks, bit depth, grey,
+        alpha; a DICOM source to ``.dcm`` gives a derived DICOM) is kept. An existing ``path`` not written by meddeblur
+        is refused unless ``overwrite``; see :func:`meddeblur.io.derived.write_derived`.
+        """
+        from meddeblur.io.derived import write_derived
+
+        return write_derived(path, image, self.provenance, source, format=format, jpeg_quality=jpeg_quality, overwrite=overwrite)
+
     def _array(self, image: np.ndarray) -> np.ndarray:
+        if isinstance(image, np.ma.MaskedArray):
+            raise _refuse(image, "masked arrays are refused (the result would lose the mask); pass image.filled(value) or image.data")
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
             raise _refuse(image, "expected (H, W) or (H, W, C) with C in 1/3/4")
         if min(image.shape[:2]) < _MIN_SIDE:
@@ -178,7 +193,8 @@ class Deblurrer:
         if min(image.shape[-2:]) < _MIN_SIDE:
             raise _refuse(image, f"height and width must be at least {_MIN_SIDE}")
         finite = bool(torch.isfinite(image).all())
-        _check_float_range(image, float(image.nan_to_num().min()), float(image.nan_to_num().max()), finite)
+        values = image.detach().nan_to_num()  # detached: reading values of a requires_grad tensor warns
+        _check_float_range(image, float(values.min()), float(values.max()), finite)
         batch = image if image.dim() == 4 else image[None]
         values = batch.detach().to("cpu", torch.float32)
         channels = values.shape[1]

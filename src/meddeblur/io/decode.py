@@ -20,13 +20,14 @@ import cv2
 import numpy as np
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-from meddeblur.errors import CorruptImage, EmptyFile, UnsupportedFormat, UserError
-from meddeblur.files import open_regular
+from meddeblur.errors import CorruptImage, EmptyFile, InvalidOption, UnsupportedFormat, UserError
+from meddeblur.files import file_stamp, open_regular, read_whole
 from meddeblur.io.dicom import read_dicom
 from meddeblur.io.formats import MAX_PIXELS, SIGNATURES, LoadedImage, check_size, unsupported_kind
+from meddeblur.io.png import PNG_SIGNATURE, colour_key_alpha, png_colour_chunks, png_without_text
 from meddeblur.io.tiff import decode_tiff, decode_unopened_tiff, needs_tifffile
 
-__all__ = ["read_image", "read_rgb", "orient"]
+__all__ = ["read_image", "read_rgb", "orient", "check_unchanged"]
 
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 # Importing the plugins registers their openers in Image.OPEN, which _open_header uses.
@@ -144,6 +145,11 @@ def _c_stderr_silenced() -> Iterator[None]:
         os.close(saved)
 
 
+#: What a file may hold beyond the pixels of an image at the pixel limit (8 bytes each: 16-bit RGBA, uncompressed):
+#: metadata, thumbnails, further pages.
+_SLACK_BYTES = 256 << 20
+
+
 def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read a PNG, JPEG, TIFF, BMP or DICOM file (decoded by content) as float32 RGB in [0, 1].
 
@@ -153,97 +159,94 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
     the first frame is read. Raises :class:`UserError` for a missing, unreadable, non-regular (folder, FIFO,
     device), corrupt, unsupported (GIF, WebP, signed/32-bit/float TIFF, ...), too small or too large file:
     images of more than ``max_pixels`` pixels are refused from their header, before any decoding. Pixel
-    values are never clipped: values outside the format's range are refused.
+    values are never clipped: values outside the format's range are refused. The file is read once, into memory
+    (twice, to refuse a file that changes while it is read: never a mix of two versions), and decoded from there;
+    the result's ``stamp`` lets :func:`check_unchanged` tell later whether the file still is what was decoded.
     """
+    for name, value, least in (("min_size", min_size, 1), ("max_pixels", max_pixels, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidOption(f"{name}={value!r}: must be a positive whole number", value=value, option=name)
     path = Path(path)
     with open_regular(path) as f:
-        head = f.read(_HEAD_BYTES)
-        if not head:
-            raise EmptyFile(f"{path}: empty file (0 bytes), not a readable image; re-export or remove it", value=path)
-        if head[128:132] == b"DICM":
-            return read_dicom(path, f, min_size, max_pixels)
-        # Decoder warnings (odd EXIF, malformed MPO, ...) are not actionable and must not reach stderr.
-        with warnings.catch_warnings(), _c_stderr_silenced():
-            warnings.simplefilter("ignore")
-            try:
-                opened = _open_header(f, os.fspath(path))
-            except Exception:  # a plugin failing in an unexpected way on a crafted header
-                opened = None
-            if head.startswith(_PNG_SIGNATURE):
-                # Pillow refuses PNGs whose text chunks decompress beyond its limit (1 MiB each); such a file
-                # is valid, and its pixels do not depend on the text: decode it without the text chunks.
-                if opened is None:
-                    stripped = _png_without_text(f, max_pixels)
-                    if stripped is not None:
-                        f, opened = stripped, _open_header(stripped, os.fspath(path))
-                else:
-                    try:
-                        with opened as im:
-                            return _decode(path, f, im, min_size, max_pixels)
-                    except UserError as error:
-                        stripped = _png_without_text(f, max_pixels) if "truncated or corrupt" in str(error) else None
-                        if stripped is None:
-                            raise
-                        f, opened = stripped, _open_header(stripped, os.fspath(path))
-            if opened is None and head.startswith((b"II*\x00", b"MM\x00*")):
-                # Pillow cannot even open some valid TIFFs (16-bit grey + alpha, floating-point RGB): tifffile can say.
-                fallback = decode_unopened_tiff(path, f, min_size, max_pixels)
-                if fallback is not None:
-                    return _finish(path, None, "TIFF", *fallback)
-            if opened is None:
-                kind = unsupported_kind(head)
-                if kind is not None:
-                    raise UnsupportedFormat(f"{path}: is {kind}, which meddeblur does not read; convert it to PNG or TIFF", value=path)
-                if head.startswith(SIGNATURES):
-                    # e.g. a TIFF cut short loses the directory at its end, so Pillow cannot identify it.
-                    raise CorruptImage(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it", value=path)
-                raise UnsupportedFormat(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP/DICOM expected); convert it or remove it", value=path)
-            with opened as im:
-                return _decode(path, f, im, min_size, max_pixels)
+        data = read_whole(path, f, 8 * max_pixels + _SLACK_BYTES)
+        stamp = file_stamp(os.fstat(f.fileno()))
+    image = _read_open(path, _io.BytesIO(data), min_size, max_pixels)
+    image.stamp = stamp
+    return image
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+def check_unchanged(image: LoadedImage) -> None:
+    """UserError if the file ``image`` was decoded from is no longer what was decoded (rewritten, replaced, removed).
 
-
-def _png_without_text(f: IO[bytes], max_pixels: int) -> IO[bytes] | None:
-    """The PNG in ``f`` minus its tEXt/zTXt/iTXt chunks, in memory; None if it has none or is not well formed.
-
-    Text chunks are skipped without being read. What is copied is bounded by what an
-    honest PNG of the size in its header can hold (8 bytes per pixel plus 16 MiB).
+    For a caller that decodes a file early (to check it) and writes its result later: the result must be of the
+    file as it is now.
     """
-    f.seek(8)
-    ihdr = f.read(25)
-    if len(ihdr) < 25 or ihdr[4:8] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", ihdr[8:16])
-    if width * height > max_pixels:
-        return None  # refused from the header anyway
-    budget = 8 * width * height + (16 << 20)
-    out = bytearray(_PNG_SIGNATURE) + ihdr
-    dropped = False
-    while True:
-        header = f.read(8)
-        if len(header) < 8:
-            return None
-        (length,) = struct.unpack(">I", header[:4])
-        kind = header[4:8]
-        if kind in _PNG_TEXT_CHUNKS:
-            f.seek(length + 4, os.SEEK_CUR)
-            dropped = True
-            continue
-        if len(out) + length + 12 > budget:
-            return None
-        body = f.read(length + 4)
-        if len(body) < length + 4:
-            return None
-        out += header + body
-        if kind == b"IEND":
-            break
-    return _io.BytesIO(bytes(out)) if dropped else None
+    if image.stamp is None:
+        return
+    try:
+        now = file_stamp(os.stat(image.path))
+    except OSError:
+        now = None
+    if now != image.stamp:
+        raise UserError(f"{image.path}: changed since it was read (rewritten, replaced or removed meanwhile); run again "
+                        "once nothing writes to it", value=image.path)
+
+
+def _read_open(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> LoadedImage:
+    """:func:`read_image` of the file whose bytes ``f`` holds."""
+    head = f.read(_HEAD_BYTES)
+    if not head:
+        raise EmptyFile(f"{path}: empty file (0 bytes), not a readable image; re-export or remove it", value=path)
+    if head[128:132] == b"DICM":
+        return read_dicom(path, f, min_size, max_pixels)
+    # Decoder warnings (odd EXIF, malformed MPO, ...) are not actionable and must not reach stderr.
+    with warnings.catch_warnings(), _c_stderr_silenced():
+        warnings.simplefilter("ignore")
+        try:
+            opened = _open_header(f, os.fspath(path))
+        except Exception:  # a plugin failing in an unexpected way on a crafted header
+            opened = None
+        if head.startswith(PNG_SIGNATURE):
+            # Pillow refuses PNGs whose text chunks decompress beyond its limit (1 MiB each); such a file
+            # is valid, and its pixels do not depend on the text: decode it without the text chunks.
+            if opened is None:
+                stripped = png_without_text(f, max_pixels)
+                if stripped is not None:
+                    f, opened = stripped, _open_header(stripped, os.fspath(path))
+            else:
+                try:
+                    with opened as im:
+                        return _decode(path, f, im, min_size, max_pixels)
+                except UserError as error:
+                    stripped = png_without_text(f, max_pixels) if "truncated or corrupt" in str(error) else None
+                    if stripped is None:
+                        raise
+                    f, opened = stripped, _open_header(stripped, os.fspath(path))
+        if opened is None and head.startswith((b"II*\x00", b"MM\x00*")):
+            # Pillow cannot even open some valid TIFFs (16-bit grey + alpha, floating-point RGB): tifffile can say.
+            fallback = decode_unopened_tiff(path, f, min_size, max_pixels)
+            if fallback is not None:
+                return _finish(path, None, "TIFF", *fallback)
+        if opened is None:
+            kind = unsupported_kind(head)
+            if kind is not None:
+                raise UnsupportedFormat(f"{path}: is {kind}, which meddeblur does not read; convert it to PNG or TIFF", value=path)
+            if head.startswith(SIGNATURES):
+                # e.g. a TIFF cut short loses the directory at its end, so Pillow cannot identify it.
+                raise CorruptImage(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it", value=path)
+            raise UnsupportedFormat(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP/DICOM expected); convert it or remove it", value=path)
+        with opened as im:
+            return _decode(path, f, im, min_size, max_pixels)
 
 
 def _decode(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels: int) -> LoadedImage:
+    image = _decode_pixels(path, f, im, min_size, max_pixels)
+    if image.format == "PNG":
+        image.png_colour = png_colour_chunks(f)
+    return image
+
+
+def _decode_pixels(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels: int) -> LoadedImage:
     # Cameras write multi-picture JPEGs, which Pillow's JPEG opener reports as MPO.
     fmt = "JPEG" if im.format == "MPO" else str(im.format)
     width, height = im.size
@@ -251,7 +254,7 @@ def _decode(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels
     try:
         mode, rawmode = im.mode, _rawmode(im)
         if fmt == "TIFF" and needs_tifffile(im):
-            arr, maxval, grayscale, depth = decode_tiff(path, f, width, height)
+            arr, maxval, grayscale, depth = decode_tiff(path, f)
             # The pixels are decoded by tifffile; Pillow's header still gives orientation and ICC profile.
             return _finish(path, im, fmt, arr, maxval, grayscale, depth)
         if mode == "F":
@@ -300,22 +303,6 @@ def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turn(arr)) if turn else arr
 
 
-def _colour_key_alpha(im: Image.Image, arr: np.ndarray, maxval: float) -> np.ndarray | None:
-    """A PNG tRNS colour key (grey or RGB, not palette) as an alpha channel: 0 where the pixel equals the key."""
-    key = im.info.get("transparency")
-    if im.format != "PNG" or key is None or isinstance(key, bytes) or arr.ndim == 3 and arr.shape[2] in (2, 4):
-        return None
-    if arr.ndim == 2:
-        if not isinstance(key, int):
-            return None
-        opaque = arr != key
-    else:
-        if not (isinstance(key, tuple) and len(key) == 3):
-            return None
-        opaque = (arr[:, :, :3] != np.asarray(key, dtype=arr.dtype)).any(axis=2)
-    return (opaque * maxval).astype(arr.dtype)
-
-
 def _finish(path: Path, im: Image.Image | None, fmt: str, arr: np.ndarray, maxval: float, grayscale: bool, depth: int,
             orientation: int = 1, icc: bytes | None = None) -> LoadedImage:
     """Integer pixels (H, W[, C]) → LoadedImage: tRNS colour key as alpha, orientation applied, ICC profile kept.
@@ -323,7 +310,7 @@ def _finish(path: Path, im: Image.Image | None, fmt: str, arr: np.ndarray, maxva
     With a Pillow image ``im``, orientation and ICC profile come from it; else from the arguments.
     """
     if im is not None:
-        alpha_key = _colour_key_alpha(im, arr, maxval)
+        alpha_key = colour_key_alpha(im, arr, maxval)
         if alpha_key is not None:
             arr = np.dstack([arr, alpha_key])
         orientation, icc = _orientation(im), im.info.get("icc_profile") or None

@@ -2,7 +2,9 @@
 
 Reading scales the stored values by their own range (``2**BitsStored - 1``; signed data shifted
 by half of it first), so a 12-bit CT-like image spans [0, 1] like any other input; the Modality
-and VOI LUTs (rescale, window) are left to the viewer and kept unchanged in the output.
+and VOI LUTs (rescale, window) are left to the viewer and kept unchanged in the output. Stored
+values outside that range (bits set above BitsStored, e.g. 4096 in a 12-bit image) are refused:
+masking them to BitsStored bits, as a reader may, would change pixel values silently.
 
 Writing makes a *derived* instance of the source: new SOP Instance UID and Series Instance UID,
 ImageType ``DERIVED\\SECONDARY``, DerivationDescription naming meddeblur, its version and the model
@@ -102,7 +104,8 @@ def _decode_pixels(path: Path, ds: Any) -> np.ndarray:
 
     syntax = ds.file_meta.get("TransferSyntaxUID")
     try:
-        return pixel_array(ds)
+        # The stored values as they are: pydicom would otherwise mask the bits above BitsStored (4096 → 0 at 12 bits).
+        return pixel_array(ds, correct_unused_bits=False)
     except Exception:
         pass
     if syntax is not None and syntax.is_compressed:
@@ -160,11 +163,16 @@ def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> Load
     expected = (rows, cols) if samples == 1 else (rows, cols, 3)
     if arr.shape != expected:
         raise CorruptImage(f"{path}: cannot decode DICOM (pixel data does not match Rows/Columns); re-export or remove it", value=path)
+    low, high = (-(2 ** (stored - 1)), 2 ** (stored - 1) - 1) if signed else (0, 2 ** stored - 1)
+    if arr.size and (int(arr.min()) < low or int(arr.max()) > high):
+        raise CorruptImage(f"{path}: DICOM pixel values {int(arr.min())}..{int(arr.max())} lie outside the {low}..{high} that "
+                           f"BitsStored {stored} allows; they would be cut to {stored} bits, so re-export it with BitsStored "
+                           "matching the data", value=path)
     maxval = float(2 ** stored - 1)
     values = arr.astype(np.float32)
     if signed:
         values += np.float32(2 ** (stored - 1))
-    rgb = np.clip(values / np.float32(maxval), 0.0, 1.0)
+    rgb = values / np.float32(maxval)
     if rgb.ndim == 2:
         rgb = np.repeat(rgb[:, :, None], 3, axis=2)
     syntax = ds.file_meta.get("TransferSyntaxUID")

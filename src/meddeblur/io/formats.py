@@ -23,7 +23,7 @@ __all__ = ["ImageFormat", "FORMATS", "IMAGE_EXTENSIONS", "SUFFIX_FORMATS", "OUTP
 class ImageFormat:
     """One file format: ``name`` as reported in :attr:`LoadedImage.format`, its ``suffixes`` (first = written),
     ``aliases`` accepted for ``format=``, HTTP ``media_type``, the ``bit_depths`` it is written in and whether
-    ``alpha`` survives writing (JPEG has none; Pillow's 32-bit BMPs do not read back with alpha)."""
+    ``alpha`` survives writing (JPEG has none; BMP keeps it as 32-bit BGRA with an alpha mask)."""
 
     name: str
     suffixes: tuple[str, ...]
@@ -38,7 +38,7 @@ FORMATS = (
     ImageFormat("PNG", (".png",), "image/png", (8, 16), True),
     ImageFormat("JPEG", (".jpg", ".jpeg"), "image/jpeg", (8,), False, ("JPG",)),
     ImageFormat("TIFF", (".tif", ".tiff"), "image/tiff", (8, 16), True, ("TIF",)),
-    ImageFormat("BMP", (".bmp",), "image/bmp", (8,), False),
+    ImageFormat("BMP", (".bmp",), "image/bmp", (8,), True),
     ImageFormat("DICOM", (".dcm",), "application/dicom", (8, 16), False, ("DCM",)),
 )
 BY_NAME = {f.name: f for f in FORMATS}
@@ -66,7 +66,11 @@ class LoadedImage:
     format: str  # "PNG", "JPEG", "TIFF", "BMP" or "DICOM"
     path: Path
     source: Any = None  # what writing back needs beyond pixels (DICOM: a meddeblur.io.dicom.DicomSource)
-    icc: bytes | None = None  # the embedded ICC colour profile, copied to PNG, JPEG and TIFF outputs
+    icc: bytes | None = None  # the embedded ICC colour profile, copied to PNG, JPEG and TIFF outputs of its colour space
+    #: A PNG's colour-describing chunks (gAMA, cHRM, sRGB, cICP, mDCv, cLLi) as (kind, body), copied to PNG outputs.
+    png_colour: tuple[tuple[bytes, bytes], ...] = ()
+    #: (device, inode, size, mtime, ctime) of the file when it was read: :func:`meddeblur.io.decode.check_unchanged` compares it.
+    stamp: tuple[int, ...] | None = None
 
 
 

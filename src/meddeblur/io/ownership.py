@@ -14,7 +14,7 @@ from typing import Any
 from PIL import Image, UnidentifiedImageError
 
 from meddeblur.errors import UserError
-from meddeblur.files import check_regular_file
+from meddeblur.files import check_name_length, check_regular_file
 from meddeblur.io.dicom import read_dicom_provenance
 from meddeblur.io.provenance import TIFF_DESCRIPTION_TAG, TOOL, parse, sidecar_path
 
@@ -81,11 +81,13 @@ def is_own_file(path: str | os.PathLike[str]) -> bool:
 
 
 def check_replaceable(path: str | os.PathLike[str], overwrite: bool, option: str = "output path") -> None:
-    """The overwrite rule: UserError if ``path`` exists, is not meddeblur's own earlier output and ``overwrite`` is off.
+    """The overwrite rule: UserError if ``path`` exists, is not meddeblur's own earlier output and ``overwrite`` is off
+    (or if its name is too long to be written at all, so that a run stops before writing anything rather than part-way).
 
     ``option`` names what the caller calls the path in the message (a parameter, or a CLI flag).
     """
     path = Path(path)
+    check_name_length(path)
     if overwrite or not os.path.lexists(path) or path.is_dir():
         return
     if os.path.islink(path) or not is_own_file(path):

@@ -25,7 +25,7 @@ from typing import Any
 
 from meddeblur import __version__
 
-__all__ = ["TOOL", "NOTE", "make_record", "summary", "to_json", "parse", "embed", "add_png_chunk", "sidecar_path"]
+__all__ = ["TOOL", "NOTE", "make_record", "with_losses", "summary", "to_json", "parse", "embed", "add_png_chunk", "png_chunk", "sidecar_path"]
 
 TOOL = "meddeblur"
 #: Said in every record: a deblurred image must never pass for an original.
@@ -53,6 +53,14 @@ def make_record(model_id: str | None = None, model: str | None = None, engine: s
     return record
 
 
+def with_losses(record: dict[str, Any], losses: list[str]) -> dict[str, Any]:
+    """``record`` plus what of the source this output does not keep (``not_kept``: one phrase each), e.g. an ICC
+    profile of another colour space; the record itself when nothing was lost."""
+    if not losses:
+        return record
+    return {**record, "not_kept": [*record.get("not_kept", []), *losses]}
+
+
 def to_json(record: dict[str, Any]) -> str:
     """Compact, ASCII-only JSON (TIFF ASCII tags and DICOM LT take no other characters)."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -67,13 +75,14 @@ def summary(record: dict[str, Any]) -> str:
         text += f", engine {record['engine']}"
     for key, value in (record.get("parameters") or {}).items():
         text += f", {key} {value}"
-    return text + f"; {record.get('note', NOTE)}"
+    text += f"; {record.get('note', NOTE)}"
+    return text + (f"; not kept: {'; '.join(map(str, record['not_kept']))}" if record.get("not_kept") else "")
 
 
 # --------------------------------------------------------------------------- embedding in encoded bytes
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
+def png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
@@ -82,7 +91,7 @@ def add_png_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
     if not data.startswith(_PNG_SIGNATURE) or data[12:16] != b"IHDR":
         raise ValueError("not a PNG stream starting with IHDR")
     after_ihdr = 8 + 12 + struct.unpack(">I", data[8:12])[0]
-    return data[:after_ihdr] + _png_chunk(kind, body) + data[after_ihdr:]
+    return data[:after_ihdr] + png_chunk(kind, body) + data[after_ihdr:]
 
 
 def _embed_png(data: bytes, record: dict[str, Any]) -> bytes:

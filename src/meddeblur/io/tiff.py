@@ -61,7 +61,7 @@ def decode_unopened_tiff(path: Path, f: IO[bytes], min_size: int, max_pixels: in
         return None
     check_size(path, width, height, min_size, max_pixels)
     try:
-        arr, maxval, grayscale, depth = decode_tiff(path, f, width, height)
+        arr, maxval, grayscale, depth = decode_tiff(path, f)
     except UserError:
         raise
     except MemoryError:
@@ -72,9 +72,11 @@ def decode_unopened_tiff(path: Path, f: IO[bytes], min_size: int, max_pixels: in
     return arr, maxval, grayscale, depth, orientation, bytes(icc) if icc else None
 
 
-def decode_tiff(path: Path, f: IO[bytes], width: int, height: int) -> tuple[np.ndarray, float, bool, int]:
-    """Decode the first page of a 16-bit (or otherwise non-8-bit) TIFF with tifffile: (pixels, max value, grey, bits).
+def decode_tiff(path: Path, f: IO[bytes]) -> tuple[np.ndarray, float, bool, int]:
+    """Decode the first page of a 16-bit (or otherwise non-8-bit) TIFF with tifffile: (pixels as stored, max value, grey, bits).
 
+    The pixels are in the stored layout, checked against the page's own ImageWidth and ImageLength (Pillow reports
+    the displayed size, rows and columns swapped for orientations 5 to 8); the caller applies the orientation.
     Chunky and planar ("separate") layouts, grey, grey+alpha, RGB(A) and CMYK(A); signed,
     32-bit and floating-point samples, and bit depths other than 8 and 16, are refused by name.
     """
@@ -100,6 +102,7 @@ def decode_tiff(path: Path, f: IO[bytes], width: int, height: int) -> tuple[np.n
                             "channel(s) is not supported (grey, RGB or CMYK, each with optional alpha, are); convert it to RGB", value=path)
         arr = page.asarray()
         axes = page.axes
+        height, width = int(page.imagelength), int(page.imagewidth)
         associated = extras == 1 and int(page.extrasamples[0]) == 1
     if axes == "SYX":
         arr = np.moveaxis(arr, 0, -1)
