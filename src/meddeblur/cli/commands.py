@@ -98,7 +98,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
 
 def deblur(args: argparse.Namespace) -> int:
-    from meddeblur.inference.deblurrer import Deblurrer
+    from meddeblur.cli.parser import build_parser, command_flags, in_flags
+    from meddeblur.inference.archive_run import deblur_archive
+    from meddeblur.inference.workers import ModelSpec
     from meddeblur.io.encode import check_jpeg_quality
 
     check_jpeg_quality(args.jpeg_quality)  # before the model is loaded (Deblurrer.load checks tile and overlap first too)
@@ -109,10 +111,20 @@ def deblur(args: argparse.Namespace) -> int:
     if args.onnx is not None and args.model is not None:
         raise InvalidOption(f"--model {args.model} --onnx {args.onnx}: the ONNX file holds its own model; give only one of them",
                             value=args.onnx, option="onnx")
-    deblurrer = Deblurrer.load(args.onnx if args.onnx is not None else args.model, engine, args.device, args.tile, args.overlap)
-    written = deblurrer.deblur_files(args.inputs, args.out, format=args.format, jpeg_quality=args.jpeg_quality, overwrite=args.overwrite)
-    print(f"{len(written)} image(s) written to {args.out}")
-    return 0
+    if args.method is not None and args.psf is None:
+        raise InvalidOption(f"--method {args.method}: restores a known blur; give --psf too", value=args.method, option="method")
+    if args.psf is not None and engine == "onnx":  # before an ONNX export that could not be used
+        raise InvalidOption(f"--psf {args.psf}: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data step); "
+                            "use --engine torch", value=args.psf, option="psf")
+    # Every process of the run (this one, --workers, Ray actors) loads the model from this spec, --psf included.
+    spec = ModelSpec(args.onnx if args.onnx is not None else args.model, engine, args.device, args.tile, args.overlap, args.psf,
+                     args.method or "network")
+    report = deblur_archive(args.inputs, args.out, spec, format=args.format, jpeg_quality=args.jpeg_quality, recursive=args.recursive,
+                            skip_bad=args.skip_bad, redo=args.redo, allow_outputs=args.allow_outputs, overwrite=args.overwrite,
+                            change_map=args.change_map, log=args.log, progress=False if args.quiet else None, workers=args.workers,
+                            cluster=args.cluster, ray_address=args.ray_address)
+    print(in_flags(report.summary(args.out), command_flags(build_parser(), "deblur")))
+    return report.exit_code
 
 
 def export(args: argparse.Namespace) -> int:

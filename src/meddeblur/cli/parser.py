@@ -21,6 +21,7 @@ ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet", "psf-naf
 _RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2, "crop": 64, "perturb_psf": 0.3}
 _ASSESS_SIDE = 768  # meddeblur.evaluation.assess.ANALYSIS_SIDE
 _ASSESS_THRESHOLD = 0.4  # meddeblur.evaluation.assess.DEFAULT_THRESHOLD
+_DEBLUR_WORKERS = 1  # deblur --workers default, chosen from benchmarks/results/archive.md
 
 
 class Parser(argparse.ArgumentParser):
@@ -124,7 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
 
     deblur = commands.add_parser("deblur", help="deblur image files or folders",
-                                 description="Deblur images of any size; outputs keep name, format, channels and bit depth.")
+                                 description="Deblur images of any size; outputs keep name, format, channels and bit depth. A rerun "
+                                             "skips inputs whose output is already there, made with the same model and options, so a "
+                                             "stopped run (Ctrl-C, SIGTERM, even SIGKILL) is finished by running it again.",
+                                 epilog="exit codes: 0 every input was written or skipped; 1 some inputs were refused (with --skip-bad; "
+                                        "each is listed with its reason); 2 a usage error, or without --skip-bad an input that cannot "
+                                        "be read (the run stops at it; a rerun resumes)")
     deblur.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     deblur.add_argument("-o", "--out", required=True, help="output folder; an existing file there is replaced only if meddeblur "
                         "wrote it (or with --overwrite), an input never")
@@ -141,6 +147,34 @@ def build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("--engine", choices=("torch", "onnx"),
                         help="torch (default) or onnx: ONNX Runtime on the CPU, same tiling; exports --model on the fly unless --onnx")
     deblur.add_argument("--onnx", metavar="FILE", help="run this file written by meddeblur export (implies --engine onnx)")
+    deblur.add_argument("--psf", metavar="SPEC|FILE", help="the blur is known: restore with this PSF instead of the blind network — "
+                        "a spec (gauss:sigma=1.6, defocus:radius=2.5, motion:length=9,angle=30, down:scale=2, …) or a kernel file "
+                        "(.npy, grey .png, or the .json meddeblur calibrate writes); see docs/psf.md")
+    deblur.add_argument("--method", choices=("network", "wiener", "rl"), default=None,
+                        help="with --psf: network (default; the shipped kernel-conditioned model, or --model's psf-nafnet), "
+                             "wiener (NSR 0.01) or rl (Richardson–Lucy, 30 iterations)")
+    archive = deblur.add_argument_group("folders and archives")
+    archive.add_argument("--recursive", action="store_true", help="also the images in sub-folders, the tree mirrored under -o")
+    archive.add_argument("--skip-bad", action="store_true", help="go on past inputs that cannot be read: each is listed with its "
+                         "reason and the exit code is 1")
+    archive.add_argument("--redo", action="store_true", help="deblur again inputs whose output exists with the same model and options "
+                         "(skipped by default)")
+    archive.add_argument("--allow-outputs", action="store_true", help="deblur inputs that are meddeblur outputs themselves (skipped "
+                         "by default, with a note)")
+    archive.add_argument("--log", metavar="FILE", help="append a JSON line per input to FILE: input, status (written, skipped, refused), "
+                         "output, reason, seconds, model_id, engine, parameters, change, change_map, time")
+    archive.add_argument("--change-map", action="store_true", help="write NAME.change.png beside each output: |output - input| in "
+                         "8-bit levels as a heat map with a colour bar (the figures, mean, max and share over 4 levels, always go "
+                         "into the log and the output's provenance)")
+    archive.add_argument("--quiet", action="store_true", help="no progress bars (shown on a terminal: images done, images/s, ETA, "
+                         "and the tiles of a large image); the summary is still printed")
+    archive.add_argument("--workers", type=int, default=_DEBLUR_WORKERS, metavar="N",
+                         help=f"processes deblurring at once, each loading the model once with cores/N threads (default {_DEBLUR_WORKERS}, "
+                              "see docs/archive.md); with --cluster ray, the number of Ray actors")
+    archive.add_argument("--cluster", choices=("ray",), help="run on Ray Data (pip install 'meddeblur[ray]'): an embedded Ray on this "
+                         "machine, or the cluster at --ray-address; same outputs, log and resume rule")
+    archive.add_argument("--ray-address", metavar="ADDRESS", help="with --cluster ray: join this cluster (e.g. auto, or ray://HEAD:10001); "
+                         "inputs and -o must be on storage every node sees at the same path")
 
     export = commands.add_parser("export", help="export a model to ONNX (dynamic batch, height and width; the [onnx] extra)",
                                  description="Write an ONNX model with the config and model id as metadata, for deblur --onnx or any ONNX runtime.")

@@ -32,10 +32,15 @@ import numpy as np
 import torch
 
 from meddeblur.device import pick_device
-from meddeblur.errors import InvalidOption
+from meddeblur.errors import InvalidOption, NotFound
 from meddeblur.inference.batch import deblur_array, deblur_files, deblur_tensor
+from meddeblur.inference.change_map import ChangeMap, change_between
+from meddeblur.inference.known_blur import DEFAULT_ITERATIONS, DEFAULT_NSR, KnownBlur
+from meddeblur.inference.known_blur import METHODS as KNOWN_BLUR_METHODS
 from meddeblur.inference.tiling import Tiling
 from meddeblur.io.provenance import make_record
+from meddeblur.models import PSF_ARCHITECTURES
+from meddeblur.psf.kernel import PSF, PsfLike, load_psf
 
 if TYPE_CHECKING:
     from meddeblur.models import ModelConfig
@@ -81,6 +86,10 @@ class Deblurrer:
         self._network, self.size_multiple, self.provenance = network, size_multiple, provenance
         self.device, self.tile, self.overlap = device, tile, overlap
         self.config, self.weights = config, weights
+        self._shipped = False  # holds the shipped blind model: `psf` then switches to the shipped kernel-conditioned one
+        self._known_blur: Deblurrer | None = None  # that one, loaded on first use
+        self._psf: PSF | None = None
+        self._base = self  # what with_psf binds to (a bound Deblurrer rebinds from its base)
 
     @classmethod
     def load(cls, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
@@ -105,7 +114,9 @@ class Deblurrer:
 
             network, config, weights = load_model(model, target)
             record = make_record(weights_id(weights), f"{config.arch} width {config.width}", "torch", parameters)
-            return cls(network, size_multiple(config), record, target, tile, overlap, config, weights)
+            loaded = cls(network, size_multiple(config), record, target, tile, overlap, config, weights)
+            loaded._shipped = model is None
+            return loaded
         if target.type != "cpu":
             raise InvalidOption(f"device={device}: the ONNX engine runs on the CPU (onnxruntime); use device=cpu or engine=torch",
                                 value=device, option="device")
@@ -121,13 +132,75 @@ class Deblurrer:
     def __repr__(self) -> str:
         return f"Deblurrer(model_id={self.model_id!r}, engine={self.provenance.get('engine')!r}, device={str(self.device)!r}, tile={self.tile})"
 
-    def __call__(self, image: ImageLike) -> ImageLike:
-        """Deblur ``image``; returns the same type, dtype, shape (and device) as given."""
+    def __call__(self, image: ImageLike, psf: PsfLike | None = None, method: str = "network") -> ImageLike:
+        """Deblur ``image``; returns the same type, dtype, shape (and device) as given.
+
+        ``psf``: the blur, when it is known (a spec such as ``"gauss:sigma=1.6"``, a ``.npy``/``.png``/``.json`` kernel
+        file, a 2-D array or a :class:`~meddeblur.psf.PSF`): the image is then restored with it by ``method``
+        (see :meth:`with_psf`) instead of the blind network.
+        """
+        if psf is not None:
+            return self.with_psf(psf, method)(image)
+        if method != "network":
+            raise InvalidOption(f"method={method!r} restores a known blur: give `psf` too", value=method, option="method")
+        if self._psf is None and self.config is not None and self.config.arch in PSF_ARCHITECTURES:
+            raise InvalidOption(f"psf: {self.weights} is a {self.config.arch}, which restores a known blur; pass psf=... "
+                                "(e.g. 'gauss:sigma=1.6' or a kernel file), or use a blind model", value=None, option="psf")
         if isinstance(image, torch.Tensor):
             return self._tensor(image)
         if isinstance(image, np.ndarray):
             return self._array(image)
         raise _refuse(image, "not a numpy array or torch tensor")
+
+    def with_psf(self, psf: PsfLike, method: str = "network", nsr: float = DEFAULT_NSR, iterations: int = DEFAULT_ITERATIONS) -> "Deblurrer":
+        """A Deblurrer that restores every image with this known PSF; its :attr:`provenance` names the PSF.
+
+        ``method``: ``"network"`` — the kernel-conditioned network: this one if it is a ``psf-nafnet``, the shipped
+        one (MODEL_CARD.md) if this Deblurrer holds the shipped blind model; ``"wiener"`` (NSR ``nsr``) or ``"rl"``
+        (Richardson–Lucy, ``iterations``) — classical deconvolution. Same device, tiling and engine rules; a delta PSF
+        returns images unchanged. The ONNX engine cannot take a PSF (its graph has no FFT): InvalidOption.
+        """
+        if method not in KNOWN_BLUR_METHODS:
+            raise InvalidOption(f"method={method!r}: choose one of {', '.join(KNOWN_BLUR_METHODS)}", value=method, option="method")
+        psf = load_psf(psf)
+        base = self._base
+        if method != "network":
+            restorer = KnownBlur(psf, method, nsr=nsr, iterations=iterations)
+            record = make_record(None, "classical " + ("Wiener" if method == "wiener" else "Richardson-Lucy"), None,
+                                 {"tile": self.tile, "overlap": self.overlap, **restorer.parameters()})
+            bound = Deblurrer(restorer, base.size_multiple, record, base.device, base.tile, base.overlap)
+        else:
+            network_owner = base._psf_network()
+            restorer = KnownBlur(psf, "network", network_owner._network)
+            record = {**network_owner.provenance, "parameters": {**network_owner.provenance["parameters"], **restorer.parameters()}}
+            bound = Deblurrer(restorer, network_owner.size_multiple, record, base.device, base.tile, base.overlap,
+                              network_owner.config, network_owner.weights)
+        bound._psf, bound._base = psf, base
+        return bound
+
+    def _psf_network(self) -> "Deblurrer":
+        """The Deblurrer whose network restores a known blur: this one, or the shipped kernel-conditioned model."""
+        if self.config is None:
+            raise InvalidOption("psf: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data step); "
+                                "use engine='torch'", value="onnx", option="engine")
+        if self.config.arch in PSF_ARCHITECTURES:
+            return self
+        if not self._shipped:
+            raise InvalidOption(f"psf: {self.weights} is a blind {self.config.arch}, which cannot use a PSF; leave the model out "
+                                "to use the shipped kernel-conditioned one, or pass a psf-nafnet model", value=str(self.weights), option="psf")
+        if self._known_blur is None:
+            from meddeblur.models import PSF_WEIGHTS
+
+            if not PSF_WEIGHTS.is_file():
+                raise NotFound(f"{PSF_WEIGHTS}: the shipped kernel-conditioned model is missing from this installation; reinstall "
+                               "meddeblur, pass a psf-nafnet model, or use method='wiener' or 'rl'", value=PSF_WEIGHTS)
+            self._known_blur = Deblurrer.load(PSF_WEIGHTS, "torch", str(self.device), self.tile, self.overlap)
+        return self._known_blur
+
+    @property
+    def psf(self) -> PSF | None:
+        """The PSF this Deblurrer restores with (:meth:`with_psf`), or None for blind deblurring."""
+        return self._psf
 
     def deblur_rgb(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> np.ndarray:
         """(H, W, 3) float in [0, 1] → (H, W, 3) float32, as the CLI deblurs decoded images (tiled above ``tile``).
@@ -146,6 +219,16 @@ class Deblurrer:
         """
         return deblur_files(self._network, inputs, out, fmt=format, device=self.device, jpeg_quality=jpeg_quality, tile=self.tile,
                             overlap=self.overlap, multiple=self.size_multiple, provenance=self.provenance, overwrite=overwrite)
+
+    @staticmethod
+    def change_map(before: np.ndarray, after: np.ndarray) -> ChangeMap:
+        """What deblurring changed, as ``meddeblur deblur --change-map`` shows it: a :class:`~meddeblur.inference.change_map.ChangeMap`.
+
+        ``before``/``after``: numpy (H, W) or (H, W, C) images (uint8, uint16 or float in [0, 1]), e.g. an image and
+        ``deblurrer(image)``. ``.figures`` gives the mean and largest change in 8-bit levels and the share of pixels changed
+        by more than 4 levels; ``.image()`` the heat map with its colour bar (uint8 RGB), ``.levels`` the change per pixel.
+        """
+        return change_between(before, after)
 
     def write(self, path: str | Path, image: ImageLike, source: str | Path | None = None, *, format: str | None = None,
               jpeg_quality: int = 95, overwrite: bool = False) -> Path:
@@ -217,11 +300,13 @@ def _cached(model: str | None, engine: str, device: str, tile: int, overlap: int
 
 
 def deblur(image: ImageLike, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
-           overlap: int = 128) -> ImageLike:
+           overlap: int = 128, psf: PsfLike | None = None, method: str = "network") -> ImageLike:
     """Deblur one image with a cached :class:`Deblurrer` (loaded on first use); same type, dtype and shape out.
+
+    ``psf`` / ``method``: restore a known blur instead (:meth:`Deblurrer.__call__`, :meth:`Deblurrer.with_psf`).
 
     >>> import numpy as np, meddeblur
     >>> meddeblur.deblur(np.zeros((64, 80, 3), np.uint16)).dtype
     dtype('uint16')
     """
-    return _cached(None if model is None else str(model), engine, device, tile, overlap)(image)
+    return _cached(None if model is None else str(model), engine, device, tile, overlap)(image, psf=psf, method=method)

@@ -61,6 +61,14 @@ def with_losses(record: dict[str, Any], losses: list[str]) -> dict[str, Any]:
     return {**record, "not_kept": [*record.get("not_kept", []), *losses]}
 
 
+def _psf_summary(psf: dict[str, Any]) -> str:
+    """``gauss:sigma=1.6 (11×11 px, MTF50 0.117 cycles/px, digest 3a3ccb78ce51)`` from a PSF's provenance entry."""
+    size = "×".join(str(side) for side in reversed(psf.get("size") or [])) or "?"
+    mtf50 = psf.get("mtf50_cycles_per_pixel")
+    sharpness = f"MTF50 {mtf50:.3f} cycles/px" if isinstance(mtf50, (int, float)) else "MTF50 above Nyquist"
+    return f"{psf.get('source', '?')} ({size} px, {sharpness}, digest {psf.get('digest', '?')})"
+
+
 def to_json(record: dict[str, Any]) -> str:
     """Compact, ASCII-only JSON (TIFF ASCII tags and DICOM LT take no other characters)."""
     return json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
@@ -74,7 +82,7 @@ def summary(record: dict[str, Any]) -> str:
     if record.get("engine"):
         text += f", engine {record['engine']}"
     for key, value in (record.get("parameters") or {}).items():
-        text += f", {key} {value}"
+        text += f", {key} {_psf_summary(value) if key == 'psf' and isinstance(value, dict) else value}"
     text += f"; {record.get('note', NOTE)}"
     return text + (f"; not kept: {'; '.join(map(str, record['not_kept']))}" if record.get("not_kept") else "")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
 from meddeblur.errors import CorruptFile, InvalidOption, NotFound, UnsupportedFormat, UserError
-from meddeblur.files import atomic_path, atomic_write
+from meddeblur.files import atomic_write
 from meddeblur.models.attention_unet import AttentionUNet
 from meddeblur.models.flops import count_flops as count_flops  # re-exported
 from meddeblur.models.nafnet import NAFNet
@@ -31,6 +31,8 @@ PSF_ARCHITECTURES = ("psf-nafnet",)
 _NAFNETS = ("nafnet", "psf-nafnet")
 #: Size multiple of the reference (four 2×2 poolings); other configs: :func:`size_multiple`.
 SIZE_MULTIPLE = 16
+#: The shipped kernel-conditioned restorer (psf-nafnet), used when a PSF is given and no ``--model``.
+PSF_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "psf.safetensors"
 #: Inside a run folder, the weights that ``--model RUN`` means.
 BEST_WEIGHTS = "best.safetensors"
 #: The trained model shipped inside the package (see MODEL_CARD.md); used when no ``--model`` is given.
@@ -197,8 +199,10 @@ def save_weights(model: nn.Module, config: ModelConfig, path: str | Path, extra:
     path = Path(path)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     meta = {"meddeblur_config": json.dumps(asdict(config))}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
+    # Serialised in memory, then written like every output: safetensors' own file writer reports a full disk
+    # as a SafetensorError, which would not name the file.
+    with atomic_write(path) as fh:
+        fh.write(save(state, metadata=meta))
     info = {"config": asdict(config), **(extra or {})}
     with atomic_write(path.with_suffix(".json"), "w") as fh:
         json.dump(info, fh, indent=2)
