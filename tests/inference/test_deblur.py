@@ -220,17 +220,20 @@ def test_folder_is_done_in_one_invocation_with_the_model_loaded_once(tmp_path: P
     assert f"{len(ODD_SIZES) + 1} image(s) written" in capsys.readouterr().out
 
 
-def test_a_bad_file_stops_the_run_before_anything_is_written(tmp_path: Path) -> None:
+def test_a_bad_file_stops_the_run_there_leaving_whole_outputs_before_it(tmp_path: Path) -> None:
+    """Each input is decoded once: the run stops at the first that cannot be read, and names it."""
     folder = tmp_path / "in"
-    for name in ("a.png", "b.png", "c.png"):
+    for name in ("a.png", "b.png", "c.png", "d.png"):
         _write(folder / name, _ints((20, 20, 3), np.uint8))
     bad = folder / "c.png"
     bad.write_bytes(bad.read_bytes()[:60])
 
-    with pytest.raises(UserError, match="c.png"):
+    with pytest.raises(UserError, match="c.png.*skip_bad=True"):
         deblur_files(Identity(), [folder], tmp_path / "out")
 
-    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    for name in ("a.png", "b.png"):
+        np.testing.assert_array_equal(_pixels(tmp_path / "out" / name), _pixels(folder / name))
 
 
 def test_same_output_name_from_two_folders_is_refused(tmp_path: Path) -> None:

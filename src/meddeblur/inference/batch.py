@@ -10,17 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
-from meddeblur.errors import InvalidOption, NotFound, UserError
-from meddeblur.files import check_creatable_folder, check_regular_file, remove_stale_temporaries
+from meddeblur.errors import NotFound
+from meddeblur.files import check_regular_file
+from meddeblur.inference.archive import plan_run
+from meddeblur.inference.folder_run import InProcess, execute
+from meddeblur.inference.jobs import Settings
 from meddeblur.inference.tiling import TileFn, deblur_tiled, pad_to_multiple
-from meddeblur.io.decode import read_image
-from meddeblur.io.encode import check_jpeg_quality, write_image
-from meddeblur.io.formats import OUTPUT_SUFFIXES, SUFFIX_FORMATS
+from meddeblur.io.encode import check_jpeg_quality
 from meddeblur.io.listing import list_images
-from meddeblur.io.ownership import check_replaceable
-from meddeblur.io.provenance import make_record, sidecar_path
+from meddeblur.io.provenance import make_record
 from meddeblur.models import SIZE_MULTIPLE
 
 
@@ -92,44 +91,17 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     return list(unique.values())
 
 
-def _resolved(path: Path, what: str) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
-        raise UserError(f"{path}: {what} is a symbolic link loop; remove it or choose another -o folder") from None
+class _Network:
+    """A bare network (or any :data:`TileFn`) as the engine of a folder run: :func:`deblur_array` with fixed settings."""
 
+    def __init__(self, model: nn.Module | TileFn, device: str | torch.device, tile: int, overlap: int, multiple: int,
+                 provenance: dict[str, Any]) -> None:
+        self.model, self.device, self.provenance = model, torch.device(device), provenance
+        self.tile, self.overlap, self.size_multiple = tile, overlap, multiple
 
-def plan_outputs(files: list[Path], outdir: str | Path, fmt: str | None, overwrite: bool = False) -> list[Path]:
-    """Output path per input: same file name (new suffix if ``fmt``), never an input itself.
-
-    Everything that can be checked before writing is: the folder, name clashes, outputs
-    that are folders or inputs, and existing files that are not meddeblur's own earlier
-    outputs (replaced only with ``overwrite``), so that a run never stops half-way for these.
-    """
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UserError(f"{outdir}: output folder is a file; pass a folder to -o")
-    if not outdir.exists() and os.path.lexists(outdir):
-        raise UserError(f"{outdir}: output folder is a broken symbolic link; pass a folder to -o")
-    check_creatable_folder(outdir, "`out`")
-    if fmt is not None and fmt not in OUTPUT_SUFFIXES:
-        raise InvalidOption(f"format={fmt}: choose one of {', '.join(OUTPUT_SUFFIXES)}", value=fmt, option="format")
-    outputs = [outdir / (f.stem + OUTPUT_SUFFIXES[fmt] if fmt else f.name) for f in files]
-    inputs = {f.resolve() for f in files}
-    for source, target in zip(files, outputs):
-        if _resolved(target, "output") in inputs:
-            raise UserError(f"{source}: output {target} would overwrite an input; choose another -o folder")
-        if target.is_dir():
-            raise UserError(f"{target}: output is an existing folder; remove it or choose another -o folder")
-        check_replaceable(target, overwrite, "`out` folder")
-        if target.suffix.lower() == ".bmp":
-            check_replaceable(sidecar_path(target), overwrite, "`out` folder")
-    seen: dict[Path, Path] = {}
-    for source, target in zip(files, outputs):
-        if target in seen:
-            raise UserError(f"{source}: same output name as {seen[target]} ({target.name}); deblur them into separate folders")
-        seen[target] = source
-    return outputs
+    def deblur_rgb(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> np.ndarray:
+        return deblur_array(self.model, rgb, self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple,
+                            before_tile=before_tile)
 
 
 def deblur_files(model: nn.Module | TileFn, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
@@ -140,34 +112,15 @@ def deblur_files(model: nn.Module | TileFn, inputs: list[str | Path], outdir: st
     Keeps grayscale, alpha and 8/16-bit depth (where the output format allows it); 16-bit
     pixels go through the network as float32 without passing through 8 bits. A DICOM input
     gives a derived DICOM (unless ``fmt``). Every output carries ``provenance`` (default: tool
-    and version only, see :mod:`meddeblur.io.provenance`) and the input's ICC profile. An existing
-    file is replaced only if meddeblur wrote it (its provenance says so) or with ``overwrite``;
-    temporary files a killed earlier run left in ``outdir`` are removed.
+    and version only, see :mod:`meddeblur.io.provenance`) plus its change figures, and the input's ICC
+    profile. An existing file is replaced only if meddeblur wrote it (its provenance says so) or with
+    ``overwrite``; temporary files a killed earlier run left are removed. Each input is decoded once; the
+    first that cannot be read stops the run with its :class:`~meddeblur.errors.UserError` (outputs written
+    before it are whole). Folder runs that resume, log and go on past bad files: :mod:`meddeblur.inference.folder_run`.
     """
     check_jpeg_quality(jpeg_quality)
     record = provenance if provenance is not None else make_record()
-    files = collect_inputs(inputs)
-    outputs = plan_outputs(files, outdir, fmt, overwrite)
-    remove_stale_temporaries(outdir)
-    for source, target in zip(files, outputs):
-        # Decode every input first: a bad file fails the run before any output is written.
-        image = read_image(source)
-        if SUFFIX_FORMATS.get(target.suffix.lower()) == "DICOM" and image.format != "DICOM":
-            raise UserError(f"{source}: named .dcm but holds a {image.format} image (a DICOM is written only from a DICOM); rename it or pass `format`")
-    written = []
-    for source, target in tqdm(list(zip(files, outputs)), desc="deblurring", unit="image", disable=None if len(files) > 1 else True):
-        image = read_image(source)
-        restored = deblur_array(model, image.rgb, device, tile=tile, overlap=overlap, multiple=multiple)
-        out_format = SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
-        bit_depth = image.bit_depth if out_format in ("PNG", "TIFF") else 8
-        alpha = image.alpha if out_format != "JPEG" else None
-        if out_format == "DICOM":
-            from meddeblur.io.dicom import write_dicom
-
-            written.append(write_dicom(target, restored, image.source, record))
-            continue
-        written.append(write_image(target, restored, alpha=alpha, grayscale=image.grayscale, bit_depth=bit_depth,
-                                   format=out_format, jpeg_quality=jpeg_quality, provenance=record, icc=image.icc))
-    return written
-
-
+    plan = plan_run(inputs, outdir, record, fmt, jpeg_quality, overwrite=overwrite, resume=False, allow_outputs=True)
+    settings = Settings(jpeg_quality=jpeg_quality)
+    engine = _Network(model, device, tile, overlap, multiple, record)
+    return execute(plan, InProcess(engine, settings), record, progress=None if len(plan.tasks) > 1 else False).written

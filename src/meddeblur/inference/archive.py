@@ -1,0 +1,233 @@
+"""Planning a folder run: which inputs there are, where each output goes, and which are already done.
+
+Nothing here deblurs or decodes pixels; :mod:`meddeblur.inference.jobs` does, on the :class:`Task` list made here.
+
+* Inputs: files as named (decoded by content whatever their suffix), and the image files of folders (``.png .jpg .jpeg
+  .tif .tiff .bmp .dcm``, hidden names left out), their sub-folders too with ``recursive``; every other file in a folder is
+  reported as not an image, and a sub-folder not entered is reported too, so nothing is passed over unsaid.
+* Outputs: ``out / <path below the input folder>`` (the input tree mirrored), same name, suffix changed by ``fmt``.
+  Every clash is found before anything is written: an output that would replace an input, a folder or a file that
+  meddeblur did not write (unless ``overwrite``), two inputs with one output.
+* Resume: an input whose output exists and carries a provenance record of the same model, engine and pixel-shaping
+  parameters (the whole ``parameters`` dict, whatever its keys) is skipped unless ``redo``; an input that is itself a
+  meddeblur output is skipped unless ``allow_outputs``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from meddeblur.errors import InvalidOption, NotFound, UserError
+from meddeblur.files import check_creatable_folder, remove_stale_temporaries
+from meddeblur.inference.change_map import change_map_path
+from meddeblur.io.formats import IMAGE_EXTENSIONS, OUTPUT_SUFFIXES, SUFFIX_FORMATS
+from meddeblur.io.ownership import check_replaceable, read_provenance
+from meddeblur.io.provenance import sidecar_path
+
+__all__ = ["STATUSES", "Task", "Outcome", "Plan", "list_inputs", "plan_run", "matches", "target_record"]
+
+#: What became of an input: an output written, nothing to do (done already, or itself an output), or refused (unreadable).
+STATUSES = ("written", "skipped", "refused")
+#: Record keys a resumed run must find equal in an existing output (``parameters``: the whole dict).
+RESUME_KEYS = ("model_id", "engine", "parameters", "jpeg_quality")
+
+
+@dataclass(frozen=True)
+class Task:
+    """One input to deblur into ``output``; ``note`` says why an existing output there is replaced."""
+
+    input: Path
+    output: Path
+    note: str | None = None
+
+
+@dataclass
+class Outcome:
+    """What became of one input: one line of the run log (``status`` one of :data:`STATUSES`).
+
+    ``change``: the change figures (:class:`~meddeblur.inference.change_map.ChangeFigures` as a dict) of a written
+    output; ``change_map``: the heat map written beside it, if asked for.
+    """
+
+    input: str
+    status: str
+    output: str | None = None
+    reason: str | None = None
+    seconds: float = 0.0
+    change: dict[str, float] | None = None
+    change_map: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    """A planned run: ``tasks`` to do, ``skipped`` inputs (with their reasons), and what was found but is no input."""
+
+    tasks: list[Task]
+    skipped: list[Outcome] = field(default_factory=list)
+    not_images: list[Path] = field(default_factory=list)
+    folders_not_entered: list[Path] = field(default_factory=list)
+
+    @property
+    def inputs(self) -> int:
+        return len(self.tasks) + len(self.skipped)
+
+
+def _resolved(path: Path) -> Path:
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(path))
+
+
+def _walk(root: Path, folder: Path, recursive: bool, skip: Path | None, found: list[tuple[Path, Path]],
+          not_images: list[Path], not_entered: list[Path]) -> None:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except PermissionError:
+        raise UserError(f"{folder}: permission denied listing the folder; make it readable") from None
+    except OSError as exc:
+        raise UserError(f"{folder}: cannot list the folder ({exc.strerror or exc}); check it") from None
+    for entry in entries:
+        if entry.name.startswith("."):  # hidden, which includes meddeblur's own ".name.tmp-*" files in progress
+            continue
+        path = Path(entry.path)
+        if entry.is_dir():  # follows links: a link to a folder is a folder (entered only if not a link, see below)
+            if skip is not None and _resolved(path) == skip:
+                continue  # the run's own output folder inside the input tree
+            if recursive and not entry.is_symlink():
+                _walk(root, path, recursive, skip, found, not_images, not_entered)
+            else:
+                not_entered.append(path)
+        elif entry.name.lower().endswith(IMAGE_EXTENSIONS):
+            found.append((path, path.relative_to(root)))
+        else:
+            not_images.append(path)
+
+
+def list_inputs(inputs: list[str | Path], recursive: bool = False, skip: str | Path | None = None
+                ) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+    """Expand files and folders: ((file, its path below the folder named), ...), files that are not images, folders not entered.
+
+    A file named twice (a folder and one of its files, say) is listed once. ``skip`` (the output folder) is never
+    entered. A named path that does not exist is a :class:`~meddeblur.errors.NotFound`; anything else named like an
+    image is listed (a broken link, a FIFO, ...) so that it is refused by name when read, not silently left out.
+    """
+    if not inputs:
+        raise InvalidOption("inputs: give at least one image file or folder", value=inputs, option="inputs")
+    skip_at = _resolved(Path(skip)) if skip is not None else None
+    found: list[tuple[Path, Path]] = []
+    not_images: list[Path] = []
+    not_entered: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            _walk(item, item, recursive, skip_at, found, not_images, not_entered)
+        elif os.path.lexists(item):
+            found.append((item, Path(item.name)))
+        else:
+            raise NotFound(f"{item}: no such file or folder; check the path", value=item)
+    unique: dict[Path, tuple[Path, Path]] = {}
+    for path, relative in found:
+        unique.setdefault(_resolved(path), (path, relative))
+    return list(unique.values()), not_images, not_entered
+
+
+def target_record(record: dict[str, Any], output: Path, jpeg_quality: int) -> dict[str, Any]:
+    """The provenance record written into ``output`` (before its change figures): ``record`` plus the JPEG quality for a JPEG."""
+    if SUFFIX_FORMATS.get(output.suffix.lower()) == "JPEG":
+        return {**record, "jpeg_quality": jpeg_quality}
+    return dict(record)
+
+
+def matches(found: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
+    """True if the record ``found`` in an existing output says it was made as ``expected`` would make it (:data:`RESUME_KEYS`)."""
+    return found is not None and found.get("operation") == "deblur" and all(found.get(k) == expected.get(k) for k in RESUME_KEYS)
+
+
+def _provenance(path: Path) -> dict[str, Any] | None:
+    try:
+        return read_provenance(path)
+    except Exception:  # unreadable or not an image: not an output of ours (decoding it says why, if it is an input)
+        return None
+
+
+def _target(relative: Path, out: Path, fmt: str | None) -> Path:
+    name = relative.stem + OUTPUT_SUFFIXES[fmt] if fmt else relative.name
+    return out / relative.parent / name
+
+
+def _check_out(out: Path, fmt: str | None) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: output folder is a file; pass a folder to -o")
+    if not out.exists() and os.path.lexists(out):
+        raise UserError(f"{out}: output folder is a broken symbolic link; pass a folder to -o")
+    check_creatable_folder(out, "`out`")
+    if fmt is not None and fmt not in OUTPUT_SUFFIXES:
+        raise InvalidOption(f"format={fmt}: choose one of {', '.join(OUTPUT_SUFFIXES)}", value=fmt, option="format")
+
+
+def _check_targets(pairs: list[tuple[Path, Path]], change_map: bool, overwrite: bool) -> None:
+    """Every clash that would stop a run half-way, found before anything is written (the first one raised)."""
+    inputs = {_resolved(source) for source, _ in pairs}
+    seen: dict[Path, Path] = {}
+    for source, target in pairs:
+        if _resolved(target) in inputs:
+            raise UserError(f"{source}: output {target} would overwrite an input; choose another -o folder")
+        if target.is_dir():
+            raise UserError(f"{target}: output is an existing folder; remove it or choose another -o folder")
+        written = [target] + ([sidecar_path(target)] if target.suffix.lower() == ".bmp" else [])
+        written += [change_map_path(target)] if change_map else []
+        for path in written:
+            if path in seen:
+                raise UserError(f"{source}: same output name as {seen[path]} ({path.name}); deblur them into separate folders")
+            seen[path] = source
+            check_replaceable(path, overwrite, "`out` folder")
+
+
+def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], fmt: str | None = None, jpeg_quality: int = 95,
+             recursive: bool = False, change_map: bool = False, overwrite: bool = False, resume: bool = True,
+             allow_outputs: bool = False) -> Plan:
+    """Plan deblurring ``inputs`` into ``out`` with the provenance ``record`` the run writes (see the module docstring).
+
+    ``resume``: skip an input whose output exists with a matching record (:func:`matches`), and its change map too
+    when ``change_map``; otherwise every output is (re)written. ``allow_outputs``: deblur inputs that are meddeblur
+    outputs themselves (skipped by default). Temporary files a killed earlier run left in the output folders are removed.
+    """
+    out = Path(out)
+    _check_out(out, fmt)
+    found, not_images, not_entered = list_inputs(inputs, recursive, skip=out)
+    if not found:
+        what = f" (only files that are not images: {', '.join(p.name for p in not_images[:5])})" if not_images else ""
+        raise NotFound(f"{', '.join(map(str, inputs))}: no images (png/jpg/jpeg/tif/tiff/bmp/dcm) found{what}; check the folder",
+                       value=inputs)
+    pairs = [(source, _target(relative, out, fmt)) for source, relative in found]
+    _check_targets(pairs, change_map, overwrite)
+    plan = Plan(tasks=[], not_images=not_images, folders_not_entered=not_entered)
+    for folder in sorted({target.parent for _, target in pairs}):
+        remove_stale_temporaries(folder)
+    for source, target in pairs:
+        started = time.perf_counter()
+        own = None if allow_outputs else _provenance(source)
+        if own is not None:
+            plan.skipped.append(Outcome(str(source), "skipped", None, f"is a meddeblur output ({own.get('operation', 'deblur')}, "
+                                        f"model {own.get('model_id', '?')}); pass allow_outputs=True to deblur it again",
+                                        time.perf_counter() - started))
+            continue
+        existing = _provenance(target) if os.path.lexists(target) else None
+        expected = target_record(record, target, jpeg_quality)
+        if resume and matches(existing, expected) and (not change_map or change_map_path(target).is_file()):
+            plan.skipped.append(Outcome(str(source), "skipped", str(target), "already done with this model and these options "
+                                        "(pass redo=True to deblur it again)", time.perf_counter() - started, existing.get("change"),
+                                        str(change_map_path(target)) if change_map else None))
+            continue
+        note = None
+        if existing is not None and not matches(existing, expected):
+            note = "replaced an earlier meddeblur output made with another model or other options"
+        plan.tasks.append(Task(source, target, note))
+    return plan

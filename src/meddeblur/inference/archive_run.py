@@ -1,0 +1,77 @@
+"""Deblurring an archive of images: plan, then deblur here, in local worker processes or on Ray; what ``meddeblur deblur`` runs.
+
+>>> from meddeblur.inference.archive_run import deblur_archive            # doctest: +SKIP
+>>> report = deblur_archive(["scans/"], "out/", recursive=True, skip_bad=True, log="run.jsonl", workers=2)  # doctest: +SKIP
+>>> report.exit_code, len(report.written)                                  # doctest: +SKIP
+(0, 200)
+
+A rerun skips every input whose output is already there, made with the same model and options
+(:mod:`meddeblur.inference.archive`); a run stopped at any moment, even by SIGKILL, leaves only whole outputs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from meddeblur.errors import InvalidOption
+from meddeblur.inference.archive import plan_run
+from meddeblur.inference.folder_run import Executor, InProcess, Report, execute
+from meddeblur.inference.jobs import Settings
+from meddeblur.inference.tiling import Tiling
+from meddeblur.inference.workers import LocalWorkers, ModelSpec, check_workers
+from meddeblur.io.encode import check_jpeg_quality
+
+__all__ = ["deblur_archive", "CLUSTERS", "GPU_BATCH"]
+
+CLUSTERS = ("ray",)
+#: Images of one size deblurred together on a CUDA device.
+GPU_BATCH = 8
+
+
+def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | None = None, *, format: str | None = None,
+                   jpeg_quality: int = 95, recursive: bool = False, skip_bad: bool = False, redo: bool = False,
+                   allow_outputs: bool = False, overwrite: bool = False, change_map: bool = False,
+                   log: str | os.PathLike[str] | None = None, progress: bool | None = None, workers: int = 1,
+                   cluster: str | None = None, ray_address: str | None = None) -> Report:
+    """Deblur files and folders into ``out`` with the model ``spec`` names (default: the shipped one); a :class:`Report` back.
+
+    ``recursive``: mirror the folders' whole trees under ``out``. ``skip_bad``: go on past inputs that cannot be read
+    (refused, listed in the report) instead of stopping at the first. Resuming: inputs whose output exists with the same
+    model and options are skipped unless ``redo``; inputs that are meddeblur outputs are skipped unless
+    ``allow_outputs``. ``change_map``: write ``NAME.change.png`` beside each output. ``log``: append a JSON line per
+    input to this file. ``progress``: bars on stderr (None: when it is a terminal). ``workers``: processes (or Ray
+    actors), each loading the model once; ``cluster="ray"`` runs on Ray Data, on the cluster at ``ray_address`` or, without
+    one, on an embedded Ray on this machine.
+    """
+    spec = spec or ModelSpec()
+    Tiling(spec.tile, spec.overlap)
+    check_jpeg_quality(jpeg_quality)
+    check_workers(workers)
+    if cluster is not None and cluster not in CLUSTERS:
+        raise InvalidOption(f"cluster={cluster!r}: choose 'ray' (or leave it out to run on this machine)", value=cluster, option="cluster")
+    if ray_address is not None and cluster is None:
+        raise InvalidOption(f"ray_address={ray_address}: joins a Ray cluster; add cluster='ray'", value=ray_address, option="ray_address")
+    here = workers == 1 and cluster is None
+    # The record decides what is already done; away from here it only needs the model's id, not its device.
+    engine = spec.load() if here else spec.load(device="cpu")
+    plan = plan_run(inputs, out, engine.provenance, format, jpeg_quality, recursive=recursive, change_map=change_map,
+                    overwrite=overwrite, resume=not redo, allow_outputs=allow_outputs)
+    cuda = spec.device == "cuda" or (spec.device == "auto" and _has_cuda())
+    settings = Settings(jpeg_quality=jpeg_quality, change_map=change_map, batch=GPU_BATCH if cuda else 1)
+    executor: Executor
+    if here:
+        executor = InProcess(engine, settings)
+    elif cluster == "ray":
+        from meddeblur.inference.ray_run import RayActors
+
+        executor = RayActors(spec, settings, workers, ray_address)
+    else:
+        executor = LocalWorkers(spec, settings, workers)
+    return execute(plan, executor, engine.provenance, log=log, skip_bad=skip_bad, progress=progress)
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -1,0 +1,142 @@
+"""Deblurring planned tasks: each input decoded once, deblurred, its change measured, its output written atomically.
+
+The same code runs in the calling process, in each local worker process and in each Ray actor, so every path gives
+the same pixels. The model is whatever ``engine`` is: a :class:`~meddeblur.inference.deblurrer.Deblurrer`, or any
+object with its ``provenance``, ``tile``, ``overlap``, ``size_multiple``, ``device`` and ``deblur_rgb``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from meddeblur.errors import InvalidOption, UserError
+from meddeblur.inference.archive import Outcome, Task, target_record
+from meddeblur.inference.change_map import change_map_path, change_of
+from meddeblur.inference.tiling import tile_starts
+from meddeblur.io.decode import read_image
+from meddeblur.io.encode import check_jpeg_quality, write_image
+from meddeblur.io.formats import SUFFIX_FORMATS, LoadedImage
+
+__all__ = ["Settings", "tile_count", "deblur_tasks"]
+
+#: on_tile(task, tiles done, tiles in all): called before each forward pass over a tiled image.
+TileCallback = Callable[[Task, int, int], None]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How each input becomes an output, besides the model.
+
+    ``batch``: images of one size deblurred in one forward pass on a GPU. What shapes the pixels besides is the
+    engine's (its model, tiling and, say, a known PSF), and its ``provenance`` says so.
+    """
+
+    jpeg_quality: int = 95
+    change_map: bool = False
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        check_jpeg_quality(self.jpeg_quality)
+        if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
+            raise InvalidOption(f"batch={self.batch}: give a whole number of images, at least 1", value=self.batch, option="batch")
+
+
+def tile_count(engine: Any, height: int, width: int) -> int:
+    """How many forward passes ``engine`` makes over an image of ``height`` × ``width`` (1 unless it is tiled)."""
+    tile, multiple = engine.tile, engine.size_multiple
+    if not tile or max(height, width) <= tile:
+        return 1
+    tile = -(-tile // multiple) * multiple
+    sides = [-(-side // multiple) * multiple for side in (height, width)]
+    return len(tile_starts(sides[0], min(tile, sides[0]), engine.overlap, multiple)) * len(tile_starts(sides[1], min(tile, sides[1]), engine.overlap, multiple))
+
+
+def _write(task: Task, image: LoadedImage, restored: np.ndarray, record: dict[str, Any], settings: Settings, started: float) -> Outcome:
+    target = task.output
+    out_format = SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
+    bit_depth = image.bit_depth if out_format in ("PNG", "TIFF", "DICOM") else 8
+    change = change_of(image, restored, bit_depth)
+    figures = change.figures.as_dict()
+    written = {**target_record(record, target, settings.jpeg_quality), "change": figures}
+    if out_format == "DICOM":
+        from meddeblur.io.dicom import write_dicom
+
+        write_dicom(target, restored, image.source, written)
+    else:
+        write_image(target, restored, alpha=image.alpha if out_format != "JPEG" else None, grayscale=image.grayscale, bit_depth=bit_depth,
+                    format=out_format, jpeg_quality=settings.jpeg_quality, provenance=written, metadata_from=image)
+    heat_map = None
+    if settings.change_map:
+        heat_map = write_image(change_map_path(target), change.image().astype(np.float32) / 255, format="PNG",
+                               provenance={**written, "operation": "change map"})
+    return Outcome(str(task.input), "written", str(target), task.note, round(time.perf_counter() - started, 4), figures,
+                   None if heat_map is None else str(heat_map))
+
+
+def _decode(task: Task) -> LoadedImage:
+    image = read_image(task.input)
+    if SUFFIX_FORMATS.get(task.output.suffix.lower()) == "DICOM" and image.format != "DICOM":
+        raise UserError(f"{task.input}: named .dcm but holds a {image.format} image (a DICOM is written only from a DICOM); "
+                        "rename it or pass `format`", value=task.input)
+    return image
+
+
+def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, float]], settings: Settings,
+                  on_tile: TileCallback | None) -> list[np.ndarray]:
+    """Restored (H, W, 3) float32 per image; images of one size below the tile size go through the network together."""
+    height, width = group[0][1].rgb.shape[:2]
+    if len(group) > 1 and tile_count(engine, height, width) == 1:
+        import torch
+
+        batch = torch.from_numpy(np.stack([image.rgb.transpose(2, 0, 1) for _, image, _ in group]))
+        return list(engine(batch).permute(0, 2, 3, 1).numpy())
+    restored = []
+    for task, image, _ in group:
+        total, done = tile_count(engine, *image.rgb.shape[:2]), [0]
+
+        def before_tile(task: Task = task, total: int = total, done: list[int] = done) -> None:
+            if on_tile is not None:
+                on_tile(task, done[0], total)
+            done[0] += 1
+
+        restored.append(engine.deblur_rgb(image.rgb, before_tile=before_tile))
+    return restored
+
+
+def _finish(engine: Any, group: list[tuple[Task, LoadedImage, float]], record: dict[str, Any], settings: Settings,
+            on_tile: TileCallback | None) -> Iterator[Outcome]:
+    for (task, image, started), restored in zip(group, _deblur_group(engine, group, settings, on_tile)):
+        yield _write(task, image, restored, record, settings, started)
+
+
+def deblur_tasks(engine: Any, tasks: Iterable[Task], settings: Settings, on_tile: TileCallback | None = None) -> Iterator[Outcome]:
+    """Deblur each task's input into its output, yielding an :class:`Outcome` per task as it finishes.
+
+    An input that cannot be read (a :class:`~meddeblur.errors.UserError` from decoding) gives a ``refused`` outcome
+    naming why; errors writing (a full disk, say) are raised. With ``settings.batch`` > 1 on a CUDA device, decoded
+    images of one size wait until ``batch`` of them go through the network in one forward pass (at most twice that
+    many images wait at a time; a known PSF, ``engine.psf``, is applied image by image).
+    """
+    record = engine.provenance
+    together = settings.batch if getattr(engine.device, "type", "cpu") == "cuda" and getattr(engine, "psf", None) is None else 1
+    waiting: dict[tuple[int, ...], list[tuple[Task, LoadedImage, float]]] = {}  # by image shape, oldest first
+    for task in tasks:
+        started = time.perf_counter()
+        try:
+            image = _decode(task)
+        except UserError as error:
+            yield Outcome(str(task.input), "refused", None, " ".join(str(error).split()), round(time.perf_counter() - started, 4))
+            continue
+        group = waiting.setdefault(image.rgb.shape, [])
+        group.append((task, image, started))
+        if len(group) >= together:
+            yield from _finish(engine, waiting.pop(image.rgb.shape), record, settings, on_tile)
+        elif sum(map(len, waiting.values())) > 2 * together:  # many sizes: the oldest group goes as it is
+            yield from _finish(engine, waiting.pop(next(iter(waiting))), record, settings, on_tile)
+    for group in waiting.values():
+        yield from _finish(engine, group, record, settings, on_tile)
