@@ -174,3 +174,27 @@ def test_bad_file_shows_a_readable_error(server, browser, tmp_path):
     error = browser.find_element("id", "error")
     assert error.is_displayed() and "notes.png" in error.text and "not a readable image" in error.text
     assert not browser.find_element("id", "download").is_displayed()
+
+
+def test_the_change_overlay_toggle_shows_the_heat_map_over_the_images(server, browser, tmp_path):
+    image = (synthetic_dermoscopy(HEIGHT, WIDTH, seed=4) * 255).round().astype(np.uint8)
+    upload = tmp_path / "lesion.png"
+    Image.fromarray(image).save(upload)
+    browser.get(server + "/")
+    _choose(browser, upload)
+    assert _wait_for_state(browser) == "done", browser.find_element("id", "error").text
+    overlay, legend = browser.find_element("id", "overlay"), browser.find_element("id", "legend")
+    assert not overlay.is_displayed()
+    browser.find_element("id", "overlay-toggle").click()
+    assert overlay.is_displayed() and legend.is_displayed()
+    # The map covers the image exactly (its own pixels: the image's size); the colour bar sits beside, with the figures.
+    size = "return [arguments[0].width, arguments[0].height]"
+    assert browser.execute_script(size, overlay) == [WIDTH, HEIGHT]
+    assert browser.execute_script(size, legend) == [70, 136]
+    assert overlay.size == browser.find_element("id", "after").size
+    painted = "return Array.from(arguments[0].getContext('2d').getImageData(0, 0, arguments[0].width, arguments[0].height).data).some((v, i) => i % 4 !== 3 && v > 40)"
+    assert browser.execute_script(painted, overlay)
+    assert "Change (8-bit levels): mean" in browser.find_element("id", "change-figures").text
+    browser.save_screenshot(str(tmp_path / "overlay.png"))
+    browser.find_element("id", "overlay-toggle").click()
+    assert not overlay.is_displayed()

@@ -6,6 +6,7 @@ a busy server or a bug), and the server keeps serving after any bad upload.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import logging
 import time
@@ -25,7 +26,7 @@ from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.formats import OUTPUT_SUFFIXES
 from meddeblur.server.card import model_card
 from meddeblur.server.engine import Deadline, InferencePool, QueueFull, UploadGate, load_served_model
-from meddeblur.server.imaging import OUTPUT_FORMATS, UploadError, deblur_upload, display_name
+from meddeblur.server.imaging import OUTPUT_FORMATS, Deblurred, UploadError, deblur_upload, display_name
 from meddeblur.server.security import Guard
 from meddeblur.server.settings import ServerSettings
 from meddeblur.server.upload import receive_upload
@@ -48,8 +49,19 @@ _DEBLUR_OPENAPI = {
     "responses": {
         "200": {"description": "The deblurred image (input's format and bit depth unless `format`); headers "
                                "X-Model-Id, X-Processing-Time-Ms, X-Deblur-Time-Ms, X-Image-Size",
-                "content": {t: {"schema": {"type": "string", "format": "binary"}}
-                            for t in ("image/png", "image/jpeg", "image/tiff", "image/bmp")}},
+                "content": {**{t: {"schema": {"type": "string", "format": "binary"}}
+                               for t in ("image/png", "image/jpeg", "image/tiff", "image/bmp")},
+                            # ?change_map=true: the same image in JSON, with the heat map of |output - input| and its figures.
+                            "application/json": {"schema": {"type": "object", "properties": {
+                                "image": {"type": "string", "format": "byte"}, "media_type": {"type": "string"},
+                                "filename": {"type": "string"}, "width": {"type": "integer"}, "height": {"type": "integer"},
+                                "bit_depth": {"type": "integer"}, "model_id": {"type": "string"},
+                                "change": {"type": "object", "description": "mean and max absolute change in 8-bit levels, "
+                                           "share of pixels changed by more than 4 levels", "properties": {
+                                               k: {"type": "number"} for k in ("mean", "max", "share_over_4")}},
+                                "change_map": {"type": "string", "format": "byte", "description": "PNG: heat map (the image's "
+                                               "width x height, top left) and its colour bar in levels (right)"},
+                                "change_map_media_type": {"type": "string"}}}}}},
         "400": {"description": "empty upload, no file field, bad format", **_ERROR_SCHEMA},
         "401": {"description": "API key missing or wrong (only when the server has one)", **_ERROR_SCHEMA},
         "403": {"description": "cross-site request from a browser", **_ERROR_SCHEMA},
@@ -61,6 +73,14 @@ _DEBLUR_OPENAPI = {
                                "Retry-After header's seconds", **_ERROR_SCHEMA},
     },
 }
+
+
+def _with_change_map(result: Deblurred, filename: str, model_id: str) -> dict[str, Any]:
+    """The ``?change_map=true`` answer: the image and its change map as base64, the change figures in 8-bit levels."""
+    return {"image": base64.b64encode(result.data).decode("ascii"), "media_type": result.media_type, "filename": filename,
+            "width": result.width, "height": result.height, "bit_depth": result.bit_depth, "model_id": model_id,
+            "change": result.change, "change_map": base64.b64encode(result.change_map or b"").decode("ascii"),
+            "change_map_media_type": "image/png"}
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -151,7 +171,8 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
     @app.post("/v1/deblur", summary="Deblur one image", openapi_extra=_DEBLUR_OPENAPI,
               responses={200: {"content": {"image/png": {}}}})
     async def deblur(request: Request, format: str | None = Query(
-            None, description="output format: png, jpeg, tiff or bmp (default: the input's)")) -> Response:
+            None, description="output format: png, jpeg, tiff or bmp (default: the input's)"), change_map: bool = Query(
+            False, description="answer JSON instead: the image and the map of what deblurring changed (base64), with its figures")) -> Response:
         started = time.perf_counter()
         if format and format.lower() not in OUTPUT_FORMATS:
             raise UploadError(400, f"format={format}: choose one of png, jpeg, tiff, bmp (or leave it out to keep the input's)")
@@ -167,7 +188,8 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         deadline = Deadline(settings.deadline, pool)
         async with slot:
             name = display_name(filename)
-            result = await slot.run(deblur_upload, served, upload, name, format, settings.max_pixels, settings.jpeg_quality, deadline)
+            result = await slot.run(deblur_upload, served, upload, name, format, settings.max_pixels, settings.jpeg_quality, deadline,
+                                    change_map)
         total_ms = (time.perf_counter() - started) * 1000
         stem = name.rsplit(".", 1)[0] if "." in name else name
         suffix = OUTPUT_SUFFIXES[result.format.lower()].lstrip(".")
@@ -181,6 +203,9 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
                               f"deblur;dur={result.seconds * 1000:.1f}"),
             "Content-Disposition": f'inline; filename="{stem}_deblurred.{suffix}"',
         }
+        if change_map:
+            del headers["Content-Disposition"]
+            return JSONResponse(_with_change_map(result, f"{stem}_deblurred.{suffix}", served.model_id), headers=headers)
         return Response(result.data, media_type=result.media_type, headers=headers)
 
     return app

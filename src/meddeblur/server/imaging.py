@@ -23,6 +23,7 @@ from meddeblur.errors import (
     UnsupportedFormat,
     UserError,
 )
+from meddeblur.inference.change_map import change_of
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import encode_image
@@ -57,6 +58,8 @@ class Deblurred:
     height: int
     bit_depth: int
     seconds: float  # decode + deblur + encode, without waiting in the queue
+    change: dict[str, float] | None = None  # with change_map: ChangeFigures.as_dict() of output - input
+    change_map: bytes | None = None  # with change_map: the heat map PNG, as ``meddeblur deblur --change-map`` writes it
 
     @property
     def media_type(self) -> str:
@@ -117,8 +120,11 @@ def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: di
 
 
 def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,
-                  jpeg_quality: int, deadline: Deadline | None = None) -> Deblurred:
+                  jpeg_quality: int, deadline: Deadline | None = None, change_map: bool = False) -> Deblurred:
     """The whole job of one request, run on a pool thread: decode, deblur, encode; closes ``upload``.
+
+    ``change_map``: also measure what deblurring changed and draw its heat map
+    (:func:`meddeblur.inference.change_map.change_of`, the same map as the CLI's ``--change-map``).
 
     With a ``deadline``, a job that waited past it, whose image is expected to end past it, or
     that runs past it (checked before every tile) stops with :class:`QueueFull` (503).
@@ -146,4 +152,10 @@ def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_form
         deadline.pool.record(pixels, time.perf_counter() - began)
     data, bit_depth = encode_output(restored, source, fmt, model.provenance, jpeg_quality)
     height, width = source.rgb.shape[:2]
-    return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started)
+    figures = heat_map = None
+    if change_map:
+        change = change_of(source, restored, bit_depth)
+        figures = change.figures.as_dict()
+        heat_map = encode_image(change.image().astype(np.float32) / 255, "PNG",
+                                provenance={**model.provenance, "operation": "change map", "change": figures})
+    return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started, figures, heat_map)
