@@ -8,30 +8,19 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)
     from fastapi.testclient import TestClient
 
+from test_server import weights  # noqa: F401  (the tiny NAFNet that visibly changes images)
+
 from meddeblur.cli import main
 from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.io.decode import read_image
 from meddeblur.io.ownership import read_provenance
-from meddeblur.models import ModelConfig, build_model, save_weights
 from meddeblur.server import ServerSettings, create_app
-
-
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny NAFNet that visibly changes images (an untrained one is exactly the identity)."""
-    config = ModelConfig(arch="nafnet", width=8)
-    torch.manual_seed(0)
-    network = build_model(config)
-    torch.nn.init.normal_(network.ending.weight, std=0.02)
-    return save_weights(network, config, tmp_path_factory.mktemp("change-map-model") / "tiny.safetensors")
 
 
 def test_the_api_answers_the_image_and_the_change_map_the_cli_writes(weights: Path, tmp_path: Path, one_thread) -> None:
