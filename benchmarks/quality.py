@@ -18,6 +18,7 @@ the grid and ``classical.py`` are unchanged. Later runs then only compute the mo
 
     python benchmarks/quality.py --protocol full --model default     # the shipped model as a row
     python benchmarks/quality.py --protocol seed half --model runs/mixed   # a run folder or .safetensors
+    python benchmarks/quality.py --protocol all --model default psf   # + the kernel-conditioned model given the true PSF
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.decode import read_rgb
 from meddeblur.io.listing import list_images
 from meddeblur.metrics import ReferenceScorer
-from meddeblur.models import DEFAULT_WEIGHTS
+from meddeblur.models import DEFAULT_WEIGHTS, PSF_ARCHITECTURES, PSF_WEIGHTS
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
@@ -187,6 +188,8 @@ def model_label(model: str) -> tuple[str | None, str]:
     """(what load_model takes, row name) for a ``--model`` argument; ``default`` is the shipped weights."""
     if model == "default":
         return None, "default"
+    if model == "psf":
+        return str(PSF_WEIGHTS), "psf"
     path = Path(model)
     if path.resolve() == DEFAULT_WEIGHTS.resolve():
         return model, "default"
@@ -206,7 +209,9 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
         argument, name = model_label(model)
         deblurrer = Deblurrer.load(argument, device="cpu", tile=0)  # whole images, as the protocols were measured
         config = deblurrer.config
-        loaded.append((f"model: {name}", deblurrer,
+        # A kernel-conditioned model is told the true kernel, as the Wiener and RL rows are: the honest comparison.
+        label = f"non-blind (true PSF): {name}" if config.arch in PSF_ARCHITECTURES else f"model: {name}"
+        loaded.append((label, deblurrer,
                        {"path": str(deblurrer.weights), "id": deblurrer.model_id, "arch": config.arch, "width": config.width}))
     rows: dict[str, dict] = {"input": {"families": {}, "seconds": 0.0}}
     for name in methods:
@@ -253,7 +258,7 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
                 scores[METHODS[name].label].append((stored[1], stored[2]))
             for label, deblurrer, _ in loaded:
                 t0 = time.perf_counter()
-                restored = deblurrer(blurred)
+                restored = deblurrer(blurred, psf=kernel) if deblurrer.config.arch in PSF_ARCHITECTURES else deblurrer(blurred)
                 rows[label]["seconds"] += time.perf_counter() - t0
                 scores[label].append(score(restored))
         cache.save()
@@ -330,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", nargs="+", default=["all"], choices=(*PROTOCOLS, *ALIASES, "all"),
                         help="full (alias native), half, seed, soft, or all (default)")
-    parser.add_argument("--model", nargs="*", default=[], help="'default' (the shipped weights), run folders or .safetensors weights to add as rows")
+    parser.add_argument("--model", nargs="*", default=[], help="'default' (the shipped weights), 'psf' (the shipped kernel-conditioned "
+                        "weights, told the true kernel), run folders or .safetensors weights to add as rows")
     parser.add_argument("--methods", nargs="*", choices=list(METHODS), help="classical methods (default: all for seed, Wiener and RL otherwise)")
     parser.add_argument("--families", nargs="*", help="column names (default: the protocol's own; see SEED_FAMILIES / FAMILIES)")
     parser.add_argument("--isic", type=Path, default=DEFAULT_ISIC)

@@ -1,6 +1,11 @@
 """Install a finished training stage as the model shipped inside the package — only if it beats the shipped one.
 
     python scripts/ship_model.py RUN --threads 1            # RUN: a `meddeblur train --init default ...` run folder
+    python scripts/ship_model.py RUN --threads 1 --target psf   # RUN: a `--arch psf-nafnet` run: the kernel-conditioned model
+
+With ``--target psf`` the same rule installs src/meddeblur/weights/psf.safetensors (told each validation sample's true
+kernel; its first start is the blind shipped model lifted to a psf-nafnet, which computes the same) and records the
+stage in benchmarks/results/psf_training_stages.{json,md} and psf_training.{csv,png}.
 
 The candidate (RUN/best.safetensors) and the shipped weights are scored on the run's own validation set
 (for the default recipe the fixed validation mix: native, ½ and ¼ scale crops, half of them from a softened
@@ -31,14 +36,17 @@ from meddeblur.data.sampling import ScaledCrops
 from meddeblur.degradation.spec import parse_spec
 from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights, build_loss
-from meddeblur.models import DEFAULT_WEIGHTS, load_model, save_weights, weights_id
+from meddeblur.models import DEFAULT_WEIGHTS, PSF_ARCHITECTURES, PSF_WEIGHTS, build_model, lift_to_psf, load_model, save_weights, weights_id
 from meddeblur.training.loop import run_epoch
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.runs import read_run_options
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-STAGES = RESULTS / "default_training_stages.json"
+#: --target: (shipped weights, stages record, training curve) — names under benchmarks/results.
+TARGETS = {"default": (DEFAULT_WEIGHTS, "default_training_stages", "default_training"),
+           "psf": (PSF_WEIGHTS, "psf_training_stages", "psf_training")}
+TITLES = {"default": "Default model", "psf": "Kernel-conditioned model (psf-nafnet)"}
 MAX_MEGABYTES = 20
 DATA = "ISIC dermoscopy, 557 CC0 images; train split of the seed-42 70/20/10 split (benchmarks/isic_split.json)"
 
@@ -48,7 +56,7 @@ def validation_set(run: Path, options: TrainOptions):
     pairs = select(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), read_split(run / "split.json")["val"], str(run / "split.json"))
     spec = parse_spec(options.degrade) if options.degrade else None
     if options.scales and spec is not None:
-        return ScaledCrops(pairs, options.crop * 2, (1.0, 1.0), spec, options.seed, fixed=True)
+        return ScaledCrops(pairs, options.crop * 2, (1.0, 1.0), spec, options.seed, fixed=True, psf=options.arch in PSF_ARCHITECTURES)
     return PairDataset(pairs, size=options.size, crop=options.crop, seed=options.seed, degrade=spec, fixed=True)
 
 
@@ -127,13 +135,34 @@ def why_not_shipped(start: dict[str, float], candidate: dict[str, float]) -> str
     return "; ".join(reasons) or None
 
 
-def stages_markdown(stages: list[dict]) -> str:
-    lines = ["# Default model: training stages", "",
+class ImageChannels(torch.nn.Module):
+    """The "model" that returns its input's image channels: the input's own score (a PSF model's input also holds its kernel)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :3]
+
+
+def shipped_start(target: str) -> torch.nn.Module:
+    """The weights a stage must beat: the shipped ones; for a first kernel-conditioned stage, the blind model lifted."""
+    if target == "default" or PSF_WEIGHTS.is_file():
+        return load_model(TARGETS[target][0])[0]
+    blind, config, _ = load_model(None)
+    state, lifted = lift_to_psf(blind.state_dict(), config)
+    network = build_model(lifted)
+    network.load_state_dict(state)
+    return network.eval()
+
+
+def stages_markdown(stages: list[dict], target: str = "default") -> str:
+    lines = [f"# {TITLES[target]}: training stages", "",
+             ("The first stage starts from the shipped blind model lifted to a psf-nafnet (the same output until it learns to use the "
+              "PSF); each later one from the previous shipped weights. " if target == "psf" else "") +
              "Each stage continues from the previous shipped weights (`--init default`) and replaces them only when its "
              "validation-mix L1 loss is lower and its PSNR on the degraded samples is not (`python scripts/ship_model.py RUN`). Val mix: the 111 validation images at native, ½ "
-             "and ¼ scale (256-px crops), the `real` families, un-blurred samples included; from stage 4 on, half of them come from a "
-             "softened source (σ 0.7 or 1.0, a softer camera), so rows from stage 4 on are not comparable with earlier ones (each row's start and stage "
-             "are scored on the same mix). PSNR over the degraded samples, "
+             "and ¼ scale (256-px crops), the `real` families, un-blurred samples included; " + (
+                 "from stage 4 on, half of them come from a softened source (σ 0.7 or 1.0, a softer camera), so rows from stage 4 on are not "
+                 "comparable with earlier ones (each row's start and stage are scored on the same mix). " if target == "default" else
+                 "half of them come from a softened source (σ 0.7 or 1.0, a softer camera). ") + "PSNR over the degraded samples, "
              "'sharp kept' = PSNR(output, input) over the un-blurred ones, both for the stage's weights and for the weights it started from.",
              "", "| stage | date | command | minutes (wall / CPU) | steps | val mix PSNR: input → start → stage | sharp kept: start → stage | "
              "val loss: start → stage | shipped | id |", "|---|---|---|---|---|---|---|---|---|---|"]
@@ -150,32 +179,38 @@ def stages_markdown(stages: list[dict]) -> str:
                              for machine, numbers in by_machine.items())
     else:
         machines = next(iter(by_machine), "")
-    return "\n".join(lines) + (f"\n\nStage 0 (`5be7353d1c30`, shipped 2026-11-24): trained from scratch with the former recipe (256×256 resize, "
-                                "`mixed`, Adam 1e-3, plateau), 44 epochs in 91 minutes; its scores are stage 1's 'start'. "
-                                f"Machine of the stages: {machines}, {stages[-1]['threads'] if stages else 1} intra-op thread(s).\n")
+    origin = ("Stage 0 (`5be7353d1c30`, shipped 2026-11-24): trained from scratch with the former recipe (256×256 resize, "
+              "`mixed`, Adam 1e-3, plateau), 44 epochs in 91 minutes; its scores are stage 1's 'start'. " if target == "default" else
+              "Every sample of the validation mix is told its true kernel. ")
+    return "\n".join(lines) + f"\n\n{origin}Machine of the stages: {machines}, {stages[-1]['threads'] if stages else 1} intra-op thread(s).\n"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="finished `meddeblur train` run folder")
     parser.add_argument("--threads", type=int, required=True, help="intra-op threads the run used, for the record")
+    parser.add_argument("--target", choices=tuple(TARGETS), default="default", help="which shipped model the stage competes with")
     args = parser.parse_args(argv)
     run = args.run
+    weights, stages_name, curve_name = TARGETS[args.target]
     options = read_run_options(run)
     candidate, config, candidate_path = load_model(run)
-    shipped, _, _ = load_model(None)
+    if (config.arch in PSF_ARCHITECTURES) != (args.target == "psf"):
+        sys.exit(f"{run}: a {config.arch} run cannot replace the {args.target} model; use --target {'psf' if args.target == 'default' else 'default'}")
+    shipped = shipped_start(args.target)
     dataset = validation_set(run, options)
-    identity = torch.nn.Identity()
+    identity = ImageChannels()
     scores = {"input": score(identity, dataset), "start": score(shipped, dataset), "candidate": score(candidate, dataset)}
     with open(run / "history.csv", newline="") as fh:
         history = list(csv.DictReader(fh))
-    stages = json.loads(STAGES.read_text()) if STAGES.is_file() else []
+    stages_file = RESULTS / f"{stages_name}.json"
+    stages = json.loads(stages_file.read_text()) if stages_file.is_file() else []
     rejected = why_not_shipped(scores["start"], scores["candidate"])
     improved = rejected is None
     run_options = {k: v for k, v in json.loads((run / "run.json").read_text())["options"].items() if k not in ("out", "sharp_dir", "blurred_dir")}
     processes = processes_of(run)
     stage = {"stage": len(stages) + 1, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "command": train_command(run_options, processes),
-             "options": run_options, "started_from": weights_id(DEFAULT_WEIGHTS), "id": weights_id(candidate_path),
+             "options": run_options, "started_from": weights_id(weights if weights.is_file() else DEFAULT_WEIGHTS), "id": weights_id(candidate_path),
              # history.csv holds rank 0's CPU time; torchrun's processes do equal work.
              "wall_minutes": sum(float(r["seconds"]) for r in history) / 60,
              "cpu_minutes": processes * sum(float(r["cpu_seconds"] or 0) for r in history) / 60, "processes": processes,
@@ -192,19 +227,19 @@ def main(argv: list[str] | None = None) -> int:
         training = {"recipe": options.recipe, "run_options": run_options, "data": DATA, "stage": stage["stage"], "val_mix": scores,
                     "wall_minutes": stage["wall_minutes"], "cpu_minutes": stage["cpu_minutes"], "steps": stage["steps"],
                     "threads": args.threads, "processes": processes, "machine": stage["machine"], "shipped": stage["date"]}
-        save_weights(candidate, config, DEFAULT_WEIGHTS, extra={"training": training})
-        stage["id"] = weights_id(DEFAULT_WEIGHTS)  # the shipped file's own id (its metadata differs from the run's)
-    STAGES.write_text(json.dumps(stages, indent=2) + "\n")
-    (RESULTS / "default_training_stages.md").write_text(stages_markdown(stages))
+        save_weights(candidate, config, weights, extra={"training": training})
+        stage["id"] = weights_id(weights)  # the shipped file's own id (its metadata differs from the run's)
+    stages_file.write_text(json.dumps(stages, indent=2) + "\n")
+    (RESULTS / f"{stages_name}.md").write_text(stages_markdown(stages, args.target))
     if not improved:
         print(f"{summary}: not shipped, {rejected}; the shipped model stays and the stage is recorded")
         return 1
-    megabytes = DEFAULT_WEIGHTS.stat().st_size / 1e6
+    megabytes = weights.stat().st_size / 1e6
     if megabytes > MAX_MEGABYTES:
-        sys.exit(f"{DEFAULT_WEIGHTS}: {megabytes:.1f} MB exceeds the {MAX_MEGABYTES} MB limit for shipped weights")
-    shutil.copyfile(run / "history.csv", RESULTS / "default_training.csv")
-    plot_training(history, args.threads, RESULTS / "default_training.png")
-    print(f"{summary}: shipped as {DEFAULT_WEIGHTS} ({megabytes:.1f} MB, id {weights_id(DEFAULT_WEIGHTS)})")
+        sys.exit(f"{weights}: {megabytes:.1f} MB exceeds the {MAX_MEGABYTES} MB limit for shipped weights")
+    shutil.copyfile(run / "history.csv", RESULTS / f"{curve_name}.csv")
+    plot_training(history, args.threads, RESULTS / f"{curve_name}.png")
+    print(f"{summary}: shipped as {weights} ({megabytes:.1f} MB, id {weights_id(weights)})")
     return 0
 
 
