@@ -1,4 +1,4 @@
-"""Issue 12: no silent corruption, no lost metadata, no leftovers, no overwritten files that are not ours.
+"""Issues 12 and 33: no silent corruption, no lost metadata, no leftovers, no overwritten files that are not ours.
 
 Every input is generated here. Exactness is checked through an identity network, so any
 change of a pixel value on the way in or out fails a test.
@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import time
+import warnings
 import zlib
 from pathlib import Path
 
@@ -28,10 +29,11 @@ from meddeblur.cli import main
 from meddeblur.errors import UserError
 from meddeblur.files import remove_stale_temporaries
 from meddeblur.inference.batch import deblur_files
+from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.decode import orient, read_image
 from meddeblur.io.encode import write_image
 from meddeblur.io.ownership import read_provenance
-from meddeblur.io.provenance import add_png_chunk
+from meddeblur.io.provenance import add_png_chunk, make_record
 
 RAMP = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))  # the issue's reproduction
 ALL_16BIT = np.arange(65536, dtype=np.uint16).reshape(256, 256)  # every 16-bit value once
@@ -285,3 +287,353 @@ def test_a_failed_sidecar_takes_its_image_back(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="a.bmp.json: cannot write"):
         write_image(tmp_path / "a.bmp", np.zeros((16, 16, 3), np.float32), provenance={"tool": "meddeblur"})
     assert list(tmp_path.iterdir()) == []  # an image never goes out without its provenance
+
+
+# --------------------------------------------------------------------------- a hostile probe (issue 33): silent changes
+
+
+def _identity_deblurrer() -> Deblurrer:
+    return Deblurrer(Identity(), 16, make_record("0123456789ab", "identity", "torch", {}), torch.device("cpu"), 0, 128)
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(kind, body) of every chunk of a PNG stream, read by hand."""
+    chunks, at = [], 8
+    while at < len(data):
+        (length,) = struct.unpack(">I", data[at:at + 4])
+        chunks.append((data[at + 4:at + 8], data[at + 8:at + 8 + length]))
+        at += 12 + length
+    return chunks
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def _with_chunks(png: bytes, chunks: list[tuple[bytes, bytes]]) -> bytes:
+    """``png`` with ``chunks`` inserted right after IHDR (8 + 25 bytes)."""
+    return png[:33] + b"".join(_chunk(kind, body) for kind, body in chunks) + png[33:]
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_what_a_deblurrer_returns_is_written_exactly(tmp_path, dtype):
+    """write_image(path, deblurrer(uint image)) was 0/255: integers are now scaled by their range, 16 bits kept."""
+    top = np.iinfo(dtype).max
+    image = np.random.default_rng(5).integers(0, top + 1, (24, 40, 3), dtype=dtype)
+    deblurrer = _identity_deblurrer()
+    restored = deblurrer(image)
+    assert restored.dtype == dtype
+    written = write_image(tmp_path / "out.png", restored, provenance=deblurrer.provenance)
+    back = read_image(written)
+    assert back.bit_depth == (16 if dtype == np.uint16 else 8)
+    np.testing.assert_array_equal(_ints(back), image)
+    assert read_provenance(written)["model_id"] == "0123456789ab"
+
+
+def test_deblurrer_write_keeps_the_source_files_metadata_and_the_overwrite_rule(tmp_path):
+    icc = _srgb_icc()
+    pixels = np.dstack([RAMP, RAMP[::-1], RAMP[:, ::-1]])
+    ok, data = cv2.imencode(".png", pixels[:, :, ::-1])
+    gamma = (b"gAMA", struct.pack(">I", 45455))
+    (tmp_path / "in.png").write_bytes(_with_chunks(data.tobytes(), [gamma, (b"iCCP", b"p\x00\x00" + zlib.compress(icc))]))
+    deblurrer = _identity_deblurrer()
+    restored = deblurrer(read_image(tmp_path / "in.png").rgb)
+    out = deblurrer.write(tmp_path / "out.png", restored, source=tmp_path / "in.png")
+    back = read_image(out)
+    assert back.bit_depth == 16 and back.icc == icc and gamma in back.png_colour
+    np.testing.assert_array_equal(_ints(back), pixels)
+    assert deblurrer.write(out, restored, source=tmp_path / "in.png") == out  # its own earlier output: replaced
+    with pytest.raises(UserError, match="is the source image itself"):
+        deblurrer.write(tmp_path / "in.png", restored, source=tmp_path / "in.png", overwrite=True)
+    (tmp_path / "theirs.png").write_bytes(b"not ours")
+    with pytest.raises(UserError, match="exists and was not written by meddeblur"):
+        deblurrer.write(tmp_path / "theirs.png", restored)
+    assert (tmp_path / "theirs.png").read_bytes() == b"not ours"
+
+
+def _bmp_v5_top_down(rgba: np.ndarray) -> bytes:
+    """A 32-bit top-down BMP with an alpha mask in a BITMAPV5HEADER (what image editors write), built by hand."""
+    height, width = rgba.shape[:2]
+    body = rgba[:, :, [2, 1, 0, 3]].tobytes()
+    header = struct.pack("<IiiHHIIiiII", 124, width, -height, 1, 32, 3, len(body), 0, 0, 0, 0)
+    header += struct.pack("<4I", 0xFF0000, 0xFF00, 0xFF, 0xFF000000) + b"BGRs" + bytes(36 + 12) + struct.pack("<4I", 4, 0, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(header) + len(body), 0, 0, 14 + len(header)) + header + body
+
+
+@pytest.mark.parametrize("fmt", [None, "bmp", "png"])
+def test_bmp_alpha_is_kept(tmp_path, fmt):
+    rgba = np.random.default_rng(6).integers(0, 256, (20, 28, 4), dtype=np.uint8)
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.bmp").write_bytes(_bmp_v5_top_down(rgba))
+    image = read_image(tmp_path / "in" / "a.bmp")
+    assert image.alpha is not None
+    (out,) = deblur_files(Identity(), [tmp_path / "in" / "a.bmp"], tmp_path / "out", fmt=fmt)
+    back = read_image(out)
+    np.testing.assert_array_equal(_ints(back), rgba[:, :, :3])
+    assert back.alpha is not None
+    np.testing.assert_array_equal(np.round(back.alpha * 255), rgba[:, :, 3])
+
+
+def _fake_icc(space: bytes) -> bytes:
+    """A minimal ICC header (no tags) describing ``space`` data: enough for anything that reads the header."""
+    header = struct.pack(">I4sI4s4s4s12s4s", 132, b"none", 0x02100000, b"prtr", space, b"Lab ", bytes(12), b"acsp")
+    return header.ljust(128, b"\x00") + struct.pack(">I", 0)
+
+
+def test_a_cmyk_profile_is_not_copied_onto_the_rgb_output(tmp_path):
+    cmyk = _fake_icc(b"CMYK")
+    (tmp_path / "in").mkdir()
+    Image.new("CMYK", (24, 24), (10, 20, 30, 40)).save(tmp_path / "in" / "c.jpg", icc_profile=cmyk)
+    assert read_image(tmp_path / "in" / "c.jpg").icc == cmyk
+    (out,) = deblur_files(Identity(), [tmp_path / "in" / "c.jpg"], tmp_path / "out")
+    with Image.open(out) as written:
+        assert written.mode == "RGB" and "icc_profile" not in written.info
+    assert read_provenance(out)["not_kept"] == ["ICC profile (CMYK; the output is RGB)"]
+    rgb = _srgb_icc()  # a profile of the output's colour space is still copied, and nothing is said
+    Image.new("RGB", (24, 24)).save(tmp_path / "in" / "c.jpg", icc_profile=rgb)
+    (out,) = deblur_files(Identity(), [tmp_path / "in" / "c.jpg"], tmp_path / "out")
+    assert read_image(out).icc == rgb and "not_kept" not in read_provenance(out)
+
+
+COLOUR_CHUNKS = [(b"gAMA", struct.pack(">I", 45455)), (b"cHRM", struct.pack(">8I", 31270, 32900, 64000, 33000, 30000, 60000, 15000, 6000)),
+                 (b"sRGB", b"\x00")]
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_png_colour_chunks_are_carried_to_the_output(tmp_path, bits):
+    pixels = np.random.default_rng(7).integers(0, 2 ** bits, (20, 24, 3)).astype(np.uint8 if bits == 8 else np.uint16)
+    ok, data = cv2.imencode(".png", pixels[:, :, ::-1])
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "c.png").write_bytes(_with_chunks(data.tobytes(), COLOUR_CHUNKS))
+    (out,) = deblur_files(Identity(), [tmp_path / "in" / "c.png"], tmp_path / "out")
+    written = _png_chunks(out.read_bytes())
+    assert all(chunk in written for chunk in COLOUR_CHUNKS)
+    assert [kind for kind, _ in written].index(b"IDAT") > max([kind for kind, _ in written].index(k) for k, _ in COLOUR_CHUNKS)
+    np.testing.assert_array_equal(_ints(read_image(out)), pixels)
+    (tif,) = deblur_files(Identity(), [tmp_path / "in" / "c.png"], tmp_path / "tif", fmt="tiff")  # no place for them there
+    assert read_provenance(tif)["not_kept"] == ["PNG colour chunks gAMA, cHRM, sRGB (TIFF has no place for them)"]
+
+
+def test_a_file_rewritten_while_being_read_is_refused_never_mixed(tmp_path):
+    """Another thread rewrites the file in place, alternating two images: each read is one of them, or refused."""
+    import threading
+
+    images = [np.full((64, 64, 3), value, np.uint8) for value in (40, 200)]
+    versions = []
+    for pixels in images:
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "BMP")  # uncompressed: a mix of the two would still decode
+        versions.append(buffer.getvalue())
+    path = tmp_path / "busy.bmp"
+    path.write_bytes(versions[0])
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            while not stop.is_set():
+                for data in versions:
+                    for at in range(0, len(data), 1024):
+                        os.pwrite(fd, data[at:at + 1024], at)
+                        time.sleep(0)
+        finally:
+            os.close(fd)
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    outcomes = []
+    try:
+        for _ in range(40):
+            try:
+                rgb = np.round(read_image(path).rgb * 255).astype(np.uint8)
+            except UserError as error:
+                assert "changed while being read" in str(error)
+                outcomes.append("refused")
+            else:
+                outcomes.append(next((i for i, pixels in enumerate(images) if np.array_equal(rgb, pixels)), "mixed"))
+    finally:
+        stop.set()
+        writer.join()
+    assert "mixed" not in outcomes, outcomes
+    assert read_image(path).rgb.shape == (64, 64, 3)  # left alone, the same file reads again
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_16bit_tiff_with_a_rotating_orientation_is_read_upright(tmp_path, orientation):
+    pixels = np.random.default_rng(orientation).integers(0, 65536, (20, 36, 3), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "o.tif", pixels, photometric="rgb", extratags=[(274, 3, 1, orientation, False)])
+    image = read_image(tmp_path / "o.tif")
+    method = {5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+    # Pillow turns 8-bit planes; each 16-bit value is its high and low byte, turned alike.
+    upright = [np.asarray(Image.fromarray(np.ascontiguousarray(part[:, :, c])).transpose(method[orientation])).astype(np.int64)
+               for part in ((pixels >> 8).astype(np.uint8), (pixels & 255).astype(np.uint8)) for c in range(3)]
+    expected = np.dstack(upright[:3]) * 256 + np.dstack(upright[3:])
+    assert image.bit_depth == 16 and image.rgb.shape == (36, 20, 3)
+    np.testing.assert_array_equal(_ints(image), expected)
+
+
+@pytest.mark.parametrize("length", [228, 250, 255])
+def test_file_names_up_to_255_bytes_are_written(tmp_path, length):
+    (tmp_path / "in").mkdir()
+    long_name = "é" * ((length - 4) // 2) + "x" * ((length - 4) % 2) + ".png"
+    assert len(os.fsencode(long_name)) == length
+    names = ["a.png", long_name, "z.png"]
+    for seed, name in enumerate(names):
+        Image.fromarray(np.full((16, 16, 3), seed * 40, np.uint8)).save(tmp_path / "in" / name)
+    written = deblur_files(Identity(), [tmp_path / "in"], tmp_path / "out")
+    assert sorted(p.name for p in written) == sorted(names)  # the folder run did not stop part-way
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(names)  # no temporary file left
+
+
+def test_a_bmp_whose_sidecar_name_would_be_too_long_is_refused_before_writing(tmp_path):
+    (tmp_path / "in").mkdir()
+    name = "s" * 250 + ".png"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(tmp_path / "in" / name)
+    with pytest.raises(UserError, match=r"longer than the 255 a file system takes"):
+        deblur_files(Identity(), [tmp_path / "in" / name], tmp_path / "out", fmt="bmp")  # NAME.bmp.json: 259 bytes
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
+
+
+def test_a_newline_in_a_file_name_is_shown_escaped_in_the_one_line_error(tmp_path, capfd):
+    bad = tmp_path / "two\nlines.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    capfd.readouterr()
+    assert main(["deblur", str(bad), "-o", str(tmp_path / "out")]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and f"'{tmp_path}/two\\nlines.png'" in err, err
+
+
+def test_a_1bit_tiff_is_read_exactly_as_8bit_black_and_white(tmp_path):
+    bits = np.random.default_rng(8).integers(0, 2, (24, 40)).astype(bool)
+    Image.fromarray(bits).save(tmp_path / "bw.tif")
+    image = read_image(tmp_path / "bw.tif")
+    assert image.grayscale and image.bit_depth == 8
+    np.testing.assert_array_equal(image.rgb[:, :, 0], bits.astype(np.float32))
+
+
+def test_pixel_limits_must_be_positive():
+    with pytest.raises(ValueError, match=r"^max_pixels=-1: must be a positive whole number"):
+        read_image("anything.png", max_pixels=-1)
+    with pytest.raises(ValueError, match=r"^min_size=0: "):
+        read_image("anything.png", min_size=0)
+
+
+def test_masked_arrays_are_refused_and_requires_grad_tensors_do_not_warn():
+    deblurrer = _identity_deblurrer()
+    with pytest.raises(ValueError, match="masked arrays are refused"):
+        deblurrer(np.ma.masked_array(np.zeros((16, 16, 3), np.float32), mask=False))
+    tensor = torch.rand(1, 3, 16, 16, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(deblurrer(tensor), tensor.detach())
+
+
+# --------------------------------------------------------------------------- a hostile probe (issue 33): training runs
+
+
+TINY_RUN = ["--recipe", "reference", "--width", "4", "--size", "16", "--batch", "8", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A 2-epoch run started with a relative --data (from its own folder); copy it before changing it."""
+    from synthetic_pairs import write_synthetic_pairs
+
+    root = tmp_path_factory.mktemp("finished")
+    write_synthetic_pairs(root / "data", n=5, height=32, width=32, seed=0)
+    cwd = os.getcwd()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        os.chdir(root)
+        assert main(["train", "--data", "data", "--out", "run", "--epochs", "2", *TINY_RUN]) == 0
+    finally:
+        os.chdir(cwd)
+        torch.set_num_threads(threads)
+    return root
+
+
+def _copy_run(finished: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(finished / "run", tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize("removed", [["last.pt", "last.pt.sha256"], ["last.pt", "last.pt.sha256", "history.csv", "best.safetensors"]])
+def test_a_used_run_folder_is_refused_without_resume_whatever_is_left(finished_run, tmp_path, capfd, removed):
+    run = _copy_run(finished_run, tmp_path)
+    for name in removed:
+        (run / name).unlink()
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capfd.readouterr()
+    assert main(["train", "--data", str(finished_run / "data"), "--out", str(run), "--epochs", "1", *TINY_RUN]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err and "--resume" in err, err
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before  # nothing of the earlier run replaced
+
+
+def test_resume_refuses_best_weights_that_no_longer_match_their_checksum(finished_run, tmp_path, capfd, one_thread):
+    from meddeblur.training.runs import load_checkpoint, save_checkpoint
+
+    run = _copy_run(finished_run, tmp_path)
+    state = load_checkpoint(run / "last.pt")
+    state["early_stop"]["best_epoch"] = 1  # the best epoch is not the checkpoint's: resuming keeps best.safetensors as it is
+    save_checkpoint(run, state)
+    data = (run / "best.safetensors").read_bytes()
+    (run / "best.safetensors").write_bytes(data[: len(data) // 2])
+    capfd.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+    err = capfd.readouterr().err
+    assert err.count("\n") == 1 and f"{run / 'best.safetensors'}: does not match the sha256 in best.json" in err, err
+    assert (run / "best.safetensors").read_bytes() == data[: len(data) // 2]
+
+
+def test_resume_works_from_another_folder(finished_run, tmp_path, monkeypatch, one_thread):
+    import json
+
+    run = _copy_run(finished_run, tmp_path)
+    stored = json.loads((run / "run.json").read_text())["options"]
+    assert Path(stored["sharp_dir"]).is_absolute() and Path(stored["sharp_dir"]) == finished_run / "data" / "sharp"
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume", "run", "--epochs", "3"]) == 0
+    assert (run / "history.csv").read_text().count("\n") == 4  # header + 3 epochs
+
+
+_FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), int(sys.argv[1])))
+from meddeblur.cli import main
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+def test_training_onto_a_full_disk_is_one_line_naming_the_file(finished_run, tmp_path):
+    """200 kB hold the run's small files, not the 1.7 MB checkpoint, which torch reported as a bare RuntimeError."""
+    from conftest import cli_env
+
+    proc = subprocess.run([sys.executable, "-c", _FULL_DISK, "200000", "train", "--data", str(finished_run / "data"),
+                           "--out", str(tmp_path / "run"), "--epochs", "1", *TINY_RUN],
+                          capture_output=True, text=True, env=cli_env(), timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and f"{tmp_path / 'run' / 'last.pt'}: cannot write" in proc.stderr, proc.stderr
+    assert not [p for p in (tmp_path / "run").iterdir() if ".tmp-" in p.name]
+
+
+def test_weights_onto_a_full_disk_are_one_line_naming_the_file(tmp_path):
+    from conftest import cli_env
+
+    script = _FULL_DISK.replace("from meddeblur.cli import main\nraise SystemExit(main(sys.argv[2:]))", """
+from meddeblur.errors import UserError
+from meddeblur.models import ModelConfig, build_model, save_weights
+try:
+    save_weights(build_model(ModelConfig(width=4)), ModelConfig(width=4), sys.argv[2])
+except UserError as error:
+    print(error)
+""")
+    proc = subprocess.run([sys.executable, "-c", script, "20000", str(tmp_path / "w.safetensors")], capture_output=True, text=True,
+                          env=cli_env(), timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.startswith(f"{tmp_path / 'w.safetensors'}: cannot write (File too large)"), proc.stdout
+    assert list(tmp_path.iterdir()) == []

@@ -156,3 +156,80 @@ def test_reference_scorer_equals_the_tf_exact_torch_metrics():
             assert got[0] == pytest.approx(want[0], rel=1e-12, abs=0) and got[1] == pytest.approx(want[1], rel=1e-12, abs=1e-15)
     grey = target[..., 0]
     assert psnr_ssim_numpy(grey, grey)[1] == 1.0  # (H, W) images too
+
+
+# --------------------------------------------------------------------------- numpy and integer images, bad parameters
+
+
+def _image_pair(dtype, seed: int = 11) -> tuple[np.ndarray, np.ndarray]:
+    top = np.iinfo(dtype).max
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, top + 1, (30, 34, 3)).astype(dtype)
+    b = np.clip(a.astype(np.int64) + rng.integers(-top // 50, top // 50 + 1, a.shape), 0, top).astype(dtype)
+    return a, b
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_images_score_as_the_same_images_in_floats(dtype) -> None:
+    a, b = _image_pair(dtype)
+    top = np.iinfo(dtype).max
+    fa, fb = a / top, b / top  # float64 in [0, 1]
+    want_psnr, want_ssim = float(psnr(_to_torch(fa), _to_torch(fb))[0]), float(ssim(_to_torch(fa), _to_torch(fb))[0])
+    assert 30 < want_psnr < 60
+    as_tensor = lambda x: torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))[None]  # noqa: E731
+    for got_psnr, got_ssim in ((psnr(a, b), ssim(a, b)), (psnr(fa, fb), ssim(fa, fb)),
+                               (float(psnr(as_tensor(a), as_tensor(b))[0]), float(ssim(as_tensor(a), as_tensor(b))[0]))):
+        assert got_psnr == pytest.approx(want_psnr, abs=1e-9) and got_ssim == pytest.approx(want_ssim, abs=1e-9)
+    assert psnr(a, b, max_val=255.0) == pytest.approx(want_psnr, abs=1e-9)  # integers are scaled to max_val: same answer
+    assert isinstance(psnr(a, b), float) and isinstance(ssim(a[..., 0], b[..., 0]), float)  # numpy in, float out
+
+
+def test_a_single_chw_tensor_gives_a_0d_tensor() -> None:
+    x, y = torch.rand(3, 20, 20), torch.rand(3, 20, 20)
+    assert psnr(x, y).shape == () and ssim(x, y).shape == ()
+    assert float(ssim(x, y)) == pytest.approx(float(ssim(x[None], y[None])[0]))
+
+
+@pytest.mark.parametrize(("call", "words"), [
+    (lambda x, y: ssim(x, y, sigma=0), "sigma=0: must be a finite number greater than 0"),
+    (lambda x, y: ssim(x, y, sigma=float("nan")), "sigma=nan"),
+    (lambda x, y: ssim(x, y, filter_size=0), "filter_size=0: must be a whole number greater than 0"),
+    (lambda x, y: ssim(x, y, filter_size=2.5), "filter_size=2.5"),
+    (lambda x, y: ssim(x, y, k2=-0.03), "k2=-0.03"),
+    (lambda x, y: psnr(x, y, max_val=0), "max_val=0: must be a finite number greater than 0"),
+    (lambda x, y: ssim(x, y, max_val=True), "max_val=True"),
+    (lambda x, y: psnr(x.numpy(), y), "Accepted: two numpy"),
+    (lambda x, y: psnr(x.int(), y.int()), "pred: dtype int32 is not supported"),
+    (lambda x, y: psnr(x[0].permute(1, 2, 0).numpy() * 255, y[0].permute(1, 2, 0).numpy()), "pred: float values must lie in [0, 1]"),
+    (lambda x, y: ssim(np.full((16, 16), np.nan), np.zeros((16, 16))), "pred: float values must be finite"),
+    (lambda x, y: psnr(np.zeros((16, 16), np.int16), np.zeros((16, 16), np.int16)), "pred: dtype int16 is not supported"),
+])
+def test_bad_parameters_and_images_are_a_value_error_naming_them(call, words) -> None:
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    with pytest.raises(ValueError) as refusal:
+        call(x, y)
+    assert words in str(refusal.value)
+
+
+def test_blur_score_takes_integers_tensors_and_alpha_and_refuses_the_rest() -> None:
+    from meddeblur.evaluation.assess import blur_score
+
+    a, _ = _image_pair(np.uint8)
+    a = np.ascontiguousarray(np.repeat(np.repeat(a, 4, axis=0), 4, axis=1))  # some structure at the analysis size
+    want = blur_score(a / 255.0)
+    assert 0 < want < 1
+    assert blur_score(a) == pytest.approx(want, abs=1e-6)
+    assert blur_score((a.astype(np.uint16) * 257)) == pytest.approx(want, abs=1e-6)
+    assert blur_score(np.dstack([a, np.full(a.shape[:2], 7, np.uint8)])) == pytest.approx(want, abs=1e-6)  # alpha ignored
+    tensor = torch.from_numpy(a.transpose(2, 0, 1).copy())
+    assert blur_score(tensor) == pytest.approx(want, abs=1e-6)
+    batch = blur_score(torch.stack([tensor, tensor]).float() / 255)
+    assert batch.shape == (2,) and batch[1].item() == pytest.approx(want, abs=1e-6)
+    for image, words in ((a * 1.0, "float values must lie in [0, 1] (found 0..255)"), (np.full((32, 32), np.nan), "must be finite"),
+                         (np.zeros((32, 32, 2)), "expected (H, W) or (H, W, C) with C in 1/3/4")):
+        with pytest.raises(ValueError, match="^image: ") as refusal:
+            blur_score(image)
+        assert words in str(refusal.value)
+    for side in (0, -5, 8.0, True):
+        with pytest.raises(ValueError, match=f"^side={side!r}: must be a whole number of pixels, at least 16"):
+            blur_score(a, side=side)

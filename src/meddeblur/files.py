@@ -23,7 +23,7 @@ from typing import IO, Any, Iterator
 from meddeblur.errors import NotFound, TooLarge, UserError
 
 __all__ = ["check_regular_file", "open_regular", "check_creatable_folder", "check_name_length", "atomic_write", "atomic_path",
-           "remove_quietly", "remove_stale_temporaries", "read_whole", "file_stamp"]
+           "remove_quietly", "remove_stale_temporaries", "read_whole"]
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -92,30 +92,45 @@ def open_regular(path: Path) -> IO[bytes]:
 
 
 
-def read_whole(path: Path, f: IO[bytes], limit: int) -> bytes:
-    """The bytes of the open file ``f`` (of ``path``), read twice: a file that differs between the two reads is being
-    written and is refused (UserError), so what is decoded from these bytes is never a mix of two versions of it.
+#: A file modified less than this long before it is read may still be being written: it is read once more after
+#: this long, and refused if it changed meanwhile. (File times advance by clock ticks of a few milliseconds.)
+SETTLE_SECONDS = 0.05
 
-    Files over ``limit`` bytes are refused before reading (:class:`~meddeblur.errors.TooLarge`).
+
+def read_whole(path: Path, f: IO[bytes], limit: int) -> bytes:
+    """The bytes of the open file ``f`` (of ``path``), read so that they are one version of it, never a mix.
+
+    The file is read twice, and a third time :data:`SETTLE_SECONDS` later if it was modified just before; any
+    difference (in content, size, modification or change time) means another program is writing it, and it is
+    refused (UserError). Files over ``limit`` bytes are refused before reading (:class:`~meddeblur.errors.TooLarge`).
+    Not even this can tell a file whose writer stopped half-way for longer than that from a complete one: write
+    inputs by renaming a finished file into place, as meddeblur writes its outputs.
     """
-    size = os.fstat(f.fileno()).st_size
-    if size > limit:
-        raise TooLarge(f"{path}: file of {size:,} bytes, more than an image within this tool's pixel limit holds; "
+    first = os.fstat(f.fileno())
+    if first.st_size > limit:
+        raise TooLarge(f"{path}: file of {first.st_size:,} bytes, more than an image within this tool's pixel limit holds; "
                        "downscale or tile it, or export it alone (one page)", value=path)
     try:
         data = f.read(limit + 1)
-        f.seek(0)
-        again = f.read(len(data) + 1)
+        same = _read_again(f, data)
+        last = os.fstat(f.fileno())
+        if same and time.time_ns() - max(last.st_mtime_ns, first.st_mtime_ns) < SETTLE_SECONDS * 1e9:
+            time.sleep(SETTLE_SECONDS)
+            same, last = _read_again(f, data), os.fstat(f.fileno())
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc}); check the file and the disk", value=path) from None
-    if again != data or len(data) > limit:
+    if not same or len(data) > limit or _stamp(first) != _stamp(last):
         raise UserError(f"{path}: changed while being read (another program is writing it); read it again once it "
                         "is complete", value=path)
     return data
 
 
-def file_stamp(info: os.stat_result) -> tuple[int, ...]:
-    """What tells two versions of a file apart without reading it: device, inode, size, mtime and ctime (ns)."""
+def _read_again(f: IO[bytes], data: bytes) -> bool:
+    f.seek(0)
+    return f.read(len(data) + 1) == data
+
+
+def _stamp(info: os.stat_result) -> tuple[int, ...]:
     # ctime too: a rewrite that restores size and mtime (touch -r) still moves the change time.
     return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 

@@ -79,9 +79,10 @@ def _pair(pred: object, target: object, max_val: float) -> tuple[Tensor, Tensor,
         raise ValueError(f"pred: expected an image shaped (H, W) or (H, W, C), got shape {pred.shape}")
     planes = []
     for name, x in (("pred", pred), ("target", target)):
-        integer = np.asarray(x).dtype in INTEGER_RANGES
-        values = unit_float(x, name, _ACCEPTED, top=1.0 if integer else float(max_val)).astype(np.float64)
-        values = values * max_val if integer else values
+        scale = INTEGER_RANGES.get(np.asarray(x).dtype)
+        values = unit_float(x, name, _ACCEPTED, top=float(max_val)).astype(np.float64)  # checked (masked arrays refused)
+        if scale is not None:  # in float64 from the integers themselves, as the torch path scales them
+            values = np.asarray(x, dtype=np.float64) * (max_val / scale)
         chw = (values[..., None] if values.ndim == 2 else values).transpose(2, 0, 1)
         planes.append(torch.from_numpy(np.ascontiguousarray(chw))[None])
     return planes[0], planes[1], True, True

@@ -254,3 +254,22 @@ def test_png_named_dcm_is_refused_before_writing(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="named .dcm but holds a PNG"):
         deblur_files(Identity(), [source], tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("bits", "signed", "bad"), [(12, False, 4096), (12, False, 5000), (12, False, 65535), (10, False, 1024),
+                                                     (12, True, 2048), (12, True, -2049), (8, False, None)])
+def test_dicom_values_beyond_bits_stored_are_refused_not_masked(tmp_path: Path, bits: int, signed: bool, bad: int | None) -> None:
+    """A reader may mask stored values to BitsStored bits (4096 → 0, 5000 → 904 at 12 bits): here they are refused."""
+    low, high = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2 ** bits - 1)
+    dtype = np.int16 if signed else (np.uint8 if bits == 8 else np.uint16)
+    pixels = _ints((20, 24), low, high, dtype)
+    pixels[0, :2] = [low, high]
+    if bad is not None:
+        pixels[3, 4] = bad
+    path = _save(_dataset(pixels, "MONOCHROME2", bits, signed), tmp_path / "x.dcm")
+    if bad is None:  # every value of the range is kept
+        scaled = (pixels.astype(np.float64) - low) / (2 ** bits - 1)
+        np.testing.assert_allclose(read_image(path).rgb[:, :, 0], scaled, rtol=0, atol=1e-6)
+        return
+    with pytest.raises(UserError, match=rf"pixel values .* lie outside the {low}\.\.{high} that BitsStored {bits} allows"):
+        read_image(path)

@@ -653,3 +653,85 @@ def test_processing_deadline_stops_a_long_job_between_tiles_with_503(weights):
         while app.state.pool.busy and time.monotonic() - waited < 5:  # the slot is freed by the job's done-callback
             time.sleep(0.01)
         assert app.state.pool.busy == 0
+
+
+# --------------------------------------------------------------------------- a hostile probe (issue 33)
+
+
+def test_a_non_ascii_api_key_is_refused_at_start(tmp_path, monkeypatch):
+    """HTTP headers carry Latin-1 bytes: a UTF-8 key was accepted at start and then matched no request."""
+    from meddeblur.errors import UserError
+
+    monkeypatch.setenv("MEDDEBLUR_API_KEY", "schlüssel-geheim-0123456789")
+    with pytest.raises(UserError, match="printable ASCII characters"):
+        ServerSettings().validate()
+    (tmp_path / "key").write_text("ключ" * 5, encoding="utf-8")
+    with pytest.raises(UserError, match=r"api_key_file=.*printable ASCII characters"):
+        ServerSettings(api_key_file=str(tmp_path / "key")).validate()
+
+
+def test_a_cmyk_profile_is_not_copied_onto_the_rgb_answer(client, tmp_path):
+    cmyk = struct.pack(">I4sI4s4s4s12s4s", 132, b"none", 0x02100000, b"prtr", b"CMYK", b"Lab ", bytes(12), b"acsp").ljust(128, b"\0")
+    cmyk += struct.pack(">I", 0)
+    buffer = io.BytesIO()
+    Image.new("CMYK", (32, 32), (10, 20, 30, 40)).save(buffer, "JPEG", icc_profile=cmyk)
+    data = buffer.getvalue()
+    answer = post(client, data, "c.jpg", "image/jpeg")
+    assert answer.status_code == 200, answer.text
+    with Image.open(io.BytesIO(answer.content)) as out:
+        assert out.mode == "RGB" and "icc_profile" not in out.info
+    (tmp_path / "a.jpg").write_bytes(answer.content)
+    assert read_provenance(tmp_path / "a.jpg")["not_kept"] == ["ICC profile (CMYK; the output is RGB)"]
+
+
+def _slow_client(port: int, source: str = "127.0.0.2") -> socket.socket:
+    """A connection from ``source`` that has sent a request line and one header, and will not finish its head soon."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+    return sock
+
+
+def _closed_with(sock: socket.socket, timeout: float) -> bytes:
+    """What the server sent before closing the connection within ``timeout`` seconds (b"open" if it did not)."""
+    sock.settimeout(timeout)
+    answer = b""
+    try:
+        while chunk := sock.recv(4096):
+            answer += chunk
+    except socket.timeout:
+        return b"open"
+    except OSError:
+        pass
+    return answer
+
+
+def test_slow_header_clients_are_capped_per_address_and_timed_out(weights):
+    """70 connections from one address sending headers slowly held every connection slot (uvicorn has no header timeout and
+    counts them against limit_concurrency, 64 here), so good requests got 503. Now at most 4 stay open from one address,
+    and those are answered 408 once their head is 1 s late although they keep sending header lines."""
+    app = create_app(ServerSettings(model=str(weights), device="cpu", threads=1, queue=1, max_uploads=1,
+                                    header_timeout=1.0, max_client_connections=4))
+    assert uvicorn_options(app.state.settings, "127.0.0.1", 0)["limit_concurrency"] == 64
+    with real_server(app) as port:
+        slow = [_slow_client(port) for _ in range(70)]
+        began = time.monotonic()
+        good = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+        assert good.status_code == 200, good.text
+        answers = [_closed_with(sock, 5) for sock in slow[4:]]
+        assert all(a.startswith(b"HTTP/1.1 503") and b"too many connections from 127.0.0.2" in a for a in answers), answers[:2]
+        for _ in range(5):  # the four let in keep sending header lines, more slowly than the deadline allows
+            time.sleep(0.3)
+            for sock in slow[:4]:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-Slow: 1\r\n")
+        late = [_closed_with(sock, 5) for sock in slow[:4]]
+        assert all(a.startswith(b"HTTP/1.1 408") and b"not received within 1 s" in a for a in late), late
+        assert time.monotonic() - began < 8
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+        keep_alive = httpx.Client(timeout=10)  # a kept-alive connection is not cut while it sends requests promptly
+        for _ in range(3):
+            assert keep_alive.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+            time.sleep(0.6)
+        keep_alive.close()
+        for sock in slow:
+            sock.close()

@@ -245,7 +245,8 @@ def serve(args: argparse.Namespace) -> int:
                               threads=args.threads, queue=args.queue, tile=args.tile, overlap=args.overlap,
                               jpeg_quality=args.jpeg_quality, workers=args.workers, deadline=args.deadline,
                               body_timeout=args.body_timeout, max_uploads=args.max_uploads, api_key_file=args.api_key_file,
-                              allowed_hosts=hosts, cors_origins=tuple(args.cors_origin))
+                              allowed_hosts=hosts, cors_origins=tuple(args.cors_origin), header_timeout=args.header_timeout,
+                              max_client_connections=args.max_client_connections)
     serve(settings, host=args.host, port=args.port)
     return 0
 

@@ -50,7 +50,9 @@ def _one_line(error: UserError) -> str:
         name = os.fspath(error.value)
         if isinstance(name, str) and any(unicodedata.category(c) == "Cc" for c in name):
             quoted = "".join(repr(c)[1:-1] if unicodedata.category(c) == "Cc" else c for c in name)
-            text = text.replace(name, f"'{quoted}'")
+            # As given, or as a message that was already made one line shows it.
+            for shown in (name, " ".join(name.split())):
+                text = text.replace(shown, f"'{quoted}'")
     return " ".join(text.split())
 
 

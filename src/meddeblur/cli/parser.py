@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "cannot be met) 503 + Retry-After (default 120)")
     serve.add_argument("--body-timeout", type=float, default=30, help="seconds to receive a whole upload, else 408 (default 30)")
     serve.add_argument("--max-uploads", type=int, default=64, help="uploads received at once per worker, else 503 (default 64)")
+    serve.add_argument("--header-timeout", type=float, default=10, help="seconds for a request's headers to arrive, else 408 and the "
+                       "connection closed (default 10)")
+    serve.add_argument("--max-client-connections", type=int, default=32, help="connections open at once from one client address, "
+                       "else 503 (default 32; raise it behind a reverse proxy, whose connections all come from one address)")
     serve.add_argument("--api-key-file", metavar="FILE", help="require this key (Authorization: Bearer KEY or X-API-Key) on /v1/; "
                        "default: $MEDDEBLUR_API_KEY if set, else no key")
     serve.add_argument("--allowed-hosts", metavar="NAMES", help="comma-separated Host names served (default: localhost, 127.0.0.1 "

@@ -21,13 +21,13 @@ import numpy as np
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 from meddeblur.errors import CorruptImage, EmptyFile, InvalidOption, UnsupportedFormat, UserError
-from meddeblur.files import file_stamp, open_regular, read_whole
+from meddeblur.files import open_regular, read_whole
 from meddeblur.io.dicom import read_dicom
 from meddeblur.io.formats import MAX_PIXELS, SIGNATURES, LoadedImage, check_size, unsupported_kind
 from meddeblur.io.png import PNG_SIGNATURE, colour_key_alpha, png_colour_chunks, png_without_text
 from meddeblur.io.tiff import decode_tiff, decode_unopened_tiff, needs_tifffile
 
-__all__ = ["read_image", "read_rgb", "orient", "check_unchanged"]
+__all__ = ["read_image", "read_rgb", "orient"]
 
 _PIL_FORMATS = ("PNG", "JPEG", "TIFF", "BMP")
 # Importing the plugins registers their openers in Image.OPEN, which _open_header uses.
@@ -159,9 +159,9 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
     the first frame is read. Raises :class:`UserError` for a missing, unreadable, non-regular (folder, FIFO,
     device), corrupt, unsupported (GIF, WebP, signed/32-bit/float TIFF, ...), too small or too large file:
     images of more than ``max_pixels`` pixels are refused from their header, before any decoding. Pixel
-    values are never clipped: values outside the format's range are refused. The file is read once, into memory
-    (twice, to refuse a file that changes while it is read: never a mix of two versions), and decoded from there;
-    the result's ``stamp`` lets :func:`check_unchanged` tell later whether the file still is what was decoded.
+    values are never clipped: values outside the format's range are refused. The file is read into memory and
+    decoded from there, once; a file that changes while it is read is refused, never decoded as a mix of two
+    versions (:func:`meddeblur.files.read_whole`).
     """
     for name, value, least in (("min_size", min_size, 1), ("max_pixels", max_pixels, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
@@ -169,27 +169,7 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
     path = Path(path)
     with open_regular(path) as f:
         data = read_whole(path, f, 8 * max_pixels + _SLACK_BYTES)
-        stamp = file_stamp(os.fstat(f.fileno()))
-    image = _read_open(path, _io.BytesIO(data), min_size, max_pixels)
-    image.stamp = stamp
-    return image
-
-
-def check_unchanged(image: LoadedImage) -> None:
-    """UserError if the file ``image`` was decoded from is no longer what was decoded (rewritten, replaced, removed).
-
-    For a caller that decodes a file early (to check it) and writes its result later: the result must be of the
-    file as it is now.
-    """
-    if image.stamp is None:
-        return
-    try:
-        now = file_stamp(os.stat(image.path))
-    except OSError:
-        now = None
-    if now != image.stamp:
-        raise UserError(f"{image.path}: changed since it was read (rewritten, replaced or removed meanwhile); run again "
-                        "once nothing writes to it", value=image.path)
+    return _read_open(path, _io.BytesIO(data), min_size, max_pixels)
 
 
 def _read_open(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> LoadedImage:

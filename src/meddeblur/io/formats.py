@@ -69,8 +69,6 @@ class LoadedImage:
     icc: bytes | None = None  # the embedded ICC colour profile, copied to PNG, JPEG and TIFF outputs of its colour space
     #: A PNG's colour-describing chunks (gAMA, cHRM, sRGB, cICP, mDCv, cLLi) as (kind, body), copied to PNG outputs.
     png_colour: tuple[tuple[bytes, bytes], ...] = ()
-    #: (device, inode, size, mtime, ctime) of the file when it was read: :func:`meddeblur.io.decode.check_unchanged` compares it.
-    stamp: tuple[int, ...] | None = None
 
 
 

@@ -25,6 +25,7 @@ from meddeblur import __version__
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.formats import OUTPUT_SUFFIXES
 from meddeblur.server.card import model_card
+from meddeblur.server.connections import ConnectionLimits, configure
 from meddeblur.server.engine import Deadline, InferencePool, QueueFull, UploadGate, load_served_model
 from meddeblur.server.imaging import OUTPUT_FORMATS, Deblurred, UploadError, deblur_upload, display_name
 from meddeblur.server.security import Guard
@@ -123,6 +124,7 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
     Requests are deblurred with ``model``'s tiling (:func:`load_served_model` takes it from ``settings``).
     """
     settings = settings or ServerSettings()
+    configure(ConnectionLimits(settings.header_timeout, settings.max_client_connections))
     served = model or load_served_model(settings.model, settings.device, settings.tile, settings.overlap)
     pool = InferencePool(settings.threads, settings.queue)
     uploads = UploadGate(settings.max_uploads, settings.body_timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import tempfile
@@ -109,13 +110,14 @@ def output_format(requested: str | None, source: LoadedImage) -> str:
 def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: dict, jpeg_quality: int = 95) -> tuple[bytes, int]:
     """Encode the deblurred ``rgb`` like ``meddeblur deblur`` writes it: (file bytes, bit depth).
 
-    Keeps grayscale, alpha (not in JPEG/BMP) and 16 bits (PNG/TIFF only), and writes the
-    ``provenance`` record (:func:`meddeblur.io.provenance.make_record`) into the file's metadata.
+    Keeps grayscale, alpha (not in JPEG), 16 bits (PNG/TIFF only) and the colour metadata (an ICC profile of the
+    output's colour space, PNG colour chunks), and writes the ``provenance`` record
+    (:func:`meddeblur.io.provenance.make_record`, with what could not be kept) into the file's metadata.
     BMP has no metadata field (the CLI writes a sidecar): there the response headers carry it.
     """
     bit_depth = source.bit_depth if source.bit_depth in BY_NAME[fmt].bit_depths else 8
     data = encode_image(rgb, fmt, alpha=source.alpha, grayscale=source.grayscale, bit_depth=bit_depth, jpeg_quality=jpeg_quality,
-                        provenance=provenance, icc=source.icc)
+                        provenance=provenance, icc=source.icc, png_colour=source.png_colour)
     return data, bit_depth
 
 
@@ -139,6 +141,9 @@ def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_form
             upload.seek(0)
             with open(path, "wb") as fh:
                 shutil.copyfileobj(upload, fh, 1 << 20)
+            # Written and closed here, and nothing else writes it: an old modification time spares read_image the
+            # wait it gives a file written just before (which might still be being written).
+            os.utime(path, ns=(0, 0))
             source = decode_upload(path, name, max_pixels)
     finally:
         upload.close()  # here, on the pool thread, so it is never closed while being copied

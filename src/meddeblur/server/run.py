@@ -7,6 +7,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from meddeblur.server.connections import GuardedH11Protocol
 from meddeblur.server.security import default_allowed_hosts, is_loopback
 from meddeblur.server.settings import SETTINGS_ENV, ServerSettings
 
@@ -16,7 +17,9 @@ def uvicorn_options(settings: ServerSettings, host: str, port: int, log_level: s
     # Connections beyond limit_concurrency get uvicorn's own 503: a guard against connection floods, far above the
     # pool's queue and the upload places. h11 (the pure-Python HTTP parser) reads request heads of up to 64 KiB, so
     # that a long URL reaches the app and is answered 414 rather than with a reset connection.
-    return {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10, "http": "h11",
+    # GuardedH11Protocol is uvicorn's h11 protocol plus a request-head deadline and a cap on connections per client
+    # (meddeblur.server.connections): slow-header clients would otherwise hold connections open without limit.
+    return {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10, "http": GuardedH11Protocol,
             "h11_max_incomplete_event_size": 64 * 1024, "server_header": False,
             "limit_concurrency": max(64, 4 * settings.workers * (settings.threads + settings.queue) + settings.max_uploads)}
 

@@ -39,6 +39,8 @@ class ServerSettings:
     api_key_file: str | None = None  # file holding the API key; None: $MEDDEBLUR_API_KEY, or no key
     allowed_hosts: tuple[str, ...] | None = None  # Host header allow-list; None: any host
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser (CORS); none by default
+    header_timeout: float = 10.0  # seconds for a request's whole head (line and headers), else 408 and closed
+    max_client_connections: int = 32  # connections open at once from one client address, else 503 and closed
 
     def __post_init__(self) -> None:
         self.validate()
@@ -56,12 +58,13 @@ class ServerSettings:
             raise UserError(f"queue={self.queue}: must be 0 or a positive integer")
         Tiling(self.tile, self.overlap)
         check_jpeg_quality(self.jpeg_quality)
-        for name in ("body_timeout", "deadline"):
+        for name in ("body_timeout", "deadline", "header_timeout"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"{name}={value}: must be a positive number of seconds")
-        if self.max_uploads < 1:
-            raise UserError(f"max_uploads={self.max_uploads}: must be a positive integer")
+        for name in ("max_uploads", "max_client_connections"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}={getattr(self, name)}: must be a positive integer")
         for origin in self.cors_origins:
             if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
                 raise UserError(f"cors_origins={origin}: give an origin such as https://viewer.example.org (scheme and host, no path)")
@@ -82,8 +85,10 @@ class ServerSettings:
             source = f"${API_KEY_ENV}"
             if not key:
                 return None
-        if len(key) < MIN_KEY_LENGTH or any(c.isspace() or not c.isprintable() for c in key):
-            raise UserError(f"{source}: the key must be at least {MIN_KEY_LENGTH} printable characters without spaces; "
+        # ASCII only: HTTP headers carry bytes that servers read as Latin-1, so a key with other characters could
+        # never be sent back equal to itself.
+        if len(key) < MIN_KEY_LENGTH or any(c.isspace() or not c.isprintable() or not c.isascii() for c in key):
+            raise UserError(f"{source}: the key must be at least {MIN_KEY_LENGTH} printable ASCII characters without spaces; "
                             "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         return key
 

@@ -265,7 +265,7 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     run, train_pairs, val_pairs, skipped = ddp.main_first(lambda: (open_run if resume else prepare_run)(options))
     # Rank 0 decides whether there is a checkpoint: every process must then load it, or all start afresh.
     has_checkpoint = ddp.broadcast(resume and (run / CHECKPOINT).exists())
-    state = load_checkpoint(run / CHECKPOINT) if has_checkpoint else None
+    state = load_checkpoint(run / CHECKPOINT, check_best=True) if has_checkpoint else None
     log = RunLog(run / "train.log")
     if state is not None and checkpoint_config(state, run).arch != options.arch:
         raise UserError(f"{run / CHECKPOINT} holds a {checkpoint_config(state, run).arch} but {run / RUN_FILE} says {options.arch}: "

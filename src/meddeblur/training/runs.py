@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io as _stdio
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 
@@ -25,17 +26,20 @@ from tqdm import tqdm
 from meddeblur import __version__
 from meddeblur.data.pairs import SPLIT_FILE, check_pairs, load_pairs, read_split, select, split_names, write_split
 from meddeblur.errors import MissingExtra, UserError
-from meddeblur.files import atomic_path, atomic_write
+from meddeblur.files import atomic_write
 from meddeblur.models import BEST_WEIGHTS, ModelConfig, save_weights
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
 
-__all__ = ["RUN_FILE", "CHECKPOINT", "CHECKSUM", "HISTORY_FIELDS", "RunLog", "save_checkpoint", "load_checkpoint", "publish",
+__all__ = ["RUN_FILE", "RUN_FILES", "CHECKPOINT", "CHECKSUM", "HISTORY_FIELDS", "RunLog", "save_checkpoint", "load_checkpoint", "verify_best", "publish",
            "prepare_run", "open_run", "read_run_options", "checkpoint_config"]
 
 RUN_FILE = "run.json"
 CHECKPOINT = "last.pt"
 CHECKSUM = CHECKPOINT + ".sha256"
+#: Every file a run writes into its folder: any of them there means the folder holds a run.
+RUN_FILES = (RUN_FILE, SPLIT_FILE, CHECKPOINT, CHECKSUM, "history.csv", "curves.png", "train.log", BEST_WEIGHTS,
+             Path(BEST_WEIGHTS).with_suffix(".json").name)
 HISTORY_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_psnr", "train_ssim", "val_loss", "val_psnr", "val_ssim", "val_input_psnr",
                   "val_sharp_psnr", "seconds", "cpu_seconds")
 
@@ -51,8 +55,11 @@ class RunLog:
             return
         message = message.encode("utf-8", "backslashreplace").decode("utf-8")  # non-UTF-8 file names
         tqdm.write(message)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(message + "\n")
+        try:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(message + "\n")
+        except OSError as exc:  # a full disk: one line naming the log, not a traceback
+            raise UserError(f"{self.path}: cannot write ({exc.strerror or exc}); free some space or choose another `out`") from None
 
 
 def _sha256(path: Path) -> str:
@@ -79,17 +86,24 @@ def save_checkpoint(run: Path, state: dict) -> None:
     """Write ``last.pt`` and its checksum so that a kill at any moment leaves a pair that verifies.
 
     Two files cannot be replaced at once, so while the new checkpoint is moved into
-    place the checksum file accepts both the old and the new digest, then only the new.
+    place the checksum file accepts both the old and the new digest, then only the new. The state is
+    serialised in memory first: torch's own file writer reports a full disk as a bare RuntimeError.
     """
-    with atomic_path(run / CHECKPOINT) as tmp:
-        torch.save(state, tmp)
-        digest = _sha256(tmp)
-        _write_checksums(run, [digest, *_read_checksums(run)])
+    buffer = _stdio.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest()
+    _write_checksums(run, [digest, *_read_checksums(run)])
+    with atomic_write(run / CHECKPOINT) as fh:
+        fh.write(data)
     _write_checksums(run, [digest])
 
 
-def load_checkpoint(path: Path) -> dict:
-    """The training state in ``last.pt`` (plain tensors and values only), verified against its checksum."""
+def load_checkpoint(path: Path, check_best: bool = False) -> dict:
+    """The training state in ``last.pt`` (plain tensors and values only), verified against its checksum.
+
+    ``check_best`` (resuming): the run's best weights too, with :func:`verify_best`.
+    """
     sidecar = path.with_name(path.name + ".sha256")
     try:
         data = path.read_bytes()
@@ -104,9 +118,37 @@ def load_checkpoint(path: Path) -> dict:
                         "restore it from a backup or start a new run")
     buffer = _stdio.BytesIO(data)
     try:
-        return torch.load(buffer, map_location="cpu", weights_only=True)
+        state = torch.load(buffer, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged zip/pickle stream
         raise UserError(f"{path}: checkpoint is unreadable ({type(exc).__name__}); start a new run or restore the file") from None
+    if check_best:
+        verify_best(path.parent, state)
+    return state
+
+
+def verify_best(run: Path, state: dict) -> None:
+    """UserError naming ``best.safetensors`` if it no longer matches the SHA-256 in ``best.json``.
+
+    Only when resuming would keep it as it is, i.e. the best epoch is not the checkpoint's (that one is written
+    again from the checkpoint): a truncated or replaced file must not be reported as the run's best weights.
+    """
+    best_epoch, last_epoch = int(state.get("early_stop", {}).get("best_epoch", 0)), int(state.get("epoch", 0))
+    if best_epoch in (0, last_epoch):
+        return
+    best, info_path = run / BEST_WEIGHTS, (run / BEST_WEIGHTS).with_suffix(".json")
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{info_path}: missing or unreadable, so {best.name} (epoch {best_epoch}) cannot be checked; restore "
+                        "both from a backup or start a new run") from None
+    expected = info.get("sha256") if isinstance(info, dict) else None
+    if expected is None:
+        return  # written before best.json held a checksum: nothing to compare with
+    actual = _sha256(best) if best.is_file() else None
+    if actual != expected:
+        what = "is missing" if actual is None else "does not match the sha256 in best.json (truncated or changed)"
+        raise UserError(f"{best}: {what}; restore it from a backup or start a new run — resuming would report it as the "
+                        f"best weights of epoch {best_epoch}")
 
 
 def _write_history(run: Path, history: list[dict]) -> None:
@@ -141,8 +183,9 @@ def prepare_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
     data_folders = {Path(d).resolve() for d in (options.blurred_dir, options.sharp_dir) if d}
     if run.resolve() in data_folders:
         raise UserError(f"{run}: `out` is a data folder; pass a new folder for the run")
-    if (run / CHECKPOINT).exists():
-        raise UserError(f"{run}: already holds a run; continue it with resume={run} or choose another `out`")
+    used = [name for name in RUN_FILES if os.path.lexists(run / name)]
+    if used:
+        raise UserError(f"{run}: already holds a run ({', '.join(used)}); continue it with resume={run} or choose another `out`")
     pairs, skipped = check_pairs(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), options.skip_bad)
     split = split_names([p.name for p in pairs], seed=options.seed)
     if options.arch.startswith("attention-unet") and (options.size or options.crop or 0) < 32 and len(split["train"]) < 2 and not options.epoch_steps:
@@ -151,8 +194,19 @@ def prepare_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
     run.mkdir(parents=True, exist_ok=True)
     write_split(run / SPLIT_FILE, split, options.seed)
     with atomic_write(run / RUN_FILE, "w") as fh:
-        json.dump({"version": __version__, "options": asdict(options)}, fh, indent=2)
+        json.dump({"version": __version__, "options": _stored_options(options)}, fh, indent=2)
     return run, *(select(pairs, split[part], str(run / SPLIT_FILE)) for part in ("train", "val")), skipped
+
+
+def _stored_options(options: TrainOptions) -> dict:
+    """The options as run.json keeps them: file and folder paths absolute, so ``resume`` works from any folder
+    (the run's own messages show them as given)."""
+    stored = asdict(options)
+    for name in ("blurred_dir", "sharp_dir", "vgg19_weights", "init"):
+        value = stored.get(name)
+        if value and (name != "init" or value != "default"):
+            stored[name] = os.path.abspath(value)
+    return stored
 
 
 def open_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
