@@ -226,6 +226,77 @@ def synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibration_outputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
+    """The files calibrate will write, as (path, flag), after checking the flags fit together (one line each)."""
+    if args.target is not None:
+        given = [flag for flag, value in (("-o", args.out), ("--plot", args.plot), ("--anisotropic", args.anisotropic),
+                                          ("--roi", args.roi), ("EDGE_IMAGE", args.image)) if value]
+        if given:
+            raise UserError(f"--target {args.target}: writes the printable target only; drop {given[0]} (measure a photo of it "
+                            "in a second run: meddeblur calibrate PHOTO -o device.psf.json)")
+        if Path(args.target).suffix.lower() != ".png":
+            raise UserError(f"--target {args.target}: the target is written as PNG; name it e.g. target.png")
+        return [(Path(args.target), "--target file")]
+    if args.dpi is not None:
+        raise UserError(f"--dpi {args.dpi}: only sets the resolution of --target; drop it or add --target target.png")
+    if args.image is None:
+        raise UserError("give a photo of a slanted edge to measure (meddeblur calibrate PHOTO -o device.psf.json), or --target "
+                        "target.png to write the target to print and photograph")
+    if args.out is None:
+        raise UserError(f"{args.image}: say where to write the PSF with -o, e.g. -o device.psf.json")
+    if Path(args.out).suffix.lower() != ".json":
+        raise UserError(f"-o {args.out}: the PSF is written as .json (read back by deblur --psf); name it e.g. device.psf.json")
+    outputs = [(Path(args.out), "-o file")]
+    if args.plot is not None:
+        if Path(args.plot).suffix.lower() != ".png":
+            raise UserError(f"--plot {args.plot}: the figure is written as PNG; name it e.g. device-mtf.png")
+        outputs.append((Path(args.plot), "--plot file"))
+    source = Path(args.image).resolve()
+    for path, flag in outputs:
+        if path.resolve() == source:
+            raise UserError(f"{flag.split()[0]} {path}: is the input photo; inputs are never replaced, choose another name")
+    return outputs
+
+
+def calibrate(args: argparse.Namespace) -> int:
+    from meddeblur.files import remove_stale_temporaries
+    from meddeblur.io.ownership import check_replaceable
+
+    outputs = _calibration_outputs(args)
+    for path, flag in outputs:
+        check_replaceable(path, args.overwrite, flag)
+        remove_stale_temporaries(path.parent)
+    if args.target is not None:
+        from meddeblur.psf.target import INSTRUCTIONS, write_target
+
+        write_target(args.target, 600 if args.dpi is None else args.dpi)
+        print(f"{args.target}: print it at 100 % ({600 if args.dpi is None else args.dpi} dpi)")
+        print("\n".join(INSTRUCTIONS))
+        return 0
+    if args.plot is not None:
+        require("matplotlib", "calibrate --plot")
+    from meddeblur.io.decode import read_rgb
+    from meddeblur.psf.calibration import calibrate as measure
+    from meddeblur.psf.calibration import write_figure
+    from meddeblur.psf.edge import EdgeError
+
+    try:
+        psf = measure(read_rgb(args.image), roi=args.roi, anisotropic=args.anisotropic)
+    except EdgeError as error:
+        raise EdgeError(f"{args.image}: {error}", value=args.image) from None
+    psf.save_json(args.out)
+    if args.plot is not None:
+        write_figure(psf, args.plot)
+    found = psf.extra["calibration"]
+    measured = found["measured_mtf50_cycles_per_pixel"]
+    edges = ", ".join(f"{e['orientation']} {abs(e['tilt_deg']):.1f}°" for e in found["edges"])
+    kh, kw = psf.kernel.shape
+    print(f"{args.out}: {found['model']} PSF, {kw}×{kh} px; MTF50 "
+          + ("above Nyquist (a sharp device)" if measured is None else f"{measured:.4f} cycles/pixel")
+          + f", from {len(found['edges'])} edge(s): {edges}" + (f"; figure: {args.plot}" if args.plot else ""))
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     from meddeblur.demo import run_demo
 
@@ -252,4 +323,5 @@ def serve(args: argparse.Namespace) -> int:
 
 
 #: Command name → handler; each returns the exit code.
-COMMANDS = {"train": train, "evaluate": evaluate, "deblur": deblur, "export": export, "info": info, "assess": assess, "synth": synth, "demo": demo, "serve": serve}
+COMMANDS = {"train": train, "evaluate": evaluate, "deblur": deblur, "export": export, "info": info, "assess": assess, "synth": synth, "calibrate": calibrate, "demo": demo,
+            "serve": serve}

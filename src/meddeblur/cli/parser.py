@@ -40,6 +40,17 @@ def _counts(text: str) -> tuple[int, ...]:
 _counts.__name__ = "block counts"  # what argparse names in "invalid block counts value: '1,a'"
 
 
+def _region(text: str) -> tuple[int, ...]:
+    """'10,20,300,400' → (10, 20, 300, 400): calibrate's --roi."""
+    values = tuple(int(part) for part in text.split(","))
+    if len(values) != 4:
+        raise ValueError(text)
+    return values
+
+
+_region.__name__ = "X0,Y0,X1,Y1"
+
+
 def _add_data_args(parser: argparse.ArgumentParser, required_hint: str) -> None:
     parser.add_argument("--data", help=f"folder holding blurred/ and sharp/ {required_hint}")
     parser.add_argument("--blurred", help="folder of blurred images (with --sharp)")
@@ -207,6 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0, help="seed of the degradation draws (default 0)")
     synth.add_argument("--size", type=int, help="resize to SIZE×SIZE first (area), like the reference protocol")
     synth.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
+
+    calibrate = commands.add_parser("calibrate", help="measure a device's PSF from a photographed slanted edge, or write the target to print",
+                                    description="Measure the PSF of a camera or dermatoscope from a photo of a slanted edge (ISO 12233: "
+                                                "edge fit, 4x oversampled edge-spread function, MTF) and write it as .psf.json with its "
+                                                "MTF50, for deblur --psf. --target writes the printable tilted-square target instead.")
+    calibrate.add_argument("image", nargs="?", metavar="EDGE_IMAGE", help="photo of the printed target (or of any straight edge tilted 2-10°)")
+    calibrate.add_argument("-o", "--out", metavar="FILE", help="the PSF file to write (.json, e.g. device.psf.json)")
+    calibrate.add_argument("--plot", metavar="PNG", help="also draw the PSF and the measured MTF (the [plots] extra)")
+    calibrate.add_argument("--anisotropic", action="store_true", help="an elliptical PSF from the near-vertical and near-horizontal "
+                           "edges (default: radially symmetric)")
+    calibrate.add_argument("--roi", type=_region, metavar="X0,Y0,X1,Y1", help="look for edges only in this region (pixels; default: everywhere)")
+    calibrate.add_argument("--target", metavar="PNG", help="write the printable target (a 10 mm black square tilted 5°, with instructions)")
+    calibrate.add_argument("--dpi", type=int, help="resolution of --target, your printer's (default 600; 300 to 2400)")
+    calibrate.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
 
     demo = commands.add_parser("demo", help="deblur a generated sample with the shipped model (offline, seconds)")
     demo.add_argument("-o", "--out", default="meddeblur-demo", help="output folder (default ./meddeblur-demo)")
