@@ -1,16 +1,18 @@
-"""Render MODEL_CARD.md and the shipped model_card.json from the committed benchmark results.
+"""Render MODEL_CARD.md, the shipped model_card.json and the figures of README.md and docs/*.md from the committed results.
 
-    python benchmarks/model_card.py            # rewrite both files
-    python benchmarks/model_card.py --check    # exit 1 if either differs from what the results give
+    python benchmarks/model_card.py            # rewrite what changed
+    python benchmarks/model_card.py --check    # exit 1 if any of them differs from what the results give
 
 Every number in the card comes from a results file (quality_{full,half,soft,seed}.json, flops.json, budget.json,
-default_training_stages.json, train_speed.json) or from the shipped weights themselves, so card and results cannot drift apart
-unnoticed: the test suite runs ``--check``.
+default_training_stages.json, train_speed.json) or from the shipped weights themselves; README.md and docs/*.md carry
+theirs in figure blocks (``<!-- figures:NAME -->…<!-- /figures -->``) that :mod:`figures` renders from the same files.
+So documents and results cannot drift apart unnoticed: the test suite runs ``--check``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from dataclasses import asdict
@@ -26,7 +28,7 @@ CARD = ROOT / "MODEL_CARD.md"
 CARD_JSON = DEFAULT_WEIGHTS.parent / "model_card.json"
 MODEL_ROW = "model: default"
 UNBLURRED = ("none", "sharp (none)")  # the un-blurred family's name in the current and in the seed protocol
-STAGE_STOP_DB = 0.05  # issue 11, item 7: staged training stops once a stage adds less than this on the validation mix
+STAGE_STOP_DB = 0.05  # staged training stops once a stage adds less than this on the validation mix
 PROTOCOLS = {  # results file suffix: what the protocol is
     "full": "the 56 ISIC test images at stored resolution (up to 1024 px), as `meddeblur deblur photo.jpg` sees them",
     "half": "the test images area-down-scaled ×2 first (a lower-resolution camera or an exported copy)",
@@ -77,7 +79,7 @@ def _mean(values) -> float:
 
 
 def targets(quality: dict[str, dict], flops: dict, paired: dict, speed: dict) -> list[tuple[str, str, bool]]:
-    """(target, measured, met) for every target of the issue that asked for this model (issue 11).
+    """(target, measured, met) for every target set for the default model.
 
     ``flops``: the flops.json row of the shipped network; ``paired``: its alternating-pass timing against the former one.
     """
@@ -174,9 +176,11 @@ def build() -> tuple[str, dict]:
                   f"PSNR(output, input). Command: `{result['command']}` (`benchmarks/results/quality_{protocol}.md`).", ""]
         lines += _quality_table(result, ("input", "Wiener (true kernel)", "Richardson-Lucy (true kernel)", MODEL_ROW))
         if protocol == "full":
-            lines += ["", "![100 % crops at full resolution](benchmarks/results/full_resolution_crops.png)", "",
-                      "100 % crops, blurred / deblurred / sharp, one row per family (`python benchmarks/crops_figure.py`; a GENERATED "
-                      "1024×768 image, because ISIC images must not be copied into this repository — `--image FILE` renders any photograph)."]
+            ids = ", ".join(i for i, _ in _sibling("crops_figure").ISIC_ROWS)
+            lines += ["", "![100 % crops of ISIC test photographs](docs/figures/isic_crops.png)", "",
+                      f"100 % crops, blurred / deblurred / sharp, of three ISIC test photographs ({ids}; ISIC Archive, collection UDA-1, "
+                      "CC0 1.0), one family each (`python benchmarks/crops_figure.py --isic`). Every family on one generated image: "
+                      "`benchmarks/results/full_resolution_crops.png` (`python benchmarks/crops_figure.py`)."]
     lines += [
         "", "## Training", "",
         f"- Data: {training['data']}: 390 train images; the 111 validation images chose the weights; the 56 test images were never used.",
@@ -208,8 +212,8 @@ def build() -> tuple[str, dict]:
               "44 epochs, 91 minutes). Then `python scripts/ship_model.py RUN --threads N`, the quality benchmark, and this script."]
     last_gain = stages[-1]["candidate"]["psnr"] - stages[-1]["start"]["psnr"] if stages else None
     if last_gain is not None and last_gain < STAGE_STOP_DB:
-        lines += ["", f"The stages ended with stage {stages[-1]['stage']}: it added {last_gain:+.3f} dB on the "
-                  f"validation mix, under the {STAGE_STOP_DB:g} dB below which the default-model issue stops training more stages."]
+        lines += ["", f"The stages ended with stage {stages[-1]['stage']}: it added {last_gain:+.3f} dB on the validation mix, under "
+                  f"{STAGE_STOP_DB:g} dB, the gain below which another stage of the same training is not worth its hours."]
     former, current = speed["rows"].values()
     lines += ["", "## Learning per CPU-hour", "",
               f"The former and the default recipe, each from scratch for {speed['minutes']:g} CPU-minutes on one thread "
@@ -250,21 +254,45 @@ def flops_machine(flops: dict) -> str:
     return f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} threads"
 
 
+def _sibling(name: str):
+    """Another script of benchmarks/ as a module (this one is also loaded by file path, without benchmarks/ on sys.path)."""
+    key = f"meddeblur_benchmarks.{name}"
+    if key not in sys.modules:  # registered before it runs: its dataclasses look their module up there
+        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().parent / f"{name}.py")
+        sys.modules[key] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(sys.modules[key])
+    return sys.modules[key]
+
+
+def documents() -> list[Path]:
+    """The hand-written documents whose figure blocks are rendered: README.md and every page of docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def rendered() -> dict[Path, str]:
+    """Every generated file and document → the text the committed results give it."""
+    text, card = build()
+    figures = _sibling("figures")
+    wanted = {CARD: text, CARD_JSON: json.dumps(card, indent=2, ensure_ascii=False) + "\n"}
+    for path in documents():
+        wanted[path] = figures.render(path.read_text(), RESULTS, path)
+    return wanted
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on any difference")
     args = parser.parse_args(argv)
-    text, card = build()
-    card_text = json.dumps(card, indent=2, ensure_ascii=False) + "\n"
+    stale = {path: want for path, want in rendered().items() if not path.is_file() or path.read_text() != want}
     if args.check:
-        stale = [str(p) for p, want in ((CARD, text), (CARD_JSON, card_text)) if not p.is_file() or p.read_text() != want]
         if stale:
-            print("out of date with benchmarks/results: " + ", ".join(stale) + "; run python benchmarks/model_card.py", file=sys.stderr)
+            print("out of date with benchmarks/results: " + ", ".join(str(p.relative_to(ROOT)) for p in stale)
+                  + "; run python benchmarks/model_card.py", file=sys.stderr)
             return 1
         return 0
-    CARD.write_text(text)
-    CARD_JSON.write_text(card_text)
-    print(text)
+    for path, want in stale.items():  # only what changed is written
+        path.write_text(want)
+        print(f"rendered {path.relative_to(ROOT)}")
     return 0
 
 

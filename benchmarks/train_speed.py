@@ -54,7 +54,7 @@ FORMER = {"arch": "nafnet", "size": 256, "crop": None, "degrade": "mixed", "batc
 def recipes(minutes: float) -> dict[str, dict]:
     current = recipe_options("default", paired=False)
     return {"former (shipped 5be7353d1c30)": {**FORMER, "max_minutes": minutes},
-            "default (issue 11)": {**current, "max_minutes": minutes}}
+            "default": {**current, "max_minutes": minutes}}
 
 
 def val_sets(val: list) -> dict[str, torch.utils.data.Dataset]:

@@ -133,15 +133,3 @@ def test_model_card_check_fails_when_a_result_changes(tmp_path, monkeypatch):
     (fake / "quality_full.json").write_text(json.dumps(quality))
     monkeypatch.setattr(card, "RESULTS", fake)
     assert card.main(["--check"]) == 1
-
-
-def test_readme_quality_rows_are_the_shipped_models_committed_results():
-    # README's tables are hand-kept; each "shipped model" row must be the committed result of the shipped weights.
-    rows = [line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| **shipped model** (")]
-    expected = []
-    for protocol in ("full", "full", "half", "soft", "seed"):  # full resolution leads the README, then its own section
-        quality = json.loads((ROOT / "benchmarks" / "results" / f"quality_{protocol}.json").read_text())
-        row = quality["rows"]["model: default"]
-        cells = " | ".join(f"{row['families'][family]['psnr']:.2f}" for family in quality["families"])
-        expected.append(f"| **shipped model** ({weights_id(DEFAULT_WEIGHTS)}) | {cells} | {row['mean_psnr']:.2f} | {row['gain_psnr']:+.2f} |")
-    assert rows == expected, "README's shipped-model rows are stale: copy them from benchmarks/results/quality_*.json"

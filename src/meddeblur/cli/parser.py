@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--init", metavar="WEIGHTS", help="start from these weights: 'default' (the shipped model), a .safetensors file or "
                        "a run folder; architecture and width come from them (fine-tuning)")
     train.add_argument("--degrade", metavar="SPEC", help="train from sharp images only, degraded on the fly: 'real' (the default "
-                       "recipe's), 'mixed', 'gauss:sigma=0.5..2.5', 'motion:length=11+noise:sigma=0..0.01', … (see README)")
+                       "recipe's), 'mixed', 'gauss:sigma=0.5..2.5', 'motion:length=11+noise:sigma=0..0.01', … (see docs/training.md)")
     train.add_argument("--out", help="run folder to create (default runs/<time>)")
     train.add_argument("--arch", choices=ARCHITECTURES, help="network (default: the recipe's, nafnet; attention-unet is the reference)")
     train.add_argument("--width", type=int, help="base channels (default 64 for attention-unet*, 16 for nafnet; 64 = reference)")
@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     assess.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders")
     assess.add_argument("--csv", metavar="FILE", help="write path, blur_score, flag, width, height, note to FILE")
     assess.add_argument("--threshold", type=float, default=_ASSESS_THRESHOLD,
-                        help=f"flag images scoring above this (default {_ASSESS_THRESHOLD}, chosen on ISIC, see README)")
+                        help=f"flag images scoring above this (default {_ASSESS_THRESHOLD}, chosen on ISIC, see docs/benchmarks.md)")
     assess.add_argument("--skip-bad", action="store_true", help="list unreadable files as 'unreadable' instead of stopping")
     assess.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
 
@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--queue", type=int, default=32, help="requests waiting per worker before answering 503 + Retry-After (default 32)")
     serve.add_argument("--max-upload-mb", type=float, default=50, help="largest upload in MiB, refused with 413 while streaming (default 50)")
     serve.add_argument("--max-pixels", type=float, default=12e6, help="largest image in pixels, checked before decoding (default 12e6, "
-                       "a 4000×3000 photo: about 90 s on one core of the 2-core reference machine, see README)")
+                       "a 4000×3000 photo; raise it together with --deadline on faster machines, see docs/guarantees.md)")
     serve.add_argument("--deadline", type=float, default=120, help="seconds to answer once an upload is in; past it (or when it "
                        "cannot be met) 503 + Retry-After (default 120)")
     serve.add_argument("--body-timeout", type=float, default=30, help="seconds to receive a whole upload, else 408 (default 30)")
