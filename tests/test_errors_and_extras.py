@@ -221,7 +221,7 @@ def test_pyproject_core_is_light_torch_stays_pinned_and_test_pulls_every_extra()
     assert "torch>=2.2,<=2.13.0" in core
     assert not names(core) & {"fastapi", "uvicorn", "onnx", "onnxruntime", "onnxscript", "pydicom", "matplotlib", "scikit-image"}
     assert all("torch" not in names(group) for group in extras.values())
-    assert extras["all"] == ["meddeblur[serve,onnx,dicom,plots,classical]"]
+    assert extras["all"] == ["meddeblur[serve,onnx,dicom,plots,classical,monai]"]
     assert "meddeblur[all]" in extras["test"]
     assert set(extras) >= {"serve", "onnx", "dicom", "plots", "classical", "all", "test"}
 

@@ -42,7 +42,7 @@ def network_settings(settings: ServerSettings, host: str) -> ServerSettings:
 
 def check_port_free(host: str, port: int) -> None:
     """Raise a one-line UserError when ``host:port`` cannot be bound (in use, or an address this machine lacks), before
-    the model is loaded and the ready line printed; uvicorn would otherwise print the line, then fail with exit code 3."""
+    the ready line is printed; uvicorn would otherwise print the line, then fail with exit code 3."""
     import errno
     import socket
 
@@ -76,7 +76,6 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
         from meddeblur.errors import UserError
 
         raise UserError(f"port={port}: choose 0 to 65535")
-    check_port_free(host, port)  # before torch is imported and the model loaded: a busy port is known at once
     import torch
     import uvicorn
 
@@ -88,11 +87,13 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
     options = uvicorn_options(settings, host, port, log_level)
     if settings.workers == 1:
         app = create_app(settings)
+        check_port_free(host, port)  # after the model (a bad one is the first thing to fix), before the ready line
         print(f"meddeblur serve: model {app.state.model.model_id} ({app.state.model.config.arch}) on http://{host}:{port}/ "
               f"(API docs: /docs)", flush=True)
         uvicorn.run(app, **options)
         return
     served = load_served_model(settings.model, settings.device, settings.tile, settings.overlap)  # fail here, once, rather than in every worker
+    check_port_free(host, port)
     print(f"meddeblur serve: model {served.model_id} ({served.config.arch}) on http://{host}:{port}/ with "
           f"{settings.workers} worker processes (API docs: /docs)", flush=True)
     del served
