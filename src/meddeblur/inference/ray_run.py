@@ -12,6 +12,7 @@ takes one; elsewhere ``threads`` CPUs.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,15 +27,27 @@ __all__ = ["RayActors"]
 
 
 class _Deblur:
-    """The Ray Data actor: loads the model once, then turns batches of task rows into batches of outcome rows."""
+    """The Ray Data actor: loads the model once, then turns batches of task rows into batches of outcome rows.
 
-    def __init__(self, spec: ModelSpec, settings: Settings, threads: int) -> None:
-        set_threads(threads)
-        self.engine, self.settings = spec.load(), settings
+    What to load comes as class attributes of a subclass made per run (:func:`_actor_class`), not as constructor
+    arguments, which Ray would keep in its object store for the actors' restarts.
+    """
+
+    spec: ModelSpec
+    settings: Settings
+    threads: int
+
+    def __init__(self) -> None:
+        set_threads(self.threads)
+        self.engine = self.spec.load()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
         tasks = [Task(Path(source), Path(target), note or None) for source, target, note in zip(batch["input"], batch["output"], batch["note"])]
         return {"outcome": [json.dumps(outcome.as_dict()) for outcome in deblur_tasks(self.engine, tasks, self.settings)]}
+
+
+def _actor_class(spec: ModelSpec, settings: Settings, threads: int) -> type:
+    return type("DeblurActor", (_Deblur,), {"spec": spec, "settings": settings, "threads": threads})
 
 
 class RayActors:
@@ -76,8 +89,11 @@ class RayActors:
         # without Ray tracking a million blocks.
         blocks = min(len(rows), max(1000, math.ceil(len(rows) / 64)))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-        results = dataset.map_batches(_Deblur, fn_constructor_args=(self.spec, self.settings, threads), batch_size=self.settings.batch,
-                                      concurrency=self.workers, num_cpus=1 if gpus else threads, num_gpus=gpus)
+        results = dataset.map_batches(_actor_class(self.spec, self.settings, threads), batch_size=self.settings.batch,
+                                      compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=1 if gpus else threads,
+                                      num_gpus=gpus)
+        # Ray Data's own status lines (set up again as execution starts): the run has its bar and its summary.
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
         for row in results.iter_rows():
             yield Outcome(**json.loads(row["outcome"]))
 
