@@ -233,3 +233,12 @@ def test_blur_score_takes_integers_tensors_and_alpha_and_refuses_the_rest() -> N
     for side in (0, -5, 8.0, True):
         with pytest.raises(ValueError, match=f"^side={side!r}: must be a whole number of pixels, at least 16"):
             blur_score(a, side=side)
+
+
+def test_the_fast_scorer_takes_and_refuses_what_psnr_does() -> None:
+    a, b = _image_pair(np.uint8)
+    assert psnr_ssim_numpy(a, b) == pytest.approx((psnr(a, b), ssim(a, b)), abs=1e-9)
+    with pytest.raises(ValueError, match=r"^pred: float values must lie in \[0, 1\]"):
+        psnr_ssim_numpy(a * 1.0, b / 255)
+    with pytest.raises(ValueError, match="^target: float values must be finite"):
+        psnr_ssim_numpy(a / 255, np.full(a.shape, np.nan))

@@ -79,13 +79,19 @@ def _pair(pred: object, target: object, max_val: float) -> tuple[Tensor, Tensor,
         raise ValueError(f"pred: expected an image shaped (H, W) or (H, W, C), got shape {pred.shape}")
     planes = []
     for name, x in (("pred", pred), ("target", target)):
-        scale = INTEGER_RANGES.get(np.asarray(x).dtype)
-        values = unit_float(x, name, _ACCEPTED, top=float(max_val)).astype(np.float64)  # checked (masked arrays refused)
-        if scale is not None:  # in float64 from the integers themselves, as the torch path scales them
-            values = np.asarray(x, dtype=np.float64) * (max_val / scale)
+        values = _float64(x, name, max_val)
         chw = (values[..., None] if values.ndim == 2 else values).transpose(2, 0, 1)
         planes.append(torch.from_numpy(np.ascontiguousarray(chw))[None])
     return planes[0], planes[1], True, True
+
+
+def _float64(x: object, name: str, max_val: float = 1.0) -> np.ndarray:
+    """A numpy image as float64 in [0, max_val]: integers scaled by their range, floats checked (module docstring)."""
+    values = unit_float(x, name, _ACCEPTED, top=float(max_val)).astype(np.float64)  # checked; masked arrays refused
+    scale = INTEGER_RANGES.get(np.asarray(x).dtype)
+    if scale is not None:  # from the integers themselves, as the torch path scales them
+        values = np.asarray(x, dtype=np.float64) * (max_val / scale)
+    return values
 
 
 def _result(values: Tensor, numpy: bool, single: bool) -> Tensor | float:
@@ -190,7 +196,9 @@ def ssim(
 
 
 class ReferenceScorer:
-    """PSNR (dB) and SSIM of float images in ``[0, 1]`` against one ``target`` (H, W, C), equal to :func:`psnr` and :func:`ssim`.
+    """PSNR (dB) and SSIM of images against one ``target`` (H, W, C), equal to :func:`psnr` and :func:`ssim`.
+
+    Images as :func:`psnr` takes numpy ones: uint8 or uint16 (scaled by their range) or float in ``[0, 1]``.
 
     The same TF-exact float64 arithmetic, with the separable VALID Gaussian filter done by scipy and the target's
     statistics computed once: torch's float64 depthwise convolution takes ~8 s per 1024×768 pair on a 2-core CPU,
@@ -206,7 +214,7 @@ class ReferenceScorer:
     C1, C2 = 0.01**2, 0.03**2
 
     def __init__(self, target: np.ndarray) -> None:
-        self.target = np.asarray(target, dtype=np.float64)
+        self.target = _float64(target, "target")
         if self.target.ndim != 3 or min(self.target.shape[:2]) < len(self.KERNEL):
             raise ValueError(f"expected an (H, W, C) target of at least 11×11 pixels, got shape {self.target.shape}")
         self.stats = [(self._valid(y), self._valid(y * y)) for y in self.target.transpose(2, 0, 1)]
@@ -219,7 +227,7 @@ class ReferenceScorer:
         return x.T
 
     def __call__(self, pred: np.ndarray) -> tuple[float, float]:
-        a = np.asarray(pred, dtype=np.float64)
+        a = _float64(pred, "pred")
         if a.shape != self.target.shape:
             raise ValueError(f"pred and target shapes differ: {a.shape} vs {self.target.shape}")
         mse = np.mean((a - self.target) ** 2)
@@ -235,7 +243,7 @@ class ReferenceScorer:
 
 
 def psnr_ssim_numpy(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """PSNR (dB) and SSIM of one float image pair in ``[0, 1]``, shaped (H, W, C) or (H, W) (:class:`ReferenceScorer`)."""
+    """PSNR (dB) and SSIM of one image pair shaped (H, W, C) or (H, W): uint8, uint16 or float in ``[0, 1]`` (:class:`ReferenceScorer`)."""
     a, b = np.asarray(pred), np.asarray(target)
     if a.shape != b.shape:
         raise ValueError(f"pred and target shapes differ: {a.shape} vs {b.shape}")

@@ -813,6 +813,40 @@ def case_deblur_dicom_12_bits_stored_in_8_allocated(c: Ctx) -> Case:
 
 
 @hostile
+def case_deblur_dicom_values_above_bits_stored_are_refused_not_masked(c: Ctx) -> Case:
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(dicom_bytes()))
+    values = np.zeros((32, 32), np.uint16)
+    values[5, 5] = 4096  # one bit above the 12 stored: a reader masking to 12 bits would make it 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelData = 16, 12, 11, values.tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    bad = put(c.root / "in" / "scan.dcm", buffer.getvalue())
+    return Case(c.deblur(bad), (str(bad), "pixel values 0..4096 lie outside the 0..4095 that BitsStored 12 allows"), (c.root / "out",))
+
+
+@hostile
+def case_deblur_a_newline_in_the_name_of_a_corrupt_file(c: Ctx) -> Case:
+    bad = put(c.root / "in" / "two\nlines.png", half(image_bytes("PNG")))
+    return Case(c.deblur(bad), ("'<case folder>/in/two\\nlines.png'", "truncated"), (c.root / "out",))
+
+
+@hostile
+def case_train_into_a_used_run_folder_without_its_checkpoint(c: Ctx) -> Case:
+    """What is left of an earlier run (its checkpoint gone) is not replaced by a new one."""
+    put(c.root / "run" / "run.json", b'{"version": "0.1.0", "options": {}}')
+    put(c.root / "run" / "best.safetensors", b"earlier best weights")
+    return Case(c.train(c.data()), (str(c.root / "run"), "already holds a run (run.json, best.safetensors)", "--resume"))
+
+
+@hostile
+def case_serve_with_a_non_ascii_api_key(c: Ctx) -> Case:
+    key = put(c.root / "elsewhere" / "key.txt", "schlüssel-0123456789-abcdef".encode())
+    return Case(["serve", "--api-key-file", key, "--port", "0"], (str(key), "--api-key-file", "printable ASCII characters"))
+
+
+@hostile
 def case_deblur_into_the_inputs_folder_never_replaces_an_unrelated_file(c: Ctx) -> Case:
     """The issue's reproduction: `deblur d/x.jpg -o d --format png` with an unrelated d/x.png."""
     source = put(c.root / "in" / "x.jpg", image_bytes("JPEG"))
@@ -894,6 +928,26 @@ def ok_orientation_icc_profile_and_colour_key_are_kept(c: Ctx):
         _check_output(out / "turned.png", (48, 32), "PNG")
         assert _check_output(out / "profiled.jpg", (32, 32), "JPEG").icc == icc
         assert _check_output(out / "keyed.png", (32, 32), "PNG", alpha=True).alpha[0, 0] == 0
+
+    return c.deblur(folder), check
+
+
+@valid
+def ok_png_colour_chunks_and_a_255_byte_name_are_kept(c: Ctx):
+    from PIL import PngImagePlugin
+
+    folder = c.root / "in"
+    info = PngImagePlugin.PngInfo()
+    info.add(b"gAMA", struct.pack(">I", 45455))
+    info.add(b"sRGB", b"\x00")
+    put(folder / "gamma.png", encode(Image.fromarray(rgb_array()), "PNG", pnginfo=info))
+    long_name = "l" * 251 + ".png"  # 255 bytes: the longest name a file system takes
+    good(folder / long_name, seed=4)
+
+    def check() -> None:
+        out = c.root / "out"
+        assert _check_output(out / "gamma.png", (32, 32), "PNG").png_colour == ((b"gAMA", struct.pack(">I", 45455)), (b"sRGB", b"\x00"))
+        _check_output(out / long_name, (32, 32), "PNG")
 
     return c.deblur(folder), check
 

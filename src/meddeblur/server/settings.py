@@ -75,7 +75,8 @@ class ServerSettings:
         """The API key from ``api_key_file`` or ``$MEDDEBLUR_API_KEY`` (surrounding white space dropped); None: no key."""
         if self.api_key_file is not None:
             try:
-                key = open(self.api_key_file, encoding="utf-8").read().strip()
+                with open(self.api_key_file, encoding="utf-8") as fh:
+                    key = fh.read().strip()
             except (OSError, UnicodeDecodeError) as exc:
                 raise UserError(f"api_key_file={self.api_key_file}: cannot read it ({getattr(exc, 'strerror', None) or exc}); "
                                 "give a readable text file holding the key") from None
