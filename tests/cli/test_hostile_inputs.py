@@ -800,29 +800,29 @@ def case_deblur_float32_rgb_tiff_says_what_is_not_supported(c: Ctx) -> Case:
     return Case(c.deblur(bad), (str(bad), "floating-point TIFF is not supported"), (c.root / "out",))
 
 
-@hostile
-def case_deblur_dicom_12_bits_stored_in_8_allocated(c: Ctx) -> Case:
+def dicom_with(**tags: object) -> bytes:
+    """:func:`dicom_bytes` with ``tags`` (names of DICOM attributes) set to other values."""
     import pydicom
 
     ds = pydicom.dcmread(io.BytesIO(dicom_bytes()))
-    ds.BitsStored, ds.HighBit = 12, 11
+    for name, value in tags.items():
+        setattr(ds, name, value)
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    bad = put(c.root / "in" / "scan.dcm", buffer.getvalue())
+    return buffer.getvalue()
+
+
+@hostile
+def case_deblur_dicom_12_bits_stored_in_8_allocated(c: Ctx) -> Case:
+    bad = put(c.root / "in" / "scan.dcm", dicom_with(BitsStored=12, HighBit=11))
     return Case(c.deblur(bad), (str(bad), "BitsStored 12 does not fit in BitsAllocated 8"), (c.root / "out",))
 
 
 @hostile
 def case_deblur_dicom_values_above_bits_stored_are_refused_not_masked(c: Ctx) -> Case:
-    import pydicom
-
-    ds = pydicom.dcmread(io.BytesIO(dicom_bytes()))
     values = np.zeros((32, 32), np.uint16)
     values[5, 5] = 4096  # one bit above the 12 stored: a reader masking to 12 bits would make it 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelData = 16, 12, 11, values.tobytes()
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    bad = put(c.root / "in" / "scan.dcm", buffer.getvalue())
+    bad = put(c.root / "in" / "scan.dcm", dicom_with(BitsAllocated=16, BitsStored=12, HighBit=11, PixelData=values.tobytes()))
     return Case(c.deblur(bad), (str(bad), "pixel values 0..4096 lie outside the 0..4095 that BitsStored 12 allows"), (c.root / "out",))
 
 
