@@ -75,18 +75,17 @@ class NAFNet(nn.Module):
     H and W must be multiples of ``2 ** len(enc_blocks)`` (one 2×2 stride-2 conv per
     level); ``meddeblur.inference.batch`` pads other sizes by reflection. Channels double at each
     level: ``width, 2·width, …``; ``enc_blocks[i]`` / ``dec_blocks[i]`` NAFBlocks sit at
-    level i (full resolution first), ``middle_blocks`` at the lowest resolution. ``guide_channels``
-    extra input channels (``guide``, (N, guide_channels, H, W)) are seen by the first conv but not added back.
+    level i (full resolution first), ``middle_blocks`` at the lowest resolution. ``features``
+    (N, width, H, W), e.g. the kernel-conditioned restorer's guidance, are added to the first conv's output.
     """
 
     def __init__(self, width: int = 16, in_channels: int = 3, out_channels: int = 3,
                  enc_blocks: tuple[int, ...] = (0, 1, 2, 4), middle_blocks: int = 4,
-                 dec_blocks: tuple[int, ...] = (0, 1, 1, 1), guide_channels: int = 0) -> None:
+                 dec_blocks: tuple[int, ...] = (0, 1, 1, 1)) -> None:
         super().__init__()
         if in_channels != out_channels or len(enc_blocks) != len(dec_blocks):
             raise ValueError("NAFNet needs in_channels == out_channels (global residual) and one dec_blocks entry per enc_blocks entry")
-        # Guide channels (the kernel-conditioned restorer's Wiener estimates) enter the intro conv only, not the residual.
-        self.intro = nn.Conv2d(in_channels + guide_channels, width, 3, padding=1)
+        self.intro = nn.Conv2d(in_channels, width, 3, padding=1)
         self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
         channels = width
         for count in enc_blocks:
@@ -104,11 +103,12 @@ class NAFNet(nn.Module):
         nn.init.zeros_(self.ending.weight)  # exact identity at initialisation (module docstring)
         nn.init.zeros_(self.ending.bias)
 
-    def forward(self, image: torch.Tensor, guide: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:
         # Channels-last inside: oneDNN's native conv layout and free LayerNorm permutes; measured
         # 1.3-2× faster on CPU. `image + ...` below hands back the caller's (NCHW) layout.
-        stacked = image if guide is None else torch.cat([image, guide], dim=1)
-        x = self.intro(stacked.contiguous(memory_format=torch.channels_last))
+        x = self.intro(image.contiguous(memory_format=torch.channels_last))
+        if features is not None:
+            x = x + features
         skips = []
         for encoder, down in zip(self.encoders, self.downs):
             x = encoder(x)

@@ -38,11 +38,11 @@ from meddeblur.models import (
     lift_to_psf,
     load_model,
 )
+from meddeblur.models.psf_nafnet import parameter_groups
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.runs import (
     CHECKPOINT,
-    RUN_FILE,
     RunLog,
     checkpoint_config,
     load_checkpoint,
@@ -267,10 +267,7 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     has_checkpoint = ddp.broadcast(resume and (run / CHECKPOINT).exists())
     state = load_checkpoint(run / CHECKPOINT, check_best=True) if has_checkpoint else None
     log = RunLog(run / "train.log")
-    if state is not None and checkpoint_config(state, run).arch != options.arch:
-        raise UserError(f"{run / CHECKPOINT} holds a {checkpoint_config(state, run).arch} but {run / RUN_FILE} says {options.arch}: "
-                        "the two files come from different runs; restore this run's files or start a new run")
-    initial, config = (None, checkpoint_config(state, run)) if state is not None else start or _starting_point(options)
+    initial, config = (None, checkpoint_config(state, run, options.arch)) if state is not None else start or _starting_point(options)
     precision = ddp.choose_precision(device, options.amp, options.channels_last)
     torch.manual_seed(options.seed)
     net = (grow_model(initial[0], initial[1], config) if initial else build_model(config)).to(device)
@@ -280,10 +277,11 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)
     loss_fn = loss_fn.to(device)
+    groups = parameter_groups(net) if config.arch in PSF_ARCHITECTURES else net.parameters()
     if options.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(net.parameters(), lr=options.lr, betas=(0.9, 0.9), weight_decay=options.weight_decay)
+        optimizer = torch.optim.AdamW(groups, lr=options.lr, betas=(0.9, 0.9), weight_decay=options.weight_decay)
     else:
-        optimizer = torch.optim.Adam(net.parameters(), lr=options.lr, eps=1e-7)  # Keras' Adam epsilon
+        optimizer = torch.optim.Adam(groups, lr=options.lr, eps=1e-7)  # Keras' Adam epsilon
     control = None
     spent_column = "cpu_seconds" if options.budget_clock == "cpu" else "seconds"
     if options.schedule == "cosine":

@@ -232,8 +232,13 @@ def read_run_options(run: str | Path) -> TrainOptions:
         raise UserError(f"{path}: unreadable run options ({exc}); start a new run") from None
 
 
-def checkpoint_config(state: dict, run: Path) -> ModelConfig:
+def checkpoint_config(state: dict, run: Path, arch: str) -> ModelConfig:
+    """The model config in the checkpoint ``state`` of ``run``, which must be an ``arch`` (what run.json says)."""
     try:
-        return ModelConfig.from_dict(state["config"])
+        config = ModelConfig.from_dict(state["config"])
     except (KeyError, ValueError, TypeError):
         raise UserError(f"{run / CHECKPOINT}: holds no valid model config; restore this run's checkpoint or start a new run") from None
+    if config.arch != arch:
+        raise UserError(f"{run / CHECKPOINT} holds a {config.arch} but {run / RUN_FILE} says {arch}: "
+                        "the two files come from different runs; restore this run's files or start a new run")
+    return config

@@ -95,7 +95,7 @@ class TrainControl:
             torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.clip)
         lr = self.base_lr * cosine_factor(self.progress, self.step, self.warmup)
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)  # a group may learn faster (a psf-nafnet's fresh parameters)
 
     def after_step(self, seconds: float) -> None:
         """Count the step and its wall-clock seconds; update the EMA and the bar."""

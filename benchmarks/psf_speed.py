@@ -1,0 +1,86 @@
+"""Seconds per image: the blind default model and the kernel-conditioned one told a PSF, side by side in one run.
+
+A script, not a test: run it on a quiet machine. Both go through :class:`meddeblur.Deblurrer` exactly as
+``meddeblur deblur`` does (default tiling: whole images up to 1024 px), on the same random image, with the same
+threads; the kernel-conditioned model is told each PSF of ``--psfs`` (its FFT data step grows with the kernel's
+support). Reported: median and minimum over ``--repeats`` timed passes after a warm-up, and the ratio to the blind
+model's median — the cost target is at most 1.5× per 1024×768 image.
+
+    python benchmarks/psf_speed.py                      # writes benchmarks/results/psf_speed.{json,md}
+    python benchmarks/psf_speed.py --psf-model runs/psf-stage1 --sizes 256x256 --repeats 2 --out /tmp/x   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from meddeblur.device import describe_machine
+from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.models import PSF_WEIGHTS
+
+RESULTS = Path(__file__).parent / "results"
+DEFAULT_SIZES = ["1024x768", "256x256"]  # width x height
+DEFAULT_PSFS = ["gauss:sigma=1.6", "motion:length=21,angle=30", "defocus:radius=8"]
+
+
+def timed(run, image: np.ndarray, repeats: int) -> dict[str, float]:
+    run(image)  # warm-up: allocator, oneDNN primitives
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(image)
+        seconds.append(time.perf_counter() - started)
+    return {"median_s": statistics.median(seconds), "min_s": min(seconds)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--psf-model", default=str(PSF_WEIGHTS), help="kernel-conditioned weights (default: the shipped ones)")
+    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="WIDTHxHEIGHT (default 1024x768 256x256)")
+    parser.add_argument("--psfs", nargs="+", default=DEFAULT_PSFS, help="PSF specs the kernel-conditioned model is told")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    blind = Deblurrer.load(None, device="cpu")
+    known = Deblurrer.load(args.psf_model, device="cpu")
+    rows = []
+    for size in args.sizes:
+        width, height = (int(v) for v in size.lower().split("x"))
+        image = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+        base = timed(blind, image, args.repeats)
+        rows.append({"image": size, "model": f"blind default ({blind.model_id})", "psf": "—", **base, "ratio": 1.0})
+        for spec in args.psfs:
+            bound = known.with_psf(spec)
+            result = timed(bound, image, args.repeats)
+            rows.append({"image": size, "model": f"psf-nafnet ({known.model_id})", "psf": spec, **result,
+                         "ratio": result["median_s"] / base["median_s"]})
+            print(f"{size} {spec}: {result['median_s']:.3f} s ({rows[-1]['ratio']:.2f}× blind {base['median_s']:.3f} s)", flush=True)
+    command = "python benchmarks/psf_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    machine = f"{describe_machine()}, {args.threads} thread(s)"
+    result = {"command": command.strip(), "machine": machine, "date": date.today().isoformat(), "repeats": args.repeats, "rows": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "psf_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Known-blur restoration: time per image", "",
+             f"`{result['command']}` — {result['date']}, {machine}; median (min) of {args.repeats} passes after a warm-up, "
+             "through `Deblurrer` as `meddeblur deblur` runs (whole images up to 1024 px). ratio: to the blind default model's median "
+             "on the same image in the same run (target ≤ 1.5× at 1024×768).", "",
+             "| image | model | PSF | seconds | ratio to blind |", "|---|---|---|---|---|"]
+    lines += [f"| {r['image']} | {r['model']} | `{r['psf']}` | {r['median_s']:.3f} ({r['min_s']:.3f}) | {r['ratio']:.2f}× |" for r in rows]
+    (args.out / "psf_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
