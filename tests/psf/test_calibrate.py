@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import load_script
 from PIL import Image
 
 from meddeblur.cli.main import main
@@ -189,3 +190,14 @@ def test_cli_target_writes_the_png_and_prints_the_instructions(tmp_path, capsys)
     assert main(["calibrate", "--target", str(target), "--dpi", "300"]) == 2  # another program's file: kept
     assert main(["calibrate", "--target", str(target), "--dpi", "300", "--overwrite"]) == 0
     assert main(["calibrate", "--target", str(target), "--dpi", "300"]) == 0  # its own file: replaced
+
+
+def test_the_calibration_benchmark_runs_end_to_end(isic_images, tmp_path) -> None:
+    calibration = load_script("calibration")
+    assert calibration.main(["--parts", "soft", "--restorer", "wiener", "--limit", "1", "--val-limit", "1", "--out", str(tmp_path)]) == 0
+    soft = json.loads((tmp_path / "calibration.json").read_text())["soft"]
+    assert soft["test_images"] == 1 and set(soft["params"]["wiener"]) == {"nsr", "val_psnr"}
+    row = soft["per_image"][0]
+    assert 0.7 <= row["sigma"] <= 1.0 and row["calibrated_mtf50"] == pytest.approx(row["true_mtf50"], rel=0.05)
+    assert soft["summary"]["wiener_calibrated_gain"] == pytest.approx(row["wiener_calibrated_psnr"] - row["device_psnr"], abs=1e-3)
+    assert "## Soft device" in (tmp_path / "calibration.md").read_text()

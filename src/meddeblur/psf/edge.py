@@ -21,7 +21,7 @@ pixels no linearisation is applied.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy import ndimage
@@ -247,15 +247,15 @@ def _measure(grey: np.ndarray, cand: _Candidate, strong: np.ndarray) -> EdgeSFR:
     centres = (np.arange(len(count)) + 0.5) * _BIN - reach
     filled = count > 0
     esf = np.interp(centres, centres[filled], total[filled] / np.maximum(count[filled], 1))
-    low_w = min(left, right)
-    if low_w < 6:
-        raise EdgeError(f"the edge has too little flat surround ({low_w} px on one side); keep plain target around it, "
+    surround = min(left, right)
+    if surround < 6:
+        raise EdgeError(f"the edge has too little flat surround ({surround} px on one side); keep plain target around it, "
                         "away from the border and other edges")
     # The ESF's own 10–90 % width sets the final half-width (16–64 px): a Hamming window much wider than the blur.
-    inner = np.abs(centres) < low_w
+    inner = np.abs(centres) < surround
     low, high = esf[inner][:OVERSAMPLING * 2].mean(), esf[inner][-OVERSAMPLING * 2:].mean()
     rise = _rise(centres[inner], esf[inner], low, high)
-    half = float(min(low_w, max(_HALF_WIDTH[0], min(_HALF_WIDTH[1], 8 * rise + 8))))
+    half = float(min(surround, max(_HALF_WIDTH[0], min(_HALF_WIDTH[1], 8 * rise + 8))))
     keep = np.abs(centres) < half
     centres, esf, filled = centres[keep], esf[keep], filled[keep]
     if (~filled).mean() > _PHASE_GAPS:
@@ -361,7 +361,5 @@ def measure_edges(image: np.ndarray, roi: tuple[int, int, int, int] | None = Non
 
 
 def _shifted(edge: EdgeSFR, dx: int, dy: int) -> EdgeSFR:
-    from dataclasses import replace
-
     x0, y0, x1, y1 = edge.roi
     return replace(edge, roi=(x0 + dx, y0 + dy, x1 + dx, y1 + dy))
