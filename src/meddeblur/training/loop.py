@@ -27,17 +27,7 @@ from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.losses import DeblurLoss, build_loss
 from meddeblur.metrics import psnr, ssim
-from meddeblur.models import (
-    BEST_WEIGHTS,
-    PSF_ARCHITECTURES,
-    ModelConfig,
-    build_model,
-    count_parameters,
-    grow_model,
-    grown_config,
-    lift_to_psf,
-    load_model,
-)
+from meddeblur.models import BEST_WEIGHTS, PSF_ARCHITECTURES, ModelConfig, build_model, count_parameters, grow_model, grown_config, lift_to_psf, load_model
 from meddeblur.models.psf_nafnet import parameter_groups
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
