@@ -54,13 +54,21 @@ def test_the_readme_is_short_and_no_document_speaks_of_how_the_work_was_organise
     assert {name: hits for name, hits in found.items() if hits} == {}
 
 
+def _anchors(path: Path) -> set[str]:
+    """GitHub's anchors of a Markdown file's headings: lower case, punctuation dropped, spaces to hyphens."""
+    headings = re.findall(r"^#+ (.+)$", path.read_text(), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
 def test_every_relative_link_in_the_documents_resolves():
     dead = []
     for path in DOCUMENTS:
         for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
-            if re.match(r"[a-z]+:", target) or target.startswith("#"):
+            if re.match(r"[a-z]+:", target):
                 continue
-            if not (path.parent / target.split("#")[0]).exists():
+            file, _, anchor = target.partition("#")
+            linked = path.parent / file if file else path
+            if not linked.exists() or (anchor and linked.suffix == ".md" and anchor not in _anchors(linked)):
                 dead.append(f"{path.relative_to(ROOT)}: {target}")
     assert dead == []
 
