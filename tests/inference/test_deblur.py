@@ -81,7 +81,7 @@ def test_cli_deblurs_a_folder_keeping_size_name_and_format(tmp_path: Path, tiny_
 
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert f"4 image(s) written to {out}" in proc.stdout
+    assert f"4 input(s): 4 written to {out}" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == sorted(inputs)
     for name, source in inputs.items():
         want, got = _pixels(source), _pixels(out / name)
@@ -217,7 +217,9 @@ def test_folder_is_done_in_one_invocation_with_the_model_loaded_once(tmp_path: P
     assert names == sorted([f"img{i}.png" for i in range(len(ODD_SIZES))] + ["single.bmp", "single.bmp.json"])
     for i, (h, w) in enumerate(ODD_SIZES):
         assert _pixels(tmp_path / "out" / f"img{i}.png").shape == (h, w, 3)
-    assert f"{len(ODD_SIZES) + 1} image(s) written" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert f"{len(ODD_SIZES) + 1} input(s): {len(ODD_SIZES) + 1} written" in text
+    assert f"not images, left alone: {folder / 'notes.txt'}" in text  # named, not passed over in silence
 
 
 def test_a_bad_file_stops_the_run_there_leaving_whole_outputs_before_it(tmp_path: Path) -> None:

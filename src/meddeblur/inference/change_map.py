@@ -120,21 +120,25 @@ def change_between(before: np.ndarray, after: np.ndarray) -> ChangeMap:
     return ChangeMap(levels, figures)
 
 
-def _quantized(values: np.ndarray, bit_depth: int) -> np.ndarray:
-    """Float values in [0, 1] as the integers an encoder of ``bit_depth`` bits stores."""
-    maxval, dtype = (65535, np.uint16) if bit_depth == 16 else (255, np.uint8)
-    return np.round(np.clip(values, 0.0, 1.0) * maxval).astype(dtype)
+def _quantized(values: np.ndarray, bits: int) -> np.ndarray:
+    """Float values in [0, 1] as an encoder of ``bits`` bits stores them: uint8 / uint16, else the levels as floats."""
+    if bits in (8, 16):
+        maxval, dtype = (65535, np.uint16) if bits == 16 else (255, np.uint8)
+        return np.round(np.clip(values, 0.0, 1.0) * maxval).astype(dtype)
+    maxval = 2 ** bits - 1  # e.g. a 12-bit DICOM
+    return (np.round(np.clip(values, 0.0, 1.0) * maxval) / maxval).astype(np.float32)
 
 
 def change_of(image: LoadedImage, restored: np.ndarray, bit_depth: int) -> ChangeMap:
     """The change from a decoded input to its deblurred ``restored`` (H, W, 3) float, as written with ``bit_depth`` bits.
 
     The input is compared as stored, the output as handed to the encoder: exactly the file's pixels for PNG, TIFF,
-    BMP and DICOM; a JPEG adds its own compression error on top. A grey output is the mean of R, G and B.
+    BMP and DICOM (at its BitsStored); a JPEG adds its own compression error on top. A grey output is the mean of R, G, B.
     """
+    stored = getattr(image.source, "bits_stored", None) if image.format == "DICOM" else None
     before = image.rgb[..., 0] if image.grayscale else image.rgb
     after = restored.mean(axis=2) if image.grayscale else restored
-    return change_between(_quantized(before, image.bit_depth), _quantized(after, bit_depth))
+    return change_between(_quantized(before, stored or image.bit_depth), _quantized(after, stored or bit_depth))
 
 
 def change_map_path(output: Path) -> Path:
