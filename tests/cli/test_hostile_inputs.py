@@ -823,7 +823,7 @@ def case_deblur_dicom_values_above_bits_stored_are_refused_not_masked(c: Ctx) ->
     values = np.zeros((32, 32), np.uint16)
     values[5, 5] = 4096  # one bit above the 12 stored: a reader masking to 12 bits would make it 0
     bad = put(c.root / "in" / "scan.dcm", dicom_with(BitsAllocated=16, BitsStored=12, HighBit=11, PixelData=values.tobytes()))
-    return Case(c.deblur(bad), (str(bad), "pixel values 0..4096 lie outside the 0..4095 that BitsStored 12 allows"), (c.root / "out",))
+    return Case(c.deblur(bad), (str(bad), "pixel value 4096 lies outside the 0..4095 that BitsStored 12 allows"), (c.root / "out",))
 
 
 @hostile

@@ -273,5 +273,14 @@ def test_dicom_values_beyond_bits_stored_are_refused_not_masked(tmp_path: Path, 
         scaled = (pixels.astype(np.float64) - low) / (2 ** bits - 1)
         np.testing.assert_allclose(read_image(path).rgb[:, :, 0], scaled, rtol=0, atol=1e-6)
         return
-    with pytest.raises(UserError, match=rf"pixel values .* lie outside the {low}\.\.{high} that BitsStored {bits} allows"):
+    with pytest.raises(UserError, match=rf"pixel value {bad} lies outside the {low}\.\.{high} that BitsStored {bits} allows"):
         read_image(path)
+
+
+def test_a_signed_dicom_whose_high_bits_are_left_zero_is_read_as_two_s_complement(tmp_path: Path) -> None:
+    """Writers need not copy the sign into the bits above BitsStored: 0x0FFF in a 12-bit signed image is -1."""
+    stored = np.array([0x0FFF, 0x0800, 0x07FF, 0], np.int16)  # -1, -2048, 2047, 0 with the high 4 bits zero
+    pixels = np.resize(stored, (16, 16)).astype(np.int16)
+    path = _save(_dataset(pixels, "MONOCHROME2", 12, True), tmp_path / "s.dcm")
+    values = np.round(read_image(path).rgb[0, :4, 0] * 4095) - 2048
+    np.testing.assert_array_equal(values, [-1, -2048, 2047, 0])

@@ -126,6 +126,29 @@ def _lossless_syntaxes() -> set[str]:
     return {str(getattr(pydicom.uid, name)) for name in names if hasattr(pydicom.uid, name)}
 
 
+def _within_bits_stored(path: Path, arr: np.ndarray, stored: int, allocated: int, signed: bool) -> np.ndarray:
+    """The stored values as numbers of ``stored`` bits (signed: two's complement), or CorruptImage if bits above them are set.
+
+    Above BitsStored an unsigned image has zeros. A signed one has zeros too (the value is then the low bits in
+    two's complement), or, in an image where any value has them set, copies of the sign bit. Anything else (4096 in
+    a 12-bit image) is a value out of range, refused rather than masked to BitsStored bits as a reader may.
+    """
+    if stored >= allocated or not arr.size:
+        return arr
+    raw = arr.astype(np.int64) & (2 ** allocated - 1)  # the allocated bits as stored
+    low, high = raw & (2 ** stored - 1), raw >> stored
+    sign = (low >> (stored - 1)) & 1 if signed else np.zeros_like(low)
+    allowed = high == 0
+    if signed and (high != 0).any():  # a writer that extends the sign: the high bits must all equal it
+        allowed = np.where(sign == 1, high == 2 ** (allocated - stored) - 1, high == 0)
+    if not allowed.all():
+        bad = int(arr[~allowed].flat[0])
+        limits = f"{-(2 ** (stored - 1))}..{2 ** (stored - 1) - 1}" if signed else f"0..{2 ** stored - 1}"
+        raise CorruptImage(f"{path}: DICOM pixel value {bad} lies outside the {limits} that BitsStored {stored} allows; it would "
+                           f"be cut to {stored} bits, so re-export it with BitsStored matching the data", value=path)
+    return low - (sign << stored) if signed else low
+
+
 def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> LoadedImage:
     """Decode a single-frame DICOM image from the open file ``f`` (see the module docstring for scaling)."""
     require("pydicom", f"{path}: reading a DICOM file")
@@ -163,11 +186,7 @@ def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> Load
     expected = (rows, cols) if samples == 1 else (rows, cols, 3)
     if arr.shape != expected:
         raise CorruptImage(f"{path}: cannot decode DICOM (pixel data does not match Rows/Columns); re-export or remove it", value=path)
-    low, high = (-(2 ** (stored - 1)), 2 ** (stored - 1) - 1) if signed else (0, 2 ** stored - 1)
-    if arr.size and (int(arr.min()) < low or int(arr.max()) > high):
-        raise CorruptImage(f"{path}: DICOM pixel values {int(arr.min())}..{int(arr.max())} lie outside the {low}..{high} that "
-                           f"BitsStored {stored} allows; they would be cut to {stored} bits, so re-export it with BitsStored "
-                           "matching the data", value=path)
+    arr = _within_bits_stored(path, arr, stored, allocated, signed)
     maxval = float(2 ** stored - 1)
     values = arr.astype(np.float32)
     if signed:
