@@ -3,7 +3,8 @@
 A script, not a test. ~200 generated dermoscopy-like images of mixed sizes (PNG and JPEG, 96 to --max-side px) are
 deblurred with the shipped model into one folder per configuration:
 
-* local, 1 worker (this process, torch's own threads: all cores) and 2 workers (processes of cores/2 threads each);
+* local, 1 worker (this process, torch's own threads: all cores; and again with 1 thread) and 2 workers (processes
+  of cores/2 threads each: what ``meddeblur deblur`` does by default for 8 or more images on 2 cores);
 * Ray Data with 1 and 2 actors on an embedded local Ray (the ``ray`` extra), its start-up (``ray.init``) timed apart.
 
 For each: the wall time, the time to the first finished image (start-up: worker processes or actors loading the
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.device import machine_line
@@ -34,7 +36,7 @@ from meddeblur.files import atomic_write
 from meddeblur.inference.archive import plan_run
 from meddeblur.inference.folder_run import InProcess
 from meddeblur.inference.jobs import Settings
-from meddeblur.inference.workers import LocalWorkers, ModelSpec
+from meddeblur.inference.workers import LocalWorkers, ModelSpec, set_threads
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import write_image
 
@@ -103,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         for index in range(2):
             write_image(warm_up / f"{index}.png", synthetic_dermoscopy(96, 96, seed=10_000 + index))
         rows["local, 1 worker"] = timed_run(lambda: InProcess(engine, settings), root / "in", warm_up, root / "local-1", record)
+        threads = torch.get_num_threads()
+        set_threads(1)
+        rows["local, 1 worker, 1 thread"] = timed_run(lambda: InProcess(engine, settings), root / "in", warm_up, root / "local-1t", record)
+        set_threads(threads)
+        rows["local, 1 worker, 1 thread"]["identical_to_1_worker"] = identical(root / "local-1", root / "local-1t")
         rows["local, 2 workers"] = timed_run(lambda: LocalWorkers(spec, settings, 2), root / "in", warm_up, root / "local-2", record)
         rows["local, 2 workers"]["identical_to_1_worker"] = identical(root / "local-1", root / "local-2")
         ray_started = None

@@ -21,7 +21,6 @@ ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet", "psf-naf
 _RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2, "crop": 64, "perturb_psf": 0.3}
 _ASSESS_SIDE = 768  # meddeblur.evaluation.assess.ANALYSIS_SIDE
 _ASSESS_THRESHOLD = 0.4  # meddeblur.evaluation.assess.DEFAULT_THRESHOLD
-_DEBLUR_WORKERS = 1  # deblur --workers default, chosen from benchmarks/results/archive.md
 
 
 class Parser(argparse.ArgumentParser):
@@ -179,9 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "into the log and the output's provenance)")
     archive.add_argument("--quiet", action="store_true", help="no progress bars (shown on a terminal: images done, images/s, ETA, "
                          "and the tiles of a large image); the summary is still printed")
-    archive.add_argument("--workers", type=int, default=_DEBLUR_WORKERS, metavar="N",
-                         help=f"processes deblurring at once, each loading the model once with cores/N threads (default {_DEBLUR_WORKERS}, "
-                              "see docs/archive.md); with --cluster ray, the number of Ray actors")
+    archive.add_argument("--workers", type=int, metavar="N",
+                         help="processes deblurring at once, each loading the model once with cores/N threads (default: for 8 "
+                              "or more images on a CPU with 2 or more cores, 2 single-thread processes, measured several times "
+                              "faster than one on 2 cores, see docs/archive.md; otherwise 1, this process); with --cluster ray, "
+                              "the number of Ray actors")
     archive.add_argument("--cluster", choices=("ray",), help="run on Ray Data (pip install 'meddeblur[ray]'): an embedded Ray on this "
                          "machine, or the cluster at --ray-address; same outputs, log and resume rule")
     archive.add_argument("--ray-address", metavar="ADDRESS", help="with --cluster ray: join this cluster (e.g. auto, or ray://HEAD:10001); "

@@ -1,7 +1,7 @@
 """Deblurring an archive of images: plan, then deblur here, in local worker processes or on Ray; what ``meddeblur deblur`` runs.
 
 >>> from meddeblur.inference.archive_run import deblur_archive            # doctest: +SKIP
->>> report = deblur_archive(["scans/"], "out/", recursive=True, skip_bad=True, log="run.jsonl", workers=2)  # doctest: +SKIP
+>>> report = deblur_archive(["scans/"], "out/", recursive=True, skip_bad=True, log="run.jsonl")  # doctest: +SKIP
 >>> report.exit_code, len(report.written)                                  # doctest: +SKIP
 (0, 200)
 
@@ -17,22 +17,20 @@ from pathlib import Path
 from meddeblur.errors import InvalidOption
 from meddeblur.inference.archive import plan_run
 from meddeblur.inference.folder_run import Executor, InProcess, Report, execute
-from meddeblur.inference.jobs import Settings
+from meddeblur.inference.jobs import GPU_BATCH, Settings
 from meddeblur.inference.tiling import Tiling
-from meddeblur.inference.workers import LocalWorkers, ModelSpec, check_workers
+from meddeblur.inference.workers import LocalWorkers, ModelSpec, check_workers, default_workers
 from meddeblur.io.encode import check_jpeg_quality
 
-__all__ = ["deblur_archive", "CLUSTERS", "GPU_BATCH"]
+__all__ = ["deblur_archive", "CLUSTERS"]
 
 CLUSTERS = ("ray",)
-#: Images of one size deblurred together on a CUDA device.
-GPU_BATCH = 8
 
 
 def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | None = None, *, format: str | None = None,
                    jpeg_quality: int = 95, recursive: bool = False, skip_bad: bool = False, redo: bool = False,
                    allow_outputs: bool = False, overwrite: bool = False, change_map: bool = False,
-                   log: str | os.PathLike[str] | None = None, progress: bool | None = None, workers: int = 1,
+                   log: str | os.PathLike[str] | None = None, progress: bool | None = None, workers: int | None = None,
                    cluster: str | None = None, ray_address: str | None = None) -> Report:
     """Deblur files and folders into ``out`` with the model ``spec`` names (default: the shipped one); a :class:`Report` back.
 
@@ -41,31 +39,34 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
     model and options are skipped unless ``redo``; inputs that are meddeblur outputs are skipped unless
     ``allow_outputs``. ``change_map``: write ``NAME.change.png`` beside each output. ``log``: append a JSON line per
     input to this file. ``progress``: bars on stderr (None: when it is a terminal). ``workers``: processes (or Ray
-    actors), each loading the model once; ``cluster="ray"`` runs on Ray Data, on the cluster at ``ray_address`` or, without
-    one, on an embedded Ray on this machine.
+    actors), each loading the model once (None: :func:`~meddeblur.inference.workers.default_workers`; a single image is
+    always deblurred in this process); ``cluster="ray"`` runs on Ray Data, on the cluster at ``ray_address`` or, without one,
+    on an embedded Ray on this machine.
     """
     spec = spec or ModelSpec()
     Tiling(spec.tile, spec.overlap)
     check_jpeg_quality(jpeg_quality)
-    check_workers(workers)
     if cluster is not None and cluster not in CLUSTERS:
         raise InvalidOption(f"cluster={cluster!r}: choose 'ray' (or leave it out to run on this machine)", value=cluster, option="cluster")
     if ray_address is not None and cluster is None:
         raise InvalidOption(f"ray_address={ray_address}: joins a Ray cluster; add cluster='ray'", value=ray_address, option="ray_address")
-    here = workers == 1 and cluster is None
-    # The record decides what is already done; away from here it only needs the model's id, not its device.
+    on_cpu = spec.engine == "onnx" or spec.device == "cpu" or (spec.device == "auto" and not _has_cuda())
+    if workers is not None:
+        check_workers(workers)
+    # The record decides what is already done; for the plan alone the model's device does not matter.
+    here = on_cpu or (cluster is None and workers in (None, 1))
     engine = spec.load() if here else spec.load(device="cpu")
     plan = plan_run(inputs, out, engine.provenance, format, jpeg_quality, recursive=recursive, change_map=change_map,
                     overwrite=overwrite, resume=not redo, allow_outputs=allow_outputs)
-    cuda = spec.device == "cuda" or (spec.device == "auto" and _has_cuda())
-    settings = Settings(jpeg_quality=jpeg_quality, change_map=change_map, batch=GPU_BATCH if cuda else 1)
+    workers = default_workers(on_cpu, len(plan.tasks)) if workers is None else workers
+    settings = Settings(jpeg_quality=jpeg_quality, change_map=change_map, batch=1 if on_cpu else GPU_BATCH)
     executor: Executor
-    if here:
-        executor = InProcess(engine, settings)
-    elif cluster == "ray":
+    if cluster == "ray":
         from meddeblur.inference.ray_run import RayActors
 
         executor = RayActors(spec, settings, workers, ray_address)
+    elif workers == 1 or len(plan.tasks) <= 1:  # starting processes for one image costs more than it saves
+        executor = InProcess(engine if here else spec.load(), settings)
     else:
         executor = LocalWorkers(spec, settings, workers)
     return execute(plan, executor, engine.provenance, log=log, skip_bad=skip_bad, progress=progress)

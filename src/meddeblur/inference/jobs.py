@@ -22,8 +22,10 @@ from meddeblur.io.decode import read_image
 from meddeblur.io.encode import check_jpeg_quality, write_image
 from meddeblur.io.formats import SUFFIX_FORMATS, LoadedImage
 
-__all__ = ["Settings", "tile_count", "deblur_tasks"]
+__all__ = ["GPU_BATCH", "Settings", "tile_count", "deblur_tasks"]
 
+#: Images of one size deblurred together on a CUDA device (written for GPUs; not measured on one).
+GPU_BATCH = 8
 #: on_tile(task, tiles done, tiles in all): called before each forward pass over a tiled image.
 TileCallback = Callable[[Task, int, int], None]
 

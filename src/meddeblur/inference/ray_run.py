@@ -15,12 +15,13 @@ import json
 import logging
 import math
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from meddeblur.errors import require
 from meddeblur.inference.archive import Outcome, Task
-from meddeblur.inference.jobs import Settings, deblur_tasks
+from meddeblur.inference.jobs import GPU_BATCH, Settings, deblur_tasks
 from meddeblur.inference.workers import ModelSpec, check_workers, cores, set_threads, threads_per_worker
 
 __all__ = ["RayActors"]
@@ -84,12 +85,13 @@ class RayActors:
         else:  # each actor's share of the cluster's cores, but no more than its smallest node has
             smallest = min(int(node["Resources"].get("CPU", 1)) for node in ray.nodes() if node.get("Alive"))
             threads = max(1, min(smallest, int(resources.get("CPU", 1)) // self.workers))
+        settings = replace(self.settings, batch=GPU_BATCH) if gpus and self.settings.batch == 1 else self.settings
         rows = [{"input": str(task.input), "output": str(task.output), "note": task.note or ""} for task in tasks]
         # Blocks of one task while there are few, of up to 64 for a large archive: progress and the log follow closely
         # without Ray tracking a million blocks.
         blocks = min(len(rows), max(1000, math.ceil(len(rows) / 64)))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-        results = dataset.map_batches(_actor_class(self.spec, self.settings, threads), batch_size=self.settings.batch,
+        results = dataset.map_batches(_actor_class(self.spec, settings, threads), batch_size=settings.batch,
                                       compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=1 if gpus else threads,
                                       num_gpus=gpus)
         # Ray Data's own status lines (set up again as execution starts): the run has its bar and its summary.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -21,8 +22,10 @@ from meddeblur.errors import InvalidOption, UserError
 from meddeblur.inference.archive import Outcome, Task
 from meddeblur.inference.jobs import Settings, deblur_tasks
 
-__all__ = ["ModelSpec", "LocalWorkers", "cores", "threads_per_worker", "check_workers"]
+__all__ = ["ModelSpec", "LocalWorkers", "cores", "threads_per_worker", "check_workers", "default_workers"]
 
+#: From this many images to deblur on, :func:`default_workers` starts worker processes.
+MANY = 8
 _POLL_SECONDS = 1.0  # how often a waiting process checks that its peers are alive
 _STOP_SECONDS = 10.0  # how long stopped workers get to remove their temporary files before being killed
 
@@ -62,6 +65,17 @@ def cores() -> int:
 def threads_per_worker(workers: int) -> int:
     """Torch threads per worker so that ``workers`` processes share the cores without oversubscribing them."""
     return max(1, cores() // workers)
+
+
+def default_workers(on_cpu: bool, images: int) -> int:
+    """Processes when none are asked for: 2 single-thread ones for :data:`MANY` or more images on a CPU with 2 or more
+    cores, else 1 (this process).
+
+    Measured on a 2-core machine (benchmarks/results/archive.md): two single-thread workers deblurred a folder several
+    times faster than one process with two threads, after a start-up of a few seconds that a handful of images does
+    not repay; more workers were not measured. A GPU is shared: there one.
+    """
+    return min(2, cores()) if on_cpu and images >= MANY else 1
 
 
 def check_workers(workers: int) -> int:
@@ -193,16 +207,20 @@ class LocalWorkers:
             self._start(slot)
             sent[slot], started[slot] = [], set()
             feed(slot)
-        remaining = len(tasks)
+        remaining, checked = len(tasks), time.monotonic()
         while remaining:
             try:
                 kind, slot, value = self._results.get(timeout=_POLL_SECONDS)
             except queue.Empty:
+                kind = None
+            if kind is None or time.monotonic() - checked > _POLL_SECONDS:  # quiet, or busy: look for dead workers anyway
+                checked = time.monotonic()
                 for outcome in self._replace_dead(sent, started, pending, tasks):
                     remaining -= 1
                     yield outcome
-                for slot in sent:
-                    feed(slot)
+                for each in sent:
+                    feed(each)
+            if kind is None:
                 continue
             if kind == "ready":
                 self._ready.add(slot)
