@@ -456,7 +456,8 @@ def test_stalled_uploads_do_not_starve_processing_and_time_out_with_408(weights)
     """40 clients send headers and 100 body bytes, then stall: a good request still gets 200 well within the body
     timeout (the stalled ones hold no processing slot), and each stalled one is answered 408 when the timeout passes."""
     timeout = 3.0
-    app = create_app(ServerSettings(model=str(weights), device="cpu", threads=1, queue=1, body_timeout=timeout))
+    # 40 clients, all on 127.0.0.1 here: more than the 32 connections one address may hold by default.
+    app = create_app(ServerSettings(model=str(weights), device="cpu", threads=1, queue=1, body_timeout=timeout, max_client_connections=64))
     png = encode(sample(32, 32), "PNG")
     with real_server(app) as port:
         stalled = []
@@ -529,7 +530,7 @@ def test_api_key_sources_and_bad_keys(tmp_path, monkeypatch):
     monkeypatch.setenv("MEDDEBLUR_API_KEY", API_KEY)
     assert ServerSettings().api_key() == API_KEY
     (tmp_path / "short").write_text("secret")
-    with pytest.raises(UserError, match="at least 16 printable characters"):
+    with pytest.raises(UserError, match="at least 16 printable ASCII characters"):
         ServerSettings(api_key_file=str(tmp_path / "short")).validate()
     with pytest.raises(UserError, match="cannot read it"):
         ServerSettings(api_key_file=str(tmp_path / "missing")).validate()
