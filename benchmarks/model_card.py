@@ -4,7 +4,8 @@
     python benchmarks/model_card.py --check    # exit 1 if any of them differs from what the results give
 
 Every number in the card comes from a results file (quality_{full,half,soft,seed}.json, flops.json, budget.json,
-default_training_stages.json, train_speed.json) or from the shipped weights themselves; README.md and docs/*.md carry
+default_training_stages.json, train_speed.json; for the kernel-conditioned model psf_training_stages.json, psf_speed.json,
+calibration.json, via psf_card.py) or from the shipped weights themselves; README.md and docs/*.md carry
 theirs in figure blocks (``<!-- figures:NAME -->…<!-- /figures -->``) that :mod:`figures` renders from the same files.
 So documents and results cannot drift apart unnoticed: the test suite runs ``--check``.
 """
@@ -236,6 +237,7 @@ def build() -> tuple[str, dict]:
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'yes' if met else '**no**'} |" for name, measured, met in checks]
     lines += ["", "## Limits", ""] + [f"- {text}" for text in LIMITS]
+    lines += _sibling("psf_card").section(quality, RESULTS)  # the kernel-conditioned model, once shipped and benchmarked
     card = {
         "id": model_id, "version": __version__, "file": weights.name, "architecture": asdict(config),
         "parameters": parameters, "gflop_256": round(flops["gflop_256"], 3),
