@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -137,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         rerun_s = time.perf_counter() - began
         assert f"{args.images} skipped" in rerun.stdout, rerun.stdout
     pixels = [h * w for h, w in sizes]
-    result = {"command": COMMAND + (" " + " ".join(argv) if argv else ""), "machine": machine_line(), "note": args.note,
+    given = sys.argv[1:] if argv is None else argv
+    result = {"command": " ".join([COMMAND, *(shlex.quote(arg) for arg in given)]), "machine": machine_line(), "note": args.note,
               "load_average_before": [round(v, 2) for v in load_before], "load_average_after": [round(v, 2) for v in os.getloadavg()],
               "images": args.images, "megapixels": round(sum(pixels) / 1e6, 2), "sides": [96, args.max_side],
               "model": record.get("model_id"), "rows": rows, "ray_init_s": ray_started,

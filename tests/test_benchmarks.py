@@ -112,3 +112,12 @@ def test_loss_probe_reads_loss_weights_and_keeps_every_run_in_one_table(tmp_path
     assert "| mse=1 | `cmd a` | 10 | 1.0 | 39.50 (39.00) | 50.00 dB | 0.9000 | 34.00 (33.80) |" in table
     assert "| ssim=0.5,l1=0.5 | `cmd b` | 20 | 1.0 | 39.60 (39.00) | — | 0.9100 | 34.00 (33.80) |" in table
     assert (tmp_path / "loss_probe.md").read_text() == table and "Machine: test host." in table
+
+
+def test_archive_benchmark_runs(tmp_path):
+    archive = load_script("archive")
+    assert archive.main(["--images", "3", "--max-side", "96", "--skip-ray", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "archive.json").read_text())
+    assert set(result["rows"]) == {"local, 1 worker", "local, 1 worker, 1 thread", "local, 2 workers"}
+    assert result["rows"]["local, 2 workers"]["identical_to_1_worker"] and result["rerun"]["summary"].startswith("3 input(s): 0 written")
+    assert "--skip-ray" in result["command"] and "| local, 2 workers |" in (tmp_path / "archive.md").read_text()
