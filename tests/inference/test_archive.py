@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -322,3 +323,31 @@ def test_ray_address_without_the_ray_cluster_is_a_usage_error(tmp_path: Path) ->
     with pytest.raises(UserError, match="cluster='dask'"):
         deblur_archive([tmp_path], tmp_path / "out", cluster="dask")
     assert os.listdir(tmp_path) == []
+
+
+@dataclass(frozen=True)
+class _DyingSpec(ModelSpec):
+    """A model whose worker process dies (as if killed for memory) on 17 x 19 images."""
+
+    def load(self, device: str | None = None):
+        engine = super().load(device)
+        deblur_rgb = engine.deblur_rgb
+
+        def dying(rgb, before_tile=None):
+            if rgb.shape[:2] == (17, 19):
+                os._exit(9)
+            return deblur_rgb(rgb, before_tile=before_tile)
+
+        engine.deblur_rgb = dying
+        return engine
+
+
+def test_a_worker_that_dies_refuses_its_image_and_the_run_goes_on(tmp_path: Path, tiny_weights: Path, one_thread) -> None:
+    folder = tmp_path / "in"
+    for i in range(5):
+        _image(folder / f"{i}.png", seed=i)
+    _image(folder / "dies.png", 17, 19)
+    report = deblur_archive([folder], tmp_path / "out", _DyingSpec(str(tiny_weights), device="cpu"), skip_bad=True, workers=2)
+    (refused,) = report.with_status("refused")
+    assert refused.input == str(folder / "dies.png") and "worker process deblurring it died (exit code 9" in refused.reason
+    assert sorted(p.name for p in report.written) == [f"{i}.png" for i in range(5)] and report.exit_code == 1

@@ -75,7 +75,7 @@ def test_a_run_killed_at_a_random_moment_is_finished_by_a_rerun(tmp_path: Path, 
     folder, out = _folder(tmp_path), tmp_path / "out"
     reference = deblur_archive([folder], tmp_path / "reference", ModelSpec(str(tiny_weights), device="cpu"), recursive=True)
     assert len(reference.written) == IMAGES
-    process = _start(folder, out, tiny_weights)
+    process = _start(folder, out, tiny_weights, "--workers", "1")  # in one process: a temporary file is left behind
     _wait_for_first_output(process, out)
     time.sleep(random.uniform(0, 1.0))
     process.kill()

@@ -11,9 +11,7 @@ orphan over the same output.
 from __future__ import annotations
 
 import os
-import queue
 import signal
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -111,62 +109,61 @@ def set_threads(threads: int) -> None:
     cv2.setNumThreads(threads)
 
 
-def _next_tasks(tasks: Any, together: int, parent: int) -> list[tuple[int, Task]] | None:
-    """The next tasks from this worker's queue (up to ``together`` at once, for batching on a GPU); None at the end."""
-    while True:
-        try:
-            first = tasks.get(timeout=_POLL_SECONDS)
-            break
-        except queue.Empty:
-            if os.getppid() != parent:
-                return None
+def _next_tasks(channel: Any, together: int, parent: int) -> tuple[list[tuple[int, Task]], bool]:
+    """The next tasks on this worker's pipe (up to ``together`` at once, for batching on a GPU), and whether the end
+    marker came: then these are the last."""
+    while not channel.poll(_POLL_SECONDS):
+        if os.getppid() != parent:
+            return [], True
+    first = channel.recv()
     if first is None:
-        return None
+        return [], True
     taken = [first]
-    while len(taken) < together:
-        try:
-            item = tasks.get_nowait()
-        except queue.Empty:
-            break
+    while len(taken) < together and channel.poll(0):
+        item = channel.recv()
         if item is None:
-            tasks.put(None)  # the end marker, for the next read
-            break
+            return taken, True
         taken.append(item)
-    return taken
+    return taken, False
 
 
-def _work(spec: ModelSpec, settings: Settings, threads: int, slot: int, parent: int, tasks: Any, results: Any) -> None:
-    """A worker process: load the model once, then deblur tasks until the end marker, reporting every step."""
+def _work(spec: ModelSpec, settings: Settings, threads: int, slot: int, parent: int, channel: Any) -> None:
+    """A worker process: load the model once, then deblur tasks until the end marker, reporting every step.
+
+    Messages go through a pipe, written before the worker goes on: what it said before dying is still there to read.
+    """
     for name in ("SIGTERM", "SIGINT"):
         signal.signal(getattr(signal, name), _stop)
     _die_with_parent()
     try:
         set_threads(threads)
         engine = spec.load()
-        results.put(("ready", slot, None))
+        channel.send(("ready", None))
         together = settings.batch if getattr(engine.device, "type", "cpu") == "cuda" else 1
-        while (taken := _next_tasks(tasks, together, parent)) is not None:
+        ended = False
+        while not ended:
+            taken, ended = _next_tasks(channel, together, parent)
             numbers = {str(task.input): number for number, task in taken}  # outcomes may come back in another order
             for number in numbers.values():
-                results.put(("start", slot, number))
+                channel.send(("start", number))
 
             def on_tile(task: Task, done: int, total: int) -> None:
-                results.put(("tile", slot, (task, done, total)))
+                channel.send(("tile", (task, done, total)))
 
             for outcome in deblur_tasks(engine, [task for _, task in taken], settings, on_tile):
-                results.put(("done", slot, (numbers[outcome.input], outcome)))
-    except _Stop:
-        pass
+                channel.send(("done", (numbers[outcome.input], outcome)))
+    except (_Stop, BrokenPipeError, EOFError):
+        pass  # stopped, or the run is gone
     except UserError as error:
-        results.put(("error", slot, " ".join(str(error).split())))
+        channel.send(("error", " ".join(str(error).split())))
     except Exception as error:  # reported by the run, which stops: a worker must not vanish silently
-        results.put(("error", slot, f"worker {slot} failed: {type(error).__name__}: {error}"))
+        channel.send(("error", f"worker {slot} failed: {type(error).__name__}: {error}"))
 
 
 class LocalWorkers:
     """``workers`` local processes, each with ``cores // workers`` threads and its own copy of the model.
 
-    Each worker has its own queue, kept a few tasks ahead: the run always knows which tasks a worker holds, so a
+    Each worker has its own pipe, kept a few tasks ahead: the run always knows which tasks a worker holds, so a
     worker that dies (killed for memory, say) refuses only the task it was deblurring and hands the rest back.
     """
 
@@ -177,93 +174,103 @@ class LocalWorkers:
         self.threads = threads_per_worker(workers)
         self._context = multiprocessing.get_context("spawn")
         self._processes: dict[int, Any] = {}
-        self._ready: set[int] = set()  # slots whose worker has loaded the model
-        self._queues: dict[int, Any] = {}
-        self._results: Any = None
+        self._channels: dict[int, Any] = {}
 
     def _start(self, slot: int) -> None:
-        self._queues[slot] = self._context.Queue()
+        ours, theirs = self._context.Pipe()
         process = self._context.Process(target=_work, name=f"meddeblur-worker-{slot}", daemon=True,
-                                        args=(self.spec, self.settings, self.threads, slot, os.getpid(), self._queues[slot], self._results))
+                                        args=(self.spec, self.settings, self.threads, slot, os.getpid(), theirs))
         process.start()
-        self._processes[slot] = process
+        theirs.close()
+        self._processes[slot], self._channels[slot] = process, ours
 
     def run(self, tasks: list[Task], on_tile: Any) -> Iterator[Outcome]:
+        from multiprocessing.connection import wait
+
         if not tasks:
             return
-        self._results = self._context.Queue()
         pending = list(range(len(tasks)))[::-1]  # task numbers not handed out yet, next one last
         sent: dict[int, list[int]] = {}  # slot → task numbers handed to it and not done
         started: dict[int, set[int]] = {}
+        ready: set[int] = set()  # slots whose worker has loaded the model
         depth = 2 * self.settings.batch  # tasks a worker holds: the next one is there when it finishes one
 
         def feed(slot: int) -> None:
             while pending and len(sent[slot]) < depth:
                 number = pending.pop()
                 sent[slot].append(number)
-                self._queues[slot].put((number, tasks[number]))
+                self._channels[slot].send((number, tasks[number]))
 
         for slot in range(min(self.workers, len(tasks))):
             self._start(slot)
             sent[slot], started[slot] = [], set()
             feed(slot)
-        remaining, checked = len(tasks), time.monotonic()
+        remaining = len(tasks)
         while remaining:
-            try:
-                kind, slot, value = self._results.get(timeout=_POLL_SECONDS)
-            except queue.Empty:
-                kind = None
-            if kind is None or time.monotonic() - checked > _POLL_SECONDS:  # quiet, or busy: look for dead workers anyway
-                checked = time.monotonic()
-                for outcome in self._replace_dead(sent, started, pending, tasks):
-                    remaining -= 1
-                    yield outcome
-                for each in sent:
-                    feed(each)
-            if kind is None:
-                continue
-            if kind == "ready":
-                self._ready.add(slot)
-            elif kind == "start":
-                started[slot].add(value)
-            elif kind == "tile":
-                on_tile(slot, *value)
-            elif kind == "error":
-                raise UserError(value)
-            else:
-                number, outcome = value
-                sent[slot].remove(number)
-                started[slot].discard(number)
-                remaining -= 1
-                feed(slot)
-                yield outcome
+            by_handle = {**{self._channels[slot]: slot for slot in self._channels},
+                         **{self._processes[slot].sentinel: slot for slot in self._processes}}
+            for handle in wait(list(by_handle), timeout=_POLL_SECONDS):
+                slot = by_handle[handle]
+                for kind, value in self._drain(slot):
+                    if kind == "ready":
+                        ready.add(slot)
+                    elif kind == "start":
+                        started[slot].add(value)
+                    elif kind == "tile":
+                        on_tile(slot, *value)
+                    elif kind == "error":
+                        raise UserError(value)
+                    else:
+                        number, outcome = value
+                        sent[slot].remove(number)
+                        started[slot].discard(number)
+                        remaining -= 1
+                        yield outcome
+                if self._processes[slot].is_alive():
+                    feed(slot)
+                elif sent[slot] or pending:
+                    # Dead with work left: a worker that never loaded the model means another would fail alike.
+                    if slot not in ready:
+                        raise UserError(f"a worker process could not start (exit code {self._processes[slot].exitcode}; its "
+                                        "error is printed above); run with workers=1 to see it")
+                    for outcome in self._replace(slot, sent, started, pending, tasks):
+                        remaining -= 1
+                        yield outcome
+                    ready.discard(slot)
+                    feed(slot)
 
-    def _replace_dead(self, sent: dict[int, list[int]], started: dict[int, set[int]], pending: list[int],
-                      tasks: list[Task]) -> Iterator[Outcome]:
-        """A worker that died refuses the task it was deblurring, hands back the others, and a new one takes its place."""
-        for slot, process in list(self._processes.items()):
-            if process.is_alive() or not (sent[slot] or pending):
-                continue  # working, or idle with nothing left to hand it
-            if slot not in self._ready:  # it never got as far as loading the model: another would fail alike
-                raise UserError(f"a worker process could not start (exit code {process.exitcode}; its error is printed above); "
-                                "run with workers=1 to see it")
-            self._ready.discard(slot)
-            for number in sent[slot]:
-                if number in started[slot]:
-                    yield Outcome(str(tasks[number].input), "refused", None,
-                                  f"{tasks[number].input}: the worker process deblurring it died (exit code {process.exitcode}; "
-                                  "out of memory?); retry with fewer workers or a smaller tile")
-                else:
-                    pending.append(number)
-            sent[slot], started[slot] = [], set()
-            self._queues[slot].cancel_join_thread()
-            self._start(slot)
+    def _drain(self, slot: int) -> Iterator[tuple[str, Any]]:
+        """Every message the worker in ``slot`` has written so far (all of them, if it has died)."""
+        channel = self._channels[slot]
+        try:
+            while channel.poll():
+                yield channel.recv()
+        except (EOFError, OSError):
+            return  # its end is closed: it has died, and everything it wrote was read
+
+    def _replace(self, slot: int, sent: dict[int, list[int]], started: dict[int, set[int]], pending: list[int],
+                 tasks: list[Task]) -> Iterator[Outcome]:
+        """A dead worker refuses the task it was deblurring, hands back the others, and a new one takes its place."""
+        exitcode = self._processes[slot].exitcode
+        for number in sent[slot]:
+            if number in started[slot]:
+                yield Outcome(str(tasks[number].input), "refused", None,
+                              f"{tasks[number].input}: the worker process deblurring it died (exit code {exitcode}; "
+                              "out of memory?); retry with fewer workers or a smaller tile")
+            else:
+                pending.append(number)
+        sent[slot], started[slot] = [], set()
+        self._channels[slot].close()
+        self._start(slot)
 
     def close(self) -> None:
         """End the workers: the end marker for those idle, SIGTERM for the rest, SIGKILL for any still there after 10 s."""
         processes = list(self._processes.values())
-        for channel in self._queues.values():
-            channel.put(None)
+        for channel in self._channels.values():
+            try:
+                channel.send(None)
+            except OSError:
+                pass  # that worker is gone already
         for process in processes:
             process.join(timeout=0.2)
             if process.is_alive():
@@ -273,8 +280,6 @@ class LocalWorkers:
             if process.is_alive():
                 process.kill()
                 process.join()
-        for channel in [*self._queues.values(), self._results]:
-            if channel is not None:
-                channel.cancel_join_thread()
-                channel.close()
-        self._processes, self._queues, self._results = {}, {}, None
+        for channel in self._channels.values():
+            channel.close()
+        self._processes, self._channels = {}, {}
