@@ -1,9 +1,11 @@
 """Deblurring an archive of images: plan, then deblur here, in local worker processes or on Ray; what ``meddeblur deblur`` runs.
 
->>> from meddeblur.inference.archive_run import deblur_archive            # doctest: +SKIP
->>> report = deblur_archive(["scans/"], "out/", recursive=True, skip_bad=True, log="run.jsonl")  # doctest: +SKIP
->>> report.exit_code, len(report.written)                                  # doctest: +SKIP
-(0, 200)
+::
+
+    from meddeblur.inference.archive_run import deblur_archive
+
+    report = deblur_archive(["scans/"], "out/", recursive=True, skip_bad=True, log="run.jsonl")
+    print(report.summary("out/")); report.exit_code, report.written, report.with_status("refused")
 
 A rerun skips every input whose output is already there, made with the same model and options
 (:mod:`meddeblur.inference.archive`); a run stopped at any moment, even by SIGKILL, leaves only whole outputs.
