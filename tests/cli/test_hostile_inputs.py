@@ -212,7 +212,8 @@ def case_deblur_truncated_png(c: Ctx) -> Case:
     good(c.root / "in" / "a.png")
     bad = put(c.root / "in" / "b.png", half(image_bytes("PNG", seed=2)))
     good(c.root / "in" / "c.png", seed=3)
-    return Case(c.deblur(c.root / "in"), (str(bad), "truncated"), (c.root / "out",))
+    # Each input is decoded once, in order: the run stops at the bad one; a.png before it may be written (whole).
+    return Case(c.deblur(c.root / "in"), (str(bad), "truncated"), (c.root / "out" / "b.png", c.root / "out" / "c.png"))
 
 
 @hostile
@@ -295,7 +296,7 @@ def case_deblur_animated_gif(c: Ctx) -> Case:
 def case_deblur_gif_named_png_in_folder(c: Ctx) -> Case:
     good(c.root / "in" / "a.png")
     bad = put(c.root / "in" / "b.png", animated_gif())
-    return Case(c.deblur(c.root / "in"), (str(bad), "GIF"), (c.root / "out",))
+    return Case(c.deblur(c.root / "in"), (str(bad), "GIF"), (c.root / "out" / "b.png",))
 
 
 @hostile
@@ -310,7 +311,7 @@ def case_deblur_numpy_array_named_png(c: Ctx) -> Case:
 def case_deblur_text_named_jpg_in_folder(c: Ctx) -> Case:
     good(c.root / "in" / "a.png")
     bad = put(c.root / "in" / "notes.jpg", b"Patient notes, not a picture.\n")
-    return Case(c.deblur(c.root / "in"), (str(bad), "not a readable image"), (c.root / "out",))
+    return Case(c.deblur(c.root / "in"), (str(bad), "not a readable image"), (c.root / "out" / "notes.jpg",))
 
 
 @hostile
@@ -733,7 +734,7 @@ def case_deblur_compressed_dicom_not_decodable(c: Ctx) -> Case:
 def case_deblur_multiframe_dicom_in_folder(c: Ctx) -> Case:
     good(c.root / "in" / "a.png")
     bad = put(c.root / "in" / "cine.dcm", dicom_bytes(frames=3))
-    return Case(c.deblur(c.root / "in"), (str(bad), "multi-frame"), (c.root / "out",))
+    return Case(c.deblur(c.root / "in"), (str(bad), "multi-frame"), (c.root / "out" / "cine.dcm",))
 
 
 @hostile

@@ -351,3 +351,14 @@ def test_a_worker_that_dies_refuses_its_image_and_the_run_goes_on(tmp_path: Path
     (refused,) = report.with_status("refused")
     assert refused.input == str(folder / "dies.png") and "worker process deblurring it died (exit code 9" in refused.reason
     assert sorted(p.name for p in report.written) == [f"{i}.png" for i in range(5)] and report.exit_code == 1
+
+
+def test_an_input_that_cannot_be_opened_is_found_before_anything_is_written(tmp_path: Path, tiny_weights: Path, capsys,
+                                                                             one_thread) -> None:
+    folder = tmp_path / "in"
+    _image(folder / "a.png")
+    os.mkfifo(folder / "pipe.png")  # would block a reader forever
+    assert _cli(folder, "-o", tmp_path / "out", "--model", tiny_weights) == 2
+    assert "pipe.png: is a named pipe" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    assert _cli(folder, "-o", tmp_path / "out", "--model", tiny_weights, "--skip-bad") == 1
+    assert "refused: " + str(folder / "pipe.png") in capsys.readouterr().out and (tmp_path / "out" / "a.png").is_file()

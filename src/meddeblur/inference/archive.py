@@ -11,6 +11,8 @@ Nothing here deblurs or decodes pixels; :mod:`meddeblur.inference.jobs` does, on
 * Resume: an input whose output exists and carries a provenance record of the same model, engine and pixel-shaping
   parameters (the whole ``parameters`` dict, whatever its keys) is skipped unless ``redo``; an input that is itself a
   meddeblur output is skipped unless ``allow_outputs``.
+* An input that cannot even be opened (a FIFO or device, a broken link, no permission) is refused here, before
+  anything is written.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meddeblur.errors import InvalidOption, NotFound, UserError
-from meddeblur.files import check_creatable_folder, remove_stale_temporaries
+from meddeblur.files import check_creatable_folder, open_regular, remove_stale_temporaries
 from meddeblur.inference.change_map import change_map_path
 from meddeblur.io.formats import IMAGE_EXTENSIONS, OUTPUT_SUFFIXES, SUFFIX_FORMATS
 from meddeblur.io.ownership import check_replaceable, read_provenance
@@ -67,16 +69,17 @@ class Outcome:
 
 @dataclass
 class Plan:
-    """A planned run: ``tasks`` to do, ``skipped`` inputs (with their reasons), and what was found but is no input."""
+    """A planned run: ``tasks`` to do, ``skipped`` and ``refused`` inputs (with their reasons), what is no input."""
 
     tasks: list[Task]
     skipped: list[Outcome] = field(default_factory=list)
+    refused: list[Outcome] = field(default_factory=list)  # inputs that cannot even be opened (a FIFO, no permission, ...)
     not_images: list[Path] = field(default_factory=list)
     folders_not_entered: list[Path] = field(default_factory=list)
 
     @property
     def inputs(self) -> int:
-        return len(self.tasks) + len(self.skipped)
+        return len(self.tasks) + len(self.skipped) + len(self.refused)
 
 
 def _resolved(path: Path) -> Path:
@@ -98,7 +101,11 @@ def _walk(root: Path, folder: Path, recursive: bool, skip: Path | None, found: l
         if entry.name.startswith("."):  # hidden, which includes meddeblur's own ".name.tmp-*" files in progress
             continue
         path = Path(entry.path)
-        if entry.is_dir():  # follows links: a link to a folder is a folder (entered only if not a link, see below)
+        try:
+            is_folder = entry.is_dir()  # follows links: a link to a folder is a folder (entered only if not a link, below)
+        except OSError:  # a symbolic link loop: listed, so that reading it says so
+            is_folder = False
+        if is_folder:
             if skip is not None and _resolved(path) == skip:
                 continue  # the run's own output folder inside the input tree
             if recursive and not entry.is_symlink():
@@ -177,7 +184,11 @@ def _check_targets(pairs: list[tuple[Path, Path]], change_map: bool, overwrite: 
     inputs = {_resolved(source) for source, _ in pairs}
     seen: dict[Path, Path] = {}
     for source, target in pairs:
-        if _resolved(target) in inputs:
+        try:
+            resolved = target.resolve()
+        except (OSError, RuntimeError):  # RuntimeError before Python 3.13
+            raise UserError(f"{target}: output is a symbolic link loop; remove it or choose another -o folder") from None
+        if resolved in inputs:
             raise UserError(f"{source}: output {target} would overwrite an input; choose another -o folder")
         if target.is_dir():
             raise UserError(f"{target}: output is an existing folder; remove it or choose another -o folder")
@@ -225,6 +236,12 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], 
             plan.skipped.append(Outcome(str(source), "skipped", str(target), "already done with this model and these options "
                                         "(pass redo=True to deblur it again)", time.perf_counter() - started, existing.get("change"),
                                         str(change_map_path(target)) if change_map else None))
+            continue
+        try:  # cheap, and found before anything is written: a FIFO, a device, a broken link, no permission
+            with open_regular(source):
+                pass
+        except UserError as error:
+            plan.refused.append(Outcome(str(source), "refused", None, " ".join(str(error).split()), time.perf_counter() - started))
             continue
         note = None
         if existing is not None and not matches(existing, expected):

@@ -169,16 +169,21 @@ def execute(plan: Plan, executor: Executor, record: dict[str, Any], log: str | o
     """Run ``plan`` on ``executor``, logging every input (skipped ones too) to ``log`` if given.
 
     ``record`` is the engine's provenance, as the log names model and options.
-    Without ``skip_bad`` the first refused input stops the run with its :class:`~meddeblur.errors.UserError`; the
-    outputs finished by then are whole and a resumed run skips them. ``progress``: show bars (None: when stderr
-    is a terminal). The executor is closed on the way out, whatever happens.
+    Without ``skip_bad`` the first refused input stops the run with its :class:`~meddeblur.errors.UserError` — before
+    anything is written if it could not even be opened, else at it: the outputs finished by then are whole and a
+    resumed run skips them. ``progress``: show bars (None: when stderr is a terminal). The executor is closed on the
+    way out, whatever happens.
     """
+    if plan.refused and not skip_bad:  # found while planning: the run stops before anything is written
+        executor.close()
+        raise UserError(f"{plan.refused[0].reason} (nothing was written; pass skip_bad=True to go on past inputs that cannot "
+                        "be read)", value=plan.refused[0].input)
     report = Report(not_images=list(plan.not_images), folders_not_entered=list(plan.folders_not_entered),
                     log=Path(log) if log is not None else None)
     run_log = RunLog(log, record) if log is not None else None
     bars = _Bars(len(plan.tasks), progress)
     try:
-        for outcome in plan.skipped:
+        for outcome in [*plan.skipped, *plan.refused]:
             report.outcomes.append(outcome)
             if run_log is not None:
                 run_log.write(outcome)
