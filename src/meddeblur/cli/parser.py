@@ -180,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "and the tiles of a large image); the summary is still printed")
     archive.add_argument("--workers", type=int, metavar="N",
                          help="processes deblurring at once, each loading the model once with cores/N threads (default: for 8 "
-                              "or more images on a CPU with 2 or more cores, 2 single-thread processes, measured several times "
-                              "faster than one on 2 cores, see docs/archive.md; otherwise 1, this process); with --cluster ray, "
-                              "the number of Ray actors")
+                              "or more images on a CPU with 2 or more cores, 2 single-thread processes: on 2 cores they ran 3.2x "
+                              "the images/s of one process with 2 threads, see docs/archive.md; otherwise 1, this process); "
+                              "with --cluster ray, the number of Ray actors")
     archive.add_argument("--cluster", choices=("ray",), help="run on Ray Data (pip install 'meddeblur[ray]'): an embedded Ray on this "
                          "machine, or the cluster at --ray-address; same outputs, log and resume rule")
     archive.add_argument("--ray-address", metavar="ADDRESS", help="with --cluster ray: join this cluster (e.g. auto, or ray://HEAD:10001); "
