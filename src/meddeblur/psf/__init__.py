@@ -1,8 +1,8 @@
 """Point-spread functions: the :class:`PSF` object (:mod:`.kernel`), its MTF (:mod:`.mtf`) and device calibration.
 
 >>> from meddeblur.psf import load_psf
->>> load_psf("defocus:radius=2.5").kernel.shape
-(7, 7)
+>>> load_psf("defocus:radius=2.5").kernel.shape    # the disk covers 5×5 pixels
+(5, 5)
 """
 
 from meddeblur.psf.kernel import PSF, PSF_FORMAT, PsfLike, load_psf, psf_from_array, psf_from_spec
