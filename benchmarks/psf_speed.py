@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddeblur.device import describe_machine
+from meddeblur.device import machine_line
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.models import PSF_WEIGHTS
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
                          "ratio": result["median_s"] / base["median_s"]})
             print(f"{size} {spec}: {result['median_s']:.3f} s ({rows[-1]['ratio']:.2f}× blind {base['median_s']:.3f} s)", flush=True)
     command = "python benchmarks/psf_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    machine = f"{describe_machine()}, {args.threads} thread(s)"
+    machine = f"{machine_line()}, {args.threads} thread(s)"
     result = {"command": command.strip(), "machine": machine, "date": date.today().isoformat(), "repeats": args.repeats, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "psf_speed.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -30,8 +30,9 @@ def test_metadata_matches_decoded_images(isic_images):
 def test_train_evaluate_deblur_on_real_photographs(isic_images, tmp_path):
     data = tmp_path / "pairs"
     for path in isic_images[:9]:
-        sharp = cv2.resize(read_image(path).rgb, (96, 72), interpolation=cv2.INTER_AREA)
-        blurred = cv2.GaussianBlur(sharp, (0, 0), 1.5, borderType=cv2.BORDER_REFLECT)
+        # OpenCV's float arithmetic can land a hair above 1, which write_image refuses rather than clips.
+        sharp = np.clip(cv2.resize(read_image(path).rgb, (96, 72), interpolation=cv2.INTER_AREA), 0.0, 1.0)
+        blurred = np.clip(cv2.GaussianBlur(sharp, (0, 0), 1.5, borderType=cv2.BORDER_REFLECT), 0.0, 1.0)
         write_image(data / "sharp" / f"{path.stem}_sharp.png", sharp)
         write_image(data / "blurred" / f"{path.stem}_blurred.png", blurred)
     run = tmp_path / "run"

@@ -43,7 +43,7 @@ def _perturbed(model: nn.Module, seed: int = 0) -> nn.Module:
 
 
 def test_every_listed_architecture_builds_with_its_defaults():
-    assert ARCHITECTURES[0] == "attention-unet" and set(ARCHITECTURES) == {"attention-unet", "attention-unet-residual", "nafnet"}
+    assert ARCHITECTURES[0] == "attention-unet" and set(ARCHITECTURES) == {"attention-unet", "attention-unet-residual", "nafnet", "psf-nafnet"}
     for arch in ARCHITECTURES:
         config = ModelConfig(arch=arch)
         config.validate()
