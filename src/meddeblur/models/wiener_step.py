@@ -52,6 +52,7 @@ def _fade(n: int, before: int, after: int, device: torch.device) -> Tensor:
     return 0.5 * (1.0 + torch.cos(math.pi * t))
 
 
+# The torch twin of meddeblur.evaluation.classical's numpy padding: batched, on the tensors' device, differentiable.
 def pad_taper(images: Tensor, margin: int) -> tuple[Tensor, tuple[slice, slice]]:
     """(N, C, H, W) → (N, C, fh, fw) mirrored by ``margin`` per side (more at the bottom/right up to a fast FFT size),
     fading to the per-image, per-channel mean; and the (rows, columns) slices that crop the image back."""

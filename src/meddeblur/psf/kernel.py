@@ -27,6 +27,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -84,9 +85,9 @@ class PSF:
         """(frequencies in cycles/pixel from 0 to 0.5, MTF averaged over directions); see :func:`meddeblur.psf.mtf.radial_mtf`."""
         return radial_mtf(self.kernel, samples)
 
-    @property
+    @functools.cached_property
     def mtf50(self) -> float | None:
-        """MTF50 in cycles/pixel (None: above Nyquist, e.g. a delta)."""
+        """MTF50 in cycles/pixel (None: above Nyquist, e.g. a delta); computed once (the kernel is fixed)."""
         return _mtf50(*self.mtf())
 
     def describe(self) -> dict[str, Any]:
@@ -219,8 +220,7 @@ def _read_json(path: Path) -> PSF:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise CorruptFile(f"{path}: not a PSF file written by meddeblur ({error}); write one with meddeblur calibrate", value=path) from None
     known = {"format", "version", "source", "params", "size", "digest", "mtf50_cycles_per_pixel", "kernel"}
-    psf = psf_from_array(kernel, str(path), params=record.get("params") or {}, extra={k: v for k, v in record.items() if k not in known})
-    return psf
+    return psf_from_array(kernel, str(path), params=record.get("params") or {}, extra={k: v for k, v in record.items() if k not in known})
 
 
 def _read_file(path: Path) -> PSF:
