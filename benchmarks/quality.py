@@ -19,6 +19,8 @@ the grid and ``classical.py`` are unchanged. Later runs then only compute the mo
     python benchmarks/quality.py --protocol full --model default     # the shipped model as a row
     python benchmarks/quality.py --protocol seed half --model runs/mixed   # a run folder or .safetensors
     python benchmarks/quality.py --protocol all --model default psf   # + the kernel-conditioned model given the true PSF
+    python benchmarks/quality.py --protocol all --model psf-estimated --keep   # + the PSF estimated from each image;
+                                                                              # --keep: the rows already there stay
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ FAMILIES = {  # full, half, soft: the families of issue 11's table
     "mixed": "mixed",
     "none": "none",
 }
+ESTIMATED = "psf-estimated"  # --model value: the PSF estimated from each image (method "psf")
+ESTIMATED_LABEL = "psf (estimated)"
 UNBLURRED = ("sharp (none)", "none")  # not part of any mean
 RL_GRID = tuple({"iterations": n} for n in (0, 5, 10, 20, 30, 40))  # full/half/soft: 0 = give the input back
 PROTOCOLS = {
@@ -206,6 +210,11 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
     version = classical_version()
     loaded = []
     for model in models:
+        if model == ESTIMATED:  # blind: the PSF estimated from each image, restored by the shipped kernel-conditioned model
+            deblurrer = Deblurrer.load(None, device="cpu", tile=0).with_estimated_psf()
+            loaded.append((ESTIMATED_LABEL, deblurrer, {"path": str(deblurrer.weights), "id": deblurrer.model_id, "arch": "psf-nafnet",
+                                                        "estimator_id": deblurrer.provenance["parameters"]["estimator_id"]}))
+            continue
         argument, name = model_label(model)
         deblurrer = Deblurrer.load(argument, device="cpu", tile=0)  # whole images, as the protocols were measured
         config = deblurrer.config
@@ -258,7 +267,14 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
                 scores[METHODS[name].label].append((stored[1], stored[2]))
             for label, deblurrer, _ in loaded:
                 t0 = time.perf_counter()
-                restored = deblurrer(blurred, psf=kernel) if deblurrer.config.arch in PSF_ARCHITECTURES else deblurrer(blurred)
+                if deblurrer.estimates_psf:
+                    restored, record = deblurrer.restore_rgb(blurred)
+                    outcomes = rows[label].setdefault("results", {}).setdefault(family, {})
+                    outcomes[record["result"]] = outcomes.get(record["result"], 0) + 1
+                elif deblurrer.config.arch in PSF_ARCHITECTURES:
+                    restored = deblurrer(blurred, psf=kernel)
+                else:
+                    restored = deblurrer(blurred)
                 rows[label]["seconds"] += time.perf_counter() - t0
                 scores[label].append(score(restored))
         cache.save()
@@ -331,12 +347,29 @@ def markdown(result: dict, command: str, machine: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def keep_rows(result: dict, previous_path: Path) -> None:
+    """Add to ``result`` the model rows of ``previous_path`` it lacks, if that run scored the same inputs; else exit."""
+    if not previous_path.is_file():
+        return
+    previous = json.loads(previous_path.read_text())
+    same = (previous.get("families") == result["families"] and previous.get("test_images") == result["test_images"]
+            and all(abs(previous["rows"]["input"]["families"][f]["psnr"] - v["psnr"]) < 1e-6
+                    for f, v in result["rows"]["input"]["families"].items() if np.isfinite(v["psnr"])))
+    if not same:
+        sys.exit(f"--keep: {previous_path} scored other images or families; rerun its models too")
+    kept = {label: row for label, row in previous["rows"].items() if "model" in row and label not in result["rows"]}
+    result["rows"].update(kept)
+    if kept:
+        result["kept_rows"] = {label: previous.get("command", "") for label in kept}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--protocol", nargs="+", default=["all"], choices=(*PROTOCOLS, *ALIASES, "all"),
                         help="full (alias native), half, seed, soft, or all (default)")
     parser.add_argument("--model", nargs="*", default=[], help="'default' (the shipped weights), 'psf' (the shipped kernel-conditioned "
-                        "weights, told the true kernel), run folders or .safetensors weights to add as rows")
+                        f"weights, told the true kernel), '{ESTIMATED}' (the PSF estimated from each image), run folders or "
+                        ".safetensors weights to add as rows")
     parser.add_argument("--methods", nargs="*", choices=list(METHODS), help="classical methods (default: all for seed, Wiener and RL otherwise)")
     parser.add_argument("--families", nargs="*", help="column names (default: the protocol's own; see SEED_FAMILIES / FAMILIES)")
     parser.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
@@ -345,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-limit", type=int, help="validation images used for tuning (default 8 for seed, 4 otherwise)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--cache", type=Path, help=f"classical results cache (default: OUT/{CACHE_NAME})")
+    parser.add_argument("--keep", action="store_true", help="keep the model rows already in OUT/quality_PROTOCOL.json that this run "
+                        "does not recompute (same images, families and input scores required)")
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
@@ -364,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
         result = run(protocol, args.isic, args.model, methods, families, args.limit,
                      args.val_limit or PROTOCOLS[protocol]["val"], cache, args.split)
         result.update(command=command, machine=machine)
+        if args.keep:
+            keep_rows(result, args.out / f"quality_{protocol}.json")
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"quality_{protocol}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
         (args.out / f"quality_{protocol}.md").write_text(markdown(result, command, machine))

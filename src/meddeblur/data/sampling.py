@@ -34,12 +34,13 @@ from torch.utils.data import Dataset
 
 from meddeblur.data.pairs import Pair, augment_pair, fixed_degradation
 from meddeblur.degradation.kernels import gaussian_kernel
-from meddeblur.degradation.pipeline import blur, degradation_seed, degrade, jpeg, quantize8
+from meddeblur.degradation.pipeline import Degradation, blur, degradation_seed, degrade, jpeg, quantize8
 from meddeblur.degradation.resampling import resize
 from meddeblur.degradation.spec import DegradeSpec
 from meddeblur.errors import UserError
 from meddeblur.io.decode import read_image
 from meddeblur.psf.canvas import kernel_canvas
+from meddeblur.psf.spectrum import MIN_SIDE
 
 __all__ = ["SHRINKERS", "VALIDATION_SCALES", "VALIDATION_SOFTEN", "ScaledCrops", "EpochSamples", "zoom_kernel"]
 
@@ -98,19 +99,22 @@ class ScaledCrops(Dataset):
 
     def __init__(self, pairs: list[Pair], crop: int, scales: tuple[float, float], degrade: DegradeSpec, seed: int = 0,
                  samples: int | None = None, soften: float = 0.0, compress: float = 0.0, fixed: bool = False,
-                 psf: bool = False, perturb: float = 0.0) -> None:
+                 psf: bool = False, perturb: float = 0.0, estimated: float = 0.0) -> None:
         if not pairs:
             raise ValueError("no images to sample from")
         if crop < 16:
             raise ValueError(f"crop must be at least 16, got {crop}")
         if not 1.0 <= scales[0] <= scales[1]:
             raise ValueError(f"scales must be (low, high) with 1 <= low <= high, got {scales}")
-        if not (0.0 <= soften <= 1.0 and 0.0 <= compress <= 1.0 and 0.0 <= perturb <= 1.0):
-            raise ValueError(f"soften, compress and perturb are probabilities in [0, 1], got {soften}, {compress}, {perturb}")
+        if not all(0.0 <= p <= 1.0 for p in (soften, compress, perturb, estimated)):
+            raise ValueError(f"soften, compress, perturb and estimated are probabilities in [0, 1], got {soften}, {compress}, {perturb}, {estimated}")
+        if estimated and crop < MIN_SIDE:
+            raise ValueError(f"estimated PSFs need crops of at least {MIN_SIDE} px (the blur estimator's smallest tile), got {crop}")
         self.pairs, self.crop, self.scales, self.degrade, self.seed = pairs, crop, scales, degrade, seed
         self.samples = len(pairs) if fixed or samples is None else samples
         self.soften, self.compress, self.fixed = soften, compress, fixed
-        self.psf, self.perturb = psf, perturb
+        self.psf, self.perturb, self.estimated = psf, perturb, estimated
+        self._estimator = None  # loaded in the process that draws (a DataLoader worker), on first use
         self.epoch = 0
         self._cache: dict[int, np.ndarray] = {}
 
@@ -155,6 +159,24 @@ class ScaledCrops(Dataset):
             target = quantize8((blur(target, gaussian_kernel(sigma)) if sigma else target)[0])
             blurred, record = fixed_degradation(target, self.degrade, self.pairs[index].name)
             return self._with_kernel(blurred, record.kernel), target
+        blurred, target, record, generator = self.draw(index)
+        kernel = record.kernel
+        if self.psf and self.estimated and torch.rand(1, generator=generator).item() < self.estimated:
+            kernel = self._estimated_kernel(blurred)
+        elif self.psf and record.family != "none" and torch.rand(1, generator=generator).item() < self.perturb:
+            kernel = zoom_kernel(kernel, math.exp(_uniform(generator, math.log(_PERTURB_ZOOM[0]), math.log(_PERTURB_ZOOM[1]))))
+        return self._with_kernel(blurred, kernel), target
+
+    def _estimated_kernel(self, blurred: torch.Tensor) -> np.ndarray:
+        """The PSF the shipped blur estimator finds in ``blurred`` (3, crop, crop): what the restorer is told at use."""
+        if self._estimator is None:
+            from meddeblur.psf.estimate import BlurEstimator
+
+            self._estimator = BlurEstimator.load()
+        return self._estimator.estimate(blurred).psf.kernel
+
+    def draw(self, index: int) -> tuple[torch.Tensor, torch.Tensor, Degradation, torch.Generator]:
+        """Training sample ``index`` of this epoch: (blurred, target, its degradation record, the generator drawn from)."""
         generator = torch.Generator().manual_seed(degradation_seed(self.seed, self.epoch, index))
         chosen = _randint(generator, len(self.pairs))
         low, high = self.scales
@@ -167,10 +189,7 @@ class ScaledCrops(Dataset):
         target = quantize8(target[0])
         _, target = augment_pair(target, target, generator)
         blurred, (record,) = degrade(target, self.degrade, generator)
-        kernel = record.kernel
-        if self.psf and record.family != "none" and torch.rand(1, generator=generator).item() < self.perturb:
-            kernel = zoom_kernel(kernel, math.exp(_uniform(generator, math.log(_PERTURB_ZOOM[0]), math.log(_PERTURB_ZOOM[1]))))
-        return self._with_kernel(blurred, kernel), target
+        return blurred, target, record, generator
 
     def _with_kernel(self, blurred: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
         """``blurred`` itself, or for a PSF model (``psf``) with the kernel canvas appended as one more channel."""

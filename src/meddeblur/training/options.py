@@ -69,6 +69,7 @@ class TrainOptions:
     compress: float = 0.0
     threads: int | None = None  # torch intra-op threads (None: torch's choice)
     perturb_psf: float = 0.0  # psf-nafnet: share of training samples told a slightly wrong PSF (zoomed 0.8–1.25×)
+    estimated_psf: float = 0.0  # psf-nafnet: share of training samples told the PSF the blur estimator finds in them
 
     def __post_init__(self) -> None:
         for name in ("width", "size", "crop", "epochs", "batch", "patience", "lr_patience", "steps", "threads", "epoch_steps"):
@@ -86,7 +87,7 @@ class TrainOptions:
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
             raise InvalidOption(f"max_minutes={self.max_minutes}: must be a positive number of minutes", value=self.max_minutes,
                                 option="max_minutes")
-        for name in ("soften", "compress", "perturb_psf"):
+        for name in ("soften", "compress", "perturb_psf", "estimated_psf"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise InvalidOption(f"{name}={getattr(self, name)}: a share of the training sources, from 0 to 1", value=getattr(self, name), option=name)
         blocks = self.blocks
