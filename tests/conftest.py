@@ -110,3 +110,28 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from synthetic_pairs import write_synthetic_pairs
 
     return write_synthetic_pairs(tmp_path_factory.mktemp("template"), n=5, height=32, width=32, seed=0)
+
+
+@pytest.fixture(scope="session")
+def estimators(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Blur-estimator weights for fast, predictable ``method="psf"`` runs: ``random`` (an untrained network: low
+    confidence), ``none`` (always "no blur", confidence ~1) and ``gauss`` (always gauss:sigma=1, confidence ~1)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from meddeblur.models.psf_estimator import FAMILIES, BlurEstimatorNet
+
+    folder = tmp_path_factory.mktemp("estimators")
+    torch.manual_seed(0)
+    paths = {"random": folder / "random.safetensors"}
+    save_file(BlurEstimatorNet().state_dict(), str(paths["random"]))
+    for family in ("none", "gauss"):
+        network = BlurEstimatorNet()
+        last = network.head[-1]
+        with torch.no_grad():  # the output is its bias whatever the image: that family, and log σ = 0 (σ = 1)
+            last.weight.zero_()
+            last.bias.zero_()
+            last.bias[FAMILIES.index(family)] = 12.0
+        paths[family] = folder / f"{family}.safetensors"
+        save_file(network.state_dict(), str(paths[family]))
+    return paths

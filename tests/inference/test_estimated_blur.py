@@ -108,13 +108,23 @@ def test_method_psf_through_the_python_api(deblurrer: meddeblur.Deblurrer) -> No
         deblurrer(image, psf="gauss:sigma=1", method="psf")
 
 
-def test_a_psf_map_restores_cell_by_cell(deblurrer: meddeblur.Deblurrer) -> None:
-    left, sharp = _blurred("gauss:sigma=0.8", 512, 6)
+def test_a_psf_map_restores_each_cell_with_its_own_psf(deblurrer: meddeblur.Deblurrer) -> None:
+    from meddeblur.inference.estimated_blur import MARGIN
+    from meddeblur.psf.estimate import PsfMap
+
+    left, _ = _blurred("gauss:sigma=0.8", 512, 6)
     right, _ = _blurred("gauss:sigma=2.4", 512, 6)
-    image = np.concatenate([left[:, :256], right[:, 256:]], axis=1)
-    estimated = _pipeline(deblurrer, meddeblur.Deblurrer.load(device="cpu").with_estimated_psf()._estimated.estimator)
-    estimated.cell = 128
-    restored, record = estimated.restore(image)
-    if record["result"] == "restored" and "psf_map" in record:
-        assert len(record["psf_map"]["cells"]) == 4
-    assert restored.shape == image.shape and np.isfinite(restored).all()
+    image = np.ascontiguousarray(np.concatenate([left[:, :256], right[:, 256:]], axis=1))
+    soft, sharp = _Told("gauss:sigma=0.8", "gauss").estimate_, _Told("gauss:sigma=2.4", "gauss").estimate_
+    psf_map = PsfMap([(0, 256), (256, 512)], [(0, 256), (256, 512)], [[soft, sharp], [soft, sharp]])
+    estimated = _pipeline(deblurrer, None)
+    restored, worst = estimated._by_cell(image, psf_map, None)
+    # Rows MARGIN..256-MARGIN of the top cells are reached by no window of the bottom row, and columns left of 256-MARGIN
+    # (right of 256+MARGIN) by no window of the other column: there the output is that one window's restoration.
+    top_left = deblurrer(image[: 256 + MARGIN, : 256 + MARGIN], psf=soft.psf)
+    top_right = deblurrer(image[: 256 + MARGIN, 256 - MARGIN :], psf=sharp.psf)
+    rows = slice(MARGIN, 256 - MARGIN)
+    np.testing.assert_allclose(restored[rows, : 256 - MARGIN], top_left[rows, : 256 - MARGIN], atol=1e-5)
+    np.testing.assert_allclose(restored[rows, 256 + MARGIN :], top_right[rows, 2 * MARGIN :], atol=1e-5)
+    assert np.abs(top_left[rows, : 256 - MARGIN] - deblurrer(image[: 256 + MARGIN, : 256 + MARGIN], psf=sharp.psf)[rows, : 256 - MARGIN]).max() > 0.01
+    assert np.isfinite(restored).all() and worst.ratio > 0

@@ -7,6 +7,7 @@ Without the browser the tests skip, except under CI (``CI`` set), where they fai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -49,20 +50,12 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory):
-    """The real server (``python -m meddeblur serve``) with a tiny model that visibly changes images."""
-    _require_browser()
-    folder = tmp_path_factory.mktemp("browser-server")
-    config = ModelConfig(arch="nafnet", width=8)
-    torch.manual_seed(0)
-    network = build_model(config)
-    torch.nn.init.normal_(network.ending.weight, std=0.02)
-    weights = save_weights(network, config, folder / "tiny.safetensors")
+@contextlib.contextmanager
+def _serving(folder: Path, *options: str):
+    """``python -m meddeblur serve OPTIONS`` on a free loopback port until the block ends; yields its URL."""
     port = _free_port()
     log = open(folder / "server.log", "wb")
-    process = subprocess.Popen([sys.executable, "-m", "meddeblur", "serve", "--host", "127.0.0.1", "--port", str(port),
-                                "--model", str(weights), "--max-upload-mb", "2"],
+    process = subprocess.Popen([sys.executable, "-m", "meddeblur", "serve", "--host", "127.0.0.1", "--port", str(port), *options],
                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=cli_env())
     url = f"http://127.0.0.1:{port}"
     try:
@@ -87,6 +80,28 @@ def server(tmp_path_factory: pytest.TempPathFactory):
             process.kill()
             process.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    """The real server (``python -m meddeblur serve``) with a tiny model that visibly changes images."""
+    _require_browser()
+    folder = tmp_path_factory.mktemp("browser-server")
+    config = ModelConfig(arch="nafnet", width=8)
+    torch.manual_seed(0)
+    network = build_model(config)
+    torch.nn.init.normal_(network.ending.weight, std=0.02)
+    weights = save_weights(network, config, folder / "tiny.safetensors")
+    with _serving(folder, "--model", str(weights), "--max-upload-mb", "2") as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def psf_server(tmp_path_factory: pytest.TempPathFactory, estimators):
+    """The real server with the shipped models, whose blur estimator always finds gauss:sigma=1 (method=psf)."""
+    _require_browser()
+    with _serving(tmp_path_factory.mktemp("psf-server"), "--estimator", str(estimators["gauss"])) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +138,12 @@ def _wait_for_state(driver, timeout: float = 180) -> str:
 
 def _choose(driver, path: Path) -> None:
     driver.find_element("id", "file").send_keys(str(path))
+
+
+def Select(element):  # noqa: N802  (selenium's own class name)
+    from selenium.webdriver.support.ui import Select as _Select
+
+    return _Select(element)
 
 
 def test_upload_compare_and_download_in_chromium(server, browser, tmp_path):
@@ -198,3 +219,42 @@ def test_the_change_overlay_toggle_shows_the_heat_map_over_the_images(server, br
     browser.save_screenshot(str(tmp_path / "overlay.png"))
     browser.find_element("id", "overlay-toggle").click()
     assert not overlay.is_displayed()
+
+
+def test_estimating_the_blur_shows_the_kernel_its_figures_and_the_check(psf_server, browser, tmp_path):
+    image = (synthetic_dermoscopy(160, 180, seed=5) * 255).round().astype(np.uint8)
+    small = (synthetic_dermoscopy(100, 120, seed=6) * 255).round().astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "lesion.png")
+    Image.fromarray(small).save(tmp_path / "small.png")
+    browser.get(psf_server + "/")
+    panel, kernel = browser.find_element("id", "psf"), browser.find_element("id", "kernel")
+    Select(browser.find_element("id", "method")).select_by_value("psf")
+    _choose(browser, tmp_path / "lesion.png")
+    assert _wait_for_state(browser) == "done", browser.find_element("id", "error").text
+    browser.save_screenshot(str(tmp_path / "psf.png"))
+    assert panel.is_displayed() and kernel.is_displayed()
+    natural = "return [arguments[0].naturalWidth, arguments[0].complete]"
+    width, complete = browser.execute_script(natural, kernel)
+    assert complete and width > 300  # the kernel beside its MTF, as deblur --explain draws it
+    assert browser.find_element("id", "psf-figures").text == \
+        "Estimated PSF: gauss:sigma=1 (family gauss, confidence 1.00, MTF50 0.188 cycles/px)."
+    check = browser.find_element("id", "psf-check").text
+    assert check.startswith("Consistency check: residual ratio ") and "(limit 4): " in check
+    assert browser.find_element("id", "psf-result").text.startswith("Result: ")
+    assert browser.find_element("id", "after").is_displayed()
+
+    # Too small to estimate: no kernel, and the page says the blind network restored it.
+    idle = "document.body.dataset.state = 'idle'"  # so that the wait below sees this upload's end, not the last one's
+    browser.execute_script(idle)
+    _choose(browser, tmp_path / "small.png")
+    assert _wait_for_state(browser) == "done", browser.find_element("id", "error").text
+    assert panel.is_displayed() and not kernel.is_displayed()
+    assert browser.find_element("id", "psf-figures").text == "No PSF estimated."
+    assert browser.find_element("id", "psf-result").text.startswith("Result: fell back to the blind network (the image is smaller")
+
+    # The blind network: no panel.
+    Select(browser.find_element("id", "method")).select_by_value("network")
+    browser.execute_script(idle)
+    _choose(browser, tmp_path / "lesion.png")
+    assert _wait_for_state(browser) == "done", browser.find_element("id", "error").text
+    assert not panel.is_displayed()

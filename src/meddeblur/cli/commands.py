@@ -19,7 +19,7 @@ __all__ = ["COMMANDS"]
 _RESUMABLE = {"epochs", "max_minutes", "steps", "device", "threads"}
 _TRAIN_FLAGS = ("out", "degrade", "arch", "width", "size", "crop", "epochs", "max_minutes", "steps", "threads", "epoch_steps", "batch", "lr", "seed", "perceptual",
                 "vgg19_weights", "patience", "lr_patience", "device", "skip_bad", "amp", "channels_last", "init",
-                "enc_blocks", "middle_blocks", "dec_blocks", "soften", "compress", "perturb_psf")
+                "enc_blocks", "middle_blocks", "dec_blocks", "soften", "compress", "perturb_psf", "estimated_psf")
 _NEGATED = {"amp": "no-amp", "channels_last": "no-channels-last"}  # flags stored under a positive name
 
 
@@ -111,19 +111,26 @@ def deblur(args: argparse.Namespace) -> int:
     if args.onnx is not None and args.model is not None:
         raise InvalidOption(f"--model {args.model} --onnx {args.onnx}: the ONNX file holds its own model; give only one of them",
                             value=args.onnx, option="onnx")
-    if args.method is not None and args.psf is None:
-        raise InvalidOption(f"--method {args.method}: restores a known blur; give --psf too", value=args.method, option="method")
+    if args.method not in (None, "psf") and args.psf is None:
+        raise InvalidOption(f"--method {args.method}: restores a known blur; give --psf too (or --method psf to estimate it)",
+                            value=args.method, option="method")
     if args.psf is not None and engine == "onnx":  # before an ONNX export that could not be used
         raise InvalidOption(f"--psf {args.psf}: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data step); "
                             "use --engine torch", value=args.psf, option="psf")
-    # Every process of the run (this one, --workers, Ray actors) loads the model from this spec, --psf included.
+    # Every process of the run (this one, --workers, Ray actors) loads the model from this spec, --psf and --method psf
+    # included; the spec refuses --method psf with --psf, with the ONNX engine, and --estimator without it.
     spec = ModelSpec(args.onnx if args.onnx is not None else args.model, engine, args.device, args.tile, args.overlap, args.psf,
-                     args.method or "network")
+                     args.method or "network", args.estimator)
     report = deblur_archive(args.inputs, args.out, spec, format=args.format, jpeg_quality=args.jpeg_quality, recursive=args.recursive,
                             skip_bad=args.skip_bad, redo=args.redo, allow_outputs=args.allow_outputs, overwrite=args.overwrite,
-                            change_map=args.change_map, log=args.log, progress=False if args.quiet else None, workers=args.workers,
-                            cluster=args.cluster, ray_address=args.ray_address)
-    print(in_flags(report.summary(args.out), command_flags(build_parser(), "deblur")))
+                            change_map=args.change_map, explain=args.explain, log=args.log, progress=False if args.quiet else None,
+                            workers=args.workers, cluster=args.cluster, ray_address=args.ray_address)
+    flags = command_flags(build_parser(), "deblur")
+    if len(report.outcomes) == 1 and report.outcomes[0].restoration:  # one image: what was done with it, on one line
+        from meddeblur.io.provenance import restoration_line
+
+        print(in_flags(f"{report.outcomes[0].input}: {restoration_line(report.outcomes[0].restoration)}", flags))
+    print(in_flags(report.summary(args.out), flags))
     return report.exit_code
 
 
@@ -162,8 +169,12 @@ def info(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(records, indent=2, ensure_ascii=False))
     else:
+        from meddeblur.io.provenance import restoration_lines
+
         for name, record in records.items():
             print(f"{name}: {summary(record) if record else 'no meddeblur provenance (not written by meddeblur, or stripped)'}")
+            for line in restoration_lines((record or {}).get("restoration")):
+                print(f"  {line}")
     return 0 if all(records.values()) else 1
 
 
@@ -317,7 +328,7 @@ def serve(args: argparse.Namespace) -> int:
                               jpeg_quality=args.jpeg_quality, workers=args.workers, deadline=args.deadline,
                               body_timeout=args.body_timeout, max_uploads=args.max_uploads, api_key_file=args.api_key_file,
                               allowed_hosts=hosts, cors_origins=tuple(args.cors_origin), header_timeout=args.header_timeout,
-                              max_client_connections=args.max_client_connections)
+                              max_client_connections=args.max_client_connections, estimator=args.estimator)
     serve(settings, host=args.host, port=args.port)
     return 0
 

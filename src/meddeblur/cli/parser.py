@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
                            f"that image is then the target (default recipe: {_RECIPE[name]:g})")
     train.add_argument("--perturb-psf", type=float, metavar="P", help="psf-nafnet: share of training crops told a slightly wrong PSF "
                        f"(zoomed 0.8–1.25×), so that an imprecise PSF softens rather than rings (default recipe: {_RECIPE['perturb_psf']:g})")
+    train.add_argument("--estimated-psf", type=float, metavar="P", help="psf-nafnet: share of training crops told the PSF the shipped "
+                       "blur estimator finds in them (crops >= 128 px), so that estimation errors are part of what it learns (default 0)")
     train.add_argument("--epochs", type=int, help="maximum epochs (reference recipe: 100)")
     train.add_argument("--max-minutes", type=float, help="wall-clock budget in training minutes; the default recipe's cosine "
                        "schedule anneals over it (default 60 unless --steps is given)")
@@ -137,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     deblur = commands.add_parser("deblur", help="deblur image files or folders",
                                  description="Deblur images of any size; outputs keep name, format, channels and bit depth. A rerun "
                                              "skips inputs whose output is already there, made with the same model and options, so a "
-                                             "stopped run (Ctrl-C, SIGTERM, even SIGKILL) is finished by running it again.",
+                                             "stopped run (Ctrl-C, SIGTERM, even SIGKILL) is finished by running it again. "
+                                             "Methods: by default the blind network restores each image; --method psf estimates "
+                                             "each image's blur (PSF) from the image, restores with it and checks that the result "
+                                             "explains the input (a sharp image is left unchanged; a doubtful estimate or result "
+                                             "falls back to the blind network, and the output's provenance says which); --psf "
+                                             "restores a known blur with --method network, wiener or rl.",
                                  epilog="exit codes: 0 every input was written or skipped; 1 some inputs were refused (with --skip-bad; "
                                         "each is listed with its reason); 2 a usage error, or without --skip-bad an input that cannot "
                                         "be read (the run stops at it; a rerun resumes)")
@@ -160,9 +167,16 @@ def build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("--psf", metavar="SPEC|FILE", help="the blur is known: restore with this PSF instead of the blind network — "
                         "a spec (gauss:sigma=1.6, defocus:radius=2.5, motion:length=9,angle=30, down:scale=2, …) or a kernel file "
                         "(.npy, grey .png, or the .json meddeblur calibrate writes); see docs/psf.md")
-    deblur.add_argument("--method", choices=("network", "wiener", "rl"), default=None,
-                        help="with --psf: network (default; the shipped kernel-conditioned model, or --model's psf-nafnet), "
-                             "wiener (NSR 0.01) or rl (Richardson–Lucy, 30 iterations)")
+    deblur.add_argument("--method", choices=("network", "wiener", "rl", "psf"), default=None,
+                        help="psf (without --psf): estimate each image's PSF, restore with the kernel-conditioned model (the "
+                             "shipped one, or --model's psf-nafnet) and check the result, else the blind network (see above); "
+                             "with --psf: network (default; the kernel-conditioned model), wiener (NSR 0.01) or rl "
+                             "(Richardson–Lucy, 30 iterations)")
+    deblur.add_argument("--estimator", metavar="FILE", help="with --method psf: blur-estimator weights (.safetensors) "
+                        "(default: the ones shipped with meddeblur)")
+    deblur.add_argument("--explain", action="store_true", help="write NAME.psf.png beside each output: the PSF it was restored "
+                        "with (known or estimated; an estimate that was not used is drawn too, its title says so) beside its MTF "
+                        "(the [plots] extra); needs --psf or --method psf")
     archive = deblur.add_argument_group("folders and archives")
     archive.add_argument("--recursive", action="store_true", help="also the images in sub-folders, the tree mirrored under -o")
     archive.add_argument("--skip-bad", action="store_true", help="go on past inputs that cannot be read: each is listed with its "
@@ -172,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--allow-outputs", action="store_true", help="deblur inputs that are meddeblur outputs themselves (skipped "
                          "by default, with a note)")
     archive.add_argument("--log", metavar="FILE", help="append a JSON line per input to FILE: input, status (written, skipped, refused), "
-                         "output, reason, seconds, model_id, engine, parameters, change, change_map, time")
+                         "output, reason, seconds, model_id, engine, parameters, change, change_map, restoration "
+                         "(what --method psf did with the image), time")
     archive.add_argument("--change-map", action="store_true", help="write NAME.change.png beside each output: |output - input| in "
                          "8-bit levels as a heat map with a colour bar (the figures, mean, max and share over 4 levels, always go "
                          "into the log and the output's provenance)")
@@ -197,7 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="print the provenance stored in files written by meddeblur",
                                description="Print tool, version, model id and parameters recorded in output images (PNG/TIFF/JPEG "
-                                           "metadata, DICOM tags, BMP sidecar) or exported ONNX models. Exit code 1 if a file has none.")
+                                           "metadata, DICOM tags, BMP sidecar) or exported ONNX models, and for --method psf outputs "
+                                           "the estimated PSF, the consistency check and the result. Exit code 1 if a file has none.")
     info.add_argument("files", nargs="+", metavar="FILE", help="image, DICOM or .onnx files")
     info.add_argument("--json", action="store_true", help="print the records as one JSON object keyed by file")
 
@@ -265,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "and ::1 when bound to loopback, any otherwise; '*' for any)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="let a web page from ORIGIN (https://host[:port]) call the API; repeatable (default: none, CORS off)")
+    serve.add_argument("--estimator", metavar="FILE", help="blur-estimator weights for POST /v1/deblur?method=psf (estimate each "
+                       "image's PSF, as deblur --method psf) (default: the ones shipped with meddeblur)")
     serve.add_argument("--tile", type=int, default=1024, help="tile size for large images, as in deblur (default 1024; 0 = whole)")
     serve.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
     serve.add_argument("--jpeg-quality", type=int, default=95, help="quality of JPEG answers (default 95)")

@@ -9,7 +9,8 @@ Nothing here deblurs or decodes pixels; :mod:`meddeblur.inference.jobs` does, on
   Every clash is found before anything is written: an output that would replace an input, a folder or a file that
   meddeblur did not write (unless ``overwrite``), two inputs with one output.
 * Resume: an input whose output exists and carries a provenance record of the same model, engine and pixel-shaping
-  parameters (the whole ``parameters`` dict, whatever its keys) is skipped unless ``redo``; an input that is itself a
+  parameters (the whole ``parameters`` dict, whatever its keys) is skipped unless ``redo`` — and, when asked for, its
+  change map (``NAME.change.png``) and PSF figure (``NAME.psf.png``) must be there too; an input that is itself a
   meddeblur output is skipped unless ``allow_outputs``.
 * An input that cannot even be opened (a FIFO or device, a broken link, no permission) is refused here, before
   anything is written.
@@ -26,6 +27,7 @@ from typing import Any
 from meddeblur.errors import InvalidOption, NotFound, UserError
 from meddeblur.files import check_creatable_folder, open_regular, remove_stale_temporaries
 from meddeblur.inference.change_map import change_map_path
+from meddeblur.inference.explain import psf_plot_path
 from meddeblur.io.formats import IMAGE_EXTENSIONS, OUTPUT_SUFFIXES, SUFFIX_FORMATS
 from meddeblur.io.ownership import check_replaceable, read_provenance
 from meddeblur.io.provenance import sidecar_path
@@ -52,7 +54,8 @@ class Outcome:
     """What became of one input: one line of the run log (``status`` one of :data:`STATUSES`).
 
     ``change``: the change figures (:class:`~meddeblur.inference.change_map.ChangeFigures` as a dict) of a written
-    output; ``change_map``: the heat map written beside it, if asked for.
+    output; ``change_map``: the heat map written beside it, if asked for; ``restoration``: what was done with the
+    image when its PSF was estimated (:meth:`~meddeblur.inference.deblurrer.Deblurrer.restore_rgb`), else None.
     """
 
     input: str
@@ -62,6 +65,7 @@ class Outcome:
     seconds: float = 0.0
     change: dict[str, float] | None = None
     change_map: str | None = None
+    restoration: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -179,7 +183,7 @@ def _check_out(out: Path, fmt: str | None) -> None:
         raise InvalidOption(f"format={fmt}: choose one of {', '.join(OUTPUT_SUFFIXES)}", value=fmt, option="format")
 
 
-def _check_targets(pairs: list[tuple[Path, Path]], change_map: bool, overwrite: bool) -> None:
+def _check_targets(pairs: list[tuple[Path, Path]], change_map: bool, explain: bool, overwrite: bool) -> None:
     """Every clash that would stop a run half-way, found before anything is written (the first one raised)."""
     inputs = {_resolved(source) for source, _ in pairs}
     seen: dict[Path, Path] = {}
@@ -194,6 +198,7 @@ def _check_targets(pairs: list[tuple[Path, Path]], change_map: bool, overwrite: 
             raise UserError(f"{target}: output is an existing folder; remove it or choose another -o folder")
         written = [target] + ([sidecar_path(target)] if target.suffix.lower() == ".bmp" else [])
         written += [change_map_path(target)] if change_map else []
+        written += [psf_plot_path(target)] if explain else []
         for path in written:
             if path in seen:
                 raise UserError(f"{source}: same output name as {seen[path]} ({path.name}); deblur them into separate folders")
@@ -201,13 +206,20 @@ def _check_targets(pairs: list[tuple[Path, Path]], change_map: bool, overwrite: 
             check_replaceable(path, overwrite, "`out` folder")
 
 
+def _explained(record: dict[str, Any], target: Path) -> bool:
+    """True if ``target``'s PSF figure is there, or there is none to draw (an image too small to estimate its blur)."""
+    drawn = (record.get("restoration") or {}).get("psf") or (record.get("parameters") or {}).get("psf")
+    return not drawn or psf_plot_path(target).is_file()
+
+
 def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], fmt: str | None = None, jpeg_quality: int = 95,
              recursive: bool = False, change_map: bool = False, overwrite: bool = False, resume: bool = True,
-             allow_outputs: bool = False) -> Plan:
+             allow_outputs: bool = False, explain: bool = False) -> Plan:
     """Plan deblurring ``inputs`` into ``out`` with the provenance ``record`` the run writes (see the module docstring).
 
     ``resume``: skip an input whose output exists with a matching record (:func:`matches`), and its change map too
-    when ``change_map``; otherwise every output is (re)written. ``allow_outputs``: deblur inputs that are meddeblur
+    when ``change_map``, its PSF figure when ``explain`` (if it was restored with a PSF); otherwise every output is
+    (re)written. ``allow_outputs``: deblur inputs that are meddeblur
     outputs themselves (skipped by default). Temporary files a killed earlier run left in the output folders are removed.
     """
     out = Path(out)
@@ -218,7 +230,7 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], 
         raise NotFound(f"{', '.join(map(str, inputs))}: no images (png/jpg/jpeg/tif/tiff/bmp/dcm) found{what}; check the folder",
                        value=inputs)
     pairs = [(source, _target(relative, out, fmt)) for source, relative in found]
-    _check_targets(pairs, change_map, overwrite)
+    _check_targets(pairs, change_map, explain, overwrite)
     plan = Plan(tasks=[], not_images=not_images, folders_not_entered=not_entered)
     for folder in sorted({target.parent for _, target in pairs}):
         remove_stale_temporaries(folder)
@@ -232,10 +244,11 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], 
             continue
         existing = _provenance(target) if os.path.lexists(target) else None
         expected = target_record(record, target, jpeg_quality)
-        if resume and matches(existing, expected) and (not change_map or change_map_path(target).is_file()):
+        if (resume and matches(existing, expected) and (not change_map or change_map_path(target).is_file())
+                and (not explain or _explained(existing, target))):
             plan.skipped.append(Outcome(str(source), "skipped", str(target), "already done with this model and these options "
                                         "(pass redo=True to deblur it again)", time.perf_counter() - started, existing.get("change"),
-                                        str(change_map_path(target)) if change_map else None))
+                                        str(change_map_path(target)) if change_map else None, existing.get("restoration")))
             continue
         try:  # cheap, and found before anything is written: a FIFO, a device, a broken link, no permission
             with open_regular(source):

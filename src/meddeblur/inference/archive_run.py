@@ -18,6 +18,7 @@ from pathlib import Path
 
 from meddeblur.errors import InvalidOption
 from meddeblur.inference.archive import plan_run
+from meddeblur.inference.explain import check_explainable
 from meddeblur.inference.folder_run import Executor, InProcess, Report, execute
 from meddeblur.inference.jobs import GPU_BATCH, Settings
 from meddeblur.inference.tiling import Tiling
@@ -31,7 +32,7 @@ CLUSTERS = ("ray",)
 
 def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | None = None, *, format: str | None = None,
                    jpeg_quality: int = 95, recursive: bool = False, skip_bad: bool = False, redo: bool = False,
-                   allow_outputs: bool = False, overwrite: bool = False, change_map: bool = False,
+                   allow_outputs: bool = False, overwrite: bool = False, change_map: bool = False, explain: bool = False,
                    log: str | os.PathLike[str] | None = None, progress: bool | None = None, workers: int | None = None,
                    cluster: str | None = None, ray_address: str | None = None) -> Report:
     """Deblur files and folders into ``out`` with the model ``spec`` names (default: the shipped one); a :class:`Report` back.
@@ -39,8 +40,9 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
     ``recursive``: mirror the folders' whole trees under ``out``. ``skip_bad``: go on past inputs that cannot be read
     (refused, listed in the report) instead of stopping at the first. Resuming: inputs whose output exists with the same
     model and options are skipped unless ``redo``; inputs that are meddeblur outputs are skipped unless
-    ``allow_outputs``. ``change_map``: write ``NAME.change.png`` beside each output. ``log``: append a JSON line per
-    input to this file. ``progress``: bars on stderr (None: when it is a terminal). ``workers``: processes (or Ray
+    ``allow_outputs``. ``change_map``: write ``NAME.change.png`` beside each output. ``explain``: write ``NAME.psf.png``,
+    the PSF each image was restored with (a known one, or one estimated with ``spec.method="psf"``; refused for the
+    blind network). ``log``: append a JSON line per input to this file. ``progress``: bars on stderr (None: when it is a terminal). ``workers``: processes (or Ray
     actors), each loading the model once (None: :func:`~meddeblur.inference.workers.default_workers`; a single image is
     always deblurred in this process); ``cluster="ray"`` runs on Ray Data, on the cluster at ``ray_address`` or, without one,
     on an embedded Ray on this machine.
@@ -57,11 +59,13 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
         check_workers(workers)
     # The record decides what is already done; for the plan alone the model's device does not matter.
     here = on_cpu or (cluster is None and workers in (None, 1))
+    if explain:
+        check_explainable(spec)  # before the model is loaded: the spec says whether there will be a PSF
     engine = spec.load() if here else spec.load(device="cpu")
     plan = plan_run(inputs, out, engine.provenance, format, jpeg_quality, recursive=recursive, change_map=change_map,
-                    overwrite=overwrite, resume=not redo, allow_outputs=allow_outputs)
+                    overwrite=overwrite, resume=not redo, allow_outputs=allow_outputs, explain=explain)
     workers = default_workers(on_cpu, len(plan.tasks)) if workers is None else workers
-    settings = Settings(jpeg_quality=jpeg_quality, change_map=change_map, batch=1 if on_cpu else GPU_BATCH)
+    settings = Settings(jpeg_quality=jpeg_quality, change_map=change_map, batch=1 if on_cpu else GPU_BATCH, explain=explain)
     executor: Executor
     if cluster == "ray":
         from meddeblur.inference.ray_run import RayActors

@@ -104,10 +104,15 @@ class _Network:
                             before_tile=before_tile)
 
 
-def deblur_files(model: nn.Module | TileFn, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
+def deblur_files(model: nn.Module | TileFn | Any, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
                  device: str | torch.device = "cpu", jpeg_quality: int = 95, tile: int = 0, overlap: int = 128,
                  multiple: int = SIZE_MULTIPLE, provenance: dict[str, Any] | None = None, overwrite: bool = False) -> list[Path]:
     """Deblur every input into ``outdir``; the model is loaded once by the caller (tiling: see :func:`deblur_array`).
+
+    ``model``: a network (or any :data:`TileFn`), run with ``device``, ``tile``, ``overlap`` and ``multiple``; or an
+    engine with its own — an object with ``deblur_rgb`` or ``restore_rgb`` and ``provenance``, ``tile``, ``overlap``,
+    ``size_multiple`` and ``device``, such as a :class:`~meddeblur.inference.deblurrer.Deblurrer` bound to a known or
+    an estimated PSF (whose per-image ``restoration`` record then goes into each output's provenance).
 
     Keeps grayscale, alpha and 8/16-bit depth (where the output format allows it); 16-bit
     pixels go through the network as float32 without passing through 8 bits. A DICOM input
@@ -119,8 +124,9 @@ def deblur_files(model: nn.Module | TileFn, inputs: list[str | Path], outdir: st
     before it are whole). Folder runs that resume, log and go on past bad files: :mod:`meddeblur.inference.folder_run`.
     """
     check_jpeg_quality(jpeg_quality)
-    record = provenance if provenance is not None else make_record()
+    is_engine = hasattr(model, "deblur_rgb") or hasattr(model, "restore_rgb")
+    record = provenance if provenance is not None else (model.provenance if is_engine else make_record())
     plan = plan_run(inputs, outdir, record, fmt, jpeg_quality, overwrite=overwrite, resume=False, allow_outputs=True)
     settings = Settings(jpeg_quality=jpeg_quality)
-    engine = _Network(model, device, tile, overlap, multiple, record)
+    engine = model if is_engine else _Network(model, device, tile, overlap, multiple, record)
     return execute(plan, InProcess(engine, settings), record, progress=None if len(plan.tasks) > 1 else False).written

@@ -35,6 +35,7 @@ from meddeblur.device import pick_device
 from meddeblur.errors import InvalidOption, NotFound
 from meddeblur.inference.batch import deblur_array, deblur_files, deblur_tensor
 from meddeblur.inference.change_map import ChangeMap, change_between
+from meddeblur.inference.estimated_blur import EstimatedBlur
 from meddeblur.inference.known_blur import DEFAULT_ITERATIONS, DEFAULT_NSR, KnownBlur
 from meddeblur.inference.known_blur import METHODS as KNOWN_BLUR_METHODS
 from meddeblur.inference.tiling import Tiling
@@ -89,6 +90,7 @@ class Deblurrer:
         self._shipped = False  # holds the shipped blind model: `psf` then switches to the shipped kernel-conditioned one
         self._known_blur: Deblurrer | None = None  # that one, loaded on first use
         self._psf: PSF | None = None
+        self._estimated: EstimatedBlur | None = None  # with_estimated_psf: the PSF is estimated image by image
         self._base = self  # what with_psf binds to (a bound Deblurrer rebinds from its base)
 
     @classmethod
@@ -139,11 +141,16 @@ class Deblurrer:
         file, a 2-D array or a :class:`~meddeblur.psf.PSF`): the image is then restored with it by ``method``
         (see :meth:`with_psf`) instead of the blind network.
         """
+        if method == "psf":
+            if psf is not None:
+                raise InvalidOption("method='psf' estimates the PSF from the image: leave `psf` out, or restore the given PSF with "
+                                    "method 'network', 'wiener' or 'rl'", value=method, option="method")
+            return self.with_estimated_psf()(image)
         if psf is not None:
             return self.with_psf(psf, method)(image)
         if method != "network":
             raise InvalidOption(f"method={method!r} restores a known blur: give `psf` too", value=method, option="method")
-        if self._psf is None and self.config is not None and self.config.arch in PSF_ARCHITECTURES:
+        if self._psf is None and self._estimated is None and self.config is not None and self.config.arch in PSF_ARCHITECTURES:
             raise InvalidOption(f"psf: {self.weights} is a {self.config.arch}, which restores a known blur; pass psf=... "
                                 "(e.g. 'gauss:sigma=1.6' or a kernel file), or use a blind model", value=None, option="psf")
         if isinstance(image, torch.Tensor):
@@ -178,6 +185,49 @@ class Deblurrer:
         bound._psf, bound._base = psf, base
         return bound
 
+    def with_estimated_psf(self, estimator: str | Path | None = None) -> "Deblurrer":
+        """A Deblurrer that estimates each image's PSF, restores with it, and checks the result (method ``"psf"``).
+
+        See :mod:`meddeblur.inference.estimated_blur`: a sharp image comes back unchanged; a low-confidence estimate,
+        or an output that does not explain its input, is restored by the blind network instead — this Deblurrer's own
+        if it is blind, else the shipped blind model. ``estimator``: blur-estimator weights (None: the shipped ones).
+        :meth:`restore_rgb` returns what was done with each image.
+        """
+        from meddeblur.psf.estimate import BlurEstimator
+
+        base = self._base
+        owner = base._psf_network()
+        blind = base if base.config is not None and base.config.arch not in PSF_ARCHITECTURES else Deblurrer.load(
+            None, "torch", str(base.device), base.tile, base.overlap)
+
+        def with_psf(estimate):
+            restorer = KnownBlur(estimate.psf, "network", owner._network)
+            return lambda rgb, before_tile=None: deblur_array(restorer, rgb, device=base.device, tile=base.tile, overlap=base.overlap,
+                                                              multiple=owner.size_multiple, before_tile=before_tile)
+
+        estimated = EstimatedBlur(BlurEstimator.load(estimator), with_psf, blind.deblur_rgb)
+        parameters = {**owner.provenance["parameters"], **estimated.parameters(), "fallback_model_id": blind.model_id}
+        record = {**owner.provenance, "parameters": parameters}
+        bound = Deblurrer(owner._network, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights)
+        bound._estimated, bound._base = estimated, base
+        return bound
+
+    def restore_rgb(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+        """(H, W, 3) float in [0, 1] → (restored (H, W, 3) float32, what was done).
+
+        What was done is ``{}`` except for a Deblurrer that estimates the PSF (:meth:`with_estimated_psf`): then its
+        ``restoration`` record — the estimated PSF (family, parameters, digest, MTF50, confidence), the consistency
+        check, and ``result`` (``restored``, ``unchanged`` or ``blind``) with its ``reason``.
+        """
+        if self._estimated is not None:
+            return self._estimated.restore(rgb, before_tile)
+        return self.deblur_rgb(rgb, before_tile), {}
+
+    @property
+    def estimates_psf(self) -> bool:
+        """True when this Deblurrer estimates each image's PSF (:meth:`with_estimated_psf`)."""
+        return self._estimated is not None
+
     def _psf_network(self) -> "Deblurrer":
         """The Deblurrer whose network restores a known blur: this one, or the shipped kernel-conditioned model."""
         if self.config is None:
@@ -207,6 +257,8 @@ class Deblurrer:
 
         ``before_tile`` is called before each forward pass (e.g. to stop at a deadline).
         """
+        if self._estimated is not None:
+            return self._estimated.restore(rgb, before_tile)[0]
         return deblur_array(self._network, rgb, device=self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple,
                             before_tile=before_tile)
 
@@ -215,10 +267,10 @@ class Deblurrer:
         """Deblur image files and folders into the folder ``out``, like ``meddeblur deblur``; returns the files written.
 
         Outputs keep name, format (unless ``format``: png, jpeg, tiff or bmp), channels and bit depth and carry
-        :attr:`provenance`; see :func:`meddeblur.inference.batch.deblur_files`.
+        :attr:`provenance` (and, with an estimated PSF, each image's ``restoration`` record); see
+        :func:`meddeblur.inference.batch.deblur_files`.
         """
-        return deblur_files(self._network, inputs, out, fmt=format, device=self.device, jpeg_quality=jpeg_quality, tile=self.tile,
-                            overlap=self.overlap, multiple=self.size_multiple, provenance=self.provenance, overwrite=overwrite)
+        return deblur_files(self, inputs, out, fmt=format, jpeg_quality=jpeg_quality, overwrite=overwrite)
 
     @staticmethod
     def change_map(before: np.ndarray, after: np.ndarray) -> ChangeMap:
@@ -282,7 +334,7 @@ class Deblurrer:
         values = batch.detach().to("cpu", torch.float32)
         channels = values.shape[1]
         colour = values[:, :3] if channels >= 3 else values[:, :1].expand(-1, 3, -1, -1)
-        if self.tile and max(values.shape[-2:]) > self.tile:
+        if self._estimated is not None or (self.tile and max(values.shape[-2:]) > self.tile):
             restored = torch.stack([torch.from_numpy(self.deblur_rgb(np.ascontiguousarray(x.permute(1, 2, 0).numpy()))).permute(2, 0, 1)
                                     for x in colour])
         else:

@@ -22,8 +22,10 @@ from meddeblur.inference.jobs import Settings, deblur_tasks
 
 __all__ = ["Executor", "InProcess", "RunLog", "Report", "execute", "LOG_FIELDS"]
 
-#: The fields of every run-log line, in order (``change`` and ``change_map`` are null unless an output was written).
-LOG_FIELDS = ("input", "status", "output", "reason", "seconds", "model_id", "engine", "parameters", "change", "change_map", "time")
+#: The fields of every run-log line, in order (``change`` and ``change_map`` are null unless an output was written;
+#: ``restoration``, what was done with an image whose PSF was estimated, null for the other methods).
+LOG_FIELDS = ("input", "status", "output", "reason", "seconds", "model_id", "engine", "parameters", "change", "change_map",
+              "restoration", "time")
 #: Tile progress: on_tile(slot, task, tiles done, tiles in all); ``slot`` tells concurrent workers apart.
 TileProgress = Callable[[int, Task, int, int], None]
 
@@ -111,7 +113,8 @@ class Report:
         return 1 if self.with_status("refused") else 0
 
     def summary(self, out: str | os.PathLike[str], most: int = 20) -> str:
-        """Lines for a person: counts per status, each refused input with its reason, what was not an input."""
+        """Lines for a person: counts per status, each refused input with its reason, each image the blind network
+        restored instead of an estimated PSF (with why), what was not an input."""
         written, skipped, refused = (self.with_status(status) for status in ("written", "skipped", "refused"))
         done = sum(1 for outcome in skipped if outcome.output)  # the others are meddeblur outputs themselves
         why = ", ".join(part for part in (f"{done} already done" if done else "",
@@ -119,6 +122,10 @@ class Report:
         lines = [f"{len(self.outcomes)} input(s): {len(written)} written to {out}, {len(skipped)} skipped"
                  + (f" ({why})" if why else "") + f", {len(refused)} refused"]
         lines += [f"refused: {outcome.reason}" for outcome in refused]
+        fallbacks = [outcome for outcome in written if (outcome.restoration or {}).get("result") == "blind"]
+        lines += [f"{outcome.input}: fell back to the blind network: {outcome.restoration['reason']}" for outcome in fallbacks[:most]]
+        if len(fallbacks) > most:
+            lines.append(f"and {len(fallbacks) - most} more image(s) restored by the blind network (see the log)")
         for label, paths in (("not images, left alone", self.not_images),
                              ("folders not entered (pass recursive=True; links to folders are never followed)", self.folders_not_entered)):
             if paths:

@@ -2,7 +2,8 @@
 
 The same code runs in the calling process, in each local worker process and in each Ray actor, so every path gives
 the same pixels. The model is whatever ``engine`` is: a :class:`~meddeblur.inference.deblurrer.Deblurrer`, or any
-object with its ``provenance``, ``tile``, ``overlap``, ``size_multiple``, ``device`` and ``deblur_rgb``.
+object with its ``provenance``, ``tile``, ``overlap``, ``size_multiple``, ``device`` and ``deblur_rgb`` (or
+``restore_rgb``, which also says what was done with each image: the ``restoration`` record of an estimated PSF).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from meddeblur.errors import InvalidOption, UserError
 from meddeblur.inference.archive import Outcome, Task, target_record
 from meddeblur.inference.change_map import change_map_path, change_of
+from meddeblur.inference.explain import write_psf_plot
 from meddeblur.inference.tiling import tile_starts
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import check_jpeg_quality, write_image
@@ -34,13 +36,15 @@ TileCallback = Callable[[Task, int, int], None]
 class Settings:
     """How each input becomes an output, besides the model.
 
-    ``batch``: images of one size deblurred in one forward pass on a GPU. What shapes the pixels besides is the
+    ``batch``: images of one size deblurred in one forward pass on a GPU. ``explain``: draw the PSF each image was
+    restored with to ``NAME.psf.png`` (:mod:`meddeblur.inference.explain`). What shapes the pixels besides is the
     engine's (its model, tiling and, say, a known PSF), and its ``provenance`` says so.
     """
 
     jpeg_quality: int = 95
     change_map: bool = False
     batch: int = 1
+    explain: bool = False
 
     def __post_init__(self) -> None:
         check_jpeg_quality(self.jpeg_quality)
@@ -58,13 +62,22 @@ def tile_count(engine: Any, height: int, width: int) -> int:
     return len(tile_starts(sides[0], min(tile, sides[0]), engine.overlap, multiple)) * len(tile_starts(sides[1], min(tile, sides[1]), engine.overlap, multiple))
 
 
-def _write(task: Task, image: LoadedImage, restored: np.ndarray, record: dict[str, Any], settings: Settings, started: float) -> Outcome:
+def _reason(note: str | None, restoration: dict[str, Any]) -> str | None:
+    """The log's reason for a written output: the task's note, and a fallback to the blind network said as such."""
+    fallback = f"fell back to the blind network: {restoration['reason']}" if restoration.get("result") == "blind" else None
+    return "; ".join(part for part in (note, fallback) if part) or None
+
+
+def _write(task: Task, image: LoadedImage, restored: np.ndarray, restoration: dict[str, Any], engine: Any, record: dict[str, Any],
+           settings: Settings, started: float) -> Outcome:
     target = task.output
     out_format = SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
     bit_depth = image.bit_depth if out_format in ("PNG", "TIFF", "DICOM") else 8
     change = change_of(image, restored, bit_depth)
     figures = change.figures.as_dict()
     written = {**target_record(record, target, settings.jpeg_quality), "change": figures}
+    if restoration:  # what was done with this image (an estimated PSF): provenance says it, per image
+        written["restoration"] = restoration
     if out_format == "DICOM":
         from meddeblur.io.dicom import write_dicom
 
@@ -76,8 +89,10 @@ def _write(task: Task, image: LoadedImage, restored: np.ndarray, record: dict[st
     if settings.change_map:
         heat_map = write_image(change_map_path(target), change.image().astype(np.float32) / 255, format="PNG",
                                provenance={**written, "operation": "change map"})
-    return Outcome(str(task.input), "written", str(target), task.note, round(time.perf_counter() - started, 4), figures,
-                   None if heat_map is None else str(heat_map))
+    if settings.explain:
+        write_psf_plot(target, engine, restoration, written)
+    return Outcome(str(task.input), "written", str(target), _reason(task.note, restoration), round(time.perf_counter() - started, 4),
+                   figures, None if heat_map is None else str(heat_map), restoration or None)
 
 
 def _decode(task: Task) -> LoadedImage:
@@ -89,14 +104,15 @@ def _decode(task: Task) -> LoadedImage:
 
 
 def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, float]], settings: Settings,
-                  on_tile: TileCallback | None) -> list[np.ndarray]:
-    """Restored (H, W, 3) float32 per image; images of one size below the tile size go through the network together."""
+                  on_tile: TileCallback | None) -> list[tuple[np.ndarray, dict[str, Any]]]:
+    """(Restored (H, W, 3) float32, restoration record) per image; images of one size below the tile size go through
+    the network together (never with an estimated PSF: :func:`deblur_tasks` keeps those groups to one image)."""
     height, width = group[0][1].rgb.shape[:2]
     if len(group) > 1 and tile_count(engine, height, width) == 1:
         import torch
 
         batch = torch.from_numpy(np.stack([image.rgb.transpose(2, 0, 1) for _, image, _ in group]))
-        return list(engine(batch).permute(0, 2, 3, 1).numpy())
+        return [(restored, {}) for restored in engine(batch).permute(0, 2, 3, 1).numpy()]
     restored = []
     for task, image, _ in group:
         total, done = tile_count(engine, *image.rgb.shape[:2]), [0]
@@ -106,14 +122,17 @@ def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, float]], set
                 on_tile(task, done[0], total)
             done[0] += 1
 
-        restored.append(engine.deblur_rgb(image.rgb, before_tile=before_tile))
+        if hasattr(engine, "restore_rgb"):
+            restored.append(engine.restore_rgb(image.rgb, before_tile=before_tile))
+        else:
+            restored.append((engine.deblur_rgb(image.rgb, before_tile=before_tile), {}))
     return restored
 
 
 def _finish(engine: Any, group: list[tuple[Task, LoadedImage, float]], record: dict[str, Any], settings: Settings,
             on_tile: TileCallback | None) -> Iterator[Outcome]:
-    for (task, image, started), restored in zip(group, _deblur_group(engine, group, settings, on_tile)):
-        yield _write(task, image, restored, record, settings, started)
+    for (task, image, started), (restored, restoration) in zip(group, _deblur_group(engine, group, settings, on_tile)):
+        yield _write(task, image, restored, restoration, engine, record, settings, started)
 
 
 def deblur_tasks(engine: Any, tasks: Iterable[Task], settings: Settings, on_tile: TileCallback | None = None) -> Iterator[Outcome]:
@@ -122,10 +141,13 @@ def deblur_tasks(engine: Any, tasks: Iterable[Task], settings: Settings, on_tile
     An input that cannot be read (a :class:`~meddeblur.errors.UserError` from decoding) gives a ``refused`` outcome
     naming why; errors writing (a full disk, say) are raised. With ``settings.batch`` > 1 on a CUDA device, decoded
     images of one size wait until ``batch`` of them go through the network in one forward pass (at most twice that
-    many images wait at a time; a known PSF, ``engine.psf``, is applied image by image).
+    many images wait at a time; a known PSF, ``engine.psf``, is applied image by image, and so is a PSF estimated
+    from each image, ``engine.estimates_psf``: its ``restoration`` record goes into the output's provenance and the
+    outcome). ``settings.explain`` also draws each image's PSF beside its output.
     """
     record = engine.provenance
-    together = settings.batch if getattr(engine.device, "type", "cpu") == "cuda" and getattr(engine, "psf", None) is None else 1
+    one_by_one = getattr(engine, "psf", None) is not None or getattr(engine, "estimates_psf", False)
+    together = settings.batch if getattr(engine.device, "type", "cpu") == "cuda" and not one_by_one else 1
     waiting: dict[tuple[int, ...], list[tuple[Task, LoadedImage, float]]] = {}  # by image shape, oldest first
     for task in tasks:
         started = time.perf_counter()

@@ -25,7 +25,8 @@ from typing import Any
 
 from meddeblur import __version__
 
-__all__ = ["TOOL", "NOTE", "make_record", "with_losses", "summary", "to_json", "parse", "embed", "add_png_chunk", "png_chunk", "sidecar_path"]
+__all__ = ["TOOL", "NOTE", "make_record", "with_losses", "summary", "restoration_line", "restoration_lines", "to_json", "parse", "embed",
+           "add_png_chunk", "png_chunk", "sidecar_path"]
 
 TOOL = "meddeblur"
 #: Said in every record: a deblurred image must never pass for an original.
@@ -85,6 +86,53 @@ def summary(record: dict[str, Any]) -> str:
         text += f", {key} {_psf_summary(value) if key == 'psf' and isinstance(value, dict) else value}"
     text += f"; {record.get('note', NOTE)}"
     return text + (f"; not kept: {'; '.join(map(str, record['not_kept']))}" if record.get("not_kept") else "")
+
+
+def _estimate(psf: dict[str, Any]) -> str:
+    confidence = psf.get("confidence")
+    return f"estimated PSF {psf.get('source', '?')}" + (f" (confidence {confidence:.2f})" if isinstance(confidence, (int, float)) else "")
+
+
+def restoration_line(restoration: dict[str, Any]) -> str:
+    """What ``method="psf"`` did with one image, in one line (its ``restoration`` record), e.g.
+    ``estimated PSF gauss:sigma=1.2 (confidence 0.93): restored with it``."""
+    psf, result = restoration.get("psf"), restoration.get("result")
+    said = _estimate(psf) if psf else "no PSF estimated"
+    if result == "restored":
+        return said + (": restored with it, cell by cell (a PSF map)" if "psf_map" in restoration else ": restored with it")
+    if result == "unchanged":
+        return f"{said}: left unchanged ({restoration.get('reason', 'no blur found')})"
+    return f"{said}: {'not used, ' if psf else ''}restored by the blind network"
+
+
+def restoration_lines(restoration: dict[str, Any] | None) -> list[str]:
+    """A ``restoration`` record (``method="psf"``) as a few readable lines: the estimated PSF with its MTF50 and
+    confidence, the PSF map, the consistency check against its limit, the result and why; [] for None."""
+    if not restoration:
+        return []
+    lines = []
+    psf = restoration.get("psf")
+    if psf:
+        confidence = psf.get("confidence")
+        lines.append(f"estimated PSF: {_psf_summary(psf)}, family {psf.get('family', '?')}, confidence "
+                     + (f"{confidence:.2f}" if isinstance(confidence, (int, float)) else "?"))
+    cells = (restoration.get("psf_map") or {}).get("cells")
+    if cells:
+        families: dict[str, int] = {}
+        for cell in (cell for line in cells for cell in line):
+            families[cell.get("family", "?")] = families.get(cell.get("family", "?"), 0) + 1
+        lines.append(f"PSF map: {len(cells)}×{len(cells[0])} cells (" + ", ".join(f"{k} {v}" for k, v in families.items()) + ")")
+    check = restoration.get("consistency")
+    if check:
+        def number(key: str) -> str:
+            value = check.get(key)
+            return f"{value:.2f}" if isinstance(value, (int, float)) else "?"
+
+        lines.append(f"consistency: residual ratio {number('ratio')} (limit {check.get('limit')}): "
+                     f"{'passed' if check.get('passed') else 'failed'}; worst block {number('worst_block')} levels, "
+                     f"overall {number('residual')}, input noise {number('noise')}")
+    lines.append(f"result: {restoration.get('result', '?')}: {restoration.get('reason', 'no reason recorded')}")
+    return lines
 
 
 # --------------------------------------------------------------------------- embedding in encoded bytes

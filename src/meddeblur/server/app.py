@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import importlib.util
+import json
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -22,11 +24,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from meddeblur import __version__
+from meddeblur.errors import UserError
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.formats import OUTPUT_SUFFIXES
 from meddeblur.server.card import model_card
 from meddeblur.server.connections import ConnectionLimits, configure
-from meddeblur.server.engine import Deadline, InferencePool, QueueFull, UploadGate, load_served_model
+from meddeblur.server.engine import METHODS, Deadline, InferencePool, Methods, QueueFull, UploadGate, load_served_model
 from meddeblur.server.imaging import OUTPUT_FORMATS, Deblurred, UploadError, deblur_upload, display_name
 from meddeblur.server.security import Guard
 from meddeblur.server.settings import ServerSettings
@@ -49,7 +52,9 @@ _DEBLUR_OPENAPI = {
     },
     "responses": {
         "200": {"description": "The deblurred image (input's format and bit depth unless `format`); headers "
-                               "X-Model-Id, X-Processing-Time-Ms, X-Deblur-Time-Ms, X-Image-Size",
+                               "X-Model-Id, X-Processing-Time-Ms, X-Deblur-Time-Ms, X-Image-Size, and with method=psf "
+                               "X-Restoration (JSON: the estimated PSF, the consistency check, result and reason; a PSF map "
+                               "only as its grid size — the whole record is in the image's provenance and the JSON answer)",
                 "content": {**{t: {"schema": {"type": "string", "format": "binary"}}
                                for t in ("image/png", "image/jpeg", "image/tiff", "image/bmp")},
                             # ?change_map=true: the same image in JSON, with the heat map of |output - input| and its figures.
@@ -62,7 +67,14 @@ _DEBLUR_OPENAPI = {
                                                k: {"type": "number"} for k in ("mean", "max", "share_over_4")}},
                                 "change_map": {"type": "string", "format": "byte", "description": "PNG: heat map (the image's "
                                                "width x height, top left) and its colour bar in levels (right)"},
-                                "change_map_media_type": {"type": "string"}}}}}},
+                                "change_map_media_type": {"type": "string"},
+                                # method=psf: what was done; ?explain=true: the PSF used, drawn as deblur --explain draws it.
+                                "restoration": {"type": "object", "description": "method=psf: the estimated PSF (source spec, "
+                                                "params, size, digest, MTF50, family, confidence), the consistency check and "
+                                                "`result` (restored, unchanged or blind) with its `reason`"},
+                                "psf_image": {"type": ["string", "null"], "format": "byte", "description": "explain=true: PNG "
+                                              "of the PSF's kernel beside its MTF (null when no PSF was estimated)"},
+                                "psf_image_media_type": {"type": "string"}}}}}},
         "400": {"description": "empty upload, no file field, bad format", **_ERROR_SCHEMA},
         "401": {"description": "API key missing or wrong (only when the server has one)", **_ERROR_SCHEMA},
         "403": {"description": "cross-site request from a browser", **_ERROR_SCHEMA},
@@ -76,12 +88,41 @@ _DEBLUR_OPENAPI = {
 }
 
 
-def _with_change_map(result: Deblurred, filename: str, model_id: str) -> dict[str, Any]:
-    """The ``?change_map=true`` answer: the image and its change map as base64, the change figures in 8-bit levels."""
-    return {"image": base64.b64encode(result.data).decode("ascii"), "media_type": result.media_type, "filename": filename,
-            "width": result.width, "height": result.height, "bit_depth": result.bit_depth, "model_id": model_id,
-            "change": result.change, "change_map": base64.b64encode(result.change_map or b"").decode("ascii"),
-            "change_map_media_type": "image/png"}
+def _as_json(result: Deblurred, filename: str, model_id: str, change_map: bool, explain: bool) -> dict[str, Any]:
+    """The JSON answer (``?change_map=true`` or ``?explain=true``): the image and its change map as base64, the change
+    figures in 8-bit levels; with ``method=psf`` the restoration record, with ``explain`` the PSF's figure."""
+    answer: dict[str, Any] = {"image": base64.b64encode(result.data).decode("ascii"), "media_type": result.media_type,
+                              "filename": filename, "width": result.width, "height": result.height, "bit_depth": result.bit_depth,
+                              "model_id": model_id}
+    if change_map:
+        answer.update(change=result.change, change_map=base64.b64encode(result.change_map or b"").decode("ascii"),
+                      change_map_media_type="image/png")
+    if result.restoration is not None:
+        answer["restoration"] = result.restoration
+    if explain:
+        answer.update(psf_image=base64.b64encode(result.psf_image).decode("ascii") if result.psf_image else None,
+                      psf_image_media_type="image/png")
+    return answer
+
+
+def _restoration_header(restoration: dict[str, Any]) -> str:
+    """``X-Restoration``: the record as compact ASCII JSON, a PSF map only as its grid size (a header must stay small)."""
+    brief = dict(restoration)
+    if isinstance(brief.get("psf_map"), dict):
+        brief["psf_map"] = {"grid": [len(brief["psf_map"].get("cell_rows", [])), len(brief["psf_map"].get("cell_cols", []))]}
+    return json.dumps(brief, separators=(",", ":"), ensure_ascii=True)
+
+
+def _deblur_job(methods: Methods, method: str, upload: Any, *args: Any) -> tuple[Deblurrer, Deblurred]:
+    """On a pool thread: the Deblurrer for ``method`` (bound to the estimator on first use), then :func:`deblur_upload`."""
+    try:
+        engine = methods.get(method)
+    except BaseException as error:
+        upload.close()  # deblur_upload would have closed it
+        if isinstance(error, UserError):
+            raise UploadError(400, f"method={method}: this server cannot estimate the PSF ({' '.join(str(error).split())})") from None
+        raise
+    return engine, deblur_upload(engine, upload, *args)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -126,6 +167,7 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
     settings = settings or ServerSettings()
     configure(ConnectionLimits(settings.header_timeout, settings.max_client_connections))
     served = model or load_served_model(settings.model, settings.device, settings.tile, settings.overlap)
+    methods = Methods(served, settings.estimator)
     pool = InferencePool(settings.threads, settings.queue)
     uploads = UploadGate(settings.max_uploads, settings.body_timeout)
     card = model_card(served.config, served.weights, served.model_id)
@@ -147,6 +189,7 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Filename"],
                            expose_headers=["X-Model-Id", "X-Processing-Time-Ms", "X-Deblur-Time-Ms", "X-Image-Size", "X-Bit-Depth",
+                                           "X-Restoration",
                                            "Content-Disposition", "Retry-After"])
     # Guard wraps the whole stack, the error middleware included, so that every response (a 500 too) is checked and
     # gets the security headers.
@@ -174,10 +217,21 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
               responses={200: {"content": {"image/png": {}}}})
     async def deblur(request: Request, format: str | None = Query(
             None, description="output format: png, jpeg, tiff or bmp (default: the input's)"), change_map: bool = Query(
-            False, description="answer JSON instead: the image and the map of what deblurring changed (base64), with its figures")) -> Response:
+            False, description="answer JSON instead: the image and the map of what deblurring changed (base64), with its figures"),
+            method: str = Query("network", description="network: the blind network; psf: estimate the image's PSF, restore with "
+                                "it and check the result (as deblur --method psf); what was done comes in X-Restoration"),
+            explain: bool = Query(False, description="with method=psf: answer JSON with the image, the restoration record and "
+                                  "the PSF drawn as PNG (psf_image, base64)")) -> Response:
         started = time.perf_counter()
         if format and format.lower() not in OUTPUT_FORMATS:
             raise UploadError(400, f"format={format}: choose one of png, jpeg, tiff, bmp (or leave it out to keep the input's)")
+        if method not in METHODS:
+            raise UploadError(400, f"method={method}: choose network (the blind network) or psf (estimate the blur)")
+        if explain and method != "psf":
+            raise UploadError(400, "explain=true draws the PSF the image was restored with, and the blind network uses none; "
+                                   "add method=psf")
+        if explain and importlib.util.find_spec("matplotlib") is None:
+            raise UploadError(501, "explain=true: this server cannot draw (matplotlib is not installed; pip install 'meddeblur[plots]')")
         # The upload is received first, within --body-timeout, holding only an upload place: a slow or stalled client
         # never holds a processing slot.
         with uploads.enter():
@@ -190,13 +244,13 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         deadline = Deadline(settings.deadline, pool)
         async with slot:
             name = display_name(filename)
-            result = await slot.run(deblur_upload, served, upload, name, format, settings.max_pixels, settings.jpeg_quality, deadline,
-                                    change_map)
+            engine, result = await slot.run(_deblur_job, methods, method, upload, name, format, settings.max_pixels,
+                                            settings.jpeg_quality, deadline, change_map, explain)
         total_ms = (time.perf_counter() - started) * 1000
         stem = name.rsplit(".", 1)[0] if "." in name else name
         suffix = OUTPUT_SUFFIXES[result.format.lower()].lstrip(".")
         headers = {
-            "X-Model-Id": served.model_id,
+            "X-Model-Id": engine.model_id,
             "X-Processing-Time-Ms": f"{total_ms:.1f}",
             "X-Deblur-Time-Ms": f"{result.seconds * 1000:.1f}",
             "X-Image-Size": f"{result.width}x{result.height}",
@@ -205,9 +259,11 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
                               f"deblur;dur={result.seconds * 1000:.1f}"),
             "Content-Disposition": f'inline; filename="{stem}_deblurred.{suffix}"',
         }
-        if change_map:
+        if result.restoration is not None:
+            headers["X-Restoration"] = _restoration_header(result.restoration)
+        if change_map or explain:
             del headers["Content-Disposition"]
-            return JSONResponse(_with_change_map(result, f"{stem}_deblurred.{suffix}", served.model_id), headers=headers)
+            return JSONResponse(_as_json(result, f"{stem}_deblurred.{suffix}", engine.model_id, change_map, explain), headers=headers)
         return Response(result.data, media_type=result.media_type, headers=headers)
 
     return app

@@ -30,6 +30,29 @@ def load_served_model(model: str | None, device: str = "auto", tile: int = 1024,
     return Deblurrer.load(model, "torch", device, tile, overlap)
 
 
+#: ``?method=`` values: the blind network, or estimate each image's PSF and restore with it (``deblur --method psf``).
+METHODS = ("network", "psf")
+
+
+class Methods:
+    """The served Deblurrer for each ``?method=``: ``network`` is the model as loaded; ``psf`` binds it to the blur
+    estimator (:meth:`Deblurrer.with_estimated_psf`) on first use, once, so a server that never estimates never loads it."""
+
+    def __init__(self, served: Deblurrer, estimator: str | None = None) -> None:
+        self.served, self.estimator = served, estimator
+        self._estimated: Deblurrer | None = None
+        self._lock = threading.Lock()
+
+    def get(self, method: str) -> Deblurrer:
+        """The Deblurrer for ``method`` (one of :data:`METHODS`); :class:`UserError` when this server cannot estimate."""
+        if method != "psf":
+            return self.served
+        with self._lock:
+            if self._estimated is None:
+                self._estimated = self.served.with_estimated_psf(self.estimator)
+            return self._estimated
+
+
 def _load_malloc_trim() -> Callable[[int], int] | None:
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from meddeblur.errors import (
 )
 from meddeblur.inference.change_map import change_of
 from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.inference.explain import psf_plot
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import encode_image
 from meddeblur.io.formats import BY_NAME, FORMAT_ALIASES, MEDIA_TYPES, LoadedImage
@@ -61,6 +62,8 @@ class Deblurred:
     seconds: float  # decode + deblur + encode, without waiting in the queue
     change: dict[str, float] | None = None  # with change_map: ChangeFigures.as_dict() of output - input
     change_map: bytes | None = None  # with change_map: the heat map PNG, as ``meddeblur deblur --change-map`` writes it
+    restoration: dict[str, Any] | None = None  # method=psf: what was done with the image (Deblurrer.restore_rgb's record)
+    psf_image: bytes | None = None  # with explain: the PNG of the PSF used, as ``meddeblur deblur --explain`` draws it
 
     @property
     def media_type(self) -> str:
@@ -122,11 +125,13 @@ def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: di
 
 
 def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,
-                  jpeg_quality: int, deadline: Deadline | None = None, change_map: bool = False) -> Deblurred:
+                  jpeg_quality: int, deadline: Deadline | None = None, change_map: bool = False, explain: bool = False) -> Deblurred:
     """The whole job of one request, run on a pool thread: decode, deblur, encode; closes ``upload``.
 
     ``change_map``: also measure what deblurring changed and draw its heat map
-    (:func:`meddeblur.inference.change_map.change_of`, the same map as the CLI's ``--change-map``).
+    (:func:`meddeblur.inference.change_map.change_of`, the same map as the CLI's ``--change-map``). A ``model`` that
+    estimates the PSF (``method=psf``) says what it did (``restoration``, also written into the image's provenance);
+    ``explain``: also draw the PSF used (:func:`meddeblur.inference.explain.psf_plot`, as the CLI's ``--explain``).
 
     With a ``deadline``, a job that waited past it, whose image is expected to end past it, or
     that runs past it (checked before every tile) stops with :class:`QueueFull` (503).
@@ -152,15 +157,17 @@ def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_form
     if deadline is not None:
         deadline.check_estimate(pixels)
     began = time.perf_counter()
-    restored = model.deblur_rgb(source.rgb, before_tile=deadline.check if deadline is not None else None)
+    restored, restoration = model.restore_rgb(source.rgb, before_tile=deadline.check if deadline is not None else None)
     if deadline is not None:
         deadline.pool.record(pixels, time.perf_counter() - began)
-    data, bit_depth = encode_output(restored, source, fmt, model.provenance, jpeg_quality)
+    record = {**model.provenance, "restoration": restoration} if restoration else model.provenance
+    data, bit_depth = encode_output(restored, source, fmt, record, jpeg_quality)
     height, width = source.rgb.shape[:2]
     figures = heat_map = None
     if change_map:
         change = change_of(source, restored, bit_depth)
         figures = change.figures.as_dict()
         heat_map = encode_image(change.image().astype(np.float32) / 255, "PNG",
-                                provenance={**model.provenance, "operation": "change map", "change": figures})
-    return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started, figures, heat_map)
+                                provenance={**record, "operation": "change map", "change": figures})
+    kernel = psf_plot(model, restoration, record) if explain else None
+    return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started, figures, heat_map, restoration or None, kernel)

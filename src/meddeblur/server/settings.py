@@ -41,6 +41,7 @@ class ServerSettings:
     cors_origins: tuple[str, ...] = ()  # origins allowed to call the API from a browser (CORS); none by default
     header_timeout: float = 10.0  # seconds for a request's whole head (line and headers), else 408 and closed
     max_client_connections: int = 32  # connections open at once from one client address, else 503 and closed
+    estimator: str | None = None  # blur-estimator weights for ?method=psf; None: the shipped ones
 
     def __post_init__(self) -> None:
         self.validate()
@@ -68,6 +69,9 @@ class ServerSettings:
         for origin in self.cors_origins:
             if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
                 raise UserError(f"cors_origins={origin}: give an origin such as https://viewer.example.org (scheme and host, no path)")
+        if self.estimator is not None and not os.path.isfile(self.estimator):
+            raise UserError(f"estimator={self.estimator}: no such file; give the blur-estimator weights (.safetensors), or leave "
+                            "it out for the shipped ones")
         self.api_key()  # a missing, unreadable or too short key file fails now, before the port is bound
         return self
 

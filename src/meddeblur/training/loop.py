@@ -209,7 +209,7 @@ def _datasets(options: TrainOptions, spec: DegradeSpec | None, train_pairs: list
     with_psf = options.arch in PSF_ARCHITECTURES
     if options.scales and spec is not None:
         return (ScaledCrops(train_pairs, options.crop, options.scales, spec, options.seed, epoch_samples, options.soften, options.compress,
-                            psf=with_psf, perturb=options.perturb_psf),
+                            psf=with_psf, perturb=options.perturb_psf, estimated=options.estimated_psf),
                 ScaledCrops(val_pairs, options.crop * 2, (1.0, 1.0), spec, options.seed, fixed=True, psf=with_psf))
     if with_psf:
         raise UserError(f"arch={options.arch} is told each image's blur: train it on sharp images with a degradation "
