@@ -189,6 +189,22 @@ def train_speed(src: Source) -> str:
             f"{start:.2f} dB: {c - f:+.2f} dB (`{data['command']}`, {_machine(data['machine'])})")
 
 
+def train_speed_psf(src: Source) -> str:
+    """The kernel-conditioned restorer against the blind network, both fine-tuned from the shipped blind weights at equal CPU time."""
+    data = src.load("train_speed_psf.json")
+    lines = ["| model | steps | samples / CPU-s | val mix PSNR: start → end | gain per CPU-minute | sharp inputs kept: start → end |",
+             "|---|---|---|---|---|---|"]
+    for label, row in data["rows"].items():
+        start, end = row["start"]["val mix"], row["val"]["val mix"]
+        kept = f"{start['sharp_psnr']:.2f} → {end['sharp_psnr']:.2f} dB" if "sharp_psnr" in end else "—"
+        lines.append(f"| {label} | {row['steps']:,} | {row['samples_per_cpu_second']:.2f} | {start['psnr']:.2f} → {end['psnr']:.2f} dB | "
+                     f"{row['gain_per_cpu_minute']:+.3f} dB | {kept} |")
+    lines.append(f"\n{data['minutes']:g} CPU-minutes each, one thread, from the shipped blind weights (`{data['init_id']}`); validation mix of "
+                 f"{data['val_images']} images, input {data['inputs']['val mix']['psnr']:.2f} dB; `{data['command']}` on {_machine(data['machine'])} "
+                 f"({src.link('train_speed_psf.md')}).")
+    return "\n".join(lines)
+
+
 def parallel(src: Source) -> str:
     data = src.load("train_speed.json")
     lines = ["| setup | samples / s |", "|---|---|"]
@@ -228,7 +244,7 @@ def reference_speed(src: Source) -> str:
 RENDERERS: dict[str, Callable[[Source], str]] = {
     **{f"quality-{p}": (lambda src, p=p: _quality(src, p)) for p in PROTOCOL_TITLES},
     "model": model, "sharp-kept": sharp_kept, "speed": speed, "onnx": onnx, "tiling": tiling, "load": load, "assess": assess,
-    "fuzz": fuzz, "train-speed": train_speed, "parallel": parallel, "loss-probe": loss_probe, "reference-speed": reference_speed,
+    "fuzz": fuzz, "train-speed": train_speed, "train-speed-psf": train_speed_psf, "parallel": parallel, "loss-probe": loss_probe, "reference-speed": reference_speed,
 }
 
 

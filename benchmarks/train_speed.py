@@ -1,4 +1,5 @@
-"""Learning per CPU-hour: the shipped model's former recipe against the current default recipe, at equal CPU time.
+"""Learning per CPU-hour at equal CPU time: the shipped model's former recipe against the default recipe, or (``--compare psf``)
+the kernel-conditioned restorer against the blind network it is lifted from.
 
 A script, not a test. Both train from scratch on the ISIC train split (seed-42 split, as `meddeblur train`
 makes it over the whole folder) for the same budget of *process CPU time* (``budget_clock="cpu"``: all
@@ -11,9 +12,16 @@ each are scored on the same two validation sets (the 111 val images):
   mix (un-blurred share included; PSNR over the degraded ones, the un-blurred ones as PSNR(out, in));
 - ``val 256 mixed``: the former recipe's validation — images resized to 256×256 with ``mixed``.
 
+``--compare psf`` fine-tunes the shipped blind weights with the default recipe's fine-tuning values (as
+``meddeblur train --init default`` sets them) twice: as the ``nafnet`` they are, and lifted to a ``psf-nafnet``
+(:func:`meddeblur.models.lift_to_psf`: the same output at step 0) that is told each crop's true kernel (the recipe's
+``perturb_psf`` share zoomed). Both are scored on the val mix at the start and at the end, the psf-nafnet told each
+sample's true kernel (as ``scripts/ship_model.py --target psf`` scores it); results go to ``train_speed_psf.{json,md}``.
+
     python benchmarks/train_speed.py --minutes 30                 # both recipes, then the tables
     python benchmarks/train_speed.py --minutes 30 --jobs 2        # the same, both recipes at once (half the wall time)
     python benchmarks/train_speed.py --parallel                   # samples/s: 1 vs 2 threads vs torchrun 2×1
+    python benchmarks/train_speed.py --compare psf --minutes 12 --jobs 2   # psf-nafnet vs blind nafnet, both fine-tuned
 """
 
 from __future__ import annotations
@@ -38,8 +46,8 @@ from meddeblur.data.sampling import ScaledCrops
 from meddeblur.degradation.spec import parse_spec
 from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights, build_loss
-from meddeblur.models import load_model
-from meddeblur.training.loop import run_epoch, train
+from meddeblur.models import DEFAULT_WEIGHTS, PSF_ARCHITECTURES, build_model, load_model, weights_id
+from meddeblur.training.loop import init_weights, run_epoch, train
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.recipes import recipe_options
 
@@ -49,6 +57,8 @@ RESULTS = HERE / "results"
 #: The recipe the shipped model id 5be7353d1c30 was trained with (src/meddeblur/weights/default.json before issue 11).
 FORMER = {"arch": "nafnet", "size": 256, "crop": None, "degrade": "mixed", "batch": 8, "lr": 1e-3, "optimizer": "adam",
           "schedule": "plateau", "loss": LossWeights(ssim=0.15, l1=0.85), "patience": 20, "epochs": 100_000}
+#: --compare psf: row label → architecture the shipped blind weights are fine-tuned as (the label's first word names its run folder).
+PSF_ARMS = {"blind nafnet": "nafnet", "psf-nafnet told the kernel": "psf-nafnet"}
 
 
 def recipes(minutes: float) -> dict[str, dict]:
@@ -57,14 +67,33 @@ def recipes(minutes: float) -> dict[str, dict]:
             "default": {**current, "max_minutes": minutes}}
 
 
+def psf_recipes(minutes: float) -> dict[str, dict]:
+    """--compare psf: the default recipe's fine-tuning values from the shipped blind weights, once per :data:`PSF_ARMS` architecture."""
+    tuning = {**recipe_options("default", paired=False, fine_tune=True), "max_minutes": minutes, "init": "default",
+              "enc_blocks": None, "middle_blocks": None, "dec_blocks": None}  # the weights' own layout, as with `--init`
+    return {label: {**tuning, "arch": arch} for label, arch in PSF_ARMS.items()}
+
+
+def val_mix(val: list, psf: bool = False) -> ScaledCrops:
+    """The default recipe's validation mix of the validation pairs ``val``; ``psf``: each sample carries its true kernel."""
+    return ScaledCrops(val, 256, (1.0, 1.0), parse_spec("real"), fixed=True, psf=psf)
+
+
 def val_sets(val: list) -> dict[str, torch.utils.data.Dataset]:
     """The two validation sets every recipe is scored on (``val``: the validation pairs)."""
-    return {"val mix": ScaledCrops(val, 256, (1.0, 1.0), parse_spec("real"), fixed=True),
-            "val 256 mixed": PairDataset(val, size=256, degrade=parse_spec("mixed"), fixed=True)}
+    return {"val mix": val_mix(val), "val 256 mixed": PairDataset(val, size=256, degrade=parse_spec("mixed"), fixed=True)}
 
 
-def scores(weights: Path, datasets: dict[str, torch.utils.data.Dataset]) -> dict[str, dict[str, float]]:
-    model, _, _ = load_model(weights)
+def start_model(options: TrainOptions) -> torch.nn.Module:
+    """The network a run with ``init`` starts from, as training builds it (a psf-nafnet: the blind weights lifted)."""
+    state, config, _ = init_weights(options.init, options.arch)
+    network = build_model(config)
+    network.load_state_dict(state)
+    return network.eval()
+
+
+def scores(weights: Path | torch.nn.Module, datasets: dict[str, torch.utils.data.Dataset]) -> dict[str, dict[str, float]]:
+    model = load_model(weights)[0] if isinstance(weights, (str, Path)) else weights
     loss_fn = build_loss(LossWeights(ssim=0.0, l1=1.0), use_perceptual=False)
     out = {}
     with torch.no_grad():
@@ -89,13 +118,13 @@ def _train_row(label: str, options: TrainOptions) -> dict:
             "epochs": len(history)}
 
 
-def compare(isic: Path, minutes: float, work: Path, jobs: int = 1) -> dict:
-    """Both recipes for ``minutes`` of CPU time each; ``jobs`` 2 trains them side by side (one core each)."""
+def compare(isic: Path, minutes: float, work: Path, jobs: int = 1, psf: bool = False) -> dict:
+    """Both recipes (``psf``: both :data:`PSF_ARMS`) for ``minutes`` of CPU time each; ``jobs`` 2 trains them side by side (one core each)."""
     images = isic / "images"
     pairs = sharp_only(images)
     torch.set_num_threads(1)
     runs = {label: TrainOptions(blurred_dir=None, sharp_dir=str(images), out=str(work / label.split()[0]), threads=1,
-                                budget_clock="cpu", device="cpu", **values) for label, values in recipes(minutes).items()}
+                                budget_clock="cpu", device="cpu", **values) for label, values in (psf_recipes if psf else recipes)(minutes).items()}
     if jobs > 1:
         # spawn, not fork: a forked child would inherit this process's torch thread pool
         with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -103,13 +132,18 @@ def compare(isic: Path, minutes: float, work: Path, jobs: int = 1) -> dict:
             rows = {label: future.result() for label, future in futures.items()}
     else:
         rows = {label: _train_row(label, options) for label, options in runs.items()}
-    val = select(pairs, read_split(work / "default" / "split.json")["val"], "split")
-    sets = val_sets(val)
+    split = read_split(Path(next(reversed(runs.values())).out) / "split.json")  # every run's: the seed-42 split of the whole folder
+    val = select(pairs, split["val"], "split")
+    sets = {"val mix": val_mix(val)} if psf else val_sets(val)
     inputs = {name: _identity_scores(dataset) for name, dataset in sets.items()}
-    for label in rows:
-        rows[label]["val"] = scores(work / label.split()[0] / "best.safetensors", sets)
-    return {"minutes": minutes, "jobs": jobs, "rows": rows, "inputs": inputs, "val_images": len(val),
-            "train_images": len(read_split(work / "default" / "split.json")["train"])}
+    for label, options in runs.items():
+        told = {"val mix": val_mix(val, psf=True)} if options.arch in PSF_ARCHITECTURES else sets
+        rows[label]["val"] = scores(Path(options.out) / "best.safetensors", told)
+        if options.init:  # fine-tuning: where it started, and what each CPU-minute bought
+            rows[label]["start"] = scores(start_model(options), told)
+            rows[label]["gain_per_cpu_minute"] = (rows[label]["val"]["val mix"]["psnr"] - rows[label]["start"]["val mix"]["psnr"]) / rows[label]["cpu_minutes"]
+    extra = {"compare": "psf", "init_id": weights_id(DEFAULT_WEIGHTS)} if psf else {}
+    return {"minutes": minutes, "jobs": jobs, "rows": rows, "inputs": inputs, "val_images": len(val), "train_images": len(split["train"]), **extra}
 
 
 def _identity_scores(dataset) -> dict[str, float]:
@@ -149,14 +183,44 @@ def parallel(isic: Path, steps: int, work: Path) -> dict:
     return out
 
 
+def _budget(result: dict, start: str) -> str:
+    return (f"Budget: {result['minutes']:g} CPU-minutes each (process CPU time, 1 thread, validation included), {start}, "
+            f"ISIC train split ({result['train_images']} images); "
+            f"{'trained side by side, one core each' if result.get('jobs', 1) > 1 else 'trained one after the other'}; both scored on the same {result['val_images']} val images")
+
+
+def psf_markdown(result: dict) -> list[str]:
+    """The lines of the ``--compare psf`` table: start and end on the val mix, gain per CPU-minute."""
+    rows = result["rows"]
+    options = next(iter(rows.values()))["options"]
+    loss = ", ".join(f"{term}={weight:g}" for term, weight in options["loss"].items() if weight and (term != "perceptual" or options["perceptual"]))
+    lines = [_budget(result, f"both from the shipped blind weights `{result['init_id']}` with the default recipe's fine-tuning values "
+                     f"(`--init default`: loss {loss}, AdamW lr {options['lr']:g}, {options['crop']}-px crops, batch {options['batch']}, "
+                     f"cosine over the budget); the psf-nafnet is those weights lifted (the same output at step 0), told each training crop's "
+                     f"true kernel ({options['perturb_psf']:.0%} of them zoomed 0.8–1.25×)") + ", the psf-nafnet told each sample's true kernel.", "",
+             f"| model | steps | samples | samples / CPU-s | CPU min | val mix PSNR start (input {result['inputs']['val mix']['psnr']:.2f}) | "
+             "val mix PSNR end | gain | gain / CPU-min | sharp kept start → end |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for label, row in rows.items():
+        start, end = row["start"]["val mix"], row["val"]["val mix"]
+        kept = f"{start['sharp_psnr']:.2f} → {end['sharp_psnr']:.2f} dB" if "sharp_psnr" in end else "—"
+        lines.append(f"| {label} | {row['steps']} | {row['samples']} | {row['samples_per_cpu_second']:.2f} | {row['cpu_minutes']:.1f} | "
+                     f"{start['psnr']:.2f} | {end['psnr']:.2f} | {end['psnr'] - start['psnr']:+.2f} | {row['gain_per_cpu_minute']:+.4f} | {kept} |")
+    blind, told = rows.values()
+    lines += ["", f"psf-nafnet − blind nafnet on the val mix at the end: **{told['val']['val mix']['psnr'] - blind['val']['val mix']['psnr']:+.2f} dB** "
+              f"(at the start {told['start']['val mix']['psnr'] - blind['start']['val mix']['psnr']:+.2f} dB)."]
+    return lines
+
+
 def markdown(result: dict) -> str:
-    lines = ["# Training speed: former recipe vs default recipe at equal CPU time", "",
+    psf = result.get("compare") == "psf"
+    title = "kernel-conditioned restorer vs blind network" if psf else "former recipe vs default recipe"
+    lines = [f"# Training speed: {title} at equal CPU time", "",
              f"Machine: {result['machine']}. Command: `{result['command']}`.", ""]
-    if "rows" in result:
+    if psf:
+        lines += psf_markdown(result)
+    elif "rows" in result:
         inputs = result["inputs"]
-        lines += [f"Budget: {result['minutes']:g} CPU-minutes each (process CPU time, 1 thread, validation included), from scratch, "
-                  f"ISIC train split ({result['train_images']} images); "
-                  f"{'trained side by side, one core each' if result.get('jobs', 1) > 1 else 'trained one after the other'}; both scored on the same {result['val_images']} val images.", "",
+        lines += [_budget(result, "from scratch") + ".", "",
                   "| recipe | steps | samples | samples / CPU-s | Mpixel / CPU-s | val mix PSNR (input {:.2f}) | val mix sharp kept | "
                   "val 256 mixed PSNR (input {:.2f}) |".format(inputs["val mix"]["psnr"], inputs["val 256 mixed"]["psnr"]),
                   "|---|---|---|---|---|---|---|---|"]
@@ -180,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=30.0, help="CPU-minutes per recipe (default 30)")
     parser.add_argument("--jobs", type=int, choices=(1, 2), default=1,
                         help="2: train both recipes at once, one core each (CPU-time budgets, so the comparison stays fair)")
+    parser.add_argument("--compare", choices=("recipes", "psf"), default="recipes",
+                        help="recipes: former vs default from scratch; psf: the shipped blind weights fine-tuned as a nafnet vs lifted to a "
+                             "psf-nafnet told the kernel (benchmarks/results/train_speed_psf.*)")
     parser.add_argument("--parallel", action="store_true", help="only measure 1 vs 2 threads vs torchrun 2×1 (wall clock)")
     parser.add_argument("--parallel-steps", type=int, default=40)
     parser.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
@@ -187,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
-    path = args.out / "train_speed.json"
+    if args.parallel and args.compare == "psf":
+        parser.error("--parallel measures the default recipe only; drop --compare psf")
+    name = "train_speed_psf" if args.compare == "psf" else "train_speed"
+    path = args.out / f"{name}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.update(machine=machine_line())
     command = "python benchmarks/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -196,10 +266,10 @@ def main(argv: list[str] | None = None) -> int:
             result["parallel"] = parallel(args.isic, args.parallel_steps, Path(work))
             result["parallel_command"] = command
         else:
-            result.update(compare(args.isic, args.minutes, Path(work), args.jobs), command=command)
+            result.update(compare(args.isic, args.minutes, Path(work), args.jobs, psf=args.compare == "psf"), command=command)
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.out / "train_speed.md").write_text(markdown(result))
+    (args.out / f"{name}.md").write_text(markdown(result))
     print(markdown(result))
     return 0
 

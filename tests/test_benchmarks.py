@@ -96,6 +96,30 @@ def test_train_speed_table_states_the_gain_and_tolerates_a_val_set_without_unblu
     assert "trained side by side, one core each" in table and "**+1.25 dB** (target ≥ +1 dB)" in table
 
 
+def test_train_speed_psf_fine_tunes_both_arms_alike_and_tables_start_end_and_gain_per_cpu_minute():
+    train_speed = load_script("train_speed")
+    from meddeblur.training.recipes import recipe_options
+
+    blind, told = train_speed.psf_recipes(12.0).values()
+    assert {k for k in blind if blind[k] != told[k]} == {"arch"} and (blind["arch"], told["arch"]) == ("nafnet", "psf-nafnet")
+    tuning = recipe_options("default", paired=False, fine_tune=True)
+    assert blind["init"] == "default" and blind["max_minutes"] == 12.0 and blind["dec_blocks"] is None  # the weights' own layout
+    assert (blind["lr"], blind["crop"], blind["loss"]) == (tuning["lr"], tuning["crop"], tuning["loss"])
+    row = {"steps": 10, "samples": 160, "samples_per_cpu_second": 2.0, "cpu_minutes": 1.0,
+           "options": {"loss": {"ssim": 0.0, "l1": 1.0, "perceptual": 1e-6}, "perceptual": False, "lr": 5e-4, "crop": 128, "batch": 16, "perturb_psf": 0.3}}
+    result = {"machine": "test host", "command": "python benchmarks/train_speed.py --compare psf --minutes 1", "minutes": 1.0, "jobs": 1,
+              "compare": "psf", "init_id": "0eee83c95b79", "train_images": 14, "val_images": 4, "inputs": {"val mix": {"psnr": 39.0}},
+              "rows": {"blind nafnet": {**row, "start": {"val mix": {"psnr": 40.0, "sharp_psnr": 70.0}},
+                                        "val": {"val mix": {"psnr": 40.1, "sharp_psnr": 69.0}}, "gain_per_cpu_minute": 0.1},
+                       "psf-nafnet told the kernel": {**row, "start": {"val mix": {"psnr": 40.0}}, "val": {"val mix": {"psnr": 40.5}},
+                                                      "gain_per_cpu_minute": 0.5}}}
+    table = train_speed.markdown(result)
+    assert "| blind nafnet | 10 | 160 | 2.00 | 1.0 | 40.00 | 40.10 | +0.10 | +0.1000 | 70.00 → 69.00 dB |" in table
+    assert "| psf-nafnet told the kernel | 10 | 160 | 2.00 | 1.0 | 40.00 | 40.50 | +0.50 | +0.5000 | — |" in table
+    assert "**+0.40 dB** (at the start +0.00 dB)" in table and "loss l1=1, AdamW lr 0.0005, 128-px crops" in table
+    assert "trained one after the other" in table and "kernel-conditioned restorer vs blind network" in table
+
+
 def test_loss_probe_reads_loss_weights_and_keeps_every_run_in_one_table(tmp_path):
     probe = load_script("loss_probe")
     assert probe.parse_loss("ssim=0.15, l1=0.85") == LossWeights(ssim=0.15, l1=0.85)
