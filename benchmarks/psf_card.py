@@ -1,7 +1,8 @@
 """The model card's section on the kernel-conditioned model (psf-nafnet), rendered from the committed results.
 
-Called by benchmarks/model_card.py; every number comes from quality_{full,half,soft,seed}.json (the row
-``non-blind (true PSF): psf``), psf_training_stages.json, psf_speed.json, calibration.json or the weights themselves.
+Called by benchmarks/model_card.py; every number comes from quality_{full,half,soft,seed}.json (the rows
+``non-blind (true PSF): psf`` and ``psf (estimated)``), psf_training_stages.json, psf_speed.json, calibration.json,
+psf_estimation.json or the weights themselves. :func:`section`: a known PSF; :func:`estimated_section`: method psf.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ LIMITS = [
 
 def _gain(row: dict, input_row: dict, family: str) -> float:
     return row["families"][family]["psnr"] - input_row["families"][family]["psnr"]
+
+
+def family_tables(quality: dict[str, dict], labels: tuple[str, ...]) -> list[str]:
+    """Per protocol, a table of the gain over the input of each row in ``labels``, per blur family."""
+    lines = []
+    for protocol, result in quality.items():
+        rows = result["rows"]
+        families = [f for f in rows["input"]["families"] if f not in ("none", "sharp (none)")]
+        lines += ["", f"Per family, {PROTOCOL_TITLES[protocol]} (dB over the input; `benchmarks/results/quality_{protocol}.md`):", "",
+                  "| | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
+        for label in labels:
+            lines.append(f"| {label} | " + " | ".join(f"{_gain(rows[label], rows['input'], f):+.2f}" for f in families) + " |")
+    return lines
 
 
 def targets(quality: dict[str, dict], speed: dict | None, calibration: dict | None) -> list[tuple[str, str, bool]]:
@@ -107,13 +121,7 @@ def section(quality: dict[str, dict], results: Path) -> list[str]:
         lines.append(f"| {PROTOCOL_TITLES[protocol]} | {rows['input']['mean_psnr']:.2f} | {rows['Wiener (true kernel)']['gain_psnr']:+.2f} | "
                      f"{rows[RL_ROW]['gain_psnr']:+.2f} | {rows[BLIND_ROW]['gain_psnr']:+.2f} | **{rows[PSF_ROW]['gain_psnr']:+.2f}** | "
                      f"{worst['psnr']:+.2f} ({worst['family']}) |")
-    for protocol, result in quality.items():
-        rows = result["rows"]
-        families = [f for f in rows["input"]["families"] if f not in ("none", "sharp (none)")]
-        lines += ["", f"Per family, {PROTOCOL_TITLES[protocol]} (dB over the input; `benchmarks/results/quality_{protocol}.md`):", "",
-                  "| | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
-        for label in ("Wiener (true kernel)", RL_ROW, BLIND_ROW, PSF_ROW):
-            lines.append(f"| {label} | " + " | ".join(f"{_gain(rows[label], rows['input'], f):+.2f}" for f in families) + " |")
+    lines += family_tables(quality, ("Wiener (true kernel)", RL_ROW, BLIND_ROW, PSF_ROW))
     lines += ["", f"Trained from the blind default model lifted to a psf-nafnet (`meddeblur train --arch psf-nafnet --init default`): "
               f"{training['steps']} steps in {training['wall_minutes']:.0f} minutes on {training['machine']}; validation mix told its true "
               f"kernels {val['input']['psnr']:.2f} → {val['start']['psnr']:.2f} (start) → {val['candidate']['psnr']:.2f} dB, un-blurred inputs "
@@ -127,4 +135,106 @@ def section(quality: dict[str, dict], results: Path) -> list[str]:
     lines += ["", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'yes' if met else '**no**'} |" for name, measured, met in targets(quality, speed, calibration)]
     lines += ["", "Limits of the kernel-conditioned model:", ""] + [f"- {text}" for text in LIMITS]
+    return lines
+
+
+ESTIMATED_ROW = "psf (estimated)"
+KEPT_DB = 45.0  # an un-blurred input must come back at least this close to itself
+ESTIMATED_COST_LIMIT = 2.0  # × the blind model's time per 1024×768 for method psf
+SIZE_ROWS = {"gauss": ("gauss σ=1.0", "gauss σ=1.6", "gauss σ=2.5"), "defocus": ("defocus r=1.5", "defocus r=2.5", "defocus r=4"),
+             "motion": ("motion L=5", "motion L=9", "motion L=15")}
+
+
+def _unblurred(rows: dict) -> str:
+    return next(f for f in rows["input"]["families"] if f in ("none", "sharp (none)"))
+
+
+def ship_rule(quality: dict[str, dict]) -> tuple[bool, list[str]]:
+    """(whether method psf may become the default, why not): it must beat the blind default's mean on every protocol,
+    keep every family at or above its input and give un-blurred inputs back at ≥ 45 dB."""
+    reasons = []
+    for protocol in PROTOCOL_TITLES:
+        if protocol not in quality:
+            reasons.append(f"{PROTOCOL_TITLES[protocol]} not measured")
+            continue
+        rows = quality[protocol]["rows"]
+        if rows[ESTIMATED_ROW]["mean_psnr"] <= rows[BLIND_ROW]["mean_psnr"]:
+            reasons.append(f"{PROTOCOL_TITLES[protocol]}: mean {rows[ESTIMATED_ROW]['gain_psnr']:+.2f} vs the default's {rows[BLIND_ROW]['gain_psnr']:+.2f} dB")
+        worst = rows[ESTIMATED_ROW]["worst_family_gain"]
+        if worst["psnr"] is not None and worst["psnr"] < 0:
+            reasons.append(f"{PROTOCOL_TITLES[protocol]}: {worst['family']} {worst['psnr']:+.2f} dB below its input")
+        kept = rows[ESTIMATED_ROW]["families"][_unblurred(rows)]["psnr"]
+        if kept < KEPT_DB:
+            reasons.append(f"{PROTOCOL_TITLES[protocol]}: un-blurred input kept at {kept:.2f} dB (< {KEPT_DB:g})")
+    return not reasons, reasons
+
+
+def estimated_targets(quality: dict[str, dict], estimation: dict | None, speed: dict | None) -> list[tuple[str, str, bool]]:
+    checks = []
+    if "full" in quality:
+        rows = quality["full"]["rows"]
+        checks.append(("full resolution: mean gain ≥ Richardson–Lucy with the true kernel",
+                       f"{rows[ESTIMATED_ROW]['gain_psnr']:+.2f} vs {rows[RL_ROW]['gain_psnr']:+.2f} dB", rows[ESTIMATED_ROW]["gain_psnr"] >= rows[RL_ROW]["gain_psnr"]))
+        shake = next((f for f in rows["input"]["families"] if f.startswith("shake")), None)
+        if shake:
+            gain = rows[ESTIMATED_ROW]["families"][shake]["psnr"] - rows["input"]["families"][shake]["psnr"]
+            checks.append(("full resolution: camera shake ≥ +2.5 dB", f"{gain:+.2f} dB", gain >= 2.5))
+    if "seed" in quality:
+        gain = quality["seed"]["rows"][ESTIMATED_ROW]["gain_psnr"]
+        checks.append(("256×256: mean gain ≥ +3.0 dB", f"{gain:+.2f} dB", gain >= 3.0))
+    worst = [(p, q["rows"][ESTIMATED_ROW]["worst_family_gain"]) for p, q in quality.items()]
+    below = [f"{PROTOCOL_TITLES[p]} {w['family']} {w['psnr']:+.2f}" for p, w in worst if w["psnr"] is not None and w["psnr"] < 0]
+    checks.append(("no family below its input at any protocol measured", "; ".join(below) or "none below", not below))
+    kept = {p: q["rows"][ESTIMATED_ROW]["families"][_unblurred(q["rows"])]["psnr"] for p, q in quality.items()}
+    checks.append((f"un-blurred input kept ≥ {KEPT_DB:g} dB everywhere", ", ".join(f"{PROTOCOL_TITLES[p]} {v:.2f}" for p, v in kept.items()),
+                   all(v >= KEPT_DB for v in kept.values())))
+    missing = [PROTOCOL_TITLES[p] for p in PROTOCOL_TITLES if p not in quality]
+    if missing:
+        checks.append(("the rows above on every protocol", "not measured yet: " + ", ".join(missing), False))
+    if estimation is not None and "estimate" in estimation:
+        rows = estimation["estimate"]["rows"]
+        for family, labels in SIZE_ROWS.items():
+            shares = {label: rows[label]["within_target"] for label in labels if label in rows}
+            unit = "2 px" if family == "motion" else "15 %"
+            checks.append((f"estimation: {family} size within {unit} (full-resolution test images)",
+                           ", ".join(f"{label} {100 * v:.0f} %" for label, v in shares.items()) + " of images",
+                           all(v >= 0.5 for v in shares.values())))
+    if estimation is not None and "guard" in estimation:
+        rows = estimation["guard"]["rows"]
+        checks.append(("consistency check: false alarms on good restorations of the validation mix (true PSF)",
+                       f"{100 * rows['true PSF']['flagged_at_limit']:.1f} % at limit {estimation['guard']['limit']:g}; wrong PSFs caught "
+                       f"{100 * rows['wrong PSF']['flagged_at_limit']:.0f} %", rows["true PSF"]["flagged_at_limit"] <= 0.05))
+    if speed is not None:
+        ratios = [r["ratio"] for r in speed["rows"] if r["image"] == "1024x768" and "result" in r]
+        if ratios:
+            checks.append((f"cost ≤ {ESTIMATED_COST_LIMIT:g}× the blind model per 1024×768", f"{min(ratios):.2f}–{max(ratios):.2f}×", max(ratios) <= ESTIMATED_COST_LIMIT))
+    return checks
+
+
+def estimated_section(quality: dict[str, dict], results: Path) -> list[str]:
+    """The card's lines for method psf (estimate the blur, restore, check); none before it has been benchmarked."""
+    quality = {p: q for p, q in quality.items() if ESTIMATED_ROW in q["rows"]}
+    if not quality:
+        return []
+    estimation_file, speed_file = results / "psf_estimation.json", results / "psf_speed.json"
+    estimation = json.loads(estimation_file.read_text()) if estimation_file.is_file() else None
+    speed = json.loads(speed_file.read_text()) if speed_file.is_file() else None
+    ids = {q["rows"][ESTIMATED_ROW]["model"]["estimator_id"] for q in quality.values()}
+    lines = ["", "## Estimating the blur (`--method psf`)", "",
+             f"The blur estimator (id `{'`, `'.join(sorted(ids))}`) names each image's blur from its power spectrum; the kernel-conditioned "
+             "model restores with it; the consistency check falls back to the blind default when the output does not explain its input "
+             "(docs/psf.md). Mean gain over the blur families (dB over the input) and the worst family:", "",
+             "| protocol | blind default | method psf | worst family vs input (method psf) | un-blurred kept |", "|---|---|---|---|---|"]
+    for protocol, result in quality.items():
+        rows = result["rows"]
+        worst = rows[ESTIMATED_ROW]["worst_family_gain"]
+        lines.append(f"| {PROTOCOL_TITLES[protocol]} | {rows[BLIND_ROW]['gain_psnr']:+.2f} | {rows[ESTIMATED_ROW]['gain_psnr']:+.2f} | "
+                     f"{worst['psnr']:+.2f} ({worst['family']}) | {rows[ESTIMATED_ROW]['families'][_unblurred(rows)]['psnr']:.2f} dB |")
+    lines += family_tables(quality, (BLIND_ROW, ESTIMATED_ROW))
+    allowed, reasons = ship_rule(quality)
+    lines += ["", "Default method: " + ("method psf beats the blind network by the ship rule." if allowed else
+                                        "the blind network stays the default (method psf must beat it on every protocol's mean, keep "
+                                        "every family at or above its input and un-blurred inputs at ≥ 45 dB): " + "; ".join(reasons) + "."),
+              "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {measured} | {'yes' if met else '**no**'} |" for name, measured, met in estimated_targets(quality, estimation, speed)]
     return lines

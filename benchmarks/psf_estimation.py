@@ -261,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / "psf_estimation.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.update(machine=f"{machine_line()}, {torch.get_num_threads()} thread(s)",
-                  command="python benchmarks/psf_estimation.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+                  command=("python benchmarks/psf_estimation.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip())
     if "estimate" in args.part:
         result["estimate"] = part_estimate(args.isic, args.limit_images)
     if "guard" in args.part:

@@ -4,7 +4,9 @@ A script, not a test: run it on a quiet machine. Both go through :class:`meddebl
 ``meddeblur deblur`` does (default tiling: whole images up to 1024 px), on the same random image, with the same
 threads; the kernel-conditioned model is told each PSF of ``--psfs`` (its FFT data step grows with the kernel's
 support). Reported: median and minimum over ``--repeats`` timed passes after a warm-up, and the ratio to the blind
-model's median — the cost target is at most 1.5× per 1024×768 image.
+model's median — the cost target is at most 1.5× per 1024×768 image. ``method psf`` (the PSF estimated from the
+image, restored with, checked) is timed on the same image blurred with a Gaussian σ 1.6 (one PSF), and with σ 0.8
+on its left half and 2.4 on its right (restored cell by cell where the estimates disagree); its target is 2×.
 
     python benchmarks/psf_speed.py                      # writes benchmarks/results/psf_speed.{json,md}
     python benchmarks/psf_speed.py --psf-model runs/psf-stage1 --sizes 256x256 --repeats 2 --out /tmp/x   # smoke run
@@ -42,12 +44,23 @@ def timed(run, image: np.ndarray, repeats: int) -> dict[str, float]:
     return {"median_s": statistics.median(seconds), "min_s": min(seconds)}
 
 
+def _blurred(image: np.ndarray, left: float, right: float) -> np.ndarray:
+    """``image`` blurred with a Gaussian σ ``left`` on its left half and ``right`` on its right half."""
+    from meddeblur.inference.consistency import reblur
+    from meddeblur.psf import load_psf
+
+    half = image.shape[1] // 2
+    return np.concatenate([reblur(image, load_psf(f"gauss:sigma={left}"))[:, :half], reblur(image, load_psf(f"gauss:sigma={right}"))[:, half:]],
+                          axis=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--psf-model", default=str(PSF_WEIGHTS), help="kernel-conditioned weights (default: the shipped ones)")
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="WIDTHxHEIGHT (default 1024x768 256x256)")
     parser.add_argument("--psfs", nargs="+", default=DEFAULT_PSFS, help="PSF specs the kernel-conditioned model is told")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-estimated", dest="estimated", action="store_false", help="leave out method psf")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -66,6 +79,15 @@ def main(argv: list[str] | None = None) -> int:
             rows.append({"image": size, "model": f"psf-nafnet ({known.model_id})", "psf": spec, **result,
                          "ratio": result["median_s"] / base["median_s"]})
             print(f"{size} {spec}: {result['median_s']:.3f} s ({rows[-1]['ratio']:.2f}× blind {base['median_s']:.3f} s)", flush=True)
+        if args.estimated:
+            estimated = blind.with_estimated_psf()
+            for label, scene in (("estimated: one blur", _blurred(image, 1.6, 1.6)), ("estimated: two blurs", _blurred(image, 0.8, 2.4))):
+                result = timed(estimated, scene, args.repeats)
+                path = estimated.restore_rgb(scene)[1]
+                taken = path["result"] + (", cell by cell" if "psf_map" in path else "")
+                rows.append({"image": size, "model": f"method psf ({estimated.provenance['parameters']['estimator_id']})", "psf": label,
+                             **result, "ratio": result["median_s"] / base["median_s"], "result": taken})
+                print(f"{size} {label} ({taken}): {result['median_s']:.3f} s ({rows[-1]['ratio']:.2f}× blind)", flush=True)
     command = "python benchmarks/psf_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{machine_line()}, {args.threads} thread(s)"
     result = {"command": command.strip(), "machine": machine, "date": date.today().isoformat(), "repeats": args.repeats, "rows": rows}
@@ -74,9 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Known-blur restoration: time per image", "",
              f"`{result['command']}` — {result['date']}, {machine}; median (min) of {args.repeats} passes after a warm-up, "
              "through `Deblurrer` as `meddeblur deblur` runs (whole images up to 1024 px). ratio: to the blind default model's median "
-             "on the same image in the same run (target ≤ 1.5× at 1024×768).", "",
+             "on the same image in the same run (target ≤ 1.5× at 1024×768 with a known PSF, ≤ 2× for method psf).", "",
              "| image | model | PSF | seconds | ratio to blind |", "|---|---|---|---|---|"]
-    lines += [f"| {r['image']} | {r['model']} | `{r['psf']}` | {r['median_s']:.3f} ({r['min_s']:.3f}) | {r['ratio']:.2f}× |" for r in rows]
+    lines += [f"| {r['image']} | {r['model']} | `{r['psf']}`{' (' + r['result'] + ')' if 'result' in r else ''} | {r['median_s']:.3f} "
+              f"({r['min_s']:.3f}) | {r['ratio']:.2f}× |" for r in rows]
     (args.out / "psf_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -19,8 +19,8 @@ the grid and ``classical.py`` are unchanged. Later runs then only compute the mo
     python benchmarks/quality.py --protocol full --model default     # the shipped model as a row
     python benchmarks/quality.py --protocol seed half --model runs/mixed   # a run folder or .safetensors
     python benchmarks/quality.py --protocol all --model default psf   # + the kernel-conditioned model given the true PSF
-    python benchmarks/quality.py --protocol all --model psf-estimated --keep   # + the PSF estimated from each image;
-                                                                              # --keep: the rows already there stay
+    python benchmarks/quality.py --protocol all --model psf-estimated --methods --keep --cache /tmp/c.json
+        # + the PSF estimated from each image; --keep: the rows already there stay; --methods (none): no classical rows run
 """
 
 from __future__ import annotations
@@ -325,7 +325,8 @@ def markdown(result: dict, command: str, machine: str) -> str:
              f"s / MP: seconds per megapixel per image on {machine} (classical rows: as measured when computed, "
              f"`{cache.get('file', CACHE_NAME)}`; {cache.get('computed', 0)} classical restorations computed in this run, "
              f"{cache.get('reused', 0)} reused).", "",
-             f"Command: `{command}` ({result.get('seconds', 0) / 60:.1f} min wall clock)", "",
+             f"Command: `{command}` ({result.get('seconds', 0) / 60:.1f} min wall clock)"
+             + "".join(f"; row {label} kept from `{source}`" for label, source in result.get("kept_rows", {}).items() if label != "input"), "",
              head, "|" + "---|" * (len(families) + 5)]
     for label, row in result["rows"].items():
         cells = [f"{row['families'][f]['psnr']:.2f} / {row['families'][f]['ssim']:.4f}" for f in families]
@@ -357,10 +358,12 @@ def keep_rows(result: dict, previous_path: Path) -> None:
                     for f, v in result["rows"]["input"]["families"].items() if np.isfinite(v["psnr"])))
     if not same:
         sys.exit(f"--keep: {previous_path} scored other images or families; rerun its models too")
-    kept = {label: row for label, row in previous["rows"].items() if "model" in row and label not in result["rows"]}
+    kept = {label: row for label, row in previous["rows"].items() if label not in result["rows"]}
     result["rows"].update(kept)
     if kept:
-        result["kept_rows"] = {label: previous.get("command", "") for label in kept}
+        earlier = previous.get("kept_rows", {})
+        result["kept_rows"] = {label: earlier.get(label, previous.get("command", "")) for label in kept}
+        result["classical_cache"] = previous.get("classical_cache", result["classical_cache"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,8 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-limit", type=int, help="validation images used for tuning (default 8 for seed, 4 otherwise)")
     parser.add_argument("--out", type=Path, default=HERE / "results")
     parser.add_argument("--cache", type=Path, help=f"classical results cache (default: OUT/{CACHE_NAME})")
-    parser.add_argument("--keep", action="store_true", help="keep the model rows already in OUT/quality_PROTOCOL.json that this run "
-                        "does not recompute (same images, families and input scores required)")
+    parser.add_argument("--keep", action="store_true", help="keep the rows already in OUT/quality_PROTOCOL.json that this run "
+                        "does not recompute (same images, families and input scores required); with --methods and no names, "
+                        "only the models are run")
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")

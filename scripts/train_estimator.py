@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-samples", type=int, default=EstimatorOptions.val_samples)
     parser.add_argument("--epochs", type=int, default=EstimatorOptions.epochs)
     parser.add_argument("--max-minutes", type=float, default=EstimatorOptions.max_minutes)
+    parser.add_argument("--lr", type=float, default=EstimatorOptions.lr, help="peak learning rate of the one-cycle schedule")
     parser.add_argument("--workers", type=int, default=EstimatorOptions.workers)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.out.exists():
         sys.exit(f"{args.out}: exists; choose a new --out (weights are never overwritten)")
     torch.set_num_threads(args.threads)
-    options = EstimatorOptions(samples=args.samples, val_samples=args.val_samples, epochs=args.epochs, max_minutes=args.max_minutes,
+    options = EstimatorOptions(samples=args.samples, val_samples=args.val_samples, epochs=args.epochs, max_minutes=args.max_minutes, lr=args.lr,
                                seed=args.seed, workers=args.workers, init=args.init, samples_cache=args.samples_cache)
     record = train_estimator(args.sharp, args.split, args.out, options, log=lambda line: print(line, flush=True))
     print(record["validation"])
