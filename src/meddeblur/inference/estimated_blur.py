@@ -13,7 +13,11 @@ into the output's provenance and the run log):
 4. **check** (:mod:`meddeblur.inference.consistency`): re-blurred with the PSF used, the output must give back its
    input within the limit; an output that does not falls back to the blind network, and the record says so.
 
-The thresholds were chosen on the validation images (``benchmarks/psf_estimation.py``; docs/psf.md).
+Measured on the validation mix (``benchmarks/psf_estimation.py``, results/psf_estimation.md): samples called
+un-blurred scored the same left as they are as through the blind network (so "unchanged", which also keeps sharp
+inputs bit for bit); the confidence threshold moved the blurred samples' mean by at most 0.05 dB between 0 and 0.8,
+so :data:`MIN_CONFIDENCE` only catches the rare very uncertain estimate; the consistency limit flags 4.3 % of good
+restorations (true PSF) and 41 % of deliberately wrong ones.
 """
 
 from __future__ import annotations
