@@ -44,6 +44,7 @@ from meddeblur.inference.consistency import LIMIT, consistency  # noqa: E402
 from meddeblur.inference.deblurrer import Deblurrer  # noqa: E402
 from meddeblur.io.listing import list_images  # noqa: E402
 from meddeblur.psf import psf_from_array, psf_from_spec  # noqa: E402
+from meddeblur.psf.canvas import canvas_radius, kernel_canvas  # noqa: E402
 from meddeblur.psf.estimate import BlurEstimator, gaussian_of_moments  # noqa: E402
 
 FAMILIES = {
@@ -60,16 +61,9 @@ PSNR_CAP = 60.0  # dB: an un-blurred input equals its 8-bit target (∞ dB); out
 CONFIDENCE_GRID = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 
 
-def _canvas(kernel: np.ndarray, side: int) -> np.ndarray:
-    out = np.zeros((side, side))
-    kh, kw = kernel.shape
-    out[side // 2 - kh // 2 : side // 2 - kh // 2 + kh, side // 2 - kw // 2 : side // 2 - kw // 2 + kw] = kernel
-    return out
-
-
 def kernel_error(estimated: np.ndarray, true: np.ndarray) -> float:
     side = max(*estimated.shape, *true.shape)
-    a, b = _canvas(estimated, side), _canvas(true, side)
+    a, b = (kernel_canvas(k, side, side).double().numpy() for k in (estimated, true))
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
@@ -135,9 +129,8 @@ def _wrong_psf(kernel: np.ndarray):
 
 
 def _kernel_of(canvas: np.ndarray) -> np.ndarray:
-    rows, cols = np.nonzero(canvas)
+    r = canvas_radius(torch.from_numpy(canvas)[None])
     cy, cx = canvas.shape[0] // 2, canvas.shape[1] // 2
-    r = int(max(np.abs(rows - cy).max(), np.abs(cols - cx).max()))
     return canvas[cy - r : cy + r + 1, cx - r : cx + r + 1]
 
 

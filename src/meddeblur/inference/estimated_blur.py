@@ -27,7 +27,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from meddeblur.inference.consistency import consistency
+from meddeblur.inference.consistency import LIMIT, consistency
 from meddeblur.inference.tiling import blend_weights
 from meddeblur.psf.estimate import CELL, BlurEstimate, BlurEstimator, PsfMap, estimate_psf_map
 from meddeblur.psf.spectrum import MIN_SIDE
@@ -99,7 +99,7 @@ class EstimatedBlur:
         record["consistency"] = check.as_dict()
         if not check.passed:
             return self.blind(rgb, before_tile), {**record, "result": "blind",
-                                     "reason": f"the restoration does not explain its input (residual ratio {check.ratio:.2f} > {check.as_dict()['limit']})"}
+                                     "reason": f"the restoration does not explain its input (residual ratio {check.ratio:.2f} > {LIMIT})"}
         return restored, {**record, "result": "restored", "reason": "restored with the estimated PSF" + (" map" if "psf_map" in record else "")}
 
     def _by_cell(self, rgb: np.ndarray, psf_map: PsfMap, before_tile: Callable[[], None] | None):

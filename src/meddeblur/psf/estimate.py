@@ -140,9 +140,13 @@ class BlurEstimate:
                 "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()}}
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    exp = np.exp(logits - logits.max())
+    return exp / exp.sum()
+
+
 def _estimate_from_row(logits: np.ndarray, row: np.ndarray) -> BlurEstimate:
-    probabilities = np.exp(logits - logits.max())
-    probabilities /= probabilities.sum()
+    probabilities = _softmax(logits)
     index = int(probabilities.argmax())
     family = FAMILIES[index]
     params = _decode_params(family, row)
@@ -241,8 +245,7 @@ def _smoothed(grid: list[list[tuple[np.ndarray, np.ndarray]]]) -> list[list[Blur
             near = [grid[a][b] for a in range(max(0, i - 1), min(ny, i + 2)) for b in range(max(0, j - 1), min(nx, j + 2))]
             votes = np.zeros(len(FAMILIES))
             for logits, _ in near:
-                p = np.exp(logits - logits.max())
-                votes += p / p.sum()
+                votes += _softmax(logits)
             family = int(votes.argmax())
             chosen = [row for logits, row in near if int(logits.argmax()) == family] or [row for _, row in near]
             logits = np.log(np.maximum(votes / votes.sum(), 1e-9))

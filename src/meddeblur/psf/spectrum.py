@@ -28,11 +28,11 @@ _FLOOR = 1e-12  # power below this (a flat patch) is treated as this: log of zer
 
 
 def grey_of(image: np.ndarray | Tensor) -> Tensor:
-    """(H, W) float64 mean of the channels of an (H, W), (H, W, C) numpy or (C, H, W) torch image."""
+    """(H, W) float32 mean of the channels of an (H, W), (H, W, C) numpy or (C, H, W) torch image."""
     if isinstance(image, Tensor):
-        values = image.detach().cpu().double()
+        values = image.detach().cpu().float()
         return values.mean(dim=0) if values.dim() == 3 else values
-    values = torch.from_numpy(np.asarray(image, dtype=np.float64))
+    values = torch.from_numpy(np.asarray(image, dtype=np.float32))
     return values.mean(dim=2) if values.dim() == 3 else values
 
 
@@ -43,7 +43,7 @@ def log_power_spectrum(image: np.ndarray | Tensor, window: int = WINDOW) -> np.n
     ``window`` px at a stride of ``window // 2`` (doubled until at most :data:`MAX_PATCHES`) have their mean removed and a 2-D Hann window applied; their
     power spectra are averaged, logged and shifted by their mean (the tile's contrast says nothing about blur).
     """
-    grey = grey_of(image).float()
+    grey = grey_of(image)
     if grey.dim() != 2 or min(grey.shape) < 2 * window:
         raise ValueError(f"a power spectrum needs a 2-D image with both sides >= {2 * window}, got {tuple(grey.shape)}")
     stride = window // 2
