@@ -28,6 +28,32 @@ def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):
     model_id = result["rows"]["model: tiny-mixed"]["model"]["id"]
     assert f"| model: tiny-mixed (id {model_id}) |" in (out / "quality_seed.md").read_text()
     assert set(result["rows"]["model: tiny-mixed"]) >= {"gain_psnr", "worst_family_gain"}
+    for row in result["rows"].values():  # the worst image of each family is recorded beside the mean
+        assert all(f["min_psnr"] <= f["psnr"] + 1e-9 for f in row["families"].values())
+
+
+def _method_psf_rows(kept: dict) -> dict:
+    """Quality rows of one protocol where method psf beats the blind default everywhere; its un-blurred column is ``kept``."""
+    def row(gauss: float, none: dict) -> dict:
+        return {"families": {"gauss σ=1.6": {"psnr": gauss}, "none": none}, "mean_psnr": gauss, "gain_psnr": gauss - 30.0}
+
+    return {"rows": {"input": row(30.0, {"psnr": float("inf")}), "model: default": row(31.0, {"psnr": 60.0, "min_psnr": 50.0}),
+                     "Richardson-Lucy (true kernel)": row(31.5, {"psnr": float("inf")}),
+                     "psf (estimated)": row(32.0, kept)}}
+
+
+@pytest.mark.parametrize("kept, allowed", [({"psnr": float("inf"), "min_psnr": float("inf")}, True),
+                                            ({"psnr": float("inf"), "min_psnr": 46.0}, True),
+                                            ({"psnr": float("inf"), "min_psnr": 40.0}, False),  # one image harmed, the mean ∞
+                                            ({"psnr": float("inf")}, False),  # written before the minimum was recorded
+                                            ({"psnr": 50.0}, False)])  # a finite mean can hide one harmed image
+def test_method_psf_ship_rule_judges_unblurred_inputs_by_their_worst_image(kept, allowed):
+    card = load_script("psf_card")
+    quality = {protocol: _method_psf_rows(kept) for protocol in card.PROTOCOL_TITLES}
+    ok, reasons = card.ship_rule(quality)
+    assert ok is allowed and (not reasons) is allowed
+    target = next(t for t in card.estimated_targets(quality, None, None) if t[0].startswith("un-blurred"))
+    assert target[2] is allowed
 
 
 def test_committed_split_is_the_seeded_70_20_10_split_of_all_images(isic_images):
