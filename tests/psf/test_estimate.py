@@ -14,6 +14,7 @@ from meddeblur.errors import InvalidOption
 from meddeblur.models.psf_estimator import FAMILIES, OUTPUTS, BlurEstimatorNet
 from meddeblur.psf import load_psf
 from meddeblur.psf.estimate import BlurEstimator, estimate_psf, estimate_psf_map, gaussian_of_moments, label_of
+from meddeblur.psf.motion_length import fit_motion_length, motion_length
 from meddeblur.psf.spectrum import log_power_spectrum
 
 
@@ -74,7 +75,7 @@ def test_network_shapes_and_refusals() -> None:
     ("gauss:sigma=1.5", "gauss", "sigma", 0.25),
     ("gauss:sigma=2.5", "gauss", "sigma", 0.25),
     ("defocus:radius=3", "defocus", "radius", 0.25),
-    ("motion:length=11,angle=30", "motion", "length", 3.0),
+    ("motion:length=11,angle=30", "motion", "length", 1.0),  # the length measured in the spectrum, not the network's
 ])
 def test_shipped_estimator_finds_generated_blurs(estimator: BlurEstimator, spec: str, family: str, key: str, tolerance: float) -> None:
     estimate = estimator.estimate(_blurred(spec))
@@ -107,3 +108,29 @@ def test_estimation_refuses_small_images_in_one_line(estimator: BlurEstimator) -
         estimate_psf(np.zeros((100, 300, 3), np.float32), estimator)
     with pytest.raises(InvalidOption, match="cell"):
         estimate_psf_map(np.zeros((300, 300, 3), np.float32), 64, estimator)
+
+
+@pytest.mark.parametrize("length, angle", [(17.0, 60.0), (6.0, 135.0), (24.0, 0.0)])
+def test_motion_length_is_measured_from_the_stripes_in_the_spectrum(length: float, angle: float) -> None:
+    image = _blurred(f"motion:length={length},angle={angle}", 384, 7)
+    for guess in (0.6 * length, length, 1.5 * length):  # wherever the network's guess falls within the search
+        assert abs(motion_length(image, angle, guess) - length) <= 0.5
+    assert abs(motion_length(image[:200, :200], angle, length) - length) <= 1.5  # a small tile: 64-px windows
+
+
+def test_a_long_motion_blur_is_estimated_at_its_length(estimator: BlurEstimator) -> None:
+    # Past the estimator's 15-px training range: the network alone says ~10 px here (and its direction is 6° off).
+    image = _blurred("motion:length=19,angle=30", 384, 3)
+    assert estimator.from_spectra(log_power_spectrum(image)[None])[0].params["length"] < 12
+    estimate = estimator.estimate(image)
+    assert estimate.family == "motion" and abs(estimate.params["length"] - 19) <= 1.0, estimate.describe()
+    cells = estimate_psf_map(_blurred("motion:length=19,angle=30", 512, 3), 256, estimator).estimates()
+    assert all(e.family == "motion" and abs(e.params["length"] - 19) <= 1.5 for e in cells), [e.params for e in cells]
+
+
+def test_motion_length_fit_refuses_bad_arguments_and_keeps_a_guess_without_stripes() -> None:
+    with pytest.raises(ValueError, match="positive guess"):
+        fit_motion_length(np.zeros((64, 64)), 30.0, 0.0)
+    with pytest.raises(ValueError, match="square"):
+        fit_motion_length(np.zeros((64, 32)), 30.0, 5.0)
+    assert fit_motion_length(np.zeros((64, 64)), 30.0, 7.0) == 7.0  # a flat spectrum: nothing to measure

@@ -4,7 +4,9 @@ The estimator (:class:`~meddeblur.models.psf_estimator.BlurEstimatorNet`, weight
 tile's log power spectrum (:mod:`meddeblur.psf.spectrum`) and names a family — none, gauss (anisotropic allowed),
 defocus or motion — with its parameters. Blurs outside those families are learned as the family that explains them
 best in the mean: camera shake and resampling as the Gaussian with the kernel's second moments
-(:func:`gaussian_of_moments`). ``confidence`` is the probability the network gives the family it names.
+(:func:`gaussian_of_moments`). ``confidence`` is the probability the network gives the family it names. A motion
+blur's length is then measured in the image's spectrum (:mod:`meddeblur.psf.motion_length`): the network's
+length regresses towards the middle of its training range, the fit does not.
 
 Per tile: :func:`estimate_psf_map` estimates each ``cell``-px cell, then smooths the map — each cell takes the
 family most of its 3×3 neighbourhood names (weighted by confidence) and the median parameters of those neighbours —
@@ -30,6 +32,7 @@ import torch
 from meddeblur.errors import InvalidOption, NotFound
 from meddeblur.models.psf_estimator import FAMILIES, LAYOUT, BlurEstimatorNet
 from meddeblur.psf.kernel import PSF, psf_from_spec
+from meddeblur.psf.motion_length import motion_length
 from meddeblur.psf.spectrum import MIN_SIDE, WINDOW, log_power_spectrum
 
 __all__ = ["ESTIMATOR_WEIGHTS", "CELL", "BlurEstimate", "PsfMap", "BlurEstimator", "gaussian_of_moments", "label_of",
@@ -145,6 +148,16 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
     return exp / exp.sum()
 
 
+def _measured_length(logits: np.ndarray, row: np.ndarray, tile: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``row`` with a motion estimate's length measured in ``tile``'s spectrum (:mod:`meddeblur.psf.motion_length`)."""
+    if FAMILIES[int(logits.argmax())] != "motion":
+        return row
+    guess = _decode_params("motion", row)
+    measured = row.copy()
+    measured[5] = math.log(_clip(motion_length(tile, guess["angle"], guess["length"]), "length"))
+    return measured
+
+
 def _estimate_from_row(logits: np.ndarray, row: np.ndarray) -> BlurEstimate:
     probabilities = _softmax(logits)
     index = int(probabilities.argmax())
@@ -186,9 +199,12 @@ class BlurEstimator:
 
     def estimate(self, image: np.ndarray | torch.Tensor) -> BlurEstimate:
         """The blur of a whole (H, W, C) / (H, W) numpy or (C, H, W) torch image in [0, 1] (sides ≥ 128)."""
-        return self.from_spectra(log_power_spectrum(image)[None])[0]
+        out = self.outputs(log_power_spectrum(image)[None])[0]
+        logits = out[LAYOUT["logits"]]
+        return _estimate_from_row(logits, _measured_length(logits, out[4:], image))
 
     def from_spectra(self, spectra: np.ndarray) -> list[BlurEstimate]:
+        """One estimate per (W, W) spectrum, the network's alone (motion lengths are measured only from an image)."""
         out = self.outputs(spectra)
         return [_estimate_from_row(row[LAYOUT["logits"]], row[4:]) for row in out]
 
@@ -270,5 +286,6 @@ def estimate_psf_map(image: np.ndarray | torch.Tensor, cell: int = CELL, estimat
     rows, cols = _spans(h, cell), _spans(w, cell)
     crops = [image[..., r0:r1, c0:c1] if isinstance(image, torch.Tensor) else image[r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols]
     outputs = estimator.outputs(np.stack([log_power_spectrum(crop, WINDOW) for crop in crops]))
-    grid = [[(outputs[i * len(cols) + j][LAYOUT["logits"]], outputs[i * len(cols) + j][4:]) for j in range(len(cols))] for i in range(len(rows))]
+    pairs = [(out[LAYOUT["logits"]], _measured_length(out[LAYOUT["logits"]], out[4:], crop)) for out, crop in zip(outputs, crops)]
+    grid = [pairs[i * len(cols) : (i + 1) * len(cols)] for i in range(len(rows))]
     return PsfMap(rows, cols, _smoothed(grid))
