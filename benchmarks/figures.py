@@ -67,7 +67,10 @@ def _quality(src: Source, protocol: str) -> str:
         gains = [row["families"][f]["psnr"] - source[f]["psnr"] for f in families if f not in UNBLURRED]
         gain = "—" if label == "input" else f"{sum(gains) / len(gains):+.2f}"
         lines.append(f"| {shown} | " + " | ".join(cells) + f" | {row['mean_psnr']:.2f} | {gain} |")
-    lines.append(f"\n{quality['test_images']} test images, PSNR in dB; `{quality['command']}` on {_machine(quality['machine'])} "
+    # The model's row may be kept from an earlier run than the file's last command (quality.py --keep)
+    command = quality.get("kept_rows", {}).get(MODEL_ROW, quality["command"])
+    machine = quality.get("kept_machines", {}).get(MODEL_ROW, quality["machine"])
+    lines.append(f"\n{quality['test_images']} test images, PSNR in dB; `{command}` on {_machine(machine)} "
                  f"({src.link(f'quality_{protocol}.md')}).")
     return "\n".join(lines)
 

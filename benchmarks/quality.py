@@ -328,7 +328,8 @@ def markdown(result: dict, command: str, machine: str) -> str:
              f"`{cache.get('file', CACHE_NAME)}`; {cache.get('computed', 0)} classical restorations computed in this run, "
              f"{cache.get('reused', 0)} reused).", "",
              f"Command: `{command}` ({result.get('seconds', 0) / 60:.1f} min wall clock)"
-             + "".join(f"; row {label} kept from `{source}`" for label, source in result.get("kept_rows", {}).items() if label != "input"), "",
+             + "".join(f"; row {label} kept from `{source}`" + (f" on {result['kept_machines'][label]}" if label in result.get("kept_machines", {}) else "")
+                       for label, source in result.get("kept_rows", {}).items() if label != "input"), "",
              head, "|" + "---|" * (len(families) + 5)]
     for label, row in result["rows"].items():
         cells = [f"{row['families'][f]['psnr']:.2f} / {row['families'][f]['ssim']:.4f}" for f in families]
@@ -363,8 +364,9 @@ def keep_rows(result: dict, previous_path: Path) -> None:
     kept = {label: row for label, row in previous["rows"].items() if label not in result["rows"]}
     result["rows"].update(kept)
     if kept:
-        earlier = previous.get("kept_rows", {})
+        earlier, machines = previous.get("kept_rows", {}), previous.get("kept_machines", {})
         result["kept_rows"] = {label: earlier.get(label, previous.get("command", "")) for label in kept}
+        result["kept_machines"] = {label: machines.get(label, previous.get("machine", "")) for label in kept}
         result["classical_cache"] = previous.get("classical_cache", result["classical_cache"])
 
 

@@ -32,6 +32,22 @@ def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):
         assert all(f["min_psnr"] <= f["psnr"] + 1e-9 for f in row["families"].values())
 
 
+def test_quality_keep_adds_rows_and_says_which_run_made_the_kept_ones(isic_images, tmp_path):
+    quality = load_script("quality")
+    out = tmp_path / "results"
+    for name in ("one", "two"):
+        save_weights(build_model(ModelConfig(width=4)), ModelConfig(width=4), tmp_path / name / "best.safetensors")
+    common = ["--protocol", "seed", "--isic", str(ISIC), "--limit", "1", "--val-limit", "1", "--families", "gauss σ=1.2", "--out", str(out)]
+    first = [*common, "--model", str(tmp_path / "one"), "--methods", "wiener"]
+    assert quality.main(first) == 0
+    assert quality.main([*common, "--model", str(tmp_path / "two"), "--methods", "--keep"]) == 0
+    result = json.loads((out / "quality_seed.json").read_text())
+    assert list(result["rows"]) == ["input", "model: two", "Wiener (true kernel)", "model: one"]
+    assert result["kept_rows"]["model: one"] == "python benchmarks/quality.py " + " ".join(first)
+    assert result["kept_machines"]["model: one"] == result["machine"]
+    assert "row model: one kept from" in (out / "quality_seed.md").read_text()
+
+
 def _method_psf_rows(kept: dict) -> dict:
     """Quality rows of one protocol where method psf beats the blind default everywhere; its un-blurred column is ``kept``."""
     def row(gauss: float, none: dict) -> dict:
