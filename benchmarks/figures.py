@@ -233,6 +233,39 @@ def loss_probe(src: Source) -> str:
     return "\n".join(lines)
 
 
+ESTIMATED_ROW = "psf (estimated)"
+SAME_DB = 0.05  # closer than this, neither is called ahead
+
+
+def method_psf(src: Source) -> str:
+    """Per protocol: the mean gains of the blind default and of method psf, the families where each is ahead, the default."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("psf_card", HERE / "psf_card.py")
+    card = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(card)
+    lines = ["| protocol | blind network (default) | `--method psf` | `--method psf` ahead on | blind network ahead on |", "|---|---|---|---|---|"]
+    measured = {}
+    for protocol, title in PROTOCOL_TITLES.items():
+        quality = src.load(f"quality_{protocol}.json")
+        rows = quality["rows"]
+        if ESTIMATED_ROW not in rows:
+            continue
+        measured[protocol] = quality
+        blind, estimated = rows[MODEL_ROW], rows[ESTIMATED_ROW]
+        lead = {f: estimated["families"][f]["psnr"] - blind["families"][f]["psnr"] for f in quality["families"] if f not in UNBLURRED}
+
+        def ahead(sign: int) -> str:
+            return ", ".join(f"{f} ({sign * d:+.2f})" for f, d in lead.items() if sign * d > SAME_DB) or "—"
+
+        lines.append(f"| {title} | {blind['gain_psnr']:+.2f} | {estimated['gain_psnr']:+.2f} | {ahead(1)} | {ahead(-1)} |")
+    allowed, reasons = card.ship_rule(measured)
+    lines.append(f"\nMean gain over the input (dB) across the blur families; per family, by how much the one is ahead of the other "
+                 f"(differences under {SAME_DB} dB not listed). " + ("`--method psf` beats the blind network by the ship rule." if allowed else
+                 "The blind network stays the default: " + "; ".join(reasons) + ".") + " Tables: " + ", ".join(src.link(f"quality_{p}.md") for p in measured) + ".")
+    return "\n".join(lines)
+
+
 def reference_speed(src: Source) -> str:
     """The reference Attention U-Net's training speed on the CPU."""
     data = src.load("speed.json")
@@ -246,7 +279,7 @@ def reference_speed(src: Source) -> str:
 
 RENDERERS: dict[str, Callable[[Source], str]] = {
     **{f"quality-{p}": (lambda src, p=p: _quality(src, p)) for p in PROTOCOL_TITLES},
-    "model": model, "sharp-kept": sharp_kept, "speed": speed, "onnx": onnx, "tiling": tiling, "load": load, "assess": assess,
+    "model": model, "sharp-kept": sharp_kept, "method-psf": method_psf, "speed": speed, "onnx": onnx, "tiling": tiling, "load": load, "assess": assess,
     "fuzz": fuzz, "train-speed": train_speed, "train-speed-psf": train_speed_psf, "parallel": parallel, "loss-probe": loss_probe, "reference-speed": reference_speed,
 }
 
