@@ -33,7 +33,7 @@ from meddeblur.errors import InvalidOption, NotFound
 from meddeblur.models.psf_estimator import FAMILIES, LAYOUT, BlurEstimatorNet
 from meddeblur.psf.kernel import PSF, psf_from_spec
 from meddeblur.psf.motion_length import motion_length
-from meddeblur.psf.spectrum import MIN_SIDE, WINDOW, log_power_spectrum
+from meddeblur.psf.spectrum import MIN_SIDE, WINDOW, grey_of, log_power_spectrum
 
 __all__ = ["ESTIMATOR_WEIGHTS", "CELL", "BlurEstimate", "PsfMap", "BlurEstimator", "gaussian_of_moments", "label_of",
            "estimate_psf", "estimate_psf_map"]
@@ -284,7 +284,8 @@ def estimate_psf_map(image: np.ndarray | torch.Tensor, cell: int = CELL, estimat
     h, w = _check_image(image)
     estimator = estimator or BlurEstimator.load()
     rows, cols = _spans(h, cell), _spans(w, cell)
-    crops = [image[..., r0:r1, c0:c1] if isinstance(image, torch.Tensor) else image[r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols]
+    grey = grey_of(image)  # once: each cell's spectrum and its motion fit read the same grey
+    crops = [grey[r0:r1, c0:c1] for r0, r1 in rows for c0, c1 in cols]
     outputs = estimator.outputs(np.stack([log_power_spectrum(crop, WINDOW) for crop in crops]))
     pairs = [(out[LAYOUT["logits"]], _measured_length(out[LAYOUT["logits"]], out[4:], crop)) for out, crop in zip(outputs, crops)]
     grid = [pairs[i * len(cols) : (i + 1) * len(cols)] for i in range(len(rows))]

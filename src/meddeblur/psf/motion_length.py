@@ -71,10 +71,10 @@ def _fitted(window: int, angle: float) -> tuple[np.ndarray, np.ndarray]:
     return mask, np.linalg.qr(trend)[0]
 
 
-def _models(lengths: np.ndarray, angle: float, window: int) -> np.ndarray:
-    """(N, W, W) log power spectra of the motion kernels of ``lengths`` as the Welch spectrum sees them (centred,
-    the Hann window's leakage, a power floor)."""
-    padded = np.zeros((len(lengths), window, window))
+def _models(lengths: np.ndarray, angle: float, window: int, mask: np.ndarray) -> np.ndarray:
+    """(N, M) log power spectra of the motion kernels of ``lengths`` as the Welch spectrum sees them (centred, the
+    Hann window's leakage, a power floor), at the ``mask``ed frequencies."""
+    padded = np.zeros((len(lengths), window, window), np.float32)
     for i, length in enumerate(lengths):
         kernel = motion_kernel(float(length), angle).numpy()
         h, w = kernel.shape
@@ -83,7 +83,16 @@ def _models(lengths: np.ndarray, angle: float, window: int) -> np.ndarray:
     power = np.abs(np.fft.fft2(padded)) ** 2
     for axis in (1, 2):  # a Hann window spreads each frequency over its neighbours as 1 : 4 : 1
         power = (np.roll(power, 1, axis) + 4 * power + np.roll(power, -1, axis)) / 6
-    return np.fft.fftshift(np.log(power + _FLOOR), axes=(1, 2))
+    return np.log(np.fft.fftshift(power, axes=(1, 2))[:, mask] + _FLOOR).astype(np.float64)
+
+
+def _explained(lengths: np.ndarray, angle: float, window: int, mask: np.ndarray, basis: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Per candidate length, the share of ``observed`` (trend removed) its model explains; −inf where it fits inverted."""
+    models = _models(lengths, angle, window, mask)
+    models -= (models @ basis) @ basis.T
+    along = models @ observed
+    energy = np.maximum((models * models).sum(axis=1), 1e-12)
+    return np.where(along > 0, along * along / energy, -np.inf)  # residual = ‖observed‖² − explained
 
 
 def fit_motion_length(spectrum: np.ndarray, angle: float, guess: float) -> float:
@@ -98,15 +107,17 @@ def fit_motion_length(spectrum: np.ndarray, angle: float, guess: float) -> float
         raise ValueError(f"need a square spectrum, a finite angle and a positive guess, got {spectrum.shape}, {angle}, {guess}")
     mask, basis = _fitted(window, angle)
     low, high = max(_LENGTHS[0] + STEP, SEARCH[0] * guess), min(_LENGTHS[1], SEARCH[1] * guess)
-    lengths = np.arange(low, max(high, low) + 1e-9, STEP)
     observed = spectrum.astype(np.float64)[mask]
     observed -= basis @ (basis.T @ observed)  # what the scene's smooth trend leaves
-    models = _models(lengths, angle, window)[:, mask]
-    models -= (models @ basis) @ basis.T
-    along = models @ observed
-    energy = np.maximum((models * models).sum(axis=1), 1e-12)
-    explained = np.where(along > 0, along * along / energy, -np.inf)  # residual = ‖observed‖² − explained
-    return float(lengths[int(explained.argmax())]) if np.isfinite(explained.max()) else float(guess)
+    # Coarse to fine: whole pixels over the search, then STEP around the best (the fit varies slowly with the length)
+    coarse = np.arange(low, max(high, low) + 1e-9, 1.0)
+    explained = _explained(coarse, angle, window, mask, basis, observed)
+    if not np.isfinite(explained.max()):
+        return float(guess)
+    best = float(coarse[int(explained.argmax())])
+    fine = np.arange(max(low, best - 1.0), min(max(high, low), best + 1.0) + 1e-9, STEP)
+    explained = _explained(fine, angle, window, mask, basis, observed)
+    return float(fine[int(explained.argmax())]) if np.isfinite(explained.max()) else best
 
 
 def motion_length(image: np.ndarray | torch.Tensor, angle: float, guess: float) -> float:
