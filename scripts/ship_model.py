@@ -93,6 +93,8 @@ def train_command(options: dict, processes: int = 1) -> str:
                 key.endswith("_blocks") and options.get("init")):  # with --init, blocks come from the weights unless given
             continue
         elif value is not None:
+            if key == "init" and Path(str(value)).is_absolute() and Path(str(value)).is_relative_to(ROOT):
+                value = Path(str(value)).relative_to(ROOT).as_posix()  # a file in the repository: as a clone names it
             shown = "" if value is True else f" {value:g}" if isinstance(value, float) else \
                 f" {','.join(map(str, value))}" if isinstance(value, (list, tuple)) else f" {value}"
             parts.append(f"--{flags.get(key, key.replace('_', '-'))}{shown}")

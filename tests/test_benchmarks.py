@@ -98,6 +98,8 @@ def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
     assert "--lr 0.002" in ship.train_command({**options, "lr": 2e-3})  # ... and its from-scratch rate is not
     assert "--lr" not in ship.train_command({**options, "init": None, "lr": 2e-3})
     assert "--crop" not in single and "--crop 128" in ship.train_command({**options, "init": None})  # fine-tuning's crop, not from scratch's
+    shipped = ship.ROOT / "src" / "meddeblur" / "weights" / "psf.safetensors"  # a weights file of the checkout: named as a clone has it
+    assert "--init src/meddeblur/weights/psf.safetensors " in ship.train_command({**options, "init": str(shipped)}) + " "
 
 
 def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
