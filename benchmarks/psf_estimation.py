@@ -200,10 +200,8 @@ def summarise_guard(entries: list[dict], estimator: str) -> dict:
             "entries": entries}
 
 
-def _ran(part: dict, result: dict) -> str:
-    """Where and how a part ran (older files recorded one machine and command for the whole file)."""
-    machine, command = part.get("machine", result.get("machine")), part.get("command", result.get("command"))
-    return f"Machine: {machine}. Command: `{command}`." if command else "Machine and command: not recorded."
+def _ran(part: dict) -> str:
+    return f"Machine: {part['machine']}. Command: `{part['command']}`."
 
 
 def markdown(result: dict) -> str:
@@ -211,7 +209,7 @@ def markdown(result: dict) -> str:
     if "estimate" in result:
         est = result["estimate"]
         lines += [f"## Estimating the PSF ({est['images']} full-resolution ISIC test images, whole-image estimate)", "",
-                  _ran(est, result), "",
+                  _ran(est), "",
                   "Size error: Gaussian σ (major axis) and defocus radius relative, motion length in px; *within target*: share of "
                   "images whose family was named right and whose size error is within 15 % (σ, radius) or 2 px (length). Shake and "
                   "resampling count as named right when estimated as a Gaussian (the family the estimator uses for them).", "",
@@ -230,7 +228,7 @@ def markdown(result: dict) -> str:
     if "guard" in result:
         guard = result["guard"]
         lines += [f"## The consistency check on the validation mix ({guard['samples']} samples, limit {guard['limit']})", "",
-                  _ran(guard, result), "",
+                  _ran(guard), "",
                   "Ratio: the worst 32-px block's RMS of input − re-blurred output over the input's noise floor. *flagged*: share above "
                   "the limit — on good restorations a false alarm, on wrong ones a detection.", "",
                   "| restored with | samples | median ratio | 95th percentile | flagged at the limit |", "|---|---|---|---|---|"]
@@ -261,9 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
     path = args.out / "psf_estimation.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
-    ran = {"machine": f"{machine_line()}, {torch.get_num_threads()} thread(s)",
+    ran = {  # each part records where it ran: parts can run apart
+           "machine": f"{machine_line()}, {torch.get_num_threads()} thread(s)",
            "command": ("python benchmarks/psf_estimation.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()}
-    result.pop("machine", None), result.pop("command", None)  # each part records its own (parts can run apart)
     if "estimate" in args.part:
         result["estimate"] = {**part_estimate(args.isic, args.limit_images), **ran}
     if "guard" in args.part:

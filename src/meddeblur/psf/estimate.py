@@ -199,9 +199,10 @@ class BlurEstimator:
 
     def estimate(self, image: np.ndarray | torch.Tensor) -> BlurEstimate:
         """The blur of a whole (H, W, C) / (H, W) numpy or (C, H, W) torch image in [0, 1] (sides ≥ 128)."""
-        out = self.outputs(log_power_spectrum(image)[None])[0]
+        grey = grey_of(image)  # once: the network's spectrum and a motion fit read the same grey
+        out = self.outputs(log_power_spectrum(grey)[None])[0]
         logits = out[LAYOUT["logits"]]
-        return _estimate_from_row(logits, _measured_length(logits, out[4:], image))
+        return _estimate_from_row(logits, _measured_length(logits, out[4:], grey))
 
     def from_spectra(self, spectra: np.ndarray) -> list[BlurEstimate]:
         """One estimate per (W, W) spectrum, the network's alone (motion lengths are measured only from an image)."""
