@@ -55,7 +55,6 @@ TOLERANCE = 0.05  # MTF50 within 5 %
 GAIN_TARGET = 2.0  # dB over the device's own images
 CHART = 320  # px: the square's sides are 192 px, room for a 64-px ESF on each side
 RESTORERS = {"wiener": "Wiener", "rl": "Richardson-Lucy", "network": "network (kernel-conditioned)"}
-_METHOD = {"wiener": "wiener", "rl": "richardson_lucy"}
 
 
 def photograph(image: np.ndarray, device: str, name: str = "chart") -> np.ndarray:
@@ -101,12 +100,12 @@ def restorers(names: list[str], model: str | None) -> dict[str, Callable[..., np
             deblurrer = Deblurrer.load(model, device="cpu", tile=0)
             out[name] = lambda image, kernel, **_: np.asarray(deblurrer(np.ascontiguousarray(image, dtype=np.float32), psf=kernel))
         else:
-            out[name] = lambda image, kernel, _m=_METHOD[name], **params: restore(_m, image, kernel, **params)
+            out[name] = lambda image, kernel, _m=name, **params: restore(_m, image, kernel, **params)
     return out
 
 
 def _grid(name: str) -> tuple:
-    return quality.RL_GRID if name == "rl" else METHODS[_METHOD[name]].grid
+    return quality.RL_GRID if name == "rl" else METHODS[name].grid
 
 
 def soft_device(isic: Path, names: list[str], model: str | None, limit: int | None, val_limit: int) -> dict:
@@ -128,7 +127,7 @@ def soft_device(isic: Path, names: list[str], model: str | None, limit: int | No
     val = [sample(n) for n in split["val"][:val_limit]]
     for name in names:
         if name != "network":
-            chosen, val_psnr = tune(_METHOD[name], [(b, s, k) for b, s, k, _, _ in val], _grid(name))
+            chosen, val_psnr = tune(name, [(b, s, k) for b, s, k, _, _ in val], _grid(name))
             params[name] = {**chosen, "val_psnr": round(val_psnr, 4)}
     del val
     per_image = []
@@ -165,13 +164,13 @@ def family_params(name: str, family: str, spec: str, isic: Path, val_limit: int)
     """The half protocol's parameters for ``family`` (quality.py's cache when it holds them, else tuned the same way)."""
     if name == "network":
         return {}
-    entry = _half_cache().data["entries"].get(f"half | {family} | {_METHOD[name]}")
+    entry = _half_cache().data["entries"].get(f"half | {family} | {name}")
     if entry and entry.get("params") is not None:
         return dict(entry["params"])
     images = {p.stem: p for p in list_images(isic / "images")}
     val_names = quality.load_split(list(images.values()))["val"][:val_limit]
     samples = [quality.prepare(images[n], "half", parse_spec(spec), n) for n in val_names]
-    return tune(_METHOD[name], samples, _grid(name))[0]
+    return tune(name, samples, _grid(name))[0]
 
 
 def charts(isic: Path, names: list[str], model: str | None, val_limit: int) -> dict:

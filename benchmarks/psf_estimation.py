@@ -43,8 +43,8 @@ from meddeblur.device import machine_line  # noqa: E402
 from meddeblur.inference.consistency import LIMIT, consistency  # noqa: E402
 from meddeblur.inference.deblurrer import Deblurrer  # noqa: E402
 from meddeblur.io.listing import list_images  # noqa: E402
+from meddeblur.physics import canvas_radius, kernel_canvas  # noqa: E402
 from meddeblur.psf import psf_from_array, psf_from_spec  # noqa: E402
-from meddeblur.psf.canvas import canvas_radius, kernel_canvas  # noqa: E402
 from meddeblur.psf.estimate import BlurEstimator, gaussian_of_moments  # noqa: E402
 
 FAMILIES = {

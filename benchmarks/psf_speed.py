@@ -1,10 +1,11 @@
-"""Seconds per image: the blind default model and the kernel-conditioned one told a PSF, side by side in one run.
+"""Seconds per image: the blind default model and each known-blur method told a PSF, side by side in one run.
 
 A script, not a test: run it on a quiet machine. Both go through :class:`meddeblur.Deblurrer` exactly as
 ``meddeblur deblur`` does (default tiling: whole images up to 1024 px), on the same random image, with the same
 threads; the kernel-conditioned model is told each PSF of ``--psfs`` (its FFT data step grows with the kernel's
 support). Reported: median and minimum over ``--repeats`` timed passes after a warm-up, and the ratio to the blind
-model's median — the cost target is at most 1.5× per 1024×768 image. ``method psf`` (the PSF estimated from the
+model's median — the cost target is at most 1.5× per 1024×768 image for the kernel-conditioned network, 3× for the
+plug-and-play restorer (``--methods``: the known-blur methods to time; each is also timed per iteration count). ``method psf`` (the PSF estimated from the
 image, restored with, checked) is timed on the same image blurred with a Gaussian σ 1.6 (one PSF), and with σ 0.8
 on its left half and 2.4 on its right (restored cell by cell where the estimates disagree), and with linear motion
 of 9 px (the motion length measured in every cell's spectrum: the slowest estimate); its target is 2×.
@@ -29,6 +30,7 @@ import torch
 from meddeblur.device import machine_line
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.models import PSF_WEIGHTS
+from meddeblur.restore import registry
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_SIZES = ["1024x768", "256x256"]  # width x height
@@ -63,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="WIDTHxHEIGHT (default 1024x768 256x256)")
     parser.add_argument("--psfs", nargs="+", default=DEFAULT_PSFS, help="PSF specs the kernel-conditioned model is told")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--methods", nargs="+", default=[registry.NETWORK, "pnp"], choices=registry.names(registry.Told.PSF),
+                        help="known-blur methods told each PSF (default: the kernel-conditioned network and plug-and-play)")
+    parser.add_argument("--pnp-iterations", nargs="*", type=int, default=[2, 4, 8], help="plug-and-play also timed at these "
+                        "iteration counts (the first PSF only): what each iteration costs")
     parser.add_argument("--no-estimated", dest="estimated", action="store_false", help="leave out method psf")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -77,11 +83,18 @@ def main(argv: list[str] | None = None) -> int:
         base = timed(blind, image, args.repeats)
         rows.append({"image": size, "model": f"blind default ({blind.model_id})", "psf": "—", **base, "ratio": 1.0})
         for spec in args.psfs:
-            bound = known.with_psf(spec)
-            result = timed(bound, image, args.repeats)
-            rows.append({"image": size, "model": f"psf-nafnet ({known.model_id})", "psf": spec, **result,
-                         "ratio": result["median_s"] / base["median_s"]})
-            print(f"{size} {spec}: {result['median_s']:.3f} s ({rows[-1]['ratio']:.2f}× blind {base['median_s']:.3f} s)", flush=True)
+            for method in args.methods:
+                runs = [{}] + ([{"iterations": n} for n in args.pnp_iterations] if method == "pnp" and spec == args.psfs[0] else [])
+                for options in runs:
+                    bound = (known if method == registry.NETWORK else blind).with_psf(spec, method=method, **options)
+                    result = timed(bound, image, args.repeats)
+                    name = (f"psf-nafnet ({known.model_id})" if method == registry.NETWORK else f"{method} ({bound.model_id})"
+                            if "model_id" in bound.provenance else method)
+                    iterations = bound.provenance["parameters"].get("iterations") if method == "pnp" else None
+                    rows.append({"image": size, "model": name + (f", {iterations} iterations" if iterations else ""), "psf": spec, **result,
+                                 "ratio": result["median_s"] / base["median_s"]})
+                    print(f"{size} {rows[-1]['model']} {spec}: {result['median_s']:.3f} s ({rows[-1]['ratio']:.2f}× blind "
+                          f"{base['median_s']:.3f} s)", flush=True)
         if args.estimated:
             estimated = blind.with_estimated_psf()
             scenes = (("estimated: one blur", _blurred(image, "gauss:sigma=1.6")),
@@ -102,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     lines = ["# Known-blur restoration: time per image", "",
              f"`{result['command']}` — {result['date']}, {machine}; median (min) of {args.repeats} passes after a warm-up, "
              "through `Deblurrer` as `meddeblur deblur` runs (whole images up to 1024 px). ratio: to the blind default model's median "
-             "on the same image in the same run (target ≤ 1.5× at 1024×768 with a known PSF, ≤ 2× for method psf).", "",
+             "on the same image in the same run (targets at 1024×768: ≤ 1.5× for the kernel-conditioned network, ≤ 3× for "
+             "plug-and-play, ≤ 2× for method psf).", "",
              "| image | model | PSF | seconds | ratio to blind |", "|---|---|---|---|---|"]
     lines += [f"| {r['image']} | {r['model']} | `{r['psf']}`{' (' + r['result'] + ')' if 'result' in r else ''} | {r['median_s']:.3f} "
               f"({r['min_s']:.3f}) | {r['ratio']:.2f}× |" for r in rows]

@@ -14,7 +14,8 @@ Classical rows are costly at full resolution, so their per-image scores are kept
 (``benchmarks/results/quality_classical_cache.json``, committed) and reused: an image's cached score is used
 when the SHA-256 of its degraded input, target and kernel is unchanged (so any change to the images, the
 split, the protocol or the degradation code recomputes it), and the tuning when the validation inputs,
-the grid and ``classical.py`` are unchanged. Later runs then only compute the model rows.
+the grid and the classical methods' code (:data:`CLASSICAL_MODULES`) are unchanged. Later runs then only compute the
+model rows.
 
     python benchmarks/quality.py --protocol full --model default     # the shipped model as a row
     python benchmarks/quality.py --protocol seed half --model runs/mixed   # a run folder or .safetensors
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib
 import json
 import os
 import statistics
@@ -40,7 +42,7 @@ import torch
 
 from meddeblur.data.pairs import fixed_degradation, split_names, write_split
 from meddeblur.degradation.kernels import gaussian_kernel
-from meddeblur.degradation.pipeline import blur, quantize8
+from meddeblur.degradation.pipeline import quantize8
 from meddeblur.degradation.resampling import resize_area
 from meddeblur.degradation.spec import parse_spec
 from meddeblur.device import machine_line
@@ -50,12 +52,18 @@ from meddeblur.io.decode import read_rgb
 from meddeblur.io.listing import list_images
 from meddeblur.metrics import ReferenceScorer
 from meddeblur.models import DEFAULT_WEIGHTS, PSF_ARCHITECTURES, PSF_WEIGHTS
+from meddeblur.models.denoiser import DENOISER_WEIGHTS
+from meddeblur.physics import blur
+from meddeblur.restore import registry
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
 SPLIT = HERE / "isic_split.json"
 CACHE_NAME = "quality_classical_cache.json"
-CLASSICAL_SOURCE = Path(sys.modules[METHODS["wiener"].fn.__module__].__file__)
+#: The modules whose code computes the classical rows: the true-kernel restorers, the physics they stand on, and the
+#: baselines' module (the self-tuning Wiener and unsharp masking, the method table). Their hash keys the cache.
+CLASSICAL_MODULES = ("meddeblur.restore.classical", "meddeblur.physics.boundary", "meddeblur.physics.operator",
+                     "meddeblur.evaluation.classical")
 SEED_FAMILIES = {  # fixed parameters (motion angle and shake path still vary per image, seeded)
     "gauss σ=1.2": "gauss:sigma=1.2",
     "gauss σ=2.0": "gauss:sigma=2.0",
@@ -77,16 +85,19 @@ FAMILIES = {  # full, half, soft: the families of issue 11's table
 }
 ESTIMATED = "psf-estimated"  # --model value: the PSF estimated from each image (method "psf")
 ESTIMATED_LABEL = "psf (estimated)"
+PNP = "pnp"  # --model value: the plug-and-play restorer (the shipped denoiser), told the true kernel
+BORDER = 16  # px: the "inner" PSNR leaves this margin out, to tell border effects from the rest
 UNBLURRED = ("sharp (none)", "none")  # not part of any mean
+TRUE_KERNEL = tuple(name for name, method in registry.METHODS.items() if method.function)  # the classical restorers: Wiener, RL
 RL_GRID = tuple({"iterations": n} for n in (0, 5, 10, 20, 30, 40))  # full/half/soft: 0 = give the input back
 PROTOCOLS = {
     "seed": {"about": "area-resized to 256×256", "families": SEED_FAMILIES, "methods": tuple(METHODS), "val": 8, "grids": {}},
-    "full": {"about": "stored resolution (up to 1024 px)", "families": FAMILIES, "methods": ("wiener", "richardson_lucy"),
-             "val": 4, "grids": {"richardson_lucy": RL_GRID}},
-    "half": {"about": "area down-scaled ×2, 8-bit", "families": FAMILIES, "methods": ("wiener", "richardson_lucy"), "val": 4,
-             "grids": {"richardson_lucy": RL_GRID}},
+    "full": {"about": "stored resolution (up to 1024 px)", "families": FAMILIES, "methods": TRUE_KERNEL,
+             "val": 4, "grids": {"rl": RL_GRID}},
+    "half": {"about": "area down-scaled ×2, 8-bit", "families": FAMILIES, "methods": TRUE_KERNEL, "val": 4,
+             "grids": {"rl": RL_GRID}},
     "soft": {"about": "area down-scaled ×2, then softened (Gaussian σ 0.7–1.0 per image, 8-bit): the softened image is the target",
-             "families": FAMILIES, "methods": ("wiener", "richardson_lucy"), "val": 4, "grids": {"richardson_lucy": RL_GRID}},
+             "families": FAMILIES, "methods": TRUE_KERNEL, "val": 4, "grids": {"rl": RL_GRID}},
 }
 ALIASES = {"native": "full"}
 SOFT_SIGMA = (0.7, 1.0)
@@ -145,14 +156,21 @@ def sample_digest(name: str, blurred: np.ndarray, target: np.ndarray, kernel: np
 
 
 def classical_version() -> str:
-    """SHA-256 (first 12 hex) of meddeblur/classical.py: any change to the methods recomputes their rows."""
-    return hashlib.sha256(CLASSICAL_SOURCE.read_bytes()).hexdigest()[:12]
+    """SHA-256 (first 12 hex) over the files of :data:`CLASSICAL_MODULES`: any change to them recomputes the rows.
+
+    Each file enters as a line ``module sha256``, so moving code between them changes the version too.
+    """
+    lines = []
+    for name in CLASSICAL_MODULES:
+        source = Path(importlib.import_module(name).__file__).read_bytes()
+        lines.append(f"{name} {hashlib.sha256(source).hexdigest()}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
 
 
 class Cache:
     """Per-image classical scores and per-family tuning, in one JSON file (see the module docstring).
 
-    ``entries[protocol | family | method]`` holds the tuning key (spec, grid, classical.py hash, validation
+    ``entries[protocol | family | method]`` holds the tuning key (spec, grid, :func:`classical_version`, validation
     images and the digest of their inputs), the chosen parameters, and per test image
     ``[digest, psnr, ssim, seconds, megapixels]``. ``computed`` / ``reused`` count images this run.
     """
@@ -210,6 +228,11 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
     version = classical_version()
     loaded = []
     for model in models:
+        if model == PNP:
+            deblurrer = Deblurrer.load(None, device="cpu", tile=0).with_psf("none", method=PNP)
+            loaded.append((f"non-blind (true PSF): {PNP}", deblurrer, {"path": str(DENOISER_WEIGHTS), "id": deblurrer.model_id, "arch": PNP,
+                                                                     "method": PNP, "settings": deblurrer.provenance["parameters"]}))
+            continue
         if model == ESTIMATED:  # blind: the PSF estimated from each image, restored by the shipped kernel-conditioned model
             deblurrer = Deblurrer.load(None, device="cpu", tile=0).with_estimated_psf()
             loaded.append((ESTIMATED_LABEL, deblurrer, {"path": str(deblurrer.weights), "id": deblurrer.model_id, "arch": "psf-nafnet",
@@ -245,6 +268,7 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
             rows[METHODS[name].label]["params"][family] = {**entry["params"], "val_psnr": entry["val_psnr"]}
         del val
         scores: dict[str, list[tuple[float, float]]] = {label: [] for label in rows}
+        inner: dict[str, list[float]] = {}  # PSNR BORDER px inside the frame, input and model rows
         for n in test_names:
             blurred, sharp, kernel = prepare(images[n], protocol, spec, n)
             mp = sharp.shape[0] * sharp.shape[1] / 1e6
@@ -271,17 +295,23 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
                     restored, record = deblurrer.restore_rgb(blurred)
                     outcomes = rows[label].setdefault("results", {}).setdefault(family, {})
                     outcomes[record["result"]] = outcomes.get(record["result"], 0) + 1
+                elif deblurrer.psf is not None:  # the plug-and-play restorer, told the true kernel
+                    restored = deblurrer(blurred, psf=kernel, method=PNP)
                 elif deblurrer.config.arch in PSF_ARCHITECTURES:
                     restored = deblurrer(blurred, psf=kernel)
                 else:
                     restored = deblurrer(blurred)
                 rows[label]["seconds"] += time.perf_counter() - t0
                 scores[label].append(score(restored))
+                inner.setdefault(label, []).append(inner_psnr(restored, sharp))
+            inner.setdefault("input", []).append(inner_psnr(blurred, sharp))
         cache.save()
         for label, values in scores.items():
             # min_psnr: the worst image, what the un-blurred column is judged by (its mean is ∞ once one comes back unchanged)
             rows[label]["families"][family] = {"psnr": statistics.fmean(v[0] for v in values), "ssim": statistics.fmean(v[1] for v in values),
                                                "min_psnr": min(v[0] for v in values)}
+            if label in inner:
+                rows[label]["families"][family]["psnr_inner"] = statistics.fmean(inner[label])
         print(f"[{protocol}] {family}: " + ", ".join(f"{k} {v['families'][family]['psnr']:.2f}" for k, v in rows.items())
               + f" ({time.perf_counter() - started:.0f} s)", flush=True)
     for row in rows.values():
@@ -292,6 +322,13 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
             "split": str(split_path.relative_to(HERE.parent)) if split_path.is_relative_to(HERE.parent) else str(split_path),
             "classical_cache": {"file": cache.path.name, "computed": cache.computed, "reused": cache.reused, "classical_version": version},
             "seconds": round(time.perf_counter() - started_all, 1), "rows": rows}
+
+
+def inner_psnr(restored: np.ndarray, sharp: np.ndarray) -> float:
+    """PSNR (dB) with a BORDER-px frame left out: what a restorer does away from the image's edges."""
+    window = (slice(BORDER, -BORDER), slice(BORDER, -BORDER))
+    error = np.mean((np.clip(np.asarray(restored, np.float64)[window], 0, 1) - np.asarray(sharp, np.float64)[window]) ** 2)
+    return float("inf") if error == 0 else float(-10.0 * np.log10(error))
 
 
 def summarise(rows: dict[str, dict]) -> None:
@@ -342,6 +379,16 @@ def markdown(result: dict, command: str, machine: str) -> str:
                      if row["worst_family_gain"]["family"] else "—")
             speed = f"{row['s_per_megapixel']:.3f}"
         lines.append(f"| {shown} | " + " | ".join(cells) + f" | {row['mean_psnr']:.2f} / {row['mean_ssim']:.4f} | {gain} | {worst} | {speed} |")
+    inner_rows = [(label, row) for label, row in result["rows"].items() if label != "input"
+                  and all("psnr_inner" in row["families"][f] for f in families)]
+    source = result["rows"]["input"]["families"]
+    if inner_rows and all("psnr_inner" in source[f] for f in families):
+        blurs = [f for f in families if f not in UNBLURRED]
+        lines += ["", f"Borders: gain over the input (dB) on the whole image / {BORDER} px inside the frame (rows that record it).", "",
+                  "| method | " + " | ".join(blurs) + " |", "|---|" + "---|" * len(blurs)]
+        lines += [f"| {label} | " + " | ".join(f"{row['families'][f]['psnr'] - source[f]['psnr']:+.2f} / "
+                                               f"{row['families'][f]['psnr_inner'] - source[f]['psnr_inner']:+.2f}" for f in blurs) + " |"
+                  for label, row in inner_rows]
     tuned = [(label, row["params"]) for label, row in result["rows"].items() if "params" in row]
     if tuned:
         lines += ["", "Parameters chosen on validation:", ""]
@@ -375,7 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocol", nargs="+", default=["all"], choices=(*PROTOCOLS, *ALIASES, "all"),
                         help="full (alias native), half, seed, soft, or all (default)")
     parser.add_argument("--model", nargs="*", default=[], help="'default' (the shipped weights), 'psf' (the shipped kernel-conditioned "
-                        f"weights, told the true kernel), '{ESTIMATED}' (the PSF estimated from each image), run folders or "
+                        f"weights, told the true kernel), '{PNP}' (the plug-and-play restorer, told the true kernel), "
+                        f"'{ESTIMATED}' (the PSF estimated from each image), run folders or "
                         ".safetensors weights to add as rows")
     parser.add_argument("--methods", nargs="*", choices=list(METHODS), help="classical methods (default: all for seed, Wiener and RL otherwise)")
     parser.add_argument("--families", nargs="*", help="column names (default: the protocol's own; see SEED_FAMILIES / FAMILIES)")

@@ -9,8 +9,9 @@ from PIL import Image
 from conftest import load_script
 
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.evaluation.classical import richardson_lucy, richardson_lucy_path, tune
+from meddeblur.evaluation.classical import tune
 from meddeblur.models import ModelConfig, build_model, save_weights
+from meddeblur.restore.classical import richardson_lucy, richardson_lucy_path
 
 
 def _quality():
@@ -46,9 +47,9 @@ def _main(quality, tiny_isic, tmp_path, *args):
 
 def test_protocol_rows(tiny_isic, tiny_run, tmp_path):
     quality = _quality()
-    for protocol, families, methods in [("full", ["gauss σ=1.6", "none"], ["wiener", "richardson_lucy"]),
-                                        ("half", ["shake 9", "none"], ["wiener", "richardson_lucy"]),
-                                        ("soft", ["defocus r=2.5", "none"], ["wiener", "richardson_lucy"]),
+    for protocol, families, methods in [("full", ["gauss σ=1.6", "none"], ["wiener", "rl"]),
+                                        ("half", ["shake 9", "none"], ["wiener", "rl"]),
+                                        ("soft", ["defocus r=2.5", "none"], ["wiener", "rl"]),
                                         ("seed", ["gauss σ=1.2", "sharp (none)"], ["wiener", "unsharp_mask"])]:
         out = _main(quality, tiny_isic, tmp_path, "--protocol", protocol, "--model", str(tiny_run),
                     "--families", *families, "--methods", *methods)
@@ -97,7 +98,7 @@ def test_second_run_reuses_the_cached_classical_rows(tiny_isic, tiny_run, tmp_pa
     assert first["classical_cache"]["computed"] == 2 * 2 * 2 and first["classical_cache"]["reused"] == 0  # images × families × methods
     cache_file = out / quality.CACHE_NAME
     cache = json.loads(cache_file.read_text())
-    entry = cache["entries"]["half | gauss σ=1.6 | richardson_lucy"]
+    entry = cache["entries"]["half | gauss σ=1.6 | rl"]
     first_test = json.loads((tmp_path / "split.json").read_text())["test"]
     assert entry["tuning_key"]["spec"] == "gauss:sigma=1.6" and set(entry["images"]) == set(first_test)
     assert entry["params"]["iterations"] in (0, 5, 10, 20, 30, 40)
@@ -144,5 +145,5 @@ def test_richardson_lucy_path_equals_separate_runs_and_tune_uses_it():
         assert np.array_equal(path[n], richardson_lucy(image, kernel, n))
     sharp = rng.random((20, 24, 3)).astype(np.float32)
     grid = tuple({"iterations": n} for n in (0, 3, 7))
-    params, score = tune("richardson_lucy", [(image, sharp, kernel)], grid)
+    params, score = tune("rl", [(image, sharp, kernel)], grid)
     assert params in grid and np.isfinite(score)

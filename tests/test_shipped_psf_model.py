@@ -54,9 +54,9 @@ def test_told_the_true_psf_it_beats_wiener_on_real_photographs(deblurrer: meddeb
     from meddeblur.data.pairs import fixed_degradation
     from meddeblur.degradation.resampling import resize
     from meddeblur.degradation.spec import parse_spec
-    from meddeblur.evaluation.classical import wiener
     from meddeblur.io.decode import read_image
     from meddeblur.metrics import ReferenceScorer
+    from meddeblur.restore.classical import wiener
 
     network, classical = [], []
     for path in isic_images[:4]:

@@ -12,9 +12,10 @@ from synthetic_pairs import write_sharp_images
 
 from meddeblur.cli import main
 from meddeblur.data.pairs import PairDataset, fixed_degradation, sharp_only
-from meddeblur.degradation.pipeline import blur, quantize8
+from meddeblur.degradation.pipeline import quantize8
 from meddeblur.degradation.spec import parse_spec
 from meddeblur.io.decode import read_rgb
+from meddeblur.physics import blur
 
 TINY = ["--recipe", "reference", "--width", "4", "--size", "32", "--batch", "4"]
 

@@ -1,4 +1,4 @@
-"""Synthetic degradations: kernel shapes, convolution, resampling, noise/JPEG, specs, reproducibility."""
+"""Synthetic degradations: kernel shapes, resampling, noise/JPEG, specs, reproducibility (the blur itself: tests/physics)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from scipy.ndimage import convolve
 
 from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.degradation.kernels import disk_kernel, gaussian_kernel, motion_kernel, resolution_kernel, shake_kernel
@@ -15,7 +14,6 @@ from meddeblur.degradation.pipeline import (
     Degradation,
     add_gaussian_noise,
     add_poisson_gaussian_noise,
-    blur,
     degradation_seed,
     degrade,
     downup,
@@ -25,6 +23,7 @@ from meddeblur.degradation.pipeline import (
 from meddeblur.degradation.spec import DegradeSpec, parse_spec
 from meddeblur.errors import UserError
 from meddeblur.metrics import psnr
+from meddeblur.physics import blur
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -112,45 +111,6 @@ def test_resolution_kernel_is_symmetric_and_wider_for_larger_scale() -> None:
     torch.testing.assert_close(k2, k2.T)
     torch.testing.assert_close(k2, k2.flip(0))
     assert k4.shape[0] > k2.shape[0] and k4.max() < k2.max()
-
-
-# --------------------------------------------------------------------------- blur
-
-
-def test_blur_direct_and_fft_agree() -> None:
-    x = torch.rand(2, 3, 30, 37, generator=_gen())
-    for k in (motion_kernel(9, 30), shake_kernel(17, _gen(3)), gaussian_kernel(4.0)):
-        torch.testing.assert_close(blur(x, k, "direct"), blur(x, k, "fft"), atol=1e-5, rtol=0)
-
-
-@pytest.mark.parametrize("method", ["direct", "fft"])
-def test_blur_is_a_convolution_with_mirror_boundaries(method: str) -> None:
-    img = torch.rand(22, 27, generator=_gen(), dtype=torch.float64)
-    kernel = torch.rand(5, 5, generator=_gen(1), dtype=torch.float64)
-    kernel[0, :] = 0  # clearly asymmetric
-    kernel /= kernel.sum()
-    got = blur(img[None, None], kernel, method)[0, 0]
-    want = convolve(img.numpy(), kernel.numpy(), mode="mirror")  # torch "reflect" is scipy "mirror"
-    np.testing.assert_allclose(got.numpy(), want, atol=1e-12)
-
-
-def test_blur_keeps_constants_shape_dtype_and_small_images_work() -> None:
-    const = torch.full((2, 3, 20, 24), 0.4)
-    for k in (gaussian_kernel(1.0), motion_kernel(21, 10)):
-        out = blur(const, k)
-        assert out.shape == const.shape and out.dtype == const.dtype
-        torch.testing.assert_close(out, const, atol=1e-6, rtol=0)
-    tiny = torch.rand(1, 1, 5, 6, generator=_gen())  # smaller than the pad: replicate fallback
-    assert blur(tiny, motion_kernel(15)).shape == tiny.shape
-
-
-def test_blur_per_image_kernels() -> None:
-    x = torch.rand(3, 3, 24, 20, generator=_gen())
-    kernels = torch.stack([gaussian_kernel(1.0, size=7), disk_kernel(3), motion_kernel(7, 45)])
-    for method in ("direct", "fft"):
-        batch = blur(x, kernels, method)
-        for i in range(3):
-            torch.testing.assert_close(batch[i], blur(x[i : i + 1], kernels[i], method)[0], atol=1e-6, rtol=0)
 
 
 # --------------------------------------------------------------------------- down-up, noise, JPEG, quantisation

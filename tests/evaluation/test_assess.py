@@ -14,10 +14,10 @@ from conftest import load_script
 from meddeblur.cli import main
 from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.degradation.kernels import gaussian_kernel
-from meddeblur.degradation.pipeline import blur
 from meddeblur.degradation.resampling import resize_area
 from meddeblur.evaluation.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD, blur_score
 from meddeblur.io.encode import write_image
+from meddeblur.physics import blur
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""Classical deblurring baselines: restoration quality, centring, borders, tuning, dispatch.
+"""Classical deblurring: Wiener and Richardson–Lucy (meddeblur.restore.classical) and the benchmark's baselines
+(meddeblur.evaluation.classical): restoration quality, centring, borders, tuning, dispatch.
 
 Images are SYNTHETIC (``synthetic_dermoscopy``), blurred here with
 ``scipy.ndimage.convolve(..., mode="mirror")`` per channel, the blur model the
@@ -14,18 +15,10 @@ import pytest
 import scipy.ndimage as ndi
 
 from meddeblur.data.synthetic import synthetic_dermoscopy
-from meddeblur.evaluation import classical
-from meddeblur.evaluation.classical import (
-    METHODS,
-    MethodInfo,
-    restore,
-    richardson_lucy,
-    tune,
-    unsharp_mask,
-    unsupervised_wiener,
-    wiener,
-)
+from meddeblur.evaluation.classical import METHODS, MethodInfo, restore, tune, unsharp_mask, unsupervised_wiener
 from meddeblur.metrics import psnr_ssim_numpy
+from meddeblur.physics import otf_np
+from meddeblur.restore.classical import richardson_lucy, wiener
 
 # --- kernels and degradations built here (independent of meddeblur.degradation.pipeline) --------------
 
@@ -149,7 +142,7 @@ def _border_and_interior_error(out: np.ndarray, target: np.ndarray) -> tuple[flo
 def _naive_circular_wiener(image: np.ndarray, kernel: np.ndarray, nsr: float) -> np.ndarray:
     """Textbook Wiener with no padding: the FFT treats the image as periodic."""
     h, w = image.shape[:2]
-    otf = classical._otf(kernel / kernel.sum(), (h, w))[..., None]
+    otf = otf_np(kernel, (h, w))[..., None]
     spec = np.fft.rfft2(image.astype(np.float64), axes=(0, 1))
     out = np.fft.irfft2(spec * np.conj(otf) / (np.abs(otf) ** 2 + nsr), s=(h, w), axes=(0, 1))
     return np.clip(out, 0.0, 1.0)
@@ -231,8 +224,8 @@ def test_unsharp_mask_sharpens(sharp: np.ndarray) -> None:
 # --- METHODS, restore, tune ------------------------------------------------------------------
 
 def test_methods_table() -> None:
-    assert list(METHODS) == ["wiener", "richardson_lucy", "unsupervised_wiener", "unsharp_mask"]
-    expected_kernel = {"wiener": True, "richardson_lucy": True, "unsupervised_wiener": False, "unsharp_mask": False}
+    assert list(METHODS) == ["wiener", "rl", "unsupervised_wiener", "unsharp_mask"]
+    expected_kernel = {"wiener": True, "rl": True, "unsupervised_wiener": False, "unsharp_mask": False}
     for name, info in METHODS.items():
         assert isinstance(info, MethodInfo) and info.name == name and info.label
         assert info.uses_kernel is expected_kernel[name]
@@ -250,12 +243,12 @@ def test_restore_dispatch(sharp: np.ndarray) -> None:
     blurred = degrade(sharp, kernel)
     np.testing.assert_array_equal(restore("wiener", blurred, kernel, nsr=3e-3), wiener(blurred, kernel, nsr=3e-3))
     np.testing.assert_array_equal(
-        restore("richardson_lucy", blurred, kernel, iterations=5), richardson_lucy(blurred, kernel, 5)
+        restore("rl", blurred, kernel, iterations=5), richardson_lucy(blurred, kernel, 5)
     )
     # Blind methods ignore the kernel, whether given or not.
     np.testing.assert_array_equal(restore("unsharp_mask", blurred, kernel), unsharp_mask(blurred))
     np.testing.assert_array_equal(restore("unsharp_mask", blurred, None, radius=1.0), unsharp_mask(blurred, 1.0))
-    for name in ("wiener", "richardson_lucy"):
+    for name in ("wiener", "rl"):
         with pytest.raises(ValueError, match="kernel"):
             restore(name, blurred, None)
     with pytest.raises(ValueError, match="unknown"):

@@ -8,10 +8,11 @@ import torch
 
 import meddeblur
 from meddeblur.data.synthetic import synthetic_dermoscopy
-from meddeblur.degradation.pipeline import blur, quantize8
+from meddeblur.degradation.pipeline import quantize8
 from meddeblur.errors import InvalidOption
 from meddeblur.inference.consistency import LIMIT, consistency, reblur
 from meddeblur.inference.estimated_blur import EstimatedBlur
+from meddeblur.physics import blur
 from meddeblur.psf import load_psf
 from meddeblur.psf.estimate import BlurEstimate
 

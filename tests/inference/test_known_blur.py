@@ -61,8 +61,9 @@ def test_every_image_type_goes_through_the_known_blur_path(psf_weights: Path) ->
 
 
 def test_classical_methods_sharpen_a_known_blur() -> None:
-    from meddeblur.degradation.pipeline import blur, gaussian_kernel
+    from meddeblur.degradation.kernels import gaussian_kernel
     from meddeblur.metrics import psnr
+    from meddeblur.physics import blur
 
     sharp = torch.nn.functional.interpolate(torch.rand(1, 3, 12, 16, generator=torch.Generator().manual_seed(0)), size=(96, 128),
                                             mode="bicubic", align_corners=False).clamp(0, 1)
@@ -111,7 +112,7 @@ def test_psf_training_crops_carry_their_true_kernel(tmp_path: Path) -> None:
     crops = ScaledCrops(pairs, 32, (1.0, 2.0), parse_spec("gauss:sigma=1.5"), seed=3, samples=4, psf=True)
     stacked, target = crops[0]
     assert stacked.shape == (4, 32, 32) and target.shape == (3, 32, 32)
-    expected = meddeblur.psf.canvas.kernel_canvas(meddeblur.psf.load_psf("gauss:sigma=1.5").kernel, 32, 32)
+    expected = meddeblur.physics.kernel_canvas(meddeblur.psf.load_psf("gauss:sigma=1.5").kernel, 32, 32)
     assert torch.allclose(stacked[3], expected, atol=1e-6)
     plain = ScaledCrops(pairs, 32, (1.0, 2.0), parse_spec("gauss:sigma=1.5"), seed=3, samples=4)
     assert torch.equal(plain[0][0], stacked[:3])

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from meddeblur.data.synthetic import synthetic_dermoscopy
-from meddeblur.degradation.pipeline import blur, quantize8
+from meddeblur.degradation.pipeline import quantize8
 from meddeblur.errors import InvalidOption
 from meddeblur.models.psf_estimator import FAMILIES, OUTPUTS, BlurEstimatorNet
+from meddeblur.physics import blur
 from meddeblur.psf import load_psf
 from meddeblur.psf.estimate import BlurEstimator, estimate_psf, estimate_psf_map, gaussian_of_moments, label_of
 from meddeblur.psf.motion_length import fit_motion_length, motion_length

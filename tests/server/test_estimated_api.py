@@ -85,7 +85,7 @@ def test_a_small_upload_goes_to_the_blind_network_and_says_why(client, one_threa
     assert body["psf_image"] is None and body["change"]["max"] >= 0 and body["change_map"]  # nothing to draw; the map is there
 
 
-@pytest.mark.parametrize("params, needle", [({"method": "magic"}, "method=magic: choose network"),
+@pytest.mark.parametrize("params, needle", [({"method": "magic"}, "method=magic: choose one of network"),
                                             ({"explain": "true"}, "add method=psf")])
 def test_bad_method_options_are_400_one_line(client, params: dict, needle: str) -> None:
     answer = _post(client, _png(40, 40), **params)

@@ -125,8 +125,9 @@ def test_validation_crops_do_not_depend_on_seed_or_epoch(sharp_dir):
 def test_half_the_validation_sources_come_from_a_softer_camera(sharp_dir):
     from meddeblur.data.sampling import VALIDATION_SCALES, VALIDATION_SOFTEN
     from meddeblur.degradation.kernels import gaussian_kernel
-    from meddeblur.degradation.pipeline import blur, quantize8
+    from meddeblur.degradation.pipeline import quantize8
     from meddeblur.io.decode import read_image
+    from meddeblur.physics import blur
 
     pairs = sharp_only(sharp_dir)
     crops = ScaledCrops(pairs, 64, (1.0, 1.0), parse_spec("real"), fixed=True)

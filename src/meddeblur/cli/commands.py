@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 
 from meddeblur.errors import InvalidOption, UserError, require
+from meddeblur.restore import registry
 
 __all__ = ["COMMANDS"]
 
@@ -111,16 +112,16 @@ def deblur(args: argparse.Namespace) -> int:
     if args.onnx is not None and args.model is not None:
         raise InvalidOption(f"--model {args.model} --onnx {args.onnx}: the ONNX file holds its own model; give only one of them",
                             value=args.onnx, option="onnx")
-    if args.method not in (None, "psf") and args.psf is None:
-        raise InvalidOption(f"--method {args.method}: restores a known blur; give --psf too (or --method psf to estimate it)",
-                            value=args.method, option="method")
+    if args.method is not None and args.psf is None and registry.get(args.method).told == {registry.Told.PSF}:
+        raise InvalidOption(f"--method {args.method}: restores a known blur; give --psf too (or --method {registry.ESTIMATED} to "
+                            "estimate it)", value=args.method, option="method")
     if args.psf is not None and engine == "onnx":  # before an ONNX export that could not be used
         raise InvalidOption(f"--psf {args.psf}: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data step); "
                             "use --engine torch", value=args.psf, option="psf")
     # Every process of the run (this one, --workers, Ray actors) loads the model from this spec, --psf and --method psf
     # included; the spec refuses --method psf with --psf, with the ONNX engine, and --estimator without it.
     spec = ModelSpec(args.onnx if args.onnx is not None else args.model, engine, args.device, args.tile, args.overlap, args.psf,
-                     args.method or "network", args.estimator)
+                     args.method, args.estimator)
     report = deblur_archive(args.inputs, args.out, spec, format=args.format, jpeg_quality=args.jpeg_quality, recursive=args.recursive,
                             skip_bad=args.skip_bad, redo=args.redo, allow_outputs=args.allow_outputs, overwrite=args.overwrite,
                             change_map=args.change_map, explain=args.explain, log=args.log, progress=False if args.quiet else None,

@@ -10,6 +10,7 @@ import re
 import sys
 
 from meddeblur import __version__
+from meddeblur.restore import registry
 
 __all__ = ["ARCHITECTURES", "Parser", "build_parser", "command_flags", "in_flags"]
 
@@ -144,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "each image's blur (PSF) from the image, restores with it and checks that the result "
                                              "explains the input (a sharp image is left unchanged; a doubtful estimate or result "
                                              "falls back to the blind network, and the output's provenance says which); --psf "
-                                             "restores a known blur with --method network, wiener or rl.",
+                                             "restores a known blur (--method: " + ", ".join(registry.names(registry.Told.PSF)) + ").",
                                  epilog="exit codes: 0 every input was written or skipped; 1 some inputs were refused (with --skip-bad; "
                                         "each is listed with its reason); 2 a usage error, or without --skip-bad an input that cannot "
                                         "be read (the run stops at it; a rerun resumes)")
@@ -167,11 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     deblur.add_argument("--psf", metavar="SPEC|FILE", help="the blur is known: restore with this PSF instead of the blind network — "
                         "a spec (gauss:sigma=1.6, defocus:radius=2.5, motion:length=9,angle=30, down:scale=2, …) or a kernel file "
                         "(.npy, grey .png, or the .json meddeblur calibrate writes); see docs/psf.md")
-    deblur.add_argument("--method", choices=("network", "wiener", "rl", "psf"), default=None,
-                        help="psf (without --psf): estimate each image's PSF, restore with the kernel-conditioned model (the "
-                             "shipped one, or --model's psf-nafnet) and check the result, else the blind network (see above); "
-                             "with --psf: network (default; the kernel-conditioned model), wiener (NSR 0.01) or rl "
-                             "(Richardson–Lucy, 30 iterations)")
+    deblur.add_argument("--method", choices=tuple(registry.METHODS), default=None,
+                        help="; ".join(f"{m.name}: {m.summary}" for m in registry.METHODS.values())
+                        + f". With --psf the default is {registry.KNOWN_BLUR_DEFAULT}, without it {registry.NETWORK}")
     deblur.add_argument("--estimator", metavar="FILE", help="with --method psf: blur-estimator weights (.safetensors) "
                         "(default: the ones shipped with meddeblur)")
     deblur.add_argument("--explain", action="store_true", help="write NAME.psf.png beside each output: the PSF it was restored "

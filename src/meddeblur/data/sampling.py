@@ -34,12 +34,12 @@ from torch.utils.data import Dataset
 
 from meddeblur.data.pairs import Pair, augment_pair, fixed_degradation
 from meddeblur.degradation.kernels import gaussian_kernel
-from meddeblur.degradation.pipeline import Degradation, blur, degradation_seed, degrade, jpeg, quantize8
+from meddeblur.degradation.pipeline import Degradation, degradation_seed, degrade, jpeg, quantize8
 from meddeblur.degradation.resampling import resize
 from meddeblur.degradation.spec import DegradeSpec
 from meddeblur.errors import UserError
 from meddeblur.io.decode import read_image
-from meddeblur.psf.canvas import kernel_canvas
+from meddeblur.physics import blur, kernel_canvas
 from meddeblur.psf.spectrum import MIN_SIDE
 
 __all__ = ["SHRINKERS", "VALIDATION_SCALES", "VALIDATION_SOFTEN", "ScaledCrops", "EpochSamples", "zoom_kernel"]

@@ -1,7 +1,7 @@
 """Blur kernels (point-spread functions) for synthetic degradations.
 
 Each is a float32 (k, k) tensor, k odd, non-negative, summing to 1, centred on the middle
-pixel, meant for true convolution (see :func:`meddeblur.degradation.pipeline.blur`). Angles are in
+pixel, meant for true convolution (see :func:`meddeblur.physics.blur`). Angles are in
 degrees, counter-clockwise as the image is displayed (rows grow downwards).
 """
 

@@ -2,7 +2,8 @@
 
 Images are (N, C, H, W) float tensors in [0, 1] on any device. Kernels are float32 (k, k)
 tensors, k odd, non-negative, summing to 1, centred on the middle pixel, applied by true
-convolution (not correlation), which matters for the asymmetric motion and shake kernels.
+convolution (not correlation), which matters for the asymmetric motion and shake kernels: the
+forward blur :func:`meddeblur.physics.blur`, shared with everything that re-blurs an image.
 Angles are in degrees, counter-clockwise as the image is displayed (rows grow downwards).
 
 A spec string picks the degradation, e.g. ``mixed`` or ``gauss:sigma=0.5..2.5+jpeg:quality=90``
@@ -17,9 +18,7 @@ import io
 from dataclasses import dataclass
 
 import numpy as np
-import scipy.fft
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
@@ -48,73 +47,15 @@ from meddeblur.degradation.spec import (
     Value,
     parse_spec,
 )
+from meddeblur.physics.convolution import blur, check_images, work_dtype
 
 __all__ = [
     "gaussian_kernel", "disk_kernel", "motion_kernel", "shake_kernel", "resolution_kernel",
-    "blur", "downup", "resample", "add_gaussian_noise", "add_poisson_gaussian_noise", "jpeg", "quantize8",
+    "downup", "resample", "add_gaussian_noise", "add_poisson_gaussian_noise", "jpeg", "quantize8",
     "family_kernel", "Degradation", "StageSpec", "DegradeSpec", "parse_spec", "degrade", "degradation_seed",
 ]
 
-# Kernel size above which FFT convolution beats direct depthwise conv2d (measured on 256x256).
-_FFT_ABOVE_CPU, _FFT_ABOVE_GPU = 7, 15
-
 # --------------------------------------------------------------------------- operators
-
-
-def _check_images(images: Tensor) -> None:
-    if images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"expected float images shaped (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-
-
-def _work_dtype(images: Tensor) -> torch.dtype:
-    # Half precision lacks the mantissa for 8-bit rounding and FFTs of arbitrary size.
-    return images.dtype if images.dtype in (torch.float32, torch.float64) else torch.float32
-
-
-def blur(images: Tensor, kernel: Tensor, method: str = "auto") -> Tensor:
-    """Convolve (N, C, H, W) images with a (k, k) kernel or one (N, k, k) kernel per image.
-
-    Reflect boundaries (replicate when the image is smaller than k // 2). ``method`` is
-    "direct" (depthwise conv2d), "fft" (torch.fft), or "auto": FFT for k > 7 on the CPU, k > 15
-    elsewhere. Linear, no clamping.
-    """
-    _check_images(images)
-    n, c, h, w = images.shape
-    if kernel.dim() == 2:
-        kernel = kernel[None]
-    k = kernel.shape[-1]
-    if kernel.dim() != 3 or kernel.shape[0] not in (1, n) or kernel.shape[1] != k or k % 2 == 0:
-        raise ValueError(f"kernel must be (k, k) or ({n}, k, k) with k odd, got {tuple(kernel.shape)}")
-    if method not in ("auto", "direct", "fft"):
-        raise ValueError(f"method must be 'auto', 'direct' or 'fft', got {method!r}")
-    dtype = _work_dtype(images)
-    x = images.to(dtype)
-    kernel = kernel.to(x.device, dtype)
-    p = k // 2
-    if p:
-        x = F.pad(x, (p, p, p, p), mode="reflect" if p < h and p < w else "replicate")
-    if method == "fft" or (method == "auto" and k > (_FFT_ABOVE_CPU if x.device.type == "cpu" else _FFT_ABOVE_GPU)):
-        out = _conv_fft(x, kernel, h, w)
-    else:
-        weight = kernel.flip(-1, -2)[:, None]  # conv2d correlates; the flip makes it a convolution
-        if weight.shape[0] == 1:
-            out = F.conv2d(x, weight.expand(c, 1, k, k), groups=c)
-        else:
-            out = F.conv2d(x.reshape(1, n * c, h + 2 * p, w + 2 * p), weight.repeat_interleave(c, 0), groups=n * c)
-            out = out.reshape(n, c, h, w)
-    return out.to(images.dtype)
-
-
-def _conv_fft(padded: Tensor, kernel: Tensor, h: int, w: int) -> Tensor:
-    """Circular convolution of the padded images; the crop keeps only the wrap-free part."""
-    k = kernel.shape[-1]
-    p = k // 2
-    fh = scipy.fft.next_fast_len(padded.shape[-2], real=True)
-    fw = scipy.fft.next_fast_len(padded.shape[-1], real=True)
-    # Kernel centre moved to the origin, so that output pixel i sums inputs i - p .. i + p.
-    kpad = F.pad(kernel, (0, fw - k, 0, fh - k)).roll((-p, -p), dims=(-2, -1))
-    spectrum = torch.fft.rfft2(padded, s=(fh, fw)) * torch.fft.rfft2(kpad)[:, None]
-    return torch.fft.irfft2(spectrum, s=(fh, fw))[..., p : p + h, p : p + w]
 
 
 def downup(images: Tensor, scale: int, up: str = "bicubic") -> Tensor:
@@ -123,9 +64,9 @@ def downup(images: Tensor, scale: int, up: str = "bicubic") -> Tensor:
     Low-resolution capture (a phone far from the skin, a digital zoom). For H or W not divisible
     by ``scale`` the low-res size is floor(H / scale) with adaptive area windows.
     """
-    _check_images(images)
+    check_images(images)
     check_down_up_args(scale, up)
-    out = resample_down_up(images.to(_work_dtype(images)), int(scale), up)
+    out = resample_down_up(images.to(work_dtype(images)), int(scale), up)
     return out.clamp(0.0, 1.0).to(images.dtype)
 
 
@@ -134,7 +75,7 @@ def resample(images: Tensor, scale: float, down: str = "box", up: str = "bicubic
 
     See :mod:`meddeblur.degradation.resampling`: the image libraries' own kernels, not torch's alone.
     """
-    _check_images(images)
+    check_images(images)
     out = [torch.from_numpy(down_up(np.ascontiguousarray(x.detach().cpu().float().permute(1, 2, 0).numpy()), float(scale), down, up, library))
            for x in images]
     return torch.stack(out).permute(0, 3, 1, 2).to(images.device, images.dtype)
@@ -154,7 +95,7 @@ def add_gaussian_noise(images: Tensor, sigma: float | Tensor, generator: torch.G
 
     Noise is drawn on the CPU from ``generator``, so it does not depend on the images' device.
     """
-    _check_images(images)
+    check_images(images)
     s = _per_image(sigma, images.shape[0], "sigma")
     if (s < 0).any():
         raise ValueError("sigma must be >= 0")
@@ -167,7 +108,7 @@ def add_poisson_gaussian_noise(images: Tensor, peak: float, sigma: float, genera
 
     ``peak`` is the photon count of white, so the shot noise grows with brightness. Drawn on the CPU.
     """
-    _check_images(images)
+    check_images(images)
     if not (peak > 0 and sigma >= 0):
         raise ValueError(f"need peak > 0 and sigma >= 0, got {peak}, {sigma}")
     rate = images.detach().cpu().double().clamp(0.0, 1.0) * peak
@@ -191,7 +132,7 @@ def jpeg(images: Tensor, quality: int | Tensor) -> Tensor:
     3-channel images are coded as RGB with 4:2:0 chroma subsampling; other channel counts are
     coded channel by channel as greyscale. Runs on the CPU; the result returns to the input's device.
     """
-    _check_images(images)
+    check_images(images)
     q = _per_image(quality, images.shape[0], "quality")
     if ((q < 1) | (q > 100) | (q != q.round())).any():
         raise ValueError(f"JPEG quality must be an integer in 1..100, got {quality}")
@@ -203,13 +144,13 @@ def jpeg(images: Tensor, quality: int | Tensor) -> Tensor:
         else:
             for ch in range(pixels.shape[-1]):
                 out[i, ..., ch] = _jpeg_roundtrip(np.ascontiguousarray(pixels[i, ..., ch]), qi)
-    decoded = torch.from_numpy(out).permute(0, 3, 1, 2).to(_work_dtype(images)) / 255.0
+    decoded = torch.from_numpy(out).permute(0, 3, 1, 2).to(work_dtype(images)) / 255.0
     return decoded.to(images.device, images.dtype)
 
 
 def quantize8(images: Tensor) -> Tensor:
     """round(x * 255) / 255 after clamping to [0, 1]; any shape."""
-    x = images.to(_work_dtype(images))
+    x = images.to(work_dtype(images))
     return (torch.round(x.clamp(0.0, 1.0) * 255.0) / 255.0).to(images.dtype)
 
 
@@ -357,7 +298,7 @@ def degrade(images: Tensor, spec: DegradeSpec | str, generator: torch.Generator)
         raise ValueError("degrade needs a CPU torch.Generator, so that draws do not depend on the device")
     single = images.dim() == 3
     batch = images[None] if single else images
-    _check_images(batch)
+    check_images(batch)
     results = [_degrade_one(batch[i : i + 1], spec, generator) for i in range(batch.shape[0])]
     out = torch.cat([r[0] for r in results])
     return (out[0] if single else out), [r[1] for r in results]

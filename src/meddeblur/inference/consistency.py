@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from meddeblur.physics import blur, noise_level_np
 from meddeblur.psf.kernel import PSF
 
 __all__ = ["LIMIT", "BLOCK", "TOLERANCE", "Consistency", "consistency", "reblur"]
@@ -56,20 +57,12 @@ class Consistency:
 
 def reblur(image: np.ndarray, psf: PSF) -> np.ndarray:
     """(H, W, C) float image blurred with ``psf`` as the synthetic degradations blur (reflect borders), float32."""
-    from meddeblur.degradation.pipeline import blur
-
     kh, kw = psf.kernel.shape
     side = max(kh, kw)
     square = np.zeros((side, side))
     square[(side - kh) // 2 : (side - kh) // 2 + kh, (side - kw) // 2 : (side - kw) // 2 + kw] = psf.kernel
     tensor = torch.from_numpy(np.ascontiguousarray(np.asarray(image, np.float32).transpose(2, 0, 1)))[None]
     return blur(tensor, torch.from_numpy(square).float())[0].numpy().transpose(1, 2, 0)
-
-
-def _noise_levels(grey: np.ndarray) -> float:
-    from meddeblur.models.wiener_step import noise_level
-
-    return float(noise_level(torch.from_numpy(np.ascontiguousarray(grey, np.float32))[None, None])[0]) * 255.0
 
 
 def consistency(blurred: np.ndarray, restored: np.ndarray, psf: PSF) -> Consistency:
@@ -81,7 +74,7 @@ def consistency(blurred: np.ndarray, restored: np.ndarray, psf: PSF) -> Consiste
     h, w = residual.shape
     if h > 2 * margin + BLOCK and w > 2 * margin + BLOCK:
         residual = residual[margin : h - margin, margin : w - margin]
-    noise = _noise_levels(np.asarray(blurred, np.float32).mean(axis=2))
+    noise = noise_level_np(np.asarray(blurred, np.float32).mean(axis=2)) * 255.0
     h, w = residual.shape
     bh, bw = max(1, h // BLOCK), max(1, w // BLOCK)
     blocks = residual[: bh * (h // bh), : bw * (w // bw)].reshape(bh, h // bh, bw, w // bw)

@@ -36,12 +36,12 @@ from meddeblur.errors import InvalidOption, NotFound
 from meddeblur.inference.batch import deblur_array, deblur_files, deblur_tensor
 from meddeblur.inference.change_map import ChangeMap, change_between
 from meddeblur.inference.estimated_blur import EstimatedBlur
-from meddeblur.inference.known_blur import DEFAULT_ITERATIONS, DEFAULT_NSR, KnownBlur
-from meddeblur.inference.known_blur import METHODS as KNOWN_BLUR_METHODS
 from meddeblur.inference.tiling import Tiling
 from meddeblur.io.provenance import make_record
 from meddeblur.models import PSF_ARCHITECTURES
 from meddeblur.psf.kernel import PSF, PsfLike, load_psf
+from meddeblur.restore import registry
+from meddeblur.restore.base import Resources, Restorer
 
 if TYPE_CHECKING:
     from meddeblur.models import ModelConfig
@@ -89,6 +89,7 @@ class Deblurrer:
         self.config, self.weights = config, weights
         self._shipped = False  # holds the shipped blind model: `psf` then switches to the shipped kernel-conditioned one
         self._known_blur: Deblurrer | None = None  # that one, loaded on first use
+        self._denoiser_module: torch.nn.Module | None = None  # the plug-and-play prior, loaded on first use
         self._psf: PSF | None = None
         self._estimated: EstimatedBlur | None = None  # with_estimated_psf: the PSF is estimated image by image
         self._base = self  # what with_psf binds to (a bound Deblurrer rebinds from its base)
@@ -134,21 +135,22 @@ class Deblurrer:
     def __repr__(self) -> str:
         return f"Deblurrer(model_id={self.model_id!r}, engine={self.provenance.get('engine')!r}, device={str(self.device)!r}, tile={self.tile})"
 
-    def __call__(self, image: ImageLike, psf: PsfLike | None = None, method: str = "network") -> ImageLike:
+    def __call__(self, image: ImageLike, psf: PsfLike | None = None, method: str | None = None) -> ImageLike:
         """Deblur ``image``; returns the same type, dtype, shape (and device) as given.
 
         ``psf``: the blur, when it is known (a spec such as ``"gauss:sigma=1.6"``, a ``.npy``/``.png``/``.json`` kernel
         file, a 2-D array or a :class:`~meddeblur.psf.PSF`): the image is then restored with it by ``method``
-        (see :meth:`with_psf`) instead of the blind network.
+        (see :meth:`with_psf`) instead of the blind network. ``method="psf"`` estimates the PSF (:meth:`with_estimated_psf`).
         """
-        if method == "psf":
+        told = registry.get(method).told if method is not None else None
+        if told is not None and registry.Told.ESTIMATE in told:
             if psf is not None:
-                raise InvalidOption("method='psf' estimates the PSF from the image: leave `psf` out, or restore the given PSF with "
-                                    "method 'network', 'wiener' or 'rl'", value=method, option="method")
+                raise InvalidOption(f"method={method!r} estimates the PSF from the image: leave `psf` out, or restore the given PSF "
+                                    f"with method {', '.join(registry.names(registry.Told.PSF))}", value=method, option="method")
             return self.with_estimated_psf()(image)
         if psf is not None:
             return self.with_psf(psf, method)(image)
-        if method != "network":
+        if told is not None and registry.Told.NOTHING not in told:
             raise InvalidOption(f"method={method!r} restores a known blur: give `psf` too", value=method, option="method")
         if self._psf is None and self._estimated is None and self.config is not None and self.config.arch in PSF_ARCHITECTURES:
             raise InvalidOption(f"psf: {self.weights} is a {self.config.arch}, which restores a known blur; pass psf=... "
@@ -159,55 +161,85 @@ class Deblurrer:
             return self._array(image)
         raise _refuse(image, "not a numpy array or torch tensor")
 
-    def with_psf(self, psf: PsfLike, method: str = "network", nsr: float = DEFAULT_NSR, iterations: int = DEFAULT_ITERATIONS) -> "Deblurrer":
-        """A Deblurrer that restores every image with this known PSF; its :attr:`provenance` names the PSF.
+    def with_psf(self, psf: PsfLike, method: str | None = None, **options: Any) -> "Deblurrer":
+        """A Deblurrer that restores every image with this known PSF; its :attr:`provenance` names the PSF and the method.
 
-        ``method``: ``"network"`` — the kernel-conditioned network: this one if it is a ``psf-nafnet``, the shipped
-        one (MODEL_CARD.md) if this Deblurrer holds the shipped blind model; ``"wiener"`` (NSR ``nsr``) or ``"rl"``
-        (Richardson–Lucy, ``iterations``) — classical deconvolution. Same device, tiling and engine rules; a delta PSF
-        returns images unchanged. The ONNX engine cannot take a PSF (its graph has no FFT): InvalidOption.
+        ``method`` (:data:`meddeblur.restore.registry.METHODS`; None: :data:`~meddeblur.restore.registry.KNOWN_BLUR_DEFAULT`):
+        ``"network"`` — the kernel-conditioned network: this one if it is a ``psf-nafnet``, the shipped one (MODEL_CARD.md)
+        if this Deblurrer holds the shipped blind model; ``"pnp"`` — plug-and-play: the exact FFT data step and the
+        shipped denoiser, iterated (``iterations``, ``noise_floor``, …: :class:`~meddeblur.restore.pnp.PnPSettings`);
+        ``"wiener"`` (``nsr``) or ``"rl"`` (Richardson–Lucy, ``iterations``) — classical deconvolution. ``options`` go to the
+        method. Same device and tiling; a delta PSF returns images unchanged. The ONNX engine cannot run the
+        kernel-conditioned network (its graph has no FFT data step): InvalidOption.
         """
-        if method not in KNOWN_BLUR_METHODS:
-            raise InvalidOption(f"method={method!r}: choose one of {', '.join(KNOWN_BLUR_METHODS)}", value=method, option="method")
+        name = registry.KNOWN_BLUR_DEFAULT if method is None else method
+        registry.known_blur(name)
         psf = load_psf(psf)
         base = self._base
-        if method != "network":
-            restorer = KnownBlur(psf, method, nsr=nsr, iterations=iterations)
-            record = make_record(None, "classical " + ("Wiener" if method == "wiener" else "Richardson-Lucy"), None,
-                                 {"tile": self.tile, "overlap": self.overlap, **restorer.parameters()})
-            bound = Deblurrer(restorer, base.size_multiple, record, base.device, base.tile, base.overlap)
+        restorer = registry.build(name, psf, base._resources(), **options)
+        if name == registry.NETWORK:
+            owner = base._psf_network()
+            record = {**owner.provenance, "parameters": {**owner.provenance["parameters"], **restorer.parameters()}}
+            bound = Deblurrer(restorer, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights)
         else:
-            network_owner = base._psf_network()
-            restorer = KnownBlur(psf, "network", network_owner._network)
-            record = {**network_owner.provenance, "parameters": {**network_owner.provenance["parameters"], **restorer.parameters()}}
-            bound = Deblurrer(restorer, network_owner.size_multiple, record, base.device, base.tile, base.overlap,
-                              network_owner.config, network_owner.weights)
+            bound = Deblurrer(restorer, 1, base._method_record(name, restorer), base.device, base.tile, base.overlap)
         bound._psf, bound._base = psf, base
         return bound
 
-    def with_estimated_psf(self, estimator: str | Path | None = None) -> "Deblurrer":
+    def _resources(self) -> Resources:
+        return Resources(psf_network=lambda: self._psf_network()._network, denoiser=self._denoiser)
+
+    def _denoiser(self) -> torch.nn.Module:
+        """The shipped plug-and-play denoiser on this Deblurrer's device, loaded once."""
+        if self._denoiser_module is None:
+            from meddeblur.models.denoiser import load_denoiser
+
+            self._denoiser_module = load_denoiser(None, self.device)
+        return self._denoiser_module
+
+    def _method_record(self, name: str, restorer: Restorer) -> dict[str, Any]:
+        """Provenance of a known-blur method other than the network: its label, and the denoiser's id where it has one."""
+        parameters = {"tile": self.tile, "overlap": self.overlap, **restorer.parameters()}
+        if name == "pnp":
+            from meddeblur.models import weights_id
+            from meddeblur.models.denoiser import DENOISER_WEIGHTS
+
+            return make_record(weights_id(DENOISER_WEIGHTS), registry.get(name).label, "torch", parameters)
+        return make_record(None, registry.get(name).label, None, parameters)
+
+    def with_estimated_psf(self, estimator: str | Path | None = None, method: str | None = None) -> "Deblurrer":
         """A Deblurrer that estimates each image's PSF, restores with it, and checks the result (method ``"psf"``).
 
         See :mod:`meddeblur.inference.estimated_blur`: a sharp image comes back unchanged; a low-confidence estimate,
         or an output that does not explain its input, is restored by the blind network instead — this Deblurrer's own
-        if it is blind, else the shipped blind model. ``estimator``: blur-estimator weights (None: the shipped ones).
+        if it is blind, else the shipped blind model. ``estimator``: blur-estimator weights (None: the shipped ones);
+        ``method``: what restores with the estimated PSF (None: :data:`~meddeblur.restore.registry.KNOWN_BLUR_DEFAULT`).
         :meth:`restore_rgb` returns what was done with each image.
         """
         from meddeblur.psf.estimate import BlurEstimator
 
+        name = registry.KNOWN_BLUR_DEFAULT if method is None else method
+        registry.known_blur(name)
         base = self._base
-        owner = base._psf_network()
+        owner = base._psf_network() if name == registry.NETWORK else base
         blind = base if base.config is not None and base.config.arch not in PSF_ARCHITECTURES else Deblurrer.load(
             None, "torch", str(base.device), base.tile, base.overlap)
+        resources = base._resources()
+        multiple = owner.size_multiple if name == registry.NETWORK else 1
 
         def with_psf(estimate):
-            restorer = KnownBlur(estimate.psf, "network", owner._network)
+            restorer = registry.build(name, estimate.psf, resources)
             return lambda rgb, before_tile=None: deblur_array(restorer, rgb, device=base.device, tile=base.tile, overlap=base.overlap,
-                                                              multiple=owner.size_multiple, before_tile=before_tile)
+                                                              multiple=multiple, before_tile=before_tile)
 
         estimated = EstimatedBlur(BlurEstimator.load(estimator), with_psf, blind.deblur_rgb)
-        parameters = {**owner.provenance["parameters"], **estimated.parameters(), "fallback_model_id": blind.model_id}
-        record = {**owner.provenance, "parameters": parameters}
+        if name == registry.NETWORK:
+            record = {**owner.provenance, "parameters": {**owner.provenance["parameters"]}}
+        else:
+            record = base._method_record(name, registry.build(name, load_psf("none"), resources))
+            record["parameters"].pop("psf", None)
+            record["parameters"].pop("unchanged", None)
+        record["parameters"].update({**estimated.parameters(), "restored_with": name, "fallback_model_id": blind.model_id})
         bound = Deblurrer(owner._network, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights)
         bound._estimated, bound._base = estimated, base
         return bound
@@ -243,7 +275,7 @@ class Deblurrer:
 
             if not PSF_WEIGHTS.is_file():
                 raise NotFound(f"{PSF_WEIGHTS}: the shipped kernel-conditioned model is missing from this installation; reinstall "
-                               "meddeblur, pass a psf-nafnet model, or use method='wiener' or 'rl'", value=PSF_WEIGHTS)
+                               "meddeblur, pass a psf-nafnet model, or use another method", value=PSF_WEIGHTS)
             self._known_blur = Deblurrer.load(PSF_WEIGHTS, "torch", str(self.device), self.tile, self.overlap)
         return self._known_blur
 
@@ -352,7 +384,7 @@ def _cached(model: str | None, engine: str, device: str, tile: int, overlap: int
 
 
 def deblur(image: ImageLike, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
-           overlap: int = 128, psf: PsfLike | None = None, method: str = "network") -> ImageLike:
+           overlap: int = 128, psf: PsfLike | None = None, method: str | None = None) -> ImageLike:
     """Deblur one image with a cached :class:`Deblurrer` (loaded on first use); same type, dtype and shape out.
 
     ``psf`` / ``method``: restore a known blur instead (:meth:`Deblurrer.__call__`, :meth:`Deblurrer.with_psf`).

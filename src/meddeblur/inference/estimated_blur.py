@@ -7,7 +7,8 @@ into the output's provenance and the run log):
    1.5 cells, a smoothed map of per-cell PSFs;
 2. **decide**: the estimate names no blur (family ``none``, or a delta) with confidence ≥ :data:`NONE_CONFIDENCE`
    → the image is returned as it is; any other estimate below :data:`MIN_CONFIDENCE` → the blind network instead;
-3. **restore** with the kernel-conditioned network (:class:`~meddeblur.inference.known_blur.KnownBlur`): with the one
+3. **restore** with a known-blur method (:mod:`meddeblur.restore.registry`, the kernel-conditioned network unless told
+   otherwise): with the one
    PSF when every cell's MTF50 lies within :data:`UNIFORM` of the whole image's, else cell by cell with its own PSF
    (windows ``MARGIN`` px larger than their cell, blended where they overlap);
 4. **check** (:mod:`meddeblur.inference.consistency`): re-blurred with the PSF used, the output must give back its
@@ -31,6 +32,7 @@ from meddeblur.inference.consistency import LIMIT, consistency
 from meddeblur.inference.tiling import blend_weights
 from meddeblur.psf.estimate import CELL, BlurEstimate, BlurEstimator, PsfMap, estimate_psf_map
 from meddeblur.psf.spectrum import MIN_SIDE
+from meddeblur.restore import registry
 
 __all__ = ["NONE_CONFIDENCE", "MIN_CONFIDENCE", "UNIFORM", "MARGIN", "EstimatedBlur"]
 
@@ -73,7 +75,7 @@ class EstimatedBlur:
 
     def parameters(self) -> dict[str, Any]:
         """The settings that shape the pixels, for provenance."""
-        return {"method": "psf", "estimator_id": self.estimator.weights_id, "cell": self.cell, "none_confidence": NONE_CONFIDENCE,
+        return {"method": registry.ESTIMATED, "estimator_id": self.estimator.weights_id, "cell": self.cell, "none_confidence": NONE_CONFIDENCE,
                 "min_confidence": MIN_CONFIDENCE, "uniform": UNIFORM}
 
     def restore(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:

@@ -19,6 +19,7 @@ from typing import Any
 from meddeblur.errors import InvalidOption, UserError
 from meddeblur.inference.archive import Outcome, Task
 from meddeblur.inference.jobs import Settings, deblur_tasks
+from meddeblur.restore import registry
 
 __all__ = ["ModelSpec", "LocalWorkers", "cores", "threads_per_worker", "check_workers", "default_workers"]
 
@@ -32,9 +33,9 @@ _STOP_SECONDS = 10.0  # how long stopped workers get to remove their temporary f
 class ModelSpec:
     """What every process of a run loads, the same everywhere: :meth:`Deblurrer.load`'s arguments and how to restore.
 
-    ``psf`` and ``method`` (with ``psf``) bind the model to a known blur (:meth:`Deblurrer.with_psf`); a spec string or
-    a kernel file path travels to other processes and machines as it is. ``method="psf"`` (without ``psf``) estimates
-    each image's PSF instead (:meth:`Deblurrer.with_estimated_psf`), with the blur-estimator weights ``estimator``
+    ``psf`` and ``method`` (with ``psf``; None: the registry's default) bind the model to a known blur
+    (:meth:`Deblurrer.with_psf`); a spec string or a kernel file path travels to other processes and machines as it is.
+    ``method="psf"`` (:data:`~meddeblur.restore.registry.ESTIMATED`, without ``psf``) estimates each image's PSF instead (:meth:`Deblurrer.with_estimated_psf`), with the blur-estimator weights ``estimator``
     (None: the shipped ones).
     """
 
@@ -44,31 +45,34 @@ class ModelSpec:
     tile: int = 1024
     overlap: int = 128
     psf: Any = None
-    method: str = "network"
+    method: str | None = None
     estimator: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method == "psf" and self.psf is not None:
-            raise InvalidOption(f"method=psf estimates the PSF from each image; drop psf={self.psf}, or restore that known PSF "
-                                "with method=network, wiener or rl", value=self.method, option="method")
-        if self.method == "psf" and (self.engine == "onnx" or str(self.model or "").lower().endswith(".onnx")):
-            raise InvalidOption("method=psf: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data step); "
-                                "use engine=torch", value=self.engine, option="engine")
-        if self.estimator is not None and self.method != "psf":
-            raise InvalidOption(f"estimator={self.estimator}: blur-estimator weights are used by method=psf only; add method=psf "
-                                "or drop `estimator`", value=self.estimator, option="estimator")
+        estimated = registry.ESTIMATED
+        if self.method is not None:
+            registry.get(self.method)
+        if self.estimates_psf and self.psf is not None:
+            raise InvalidOption(f"method={estimated} estimates the PSF from each image; drop psf={self.psf}, or restore that known "
+                                f"PSF with method {', '.join(registry.names(registry.Told.PSF))}", value=self.method, option="method")
+        if self.estimates_psf and (self.engine == "onnx" or str(self.model or "").lower().endswith(".onnx")):
+            raise InvalidOption(f"method={estimated}: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data "
+                                "step); use engine=torch", value=self.engine, option="engine")
+        if self.estimator is not None and not self.estimates_psf:
+            raise InvalidOption(f"estimator={self.estimator}: blur-estimator weights are used by method={estimated} only; add "
+                                f"method={estimated} or drop `estimator`", value=self.estimator, option="estimator")
 
     @property
     def estimates_psf(self) -> bool:
         """True when the loaded Deblurrer estimates each image's PSF (``method="psf"``)."""
-        return self.method == "psf"
+        return self.method == registry.ESTIMATED
 
     def load(self, device: str | None = None) -> Any:
         """The :class:`~meddeblur.inference.deblurrer.Deblurrer` (on ``device`` instead of the spec's, if given)."""
         from meddeblur.inference.deblurrer import Deblurrer
 
         deblurrer = Deblurrer.load(self.model, self.engine, device or self.device, self.tile, self.overlap)
-        if self.method == "psf":
+        if self.estimates_psf:
             return deblurrer.with_estimated_psf(self.estimator)
         return deblurrer.with_psf(self.psf, self.method) if self.psf is not None else deblurrer
 

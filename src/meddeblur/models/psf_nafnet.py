@@ -16,7 +16,7 @@ learn at :data:`FRESH_LR_SCALE` times the prior's learning rate (:func:`paramete
 suit the trained prior, and at them the zero-started guidance took hundreds of steps to be used at all.
 
 Input: ``(N, C + 1, H, W)``: the blurred image's C channels, then the kernel canvas
-(:func:`~meddeblur.models.wiener_step.kernel_canvas`, origin at (H // 2, W // 2)). Output ``(N, C, H, W)``, unclamped.
+(:func:`~meddeblur.physics.canvas.kernel_canvas`, origin at (H // 2, W // 2)). Output ``(N, C, H, W)``, unclamped.
 """
 
 from __future__ import annotations

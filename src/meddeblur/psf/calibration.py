@@ -11,7 +11,8 @@ own MTF50 (:attr:`PSF.mtf50`) equal the measured one, which cropping and clippin
 
 >>> from meddeblur.psf.target import edge_chart
 >>> import numpy as np, torch
->>> from meddeblur.degradation.pipeline import blur, gaussian_kernel
+>>> from meddeblur.degradation.kernels import gaussian_kernel
+>>> from meddeblur.physics import blur
 >>> chart = torch.from_numpy(edge_chart(160, 160).transpose(2, 0, 1).copy())[None]
 >>> photo = blur(chart, gaussian_kernel(1.5))[0].numpy().transpose(1, 2, 0)
 >>> psf = calibrate(photo)

@@ -2,7 +2,7 @@
 
 A :class:`PSF` holds a non-negative float64 ``(kh, kw)`` kernel with odd sides, summing to 1, whose
 origin (zero displacement) is the middle sample ``(kh // 2, kw // 2)`` — the convention of
-:func:`meddeblur.degradation.pipeline.blur` (true convolution) and :mod:`meddeblur.evaluation.classical`.
+:func:`meddeblur.physics.blur` (true convolution) and :mod:`meddeblur.restore.classical`.
 It comes from
 
 * a spec in the ``--degrade`` language with single values: ``gauss:sigma=1.6``,

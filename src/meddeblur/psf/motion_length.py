@@ -17,7 +17,7 @@ network's own length: 0.40 / 0.87 / 4.14 px.
 
 >>> import torch
 >>> from meddeblur.degradation.kernels import motion_kernel
->>> from meddeblur.degradation.pipeline import blur
+>>> from meddeblur.physics import blur
 >>> scene = torch.rand(1, 1, 256, 256, generator=torch.Generator().manual_seed(0))
 >>> blurred = blur(scene, motion_kernel(12.0, 30.0))[0]
 >>> round(motion_length(blurred, angle=30.0, guess=9.0))

@@ -29,6 +29,7 @@ from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.formats import OUTPUT_SUFFIXES
 from meddeblur.server.card import model_card
 from meddeblur.server.connections import ConnectionLimits, configure
+from meddeblur.restore import registry
 from meddeblur.server.engine import METHODS, Deadline, InferencePool, Methods, QueueFull, UploadGate, load_served_model
 from meddeblur.server.imaging import OUTPUT_FORMATS, Deblurred, UploadError, deblur_upload, display_name
 from meddeblur.server.security import Guard
@@ -218,16 +219,16 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
     async def deblur(request: Request, format: str | None = Query(
             None, description="output format: png, jpeg, tiff or bmp (default: the input's)"), change_map: bool = Query(
             False, description="answer JSON instead: the image and the map of what deblurring changed (base64), with its figures"),
-            method: str = Query("network", description="network: the blind network; psf: estimate the image's PSF, restore with "
-                                "it and check the result (as deblur --method psf); what was done comes in X-Restoration"),
+            method: str = Query(registry.NETWORK, description="; ".join(f"{name}: {registry.get(name).summary}" for name in METHODS)
+                                + "; what was done comes in X-Restoration"),
             explain: bool = Query(False, description="with method=psf: answer JSON with the image, the restoration record and "
                                   "the PSF drawn as PNG (psf_image, base64)")) -> Response:
         started = time.perf_counter()
         if format and format.lower() not in OUTPUT_FORMATS:
             raise UploadError(400, f"format={format}: choose one of png, jpeg, tiff, bmp (or leave it out to keep the input's)")
         if method not in METHODS:
-            raise UploadError(400, f"method={method}: choose network (the blind network) or psf (estimate the blur)")
-        if explain and method != "psf":
+            raise UploadError(400, f"method={method}: choose one of " + "; ".join(f"{name} ({registry.get(name).summary})" for name in METHODS))
+        if explain and method != registry.ESTIMATED:
             raise UploadError(400, "explain=true draws the PSF the image was restored with, and the blind network uses none; "
                                    "add method=psf")
         if explain and importlib.util.find_spec("matplotlib") is None:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.restore import registry
 
 T = TypeVar("T")
 
@@ -31,7 +32,7 @@ def load_served_model(model: str | None, device: str = "auto", tile: int = 1024,
 
 
 #: ``?method=`` values: the blind network, or estimate each image's PSF and restore with it (``deblur --method psf``).
-METHODS = ("network", "psf")
+METHODS = registry.names(registry.Told.NOTHING) + registry.names(registry.Told.ESTIMATE)
 
 
 class Methods:
@@ -45,7 +46,7 @@ class Methods:
 
     def get(self, method: str) -> Deblurrer:
         """The Deblurrer for ``method`` (one of :data:`METHODS`); :class:`UserError` when this server cannot estimate."""
-        if method != "psf":
+        if registry.Told.ESTIMATE not in registry.get(method).told:
             return self.served
         with self._lock:
             if self._estimated is None:

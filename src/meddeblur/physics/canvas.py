@@ -2,12 +2,16 @@
 
 A canvas is a float32 ``(H, W)`` plane, zero except for the normalised kernel, whose origin sits at
 ``(H // 2, W // 2)``. One image-sized tensor per image keeps batching, tiling and data loading the same
-whatever the kernel's size; :class:`meddeblur.models.wiener_step.WienerStep` turns it into the OTF.
+whatever the kernel's size. A canvas is itself a kernel in :mod:`meddeblur.physics.operator`'s convention (origin
+at ``(kh // 2, kw // 2)``), so :func:`canvas_otf` is that module's :func:`~meddeblur.physics.operator.otf`, and
+:class:`meddeblur.models.wiener_step.WienerStep` deconvolves with it.
 
 >>> import numpy as np
 >>> canvas = kernel_canvas(np.ones((3, 3)), 8, 8)
 >>> float(canvas.sum()), canvas_radius(canvas[None])
 (1.0, 1)
+>>> canvas_otf(canvas[None], (16, 16)).shape   # (N, 1, fh, fw // 2 + 1)
+torch.Size([1, 1, 16, 9])
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["kernel_canvas", "canvas_radius"]
+from meddeblur.physics.operator import otf
+
+__all__ = ["kernel_canvas", "canvas_radius", "canvas_otf"]
 
 
 def kernel_canvas(kernel: np.ndarray | Tensor, height: int, width: int) -> Tensor:
@@ -44,3 +50,14 @@ def canvas_radius(canvas: Tensor) -> int:
     if len(rows) == 0:
         raise ValueError("a kernel canvas is all zero")
     return int(max((rows - h // 2).abs().max(), (cols - w // 2).abs().max()))
+
+
+def canvas_otf(canvas: Tensor, shape: tuple[int, int]) -> Tensor:
+    """(N, 1, fh, fw // 2 + 1) OTFs of (N, H, W) canvases on a (fh, fw) plane (the padded image's, fh ≥ H, fw ≥ W).
+
+    The canvas' origin (H // 2, W // 2) goes to the plane's (0, 0), as :func:`~meddeblur.physics.operator.otf` does
+    for any kernel; the canvas keeps its dtype and device.
+    """
+    if canvas.dim() != 3:
+        raise ValueError(f"expected (N, H, W) kernel canvases, got shape {tuple(canvas.shape)}")
+    return otf(canvas, shape)
