@@ -54,7 +54,8 @@ ACCURACY = {"Gaussian σ=0.8": "gauss:sigma=0.8", "Gaussian σ=1": "gauss:sigma=
 TOLERANCE = 0.05  # MTF50 within 5 %
 GAIN_TARGET = 2.0  # dB over the device's own images
 CHART = 320  # px: the square's sides are 192 px, room for a 64-px ESF on each side
-RESTORERS = {"wiener": "Wiener", "rl": "Richardson-Lucy", "network": "network (kernel-conditioned)"}
+RESTORERS = {"wiener": "Wiener", "rl": "Richardson-Lucy", "network": "network (kernel-conditioned)", "pnp": "plug-and-play"}
+LEARNED = ("network", "pnp")  # restored through Deblurrer, no parameters to tune
 
 
 def photograph(image: np.ndarray, device: str, name: str = "chart") -> np.ndarray:
@@ -94,11 +95,12 @@ def restorers(names: list[str], model: str | None) -> dict[str, Callable[..., np
     """Name → restore(image, kernel, **params); the network ignores params."""
     out = {}
     for name in names:
-        if name == "network":
+        if name in LEARNED:
             from meddeblur.inference.deblurrer import Deblurrer
 
-            deblurrer = Deblurrer.load(model, device="cpu", tile=0)
-            out[name] = lambda image, kernel, **_: np.asarray(deblurrer(np.ascontiguousarray(image, dtype=np.float32), psf=kernel))
+            deblurrer = Deblurrer.load(model if name == "network" else None, device="cpu", tile=0)
+            out[name] = lambda image, kernel, _m=name, **_: np.asarray(deblurrer(np.ascontiguousarray(image, dtype=np.float32), psf=kernel,
+                                                                                method=_m))
         else:
             out[name] = lambda image, kernel, _m=name, **params: restore(_m, image, kernel, **params)
     return out
@@ -126,7 +128,7 @@ def soft_device(isic: Path, names: list[str], model: str | None, limit: int | No
     params: dict[str, dict] = {}
     val = [sample(n) for n in split["val"][:val_limit]]
     for name in names:
-        if name != "network":
+        if name not in LEARNED:
             chosen, val_psnr = tune(name, [(b, s, k) for b, s, k, _, _ in val], _grid(name))
             params[name] = {**chosen, "val_psnr": round(val_psnr, 4)}
     del val
@@ -162,7 +164,7 @@ def _half_cache() -> quality.Cache:
 
 def family_params(name: str, family: str, spec: str, isic: Path, val_limit: int) -> dict:
     """The half protocol's parameters for ``family`` (quality.py's cache when it holds them, else tuned the same way)."""
-    if name == "network":
+    if name in LEARNED:
         return {}
     entry = _half_cache().data["entries"].get(f"half | {family} | {name}")
     if entry and entry.get("params") is not None:

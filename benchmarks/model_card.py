@@ -239,6 +239,7 @@ def build() -> tuple[str, dict]:
     lines += ["", "## Limits", ""] + [f"- {text}" for text in LIMITS]
     lines += _sibling("psf_card").section(quality, RESULTS)  # the kernel-conditioned model, once shipped and benchmarked
     lines += _sibling("psf_card").estimated_section(quality, RESULTS)  # method psf, once benchmarked
+    lines += _sibling("pnp").card_section(quality, RESULTS)  # the plug-and-play restorer, once shipped and benchmarked
     card = {
         "id": model_id, "version": __version__, "file": weights.name, "architecture": asdict(config),
         "parameters": parameters, "gflop_256": round(flops["gflop_256"], 3),

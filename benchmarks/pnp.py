@@ -2,11 +2,11 @@
 of iterations, and its denoiser's PSNR per noise level (DPIR's table).
 
 A script, not a test. Parts (``--part``, default all):
-  tune        — each (noise_floor, weight) of the grid on ``--val`` validation images (the full-resolution protocol of
-                ``benchmarks/quality.py``, centre crops of ``--crop`` px), told the true kernel of every blur family;
-                the best mean over the families is what :class:`meddeblur.restore.pnp.PnPSettings` ships with;
-  iterations  — 2 / 4 / 6 / 8 iterations with the shipped settings on the same crops, beside Richardson–Lucy (30
-                iterations) and Wiener (NSR 0.01) with the true kernel;
+  tune        — each (noise_floor, weight, iterations) of the grid on ``--val`` validation images (the full- and
+                half-resolution protocols of ``benchmarks/quality.py``, centre crops of ``--crop`` px), told the true
+                kernel of every blur family; the best mean is what :class:`meddeblur.restore.pnp.PnPSettings` ships with;
+  iterations  — 2 / 4 / 6 / 8 iterations with the shipped settings otherwise, on the same crops, beside
+                Richardson–Lucy (30 iterations) and Wiener (NSR 0.01) with the true kernel;
   denoiser    — PSNR of the shipped denoiser at σ = 5, 15, 25, 50 (8-bit levels) on ``--crops`` crops of the test images.
 
     python benchmarks/pnp.py                           # writes benchmarks/results/pnp.{json,md}
@@ -41,23 +41,26 @@ from meddeblur.training.denoiser import denoiser_scores, load_images  # noqa: E4
 
 RESULTS = Path(__file__).parent / "results"
 FAMILIES = {k: v for k, v in quality.FAMILIES.items() if k not in quality.UNBLURRED}
-FLOORS = (0.5, 1.0, 2.0, 4.0)  # 8-bit levels
-WEIGHTS = (0.1, 0.23, 0.5)
+FLOORS = (0.5, 1.0)  # 8-bit levels
+WEIGHTS = (0.03, 0.06, 0.12, 0.23)
+TUNED_ITERATIONS = (4, 6, 8)
 ITERATIONS = (2, 4, 6, 8)
+PROTOCOLS = ("full", "half")
 
 
 def crops(isic: Path, names: list[str], side: int) -> dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """Per blur family, (blurred, sharp, kernel) centre crops of the full-resolution protocol's images ``names``."""
+    """Per blur family, (blurred, sharp, kernel) centre crops of the images ``names`` in each of :data:`PROTOCOLS`."""
     images = {p.stem: p for p in list_images(isic / "images")}
     out: dict[str, list] = {}
     for family, spec in FAMILIES.items():
         out[family] = []
-        for name in names:
-            blurred, sharp, kernel = quality.prepare(images[name], "full", parse_spec(spec), name)
-            h, w = sharp.shape[:2]
-            top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-            window = (slice(top, top + side), slice(left, left + side))
-            out[family].append((blurred[window], sharp[window], kernel))
+        for protocol in PROTOCOLS:
+            for name in names:
+                blurred, sharp, kernel = quality.prepare(images[name], protocol, parse_spec(spec), name)
+                h, w = sharp.shape[:2]
+                top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+                window = (slice(top, top + side), slice(left, left + side))
+                out[family].append((blurred[window], sharp[window], kernel))
     return out
 
 
@@ -74,11 +77,12 @@ def tune(samples: dict[str, list], denoiser: torch.nn.Module) -> dict:
     rows = []
     for floor in FLOORS:
         for weight in WEIGHTS:
-            settings = PnPSettings(noise_floor=floor / 255.0, weight=weight)
-            per_family = {family: round(pnp_psnr(s, denoiser, settings), 3) for family, s in samples.items()}
-            rows.append({"noise_floor_levels": floor, "weight": weight, "families": per_family,
-                         "mean": round(statistics.fmean(per_family.values()), 3)})
-            print(f"tune floor {floor} weight {weight}: {rows[-1]['mean']:.3f} {per_family}", flush=True)
+            for count in TUNED_ITERATIONS:
+                settings = PnPSettings(noise_floor=floor / 255.0, weight=weight, iterations=count)
+                per_family = {family: round(pnp_psnr(s, denoiser, settings), 3) for family, s in samples.items()}
+                rows.append({"noise_floor_levels": floor, "weight": weight, "iterations": count, "families": per_family,
+                             "mean": round(statistics.fmean(per_family.values()), 3)})
+                print(f"tune floor {floor} weight {weight} iterations {count}: {rows[-1]['mean']:.3f} {per_family}", flush=True)
     best = max(rows, key=lambda r: r["mean"])
     return {"rows": rows, "best": best}
 
@@ -103,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["tune", "iterations", "denoiser"], choices=("tune", "iterations", "denoiser"))
     parser.add_argument("--isic", type=Path, default=quality.DEFAULT_ISIC)
-    parser.add_argument("--val", type=int, default=6, help="validation images for tune and iterations")
-    parser.add_argument("--crop", type=int, default=320, help="centre crop side for tune and iterations")
+    parser.add_argument("--val", type=int, default=4, help="validation images for tune and iterations")
+    parser.add_argument("--crop", type=int, default=192, help="centre crop side for tune and iterations")
     parser.add_argument("--crops", type=int, default=96, help="test crops per noise level for the denoiser table")
     parser.add_argument("--denoiser", type=Path, default=DENOISER_WEIGHTS)
     parser.add_argument("--threads", type=int, default=2)
@@ -144,9 +148,10 @@ def render(result: dict) -> str:
     if "tune" in result:
         t = result["tune"]
         lines += ["## Schedule chosen on validation images", "", f"`{t['command']}`: {t['images']} validation images, centre "
-                  f"{t['crop']}×{t['crop']} crops of the full-resolution protocol, told the true kernel. PSNR (dB).", "",
-                  "| noise floor (levels) | weight λ | " + " | ".join(families) + " | mean |", "|---|---|" + "---|" * (len(families) + 1)]
-        lines += [f"| {r['noise_floor_levels']} | {r['weight']} | " + " | ".join(f"{r['families'][f]:.2f}" for f in families)
+                  f"{t['crop']}×{t['crop']} crops in the full- and half-resolution protocols, told the true kernel. PSNR (dB).", "",
+                  "| noise floor (levels) | weight λ | iterations | " + " | ".join(families) + " | mean |",
+                  "|---|---|---|" + "---|" * (len(families) + 1)]
+        lines += [f"| {r['noise_floor_levels']} | {r['weight']} | {r['iterations']} | " + " | ".join(f"{r['families'][f]:.2f}" for f in families)
                   + f" | {'**' if r is t['best'] or r == t['best'] else ''}{r['mean']:.2f}{'**' if r == t['best'] else ''} |" for r in t["rows"]]
         lines.append("")
     if "iterations" in result:
@@ -164,6 +169,97 @@ def render(result: dict) -> str:
                   "| σ (8-bit levels) | " + " | ".join(levels) + " |", "|---|" + "---|" * len(levels),
                   "| PSNR | " + " | ".join(f"{t['psnr'][k]:.2f}" for k in levels) + " |", ""]
     return "\n".join(lines)
+
+
+PNP_ROW, PSF_ROW, RL_ROW, WIENER_ROW = ("non-blind (true PSF): pnp", "non-blind (true PSF): psf", "Richardson-Lucy (true kernel)",
+                                       "Wiener (true kernel)")
+TITLES = {"full": "full resolution", "half": "half resolution", "soft": "softer source", "seed": "256×256"}
+
+
+def targets(quality: dict[str, dict], speed: dict | None, calibration: dict | None) -> list[tuple[str, str, bool]]:
+    """(target, measured, met) for the plug-and-play restorer's targets."""
+    checks = []
+    for protocol, result in quality.items():
+        rows = result["rows"]
+        blurs = [f for f in result["families"] if f not in quality.UNBLURRED]
+        leads = {f: rows[PNP_ROW]["families"][f]["psnr"] - rows[RL_ROW]["families"][f]["psnr"] for f in blurs}
+        worst = min(leads, key=leads.get)
+        mean = rows[PNP_ROW]["mean_psnr"] - rows[RL_ROW]["mean_psnr"]
+        checks.append((f"{TITLES[protocol]}: every blur family ≥ Richardson–Lucy + 1 dB", f"worst {worst} {leads[worst]:+.2f} dB", leads[worst] >= 1.0))
+        checks.append((f"{TITLES[protocol]}: mean ≥ Richardson–Lucy + 1 dB", f"{mean:+.2f} dB", mean >= 1.0))
+        inner = [(f, rows[PNP_ROW]["families"][f]) for f in blurs if "psnr_inner" in rows[PNP_ROW]["families"][f]]
+        if protocol == "full" and inner:
+            source = rows["input"]["families"]
+            gaps = {f: abs((v["psnr"] - source[f]["psnr"]) - (v["psnr_inner"] - source[f]["psnr_inner"])) for f, v in inner}
+            far = max(gaps, key=gaps.get)
+            checks.append(("full resolution: whole-image gain within 0.3 dB of the gain 16 px inside, per family",
+                           f"largest difference {gaps[far]:.2f} dB ({far})", gaps[far] <= 0.3))
+    if calibration and "pnp_calibrated_gain" in calibration.get("soft", {}).get("summary", {}):
+        gain = calibration["soft"]["summary"]["pnp_calibrated_gain"]
+        checks.append(("calibrated soft device ≥ +2 dB", f"{gain:+.2f} dB", gain >= 2.0))
+    if speed:
+        rows = [r for r in speed["rows"] if r["image"] == "1024x768" and r["model"].startswith("pnp") and "iterations" not in r["model"]]
+        if rows:
+            ratio = max(r["ratio"] for r in rows)
+            checks.append(("cost ≤ 3× the blind network per 1024×768", f"{ratio:.2f}× (slowest PSF)", ratio <= 3.0))
+    return checks
+
+
+def card_section(quality_results: dict[str, dict], results: Path) -> list[str]:
+    """The model card's lines for the plug-and-play restorer; none before it is shipped and benchmarked."""
+    measured = {p: q for p, q in quality_results.items() if PNP_ROW in q["rows"] and PSF_ROW in q["rows"]}
+    if not DENOISER_WEIGHTS.is_file() or not measured or not (results / "pnp.json").is_file():
+        return []
+    from meddeblur.models import weights_id
+
+    model_id = weights_id(DENOISER_WEIGHTS)
+    stale = [p for p, q in measured.items() if q["rows"][PNP_ROW]["model"]["id"] != model_id]
+    if stale:
+        raise SystemExit(f"quality_{stale[0]}.json scores another denoiser; run: python benchmarks/quality.py --protocol all --model pnp "
+                         "--methods --keep")
+    denoiser = load_denoiser()
+    info = json.loads(DENOISER_WEIGHTS.with_suffix(".json").read_text())
+    own = json.loads((results / "pnp.json").read_text())
+    load = lambda name: json.loads((results / name).read_text()) if (results / name).is_file() else None  # noqa: E731
+    speed, calibration, stages = load("psf_speed.json"), load("calibration.json"), load("denoiser_stages.json")
+    settings = own["settings"]
+    lines = ["", "## The plug-and-play restorer (a known blur: `--psf … --method pnp`)", "", "| | |", "|---|---|",
+             f"| denoiser id | `{model_id}` |",
+             f"| file | `src/meddeblur/weights/{DENOISER_WEIGHTS.name}` ({DENOISER_WEIGHTS.stat().st_size / 1e6:.1f} MB) |",
+             f"| architecture | {settings['iterations']} half-quadratic-splitting iterations: the denoiser, then the exact FFT data step "
+             f"with the given PSF; denoiser: a bias-free residual U-Net at half resolution (pixel-unshuffle 2×), widths "
+             f"{'-'.join(map(str, denoiser.widths))}, {denoiser.blocks} residual block(s) per level and side, told the noise level |",
+             f"| parameters | {sum(p.numel() for p in denoiser.parameters()):,} |",
+             f"| schedule | denoiser σ from {settings['sigma_start'] * 255:.0f} levels down to the image's noise (floor "
+             f"{settings['noise_floor'] * 255:.2g} levels), data weight α = {settings['weight']:g} · σₙ² / σᵢ² |", "",
+             "Told the true kernel, like every row here (mean gain over the input across the blur families, dB):", "",
+             "| protocol | Wiener | Richardson–Lucy | kernel-conditioned network | plug-and-play | plug-and-play − RL | worst family vs input |",
+             "|---|---|---|---|---|---|---|"]
+    for protocol, result in measured.items():
+        rows = result["rows"]
+        worst = rows[PNP_ROW]["worst_family_gain"]
+        lines.append(f"| {TITLES[protocol]} | {rows[WIENER_ROW]['gain_psnr']:+.2f} | {rows[RL_ROW]['gain_psnr']:+.2f} | "
+                     f"{rows[PSF_ROW]['gain_psnr']:+.2f} | **{rows[PNP_ROW]['gain_psnr']:+.2f}** | "
+                     f"{rows[PNP_ROW]['mean_psnr'] - rows[RL_ROW]['mean_psnr']:+.2f} | {worst['psnr']:+.2f} ({worst['family']}) |")
+    lines += ["", "Per family, plug-and-play minus Richardson–Lucy (dB):", ""]
+    for protocol, result in measured.items():
+        rows = result["rows"]
+        lines.append(f"- {TITLES[protocol]}: " + ", ".join(
+            f"{f} {rows[PNP_ROW]['families'][f]['psnr'] - rows[RL_ROW]['families'][f]['psnr']:+.2f}"
+            for f in result["families"] if f not in quality.UNBLURRED))
+    if "denoiser_table" in own:
+        table = own["denoiser_table"]["psnr"]
+        lines += ["", "The denoiser alone, on crops of the test images with white noise added (PSNR, dB): "
+                  + ", ".join(f"σ {k}: {v:.2f}" for k, v in table.items() if k != "mean") + " (`benchmarks/results/pnp.md`)."]
+    if stages:
+        lines += ["", "Trained on sharp crops of the training images with added noise only (never a blur), in stages from the previous "
+                  "stage's weights:", "", "| stage | command | minutes | steps | validation PSNR (dB) by σ |", "|---|---|---|---|---|"]
+        lines += [f"| {i} | `{st['command']}` | {st['minutes']:.0f} | {st['steps']} | "
+                  + ", ".join(f"{k}: {v}" for k, v in st["validation"].items()) + " |" for i, st in enumerate(stages["stages"], 1)]
+    lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets(measured, speed, calibration)]
+    lines += ["", f"Denoiser weights: {info.get('step', '?')} steps in their last stage."]
+    return lines
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddeblur.training.denoiser import DenoiserOptions, load_images, train_denoiser
+from meddeblur.training.denoiser import VALIDATION_SIGMAS, DenoiserOptions, load_images, train_denoiser
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
@@ -80,6 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=DenoiserOptions.batch)
     parser.add_argument("--crop", type=int, default=DenoiserOptions.crop)
     parser.add_argument("--lr", type=float, default=DenoiserOptions.lr)
+    parser.add_argument("--loss", choices=("l1", "relative"), default=DenoiserOptions.loss, help="relative: each sample's L1 over σ + 2/255")
+    parser.add_argument("--val-sigmas", default=None, help="comma-separated noise levels (8-bit levels) the kept weights are chosen on "
+                        "(default 5,15,25,50)")
     parser.add_argument("--log-every", type=int, default=DenoiserOptions.log_every)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -98,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         train, val = (split_images(args.sharp, args.split, part) for part in ("train", "val"))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    options = DenoiserOptions(crop=args.crop, batch=args.batch, lr=args.lr, max_minutes=args.max_minutes, max_steps=args.max_steps,
+    options = DenoiserOptions(crop=args.crop, batch=args.batch, lr=args.lr, loss=args.loss,
+                              val_sigmas=tuple(int(v) for v in args.val_sigmas.split(",")) if args.val_sigmas else VALIDATION_SIGMAS, max_minutes=args.max_minutes, max_steps=args.max_steps,
                               seed=args.seed, log_every=args.log_every, init=args.init)
     record = train_denoiser(train, val, args.out, options, log=lambda line: print(line, flush=True), device=args.device)
     args.out.with_name(args.out.stem + ".history.json").write_text(json.dumps(record, indent=2))

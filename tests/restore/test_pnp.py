@@ -31,15 +31,23 @@ def test_hqs_with_an_exact_data_fit_converges_to_the_true_image() -> None:
     assert float((few - truth).abs().max()) > 1e-3  # it is the iterations that converge, not one step
 
 
-def test_the_denoiser_is_what_each_iteration_ends_with() -> None:
+def test_each_iteration_denoises_at_a_falling_level_and_the_data_step_has_the_last_word() -> None:
     seen: list[float] = []
 
     def spy(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         seen.append(float(sigma[0]))
         return torch.zeros_like(x)
 
-    out = plug_and_play(torch.rand(1, 3, 20, 24), np.ones((3, 3)), spy, PnPSettings(iterations=5))
-    assert len(seen) == 5 and seen == sorted(seen, reverse=True) and torch.equal(out, torch.zeros(1, 3, 20, 24))
+    observed = torch.rand(1, 3, 20, 24, dtype=torch.float64)
+    transfer = otf(np.ones((3, 3)), (20, 24))
+    sigmas, alphas = schedule(torch.zeros(1, dtype=torch.float64), PnPSettings(iterations=5))
+    out = hqs(observed, transfer, spy, sigmas, alphas)
+    assert len(seen) == 5 and seen == sorted(seen, reverse=True)
+    # The prior said "zero" every time: the output is the data step's answer to it, argmin ‖k ⊛ x − y‖² + α‖x‖².
+    spectrum = torch.fft.rfft2(observed) * transfer.conj() / (transfer.abs() ** 2 + alphas[0, -1])
+    assert torch.allclose(out, torch.fft.irfft2(spectrum, s=(20, 24)))
+    restored = plug_and_play(observed.float(), np.ones((3, 3)), spy, PnPSettings(iterations=5))
+    assert restored.shape == observed.shape and len(seen) == 10
 
 
 def test_the_schedule_falls_to_the_noise_level_with_a_floor() -> None:
@@ -91,10 +99,14 @@ def test_the_shipped_denoiser_is_small_and_removes_noise() -> None:
 
 
 def test_pnp_is_tiled_with_the_same_result_inside_and_its_record_names_the_denoiser() -> None:
-    image = np.random.default_rng(1).random((80, 96, 3)).astype(np.float32)
+    from meddeblur.data.synthetic import synthetic_dermoscopy
+    from meddeblur.metrics import psnr_ssim_numpy
+
+    image = synthetic_dermoscopy(96, 112, seed=2).astype(np.float32)
     whole = meddeblur.Deblurrer.load(tile=0).with_psf("gauss:sigma=1.2", method="pnp")
-    tiled = meddeblur.Deblurrer.load(tile=64, overlap=32).with_psf("gauss:sigma=1.2", method="pnp")
-    assert tiled(image).shape == image.shape
+    tiled = meddeblur.Deblurrer.load(tile=64, overlap=16).with_psf("gauss:sigma=1.2", method="pnp")
+    restored = tiled(image)
+    assert restored.shape == image.shape and psnr_ssim_numpy(restored, whole(image))[0] > 35  # tiles differ only near their seams
     record = whole.provenance
     assert record["parameters"]["method"] == "pnp" and record["parameters"]["iterations"] == 8
     from meddeblur.models import weights_id
@@ -105,3 +117,21 @@ def test_pnp_is_tiled_with_the_same_result_inside_and_its_record_names_the_denoi
         whole.with_psf("gauss:sigma=1.2", method="pnp", iterations=0)
     with pytest.raises(InvalidOption, match="method='pnp'"):
         whole.with_psf("gauss:sigma=1.2", method="pnp", nsr=0.1)
+
+
+def test_cli_folder_run_with_workers_restores_with_a_calibrated_psf_file(run_cli, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from meddeblur.io.ownership import read_provenance
+    from meddeblur.psf import load_psf
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(2):
+        Image.fromarray((np.random.default_rng(i).random((40, 48, 3)) * 255).astype(np.uint8)).save(photos / f"p{i}.png")
+    calibrated = load_psf("gauss:sigma=1.2").save_json(tmp_path / "device.psf.json")
+    done = run_cli("deblur", photos, "-o", tmp_path / "out", "--psf", calibrated, "--method", "pnp", "--workers", "2", timeout=300)
+    assert done.returncode == 0, done.stderr
+    for i in range(2):
+        record = read_provenance(tmp_path / "out" / f"p{i}.png")
+        assert record["parameters"]["method"] == "pnp" and record["parameters"]["psf"]["digest"] == load_psf(calibrated).digest

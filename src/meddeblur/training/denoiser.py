@@ -10,7 +10,11 @@ rotated; then
 * white Gaussian noise of σ is added, σ drawn from [0, 50]/255: half of the samples uniformly, half as
   ``50/255 · u³`` (a plug-and-play run spends most of its iterations at small σ, where an error costs most).
 
-The denoiser is told ``sqrt(σ² + e²)`` with ``e`` the JPEG error's RMS, and learns to return the sharp crop (L1).
+The denoiser is told ``sqrt(σ² + e²)`` with ``e`` the JPEG error's RMS, and learns to return the sharp crop: L1, or
+with ``loss="relative"`` each sample's L1 divided by ``σ + 2/255``. A plain L1 is ruled by the noisiest samples (the
+error a denoiser leaves grows with σ), yet a plug-and-play restorer of 8-bit photographs ends its run at σ of about one
+level, where the denoiser must change almost nothing; the relative loss weighs every noise level alike (a second
+training stage uses it, from the first stage's weights).
 Learning rate: Adam, cosine decay from ``lr`` over the time budget (``max_minutes``), after a short warm-up.
 Validation: fixed crops of the validation images at σ = 5, 15, 25, 50 /255 (DPIR's table), PSNR per level; the
 weights with the best mean are kept.
@@ -46,12 +50,14 @@ class DenoiserOptions:
     batch: int = 16
     scales: tuple[float, float] = (1.0, 3.0)
     jpeg: float = 0.25
+    loss: str = "l1"
     lr: float = 1e-3
     max_minutes: float = 30.0
     max_steps: int = 1_000_000
     warmup: int = 100
     seed: int = 0
     val_crops: int = 48
+    val_sigmas: tuple[int, ...] = VALIDATION_SIGMAS
     log_every: int = 100
     init: Path | None = None
 
@@ -139,6 +145,8 @@ def denoiser_scores(model: Denoiser, images: list[np.ndarray], count: int, crop:
 def train_denoiser(train: list[np.ndarray], val: list[np.ndarray], out: Path, options: DenoiserOptions,
                    log: Callable[[str], None] = print, device: str = "cpu") -> dict[str, Any]:
     """Train (from ``options.init`` or fresh) until the time or step budget is spent; write the best weights to ``out``."""
+    if options.loss not in ("l1", "relative"):
+        raise ValueError(f"loss must be 'l1' or 'relative', got {options.loss!r}")
     torch.manual_seed(options.seed)
     model = load_denoiser(options.init, device) if options.init else Denoiser().to(device)
     model.train()
@@ -146,7 +154,7 @@ def train_denoiser(train: list[np.ndarray], val: list[np.ndarray], out: Path, op
     crops = Crops(train, options, options.seed)
     budget = options.max_minutes * 60.0
     model.eval()
-    best = denoiser_scores(model, val, options.val_crops, options.crop)
+    best = denoiser_scores(model, val, options.val_crops, options.crop, sigmas=options.val_sigmas)
     log(f"start: validation {best}")
     start = time.monotonic()  # the budget is for training: the first validation is not counted
     if options.init is None:
@@ -163,7 +171,8 @@ def train_denoiser(train: list[np.ndarray], val: list[np.ndarray], out: Path, op
             group["lr"] = options.lr * max(scale, 0.02)
         model.train()
         noisy, sharp, sigma = (t.to(device) for t in crops.batch(options.batch))
-        loss = F.l1_loss(model(noisy, sigma), sharp)
+        error = (model(noisy, sigma) - sharp).abs().mean(dim=(1, 2, 3))
+        loss = (error / (sigma + 2.0 / 255.0)).mean() * (2.0 / 255.0) if options.loss == "relative" else error.mean()
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
@@ -171,7 +180,7 @@ def train_denoiser(train: list[np.ndarray], val: list[np.ndarray], out: Path, op
         step += 1
         if step % options.log_every == 0 or time.monotonic() - start > budget:
             model.eval()
-            scores = denoiser_scores(model, val, options.val_crops, options.crop)
+            scores = denoiser_scores(model, val, options.val_crops, options.crop, sigmas=options.val_sigmas)
             minutes = (time.monotonic() - start) / 60.0
             history.append({"step": step, "minutes": round(minutes, 2), "loss": round(running / options.log_every, 5), **scores})
             kept = scores["mean"] > best["mean"]
