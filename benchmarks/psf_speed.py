@@ -31,6 +31,7 @@ from meddeblur.device import machine_line
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.models import PSF_WEIGHTS
 from meddeblur.restore import registry
+from meddeblur.restore.pnp import PnPSettings
 
 RESULTS = Path(__file__).parent / "results"
 DEFAULT_SIZES = ["1024x768", "256x256"]  # width x height
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--methods", nargs="+", default=[registry.NETWORK, "pnp"], choices=registry.names(registry.Told.PSF),
                         help="known-blur methods told each PSF (default: the kernel-conditioned network and plug-and-play)")
-    parser.add_argument("--pnp-iterations", nargs="*", type=int, default=[2, 4, 8], help="plug-and-play also timed at these "
+    parser.add_argument("--pnp-iterations", nargs="*", type=int, default=[2, 4, 6, 8], help="plug-and-play also timed at these "
                         "iteration counts (the first PSF only): what each iteration costs")
     parser.add_argument("--no-estimated", dest="estimated", action="store_false", help="leave out method psf")
     parser.add_argument("--threads", type=int, default=2)
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"image": size, "model": f"blind default ({blind.model_id})", "psf": "—", **base, "ratio": 1.0})
         for spec in args.psfs:
             for method in args.methods:
-                runs = [{}] + ([{"iterations": n} for n in args.pnp_iterations] if method == "pnp" and spec == args.psfs[0] else [])
+                extra = [n for n in args.pnp_iterations if n != PnPSettings().iterations] if method == "pnp" and spec == args.psfs[0] else []
+                runs = [{}] + [{"iterations": n} for n in extra]
                 for options in runs:
                     bound = (known if method == registry.NETWORK else blind).with_psf(spec, method=method, **options)
                     result = timed(bound, image, args.repeats)

@@ -35,6 +35,7 @@ import statistics
 import sys
 import time
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +54,7 @@ from meddeblur.io.listing import list_images
 from meddeblur.metrics import ReferenceScorer
 from meddeblur.models import DEFAULT_WEIGHTS, PSF_ARCHITECTURES, PSF_WEIGHTS
 from meddeblur.models.denoiser import DENOISER_WEIGHTS
+from meddeblur.restore.pnp import PnPSettings
 from meddeblur.physics import blur
 from meddeblur.restore import registry
 
@@ -231,7 +233,7 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
         if model == PNP:
             deblurrer = Deblurrer.load(None, device="cpu", tile=0).with_psf("none", method=PNP)
             loaded.append((f"non-blind (true PSF): {PNP}", deblurrer, {"path": str(DENOISER_WEIGHTS), "id": deblurrer.model_id, "arch": PNP,
-                                                                     "method": PNP, "settings": deblurrer.provenance["parameters"]}))
+                                                                     "settings": asdict(PnPSettings())}))
             continue
         if model == ESTIMATED:  # blind: the PSF estimated from each image, restored by the shipped kernel-conditioned model
             deblurrer = Deblurrer.load(None, device="cpu", tile=0).with_estimated_psf()

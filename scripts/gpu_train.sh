@@ -8,7 +8,7 @@
 # With the device tool: run `pack` here, then run `bash scripts/gpu_train.sh train 9` there with carry ["runs/gpu"];
 # the weights come back under the reply's files folder. Keep them only if they beat the shipped ones:
 #   python benchmarks/pnp.py --part denoiser tune --denoiser FILES/denoiser.safetensors --out /tmp/gpu-check
-# A test on the CPU with a tiny budget: OUT=/tmp/gpu-test bash scripts/gpu_train.sh train 0.2
+# A test on the CPU with a tiny budget: OUT=/tmp/gpu-test bash scripts/gpu_train.sh train 0.2 (PACK=FILE: another pack)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}"
@@ -21,14 +21,15 @@ case "${1:-}" in
         minutes="${2:-9}"
         out="${OUT:-runs/gpu/out}"
         mkdir -p "$out"
-        [ -f runs/gpu/pack.npz ] || { echo "runs/gpu/pack.npz is missing: run 'bash scripts/gpu_train.sh pack' first (and carry runs/gpu)" >&2; exit 2; }
+        pack="${PACK:-runs/gpu/pack.npz}"
+        [ -f "$pack" ] || { echo "$pack is missing: run 'bash scripts/gpu_train.sh pack' first (and carry runs/gpu)" >&2; exit 2; }
         device="$("$PY" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
         init=()
         [ -f src/meddeblur/weights/denoiser.safetensors ] && init=(--init src/meddeblur/weights/denoiser.safetensors)
         batch=16
         [ "$device" = cuda ] && batch=64  # the GPU's throughput; on the CPU the training default
         rm -f "$out/denoiser.safetensors" "$out/denoiser.json"
-        PYTHONPATH=src "$PY" scripts/train_denoiser.py --pack runs/gpu/pack.npz --out "$out/denoiser.safetensors" --device "$device" \
+        PYTHONPATH=src "$PY" scripts/train_denoiser.py --pack "$pack" --out "$out/denoiser.safetensors" --device "$device" \
             --batch "$batch" --max-minutes "$minutes" --log-every "${LOG_EVERY:-200}" "${init[@]}" 2>&1 | tee "$out/train.log"
         ;;
     *)

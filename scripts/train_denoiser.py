@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     record = train_denoiser(train, val, args.out, options, log=lambda line: print(line, flush=True), device=args.device)
     args.out.with_name(args.out.stem + ".history.json").write_text(json.dumps(record, indent=2))
     print(json.dumps(record["validation"]))
+    if not args.out.is_file():
+        print(f"{args.out}: not written: no validation score beat the starting weights' in {record['steps']} steps")
     return 0
 
 
