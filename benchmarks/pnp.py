@@ -173,10 +173,10 @@ PNP_ROW, PSF_ROW, RL_ROW, WIENER_ROW = ("non-blind (true PSF): pnp", "non-blind 
 TITLES = {"full": "full resolution", "half": "half resolution", "soft": "softer source", "seed": "256×256"}
 
 
-def targets(quality: dict[str, dict], speed: dict | None, calibration: dict | None) -> list[tuple[str, str, bool]]:
+def targets(measured: dict[str, dict], speed: dict | None, calibration: dict | None) -> list[tuple[str, str, bool]]:
     """(target, measured, met) for the plug-and-play restorer's targets."""
     checks = []
-    for protocol, result in quality.items():
+    for protocol, result in measured.items():
         rows = result["rows"]
         blurs = [f for f in result["families"] if f not in quality.UNBLURRED]
         leads = {f: rows[PNP_ROW]["families"][f]["psnr"] - rows[RL_ROW]["families"][f]["psnr"] for f in blurs}
@@ -195,7 +195,8 @@ def targets(quality: dict[str, dict], speed: dict | None, calibration: dict | No
         gain = calibration["soft"]["summary"]["pnp_calibrated_gain"]
         checks.append(("calibrated soft device ≥ +2 dB", f"{gain:+.2f} dB", gain >= 2.0))
     if speed:
-        rows = [r for r in speed["rows"] if r["image"] == "1024x768" and r["model"].startswith("pnp") and "iterations" not in r["model"]]
+        shipped = f", {PnPSettings().iterations} iterations"
+        rows = [r for r in speed["rows"] if r["image"] == "1024x768" and r["model"].startswith("pnp") and r["model"].endswith(shipped)]
         if rows:
             ratio = max(r["ratio"] for r in rows)
             checks.append(("cost ≤ 3× the blind network per 1024×768", f"{ratio:.2f}× (slowest PSF)", ratio <= 3.0))
@@ -218,7 +219,7 @@ def card_section(quality_results: dict[str, dict], results: Path) -> list[str]:
     info = json.loads(DENOISER_WEIGHTS.with_suffix(".json").read_text())
     own = json.loads((results / "pnp.json").read_text())
     load = lambda name: json.loads((results / name).read_text()) if (results / name).is_file() else None  # noqa: E731
-    speed, calibration, stages = load("psf_speed.json"), load("calibration.json"), load("denoiser_stages.json")
+    speed, calibration, stages = load("pnp_speed.json"), load("calibration.json"), load("denoiser_stages.json")
     settings = own["settings"]
     lines = ["", "## The plug-and-play restorer (a known blur: `--psf … --method pnp`)", "", "| | |", "|---|---|",
              f"| denoiser id | `{model_id}` |",
@@ -254,6 +255,16 @@ def card_section(quality_results: dict[str, dict], results: Path) -> list[str]:
         lines += [f"| {i}{' (shipped)' if i == stages['shipped_stage'] else ''} | `{st['command']}` | {st['minutes']:.0f} | {st['steps']} | "
                   + ", ".join(f"{k}: {v}" for k, v in st["validation"].items()) + " |" for i, st in enumerate(stages["stages"], 1)]
         lines += [f"\nStage {i} was not shipped: {why}." for i, why in stages.get("not_shipped", {}).items()]
+    if speed:
+        blind = next(r for r in speed["rows"] if r["model"].startswith("blind"))
+        lines += ["", f"Time per 1024×768 image (`{speed['command']}`, {speed['machine']}, median of {speed['repeats']}): blind network "
+                  f"{blind['median_s']:.2f} s; " + "; ".join(f"{r['model']} told `{r['psf']}` {r['median_s']:.2f} s ({r['ratio']:.2f}×)"
+                                                         for r in speed["rows"] if r["model"].startswith("pnp")) + "."]
+    if calibration and "pnp_calibrated_gain" in calibration.get("soft", {}).get("summary", {}):
+        summary = calibration["soft"]["summary"]
+        lines += ["", f"Calibrated soft device (`benchmarks/results/calibration.md`): {summary['pnp_calibrated_gain']:+.2f} dB with the "
+                  f"calibrated PSF (kernel-conditioned network {summary['network_calibrated_gain']:+.2f}, Richardson–Lucy "
+                  f"{summary['rl_calibrated_gain']:+.2f})."]
     lines += ["", "### Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {value} | {'yes' if met else '**no**'} |" for name, value, met in targets(measured, speed, calibration)]
     lines += ["", f"Denoiser weights: {info.get('step', '?')} steps in their last stage."]

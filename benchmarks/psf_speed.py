@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-estimated", dest="estimated", action="store_false", help="leave out method psf")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--name", default="psf_speed", help="results file name, without .json/.md (default psf_speed)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     blind = Deblurrer.load(None, device="cpu")
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{machine_line()}, {args.threads} thread(s)"
     result = {"command": command.strip(), "machine": machine, "date": date.today().isoformat(), "repeats": args.repeats, "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "psf_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Known-blur restoration: time per image", "",
              f"`{result['command']}` — {result['date']}, {machine}; median (min) of {args.repeats} passes after a warm-up, "
              "through `Deblurrer` as `meddeblur deblur` runs (whole images up to 1024 px). ratio: to the blind default model's median "
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
              "| image | model | PSF | seconds | ratio to blind |", "|---|---|---|---|---|"]
     lines += [f"| {r['image']} | {r['model']} | `{r['psf']}`{' (' + r['result'] + ')' if 'result' in r else ''} | {r['median_s']:.3f} "
               f"({r['min_s']:.3f}) | {r['ratio']:.2f}× |" for r in rows]
-    (args.out / "psf_speed.md").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
 
