@@ -41,7 +41,7 @@ from meddeblur.io.provenance import make_record
 from meddeblur.models import PSF_ARCHITECTURES
 from meddeblur.psf.kernel import PSF, PsfLike, load_psf
 from meddeblur.restore import registry
-from meddeblur.restore.base import Resources, Restorer
+from meddeblur.restore.base import Resources
 
 if TYPE_CHECKING:
     from meddeblur.models import ModelConfig
@@ -182,7 +182,7 @@ class Deblurrer:
             record = {**owner.provenance, "parameters": {**owner.provenance["parameters"], **restorer.parameters()}}
             bound = Deblurrer(restorer, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights)
         else:
-            bound = Deblurrer(restorer, 1, base._method_record(name, restorer), base.device, base.tile, base.overlap)
+            bound = Deblurrer(restorer, 1, base._method_record(name, restorer.parameters()), base.device, base.tile, base.overlap)
         bound._psf, bound._base = psf, base
         return bound
 
@@ -197,14 +197,11 @@ class Deblurrer:
             self._denoiser_module = load_denoiser(None, self.device)
         return self._denoiser_module
 
-    def _method_record(self, name: str, restorer: Restorer) -> dict[str, Any]:
+    def _method_record(self, name: str, parameters: dict[str, Any]) -> dict[str, Any]:
         """Provenance of a known-blur method other than the network: its label, and the denoiser's id where it has one."""
-        parameters = {"tile": self.tile, "overlap": self.overlap, **restorer.parameters()}
+        parameters = {"tile": self.tile, "overlap": self.overlap, **parameters}
         if name == "pnp":
-            from meddeblur.models import weights_id
-            from meddeblur.models.denoiser import DENOISER_WEIGHTS
-
-            return make_record(weights_id(DENOISER_WEIGHTS), registry.get(name).label, "torch", parameters)
+            return make_record(_denoiser_id(), registry.get(name).label, "torch", parameters)
         return make_record(None, registry.get(name).label, None, parameters)
 
     def with_estimated_psf(self, estimator: str | Path | None = None, method: str | None = None) -> "Deblurrer":
@@ -236,9 +233,8 @@ class Deblurrer:
         if name == registry.NETWORK:
             record = {**owner.provenance, "parameters": {**owner.provenance["parameters"]}}
         else:
-            record = base._method_record(name, registry.build(name, load_psf("none"), resources))
-            record["parameters"].pop("psf", None)
-            record["parameters"].pop("unchanged", None)
+            settings = registry.build(name, load_psf("none"), resources).parameters()  # the method's own settings, no PSF
+            record = base._method_record(name, {k: v for k, v in settings.items() if k not in ("psf", "unchanged")})
         record["parameters"].update({**estimated.parameters(), "restored_with": name, "fallback_model_id": blind.model_id})
         bound = Deblurrer(owner._network, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights)
         bound._estimated, bound._base = estimated, base
@@ -376,6 +372,15 @@ class Deblurrer:
             out = torch.cat([out, values[:, 3:]], dim=1)
         out = out.to(image.device, image.dtype)
         return out if image.dim() == 4 else out[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _denoiser_id() -> str:
+    """The shipped denoiser's id, hashed once (2.3 MB: it was read again for every PSF a Deblurrer was bound to)."""
+    from meddeblur.models import weights_id
+    from meddeblur.models.denoiser import DENOISER_WEIGHTS
+
+    return weights_id(DENOISER_WEIGHTS)
 
 
 @functools.lru_cache(maxsize=4)
