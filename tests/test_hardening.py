@@ -518,14 +518,16 @@ def test_pixel_limits_must_be_positive():
         read_image("anything.png", min_size=0)
 
 
-def test_masked_arrays_are_refused_and_requires_grad_tensors_do_not_warn():
+def test_masked_arrays_and_requires_grad_tensors_are_refused_without_a_warning():
     deblurrer = _identity_deblurrer()
     with pytest.raises(ValueError, match="masked arrays are refused"):
         deblurrer(np.ma.masked_array(np.zeros((16, 16, 3), np.float32), mask=False))
     tensor = torch.rand(1, 3, 16, 16, requires_grad=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        assert torch.equal(deblurrer(tensor), tensor.detach())
+        with pytest.raises(ValueError, match="requires gradients"):  # never silently cut from the graph
+            deblurrer(tensor)
+        assert torch.equal(deblurrer(tensor.detach()), tensor.detach())
 
 
 # --------------------------------------------------------------------------- a hostile probe (issue 33): training runs

@@ -242,3 +242,42 @@ def test_the_fast_scorer_takes_and_refuses_what_psnr_does() -> None:
         psnr_ssim_numpy(a * 1.0, b / 255)
     with pytest.raises(ValueError, match="^target: float values must be finite"):
         psnr_ssim_numpy(a / 255, np.full(a.shape, np.nan))
+
+
+def test_float_tensors_outside_0_1_are_refused_unless_max_val_gives_their_range() -> None:
+    # The hostile-user case: a good pair in 0..255 scored with the default max_val read as -8 dB, silently.
+    rng = torch.Generator().manual_seed(0)
+    sharp = torch.rand(1, 3, 24, 24, generator=rng)
+    noisy = (sharp + 0.01 * torch.randn(sharp.shape, generator=rng)).clamp(0, 1)
+    for metric in (psnr, ssim, PSNR(), SSIM()):
+        with pytest.raises(ValueError, match=r"^pred: float values must lie in \[0, 1\] \(found [\d.]+\.\.[\d.]+\) unless max_val") as refusal:
+            metric(noisy * 255, sharp * 255)
+        assert "pass max_val=255.0" in str(refusal.value) and "\n" not in str(refusal.value)
+        with pytest.raises(ValueError, match=r"^target: float values must lie in \[0, 1\] \(found -0\.4\d*\.\."):
+            metric(noisy, sharp - 0.5)
+    assert float(psnr(noisy * 255, sharp * 255, max_val=255.0)[0]) == pytest.approx(float(psnr(noisy, sharp)[0]), abs=1e-4)
+    assert float(ssim(noisy * 255, sharp * 255, max_val=255.0)[0]) == pytest.approx(float(ssim(noisy, sharp)[0]), abs=1e-4)
+    assert float(PSNR(max_val=255.0)(noisy * 255, sharp * 255)[0]) == pytest.approx(float(psnr(noisy, sharp)[0]), abs=1e-4)
+
+
+def test_float_rounding_and_nan_pass_the_range_check() -> None:
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = 1.0 + 1e-7, -1e-7  # a blur's or a resize's float rounding
+    assert torch.isfinite(psnr(x, x.clamp(0, 1))).all()
+    assert torch.isnan(psnr(torch.full_like(x, float("nan")), x)).all()  # the NaN reaches whoever watches the value
+    with pytest.raises(ValueError, match=r"found .*\.\.1\.001"):
+        psnr(x.clamp(0, 1) * 1.001, x)
+    with pytest.raises(ValueError, match=r"float values must lie in \[0, 1\] \(found 0\.\.inf\)"):
+        ssim(torch.where(x > 0.5, float("inf"), 0.0), x)
+
+
+def test_an_explicit_max_val_scores_raw_network_outputs_as_they_are() -> None:
+    # The training loss scores outputs that stray outside [0, 1] before they are clamped.
+    from meddeblur.losses import DeblurLoss, LossWeights
+
+    target = torch.rand(1, 3, 16, 16)
+    pred = (target * 1.2 - 0.1).requires_grad_()
+    assert float(ssim(pred.detach(), target, max_val=1.0)[0]) < 1.0
+    total, terms = DeblurLoss(LossWeights(ssim=0.85, l1=0.15, perceptual=0.0))(pred, target)
+    total.backward()
+    assert math.isfinite(terms["ssim"]) and pred.grad is not None

@@ -88,3 +88,33 @@ def test_what_the_network_cannot_take_is_a_precise_value_error(deblurrer):
         transform(torch.full((3, 32, 32), float("nan")))
     with pytest.raises(ValueError, match="value_range"):
         Deblur(value_range=(1, 1), deblurrer=deblurrer)
+
+
+def test_a_none_meta_dict_is_taken_as_absent(deblurrer):
+    rgb = (synthetic_dermoscopy(32, 40, seed=5) * 255).round().astype(np.uint8).transpose(2, 0, 1)
+    out = Deblurd(keys="image", deblurrer=deblurrer)({"image": rgb, "image_meta_dict": None})
+    assert out["image_meta_dict"] == {PROVENANCE_KEY: deblurrer.provenance}
+    kept = Deblurd(keys="image", deblurrer=deblurrer)({"image": rgb, "image_meta_dict": {"spacing": 0.1}})["image_meta_dict"]
+    assert kept == {"spacing": 0.1, PROVENANCE_KEY: deblurrer.provenance}
+    with pytest.raises(ValueError, match=r"data\['image_meta_dict'\]: the metadata of 'image' must be a dict \(or None\), got list"):
+        Deblurd(keys="image", deblurrer=deblurrer)({"image": rgb, "image_meta_dict": ["not", "a", "dict"]})
+
+
+@pytest.mark.parametrize("dtype, conversion", [(torch.uint8, "img.float() / 255"), (torch.uint16, "img.float() / 65535"),
+                                               (torch.int32, "img.float(), scaled")])
+def test_integer_tensors_are_refused_by_the_transform_as_by_the_deblurrer(deblurrer, dtype, conversion):
+    image = torch.zeros(3, 32, 40, dtype=dtype)
+    for transform in (Deblur(deblurrer=deblurrer), Deblurd(keys="image", deblurrer=deblurrer)):
+        for given in (image, MetaTensor(image)):
+            with pytest.raises(ValueError) as refused:
+                transform({"image": given} if isinstance(transform, Deblurd) else given)
+            message = str(refused.value)
+            assert message.startswith("img: integer tensors are refused; convert it to float in [0, 1] first") and conversion in message
+            assert "\n" not in message
+    with pytest.raises(ValueError, match=r"image: integer tensors are refused; convert it to float in \[0, 1\] first \(image\.float\(\)"):
+        deblurrer(image)  # the same rule, in the Deblurrer's words
+    with pytest.raises(ValueError, match=r"convert it to float in value_range=\(0, 255\) first \(img\.float\(\), scaled\)"):
+        Deblur(value_range=(0, 255), deblurrer=deblurrer)(image)
+    # numpy integers stay what image files hold: scaled by their range, in both
+    pixels = np.zeros((3, 32, 40), np.uint8)
+    assert Deblur(deblurrer=deblurrer)(pixels).dtype == np.uint8 and deblurrer(pixels[0]).dtype == np.uint8

@@ -23,7 +23,7 @@ from typing import IO, Any, Iterator
 from meddeblur.errors import NotFound, TooLarge, UserError
 
 __all__ = ["check_regular_file", "open_regular", "check_creatable_folder", "check_name_length", "atomic_write", "atomic_path",
-           "remove_quietly", "remove_stale_temporaries", "read_whole"]
+           "remove_quietly", "remove_stale_temporaries", "read_whole", "resolved_path", "source_stamp"]
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -90,6 +90,31 @@ def open_regular(path: Path) -> IO[bytes]:
         os.close(fd)
         raise
 
+
+
+
+def resolved_path(path: Path) -> Path:
+    """``path`` with links and ``..`` resolved, or made absolute where a symbolic link loop stops that."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        return Path(os.path.abspath(path))
+
+
+def source_stamp(path: Path) -> dict[str, Any]:
+    """What the regular file ``path`` is now: its size, modification time (UTC, ISO 8601) and SHA-256 digest.
+
+    Recorded in every output's provenance and the run log, it is what proves an output was made from the file now at
+    an input's path; the digest decides (a copy keeps content but not the time, ``touch`` the reverse).
+    """
+    with open_regular(path) as f:
+        info = os.fstat(f.fileno())
+        hasher = hashlib.sha256()
+        for block in iter(lambda: f.read(1 << 20), b""):  # hashlib.file_digest needs Python 3.11
+            hasher.update(block)
+        digest = hasher.hexdigest()
+    mtime = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(info.st_mtime)) + f".{info.st_mtime_ns % 10**9:09d}Z"
+    return {"size": info.st_size, "mtime": mtime, "sha256": digest}
 
 
 #: A file modified less than this long before it is read may still be being written: it is read once more after

@@ -263,7 +263,8 @@ class DeblurLoss(nn.Module):
         total = pred.new_zeros(())
         terms = {"ssim": 0.0, "l1": 0.0, "mse": 0.0, "psnr": 0.0, "perceptual": 0.0}
         if w.ssim != 0:
-            s = ssim(pred, target).mean()
+            # max_val given: raw outputs stray outside [0, 1] while training, and the loss must score them as they are.
+            s = ssim(pred, target, max_val=1.0).mean()
             total = total + w.ssim * (1.0 - s)
             terms["ssim"] = s.item()
         if w.l1 != 0:

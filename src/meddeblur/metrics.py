@@ -3,10 +3,15 @@
 Both take a pair of images of one kind:
 
 * torch tensors (N, C, H, W) → one value per image, shape (N,), so callers choose how to reduce over the
-  batch; (C, H, W) → a 0-d tensor. Float values in ``[0, max_val]`` (not checked: they are differentiable loss
-  terms, and a NaN must reach the loss); uint8 and uint16 tensors are scaled by their range to ``[0, max_val]``.
+  batch; (C, H, W) → a 0-d tensor. uint8 and uint16 tensors are scaled by their range to ``[0, max_val]``.
 * numpy arrays (H, W) or (H, W, C) → a float. uint8 and uint16 are scaled by their range; floats must be finite
   and lie in ``[0, max_val]``, else ``ValueError`` (:func:`meddeblur.io.pixels.unit_float`).
+
+``max_val`` left out (None) means "the data lie in [0, 1]", and float tensors are checked for it (NaN passes, to
+reach whatever watches the result; a tolerance of :data:`TOLERANCE` absorbs float rounding): images in 0..255 with
+the default would otherwise give a confident, wrong number (−8 dB for a good pair), not an error. A ``max_val`` given
+explicitly is the caller's statement of the range, and float tensors are then used as they are: the loss
+(:mod:`meddeblur.losses`) scores raw network outputs that stray outside [0, 1] while training, and must see them so.
 
 So an integer image gives the same PSNR and SSIM as the same image as floats in [0, 1]. Bad parameters
 (``max_val``, ``filter_size``, ``sigma``, ``k1``, ``k2``) raise a ``ValueError`` naming the parameter.
@@ -31,7 +36,10 @@ from torch import Tensor, nn
 
 from meddeblur.io.pixels import INTEGER_RANGES, describe, unit_float
 
-__all__ = ["psnr", "ssim", "psnr_ssim_numpy", "ReferenceScorer", "gaussian_kernel1d", "PSNR", "SSIM"]
+__all__ = ["psnr", "ssim", "psnr_ssim_numpy", "ReferenceScorer", "gaussian_kernel1d", "PSNR", "SSIM", "TOLERANCE"]
+
+#: How far outside [0, 1] a float tensor may stray with ``max_val`` left out: float32 rounding of a blur or a resize.
+TOLERANCE = 1e-6
 
 
 _TENSOR_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
@@ -48,9 +56,17 @@ def _positive(name: str, value: object, integer: bool = False) -> None:
         raise ValueError(f"{name}={value!r}: must be {kind} greater than 0")
 
 
-def _tensor(x: Tensor, name: str, max_val: float) -> Tensor:
-    """A float tensor as it is; uint8/uint16 scaled by their range to [0, max_val] (float64); anything else refused."""
+def _tensor(x: Tensor, name: str, max_val: float, checked: bool = False) -> Tensor:
+    """A float tensor as it is; uint8/uint16 scaled by their range to [0, max_val] (float64); anything else refused.
+
+    ``checked``: ``max_val`` was left out, so a float tensor must lie in [0, 1] (module docstring).
+    """
     if x.is_floating_point():
+        if checked and x.numel():
+            low, high = (float(v) for v in torch.aminmax(x.detach()))  # NaN gives NaN, which no comparison refuses
+            if low < -TOLERANCE or high > 1.0 + TOLERANCE:
+                raise ValueError(f"{name}: float values must lie in [0, 1] (found {low:g}..{high:g}) unless max_val says their range; "
+                                 f"pass max_val=255.0 for 0..255 data, or scale them; got {describe(x)}")
         return x
     scale = _TENSOR_RANGES.get(x.dtype)
     if scale is None:
@@ -58,19 +74,21 @@ def _tensor(x: Tensor, name: str, max_val: float) -> Tensor:
     return x.to(torch.float64) * (max_val / scale)
 
 
-def _pair(pred: object, target: object, max_val: float) -> tuple[Tensor, Tensor, bool, bool]:
-    """(pred, target) as float (N, C, H, W) tensors, whether they came as numpy arrays, whether as single images.
+def _pair(pred: object, target: object, max_val: float | None) -> tuple[Tensor, Tensor, bool, bool, float]:
+    """(pred, target) as float (N, C, H, W) tensors, whether they came as numpy arrays, whether as single images, max_val.
 
-    See the module docstring for what is accepted.
+    See the module docstring for what is accepted; the max_val returned is 1.0 where it was left out.
     """
+    checked = max_val is None
+    max_val = 1.0 if max_val is None else max_val
     _positive("max_val", max_val)
     if isinstance(pred, Tensor) and isinstance(target, Tensor):
         if pred.dim() not in (3, 4):
             raise ValueError(f"pred: expected images shaped (N, C, H, W) or (C, H, W), got shape {tuple(pred.shape)}")
         if pred.shape != target.shape:
             raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}")
-        a, b = _tensor(pred, "pred", max_val), _tensor(target, "target", max_val)
-        return (a[None], b[None], False, True) if pred.dim() == 3 else (a, b, False, False)
+        a, b = _tensor(pred, "pred", max_val, checked), _tensor(target, "target", max_val, checked)
+        return (a[None], b[None], False, True, max_val) if pred.dim() == 3 else (a, b, False, False, max_val)
     if not (isinstance(pred, np.ndarray) and isinstance(target, np.ndarray)):
         raise ValueError(f"pred, target: got {describe(pred)} and {describe(target)}. Accepted: {_ACCEPTED}")
     if pred.shape != target.shape:
@@ -82,7 +100,7 @@ def _pair(pred: object, target: object, max_val: float) -> tuple[Tensor, Tensor,
         values = _float64(x, name, max_val)
         chw = (values[..., None] if values.ndim == 2 else values).transpose(2, 0, 1)
         planes.append(torch.from_numpy(np.ascontiguousarray(chw))[None])
-    return planes[0], planes[1], True, True
+    return planes[0], planes[1], True, True, max_val
 
 
 def _float64(x: object, name: str, max_val: float = 1.0) -> np.ndarray:
@@ -99,18 +117,19 @@ def _result(values: Tensor, numpy: bool, single: bool) -> Tensor | float:
     return float(values[0]) if numpy else (values[0] if single else values)
 
 
-def psnr(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, max_val: float = 1.0) -> Tensor | float:
+def psnr(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, max_val: float | None = None) -> Tensor | float:
     """Peak signal-to-noise ratio per image, as ``tf.image.psnr``.
 
     Args:
         pred, target: two (N, C, H, W) or (C, H, W) tensors, or two numpy (H, W[, C]) images (module docstring).
-        max_val: dynamic range of float images (integer images are scaled to it by their own range).
+        max_val: dynamic range of float images (integer images are scaled to it by their own range); None: they
+            lie in [0, 1], which is checked (module docstring).
 
     Returns:
         (N,) float64 tensor in dB (0-d for a (C, H, W) pair, a float for numpy images); ``+inf`` where an image
         equals its target (as TF).
     """
-    a, b, numpy, single = _pair(pred, target, max_val)
+    a, b, numpy, single, max_val = _pair(pred, target, max_val)
     # float64 so the result agrees with scikit-image to ~1e-12 rather than float32's ~1e-5 dB.
     # MPS has no float64, so PSNR is computed on the CPU there.
     device = torch.device("cpu") if a.device.type == "mps" else a.device
@@ -145,7 +164,7 @@ def _valid_gaussian_filter(x: Tensor, kernel: Tensor) -> Tensor:
 def ssim(
     pred: Tensor | np.ndarray,
     target: Tensor | np.ndarray,
-    max_val: float = 1.0,
+    max_val: float | None = None,
     filter_size: int = 11,
     sigma: float = 1.5,
     k1: float = 0.01,
@@ -155,7 +174,8 @@ def ssim(
 
     Args:
         pred, target: two (N, C, H, W) or (C, H, W) tensors, or two numpy (H, W[, C]) images (module docstring).
-        max_val: dynamic range of float images (integer images are scaled to it by their own range).
+        max_val: dynamic range of float images (integer images are scaled to it by their own range); None: they
+            lie in [0, 1], which is checked (module docstring).
         filter_size: side of the Gaussian window (a whole number > 0); H and W must be at least this.
         sigma: standard deviation of the Gaussian window (> 0).
         k1, k2: stabilising constants (> 0), ``C1 = (k1 * max_val)^2``, ``C2 = (k2 * max_val)^2``.
@@ -168,7 +188,7 @@ def ssim(
         _positive(name, value)
     _positive("filter_size", filter_size, integer=True)
     filter_size = int(filter_size)
-    x, y, numpy, single = _pair(pred, target, max_val)
+    x, y, numpy, single, max_val = _pair(pred, target, max_val)
     h, w = x.shape[-2:]
     if h < filter_size or w < filter_size:
         raise ValueError(
@@ -257,7 +277,7 @@ def psnr_ssim_numpy(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]
 class PSNR(nn.Module):
     """Module form of :func:`psnr`: (N, C, H, W) x 2 -> (N,)."""
 
-    def __init__(self, max_val: float = 1.0) -> None:
+    def __init__(self, max_val: float | None = None) -> None:
         super().__init__()
         self.max_val = max_val
 
@@ -270,7 +290,7 @@ class SSIM(nn.Module):
 
     def __init__(
         self,
-        max_val: float = 1.0,
+        max_val: float | None = None,
         filter_size: int = 11,
         sigma: float = 1.5,
         k1: float = 0.01,

@@ -7,10 +7,12 @@ the key ``"meddeblur"``: the same provenance record meddeblur writes into its ou
 "computer-processed (deblurred); not for diagnosis alone"). A plain tensor or array in a dictionary gets that record in
 ``data[f"{key}_meta_dict"]`` instead.
 
-Values: uint8 and uint16 are scaled by their own range; floats must lie in ``value_range`` (default ``(0, 1)``;
+Values: numpy uint8 and uint16 are scaled by their own range; floats must lie in ``value_range`` (default ``(0, 1)``;
 ``LoadImage`` of an 8-bit PNG or JPEG gives floats in 0..255, so pass ``value_range=(0, 255)`` or scale first). Nothing
-is clipped to fit: a value outside the range is a ``ValueError``. MONAI's image readers store 2-D images as (C, W, H);
-the network was trained with flips and 90° rotations, so either order works.
+is clipped to fit: a value outside the range is a ``ValueError``. Integer tensors are refused, by the rule
+:class:`meddeblur.Deblurrer` applies (:func:`meddeblur.inference.image_rules.check_tensor`): convert them to float.
+MONAI's image readers store 2-D images as (C, W, H); the network was trained with flips and 90° rotations, so either
+order works.
 
 >>> import torch
 >>> from monai.transforms import Compose
@@ -39,12 +41,14 @@ from monai.transforms import MapTransform, Transform  # noqa: E402
 from monai.utils import TransformBackends, convert_to_dst_type  # noqa: E402
 
 from meddeblur.inference.deblurrer import Deblurrer  # noqa: E402
+from meddeblur.inference.image_rules import check_tensor  # noqa: E402
+from meddeblur.io.pixels import INTEGER_RANGES  # noqa: E402
 
 __all__ = ["Deblur", "Deblurd", "PROVENANCE_KEY"]
 
 #: The metadata key that carries meddeblur's provenance record.
 PROVENANCE_KEY = "meddeblur"
-_INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, torch.uint8: 255.0, torch.uint16: 65535.0}
+_ACCEPTED = "numpy uint8 or uint16 (scaled by their range), or float in value_range (numpy or torch)"
 
 Image = Union[np.ndarray, torch.Tensor]
 
@@ -86,14 +90,17 @@ class Deblur(Transform):
             raise ValueError(f"img: a 2-D channel-first image (C, H, W) with C in 1/3/4 is needed; got {_describe(img)} "
                              "(a 3-D volume: deblur its slices one by one)")
         data = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
-        scale = _INTEGER_RANGES.get(img.dtype)
+        if isinstance(img, torch.Tensor):
+            low, high = self.value_range
+            check_tensor(data, "img", _ACCEPTED, "[0, 1]" if (low, high) == (0.0, 1.0) else f"value_range=({low:g}, {high:g})")
+        scale = INTEGER_RANGES.get(img.dtype) if isinstance(img, np.ndarray) else None
         if scale is not None:
             values = data.to(torch.float32) / scale
         elif data.is_floating_point():
             values = self._normalised(data, img)
         else:
             raise ValueError(f"img: dtype {str(img.dtype).replace('torch.', '')} is not supported; got {_describe(img)}. "
-                             "Accepted: uint8, uint16, or float in value_range")
+                             f"Accepted: {_ACCEPTED}")
         restored = self.deblurrer(values)
         if scale is not None:
             out = torch.round(restored.clamp(0, 1) * scale).to(data.dtype)
@@ -120,7 +127,8 @@ class Deblurd(MapTransform):
     """Dictionary version of :class:`Deblur`: deblurs ``data[key]`` for each of ``keys``.
 
     The provenance record goes into the MetaTensor's own metadata, or, for a plain tensor or array, into
-    ``data[f"{key}_{meta_key_postfix}"]`` (created when absent). The other arguments are :class:`Deblur`'s.
+    ``data[f"{key}_{meta_key_postfix}"]``, created when absent or None (a None there says "no metadata", as a
+    missing key does; anything else but a mapping is a ``ValueError``). The other arguments are :class:`Deblur`'s.
     """
 
     backend = Deblur.backend
@@ -135,8 +143,12 @@ class Deblurd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
+            meta_key = f"{key}_{self.meta_key_postfix}"
+            meta = d.get(meta_key)
+            if meta is not None and not isinstance(meta, Mapping) and not isinstance(d[key], MetaTensor):  # before the work
+                raise ValueError(f"data[{meta_key!r}]: the metadata of {key!r} must be a dict (or None), got {type(meta).__name__}; "
+                                 "rename it, or pass meta_key_postfix to use another key")
             d[key] = self.deblur(d[key])
             if not isinstance(d[key], MetaTensor):
-                meta_key = f"{key}_{self.meta_key_postfix}"
-                d[meta_key] = {**d.get(meta_key, {}), PROVENANCE_KEY: self.deblur.provenance}
+                d[meta_key] = {**(meta or {}), PROVENANCE_KEY: self.deblur.provenance}
         return d

@@ -133,3 +133,15 @@ def test_auc_and_threshold_choice() -> None:
     assert module.auc([0.5], [0.5]) == 0.5
     threshold, accuracy = module.best_threshold([0.1, 0.2, 0.35], [0.3, 0.5, 0.6])
     assert accuracy == pytest.approx(5 / 6) and 0.2 < threshold < 0.5
+
+
+def test_recursive_scores_the_images_of_sub_folders_too(scene: np.ndarray, tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "in"
+    write_image(folder / "a.png", scene)
+    write_image(folder / "visit" / "b.png", _blurred(scene, 3.0))
+    write_image(folder / "visit" / "again" / "c.png", scene)
+    assert main(["assess", str(folder)]) == 0
+    assert "1 image(s)" in capsys.readouterr().out
+    assert main(["assess", str(folder), "--recursive"]) == 0
+    out = capsys.readouterr().out
+    assert "3 image(s): 1 need attention" in out and str(folder / "visit" / "again" / "c.png") in out

@@ -101,6 +101,13 @@ def test_bad_images_are_a_value_error_naming_what_was_given(deblurrer, image, wo
     assert words in str(error.value) and "Accepted" in str(error.value)
 
 
+def test_a_tensor_that_requires_gradients_is_refused_not_silently_detached(deblurrer):
+    image = torch.full((3, 40, 48), 0.5, requires_grad=True)
+    with pytest.raises(ValueError, match=r"image: requires gradients.*image.detach\(\).*load_model\(\) returns it as an nn.Module"):
+        deblurrer(image)
+    assert deblurrer(image.detach()).shape == (3, 40, 48)
+
+
 def test_bad_options_are_value_errors():
     with pytest.raises(ValueError, match="engine"):
         meddeblur.Deblurrer.load(engine="tensorrt")

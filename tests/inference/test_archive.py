@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from meddeblur.errors import UserError
 from meddeblur.inference.archive import Task, plan_run
 from meddeblur.inference.archive_run import deblur_archive
 from meddeblur.inference.change_map import change_between, change_map_path
-from meddeblur.inference.folder_run import LOG_FIELDS, RunLog
+from meddeblur.inference.run_log import LOG_FIELDS, RunLog
 from meddeblur.inference.jobs import Settings, deblur_tasks
 from meddeblur.inference.workers import ModelSpec
 from meddeblur.io.decode import read_image
@@ -154,7 +156,7 @@ def test_own_outputs_are_skipped_unless_allowed(tmp_path: Path, tiny_weights: Pa
     assert _cli(again, "-o", tmp_path / "second", "--model", tiny_weights, "--log", tmp_path / "log.jsonl") == 0
     assert "1 skipped (1 meddeblur output(s))" in capsys.readouterr().out
     (line,) = _log(tmp_path / "log.jsonl")
-    assert line["status"] == "skipped" and "is a meddeblur output" in line["reason"] and "allow_outputs=True" in line["reason"]
+    assert line["status"] == "skipped" and "is a meddeblur output" in line["reason"] and "--allow-outputs" in line["reason"]  # the CLI's words
     assert not (tmp_path / "second").exists() or not any((tmp_path / "second").iterdir())
     assert _cli(again, "-o", tmp_path / "second", "--model", tiny_weights, "--allow-outputs") == 0
     assert (tmp_path / "second" / "x.png").is_file()
@@ -327,30 +329,42 @@ def test_ray_address_without_the_ray_cluster_is_a_usage_error(tmp_path: Path) ->
 
 @dataclass(frozen=True)
 class _DyingSpec(ModelSpec):
-    """A model whose worker process dies (as if killed for memory) on 17 x 19 images."""
+    """A model whose worker process ends on 17 x 19 images: ``death`` "exit" (exit code 9), or a signal's name
+    that the worker sends itself (SIGKILL: as the out-of-memory killer does; SIGINT: a process-group Ctrl-C)."""
+
+    death: str = "exit"
 
     def load(self, device: str | None = None):
         engine = super().load(device)
-        deblur_rgb = engine.deblur_rgb
+        deblur_rgb, death = engine.deblur_rgb, self.death
 
         def dying(rgb, before_tile=None):
             if rgb.shape[:2] == (17, 19):
-                os._exit(9)
+                if death == "exit":
+                    os._exit(9)
+                os.kill(os.getpid(), getattr(signal, death))
+                time.sleep(30)  # the signal arrives meanwhile
             return deblur_rgb(rgb, before_tile=before_tile)
 
         engine.deblur_rgb = dying
         return engine
 
 
-def test_a_worker_that_dies_refuses_its_image_and_the_run_goes_on(tmp_path: Path, tiny_weights: Path, one_thread) -> None:
+@pytest.mark.parametrize(("death", "says"), [("exit", "ended unexpectedly (exit code 9)"),
+                                             ("SIGKILL", "was killed by SIGKILL (the system's out-of-memory killer"),
+                                             ("SIGINT", "was stopped by SIGINT")])
+def test_a_worker_that_dies_refuses_its_image_and_the_run_goes_on(tmp_path: Path, tiny_weights: Path, one_thread, death: str,
+                                                                  says: str) -> None:
     folder = tmp_path / "in"
-    for i in range(5):
+    for i in range(3):
         _image(folder / f"{i}.png", seed=i)
     _image(folder / "dies.png", 17, 19)
-    report = deblur_archive([folder], tmp_path / "out", _DyingSpec(str(tiny_weights), device="cpu"), skip_bad=True, workers=2)
+    spec = _DyingSpec(str(tiny_weights), device="cpu", death=death)
+    report = deblur_archive([folder], tmp_path / "out", spec, skip_bad=True, workers=2)
     (refused,) = report.with_status("refused")
-    assert refused.input == str(folder / "dies.png") and "worker process deblurring it died (exit code 9" in refused.reason
-    assert sorted(p.name for p in report.written) == [f"{i}.png" for i in range(5)] and report.exit_code == 1
+    assert refused.input == str(folder / "dies.png") and f"the worker process deblurring it {says}" in refused.reason
+    assert "out of memory" not in refused.reason or death == "SIGKILL"
+    assert sorted(p.name for p in report.written) == [f"{i}.png" for i in range(3)] and report.exit_code == 1
 
 
 def test_an_input_that_cannot_be_opened_is_found_before_anything_is_written(tmp_path: Path, tiny_weights: Path, capsys,
@@ -362,3 +376,27 @@ def test_an_input_that_cannot_be_opened_is_found_before_anything_is_written(tmp_
     assert "pipe.png: is a named pipe" in capsys.readouterr().err and not (tmp_path / "out").exists()
     assert _cli(folder, "-o", tmp_path / "out", "--model", tiny_weights, "--skip-bad") == 1
     assert "refused: " + str(folder / "pipe.png") in capsys.readouterr().out and (tmp_path / "out" / "a.png").is_file()
+
+
+def test_a_run_without_a_terminal_prints_a_progress_line_every_so_often(tmp_path: Path, tiny_weights: Path, capsys,
+                                                                          one_thread) -> None:
+    from meddeblur.inference.folder_run import progress_line
+
+    folder = tmp_path / "in"
+    for i in range(3):
+        _image(folder / f"{i}.png", seed=i)
+    deblur_archive([folder], tmp_path / "out", ModelSpec(str(tiny_weights), device="cpu"), workers=1, progress_every=0)
+    lines = capsys.readouterr().err.splitlines()  # captured: not a terminal, so lines rather than bars
+    assert [line.split(" images")[0] for line in lines] == [f"deblurring: {i}/3" for i in (1, 2, 3)]
+    assert "images/s, about" in lines[0] and "left" not in lines[-1]
+    deblur_archive([folder], tmp_path / "quiet", ModelSpec(str(tiny_weights), device="cpu"), workers=1, progress=False)
+    assert capsys.readouterr().err == ""
+    assert progress_line(12, 200, 30.0, 1) == "deblurring: 12/200 images (6 %), 0.40 images/s, about 7 min 50 s left, 1 refused"
+
+
+def test_the_log_of_a_command_line_run_speaks_in_flags(tmp_path: Path, tiny_weights: Path, one_thread) -> None:
+    source, log = _image(tmp_path / "in" / "x.png"), tmp_path / "run.jsonl"
+    for _ in range(2):
+        assert _cli(source, "-o", tmp_path / "out", "--model", tiny_weights, "--log", log) == 0
+    skipped = _log(log)[-1]
+    assert skipped["status"] == "skipped" and "--redo" in skipped["reason"] and "redo=True" not in skipped["reason"]

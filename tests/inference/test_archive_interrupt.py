@@ -4,6 +4,7 @@ input with exactly one whole output, none written twice, no temporary file behin
 from __future__ import annotations
 
 import json
+import os
 import random
 import signal
 import subprocess
@@ -37,10 +38,14 @@ def _outputs(out: Path) -> dict[str, Path]:
     return {str(p.relative_to(out)): p for p in sorted(out.rglob("*")) if p.is_file()}
 
 
-def _start(folder: Path, out: Path, weights: Path, *extra: str) -> subprocess.Popen:
+def _start(folder: Path, out: Path, weights: Path, *extra: str, background: bool = False) -> subprocess.Popen:
+    """The CLI in a child process; ``background``: as a shell script's ``&`` job starts it — SIGINT ignored, in a
+    process group of its own (so that the test can signal the group)."""
     command = [sys.executable, "-m", "meddeblur", "deblur", str(folder), "-o", str(out), "--model", str(weights), "--device", "cpu",
                "--recursive", "--quiet", "--log", str(out.parent / "run.jsonl"), *extra]
-    return subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
+    return subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            preexec_fn=ignore, start_new_session=background)
 
 
 def _wait_for_first_output(process: subprocess.Popen, out: Path) -> None:
@@ -95,8 +100,11 @@ def test_sigterm_stops_the_workers_too_and_a_rerun_finishes(tmp_path: Path, tiny
     children = [int(pid) for task in Path(f"/proc/{process.pid}/task").iterdir()
                 for pid in (task / "children").read_text().split()] if Path("/proc").is_dir() else []
     process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
+    stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    # What was done so far, and how to finish: the summary of the part that ran, then the way to resume.
+    first = stdout.splitlines()[0]
+    assert first.startswith(f"{IMAGES} input(s): ") and first.endswith(" not reached") and "run the same command again to resume" in stdout
     assert len(children) >= 2  # the workers (and multiprocessing's resource tracker)
     deadline = time.monotonic() + 20
     while any(map(_running, children)):
@@ -107,3 +115,15 @@ def test_sigterm_stops_the_workers_too_and_a_rerun_finishes(tmp_path: Path, tiny
     assert main(["deblur", str(folder), "-o", str(out), "--model", str(tiny_weights), "--device", "cpu", "--recursive", "--quiet",
                  "--log", str(tmp_path / "run.jsonl")]) == 0  # in this process: workers give the same pixels (test_archive)
     _check_finished(folder, out, tmp_path / "reference", done)
+
+
+def test_a_background_run_is_not_stopped_by_a_process_group_sigint_it_ignores(tmp_path: Path, tiny_weights: Path,
+                                                                               one_thread) -> None:
+    """A script's background job ignores SIGINT; its workers must too, not stop quietly while the run goes on."""
+    folder, out = _folder(tmp_path), tmp_path / "out"
+    process = _start(folder, out, tiny_weights, "--workers", "2", background=True)
+    _wait_for_first_output(process, out)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
+    assert f"{IMAGES} input(s): {IMAGES} written" in stdout and "0 refused" in stdout

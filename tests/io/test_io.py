@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -425,3 +426,76 @@ def test_resize_area_single_channel_and_clip() -> None:
     assert y.shape == (40, 40, 1)
     assert y.min() >= 0.0 and y.max() <= 1.0
     assert resize_area(x[..., 0], (8, 8)).shape == (8, 8)
+
+
+# --------------------------------------------------------------------------- file objects (a web handler's bytes)
+
+
+class _Trickle(io.RawIOBase):
+    """A raw stream that gives at most 100 bytes a read, as a socket may: the reader must go on to the end."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = self.data[self.at:self.at + min(len(buffer), 100)]
+        buffer[:len(chunk)] = chunk
+        self.at += len(chunk)
+        return len(chunk)
+
+
+@pytest.mark.parametrize(("suffix", "bit_depth", "alpha"), [(".png", 16, True), (".jpg", 8, False), (".tif", 16, False), (".bmp", 8, True)])
+def test_a_binary_file_object_reads_as_its_file_does(tmp_path: Path, suffix: str, bit_depth: int, alpha: bool) -> None:
+    path = write_image(tmp_path / f"img{suffix}", _random((40, 48, 4 if alpha else 3), bit_depth), bit_depth=bit_depth)
+    want = read_image(path)
+    with open(path, "rb") as opened:
+        streams = [io.BytesIO(path.read_bytes()), opened, _Trickle(path.read_bytes()), io.BufferedReader(_Trickle(path.read_bytes()))]
+        for stream in streams:
+            got = read_image(stream)
+            assert np.array_equal(got.rgb, want.rgb) and (got.alpha is None) == (want.alpha is None)
+            assert (got.format, got.bit_depth, got.grayscale, got.icc) == (want.format, want.bit_depth, want.grayscale, want.icc)
+    assert read_image(io.BytesIO(path.read_bytes())).path == Path("<BytesIO>")  # what messages call it
+
+
+def test_a_file_object_is_read_from_where_it_stands(tmp_path: Path) -> None:
+    path = write_image(tmp_path / "img.png", _random((20, 24, 3), 8))
+    stream = io.BytesIO(b"a multipart preamble\r\n" + path.read_bytes())
+    stream.seek(len(b"a multipart preamble\r\n"))
+    assert np.array_equal(read_image(stream).rgb, read_image(path).rgb)
+
+
+def test_a_file_object_is_bounded_by_the_size_limit_of_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from meddeblur.errors import TooLarge
+    from meddeblur.io import decode
+
+    monkeypatch.setattr(decode, "_SLACK_BYTES", 0)  # the limit is then 8 bytes a pixel: 2048 bytes for 16x16
+    data = write_image(tmp_path / "big.png", _random((64, 64, 3), 16), bit_depth=16).read_bytes()
+    assert len(data) > 2048
+    stream = io.BytesIO(data)
+    with pytest.raises(TooLarge, match=r"^<BytesIO>: more than 2,048 bytes, more than an image within this tool's pixel limit holds"):
+        read_image(stream, max_pixels=16 * 16)
+    assert stream.tell() <= 2049  # refused once past the limit, not after reading everything
+
+
+def test_file_objects_that_cannot_be_read_are_refused_in_one_line(tmp_path: Path) -> None:
+    from meddeblur.errors import EmptyFile, InvalidOption
+
+    path = write_image(tmp_path / "img.png", _random((20, 24, 3), 8))
+    with pytest.raises(EmptyFile, match=r"^<BytesIO>: empty file \(0 bytes\)"):
+        read_image(io.BytesIO())
+    with open(path, encoding="latin-1") as text, pytest.raises(InvalidOption) as excinfo:
+        read_image(text)
+    assert "binary mode ('rb')" in _assert_single_line_error(excinfo, path)
+    with open(path, "rb") as closed:
+        pass
+    with pytest.raises(UserError) as excinfo:
+        read_image(closed)
+    assert "cannot read" in _assert_single_line_error(excinfo, path)
+    with open(tmp_path / "out.png", "wb") as writing, pytest.raises(UserError) as excinfo:
+        read_image(writing)
+    assert "open for reading" in _assert_single_line_error(excinfo, tmp_path / "out.png")
+    with pytest.raises(InvalidOption, match=r"^path: expected a file path or a binary file object \(with read\(\)\), got int"):
+        read_image(42)  # type: ignore[arg-type]

@@ -95,7 +95,7 @@ def test_deblur_output_carries_model_id_and_info_prints_it(tmp_path: Path, tiny_
 
     assert main(["info", str(tmp_path / "out" / "x.png"), str(source)]) == 1  # the input has none
     lines = capsys.readouterr().out.splitlines()
-    assert weights_id(tiny_weights) in lines[0] and "no meddeblur provenance" in lines[1]
+    assert weights_id(tiny_weights) in lines[0] and lines[1].startswith("  made from: x.png, ") and "no meddeblur provenance" in lines[2]
     assert main(["info", "--json", str(tmp_path / "out" / "x.png")]) == 0
     assert json.loads(capsys.readouterr().out)[str(tmp_path / "out" / "x.png")] == record
 

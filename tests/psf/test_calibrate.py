@@ -201,3 +201,40 @@ def test_the_calibration_benchmark_runs_end_to_end(isic_images, tmp_path) -> Non
     assert 0.7 <= row["sigma"] <= 1.0 and row["calibrated_mtf50"] == pytest.approx(row["true_mtf50"], rel=0.05)
     assert soft["summary"]["wiener_calibrated_gain"] == pytest.approx(row["wiener_calibrated_psnr"] - row["device_psnr"], abs=1e-3)
     assert "## Soft device" in (tmp_path / "calibration.md").read_text()
+
+
+def test_cli_plans_the_psf_and_its_figure_together_before_measuring(tmp_path, capsys) -> None:
+    photo = tmp_path / "edge.png"
+    _save(photograph(edge_chart(160, 160), "gauss:sigma=1.5"), photo)
+    out, folder = tmp_path / "p.psf.json", tmp_path / "folder.png"
+    folder.mkdir()
+    assert main(["calibrate", str(photo), "-o", str(out), "--plot", f"{folder}/"]) == 2
+    assert "folder.png: is a folder in the way" in capsys.readouterr().err
+    assert not out.exists()  # the JSON is not written first and the figure found impossible after
+    figure = tmp_path / "mtf.png"
+    assert main(["calibrate", str(photo), "-o", str(out), "--plot", str(figure)]) == 0
+    before = out.read_bytes()
+    capsys.readouterr()
+    # meddeblur's files, but of another kind: a calibration figure never replaces the calibrated PSF's place and back.
+    assert main(["calibrate", str(photo), "-o", str(tmp_path / "q.psf.json"), "--plot", str(tmp_path / "r.png")]) == 0
+    capsys.readouterr()
+    deblurred = tmp_path / "deblurred.png"
+    from meddeblur.io.encode import write_image
+    from meddeblur.io.provenance import make_record
+
+    write_image(deblurred, np.full((8, 8, 3), 0.5, np.float32), provenance=make_record("abc"))
+    assert main(["calibrate", str(photo), "-o", str(out), "--plot", str(deblurred)]) == 2
+    assert "is meddeblur's deblur output, not a calibration figure output" in capsys.readouterr().err
+    assert out.read_bytes() == before
+
+
+def test_the_commands_the_target_prints_are_valid_commands() -> None:
+    import shlex
+
+    from meddeblur.cli.parser import build_parser
+    from meddeblur.psf.target import INSTRUCTIONS
+
+    commands = [line.split("meddeblur ", 1)[1].split("  (")[0] for line in INSTRUCTIONS if "meddeblur " in line and ". meddeblur" in line]
+    assert [command.split()[0] for command in commands] == ["calibrate", "deblur"]
+    for command in commands:
+        build_parser().parse_args(shlex.split(command.replace("IMAGES", "photo.png")))  # exits 2 on a missing -o, say

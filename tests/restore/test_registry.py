@@ -66,9 +66,12 @@ def test_the_cli_and_the_server_offer_what_the_registry_holds() -> None:
     deblur = parser._subparsers._group_actions[0].choices["deblur"]  # argparse keeps sub-commands here
     method = next(a for a in deblur._actions if a.dest == "method")
     assert tuple(method.choices) == tuple(registry.METHODS)
-    from meddeblur.server.engine import METHODS
+    from meddeblur.server.engine import WITHOUT_PSF
+    from meddeblur.server.openapi import deblur_openapi
 
-    assert set(METHODS) == {n for n, m in registry.METHODS.items() if m.told & {registry.Told.NOTHING, registry.Told.ESTIMATE}}
+    offered = deblur_openapi(None, False)["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]["method"]
+    assert offered["enum"] == list(registry.METHODS)  # every method, the known-blur ones with a PSF
+    assert set(WITHOUT_PSF) == {n for n, m in registry.METHODS.items() if m.told & {registry.Told.NOTHING, registry.Told.ESTIMATE}}
 
 
 def test_every_known_blur_method_builds_and_labels_its_output() -> None:

@@ -83,6 +83,11 @@ def test_a_small_upload_goes_to_the_blind_network_and_says_why(client, one_threa
     body = answer.json()
     assert body["restoration"]["result"] == "blind" and "smaller than 128 px" in body["restoration"]["reason"]
     assert body["psf_image"] is None and body["change"]["max"] >= 0 and body["change_map"]  # nothing to draw; the map is there
+    # The header and model_id keep the run's configuration; made_by says which weights made these pixels: the blind ones.
+    from meddeblur.models import DEFAULT_WEIGHTS, weights_id
+
+    assert body["made_by"] == {"model_id": weights_id(DEFAULT_WEIGHTS), "model": "the blind network"}
+    assert answer.headers["x-model-id"] == body["model_id"] != body["made_by"]["model_id"]
 
 
 @pytest.mark.parametrize("params, needle", [({"method": "magic"}, "method=magic: choose one of network"),

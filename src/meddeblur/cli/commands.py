@@ -11,7 +11,8 @@ import argparse
 import math
 from pathlib import Path
 
-from meddeblur.errors import InvalidOption, UserError, require
+from meddeblur.errors import InvalidOption, UserError
+from meddeblur.cli.tools import assess, calibrate, export, info, synth
 from meddeblur.restore import registry
 
 __all__ = ["COMMANDS"]
@@ -105,6 +106,10 @@ def deblur(args: argparse.Namespace) -> int:
     from meddeblur.io.encode import check_jpeg_quality
 
     check_jpeg_quality(args.jpeg_quality)  # before the model is loaded (Deblurrer.load checks tile and overlap first too)
+    if args.ray_address is not None and args.cluster is not None:  # its form too (the library checks it after planning)
+        from meddeblur.inference.ray_run import check_ray_address
+
+        check_ray_address(args.ray_address)
     engine = args.engine or ("onnx" if args.onnx else "torch")
     # --onnx is the command line's own way to name an ONNX model; the API has one `model` for both.
     if args.onnx is not None and engine == "torch":
@@ -122,191 +127,25 @@ def deblur(args: argparse.Namespace) -> int:
     # included; the spec refuses --method psf with --psf, with the ONNX engine, and --estimator without it.
     spec = ModelSpec(args.onnx if args.onnx is not None else args.model, engine, args.device, args.tile, args.overlap, args.psf,
                      args.method, args.estimator)
-    report = deblur_archive(args.inputs, args.out, spec, format=args.format, jpeg_quality=args.jpeg_quality, recursive=args.recursive,
-                            skip_bad=args.skip_bad, redo=args.redo, allow_outputs=args.allow_outputs, overwrite=args.overwrite,
-                            change_map=args.change_map, explain=args.explain, log=args.log, progress=False if args.quiet else None,
-                            workers=args.workers, cluster=args.cluster, ray_address=args.ray_address)
     flags = command_flags(build_parser(), "deblur")
+    try:
+        report = deblur_archive(args.inputs, args.out, spec, format=args.format, jpeg_quality=args.jpeg_quality, recursive=args.recursive,
+                                skip_bad=args.skip_bad, redo=args.redo, allow_outputs=args.allow_outputs, overwrite=args.overwrite,
+                                change_map=args.change_map, explain=args.explain, log=args.log, progress=False if args.quiet else None,
+                                workers=args.workers, cluster=args.cluster, ray_address=args.ray_address,
+                                words=lambda text: in_flags(text, flags))
+    except BaseException as stop:  # Ctrl-C or SIGTERM: what was done so far, and how to finish (main says what stopped it)
+        done = getattr(stop, "report", None)
+        if done is not None and not isinstance(stop, Exception):
+            print(in_flags(done.summary(args.out), flags))
+            print("stopped before the end: run the same command again to resume (finished outputs are kept and skipped)")
+        raise
     if len(report.outcomes) == 1 and report.outcomes[0].restoration:  # one image: what was done with it, on one line
         from meddeblur.io.provenance import restoration_line
 
         print(in_flags(f"{report.outcomes[0].input}: {restoration_line(report.outcomes[0].restoration)}", flags))
     print(in_flags(report.summary(args.out), flags))
     return report.exit_code
-
-
-def export(args: argparse.Namespace) -> int:
-    for module in ("onnx", "onnxscript"):  # before the overwrite check, which reads an existing .onnx with onnx
-        require(module, "meddeblur export")
-    from meddeblur.files import remove_stale_temporaries
-    from meddeblur.inference.onnx_engine import export_onnx
-    from meddeblur.io.ownership import check_replaceable
-
-    check_replaceable(args.onnx, args.overwrite, "--onnx file")
-    remove_stale_temporaries(Path(args.onnx).parent)
-    meta = export_onnx(args.model, args.onnx, opset=args.opset)
-    print(f"{args.onnx}: model {meta['meddeblur_weights_id']} ({meta['meddeblur_source']}), opset {args.opset}, "
-          f"dynamic batch/height/width (multiples of {meta['meddeblur_size_multiple']})")
-    return 0
-
-
-def info(args: argparse.Namespace) -> int:
-    import json
-
-    from meddeblur.io.ownership import read_provenance
-    from meddeblur.io.provenance import summary
-
-    records = {}
-    for name in args.files:
-        if name.lower().endswith(".onnx"):
-            from meddeblur.inference.onnx_engine import OnnxModel
-
-            onnx = OnnxModel(name)
-            records[name] = {"tool": "meddeblur", "version": onnx.metadata["meddeblur_version"], "operation": "export",
-                             "model_id": onnx.weights_id, "model": onnx.describe(), "engine": "onnx",
-                             "parameters": {"size_multiple": onnx.size_multiple}, "note": "ONNX export of a meddeblur model"}
-        else:
-            records[name] = read_provenance(name)
-    if args.json:
-        print(json.dumps(records, indent=2, ensure_ascii=False))
-    else:
-        from meddeblur.io.provenance import restoration_lines
-
-        for name, record in records.items():
-            print(f"{name}: {summary(record) if record else 'no meddeblur provenance (not written by meddeblur, or stripped)'}")
-            for line in restoration_lines((record or {}).get("restoration")):
-                print(f"  {line}")
-    return 0 if all(records.values()) else 1
-
-
-def assess(args: argparse.Namespace) -> int:
-    from meddeblur.evaluation.assess import FLAG_ATTENTION, assess_files, check_csv_target, write_csv
-    from meddeblur.inference.batch import collect_inputs
-
-    files = collect_inputs(args.inputs)
-    if args.csv:
-        from meddeblur.files import remove_stale_temporaries
-        from meddeblur.io.ownership import check_replaceable
-
-        check_csv_target(args.csv, files)
-        check_replaceable(args.csv, args.overwrite, "--csv file")
-        remove_stale_temporaries(Path(args.csv).parent)
-    rows = assess_files(files, threshold=args.threshold, skip_bad=args.skip_bad)
-    if args.csv:
-        write_csv(rows, args.csv, files)
-    for row in rows:
-        score = "   -  " if row.blur_score is None else f"{row.blur_score:.4f}"
-        print(f"{score}  {row.flag:<15}  {row.path}")
-    flagged = sum(row.flag == FLAG_ATTENTION for row in rows)
-    print(f"{len(rows)} image(s): {flagged} need attention (blur score > {args.threshold:g})" + (f"; table: {args.csv}" if args.csv else ""))
-    return 0
-
-
-def _check_synth_targets(sharp: Path, out: Path, overwrite: bool) -> None:
-    """The overwrite rule for synth: files of an earlier synth run (listed in its manifest.json) may be replaced,
-    any other existing file only with --overwrite. Stale temporaries of a killed run are removed."""
-    import json
-
-    from meddeblur.data.pairs import sharp_only
-    from meddeblur.files import remove_stale_temporaries
-    from meddeblur.io.ownership import check_replaceable
-
-    if not out.is_dir():
-        return
-    for folder in (out, out / "blurred", out / "sharp", out / "kernels"):
-        remove_stale_temporaries(folder)
-    if overwrite or not sharp.is_dir():
-        return  # a missing --sharp folder is reported by synthesize
-    manifest = out / "manifest.json"
-    check_replaceable(manifest, False, "-o folder")
-    ours: set[str] = set()
-    if manifest.is_file():
-        entries = json.loads(manifest.read_text(encoding="utf-8", errors="replace")).get("images", [])
-        ours = {str(entry.get("name")) for entry in entries if isinstance(entry, dict)}
-    for pair in sharp_only(sharp):
-        for target in (out / "blurred" / f"{pair.name}.png", out / "sharp" / f"{pair.name}.png", out / "kernels" / f"{pair.name}.npy"):
-            if pair.name not in ours:
-                check_replaceable(target, False, "-o folder")
-
-
-def synth(args: argparse.Namespace) -> int:
-    from meddeblur.synth import synthesize
-
-    _check_synth_targets(Path(args.sharp), Path(args.out), args.overwrite)
-    manifest = synthesize(args.sharp, args.out, args.degrade, seed=args.seed, size=args.size)
-    print(f"{len(manifest['images'])} pairs written to {args.out} (blurred/, sharp/, kernels/, manifest.json)")
-    return 0
-
-
-def _calibration_outputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
-    """The files calibrate will write, as (path, flag), after checking the flags fit together (one line each)."""
-    if args.target is not None:
-        given = [flag for flag, value in (("-o", args.out), ("--plot", args.plot), ("--anisotropic", args.anisotropic),
-                                          ("--roi", args.roi), ("EDGE_IMAGE", args.image)) if value]
-        if given:
-            raise UserError(f"--target {args.target}: writes the printable target only; drop {given[0]} (measure a photo of it "
-                            "in a second run: meddeblur calibrate PHOTO -o device.psf.json)")
-        if Path(args.target).suffix.lower() != ".png":
-            raise UserError(f"--target {args.target}: the target is written as PNG; name it e.g. target.png")
-        return [(Path(args.target), "--target file")]
-    if args.dpi is not None:
-        raise UserError(f"--dpi {args.dpi}: only sets the resolution of --target; drop it or add --target target.png")
-    if args.image is None:
-        raise UserError("give a photo of a slanted edge to measure (meddeblur calibrate PHOTO -o device.psf.json), or --target "
-                        "target.png to write the target to print and photograph")
-    if args.out is None:
-        raise UserError(f"{args.image}: say where to write the PSF with -o, e.g. -o device.psf.json")
-    if Path(args.out).suffix.lower() != ".json":
-        raise UserError(f"-o {args.out}: the PSF is written as .json (read back by deblur --psf); name it e.g. device.psf.json")
-    outputs = [(Path(args.out), "-o file")]
-    if args.plot is not None:
-        if Path(args.plot).suffix.lower() != ".png":
-            raise UserError(f"--plot {args.plot}: the figure is written as PNG; name it e.g. device-mtf.png")
-        outputs.append((Path(args.plot), "--plot file"))
-    source = Path(args.image).resolve()
-    for path, flag in outputs:
-        if path.resolve() == source:
-            raise UserError(f"{flag.split()[0]} {path}: is the input photo; inputs are never replaced, choose another name")
-    return outputs
-
-
-def calibrate(args: argparse.Namespace) -> int:
-    from meddeblur.files import remove_stale_temporaries
-    from meddeblur.io.ownership import check_replaceable
-
-    outputs = _calibration_outputs(args)
-    for path, flag in outputs:
-        check_replaceable(path, args.overwrite, flag)
-        remove_stale_temporaries(path.parent)
-    if args.target is not None:
-        from meddeblur.psf.target import INSTRUCTIONS, write_target
-
-        write_target(args.target, 600 if args.dpi is None else args.dpi)
-        print(f"{args.target}: print it at 100 % ({600 if args.dpi is None else args.dpi} dpi)")
-        print("\n".join(INSTRUCTIONS))
-        return 0
-    if args.plot is not None:
-        require("matplotlib", "calibrate --plot")
-    from meddeblur.io.decode import read_rgb
-    from meddeblur.psf.calibration import calibrate as measure
-    from meddeblur.psf.calibration import write_figure
-    from meddeblur.psf.edge import EdgeError
-
-    try:
-        psf = measure(read_rgb(args.image), roi=args.roi, anisotropic=args.anisotropic)
-    except EdgeError as error:
-        raise EdgeError(f"{args.image}: {error}", value=args.image) from None
-    psf.save_json(args.out)
-    if args.plot is not None:
-        write_figure(psf, args.plot)
-    found = psf.extra["calibration"]
-    measured = found["measured_mtf50_cycles_per_pixel"]
-    edges = ", ".join(f"{e['orientation']} {abs(e['tilt_deg']):.1f}°" for e in found["edges"])
-    kh, kw = psf.kernel.shape
-    print(f"{args.out}: {found['model']} PSF, {kw}×{kh} px; MTF50 "
-          + ("above Nyquist (a sharp device)" if measured is None else f"{measured:.4f} cycles/pixel")
-          + f", from {len(found['edges'])} edge(s): {edges}" + (f"; figure: {args.plot}" if args.plot else ""))
-    return 0
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -329,11 +168,85 @@ def serve(args: argparse.Namespace) -> int:
                               jpeg_quality=args.jpeg_quality, workers=args.workers, deadline=args.deadline,
                               body_timeout=args.body_timeout, max_uploads=args.max_uploads, api_key_file=args.api_key_file,
                               allowed_hosts=hosts, cors_origins=tuple(args.cors_origin), header_timeout=args.header_timeout,
-                              max_client_connections=args.max_client_connections, estimator=args.estimator)
+                              max_client_connections=args.max_client_connections, estimator=args.estimator, psf=args.psf)
     serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+def _secret(path: str | None, variable: str) -> str | None:
+    """A password or token from its file (first line), else from the environment: never on the command line."""
+    import os
+
+    if path is None:
+        return os.environ.get(variable) or None
+    try:
+        return Path(path).read_text(encoding="utf-8").splitlines()[0].strip() if Path(path).stat().st_size else ""
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such file; check the path") from None
+
+
+def pacs(args: argparse.Namespace) -> int:
+    import hashlib
+    import logging
+    import signal
+    import threading
+
+    from meddeblur.inference.workers import ModelSpec
+    from meddeblur.pacs.config import (DEFAULT_SOP_CLASSES, Auth, Filters, check_url, parse_forward, parse_listen, require_pacs,
+                                       resolve_peers)
+
+    require_pacs("meddeblur pacs")
+    if args.listen is not None and args.forward is None:
+        raise UserError(f"--listen {args.listen}: say where the derived instances go with --forward AET@HOST:PORT")
+    if args.dicomweb is not None and args.forward is not None:
+        raise UserError(f"--forward {args.forward}: only with --listen; --dicomweb stores the results back into the archive")
+    if args.once and args.dicomweb is None:
+        raise UserError("--once: only with --dicomweb (a listener runs until stopped)")
+    if args.method is not None and args.psf is None and registry.get(args.method).told == {registry.Told.PSF}:
+        raise InvalidOption(f"--method {args.method}: restores a known blur; give --psf too (or --method {registry.ESTIMATED})",
+                            value=args.method, option="method")
+    auth = Auth(args.user, _secret(args.password_file, "MEDDEBLUR_PACS_PASSWORD") if args.user else None,
+                _secret(args.token_file, "MEDDEBLUR_PACS_TOKEN"), args.ca_bundle, args.client_cert, args.client_key)
+    url = check_url(args.dicomweb, auth) if args.dicomweb is not None else None
+    listen, forward = (parse_listen(args.listen), parse_forward(args.forward)) if args.listen is not None else (None, None)
+    filters = Filters(tuple(args.sop_classes or DEFAULT_SOP_CLASSES), tuple(args.modalities or ()))
+    place = url or f"{listen}->{forward}"
+    state = Path(args.state) if args.state else (Path.home() / ".local" / "state" / "meddeblur"
+                                                 / f"pacs-{hashlib.sha256(place.encode()).hexdigest()[:12]}.sqlite")
+    logging.basicConfig(format="meddeblur pacs: %(message)s", level=logging.INFO)
+    for noisy in ("pynetdicom", "urllib3", "dicomweb_client"):  # their failures reach the user as meddeblur's one line
+        logging.getLogger(noisy).setLevel(logging.CRITICAL)
+    spec = ModelSpec(args.model, "torch", args.device, args.tile, args.overlap, args.psf, args.method, args.estimator)
+    engine = spec.load()  # the deblur command's engine: same spec, same Deblurrer
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())  # finish the instance at hand, then stop
+    from meddeblur.pacs.node import Node
+
+    if url is not None:
+        from meddeblur.pacs.dicomweb import Archive, run_dicomweb
+
+        archive = Archive(url, auth)
+        node = Node(engine, state, filters, archive.store, archive.exists)
+        try:
+            counts = run_dicomweb(archive, node, filters, args.interval, args.once, stop)
+        finally:
+            node.close()
+    else:
+        from meddeblur.pacs.scp import Forwarder, run_listener
+
+        forwarder = Forwarder(forward, args.ae_title, filters.sop_classes)
+        forwarder.check()
+        node = Node(engine, state, filters, forwarder.store)
+        try:
+            run_listener(listen, node, resolve_peers(args.allow_from), state.with_suffix(".spool"), stop)
+            counts = node.counts
+        finally:
+            forwarder.close()
+            node.close()
+    print(f"meddeblur pacs: {counts.line()}")
     return 0
 
 
 #: Command name → handler; each returns the exit code.
 COMMANDS = {"train": train, "evaluate": evaluate, "deblur": deblur, "export": export, "info": info, "assess": assess, "synth": synth, "calibrate": calibrate, "demo": demo,
-            "serve": serve}
+            "serve": serve, "pacs": pacs}

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"meddeblur {args.command}: error: {where}{error.strerror or error}; check the path, its permissions and free space\n")
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write("meddeblur: interrupted\n")
+        sys.stderr.write(f"meddeblur {args.command}: interrupted (Ctrl-C); finished outputs are complete, nothing half-written was left\n")
         return 130
     finally:
         if previous:

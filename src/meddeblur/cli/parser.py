@@ -186,12 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
                          "by default, with a note)")
     archive.add_argument("--log", metavar="FILE", help="append a JSON line per input to FILE: input, status (written, skipped, refused), "
                          "output, reason, seconds, model_id, engine, parameters, change, change_map, restoration "
-                         "(what --method psf did with the image), time")
+                         "(what --method psf did with the image), source (the input's size, time and SHA-256), output_sha256, time")
     archive.add_argument("--change-map", action="store_true", help="write NAME.change.png beside each output: |output - input| in "
                          "8-bit levels as a heat map with a colour bar (the figures, mean, max and share over 4 levels, always go "
                          "into the log and the output's provenance)")
-    archive.add_argument("--quiet", action="store_true", help="no progress bars (shown on a terminal: images done, images/s, ETA, "
-                         "and the tiles of a large image); the summary is still printed")
+    archive.add_argument("--quiet", action="store_true", help="no progress (on a terminal, bars: images done, images/s, ETA, and "
+                         "the tiles of a large image; elsewhere, a line every 30 s); the summary is still printed")
     archive.add_argument("--workers", type=int, metavar="N",
                          help="processes deblurring at once, each loading the model once with cores/N threads (default: for 8 "
                               "or more images on a CPU with 2 or more cores, 2 single-thread processes: on 2 cores they ran 3.2x "
@@ -199,8 +199,47 @@ def build_parser() -> argparse.ArgumentParser:
                               "with --cluster ray, the number of Ray actors")
     archive.add_argument("--cluster", choices=("ray",), help="run on Ray Data (pip install 'meddeblur[ray]'): an embedded Ray on this "
                          "machine, or the cluster at --ray-address; same outputs, log and resume rule")
-    archive.add_argument("--ray-address", metavar="ADDRESS", help="with --cluster ray: join this cluster (e.g. auto, or ray://HEAD:10001); "
-                         "inputs and -o must be on storage every node sees at the same path")
+    archive.add_argument("--ray-address", metavar="ADDRESS", help="with --cluster ray: join this cluster: auto (the one this machine "
+                         "belongs to), HOST:PORT (the head's GCS port, e.g. HEAD:6379) or ray://HOST:PORT (Ray Client, e.g. "
+                         "ray://HEAD:10001); refused if nothing answers there within 15 s. Inputs and -o must be on storage "
+                         "every node sees at the same path")
+
+    pacs = commands.add_parser("pacs", help="a DICOM node: deblur what a PACS receives into derived series (the [pacs] extra)",
+                               description="Deblur every new instance of the configured SOP classes into a derived instance in a new "
+                                           "series (the original is never changed), exactly once across restarts and crashes: poll a "
+                                           "DICOMweb archive (QIDO-RS, WADO-RS, STOW-RS) with --dicomweb, or receive C-STOREs with "
+                                           "--listen and send the results on with --forward. See docs/pacs.md.",
+                               epilog="exit codes: 0 stopped (Ctrl-C, SIGTERM) or --once finished; 2 a usage error, or the archive "
+                                      "refused the login or could not be reached at the first poll")
+    way = pacs.add_mutually_exclusive_group(required=True)
+    way.add_argument("--dicomweb", metavar="URL", help="the DICOMweb root to poll and store into, e.g. http://127.0.0.1:8042/dicom-web")
+    way.add_argument("--listen", metavar="AET@PORT", help="receive C-STOREs as AET on 127.0.0.1:PORT (AET@HOST:PORT to bind another "
+                     "address of this machine); needs --forward")
+    pacs.add_argument("--forward", metavar="AET@HOST:PORT", help="with --listen: where the derived instances are C-STOREd")
+    pacs.add_argument("--once", action="store_true", help="with --dicomweb: process what is new, then exit (for cron)")
+    pacs.add_argument("--poll-seconds", dest="interval", type=float, default=30, metavar="SECONDS", help="with --dicomweb: seconds between polls (default 30)")
+    pacs.add_argument("--state", metavar="FILE", help="the node's records (SQLite; default ~/.local/state/meddeblur/pacs-<hash of the "
+                      "archive>.sqlite); the spool of --listen lies beside it")
+    pacs.add_argument("--sop-class", dest="sop_classes", action="append", metavar="UID", help="deblur instances of this SOP class; "
+                      "repeatable (default: dermoscopic photography, VL photographic, secondary capture)")
+    pacs.add_argument("--modality", dest="modalities", action="append", metavar="CODE", help="deblur only this modality, e.g. XC; "
+                      "repeatable (default: every modality of those classes)")
+    pacs.add_argument("--ae-title", default="MEDDEBLUR", help="with --listen: the calling AE title this node uses when "
+                      "forwarding (default MEDDEBLUR)")
+    pacs.add_argument("--allow-from", dest="allow_from", action="append", default=[], metavar="HOST",
+                      help="with --listen: also accept associations from this address (default: loopback only); repeatable")
+    login = pacs.add_argument_group("DICOMweb login and TLS")
+    login.add_argument("--user", help="HTTP basic authentication user (with --password-file)")
+    login.add_argument("--password-file", metavar="FILE", help="a file holding the password (default: $MEDDEBLUR_PACS_PASSWORD)")
+    login.add_argument("--token-file", metavar="FILE", help="a file holding a bearer token (default: $MEDDEBLUR_PACS_TOKEN)")
+    login.add_argument("--ca-bundle", metavar="FILE", help="check the service's TLS certificate against these CAs (PEM)")
+    login.add_argument("--client-cert", metavar="FILE", help="present this TLS client certificate (PEM; with --client-key unless it holds the key)")
+    login.add_argument("--client-key", metavar="FILE", help="the client certificate's private key (PEM)")
+    # The deblur command's own options, the same actions: one definition, one help text, one default.
+    reused = ("model", "method", "psf", "estimator", "device", "tile", "overlap")
+    for action in deblur._actions:
+        if action.dest in reused:
+            pacs._add_action(action)
 
     export = commands.add_parser("export", help="export a model to ONNX (dynamic batch, height and width; the [onnx] extra)",
                                  description="Write an ONNX model with the config and model id as metadata, for deblur --onnx or any ONNX runtime.")
@@ -223,6 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     assess.add_argument("--csv", metavar="FILE", help="write path, blur_score, flag, width, height, note to FILE")
     assess.add_argument("--threshold", type=float, default=_ASSESS_THRESHOLD,
                         help=f"flag images scoring above this (default {_ASSESS_THRESHOLD}, chosen on ISIC, see docs/benchmarks.md)")
+    assess.add_argument("--recursive", action="store_true", help="also score the images in sub-folders of the folders given")
     assess.add_argument("--skip-bad", action="store_true", help="list unreadable files as 'unreadable' instead of stopping")
     assess.add_argument("--overwrite", action="store_true", help="replace existing files that meddeblur did not write (its own earlier outputs are always replaced; inputs never)")
 
@@ -282,6 +322,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="let a web page from ORIGIN (https://host[:port]) call the API; repeatable (default: none, CORS off)")
     serve.add_argument("--estimator", metavar="FILE", help="blur-estimator weights for POST /v1/deblur?method=psf (estimate each "
                        "image's PSF, as deblur --method psf) (default: the ones shipped with meddeblur)")
+    serve.add_argument("--psf", metavar="SPEC|FILE", help="the default PSF: requests that give none are restored with it (by "
+                       f"{registry.KNOWN_BLUR_DEFAULT} unless they name another method) — a spec such as gauss:sigma=1.6 or a "
+                       "kernel file, e.g. the device.psf.json meddeblur calibrate writes; loaded and checked once at start-up; "
+                       "the page shows it (default: none, the blind network)")
     serve.add_argument("--tile", type=int, default=1024, help="tile size for large images, as in deblur (default 1024; 0 = whole)")
     serve.add_argument("--overlap", type=int, default=128, help="tile overlap in pixels (default 128)")
     serve.add_argument("--jpeg-quality", type=int, default=95, help="quality of JPEG answers (default 95)")

@@ -1,8 +1,17 @@
-"""Degradation spec strings: ``FAMILY[:key=value,...][+OP[:key=value,...]]...`` → :class:`DegradeSpec`."""
+"""Degradation spec strings: ``FAMILY[:key=value,...][+OP[:key=value,...]]...`` → :class:`DegradeSpec`.
+
+Numbers follow one strict grammar, :func:`parse_number`: an optional sign, ASCII digits with at most one point, an
+optional exponent, and a finite value. Python's ``float()`` is far looser — it reads ``1_6`` as 16, and takes
+``inf``, ``nan``, ``1e400`` (infinite), surrounding spaces and non-ASCII digits — so a typo would become a silently
+wrong blur. Spaces around the separators (``:`` ``,`` ``=`` ``+`` ``..``) are ignored; inside a number there are none.
+This module is the one place the spec language is read: ``--degrade``, ``--psf`` specs (:mod:`meddeblur.psf.kernel`)
+and everything built on them parse through :func:`parse_spec`.
+"""
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from meddeblur.degradation.resampling import KERNELS, LIBRARIES, supported
@@ -19,17 +28,22 @@ class Key:
     high: float = math.inf
     open_low: bool = False  # low itself is not allowed
     words: tuple[str, ...] = ()
+    note: str = ""  # said after the bounds when a value is out of range
 
     def bounds(self) -> str:
-        return f"{'>' if self.open_low else '>='} {_fmt(self.low)} and <= {_fmt(self.high)}"
+        return f"{'>' if self.open_low else '>='} {_fmt(self.low)} and <= {_fmt(self.high)}" + (f" ({self.note})" if self.note else "")
 
 
 _POSITIVE = dict(low=0.0, open_low=True)
+# A Gaussian of sigma 0.1 px puts 2e-22 of its weight beside the centre, a disk of radius 0.1 px covers only the
+# centre pixel: both are already a delta, and narrower ones are the same delta (a disk under 0.09 px misses every
+# sample and has no weight at all; a sigma under 1e-154 overflows). So the floor loses nothing and refuses nonsense.
+_WIDTH = dict(low=0.1, note="a blur narrower than 0.1 px is no blur: use none")
 _ANGLE = Key((0.0, 180.0), low=-360.0, high=360.0)
 FAMILIES: dict[str, dict[str, Key]] = {
-    "gauss": {"sigma": Key((0.5, 3.0), high=20.0, **_POSITIVE), "sigma_y": Key(None, high=20.0, **_POSITIVE),
+    "gauss": {"sigma": Key((0.5, 3.0), high=20.0, **_WIDTH), "sigma_y": Key(None, high=20.0, **_WIDTH),
               "angle": _ANGLE},
-    "defocus": {"radius": Key((1.0, 5.0), high=50.0, **_POSITIVE)},
+    "defocus": {"radius": Key((1.0, 5.0), high=50.0, **_WIDTH)},
     "motion": {"length": Key((3.0, 21.0), low=1.0, high=101.0), "angle": _ANGLE},
     "shake": {"extent": Key((5.0, 21.0), low=1.0, high=101.0)},
     "down": {"scale": Key(2, "int", 2, 16), "up": Key("bicubic", "word", words=("bicubic", "bilinear"))},
@@ -69,6 +83,33 @@ REAL: tuple[tuple[str, float, dict[str, Value | tuple[str, ...]]], ...] = (
 REAL_ANISO = {"sigma": (0.3, 3.0), "sigma_y": (0.3, 3.0), "angle": (0.0, 180.0)}  # gauss, p = 0.3
 # Each applied with probability 0.5 to a blurred image (never to "none": sharp in, the same out).
 REAL_OPS = (("noise", {"sigma": (0.0, 0.012)}), ("jpeg", {"quality": (70, 98)}))
+
+
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+#: How :func:`parse_number` describes its grammar in messages.
+NUMBER_GRAMMAR = "a number is digits with at most one point and an optional exponent, e.g. 1.6, .5, -30, 2e-3"
+
+
+def parse_number(text: str) -> float:
+    """The finite float that ``text`` spells in the strict number grammar, else ValueError saying why.
+
+    Grammar: ``[+-]? (digits [. digits?] | . digits) ([eE] [+-]? digits)?`` with ASCII digits, nothing around it.
+    Refused although ``float()`` takes them: digit separators (``1_6``), spaces, ``inf``/``nan``, values beyond the
+    float range (``1e400``) and non-zero values that round to zero (``1e-400``): each would be a different number
+    from the one the user meant. A ValueError rather than a :class:`~meddeblur.errors.UserError`: the caller knows
+    which option or file the text came from and names it.
+
+    >>> parse_number("1.6"), parse_number("-2e-3"), parse_number(".5")
+    (1.6, -0.002, 0.5)
+    """
+    if not isinstance(text, str) or not _NUMBER.fullmatch(text):
+        raise ValueError(f"{text!r} is not a number ({NUMBER_GRAMMAR})")
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is beyond the range of numbers (about 1.8e308)")
+    if value == 0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):
+        raise ValueError(f"{text!r} is too close to zero to represent (under about 1e-308)")
+    return value
 
 
 def _fmt(v: Value) -> str:
@@ -111,7 +152,7 @@ def _help() -> str:
         return ", ".join(name + (f"({','.join(keys)})" if keys else "") for name, keys in table.items())
 
     return (f"valid: FAMILY[:key=value,...][+OP[:key=value,...]]... with families {listing(FAMILIES)} "
-            f"and operators {listing(OPERATORS)}; a value is a number or a range a..b")
+            f"and operators {listing(OPERATORS)}; a value is a number or a range a..b ({NUMBER_GRAMMAR})")
 
 
 def _parse_stage(spec: str, text: str, table: dict[str, dict[str, Key]], what: str) -> tuple[str, tuple[tuple[str, Value], ...]]:
@@ -160,13 +201,15 @@ def _parse_value(raw: str, key: Key, where: str, fail) -> Value:
         if raw.lower() not in key.words:
             raise fail(f"{where}={raw!r} must be one of {', '.join(key.words)}")
         return raw.lower()
-    parts = raw.split("..")
-    try:
-        nums = [float(p) for p in parts]
-    except ValueError:
-        nums = []
-    if len(nums) not in (1, 2) or not all(map(math.isfinite, nums)):
+    if "..." in raw:  # "0...5": 0..0.5 or 0.0..5? Either reading could be the wrong one
+        raise fail(f"{where}={raw!r} is ambiguous; write a range as a..b with no point next to the '..' (0..0.5, not 0...5)")
+    parts = [p.strip() for p in raw.split("..")]
+    if len(parts) > 2:
         raise fail(f"{where}={raw!r} is not a number or a range a..b")
+    try:
+        nums = [parse_number(p) for p in parts]
+    except ValueError as error:  # the reason names the bad text: the whole value, or the part of a range
+        raise fail(f"{where}={error}" if len(parts) == 1 else f"{where}={raw!r}: {error}") from None
     if key.kind == "int":
         if not all(v.is_integer() for v in nums):
             raise fail(f"{where}={raw} must be a whole number")
@@ -189,7 +232,8 @@ def parse_spec(spec: str) -> DegradeSpec:
     """
     if not isinstance(spec, str) or not spec.strip():
         raise UserError(f"degrade={spec!r}: the spec is empty; {_help()}")
-    head, *tail = spec.strip().split("+")
+    # A '+' before a digit or point is a sign (1e+3, +2), not the start of an operator: operators begin with a letter.
+    head, *tail = re.split(r"\+(?![0-9.])", spec.strip())
     family, params = _parse_stage(spec, head, FAMILIES, "family")
     ops = tuple(StageSpec(*_parse_stage(spec, text, OPERATORS, "operator")) for text in tail)
     return DegradeSpec(family, params, ops)

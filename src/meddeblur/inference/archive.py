@@ -6,12 +6,16 @@ Nothing here deblurs or decodes pixels; :mod:`meddeblur.inference.jobs` does, on
   .tif .tiff .bmp .dcm``, hidden names left out), their sub-folders too with ``recursive``; every other file in a folder is
   reported as not an image, and a sub-folder not entered is reported too, so nothing is passed over unsaid.
 * Outputs: ``out / <path below the input folder>`` (the input tree mirrored), same name, suffix changed by ``fmt``.
-  Every clash is found before anything is written: an output that would replace an input, a folder or a file that
-  meddeblur did not write (unless ``overwrite``), two inputs with one output.
-* Resume: an input whose output exists and carries a provenance record of the same model, engine and pixel-shaping
-  parameters (the whole ``parameters`` dict, whatever its keys) is skipped unless ``redo`` — and, when asked for, its
-  change map (``NAME.change.png``) and PSF figure (``NAME.psf.png``) must be there too; an input that is itself a
-  meddeblur output is skipped unless ``allow_outputs``.
+  Every file the run writes — outputs, BMP sidecars, change maps, PSF figures, the run log — is planned and checked
+  together before anything is written (:func:`~meddeblur.io.ownership.check_planned`): never an input, never two
+  files on one path, never a folder in the way, and an existing file only if meddeblur wrote it as the same kind of
+  file (a PSF figure never replaces a deblurred image) or ``overwrite``.
+* Resume: an input is skipped as done (unless ``redo``) only when that is proven: its output exists, carries a
+  provenance record of the same model, engine and pixel-shaping parameters (the whole ``parameters`` dict, whatever
+  its keys) *and of the very input file now at its path* (its SHA-256 digest: a replaced input, or an output copied
+  from another one's, does not pass), and decodes whole (an output cut short does not pass); so must its change map
+  (``NAME.change.png``) and PSF figure (``NAME.psf.png``) when asked for. An input that is itself a meddeblur output
+  is skipped unless ``allow_outputs``.
 * An input that cannot even be opened (a FIFO or device, a broken link, no permission) is refused here, before
   anything is written.
 """
@@ -25,11 +29,13 @@ from pathlib import Path
 from typing import Any
 
 from meddeblur.errors import InvalidOption, NotFound, UserError
-from meddeblur.files import check_creatable_folder, open_regular, remove_stale_temporaries
-from meddeblur.inference.change_map import change_map_path
-from meddeblur.inference.explain import psf_plot_path
+from meddeblur.files import check_creatable_folder, remove_stale_temporaries, resolved_path, source_stamp
+from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path
+from meddeblur.inference.explain import PSF_PLOT_OPERATION, psf_plot_path
+from meddeblur.inference.run_log import check_run_log
+from meddeblur.io.decode import read_image
 from meddeblur.io.formats import IMAGE_EXTENSIONS, OUTPUT_SUFFIXES, SUFFIX_FORMATS
-from meddeblur.io.ownership import check_replaceable, read_provenance
+from meddeblur.io.ownership import check_planned, read_provenance
 from meddeblur.io.provenance import sidecar_path
 
 __all__ = ["STATUSES", "Task", "Outcome", "Plan", "list_inputs", "plan_run", "matches", "target_record"]
@@ -55,7 +61,9 @@ class Outcome:
 
     ``change``: the change figures (:class:`~meddeblur.inference.change_map.ChangeFigures` as a dict) of a written
     output; ``change_map``: the heat map written beside it, if asked for; ``restoration``: what was done with the
-    image when its PSF was estimated (:meth:`~meddeblur.inference.deblurrer.Deblurrer.restore_rgb`), else None.
+    image when its PSF was estimated (:meth:`~meddeblur.inference.deblurrer.Deblurrer.restore_rgb`), else None;
+    ``source``: the input as it was read (:func:`~meddeblur.files.source_stamp`: size, time, SHA-256) and
+    ``output_sha256`` the digest of the output file, for a written or done output.
     """
 
     input: str
@@ -66,6 +74,8 @@ class Outcome:
     change: dict[str, float] | None = None
     change_map: str | None = None
     restoration: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
+    output_sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,13 +96,6 @@ class Plan:
         return len(self.tasks) + len(self.skipped) + len(self.refused)
 
 
-def _resolved(path: Path) -> Path:
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
-        return Path(os.path.abspath(path))
-
-
 def _walk(root: Path, folder: Path, recursive: bool, skip: Path | None, found: list[tuple[Path, Path]],
           not_images: list[Path], not_entered: list[Path]) -> None:
     try:
@@ -110,7 +113,7 @@ def _walk(root: Path, folder: Path, recursive: bool, skip: Path | None, found: l
         except OSError:  # a symbolic link loop: listed, so that reading it says so
             is_folder = False
         if is_folder:
-            if skip is not None and _resolved(path) == skip:
+            if skip is not None and resolved_path(path) == skip:
                 continue  # the run's own output folder inside the input tree
             if recursive and not entry.is_symlink():
                 _walk(root, path, recursive, skip, found, not_images, not_entered)
@@ -132,7 +135,7 @@ def list_inputs(inputs: list[str | Path], recursive: bool = False, skip: str | P
     """
     if not inputs:
         raise InvalidOption("inputs: give at least one image file or folder", value=inputs, option="inputs")
-    skip_at = _resolved(Path(skip)) if skip is not None else None
+    skip_at = resolved_path(Path(skip)) if skip is not None else None
     found: list[tuple[Path, Path]] = []
     not_images: list[Path] = []
     not_entered: list[Path] = []
@@ -145,7 +148,7 @@ def list_inputs(inputs: list[str | Path], recursive: bool = False, skip: str | P
             raise NotFound(f"{item}: no such file or folder; check the path", value=item)
     unique: dict[Path, tuple[Path, Path]] = {}
     for path, relative in found:
-        unique.setdefault(_resolved(path), (path, relative))
+        unique.setdefault(resolved_path(path), (path, relative))
     return list(unique.values()), not_images, not_entered
 
 
@@ -183,44 +186,79 @@ def _check_out(out: Path, fmt: str | None) -> None:
         raise InvalidOption(f"format={fmt}: choose one of {', '.join(OUTPUT_SUFFIXES)}", value=fmt, option="format")
 
 
-def _check_targets(pairs: list[tuple[Path, Path]], change_map: bool, explain: bool, overwrite: bool) -> None:
-    """Every clash that would stop a run half-way, found before anything is written (the first one raised)."""
-    inputs = {_resolved(source) for source, _ in pairs}
-    seen: dict[Path, Path] = {}
+def _planned(pairs: list[tuple[Path, Path]], change_map: bool, explain: bool) -> list[tuple[Path, str, str, str | None]]:
+    """Every file the run writes per input — output, BMP sidecar, change map, PSF figure — with the kind of each."""
+    planned: list[tuple[Path, str, str, str | None]] = []
     for source, target in pairs:
-        try:
-            resolved = target.resolve()
-        except (OSError, RuntimeError):  # RuntimeError before Python 3.13
-            raise UserError(f"{target}: output is a symbolic link loop; remove it or choose another -o folder") from None
-        if resolved in inputs:
-            raise UserError(f"{source}: output {target} would overwrite an input; choose another -o folder")
-        if target.is_dir():
-            raise UserError(f"{target}: output is an existing folder; remove it or choose another -o folder")
-        written = [target] + ([sidecar_path(target)] if target.suffix.lower() == ".bmp" else [])
-        written += [change_map_path(target)] if change_map else []
-        written += [psf_plot_path(target)] if explain else []
-        for path in written:
-            if path in seen:
-                raise UserError(f"{source}: same output name as {seen[path]} ({path.name}); deblur them into separate folders")
-            seen[path] = source
-            check_replaceable(path, overwrite, "`out` folder")
+        planned.append((target, f"the output of {source}", "`out` folder", "deblur"))
+        if target.suffix.lower() == ".bmp":
+            planned.append((sidecar_path(target), f"the provenance sidecar of {source}'s output", "`out` folder", "deblur"))
+        if change_map:
+            planned.append((change_map_path(target), f"the change map of {source}", "`out` folder", CHANGE_MAP_OPERATION))
+        if explain:
+            planned.append((psf_plot_path(target), f"the PSF figure of {source}", "`out` folder", PSF_PLOT_OPERATION))
+    return planned
 
 
-def _explained(record: dict[str, Any], target: Path) -> bool:
-    """True if ``target``'s PSF figure is there, or there is none to draw (an image too small to estimate its blur)."""
-    drawn = (record.get("restoration") or {}).get("psf") or (record.get("parameters") or {}).get("psf")
-    return not drawn or psf_plot_path(target).is_file()
+def _check_log(log: Path, planned: list[tuple[Path, str, str, str | None]], inputs: list[Path]) -> None:
+    """The run log is planned with the outputs: never an input, never where an output goes, never another file."""
+    where = resolved_path(log)
+    if where in {resolved_path(path) for path in inputs}:
+        raise UserError(f"{log}: `log` is an input; inputs are never written to, choose another `log` file", value=log)
+    clash = next((path for path, _, _, _ in planned if resolved_path(path) == where), None)
+    if clash is not None:
+        raise UserError(f"{log}: `log` is where this run writes {clash.name}; choose another `log` file", value=log)
+    check_run_log(log)
+
+
+def _proof(path: Path, operation: str, source: dict[str, Any]) -> str | None:
+    """None if ``path`` is a whole file meddeblur made as ``operation`` from the input ``source``; else why not."""
+    if not path.is_file():
+        return "missing"
+    record = _provenance(path)
+    if record is None or record.get("operation", "deblur") != operation:
+        return "not meddeblur's"
+    if (record.get("source") or {}).get("sha256") != source["sha256"]:
+        return "made from another file than the input now there" if record.get("source") else "made before outputs named their input"
+    try:
+        read_image(path)
+    except Exception:  # cut short or damaged: whatever the decoder says, it is not done
+        return "damaged (it does not decode whole)"
+    return None
+
+
+def _done(existing: dict[str, Any] | None, expected: dict[str, Any], target: Path, source: dict[str, Any], change_map: bool,
+          explain: bool) -> str | None:
+    """None if the input is proven done (see the module docstring); else why it is (re)done."""
+    if existing is None:
+        return "no output yet"
+    if not matches(existing, expected):
+        return "made with another model or other options"
+    files = [(target, "deblur")]
+    files += [(change_map_path(target), CHANGE_MAP_OPERATION)] if change_map else []
+    files += [(psf_plot_path(target), PSF_PLOT_OPERATION)] if explain and _drawn(existing) else []
+    for path, operation in files:
+        why = _proof(path, operation, source)
+        if why is not None:
+            return f"{path.name}: {why}"
+    return None
+
+
+def _drawn(record: dict[str, Any]) -> bool:
+    """True if an output restored as ``record`` says has a PSF figure (not so for an image too small to estimate its blur)."""
+    return bool((record.get("restoration") or {}).get("psf") or (record.get("parameters") or {}).get("psf"))
 
 
 def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], fmt: str | None = None, jpeg_quality: int = 95,
              recursive: bool = False, change_map: bool = False, overwrite: bool = False, resume: bool = True,
-             allow_outputs: bool = False, explain: bool = False) -> Plan:
+             allow_outputs: bool = False, explain: bool = False, log: str | os.PathLike[str] | None = None) -> Plan:
     """Plan deblurring ``inputs`` into ``out`` with the provenance ``record`` the run writes (see the module docstring).
 
     ``resume``: skip an input whose output exists with a matching record (:func:`matches`), and its change map too
     when ``change_map``, its PSF figure when ``explain`` (if it was restored with a PSF); otherwise every output is
     (re)written. ``allow_outputs``: deblur inputs that are meddeblur
-    outputs themselves (skipped by default). Temporary files a killed earlier run left in the output folders are removed.
+    outputs themselves (skipped by default). ``log``: the run log the run will append to, planned with the outputs.
+    Temporary files a killed earlier run left in the output folders are removed.
     """
     out = Path(out)
     _check_out(out, fmt)
@@ -230,7 +268,10 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], 
         raise NotFound(f"{', '.join(map(str, inputs))}: no images (png/jpg/jpeg/tif/tiff/bmp/dcm) found{what}; check the folder",
                        value=inputs)
     pairs = [(source, _target(relative, out, fmt)) for source, relative in found]
-    _check_targets(pairs, change_map, explain, overwrite)
+    planned = _planned(pairs, change_map, explain)
+    check_planned(planned, [source for source, _ in pairs], overwrite)
+    if log is not None:
+        _check_log(Path(log), planned, [source for source, _ in pairs])
     plan = Plan(tasks=[], not_images=not_images, folders_not_entered=not_entered)
     for folder in sorted({target.parent for _, target in pairs}):
         remove_stale_temporaries(folder)
@@ -242,22 +283,20 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], 
                                         f"model {own.get('model_id', '?')}); pass allow_outputs=True to deblur it again",
                                         time.perf_counter() - started))
             continue
-        existing = _provenance(target) if os.path.lexists(target) else None
-        expected = target_record(record, target, jpeg_quality)
-        if (resume and matches(existing, expected) and (not change_map or change_map_path(target).is_file())
-                and (not explain or _explained(existing, target))):
-            plan.skipped.append(Outcome(str(source), "skipped", str(target), "already done with this model and these options "
-                                        "(pass redo=True to deblur it again)", time.perf_counter() - started, existing.get("change"),
-                                        str(change_map_path(target)) if change_map else None, existing.get("restoration")))
-            continue
-        try:  # cheap, and found before anything is written: a FIFO, a device, a broken link, no permission
-            with open_regular(source):
-                pass
+        try:  # found before anything is written: a FIFO, a device, a broken link, no permission
+            source_now = source_stamp(source)
         except UserError as error:
             plan.refused.append(Outcome(str(source), "refused", None, " ".join(str(error).split()), time.perf_counter() - started))
             continue
-        note = None
-        if existing is not None and not matches(existing, expected):
-            note = "replaced an earlier meddeblur output made with another model or other options"
+        existing = _provenance(target) if os.path.lexists(target) else None
+        why = _done(existing, target_record(record, target, jpeg_quality), target, source_now, change_map, explain)
+        if resume and why is None:
+            assert existing is not None
+            plan.skipped.append(Outcome(str(source), "skipped", str(target), "already done from this very input with this "
+                                        "model and these options (pass redo=True to deblur it again)", time.perf_counter() - started, existing.get("change"),
+                                        str(change_map_path(target)) if change_map else None, existing.get("restoration"),
+                                        existing.get("source"), source_stamp(target)["sha256"]))
+            continue
+        note = f"replaced an earlier meddeblur output ({why})" if existing is not None and why is not None else None
         plan.tasks.append(Task(source, target, note))
     return plan

@@ -14,6 +14,7 @@ A rerun skips every input whose output is already there, made with the same mode
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from meddeblur.errors import InvalidOption
@@ -34,7 +35,8 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
                    jpeg_quality: int = 95, recursive: bool = False, skip_bad: bool = False, redo: bool = False,
                    allow_outputs: bool = False, overwrite: bool = False, change_map: bool = False, explain: bool = False,
                    log: str | os.PathLike[str] | None = None, progress: bool | None = None, workers: int | None = None,
-                   cluster: str | None = None, ray_address: str | None = None) -> Report:
+                   cluster: str | None = None, ray_address: str | None = None, progress_every: float = 30.0,
+                   words: Callable[[str], str] | None = None) -> Report:
     """Deblur files and folders into ``out`` with the model ``spec`` names (default: the shipped one); a :class:`Report` back.
 
     ``recursive``: mirror the folders' whole trees under ``out``. ``skip_bad``: go on past inputs that cannot be read
@@ -42,7 +44,8 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
     model and options are skipped unless ``redo``; inputs that are meddeblur outputs are skipped unless
     ``allow_outputs``. ``change_map``: write ``NAME.change.png`` beside each output. ``explain``: write ``NAME.psf.png``,
     the PSF each image was restored with (a known one, or one estimated with ``spec.method="psf"``; refused for the
-    blind network). ``log``: append a JSON line per input to this file. ``progress``: bars on stderr (None: when it is a terminal). ``workers``: processes (or Ray
+    blind network). ``log``: append a JSON line per input to this file. ``progress``: bars on stderr (None: when it is a terminal, else
+    a line every ``progress_every`` seconds; False: none). ``words``: how the log names options (the CLI's flags). ``workers``: processes (or Ray
     actors), each loading the model once (None: :func:`~meddeblur.inference.workers.default_workers`; a single image is
     always deblurred in this process); ``cluster="ray"`` runs on Ray Data, on the cluster at ``ray_address`` or, without one,
     on an embedded Ray on this machine.
@@ -63,7 +66,7 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
         check_explainable(spec)  # before the model is loaded: the spec says whether there will be a PSF
     engine = spec.load() if here else spec.load(device="cpu")
     plan = plan_run(inputs, out, engine.provenance, format, jpeg_quality, recursive=recursive, change_map=change_map,
-                    overwrite=overwrite, resume=not redo, allow_outputs=allow_outputs, explain=explain)
+                    overwrite=overwrite, resume=not redo, allow_outputs=allow_outputs, explain=explain, log=log)
     workers = default_workers(on_cpu, len(plan.tasks)) if workers is None else workers
     settings = Settings(jpeg_quality=jpeg_quality, change_map=change_map, batch=1 if on_cpu else GPU_BATCH, explain=explain)
     executor: Executor
@@ -75,7 +78,8 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
         executor = InProcess(engine if here else spec.load(), settings)
     else:
         executor = LocalWorkers(spec, settings, workers)
-    return execute(plan, executor, engine.provenance, log=log, skip_bad=skip_bad, progress=progress)
+    return execute(plan, executor, engine.provenance, log=log, skip_bad=skip_bad, progress=progress, progress_every=progress_every,
+                   words=words)
 
 
 def _has_cuda() -> bool:

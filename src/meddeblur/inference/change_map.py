@@ -24,7 +24,10 @@ import numpy as np
 
 from meddeblur.io.formats import LoadedImage
 
-__all__ = ["ChangeFigures", "ChangeMap", "change_between", "change_of", "change_map_path", "THRESHOLD_LEVELS"]
+__all__ = ["CHANGE_MAP_OPERATION", "ChangeFigures", "ChangeMap", "change_between", "change_of", "change_map_path", "THRESHOLD_LEVELS"]
+
+#: The ``operation`` of a change map's provenance record.
+CHANGE_MAP_OPERATION = "change map"
 
 #: A pixel counts as changed in :attr:`ChangeFigures.share_over_4` when it moved by more than this many 8-bit levels.
 THRESHOLD_LEVELS = 4

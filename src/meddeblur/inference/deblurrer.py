@@ -15,7 +15,9 @@ True
 
 Accepted images: numpy ``(H, W)``, ``(H, W, C)`` with C in 1/3/4, dtype uint8, uint16 or float in [0, 1] (not masked
 arrays: the mask would be lost);
-torch ``(C, H, W)`` or ``(N, C, H, W)`` float in [0, 1] with C in 1/3/4. The result has the input's type,
+torch ``(C, H, W)`` or ``(N, C, H, W)`` float in [0, 1] with C in 1/3/4 (integer tensors are refused:
+:func:`~meddeblur.inference.image_rules.check_tensor`; so are tensors that require gradients: a Deblurrer is for
+inference, ``meddeblur.models.load_model`` gives the differentiable network). The result has the input's type,
 dtype, shape and device. Grey images go through the network as three equal channels and come back grey;
 alpha is passed through untouched. Integers are scaled by their own range (255 or 65535) and rounded back,
 never clipped silently: a float image outside [0, 1] or with NaN is refused. H and W ≥ 16.
@@ -36,6 +38,7 @@ from meddeblur.errors import InvalidOption, NotFound
 from meddeblur.inference.batch import deblur_array, deblur_files, deblur_tensor
 from meddeblur.inference.change_map import ChangeMap, change_between
 from meddeblur.inference.estimated_blur import EstimatedBlur
+from meddeblur.inference.image_rules import INTEGER_RANGES, MIN_SIDE, check_float_range, check_tensor, refuse_image
 from meddeblur.inference.tiling import Tiling
 from meddeblur.io.provenance import make_record
 from meddeblur.models import PSF_ARCHITECTURES
@@ -51,28 +54,6 @@ __all__ = ["Deblurrer", "deblur"]
 ENGINES = ("torch", "onnx")
 
 ImageLike = Union[np.ndarray, torch.Tensor]
-_INTEGER_RANGES = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
-_MIN_SIDE = 16
-
-
-def _describe(image: object) -> str:
-    if isinstance(image, (np.ndarray, torch.Tensor)):
-        return f"{type(image).__module__.split('.')[0]} {str(image.dtype).replace('torch.', '')} {tuple(image.shape)}"
-    return type(image).__name__
-
-
-def _refuse(image: object, why: str) -> ValueError:
-    return ValueError(f"image: {why}; got {_describe(image)}. Accepted: numpy (H, W) or (H, W, C) with C in 1/3/4, uint8, uint16 "
-                      "or float in [0, 1]; torch float (C, H, W) or (N, C, H, W) in [0, 1]; H, W >= 16")
-
-
-def _check_float_range(image: object, low: float, high: float, finite: bool) -> None:
-    if not finite:
-        raise _refuse(image, "float values must be finite and lie in [0, 1] (found NaN or infinity)")
-    if low < 0.0 or high > 1.0:
-        raise _refuse(image, f"float values must lie in [0, 1] (found {low:g}..{high:g}); scale the image first")
-
-
 class Deblurrer:
     """A loaded model; call it on an image. Build it with :meth:`load`.
 
@@ -159,7 +140,7 @@ class Deblurrer:
             return self._tensor(image)
         if isinstance(image, np.ndarray):
             return self._array(image)
-        raise _refuse(image, "not a numpy array or torch tensor")
+        raise refuse_image(image, "not a numpy array or torch tensor")
 
     def with_psf(self, psf: PsfLike, method: str | None = None, **options: Any) -> "Deblurrer":
         """A Deblurrer that restores every image with this known PSF; its :attr:`provenance` names the PSF and the method.
@@ -324,17 +305,17 @@ class Deblurrer:
 
     def _array(self, image: np.ndarray) -> np.ndarray:
         if isinstance(image, np.ma.MaskedArray):
-            raise _refuse(image, "masked arrays are refused (the result would lose the mask); pass image.filled(value) or image.data")
+            raise refuse_image(image, "masked arrays are refused (the result would lose the mask); pass image.filled(value) or image.data")
         if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise _refuse(image, "expected (H, W) or (H, W, C) with C in 1/3/4")
-        if min(image.shape[:2]) < _MIN_SIDE:
-            raise _refuse(image, f"height and width must be at least {_MIN_SIDE}")
-        scale = _INTEGER_RANGES.get(image.dtype)
+            raise refuse_image(image, "expected (H, W) or (H, W, C) with C in 1/3/4")
+        if min(image.shape[:2]) < MIN_SIDE:
+            raise refuse_image(image, f"height and width must be at least {MIN_SIDE}")
+        scale = INTEGER_RANGES.get(image.dtype)
         if scale is None:
             if not np.issubdtype(image.dtype, np.floating):
-                raise _refuse(image, f"dtype {image.dtype} is not supported")
+                raise refuse_image(image, f"dtype {image.dtype} is not supported")
             finite = bool(np.isfinite(image).all())
-            _check_float_range(image, float(image.min()) if finite else 0.0, float(image.max()) if finite else 0.0, finite)
+            check_float_range(image, float(image.min()) if finite else 0.0, float(image.max()) if finite else 0.0, finite)
             values = image.astype(np.float32)
         else:
             values = image.astype(np.float32) / scale
@@ -351,13 +332,14 @@ class Deblurrer:
         return out.astype(image.dtype, copy=False)
 
     def _tensor(self, image: torch.Tensor) -> torch.Tensor:
-        if image.dim() not in (3, 4) or image.shape[-3] not in (1, 3, 4) or not image.is_floating_point():
-            raise _refuse(image, "expected a float (C, H, W) or (N, C, H, W) tensor with C in 1/3/4")
-        if min(image.shape[-2:]) < _MIN_SIDE:
-            raise _refuse(image, f"height and width must be at least {_MIN_SIDE}")
+        if image.dim() not in (3, 4) or image.shape[-3] not in (1, 3, 4):
+            raise refuse_image(image, "expected a float (C, H, W) or (N, C, H, W) tensor with C in 1/3/4")
+        check_tensor(image)
+        if min(image.shape[-2:]) < MIN_SIDE:
+            raise refuse_image(image, f"height and width must be at least {MIN_SIDE}")
         finite = bool(torch.isfinite(image).all())
         values = image.detach().nan_to_num()  # detached: reading values of a requires_grad tensor warns
-        _check_float_range(image, float(values.min()), float(values.max()), finite)
+        check_float_range(image, float(values.min()), float(values.max()), finite)
         batch = image if image.dim() == 4 else image[None]
         values = batch.detach().to("cpu", torch.float32)
         channels = values.shape[1]

@@ -7,25 +7,21 @@ Where the work happens is an *executor*: :class:`InProcess` (the model loaded he
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
 from meddeblur.errors import UserError
 from meddeblur.inference.archive import Outcome, Plan, Task
 from meddeblur.inference.jobs import Settings, deblur_tasks
+from meddeblur.inference.run_log import RunLog
 
-__all__ = ["Executor", "InProcess", "RunLog", "Report", "execute", "LOG_FIELDS"]
+__all__ = ["Executor", "InProcess", "Report", "execute", "progress_line"]
 
-#: The fields of every run-log line, in order (``change`` and ``change_map`` are null unless an output was written;
-#: ``restoration``, what was done with an image whose PSF was estimated, null for the other methods).
-LOG_FIELDS = ("input", "status", "output", "reason", "seconds", "model_id", "engine", "parameters", "change", "change_map",
-              "restoration", "time")
 #: Tile progress: on_tile(slot, task, tiles done, tiles in all); ``slot`` tells concurrent workers apart.
 TileProgress = Callable[[int, Task, int, int], None]
 
@@ -51,45 +47,6 @@ class InProcess:
         pass
 
 
-class RunLog:
-    """The run log: one JSON object per line and input (:data:`LOG_FIELDS`), appended, one ``write`` per line.
-
-    Appending with a single write keeps every line whole even when the run is killed; a file that already holds
-    something other than such lines is refused, so that ``log`` never damages another file.
-    """
-
-    def __init__(self, path: str | os.PathLike[str], record: dict[str, Any]) -> None:
-        self.path = Path(path)
-        self._fixed = {"model_id": record.get("model_id"), "engine": record.get("engine"), "parameters": record.get("parameters", {})}
-        self._check()
-        try:
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_BINARY", 0), 0o666)
-        except OSError as exc:
-            raise UserError(f"{self.path}: cannot open the run log ({exc.strerror or exc}); choose another `log` file") from None
-
-    def _check(self) -> None:
-        if self.path.is_dir():
-            raise UserError(f"{self.path}: `log` is a folder; give a file name such as run.jsonl")
-        if not self.path.is_file() or self.path.stat().st_size == 0:
-            return
-        with open(self.path, "rb") as fh:
-            first = fh.readline(1 << 16)
-        try:
-            line = json.loads(first)
-        except ValueError:
-            line = None
-        if not (isinstance(line, dict) and "input" in line and "status" in line):
-            raise UserError(f"{self.path}: exists and is not a meddeblur run log; choose another `log` file")
-
-    def write(self, outcome: Outcome) -> None:
-        entry = {**outcome.as_dict(), **self._fixed, "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        line = json.dumps({key: entry.get(key) for key in LOG_FIELDS}, ensure_ascii=False) + "\n"
-        os.write(self._fd, line.encode("utf-8", "backslashreplace"))
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-
 @dataclass
 class Report:
     """What a run did: an :class:`Outcome` per input (in the order they finished) and what was found but is no input."""
@@ -98,6 +55,8 @@ class Report:
     not_images: list[Path] = field(default_factory=list)
     folders_not_entered: list[Path] = field(default_factory=list)
     log: Path | None = None
+    log_was_cut: bool = False
+    planned: int | None = None  # inputs the run set out to do; more than the outcomes when it was stopped
 
     def with_status(self, status: str) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.status == status]
@@ -119,8 +78,10 @@ class Report:
         done = sum(1 for outcome in skipped if outcome.output)  # the others are meddeblur outputs themselves
         why = ", ".join(part for part in (f"{done} already done" if done else "",
                                           f"{len(skipped) - done} meddeblur output(s)" if len(skipped) > done else "") if part)
-        lines = [f"{len(self.outcomes)} input(s): {len(written)} written to {out}, {len(skipped)} skipped"
-                 + (f" ({why})" if why else "") + f", {len(refused)} refused"]
+        inputs = max(self.planned or 0, len(self.outcomes))
+        lines = [f"{inputs} input(s): {len(written)} written to {out}, {len(skipped)} skipped"
+                 + (f" ({why})" if why else "") + f", {len(refused)} refused"
+                 + (f", {inputs - len(self.outcomes)} not reached" if inputs > len(self.outcomes) else "")]
         lines += [f"refused: {outcome.reason}" for outcome in refused]
         fallbacks = [outcome for outcome in written if (outcome.restoration or {}).get("result") == "blind"]
         lines += [f"{outcome.input}: fell back to the blind network: {outcome.restoration['reason']}" for outcome in fallbacks[:most]]
@@ -132,20 +93,27 @@ class Report:
                 more = f" and {len(paths) - most} more" if len(paths) > most else ""
                 lines.append(f"{label}: {', '.join(map(str, paths[:most]))}{more}")
         if self.log is not None:
-            lines.append(f"log: {self.log}")
+            lines.append(f"log: {self.log}" + (" (its last line had been cut, by an interrupted copy or a full disk; this run's "
+                                               "lines start on a new line)" if self.log_was_cut else ""))
         return "\n".join(lines)
 
 
 class _Bars:
-    """A bar over images (done/total, images/s, ETA) and, while a tiled image is deblurred, one over its tiles per worker."""
+    """Progress on stderr. On a terminal: a bar over images (done/total, images/s, ETA) and, while a tiled image is
+    deblurred, one over its tiles per worker. Elsewhere (a cron job, a script's log): one line every ``every`` seconds
+    — images done/total, rate, time left — so a long run is never silent until its end."""
 
-    def __init__(self, total: int, enabled: bool | None) -> None:
+    def __init__(self, total: int, enabled: bool | None, every: float = 30.0) -> None:
         from tqdm import tqdm
 
-        self._tqdm, self._enabled = tqdm, (None if enabled is None else not enabled)
-        self.images = tqdm(total=total, desc="deblurring", unit="image", disable=self._enabled, file=sys.stderr, dynamic_ncols=True)
+        self._tqdm, self.total, self.every = tqdm, total, every
+        disabled = (not enabled) if enabled is not None else not _is_terminal(sys.stderr)
+        self.images = tqdm(total=total, desc="deblurring", unit="image", disable=disabled, file=sys.stderr, dynamic_ncols=True)
         self.tiles: dict[int, Any] = {}
         self.refused = 0
+        self._lines = enabled is None and disabled and total > 0
+        self._done, self._began = 0, time.monotonic()
+        self._last, self._printed = self._began, False
 
     def tile(self, slot: int, task: Task, done: int, total: int) -> None:
         if self.images.disable or total <= 1:
@@ -161,9 +129,16 @@ class _Bars:
 
     def image(self, outcome: Outcome) -> None:
         self.images.update(1)
+        self._done += 1
         if outcome.status == "refused":
             self.refused += 1
             self.images.set_postfix(refused=self.refused)
+        now = time.monotonic()
+        # The last line only after others: a short run stays quiet, a long one's log ends with its completion.
+        if self._lines and (now - self._last >= self.every or (self._done == self.total and self._printed)):
+            self._last, self._printed = now, True
+            sys.stderr.write(progress_line(self._done, self.total, now - self._began, self.refused) + "\n")
+            sys.stderr.flush()
 
     def close(self) -> None:
         for bar in self.tiles.values():
@@ -171,24 +146,45 @@ class _Bars:
         self.images.close()
 
 
+def _is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # replaced or closed
+        return False
+
+
+def progress_line(done: int, total: int, seconds: float, refused: int = 0) -> str:
+    """One progress line for a log: ``deblurring: 12/200 images (6 %), 0.41 images/s, about 7 min 38 s left``."""
+    rate = done / seconds if seconds > 0 else 0.0
+    line = f"deblurring: {done}/{total} images ({100 * done // max(total, 1)} %), {rate:.2f} images/s"
+    if 0 < done < total and rate > 0:
+        left = round((total - done) / rate)
+        line += f", about {left // 60} min {left % 60} s left" if left >= 60 else f", about {left} s left"
+    return line + (f", {refused} refused" if refused else "")
+
+
 def execute(plan: Plan, executor: Executor, record: dict[str, Any], log: str | os.PathLike[str] | None = None,
-            skip_bad: bool = False, progress: bool | None = None) -> Report:
+            skip_bad: bool = False, progress: bool | None = None, progress_every: float = 30.0,
+            words: Callable[[str], str] | None = None) -> Report:
     """Run ``plan`` on ``executor``, logging every input (skipped ones too) to ``log`` if given.
 
     ``record`` is the engine's provenance, as the log names model and options.
     Without ``skip_bad`` the first refused input stops the run with its :class:`~meddeblur.errors.UserError` — before
     anything is written if it could not even be opened, else at it: the outputs finished by then are whole and a
-    resumed run skips them. ``progress``: show bars (None: when stderr is a terminal). The executor is closed on the
-    way out, whatever happens.
+    resumed run skips them. ``progress``: show bars (None: bars when stderr is a terminal, else a line every
+    ``progress_every`` seconds; False: nothing). ``words``: how the log's reasons name options (the CLI passes its
+    flags: ``--redo``, not ``redo=True``). The executor is closed on the way out, whatever happens; a run stopped by
+    Ctrl-C or a signal carries the report of what it did so far as the exception's ``report`` attribute.
     """
     if plan.refused and not skip_bad:  # found while planning: the run stops before anything is written
         executor.close()
         raise UserError(f"{plan.refused[0].reason} (nothing was written; pass skip_bad=True to go on past inputs that cannot "
                         "be read)", value=plan.refused[0].input)
     report = Report(not_images=list(plan.not_images), folders_not_entered=list(plan.folders_not_entered),
-                    log=Path(log) if log is not None else None)
-    run_log = RunLog(log, record) if log is not None else None
-    bars = _Bars(len(plan.tasks), progress)
+                    log=Path(log) if log is not None else None, planned=plan.inputs)
+    run_log = RunLog(log, record, words) if log is not None else None
+    report.log_was_cut = run_log is not None and run_log.cut
+    bars = _Bars(len(plan.tasks), progress, progress_every)
     try:
         for outcome in [*plan.skipped, *plan.refused]:
             report.outcomes.append(outcome)
@@ -202,10 +198,13 @@ def execute(plan: Plan, executor: Executor, record: dict[str, Any], log: str | o
             if outcome.status == "refused" and not skip_bad:
                 raise UserError(f"{outcome.reason} (the run stopped here: outputs finished so far are whole and a rerun skips "
                                 "them; pass skip_bad=True to go on past inputs that cannot be read)", value=outcome.input)
+    except BaseException as stop:
+        if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM: what was done so far goes with it, for the summary
+            stop.report = report  # type: ignore[attr-defined]
+        raise
     finally:
         executor.close()
         bars.close()
         if run_log is not None:
             run_log.close()
     return report
-

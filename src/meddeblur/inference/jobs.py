@@ -9,6 +9,7 @@ object with its ``provenance``, ``tile``, ``overlap``, ``size_multiple``, ``devi
 from __future__ import annotations
 
 import time
+from datetime import datetime, timezone
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from meddeblur.errors import InvalidOption, UserError
+from meddeblur.files import source_stamp
 from meddeblur.inference.archive import Outcome, Task, target_record
-from meddeblur.inference.change_map import change_map_path, change_of
+from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path, change_of
 from meddeblur.inference.explain import write_psf_plot
 from meddeblur.inference.tiling import tile_starts
 from meddeblur.io.decode import read_image
@@ -68,14 +70,16 @@ def _reason(note: str | None, restoration: dict[str, Any]) -> str | None:
     return "; ".join(part for part in (note, fallback) if part) or None
 
 
-def _write(task: Task, image: LoadedImage, restored: np.ndarray, restoration: dict[str, Any], engine: Any, record: dict[str, Any],
+def _write(task: Task, image: LoadedImage, source: dict[str, Any], restored: np.ndarray, restoration: dict[str, Any], engine: Any, record: dict[str, Any],
            settings: Settings, started: float) -> Outcome:
     target = task.output
     out_format = SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
     bit_depth = image.bit_depth if out_format in ("PNG", "TIFF", "DICOM") else 8
     change = change_of(image, restored, bit_depth)
     figures = change.figures.as_dict()
-    written = {**target_record(record, target, settings.jpeg_quality), "change": figures}
+    # The input named (its file name only: folders often carry a patient's name), proven by its digest; and when.
+    written = {**target_record(record, target, settings.jpeg_quality), "change": figures, "source": {"name": task.input.name, **source},
+               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     if restoration:  # what was done with this image (an estimated PSF): provenance says it, per image
         written["restoration"] = restoration
     if out_format == "DICOM":
@@ -88,22 +92,28 @@ def _write(task: Task, image: LoadedImage, restored: np.ndarray, restoration: di
     heat_map = None
     if settings.change_map:
         heat_map = write_image(change_map_path(target), change.image().astype(np.float32) / 255, format="PNG",
-                               provenance={**written, "operation": "change map"})
+                               provenance={**written, "operation": CHANGE_MAP_OPERATION})
     if settings.explain:
         write_psf_plot(target, engine, restoration, written)
     return Outcome(str(task.input), "written", str(target), _reason(task.note, restoration), round(time.perf_counter() - started, 4),
-                   figures, None if heat_map is None else str(heat_map), restoration or None)
+                   figures, None if heat_map is None else str(heat_map), restoration or None, written["source"],
+                   source_stamp(target)["sha256"])
 
 
-def _decode(task: Task) -> LoadedImage:
+def _decode(task: Task) -> tuple[LoadedImage, dict[str, Any]]:
+    """The input decoded, and what it was when read (:func:`~meddeblur.files.source_stamp`), which its output records."""
+    source = source_stamp(task.input)
     image = read_image(task.input)
+    if source_stamp(task.input) != source:
+        raise UserError(f"{task.input}: changed while being read (another program is writing it); deblur it again once it is "
+                        "complete", value=task.input)
     if SUFFIX_FORMATS.get(task.output.suffix.lower()) == "DICOM" and image.format != "DICOM":
         raise UserError(f"{task.input}: named .dcm but holds a {image.format} image (a DICOM is written only from a DICOM); "
                         "rename it or pass `format`", value=task.input)
-    return image
+    return image, source
 
 
-def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, float]], settings: Settings,
+def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], settings: Settings,
                   on_tile: TileCallback | None) -> list[tuple[np.ndarray, dict[str, Any]]]:
     """(Restored (H, W, 3) float32, restoration record) per image; images of one size below the tile size go through
     the network together (never with an estimated PSF: :func:`deblur_tasks` keeps those groups to one image)."""
@@ -111,10 +121,10 @@ def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, float]], set
     if len(group) > 1 and tile_count(engine, height, width) == 1:
         import torch
 
-        batch = torch.from_numpy(np.stack([image.rgb.transpose(2, 0, 1) for _, image, _ in group]))
+        batch = torch.from_numpy(np.stack([image.rgb.transpose(2, 0, 1) for _, image, _, _ in group]))
         return [(restored, {}) for restored in engine(batch).permute(0, 2, 3, 1).numpy()]
     restored = []
-    for task, image, _ in group:
+    for task, image, _, _ in group:
         total, done = tile_count(engine, *image.rgb.shape[:2]), [0]
 
         def before_tile(task: Task = task, total: int = total, done: list[int] = done) -> None:
@@ -129,10 +139,10 @@ def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, float]], set
     return restored
 
 
-def _finish(engine: Any, group: list[tuple[Task, LoadedImage, float]], record: dict[str, Any], settings: Settings,
+def _finish(engine: Any, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], record: dict[str, Any], settings: Settings,
             on_tile: TileCallback | None) -> Iterator[Outcome]:
-    for (task, image, started), (restored, restoration) in zip(group, _deblur_group(engine, group, settings, on_tile)):
-        yield _write(task, image, restored, restoration, engine, record, settings, started)
+    for (task, image, source, started), (restored, restoration) in zip(group, _deblur_group(engine, group, settings, on_tile)):
+        yield _write(task, image, source, restored, restoration, engine, record, settings, started)
 
 
 def deblur_tasks(engine: Any, tasks: Iterable[Task], settings: Settings, on_tile: TileCallback | None = None) -> Iterator[Outcome]:
@@ -148,16 +158,16 @@ def deblur_tasks(engine: Any, tasks: Iterable[Task], settings: Settings, on_tile
     record = engine.provenance
     one_by_one = getattr(engine, "psf", None) is not None or getattr(engine, "estimates_psf", False)
     together = settings.batch if getattr(engine.device, "type", "cpu") == "cuda" and not one_by_one else 1
-    waiting: dict[tuple[int, ...], list[tuple[Task, LoadedImage, float]]] = {}  # by image shape, oldest first
+    waiting: dict[tuple[int, ...], list[tuple[Task, LoadedImage, dict[str, Any], float]]] = {}  # by image shape, oldest first
     for task in tasks:
         started = time.perf_counter()
         try:
-            image = _decode(task)
+            image, source = _decode(task)
         except UserError as error:
             yield Outcome(str(task.input), "refused", None, " ".join(str(error).split()), round(time.perf_counter() - started, 4))
             continue
         group = waiting.setdefault(image.rgb.shape, [])
-        group.append((task, image, started))
+        group.append((task, image, source, started))
         if len(group) >= together:
             yield from _finish(engine, waiting.pop(image.rgb.shape), record, settings, on_tile)
         elif sum(map(len, waiting.values())) > 2 * together:  # many sizes: the oldest group goes as it is

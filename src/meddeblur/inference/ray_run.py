@@ -7,24 +7,115 @@ outputs are the same pixels. The actors read inputs and write outputs themselves
 the files at the same paths (shared storage). With no ``address`` an embedded Ray is started on this machine and
 stopped at the end; with one, the run joins that cluster and leaves it running. Where the cluster has GPUs each actor
 takes one; elsewhere ``threads`` CPUs.
+
+An ``address`` is checked before Ray is touched (:func:`check_ray_address`): ``ray.init`` takes almost any string and
+then fails with its own traceback, or, for a ``HOST:PORT`` where nothing listens, retries for minutes. So its form is
+checked first, and then whether anything accepts a TCP connection there within ``connect_timeout`` seconds; whatever
+``ray.init`` still raises becomes one line.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import ipaddress
 import json
 import logging
 import math
+import os
+import re
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from meddeblur.errors import require
+from meddeblur.errors import InvalidOption, MissingExtra, UserError, require
 from meddeblur.inference.archive import Outcome, Task
 from meddeblur.inference.jobs import GPU_BATCH, Settings, deblur_tasks
 from meddeblur.inference.workers import ModelSpec, check_workers, cores, set_threads, threads_per_worker
 
-__all__ = ["RayActors"]
+__all__ = ["RayActors", "check_ray_address", "CONNECT_TIMEOUT"]
+
+#: Seconds a cluster at ``address`` has to accept a connection: a head on the same network answers in milliseconds, and
+#: Ray's own client waits 5 s per attempt; far less than the minutes ``ray.init`` spends retrying a port that is closed.
+CONNECT_TIMEOUT = 15.0
+_FORMS = ("auto, HOST:PORT (the head's GCS port, e.g. 10.0.0.5:6379) or ray://HOST:PORT (its Ray Client port, e.g. "
+          "ray://10.0.0.5:10001)")
+_CLIENT = "ray://"
+# A DNS name (RFC 1123 labels; "_" too, which some internal names use) or an IPv4 address; IPv6 comes in brackets.
+_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+
+
+def _host_port(text: str) -> tuple[str, int] | None:
+    """``HOST:PORT`` (``[IPv6]:PORT``) → (host, port), or None when it is not one."""
+    host, colon, port = text.rpartition(":")
+    if not colon or not port.isascii() or not port.isdigit() or not 1 <= int(port) <= 65535:
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            return str(ipaddress.IPv6Address(host[1:-1])), int(port)
+        except ValueError:
+            return None
+    return (host, int(port)) if len(host) <= 253 and _HOST.fullmatch(host) else None
+
+
+def check_ray_address(address: object, option: str = "ray_address") -> tuple[str, int] | None:
+    """The (host, port) a Ray ``address`` names, None for ``"auto"``; :class:`InvalidOption` for any other form.
+
+    Stricter than Ray, whose parser lets ``"a b:1"`` or ``"h:99999"`` through to fail later in its own words; the
+    forms are those ``ray.init`` documents for joining a running cluster (``"local"``, which starts a new one, is
+    what leaving the address out does here). ``option`` names where the address came from in the message.
+    """
+    if address == "auto":
+        return None
+    parsed = _host_port(address[len(_CLIENT):] if address.startswith(_CLIENT) else address) if isinstance(address, str) else None
+    if parsed is None:
+        hint = " (leave it out for a Ray started on this machine)" if address == "local" else ""
+        raise InvalidOption(f"{option}={address!r}: not a Ray address; give {_FORMS}{hint}", value=address, option=option)
+    return parsed
+
+
+def _gcs_target(address: str) -> tuple[str, int] | None:
+    """Where ``ray.init(address)`` will connect for a GCS address or ``"auto"``, as Ray itself resolves it.
+
+    Ray turns a loopback host into this machine's own address, and finds ``"auto"`` from ``RAY_ADDRESS`` or the last
+    cluster started here; probing that, not the string given, keeps the probe from refusing what Ray would reach.
+    Ray's resolver is private API: should it change, the address as given is probed (None for ``"auto"``: not probed).
+    """
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        resolved = canonicalize_bootstrap_address(address)
+    except ConnectionError:  # "auto" and no cluster to be found
+        raise UserError(f"ray_address={address}: no running Ray cluster found on this machine (nor in RAY_ADDRESS); start one "
+                        "with `ray start --head`, give its HOST:PORT, or drop `ray_address`", value=address) from None
+    except Exception:  # noqa: BLE001 (private API: any failure means "cannot tell", and ray.init gets the last word)
+        resolved = None
+    target = _host_port(resolved) if resolved else None
+    return target or (None if address == "auto" else check_ray_address(address))
+
+
+def _ray_client_installed() -> bool:
+    """Whether Ray Client can run: Ray checks for grpc only inside ``ray.init``, and says so in a traceback."""
+    return importlib.util.find_spec("grpc") is not None
+
+
+def _probe(name: str, address: str, target: tuple[str, int], timeout: float) -> None:
+    """UserError unless something at ``target`` accepts a TCP connection within ``timeout`` seconds.
+
+    ``name`` and ``address``: where the address came from, for the message (``ray_address`` or ``RAY_ADDRESS``).
+    """
+    host, port = target
+    where = f"{host}:{port}" if target == check_ray_address(address) else f"{host}:{port} (where Ray connects for {address})"
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except socket.gaierror as exc:
+        raise UserError(f"{name}={address}: host {host} not found ({exc.strerror or exc}); check the address", value=address) from None
+    except OSError as exc:  # refused, unreachable, or no answer in time (socket.timeout)
+        why = "no answer" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc)).lower()
+        raise UserError(f"{name}={address}: no Ray cluster answered at {where} within {timeout:g} s ({why}); start one "
+                        "with `ray start --head` or drop `ray_address`", value=address) from None
 
 
 class _Deblur:
@@ -52,11 +143,21 @@ def _actor_class(spec: ModelSpec, settings: Settings, threads: int) -> type:
 
 
 class RayActors:
-    """Deblur on Ray: ``workers`` actors on the cluster at ``address`` (None: an embedded Ray on this machine)."""
+    """Deblur on Ray: ``workers`` actors on the cluster at ``address`` (None: an embedded Ray on this machine).
 
-    def __init__(self, spec: ModelSpec, settings: Settings, workers: int, address: str | None = None) -> None:
+    ``connect_timeout``: seconds the cluster at ``address`` has to accept a connection before the run is refused.
+    """
+
+    def __init__(self, spec: ModelSpec, settings: Settings, workers: int, address: str | None = None,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
         require("ray", "deblur cluster='ray'")
+        if address is not None:
+            check_ray_address(address)
+        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) or not 0 < connect_timeout < math.inf:
+            raise InvalidOption(f"connect_timeout={connect_timeout!r}: must be a number of seconds greater than 0",
+                                value=connect_timeout, option="connect_timeout")
         self.spec, self.settings, self.workers, self.address = spec, settings, check_workers(workers), address
+        self.connect_timeout = float(connect_timeout)
         self._started = False
 
     def _connect(self) -> Any:
@@ -67,12 +168,38 @@ class RayActors:
                 # Embedded: this machine's cores only, no dashboard; the actors' output stays in their own log files.
                 ray.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
-                ray.init(address=self.address, log_to_driver=False, configure_logging=False)
+                self._join(ray)
             self._started = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the run's own bar counts images
         context.print_on_execution_start = False
         return ray
+
+    def _join(self, ray: Any) -> None:
+        """``ray.init`` on the cluster at :attr:`address`, once something answers there; Ray's errors as one line."""
+        address = self.address
+        # With "auto", Ray reads RAY_ADDRESS first: that is the address to check, in its own name.
+        from_environment = os.environ.get("RAY_ADDRESS", "") if address == "auto" else ""
+        name, given = ("RAY_ADDRESS", from_environment) if from_environment else ("ray_address", address)
+        if given.startswith(_CLIENT):
+            target = check_ray_address(given, option=name)
+            if not _ray_client_installed():
+                raise MissingExtra(f"{name}={given}: a ray:// address goes through Ray Client, which needs pip install "
+                                   "'ray[client]'; install it, or give the head's GCS address HOST:6379 from a machine of the "
+                                   "cluster", value=given, extra=None)
+        else:
+            check_ray_address(given, option=name)
+            target = _gcs_target(given)
+        if target is not None:
+            _probe(name, given, target, self.connect_timeout)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except Exception as exc:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ValueError, gRPC errors...)
+            if ray.is_initialized():  # half-joined: leave nothing behind
+                ray.shutdown()
+            why = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise UserError(f"{name}={given}: could not join the Ray cluster there ({why}); check the address and that the "
+                            "cluster runs this Ray version", value=given) from None
 
     def run(self, tasks: list[Task], on_tile: Any) -> Iterator[Outcome]:
         if not tasks:

@@ -111,9 +111,24 @@ def check_workers(workers: int) -> int:
 class _Stop(BaseException):
     """SIGTERM or SIGINT in a worker: unwind (removing a temporary file in progress) and exit quietly."""
 
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
-def _stop(_signum: int, _frame: object) -> None:
-    raise _Stop
+
+def _stop(signum: int, _frame: object) -> None:
+    raise _Stop(signum)
+
+
+def _how_it_ended(exitcode: int | None, stopped_by: int | None) -> str:
+    """How a worker that ended with work left ended, in words: killed or stopped by a signal (named), or its exit code."""
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
+        oom = " (the system's out-of-memory killer sends it: retry with fewer workers or a smaller tile)" if name == "SIGKILL" else ""
+        return f"was killed by {name}{oom}"
+    if stopped_by is not None:
+        return f"was stopped by {signal.Signals(stopped_by).name} (sent to it, or to the run's process group)"
+    return f"ended unexpectedly (exit code {exitcode}); retry with fewer workers or a smaller tile"
 
 
 def _die_with_parent() -> None:
@@ -157,8 +172,9 @@ def _work(spec: ModelSpec, settings: Settings, threads: int, slot: int, parent: 
 
     Messages go through a pipe, written before the worker goes on: what it said before dying is still there to read.
     """
-    for name in ("SIGTERM", "SIGINT"):
-        signal.signal(getattr(signal, name), _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored by the run (a background job): ignored here too
+        signal.signal(signal.SIGINT, _stop)
     _die_with_parent()
     try:
         set_threads(threads)
@@ -177,8 +193,14 @@ def _work(spec: ModelSpec, settings: Settings, threads: int, slot: int, parent: 
 
             for outcome in deblur_tasks(engine, [task for _, task in taken], settings, on_tile):
                 channel.send(("done", (numbers[outcome.input], outcome)))
-    except (_Stop, BrokenPipeError, EOFError):
-        pass  # stopped, or the run is gone
+    except _Stop as stop:  # the run reports the signal by name, then exits 128 + its number like a shell would
+        try:
+            channel.send(("stopped", stop.signum))
+        except OSError:
+            pass
+        raise SystemExit(128 + stop.signum) from None
+    except (BrokenPipeError, EOFError):
+        pass  # the run is gone
     except UserError as error:
         channel.send(("error", " ".join(str(error).split())))
     except Exception as error:  # reported by the run, which stops: a worker must not vanish silently
@@ -218,6 +240,7 @@ class LocalWorkers:
         sent: dict[int, list[int]] = {}  # slot → task numbers handed to it and not done
         started: dict[int, set[int]] = {}
         ready: set[int] = set()  # slots whose worker has loaded the model
+        stopped_by: dict[int, int] = {}  # slot → the signal that stopped its worker
         depth = 2 * self.settings.batch  # tasks a worker holds: the next one is there when it finishes one
 
         def feed(slot: int) -> None:
@@ -245,6 +268,8 @@ class LocalWorkers:
                         on_tile(slot, *value)
                     elif kind == "error":
                         raise UserError(value)
+                    elif kind == "stopped":
+                        stopped_by[slot] = value
                     else:
                         number, outcome = value
                         sent[slot].remove(number)
@@ -258,7 +283,7 @@ class LocalWorkers:
                     if slot not in ready:
                         raise UserError(f"a worker process could not start (exit code {self._processes[slot].exitcode}; its "
                                         "error is printed above); run with workers=1 to see it")
-                    for outcome in self._replace(slot, sent, started, pending, tasks):
+                    for outcome in self._replace(slot, sent, started, pending, tasks, stopped_by.pop(slot, None)):
                         remaining -= 1
                         yield outcome
                     ready.discard(slot)
@@ -274,14 +299,13 @@ class LocalWorkers:
             return  # its end is closed: it has died, and everything it wrote was read
 
     def _replace(self, slot: int, sent: dict[int, list[int]], started: dict[int, set[int]], pending: list[int],
-                 tasks: list[Task]) -> Iterator[Outcome]:
+                 tasks: list[Task], stopped_by: int | None) -> Iterator[Outcome]:
         """A dead worker refuses the task it was deblurring, hands back the others, and a new one takes its place."""
-        exitcode = self._processes[slot].exitcode
+        how = _how_it_ended(self._processes[slot].exitcode, stopped_by)
         for number in sent[slot]:
             if number in started[slot]:
                 yield Outcome(str(tasks[number].input), "refused", None,
-                              f"{tasks[number].input}: the worker process deblurring it died (exit code {exitcode}; "
-                              "out of memory?); retry with fewer workers or a smaller tile")
+                              f"{tasks[number].input}: the worker process deblurring it {how}; a rerun retries it")
             else:
                 pending.append(number)
         sent[slot], started[slot] = [], set()

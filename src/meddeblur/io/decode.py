@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
-from meddeblur.errors import CorruptImage, EmptyFile, InvalidOption, UnsupportedFormat, UserError
+from meddeblur.errors import CorruptImage, EmptyFile, InvalidOption, TooLarge, UnsupportedFormat, UserError
 from meddeblur.files import open_regular, read_whole
 from meddeblur.io.dicom import read_dicom
 from meddeblur.io.formats import MAX_PIXELS, SIGNATURES, LoadedImage, check_size, unsupported_kind
@@ -150,8 +150,13 @@ def _c_stderr_silenced() -> Iterator[None]:
 _SLACK_BYTES = 256 << 20
 
 
-def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int = MAX_PIXELS) -> LoadedImage:
+def read_image(path: str | os.PathLike[str] | IO[bytes], min_size: int = 16, max_pixels: int = MAX_PIXELS) -> LoadedImage:
     """Read a PNG, JPEG, TIFF, BMP or DICOM file (decoded by content) as float32 RGB in [0, 1].
+
+    ``path`` is a file's path, or a binary file object (anything whose ``read()`` gives bytes: an open file, the
+    ``BytesIO`` of an upload), read from where it stands to its end and named in messages by its ``name`` if it has
+    one: a web handler holds bytes, not paths, and writing them to a temporary file only to read them back would cost
+    a copy and a file to clean up. The same size limit applies as to a file.
 
     8- and 16-bit images are supported (DICOM: see :mod:`meddeblur.io.dicom`; TIFFs beyond 8-bit through tifffile,
     planes chunky or separate); the stored orientation (JPEG/PNG EXIF, TIFF tag) is applied, the ICC profile is
@@ -166,10 +171,47 @@ def read_image(path: str | os.PathLike[str], min_size: int = 16, max_pixels: int
     for name, value, least in (("min_size", min_size, 1), ("max_pixels", max_pixels, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < least:
             raise InvalidOption(f"{name}={value!r}: must be a positive whole number", value=value, option=name)
+    limit = 8 * max_pixels + _SLACK_BYTES
+    if hasattr(path, "read") and not isinstance(path, (str, os.PathLike)):
+        name = _stream_name(path)
+        return _read_open(name, _io.BytesIO(_read_stream(path, name, limit)), min_size, max_pixels)
+    if not isinstance(path, (str, os.PathLike)):
+        raise InvalidOption(f"path: expected a file path or a binary file object (with read()), got {type(path).__name__}",
+                            value=path, option="path")
     path = Path(path)
     with open_regular(path) as f:
-        data = read_whole(path, f, 8 * max_pixels + _SLACK_BYTES)
+        data = read_whole(path, f, limit)
     return _read_open(path, _io.BytesIO(data), min_size, max_pixels)
+
+
+def _stream_name(stream: object) -> Path:
+    """What messages call a file object: its file's name (an open file), else its type, e.g. ``<BytesIO>``."""
+    name = getattr(stream, "name", None)
+    return Path(name) if isinstance(name, (str, os.PathLike)) and os.fspath(name) else Path(f"<{type(stream).__name__}>")
+
+
+def _read_stream(stream: IO[bytes], name: Path, limit: int) -> bytes:
+    """The bytes left in ``stream``, refused past ``limit`` (:class:`TooLarge`) as :func:`read_image` refuses a file."""
+    chunks, size = [], 0
+    try:
+        # Until the end: a raw stream (a socket's, an unbuffered file's) may give fewer bytes than asked for.
+        while size <= limit:
+            chunk = stream.read(limit + 1 - size)
+            if isinstance(chunk, str):
+                raise InvalidOption(f"{name}: a text stream, not bytes; open the file in binary mode ('rb')", value=name, option="path")
+            if not chunk:  # b"" at the end (None: a non-blocking stream with nothing ready, taken as the end)
+                break
+            chunks.append(bytes(chunk))
+            size += len(chunk)
+    except (OSError, ValueError) as exc:  # a stream opened for writing, a closed file, a failing disk
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{name}: cannot read ({getattr(exc, 'strerror', None) or exc}); pass a binary file object open for "
+                        "reading", value=name) from None
+    if size > limit:
+        raise TooLarge(f"{name}: more than {limit:,} bytes, more than an image within this tool's pixel limit holds; downscale or "
+                       "tile it, or export it alone (one page)", value=name)
+    return b"".join(chunks)
 
 
 def _read_open(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> LoadedImage:

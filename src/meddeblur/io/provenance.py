@@ -25,7 +25,7 @@ from typing import Any
 
 from meddeblur import __version__
 
-__all__ = ["TOOL", "NOTE", "make_record", "with_losses", "summary", "restoration_line", "restoration_lines", "to_json", "parse", "embed",
+__all__ = ["TOOL", "NOTE", "make_record", "with_losses", "summary", "source_line", "restoration_line", "restoration_lines", "to_json", "parse", "embed",
            "add_png_chunk", "png_chunk", "sidecar_path"]
 
 TOOL = "meddeblur"
@@ -39,8 +39,8 @@ def make_record(model_id: str | None = None, model: str | None = None, engine: s
                 parameters: dict[str, Any] | None = None) -> dict[str, Any]:
     """The provenance of one processing run: tool, version, model id (weights hash), engine and parameters.
 
-    No time stamp and no input name: identical runs give identical files, and file names
-    can carry patient data.
+    What each output adds per image is its writer's: ``source`` (the input's file name — never its folders, which
+    often carry a patient's name —, size, modification time and SHA-256 digest, which proves it) and ``time``.
     """
     record: dict[str, Any] = {"tool": TOOL, "version": __version__, "operation": "deblur"}
     if model_id is not None:
@@ -86,6 +86,16 @@ def summary(record: dict[str, Any]) -> str:
         text += f", {key} {_psf_summary(value) if key == 'psf' and isinstance(value, dict) else value}"
     text += f"; {record.get('note', NOTE)}"
     return text + (f"; not kept: {'; '.join(map(str, record['not_kept']))}" if record.get("not_kept") else "")
+
+
+def source_line(source: dict[str, Any] | None) -> str | None:
+    """The input an output was made from, in one line (its ``source`` record), e.g.
+    ``made from: x.png, 48,213 bytes, modified 2026-12-07T18:11:47.123456789Z, sha256 3a3ccb78…``; None without one."""
+    if not isinstance(source, dict):
+        return None
+    size = source.get("size")
+    return (f"made from: {source.get('name', '?')}, " + (f"{size:,} bytes" if isinstance(size, int) else "? bytes")
+            + f", modified {source.get('mtime', '?')}, sha256 {source.get('sha256', '?')}")
 
 
 def _estimate(psf: dict[str, Any]) -> str:

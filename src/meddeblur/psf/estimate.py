@@ -195,7 +195,8 @@ class BlurEstimator:
     @torch.no_grad()
     def outputs(self, spectra: np.ndarray) -> np.ndarray:
         """(N, W, W) log power spectra → (N, OUTPUTS) raw network outputs."""
-        return self.network(torch.from_numpy(np.ascontiguousarray(spectra, dtype=np.float32))[:, None]).numpy()
+        # Contiguous and writeable (copied only when not): torch warns on a read-only array, e.g. one np.asarray'd.
+        return self.network(torch.from_numpy(np.require(spectra, dtype=np.float32, requirements="CW"))[:, None]).numpy()
 
     def estimate(self, image: np.ndarray | torch.Tensor) -> BlurEstimate:
         """The blur of a whole (H, W, C) / (H, W) numpy or (C, H, W) torch image in [0, 1] (sides ≥ 128)."""

@@ -13,7 +13,8 @@ It comes from
   calibrate`` writes (:meth:`PSF.save_json`);
 * a 2-D numpy array.
 
-Bad kernels (negative, NaN, all-zero, not 2-D, larger than the image) are refused in one line.
+Bad kernels (negative, NaN, all-zero, not 2-D, larger than the image) are refused in one line; so are files whose
+size or header promises more than a kernel can be (:mod:`meddeblur.psf.kernel_files`, checked before reading).
 
 >>> from meddeblur.psf import load_psf
 >>> psf = load_psf("gauss:sigma=1.6")
@@ -36,8 +37,9 @@ from typing import Any, Union
 
 import numpy as np
 
-from meddeblur.errors import CorruptFile, InvalidOption, NotFound, UnsupportedFormat, UserError
+from meddeblur.errors import InvalidOption, NotFound, UnsupportedFormat, UserError
 from meddeblur.files import atomic_write
+from meddeblur.psf.kernel_files import MAX_SIDE, read_json, read_npy, read_png
 from meddeblur.psf.mtf import mtf50 as _mtf50
 from meddeblur.psf.mtf import radial_mtf
 
@@ -46,7 +48,6 @@ __all__ = ["PSF", "PSF_FORMAT", "PsfLike", "load_psf", "psf_from_array", "psf_fr
 #: The ``format`` key of PSF ``.json`` files.
 PSF_FORMAT = "meddeblur-psf"
 _PARAMETRIC = ("gauss", "defocus", "motion", "down", "resample", "none")
-_MAX_SIDE = 401  # a measured kernel wider than this is more likely a mistaken file than a blur
 _DELTA_SHARE = 0.999  # a kernel with this share of its weight in one sample does nothing worth undoing
 
 PsfLike = Union["PSF", str, Path, np.ndarray]
@@ -139,21 +140,29 @@ def psf_from_array(array: np.ndarray, source: str = "array", origin: tuple[int, 
         raise _refuse(source, f"a PSF must be a 2-D array, got shape {k.shape}")
     if not (np.issubdtype(k.dtype, np.floating) or np.issubdtype(k.dtype, np.integer)) or k.dtype == np.bool_:
         raise _refuse(source, f"dtype {k.dtype} is not a number type")
-    k = k.astype(np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):  # a longdouble beyond float64 becomes inf: refused just below
+        k = k.astype(np.float64)
     if not np.isfinite(k).all():
-        raise _refuse(source, "the kernel contains NaN or infinite values")
+        raise _refuse(source, "the kernel contains NaN or infinite values (or numbers beyond float64)", "pass finite values")
     if (k < 0).any():
         raise _refuse(source, f"the kernel has negative values (minimum {k.min():g})")
-    total = k.sum()
-    if not total > 0:
+    peak = k.max()
+    if not peak > 0:
         raise _refuse(source, "the kernel is all zero")
+    with np.errstate(over="ignore"):  # an overflowing sum is handled just below
+        total = k.sum()
+    if not np.isfinite(total):
+        # Nine 1e308s sum to inf, and k / inf would silently be all zero: scaled by the largest value first, at most
+        # MAX_SIDE² values ≤ 1 cannot overflow. Only then, so that every other kernel keeps its exact values and digest.
+        k = k / peak
+        total = k.sum()
     kh, kw = k.shape
     oy, ox = (kh // 2, kw // 2) if origin is None else (int(origin[0]), int(origin[1]))
     if not (0 <= oy < kh and 0 <= ox < kw):
         raise _refuse(source, f"origin {origin} lies outside the {kh}×{kw} kernel", "give the origin as (row, column) inside it")
     ry, rx = max(oy, kh - 1 - oy), max(ox, kw - 1 - ox)
-    if max(2 * ry + 1, 2 * rx + 1) > _MAX_SIDE:
-        raise _refuse(source, f"the kernel spans more than {_MAX_SIDE} pixels", "crop it to the blur's support")
+    if max(2 * ry + 1, 2 * rx + 1) > MAX_SIDE:
+        raise _refuse(source, f"the kernel spans more than {MAX_SIDE} pixels", "crop it to the blur's support")
     out = np.zeros((2 * ry + 1, 2 * rx + 1))
     out[ry - oy : ry - oy + kh, rx - ox : rx - ox + kw] = k / total
     out = _trim(out)
@@ -196,31 +205,10 @@ def psf_from_spec(spec: str) -> PSF:
     return psf_from_array(kernel, str(parsed), params={"family": parsed.family, **params})
 
 
-def _read_png(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("L", "I;16", "I;16B", "I", "F"):
-                raise UnsupportedFormat(f"{path}: a PSF image must be greyscale (this one is {image.mode}); save the kernel as grey PNG or .npy",
-                                        value=path)
-            return np.asarray(image).astype(np.float64)
-    except UserError:
-        raise
-    except Exception as error:  # Pillow raises many types for damaged files
-        raise CorruptFile(f"{path}: cannot read the PSF image ({error}); re-save it as a grey PNG", value=path) from None
-
-
 def _read_json(path: Path) -> PSF:
-    try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict) or record.get("format") != PSF_FORMAT:
-            raise ValueError(f"not a {PSF_FORMAT} file")
-        kernel = np.asarray(record["kernel"], dtype=np.float64)
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise CorruptFile(f"{path}: not a PSF file written by meddeblur ({error}); write one with meddeblur calibrate", value=path) from None
+    kernel, params, record = read_json(path, PSF_FORMAT)
     known = {"format", "version", "source", "params", "size", "digest", "mtf50_cycles_per_pixel", "kernel"}
-    return psf_from_array(kernel, str(path), params=record.get("params") or {}, extra={k: v for k, v in record.items() if k not in known})
+    return psf_from_array(kernel, str(path), params=params, extra={k: v for k, v in record.items() if k not in known})
 
 
 def _read_file(path: Path) -> PSF:
@@ -230,13 +218,9 @@ def _read_file(path: Path) -> PSF:
     if suffix == ".json":
         return _read_json(path)
     if suffix == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise CorruptFile(f"{path}: cannot read the kernel ({error}); save it with numpy.save", value=path) from None
-        return psf_from_array(array, str(path))
+        return psf_from_array(read_npy(path), str(path))
     if suffix == ".png":
-        return psf_from_array(_read_png(path), str(path))
+        return psf_from_array(read_png(path), str(path))
     raise UnsupportedFormat(f"{path}: a PSF file must be .npy, .png or .json", value=path)
 
 

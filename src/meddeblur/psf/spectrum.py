@@ -32,7 +32,9 @@ def grey_of(image: np.ndarray | Tensor) -> Tensor:
     if isinstance(image, Tensor):
         values = image.detach().cpu().float()
         return values.mean(dim=0) if values.dim() == 3 else values
-    values = torch.from_numpy(np.asarray(image, dtype=np.float32))
+    # Writeable: torch warns on (and may write through) a read-only array, such as a decoded image's np.asarray
+    # view; np.require copies only then, and leaves a writeable float32 array shared as before.
+    values = torch.from_numpy(np.require(image, dtype=np.float32, requirements="W"))
     return values.mean(dim=2) if values.dim() == 3 else values
 
 

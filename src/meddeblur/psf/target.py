@@ -36,7 +36,7 @@ INSTRUCTIONS = (
     "   small field, one corner of the square is enough. Nothing may be clipped to black",
     "   or white: lower the exposure if the paper is pure white.",
     "4. meddeblur calibrate photo.png -o device.psf.json --plot device-mtf.png",
-    "5. meddeblur deblur IMAGES --psf device.psf.json  (every image of that device)",
+    "5. meddeblur deblur IMAGES -o deblurred/ --psf device.psf.json  (every image of that device)",
 )
 
 

@@ -6,6 +6,7 @@ a busy server or a bug), and the server keeps serving after any bad upload.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import importlib.util
@@ -25,85 +26,67 @@ from starlette.requests import ClientDisconnect
 
 from meddeblur import __version__
 from meddeblur.errors import UserError
+from meddeblur.inference.change_map import THRESHOLD_LEVELS
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.formats import OUTPUT_SUFFIXES
-from meddeblur.server.card import model_card
-from meddeblur.server.connections import ConnectionLimits, configure
+from meddeblur.psf.kernel import PSF
 from meddeblur.restore import registry
-from meddeblur.server.engine import METHODS, Deadline, InferencePool, Methods, QueueFull, UploadGate, load_served_model
+from meddeblur.server.card import model_card
+from meddeblur.server.change_view import PERCENTILE, SCALES
+from meddeblur.server.choice import (DEFAULT, KERNEL_FILE, Choice, choose, load_default_psf, method_named, read_kernel,
+                                     spec_psf)
+from meddeblur.server.connections import ConnectionLimits, configure
+from meddeblur.server.engine import Deadline, InferencePool, Methods, QueueFull, UploadGate, check_default_psf, load_served_model
 from meddeblur.server.imaging import OUTPUT_FORMATS, Deblurred, UploadError, deblur_upload, display_name
+from meddeblur.server.openapi import deblur_openapi, method_help, psf_help
 from meddeblur.server.security import Guard
 from meddeblur.server.settings import ServerSettings
-from meddeblur.server.upload import receive_upload
+from meddeblur.server.upload import KERNEL_FIELD, Received, receive_upload
 
 log = logging.getLogger("meddeblur.server")
 
 # The page loads nothing from elsewhere: the Content-Security-Policy that Guard sets on it makes the browser enforce it.
 _PAGE_HEADERS = {"Cache-Control": "no-cache"}
-_ERROR_SCHEMA = {"content": {"application/json": {"schema": {
-    "type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}}}}
-_DEBLUR_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {"schema": {"type": "object", "required": ["file"], "properties": {
-                "file": {"type": "string", "format": "binary", "description": "PNG, JPEG, TIFF or BMP (decoded by content)"}}}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        },
-    },
-    "responses": {
-        "200": {"description": "The deblurred image (input's format and bit depth unless `format`); headers "
-                               "X-Model-Id, X-Processing-Time-Ms, X-Deblur-Time-Ms, X-Image-Size, and with method=psf "
-                               "X-Restoration (JSON: the estimated PSF, the consistency check, result and reason; a PSF map "
-                               "only as its grid size — the whole record is in the image's provenance and the JSON answer)",
-                "content": {**{t: {"schema": {"type": "string", "format": "binary"}}
-                               for t in ("image/png", "image/jpeg", "image/tiff", "image/bmp")},
-                            # ?change_map=true: the same image in JSON, with the heat map of |output - input| and its figures.
-                            "application/json": {"schema": {"type": "object", "properties": {
-                                "image": {"type": "string", "format": "byte"}, "media_type": {"type": "string"},
-                                "filename": {"type": "string"}, "width": {"type": "integer"}, "height": {"type": "integer"},
-                                "bit_depth": {"type": "integer"}, "model_id": {"type": "string"},
-                                "change": {"type": "object", "description": "mean and max absolute change in 8-bit levels, "
-                                           "share of pixels changed by more than 4 levels", "properties": {
-                                               k: {"type": "number"} for k in ("mean", "max", "share_over_4")}},
-                                "change_map": {"type": "string", "format": "byte", "description": "PNG: heat map (the image's "
-                                               "width x height, top left) and its colour bar in levels (right)"},
-                                "change_map_media_type": {"type": "string"},
-                                # method=psf: what was done; ?explain=true: the PSF used, drawn as deblur --explain draws it.
-                                "restoration": {"type": "object", "description": "method=psf: the estimated PSF (source spec, "
-                                                "params, size, digest, MTF50, family, confidence), the consistency check and "
-                                                "`result` (restored, unchanged or blind) with its `reason`"},
-                                "psf_image": {"type": ["string", "null"], "format": "byte", "description": "explain=true: PNG "
-                                              "of the PSF's kernel beside its MTF (null when no PSF was estimated)"},
-                                "psf_image_media_type": {"type": "string"}}}}}},
-        "400": {"description": "empty upload, no file field, bad format", **_ERROR_SCHEMA},
-        "401": {"description": "API key missing or wrong (only when the server has one)", **_ERROR_SCHEMA},
-        "403": {"description": "cross-site request from a browser", **_ERROR_SCHEMA},
-        "408": {"description": "upload not received within --body-timeout", **_ERROR_SCHEMA},
-        "413": {"description": "upload larger than --max-upload-mb, or more pixels than --max-pixels", **_ERROR_SCHEMA},
-        "415": {"description": "not an image, or an unsupported format (GIF, WebP, DICOM, ...)", **_ERROR_SCHEMA},
-        "422": {"description": "truncated or corrupt image, smaller than 16 px", **_ERROR_SCHEMA},
-        "503": {"description": "queue full, too many uploads at once, or the --deadline cannot be met: retry after the "
-                               "Retry-After header's seconds", **_ERROR_SCHEMA},
-    },
-}
+#: Where page.html takes this server's configuration (methods, default PSF, colour scales): a JSON script block.
+_PAGE_CONFIG = '<script id="config" type="application/json">{}</script>'
+# A PSF's params ride in X-PSF only while short: a kernel file's record may hold more than a header should carry.
+_HEADER_PARAMS_BYTES = 512
 
 
-def _as_json(result: Deblurred, filename: str, model_id: str, change_map: bool, explain: bool) -> dict[str, Any]:
-    """The JSON answer (``?change_map=true`` or ``?explain=true``): the image and its change map as base64, the change
-    figures in 8-bit levels; with ``method=psf`` the restoration record, with ``explain`` the PSF's figure."""
+def _as_json(result: Deblurred, filename: str, engine: Deblurrer, choice: Choice, change_map: bool, change_levels: bool,
+             explain: bool) -> dict[str, Any]:
+    """The JSON answer (``change_map``, ``change_levels`` or ``explain``): the image and its change map as base64, the
+    change figures in 8-bit levels, what restored it (method, model, PSF); with ``method=psf`` the restoration record,
+    with ``explain`` the PSF's figure."""
     answer: dict[str, Any] = {"image": base64.b64encode(result.data).decode("ascii"), "media_type": result.media_type,
                               "filename": filename, "width": result.width, "height": result.height, "bit_depth": result.bit_depth,
-                              "model_id": model_id}
+                              "model_id": engine.provenance.get("model_id"), "model": engine.provenance.get("model"),
+                              "made_by": _made_by(engine, result.restoration), "method": choice.method, "psf": choice.psf_record()}
     if change_map:
         answer.update(change=result.change, change_map=base64.b64encode(result.change_map or b"").decode("ascii"),
                       change_map_media_type="image/png")
+    if change_levels and result.change_view is not None:
+        view = result.change_view
+        answer.update(change=result.change, change_levels=base64.b64encode(view["levels"]).decode("ascii"),
+                      change_levels_media_type="image/png", change_percentile=view["percentile"], change_scale=view["scale"])
     if result.restoration is not None:
         answer["restoration"] = result.restoration
     if explain:
         answer.update(psf_image=base64.b64encode(result.psf_image).decode("ascii") if result.psf_image else None,
                       psf_image_media_type="image/png")
     return answer
+
+
+def _made_by(engine: Deblurrer, restoration: dict[str, Any] | None) -> dict[str, Any]:
+    """The weights that made the answered pixels, for people (the page's header): ``model_id`` and the provenance's
+    model stay the run's configuration, but where ``method=psf`` fell back to the blind network, the blind network
+    made them, and where it left the image as it was, no model did."""
+    result = (restoration or {}).get("result")
+    if result == "blind":
+        return {"model_id": engine.provenance["parameters"].get("fallback_model_id"), "model": "the blind network"}
+    if result == "unchanged":
+        return {"model_id": None, "model": "no model: the image was left as it was"}
+    return {"model_id": engine.provenance.get("model_id"), "model": engine.provenance.get("model")}
 
 
 def _restoration_header(restoration: dict[str, Any]) -> str:
@@ -114,16 +97,59 @@ def _restoration_header(restoration: dict[str, Any]) -> str:
     return json.dumps(brief, separators=(",", ":"), ensure_ascii=True)
 
 
-def _deblur_job(methods: Methods, method: str, upload: Any, *args: Any) -> tuple[Deblurrer, Deblurred]:
-    """On a pool thread: the Deblurrer for ``method`` (bound to the estimator on first use), then :func:`deblur_upload`."""
+def _psf_header(record: dict[str, Any]) -> str:
+    """``X-PSF``: the PSF's record as compact ASCII JSON, its params only while short."""
+    brief = dict(record)
+    if len(json.dumps(brief.get("params"), ensure_ascii=True)) > _HEADER_PARAMS_BYTES:
+        brief["params"] = "in the image's provenance"
+    return json.dumps(brief, separators=(",", ":"), ensure_ascii=True)
+
+
+def _cannot(choice: Choice, error: UserError, served: Deblurrer) -> str:
+    """Why this server cannot restore ``choice``, in one line without its own paths."""
+    why = " ".join(str(error).split())
+    if served.weights is not None:
+        why = why.replace(str(served.weights), served.weights.name)
+    if choice.estimates:
+        return f"method={choice.method}: this server cannot estimate the PSF ({why})"
+    others = [name for name in registry.names(registry.Told.PSF) if name != choice.method]
+    return f"method={choice.method}: this server cannot restore a known PSF this way ({why}); choose method {' or '.join(others)}"
+
+
+def _deblur_job(methods: Methods, choice: Choice, upload: Any, *args: Any) -> tuple[Deblurrer, Deblurred]:
+    """On a pool thread: the Deblurrer for ``choice`` (bound on first use), then :func:`deblur_upload`."""
     try:
-        engine = methods.get(method)
+        engine = methods.get(choice.method, choice.psf)
     except BaseException as error:
         upload.close()  # deblur_upload would have closed it
         if isinstance(error, UserError):
-            raise UploadError(400, f"method={method}: this server cannot estimate the PSF ({' '.join(str(error).split())})") from None
+            raise UploadError(400, _cannot(choice, error, methods.served)) from None
         raise
     return engine, deblur_upload(engine, upload, *args)
+
+
+def _once(name: str, query: str | None, form: str | None) -> str | None:
+    """A field that may come in the query or the form: once, or twice alike."""
+    if query is not None and form is not None and query != form:
+        raise UploadError(400, f"{name}: the query says {name}={query} and the form {name}={form}; give it once")
+    return query if query is not None else form
+
+
+def _page(default_psf: PSF | None) -> str:
+    """page.html with this server's configuration: the registry's methods, the default PSF, the change view's scales."""
+    config = {
+        "methods": [{"name": name, "label": method.label, "summary": method.summary,
+                     "takes_psf": registry.Told.PSF in method.told, "estimates": registry.Told.ESTIMATE in method.told,
+                     "needs_psf": not method.told & {registry.Told.NOTHING, registry.Told.ESTIMATE}}
+                    for name, method in registry.METHODS.items()],
+        "default_method": registry.KNOWN_BLUR_DEFAULT if default_psf is not None else registry.NETWORK,
+        "default_psf": None if default_psf is None else {**default_psf.describe(), "from": DEFAULT},
+        "explain": importlib.util.find_spec("matplotlib") is not None,
+        "scales": list(SCALES), "percentile": PERCENTILE, "threshold": THRESHOLD_LEVELS,
+    }
+    page = resources.files("meddeblur.server").joinpath("page.html").read_text(encoding="utf-8")
+    # "<" escaped: nothing in the data can close the script block.
+    return page.replace(_PAGE_CONFIG.format("null"), _PAGE_CONFIG.format(json.dumps(config).replace("<", "\\u003c")))
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -167,12 +193,20 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
     """
     settings = settings or ServerSettings()
     configure(ConnectionLimits(settings.header_timeout, settings.max_client_connections))
+    # The default PSF first: a bad --psf is found in milliseconds, before the model's seconds.
+    default_psf = load_default_psf(settings.psf) if settings.psf is not None else None
     served = model or load_served_model(settings.model, settings.device, settings.tile, settings.overlap)
     methods = Methods(served, settings.estimator)
+    if default_psf is not None:
+        check_default_psf(methods, default_psf)
     pool = InferencePool(settings.threads, settings.queue)
     uploads = UploadGate(settings.max_uploads, settings.body_timeout)
     card = model_card(served.config, served.weights, served.model_id)
-    page = resources.files("meddeblur.server").joinpath("page.html").read_text(encoding="utf-8")
+    page = _page(default_psf)
+    key = settings.api_key()
+    # Kernel files are parsed by more code than a spec: taken only from callers who showed the API key (Guard lets no
+    # other through to /v1/ when there is one). docs/commands.md, "Methods and a known blur".
+    kernel_uploads = key is not None
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -183,19 +217,18 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
                          description="Deblurring of dermoscopic images. Output images are computer-processed and "
                                      "not for diagnosis alone.")
     app.state.settings, app.state.model, app.state.pool, app.state.uploads = settings, served, pool, uploads
+    app.state.default_psf = default_psf
     _add_error_handlers(app)
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Filename"],
-                           expose_headers=["X-Model-Id", "X-Processing-Time-Ms", "X-Deblur-Time-Ms", "X-Image-Size", "X-Bit-Depth",
-                                           "X-Restoration",
-                                           "Content-Disposition", "Retry-After"])
+                           expose_headers=["X-Model-Id", "X-Method", "X-PSF", "X-Processing-Time-Ms", "X-Deblur-Time-Ms",
+                                           "X-Image-Size", "X-Bit-Depth", "X-Restoration", "Content-Disposition", "Retry-After"])
     # Guard wraps the whole stack, the error middleware included, so that every response (a 500 too) is checked and
     # gets the security headers.
     build = app.build_middleware_stack
-    key = settings.api_key()
     app.build_middleware_stack = lambda: Guard(build(), allowed_hosts=settings.allowed_hosts, api_key=key,  # type: ignore[method-assign]
                                                cors_origins=settings.cors_origins)
 
@@ -208,50 +241,75 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         return {"status": "ok", "model_id": served.model_id, "version": __version__, "busy": pool.busy,
                 "capacity": pool.capacity, "uploading": uploads.active, "max_upload_mb": settings.max_upload_mb,
                 "max_pixels": settings.max_pixels, "deadline_s": settings.deadline, "body_timeout_s": settings.body_timeout,
-                "api_key_required": key is not None}
+                "api_key_required": key is not None, "kernel_uploads": kernel_uploads,
+                "default_psf": None if default_psf is None else {k: v for k, v in default_psf.describe().items() if k != "params"}}
 
     @app.get("/v1/model", summary="The model card: id, version, architecture, training data, limits")
     async def model_info() -> dict[str, Any]:
         return card
 
-    @app.post("/v1/deblur", summary="Deblur one image", openapi_extra=_DEBLUR_OPENAPI,
+    async def choice_of(received: Received, method: str | None, psf: str | None, queried: tuple[PSF | None, str | None]) -> Choice:
+        """The request's :class:`Choice` from its query (``queried``: the query's PSF, already parsed) and form."""
+        method = method_named(_once("method", method, received.fields.get("method")))
+        text = _once("psf", psf, received.fields.get(KERNEL_FIELD))
+        if received.kernel is not None:
+            if text is not None:
+                raise UploadError(400, f"psf: a spec (psf={text}) and a kernel file were both sent; send one")
+            if not kernel_uploads:
+                raise UploadError(403, "psf: this server takes kernel files only with its API key (meddeblur serve "
+                                       "--api-key-file); send a spec such as psf=gauss:sigma=1.6, or have the file made the "
+                                       "server's default (serve --psf FILE)")
+            found, given = await asyncio.to_thread(read_kernel, *received.kernel), KERNEL_FILE
+        elif text is None:
+            found, given = None, None
+        else:
+            found, given = queried if text == psf else spec_psf(text, default_psf, kernel_uploads)
+        return choose(method, found, given, text is not None or received.kernel is not None, default_psf)
+
+    @app.post("/v1/deblur", summary="Deblur one image", openapi_extra=deblur_openapi(default_psf, kernel_uploads),
               responses={200: {"content": {"image/png": {}}}})
     async def deblur(request: Request, format: str | None = Query(
             None, description="output format: png, jpeg, tiff or bmp (default: the input's)"), change_map: bool = Query(
             False, description="answer JSON instead: the image and the map of what deblurring changed (base64), with its figures"),
-            method: str = Query(registry.NETWORK, description="; ".join(f"{name}: {registry.get(name).summary}" for name in METHODS)
-                                + "; what was done comes in X-Restoration"),
-            explain: bool = Query(False, description="with method=psf: answer JSON with the image, the restoration record and "
-                                  "the PSF drawn as PNG (psf_image, base64)")) -> Response:
+            change_levels: bool = Query(False, description="answer JSON instead: the image, the change of every pixel (PNG, "
+                                        "base64) and a colour scale fitted to it, for drawing your own map"),
+            method: str | None = Query(None, description=method_help() + "; left out: " + registry.KNOWN_BLUR_DEFAULT
+                                       + " told the PSF when there is one, else the blind network; also a form field"),
+            psf: str | None = Query(None, description=psf_help(default_psf, kernel_uploads)),
+            explain: bool = Query(False, description="answer JSON with the image and the PSF it was restored with drawn as PNG "
+                                  "(psf_image, base64): the estimated one (method=psf) or the known one")) -> Response:
         started = time.perf_counter()
         if format and format.lower() not in OUTPUT_FORMATS:
             raise UploadError(400, f"format={format}: choose one of png, jpeg, tiff, bmp (or leave it out to keep the input's)")
-        if method not in METHODS:
-            raise UploadError(400, f"method={method}: choose one of " + "; ".join(f"{name} ({registry.get(name).summary})" for name in METHODS))
-        if explain and method != registry.ESTIMATED:
-            raise UploadError(400, "explain=true draws the PSF the image was restored with, and the blind network uses none; "
-                                   "add method=psf")
+        # What the query says is checked before the upload is received: a wrong method or spec costs no upload.
+        method_named(method)
+        queried = spec_psf(psf, default_psf, kernel_uploads) if psf is not None else (None, None)
         if explain and importlib.util.find_spec("matplotlib") is None:
             raise UploadError(501, "explain=true: this server cannot draw (matplotlib is not installed; pip install 'meddeblur[plots]')")
         # The upload is received first, within --body-timeout, holding only an upload place: a slow or stalled client
         # never holds a processing slot.
         with uploads.enter():
-            upload, filename = await receive_upload(request, settings.max_upload_bytes, settings.body_timeout)
+            received = await receive_upload(request, settings.max_upload_bytes, settings.body_timeout)
+        upload = received.file
         try:
+            choice = await choice_of(received, method, psf, queried)
+            if explain and choice.psf is None and not choice.estimates:
+                raise UploadError(400, "explain=true draws the PSF the image was restored with, and the blind network uses none; "
+                                       "add method=psf (estimate it) or psf=SPEC (a known one)")
             slot = pool.admit(settings.deadline)
-        except QueueFull:
+        except BaseException:
             upload.close()
             raise
         deadline = Deadline(settings.deadline, pool)
         async with slot:
-            name = display_name(filename)
-            engine, result = await slot.run(_deblur_job, methods, method, upload, name, format, settings.max_pixels,
-                                            settings.jpeg_quality, deadline, change_map, explain)
+            name = display_name(received.filename)
+            engine, result = await slot.run(_deblur_job, methods, choice, upload, name, format, settings.max_pixels,
+                                            settings.jpeg_quality, deadline, change_map, explain, change_levels)
         total_ms = (time.perf_counter() - started) * 1000
         stem = name.rsplit(".", 1)[0] if "." in name else name
         suffix = OUTPUT_SUFFIXES[result.format.lower()].lstrip(".")
         headers = {
-            "X-Model-Id": engine.model_id,
+            "X-Method": choice.method,
             "X-Processing-Time-Ms": f"{total_ms:.1f}",
             "X-Deblur-Time-Ms": f"{result.seconds * 1000:.1f}",
             "X-Image-Size": f"{result.width}x{result.height}",
@@ -260,11 +318,16 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
                               f"deblur;dur={result.seconds * 1000:.1f}"),
             "Content-Disposition": f'inline; filename="{stem}_deblurred.{suffix}"',
         }
+        if engine.provenance.get("model_id"):  # Wiener and Richardson-Lucy have no weights
+            headers["X-Model-Id"] = engine.provenance["model_id"]
+        if choice.psf is not None:
+            headers["X-PSF"] = _psf_header(choice.psf_record() or {})
         if result.restoration is not None:
             headers["X-Restoration"] = _restoration_header(result.restoration)
-        if change_map or explain:
+        if change_map or change_levels or explain:
             del headers["Content-Disposition"]
-            return JSONResponse(_as_json(result, f"{stem}_deblurred.{suffix}", engine.model_id, change_map, explain), headers=headers)
+            return JSONResponse(_as_json(result, f"{stem}_deblurred.{suffix}", engine, choice, change_map, change_levels, explain),
+                                headers=headers)
         return Response(result.data, media_type=result.media_type, headers=headers)
 
     return app

@@ -20,7 +20,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from meddeblur.errors import UserError
 from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.psf.kernel import PSF
 from meddeblur.restore import registry
 
 T = TypeVar("T")
@@ -31,27 +33,48 @@ def load_served_model(model: str | None, device: str = "auto", tile: int = 1024,
     return Deblurrer.load(model, "torch", device, tile, overlap)
 
 
-#: ``?method=`` values: the blind network, or estimate each image's PSF and restore with it (``deblur --method psf``).
-METHODS = registry.names(registry.Told.NOTHING) + registry.names(registry.Told.ESTIMATE)
+#: The methods a request can name without a PSF: the blind network, or estimate each image's PSF and restore with it
+#: (``deblur --method psf``). Every other method of the registry restores a known blur and needs one (:mod:`.choice`).
+WITHOUT_PSF = registry.names(registry.Told.NOTHING) + registry.names(registry.Told.ESTIMATE)
 
 
 class Methods:
-    """The served Deblurrer for each ``?method=``: ``network`` is the model as loaded; ``psf`` binds it to the blur
-    estimator (:meth:`Deblurrer.with_estimated_psf`) on first use, once, so a server that never estimates never loads it."""
+    """The served Deblurrer for each request's method and PSF: ``network`` without a PSF is the model as loaded; ``psf``
+    binds it to the blur estimator (:meth:`Deblurrer.with_estimated_psf`) on first use, once, so a server that never
+    estimates never loads it; a known PSF binds it with :meth:`Deblurrer.with_psf` (cheap: the kernel-conditioned
+    network and the plug-and-play denoiser it may need are loaded on first use and kept)."""
 
     def __init__(self, served: Deblurrer, estimator: str | None = None) -> None:
         self.served, self.estimator = served, estimator
         self._estimated: Deblurrer | None = None
         self._lock = threading.Lock()
 
-    def get(self, method: str) -> Deblurrer:
-        """The Deblurrer for ``method`` (one of :data:`METHODS`); :class:`UserError` when this server cannot estimate."""
-        if registry.Told.ESTIMATE not in registry.get(method).told:
+    def get(self, method: str, psf: PSF | None = None) -> Deblurrer:
+        """The Deblurrer for ``method`` (a registry name) told ``psf``; :class:`UserError` when this server cannot
+        (no estimator, a blind model of its own asked for the kernel-conditioned network, ...)."""
+        if registry.Told.ESTIMATE in registry.get(method).told:
+            with self._lock:
+                if self._estimated is None:
+                    self._estimated = self.served.with_estimated_psf(self.estimator)
+                return self._estimated
+        if psf is None:
             return self.served
+        # Under the lock: the first binding loads the network or denoiser it needs into the served Deblurrer, once.
         with self._lock:
-            if self._estimated is None:
-                self._estimated = self.served.with_estimated_psf(self.estimator)
-            return self._estimated
+            return self.served.with_psf(psf, method)
+
+
+def check_default_psf(methods: Methods, psf: PSF) -> None:
+    """``serve --psf``: bind it once, at start-up, by the method a request naming none uses
+    (:data:`~meddeblur.restore.registry.KNOWN_BLUR_DEFAULT`), so that a served model that cannot restore with it (a blind
+    model of your own, an ONNX file) stops the server in one line rather than failing every request; this also loads
+    the network it needs, once."""
+    try:
+        methods.get(registry.KNOWN_BLUR_DEFAULT, psf)
+    except UserError as error:
+        why = " ".join(str(error).split())
+        raise UserError(f"psf={psf.source}: requests that name no method are restored with it by {registry.KNOWN_BLUR_DEFAULT}, "
+                        f"which this server's model cannot ({why})", value=psf.source) from None
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

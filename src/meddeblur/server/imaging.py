@@ -24,12 +24,13 @@ from meddeblur.errors import (
     UnsupportedFormat,
     UserError,
 )
-from meddeblur.inference.change_map import change_of
+from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_of
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.inference.explain import psf_plot
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import encode_image
 from meddeblur.io.formats import BY_NAME, FORMAT_ALIASES, MEDIA_TYPES, LoadedImage
+from meddeblur.server.change_view import change_view
 from meddeblur.server.engine import Deadline
 
 #: ``?format=`` values and what is answered for them.
@@ -64,6 +65,7 @@ class Deblurred:
     change_map: bytes | None = None  # with change_map: the heat map PNG, as ``meddeblur deblur --change-map`` writes it
     restoration: dict[str, Any] | None = None  # method=psf: what was done with the image (Deblurrer.restore_rgb's record)
     psf_image: bytes | None = None  # with explain: the PNG of the PSF used, as ``meddeblur deblur --explain`` draws it
+    change_view: dict[str, Any] | None = None  # with change_levels: change_view.change_view() (levels PNG, percentile, scale)
 
     @property
     def media_type(self) -> str:
@@ -125,13 +127,16 @@ def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: di
 
 
 def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,
-                  jpeg_quality: int, deadline: Deadline | None = None, change_map: bool = False, explain: bool = False) -> Deblurred:
+                  jpeg_quality: int, deadline: Deadline | None = None, change_map: bool = False, explain: bool = False,
+                  change_levels: bool = False) -> Deblurred:
     """The whole job of one request, run on a pool thread: decode, deblur, encode; closes ``upload``.
 
     ``change_map``: also measure what deblurring changed and draw its heat map
-    (:func:`meddeblur.inference.change_map.change_of`, the same map as the CLI's ``--change-map``). A ``model`` that
-    estimates the PSF (``method=psf``) says what it did (``restoration``, also written into the image's provenance);
-    ``explain``: also draw the PSF used (:func:`meddeblur.inference.explain.psf_plot`, as the CLI's ``--explain``).
+    (:func:`meddeblur.inference.change_map.change_of`, the same map as the CLI's ``--change-map``); ``change_levels``:
+    the change of every pixel and a scale fitted to it, for the page to draw (:mod:`meddeblur.server.change_view`).
+    A ``model`` that estimates the PSF (``method=psf``) says what it did (``restoration``, also written into the
+    image's provenance); ``explain``: also draw the PSF used (:func:`meddeblur.inference.explain.psf_plot`, as the
+    CLI's ``--explain``). A ``model`` told a PSF larger than the image refuses it (422).
 
     With a ``deadline``, a job that waited past it, whose image is expected to end past it, or
     that runs past it (checked before every tile) stops with :class:`QueueFull` (503).
@@ -153,7 +158,13 @@ def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_form
     finally:
         upload.close()  # here, on the pool thread, so it is never closed while being copied
     fmt = output_format(requested_format, source)
-    pixels = source.rgb.shape[0] * source.rgb.shape[1]
+    height, width = source.rgb.shape[:2]
+    if model.psf is not None:
+        try:
+            model.psf.check_fits(height, width, where=name)
+        except UserError as error:
+            raise UploadError(422, " ".join(str(error).split())) from None
+    pixels = height * width
     if deadline is not None:
         deadline.check_estimate(pixels)
     began = time.perf_counter()
@@ -162,12 +173,15 @@ def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_form
         deadline.pool.record(pixels, time.perf_counter() - began)
     record = {**model.provenance, "restoration": restoration} if restoration else model.provenance
     data, bit_depth = encode_output(restored, source, fmt, record, jpeg_quality)
-    height, width = source.rgb.shape[:2]
-    figures = heat_map = None
-    if change_map:
+    figures = heat_map = view = None
+    if change_map or change_levels:
         change = change_of(source, restored, bit_depth)
         figures = change.figures.as_dict()
-        heat_map = encode_image(change.image().astype(np.float32) / 255, "PNG",
-                                provenance={**record, "operation": "change map", "change": figures})
+        if change_map:
+            heat_map = encode_image(change.image().astype(np.float32) / 255, "PNG",
+                                    provenance={**record, "operation": CHANGE_MAP_OPERATION, "change": figures})
+        if change_levels:
+            view = change_view(change, record)
     kernel = psf_plot(model, restoration, record) if explain else None
-    return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started, figures, heat_map, restoration or None, kernel)
+    return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started, figures, heat_map, restoration or None, kernel,
+                     view)

@@ -66,6 +66,13 @@ def check_port_free(host: str, port: int) -> None:
             raise UserError(f"host={host}, port={port}: cannot listen there ({error.strerror}); choose another address or port") from None
 
 
+def _told(psf: Any) -> str:
+    """The ready line's word on the default PSF (``serve --psf``), if any."""
+    if psf is None:
+        return ""
+    return f", default PSF {psf.source} ({psf.kernel.shape[1]}x{psf.kernel.shape[0]} px)"
+
+
 def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
     """Serve until interrupted. The model is loaded (and a bad ``--model`` refused) before the port is bound.
 
@@ -88,13 +95,20 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
     if settings.workers == 1:
         app = create_app(settings)
         check_port_free(host, port)  # after the model (a bad one is the first thing to fix), before the ready line
-        print(f"meddeblur serve: model {app.state.model.model_id} ({app.state.model.config.arch}) on http://{host}:{port}/ "
-              f"(API docs: /docs)", flush=True)
+        print(f"meddeblur serve: model {app.state.model.model_id} ({app.state.model.config.arch}){_told(app.state.default_psf)} on "
+              f"http://{host}:{port}/ (API docs: /docs)", flush=True)
         uvicorn.run(app, **options)
         return
-    served = load_served_model(settings.model, settings.device, settings.tile, settings.overlap)  # fail here, once, rather than in every worker
+    # Fail here, once, rather than in every worker: the default PSF, the model, and whether the one restores with the other.
+    from meddeblur.server.choice import load_default_psf
+    from meddeblur.server.engine import Methods, check_default_psf
+
+    default_psf = load_default_psf(settings.psf) if settings.psf is not None else None
+    served = load_served_model(settings.model, settings.device, settings.tile, settings.overlap)
+    if default_psf is not None:
+        check_default_psf(Methods(served, settings.estimator), default_psf)
     check_port_free(host, port)
-    print(f"meddeblur serve: model {served.model_id} ({served.config.arch}) on http://{host}:{port}/ with "
+    print(f"meddeblur serve: model {served.model_id} ({served.config.arch}){_told(default_psf)} on http://{host}:{port}/ with "
           f"{settings.workers} worker processes (API docs: /docs)", flush=True)
     del served
     os.environ[SETTINGS_ENV] = settings.to_env()

@@ -42,6 +42,9 @@ class ServerSettings:
     header_timeout: float = 10.0  # seconds for a request's whole head (line and headers), else 408 and closed
     max_client_connections: int = 32  # connections open at once from one client address, else 503 and closed
     estimator: str | None = None  # blur-estimator weights for ?method=psf; None: the shipped ones
+    # The default PSF (a spec or a kernel file, e.g. a dermatoscope's calibrated device.psf.json): requests that give
+    # none are restored with it. Loaded and checked by create_app (choice.load_default_psf), once per process.
+    psf: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+from dataclasses import dataclass, field
 from typing import IO
 
 from starlette.datastructures import UploadFile
@@ -21,6 +22,8 @@ from meddeblur.server.imaging import UploadError
 _FRAMING_BYTES = 64 * 1024
 #: Uploads stay in memory up to this size, then go to a temporary file.
 _SPOOL_BYTES = 1024 * 1024
+#: The multipart field of a kernel file sent with the image (a text field of that name is a PSF spec).
+KERNEL_FIELD = "psf"
 
 
 class _Capped:
@@ -56,11 +59,24 @@ def _limit_text(limit: int) -> str:
     return f"{limit / 1024 / 1024:g} MiB"
 
 
-async def receive_upload(request: Request, limit: int, timeout: float | None = None) -> tuple[IO[bytes], str | None]:
-    """The uploaded file (a spooled temporary file; the caller closes it) and the client's file name.
+@dataclass
+class Received:
+    """One request's upload: the image (a spooled temporary file; the caller closes it) and the client's file name,
+    the form's text fields (``method``, ``psf``; none for a raw body) and a kernel file sent as the field ``psf``
+    (its bytes and file name, or None)."""
+
+    file: IO[bytes]
+    filename: str | None
+    fields: dict[str, str] = field(default_factory=dict)
+    kernel: tuple[bytes, str | None] | None = None
+
+
+async def receive_upload(request: Request, limit: int, timeout: float | None = None) -> Received:
+    """The uploaded image and what came with it (:class:`Received`).
 
     Accepts ``multipart/form-data`` with a ``file`` field (what browsers and ``curl -F``
-    send) or the raw image as the body (``curl --data-binary``). Errors are
+    send), beside it the text fields ``method`` and ``psf`` or a kernel file as ``psf``, or the raw image as the body
+    (``curl --data-binary``). Errors are
     :class:`UploadError`: 413 over ``limit`` bytes, 408 when the body is not all there after
     ``timeout`` seconds (a stalled client, or a Content-Length larger than the body), 400 for a
     missing or empty body.
@@ -72,18 +88,26 @@ async def receive_upload(request: Request, limit: int, timeout: float | None = N
     content_type = request.headers.get("content-type", "")
     if content_type.startswith("multipart/form-data"):
         capped = Request(request.scope, _Capped(request.receive, limit + _FRAMING_BYTES, text, timeout))
-        form = await capped.form(max_files=1, max_fields=8)
+        # Two files at most: the image and a kernel; the whole body stays under the upload cap.
+        form = await capped.form(max_files=2, max_fields=8)
+        kernel_part = form.get(KERNEL_FIELD)
         file = form.get("file")
         if file is None:
-            file = next((value for value in form.values() if isinstance(value, UploadFile)), None)
+            file = next((value for key, value in form.multi_items() if isinstance(value, UploadFile) and key != KERNEL_FIELD), None)
         if not isinstance(file, UploadFile):
             await form.close()
             raise UploadError(400, "no file in the upload; send multipart/form-data with the image in a field named 'file'")
         if file.size is not None and file.size > limit:
             await form.close()
             raise UploadError(413, f"upload larger than {text}; downscale or compress the image")
-        # The form's spooled file outlives the form object; closing it is the caller's job.
-        return file.file, file.filename
+        fields = {key: value for key, value in form.multi_items() if isinstance(value, str)}
+        kernel = None
+        if isinstance(kernel_part, UploadFile):
+            # Read whole (a kernel is small: choice.read_kernel refuses more than 4 MiB), then closed: only the image's
+            # spooled file outlives the form, and closing that is the caller's job.
+            kernel = (await kernel_part.read(), kernel_part.filename)
+            await kernel_part.close()
+        return Received(file.file, file.filename, fields, kernel)
     spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
     try:
         async for chunk in Request(request.scope, _Capped(request.receive, limit, text, timeout)).stream():
@@ -94,4 +118,4 @@ async def receive_upload(request: Request, limit: int, timeout: float | None = N
     if spool.tell() == 0:
         spool.close()
         raise UploadError(400, "empty upload; send the image as multipart/form-data (field 'file') or as the request body")
-    return spool, request.headers.get("x-filename")
+    return Received(spool, request.headers.get("x-filename"))

@@ -27,7 +27,7 @@ from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.losses import DeblurLoss, build_loss
 from meddeblur.metrics import psnr, ssim
-from meddeblur.models import BEST_WEIGHTS, PSF_ARCHITECTURES, ModelConfig, build_model, count_parameters, grow_model, grown_config, lift_to_psf, load_model
+from meddeblur.models import PSF_ARCHITECTURES, ModelConfig, build_model, count_parameters, grow_model, grown_config, lift_to_psf, load_model
 from meddeblur.models.psf_nafnet import parameter_groups
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
@@ -41,6 +41,7 @@ from meddeblur.training.runs import (
     publish,
     save_checkpoint,
 )
+from meddeblur.training.finetune import end_lines, kept_start_line, publish_start
 from meddeblur.training.schedule import TrainControl
 
 if TYPE_CHECKING:
@@ -220,17 +221,6 @@ def _datasets(options: TrainOptions, spec: DegradeSpec | None, train_pairs: list
     return train_set, PairDataset(val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed, degrade=spec, fixed=True)
 
 
-def _summary(history: list[dict], best_epoch: int, baseline: dict, start_scores: dict | None, what: str) -> str:
-    """The run's last line: where the best weights leave the validation PSNR against where training started."""
-    best = next((row for row in history if int(row["epoch"]) == best_epoch), None)
-    if best is None:
-        return "no epoch finished; nothing to compare"
-    if start_scores:
-        return (f"fine-tuning changed the validation {what} from {start_scores['psnr']:.2f} to {float(best['val_psnr']):.2f} dB "
-                f"(input {baseline['psnr']:.2f} dB; best epoch {best_epoch})")
-    return f"training took the validation {what} from the input's {baseline['psnr']:.2f} to {float(best['val_psnr']):.2f} dB (best epoch {best_epoch})"
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -405,7 +395,13 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
             break
     if control is not None:
         control.close()
-    log(f"best weights: {run / BEST_WEIGHTS} (epoch {stopper.best_epoch}, val loss {stopper.best:.5f})")
-    log(_summary(history, stopper.best_epoch, baseline, start_scores, "mix" if options.scales and spec is not None else "set"))
+    what = "mix" if options.scales and spec is not None else "set"
+    best_row = next((r for r in history if int(r["epoch"]) == stopper.best_epoch), None)
+    if kept_start_line(start_scores, best_row, what) is not None and ddp.is_main():
+        start, _ = _starting_point(options)  # never a step back: the starting weights (grown as trained) are the best
+        assert start is not None  # start_scores exist only for a run with `init`
+        publish_start(run, grow_model(start[0], start[1], config), config, start_scores)
+    for line in end_lines(run, history, stopper.best_epoch, stopper.best, baseline, start_scores, what, options.warmup, options.max_minutes):
+        log(line)
     ddp.barrier()  # nobody reports success before rank 0's last files are in place
     return run

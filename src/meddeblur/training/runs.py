@@ -12,6 +12,7 @@ one. Under torchrun only rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io as _stdio
@@ -26,7 +27,7 @@ from tqdm import tqdm
 from meddeblur import __version__
 from meddeblur.data.pairs import SPLIT_FILE, check_pairs, load_pairs, read_split, select, split_names, write_split
 from meddeblur.errors import MissingExtra, UserError
-from meddeblur.files import atomic_write
+from meddeblur.files import atomic_write, remove_quietly
 from meddeblur.models import BEST_WEIGHTS, ModelConfig, save_weights
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
@@ -83,19 +84,43 @@ def _read_checksums(run: Path) -> list[str]:
 
 
 def save_checkpoint(run: Path, state: dict) -> None:
-    """Write ``last.pt`` and its checksum so that a kill at any moment leaves a pair that verifies.
+    """Write ``last.pt`` and its checksum so that a kill at any moment leaves a pair that verifies, and a failed write
+    (a full disk) leaves the pair it found.
 
-    Two files cannot be replaced at once, so while the new checkpoint is moved into
-    place the checksum file accepts both the old and the new digest, then only the new. The state is
-    serialised in memory first: torch's own file writer reports a full disk as a bare RuntimeError.
+    Two files cannot be replaced at once. The new checkpoint is written out in full first, to its temporary file
+    (synced: a full disk shows here, before any digest names it); then the checksum file accepts both the old and the
+    new digest while the checkpoint is moved into place, and then only the new. A failure on the way removes what this
+    attempt wrote — the temporary file, and the checksum file it created or widened — so no digest names a checkpoint
+    that is not there. The state is serialised in memory first: torch's own file writer reports a full disk as a bare
+    RuntimeError.
     """
     buffer = _stdio.BytesIO()
     torch.save(state, buffer)
     data = buffer.getvalue()
     digest = hashlib.sha256(data).hexdigest()
-    _write_checksums(run, [digest, *_read_checksums(run)])
-    with atomic_write(run / CHECKPOINT) as fh:
-        fh.write(data)
+    try:
+        found: bytes | None = (run / CHECKSUM).read_bytes()
+    except FileNotFoundError:
+        found = None
+    except OSError:  # there but unreadable: nothing to put back, and nothing this attempt may remove
+        found = b""
+    widened = False
+    try:
+        with atomic_write(run / CHECKPOINT) as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            _write_checksums(run, [digest, *_read_checksums(run)])
+            widened = True
+    except BaseException:
+        if widened and found is None:  # the checksum file is this attempt's own: no checkpoint is left for it to name
+            remove_quietly(run / CHECKSUM)
+        elif widened and found:  # the old checkpoint is still in place: its checksum file goes back to what it was
+            with contextlib.suppress(OSError, UserError):  # should even that fail, the widened file still verifies it
+                with atomic_write(run / CHECKSUM) as fh:
+                    fh.write(found)
+        raise
+    # Should this fail, the checksum file still accepts both digests, so the new checkpoint verifies.
     _write_checksums(run, [digest])
 
 
