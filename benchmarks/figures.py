@@ -90,7 +90,8 @@ def model(src: Source) -> str:
     row = _shipped_row(flops)
     return (f"{row['parameters'] / 1e6:.1f} M parameters, {row['gflop_256']:.2f} GFLOP per 256×256 image; "
             f"{row['256x256']['median_s'] * 1000:.0f} ms per 256×256 and {row['1024x768']['median_s']:.2f} s per 1024×768 "
-            f"image on a {flops['machine']['cores']}-core {flops['machine']['cpu']} CPU ({flops['machine']['torch_threads']} threads)")
+            f"image on a {flops['machine']['cores']}-core {flops['machine']['cpu']} CPU ({flops['machine']['torch_threads']} threads; "
+            f"`python benchmarks/flops.py`, row {row['label']})")
 
 
 def sharp_kept(src: Source) -> str:

@@ -193,9 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     archive.add_argument("--quiet", action="store_true", help="no progress (on a terminal, bars: images done, images/s, ETA, and "
                          "the tiles of a large image; elsewhere, a line every 30 s); the summary is still printed")
     archive.add_argument("--workers", type=int, metavar="N",
-                         help="processes deblurring at once, each loading the model once with cores/N threads (default: for 8 "
-                              "or more images on a CPU with 2 or more cores, 2 single-thread processes: on 2 cores they ran 3.2x "
-                              "the images/s of one process with 2 threads, see docs/archive.md; otherwise 1, this process); "
+                         help="processes deblurring at once, each loading the model once with cores/N threads (default 1, this "
+                              "process with all cores: on 2 cores, 2 single-thread workers ran 1.08x its images/s after a 2.7 s "
+                              "start-up, benchmarks/results/archive.md rows 'local, 1 worker' and 'local, 2 workers'); "
                               "with --cluster ray, the number of Ray actors")
     archive.add_argument("--cluster", choices=("ray",), help="run on Ray Data (pip install 'meddeblur[ray]'): an embedded Ray on this "
                          "machine, or the cluster at --ray-address; same outputs, log and resume rule")

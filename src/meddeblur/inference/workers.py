@@ -23,8 +23,6 @@ from meddeblur.restore import registry
 
 __all__ = ["ModelSpec", "LocalWorkers", "cores", "threads_per_worker", "check_workers", "default_workers"]
 
-#: From this many images to deblur on, :func:`default_workers` starts worker processes.
-MANY = 8
 _POLL_SECONDS = 1.0  # how often a waiting process checks that its peers are alive
 _STOP_SECONDS = 10.0  # how long stopped workers get to remove their temporary files before being killed
 
@@ -91,14 +89,15 @@ def threads_per_worker(workers: int) -> int:
 
 
 def default_workers(on_cpu: bool, images: int) -> int:
-    """Processes when none are asked for: 2 single-thread ones for :data:`MANY` or more images on a CPU with 2 or more
-    cores, else 1 (this process).
+    """Processes when none are asked for: 1, this process, with all the cores' threads.
 
-    Measured on a 2-core machine (benchmarks/results/archive.md): two single-thread workers deblurred a folder several
-    times faster than one process with two threads, after a start-up of a few seconds that a handful of images does
-    not repay; more workers were not measured. A GPU is shared: there one.
+    Measured on a quiet 2-core machine (benchmarks/results/archive.md, 200 images): two single-thread workers ran
+    at 1.08× the images/s of one process with two threads (1.02× in an earlier run of the same benchmark), for twice
+    the memory and a 2.7 s start-up that a folder of fewer than about a hundred images never repays. More cores were
+    not measured. A GPU is shared: there one too. ``on_cpu`` and ``images`` are the inputs a measured rule on other
+    hardware would use.
     """
-    return min(2, cores()) if on_cpu and images >= MANY else 1
+    return 1
 
 
 def check_workers(workers: int) -> int:

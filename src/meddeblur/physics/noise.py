@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.signal
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -39,4 +38,6 @@ def noise_level_np(image: np.ndarray) -> float:
     grey = np.asarray(image, dtype=np.float64)
     grey = grey.mean(axis=2) if grey.ndim == 3 else grey
     h, w = grey.shape
-    return float(np.abs(scipy.signal.correlate2d(grey, _MASK, mode="valid")).sum() * _SCALE / ((h - 2) * (w - 2)))
+    # The 3×3 "valid" correlation as nine shifted slices: scipy.signal would cost every command ~0.7 s of import.
+    response = sum(_MASK[i, j] * grey[i : h - 2 + i, j : w - 2 + j] for i in range(3) for j in range(3))
+    return float(np.abs(response).sum() * _SCALE / ((h - 2) * (w - 2)))
