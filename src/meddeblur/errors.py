@@ -78,7 +78,8 @@ class MissingExtra(UserError):
 #: Optional dependency (top-level module) → the extra that installs it.
 EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve", "fastapi_offline": "serve",
           "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "pydicom": "dicom", "matplotlib": "plots",
-          "skimage": "classical", "monai": "monai", "ray": "ray"}
+          "skimage": "classical", "monai": "monai", "ray": "ray",
+          "dicomweb_client": "pacs", "pynetdicom": "pacs"}
 
 
 def require(module: str, purpose: str) -> None:

@@ -23,7 +23,7 @@ from typing import IO, Any, Iterator
 from meddeblur.errors import NotFound, TooLarge, UserError
 
 __all__ = ["check_regular_file", "open_regular", "check_creatable_folder", "check_name_length", "atomic_write", "atomic_path",
-           "remove_quietly", "remove_stale_temporaries", "read_whole", "resolved_path", "source_stamp"]
+           "remove_quietly", "remove_stale_temporaries", "read_whole", "resolved_path", "source_stamp", "file_identity"]
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -153,6 +153,15 @@ def read_whole(path: Path, f: IO[bytes], limit: int) -> bytes:
 def _read_again(f: IO[bytes], data: bytes) -> bool:
     f.seek(0)
     return f.read(len(data) + 1) == data
+
+
+def file_identity(path: Path) -> tuple[int, ...]:
+    """Which file is at ``path`` and its state (device, inode, size, modification and change time): equal before
+    and after reading means no other program replaced or rewrote it meanwhile, without reading it again."""
+    try:
+        return _stamp(os.stat(path))
+    except OSError as exc:
+        raise _open_error(path, exc) from None
 
 
 def _stamp(info: os.stat_result) -> tuple[int, ...]:

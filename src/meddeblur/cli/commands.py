@@ -11,7 +11,7 @@ import argparse
 import math
 from pathlib import Path
 
-from meddeblur.errors import InvalidOption, UserError
+from meddeblur.errors import InvalidOption, UserError, require
 from meddeblur.cli.tools import assess, calibrate, export, info, synth
 from meddeblur.restore import registry
 
@@ -192,10 +192,11 @@ def pacs(args: argparse.Namespace) -> int:
     import threading
 
     from meddeblur.inference.workers import ModelSpec
-    from meddeblur.pacs.config import (DEFAULT_SOP_CLASSES, Auth, Filters, check_url, parse_forward, parse_listen, require_pacs,
+    from meddeblur.pacs.config import (DEFAULT_SOP_CLASSES, Auth, Filters, check_url, parse_forward, parse_listen,
                                        resolve_peers)
 
-    require_pacs("meddeblur pacs")
+    for module in ("pydicom", "dicomweb_client", "pynetdicom"):
+        require(module, "meddeblur pacs")
     if args.listen is not None and args.forward is None:
         raise UserError(f"--listen {args.listen}: say where the derived instances go with --forward AET@HOST:PORT")
     if args.dicomweb is not None and args.forward is not None:

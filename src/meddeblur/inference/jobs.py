@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from meddeblur.errors import InvalidOption, UserError
-from meddeblur.files import source_stamp
+from meddeblur.files import file_identity, source_stamp
 from meddeblur.inference.archive import Outcome, Task, target_record
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path, change_of
 from meddeblur.inference.explain import write_psf_plot
@@ -102,9 +102,10 @@ def _write(task: Task, image: LoadedImage, source: dict[str, Any], restored: np.
 
 def _decode(task: Task) -> tuple[LoadedImage, dict[str, Any]]:
     """The input decoded, and what it was when read (:func:`~meddeblur.files.source_stamp`), which its output records."""
+    before = file_identity(task.input)
     source = source_stamp(task.input)
     image = read_image(task.input)
-    if source_stamp(task.input) != source:
+    if file_identity(task.input) != before:
         raise UserError(f"{task.input}: changed while being read (another program is writing it); deblur it again once it is "
                         "complete", value=task.input)
     if SUFFIX_FORMATS.get(task.output.suffix.lower()) == "DICOM" and image.format != "DICOM":

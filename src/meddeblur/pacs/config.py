@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from meddeblur.errors import InvalidOption, MissingExtra, NotFound
+from meddeblur.errors import InvalidOption, NotFound
 
 __all__ = ["DEFAULT_SOP_CLASSES", "AE", "Auth", "Filters", "parse_listen", "parse_forward", "check_url", "is_loopback",
-           "require_pacs", "resolve_peers"]
+           "resolve_peers"]
 
 #: SOP classes a photograph of the skin comes in, each able to carry the deblurred result in the same class.
 DEFAULT_SOP_CLASSES = (
@@ -152,13 +152,3 @@ def resolve_peers(hosts: list[str] | tuple[str, ...]) -> set[str]:
             raise InvalidOption(f"allow_from={host}: this name does not resolve; give an address or a name this machine knows",
                                 value=host, option="allow_from") from None
     return found
-
-
-def require_pacs(purpose: str) -> None:
-    """MissingExtra naming the ``pacs`` extra when dicomweb-client or pynetdicom (or pydicom) is missing."""
-    import importlib.util
-
-    for module in ("pydicom", "dicomweb_client", "pynetdicom"):
-        if importlib.util.find_spec(module) is None:
-            raise MissingExtra(f"{purpose} needs {module}, which is not installed; install it with: pip install 'meddeblur[pacs]'",
-                               value=module, extra="pacs")

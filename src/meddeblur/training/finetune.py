@@ -10,14 +10,13 @@ the steps per minute this run measured.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import torch
 
-from meddeblur.files import atomic_write
-from meddeblur.models import BEST_WEIGHTS, ModelConfig, save_weights
+from meddeblur.models import BEST_WEIGHTS, ModelConfig
+from meddeblur.training.runs import publish_best
 
 __all__ = ["FEW_STEPS", "kept_start_line", "publish_start", "budget_warning", "summary_line", "end_lines"]
 
@@ -42,13 +41,7 @@ def kept_start_line(start_scores: dict | None, best_row: dict | None, what: str)
 def publish_start(run: Path, net: torch.nn.Module, config: ModelConfig, start_scores: dict) -> Path:
     """Write the starting weights as the run's best (``epoch`` 0 in ``best.json``, with its checksum, as every best)."""
     scores = {f"val_{key}": start_scores.get(key) for key in ("loss", "psnr", "ssim")}
-    best = save_weights(net, config, run / BEST_WEIGHTS, extra={"epoch": 0, "kept": "starting weights", **scores})
-    import hashlib
-
-    info = json.loads(best.with_suffix(".json").read_text())
-    with atomic_write(best.with_suffix(".json"), "w") as fh:
-        json.dump({**info, "sha256": hashlib.sha256(best.read_bytes()).hexdigest()}, fh, indent=2)
-    return best
+    return publish_best(run, net, config, {"epoch": 0, "kept": "starting weights", **scores})
 
 
 def budget_warning(steps: int, warmup: int, minutes: float, max_minutes: float | None) -> str | None:

@@ -32,7 +32,7 @@ from meddeblur.models import BEST_WEIGHTS, ModelConfig, save_weights
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
 
-__all__ = ["RUN_FILE", "RUN_FILES", "CHECKPOINT", "CHECKSUM", "HISTORY_FIELDS", "RunLog", "save_checkpoint", "load_checkpoint", "verify_best", "publish",
+__all__ = ["RUN_FILE", "RUN_FILES", "CHECKPOINT", "CHECKSUM", "HISTORY_FIELDS", "RunLog", "save_checkpoint", "load_checkpoint", "verify_best", "publish_best", "publish",
            "prepare_run", "open_run", "read_run_options", "checkpoint_config"]
 
 RUN_FILE = "run.json"
@@ -185,14 +185,21 @@ def _write_history(run: Path, history: list[dict]) -> None:
         fh.write(buffer.getvalue())
 
 
+def publish_best(run: Path, net: torch.nn.Module, config: ModelConfig, extra: dict) -> Path:
+    """Write ``net`` as the run's best weights, ``extra`` (epoch, scores) and the file's SHA-256 in ``best.json``
+    (which :func:`verify_best` checks on resume)."""
+    best = save_weights(net, config, run / BEST_WEIGHTS, extra=extra)
+    info = json.loads(best.with_suffix(".json").read_text())
+    with atomic_write(best.with_suffix(".json"), "w") as fh:
+        json.dump({**info, "sha256": _sha256(best)}, fh, indent=2)
+    return best
+
+
 def publish(run: Path, net: torch.nn.Module, config: ModelConfig, history: list[dict], best_epoch: int | None) -> None:
     """Write the files derived from the checkpoint: best weights (if ``best_epoch`` is the current one), history, curves."""
     if best_epoch is not None:
         row = next(r for r in history if r["epoch"] == best_epoch)
-        best = save_weights(net, config, run / BEST_WEIGHTS, extra={"epoch": best_epoch, **{k: row[k] for k in ("val_loss", "val_psnr", "val_ssim")}})
-        info = json.loads(best.with_suffix(".json").read_text())
-        with atomic_write(best.with_suffix(".json"), "w") as fh:
-            json.dump({**info, "sha256": _sha256(best)}, fh, indent=2)
+        publish_best(run, net, config, {"epoch": best_epoch, **{k: row[k] for k in ("val_loss", "val_psnr", "val_ssim")}})
     _write_history(run, history)
     try:
         from meddeblur.plots import plot_curves
