@@ -18,6 +18,13 @@ class _Terminated(BaseException):
 
 
 def _raise_terminated(signum: int, _frame: object) -> None:
+    import signal
+
+    # Unwinding has begun: a second signal (a supervisor repeating itself) must not interrupt the clean-up this one
+    # started, nor raise inside interpreter-exit finalizers. SIGKILL still ends a run that hangs.
+    for name in ("SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     raise _Terminated(signum)
 
 

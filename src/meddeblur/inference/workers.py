@@ -116,6 +116,10 @@ class _Stop(BaseException):
 
 
 def _stop(signum: int, _frame: object) -> None:
+    # A second signal (the parent's forwarded SIGTERM, or PR_SET_PDEATHSIG when it exits first) must not interrupt
+    # the unwinding this one starts: it once raised inside torch's atexit finalizers and printed a traceback.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     raise _Stop(signum)
 
 
