@@ -14,7 +14,9 @@ Nothing here deblurs or decodes pixels; :mod:`meddeblur.inference.jobs` does, on
   provenance record of the same model, engine and pixel-shaping parameters (the whole ``parameters`` dict, whatever
   its keys) *and of the very input file now at its path* (its SHA-256 digest: a replaced input, or an output copied
   from another one's, does not pass), and decodes whole (an output cut short does not pass); so must its change map
-  (``NAME.change.png``) and PSF figure (``NAME.psf.png``) when asked for. An input that is itself a meddeblur output
+  (``NAME.change.png``) and PSF figure (``NAME.psf.png``) when asked for. An output carrying the run's recipe
+  (:mod:`~meddeblur.inference.recipe`) is proven made with its model and options without making the record, which
+  would load the model. An input that is itself a meddeblur output
   is skipped unless ``allow_outputs``.
 * An input that cannot even be opened (a FIFO or device, a broken link, no permission) is refused here, before
   anything is written.
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +37,7 @@ from meddeblur.errors import InvalidOption, NotFound, UserError
 from meddeblur.files import check_creatable_folder, remove_stale_temporaries, resolved_path, source_stamp
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path
 from meddeblur.inference.explain import PSF_PLOT_OPERATION, psf_plot_path
+from meddeblur.inference.recipe import RECIPE_KEY
 from meddeblur.inference.run_log import check_run_log
 from meddeblur.io.decode import read_image
 from meddeblur.io.formats import IMAGE_EXTENSIONS, OUTPUT_SUFFIXES, SUFFIX_FORMATS
@@ -92,6 +96,9 @@ class Plan:
     refused: list[Outcome] = field(default_factory=list)  # inputs that cannot even be opened (a FIFO, no permission, ...)
     not_images: list[Path] = field(default_factory=list)
     folders_not_entered: list[Path] = field(default_factory=list)
+    #: The record outputs were compared with (made, or read from an output its recipe proved the run's own: the same
+    #: model_id, engine and parameters); None when no output existed.
+    record: dict[str, Any] | None = None
 
     @property
     def inputs(self) -> int:
@@ -244,12 +251,21 @@ def _decodes_whole(path: Path) -> bool:
         return False
 
 
-def _done(existing: dict[str, Any] | None, expected: dict[str, Any], target: Path, source: dict[str, Any], change_map: bool,
+def _same_recipe(existing: dict[str, Any], recipe: str | None, target: Path, jpeg_quality: int) -> bool:
+    """True if ``existing``, the record of a deblurred output at ``target``, carries the run's ``recipe`` and JPEG
+    quality: made with the model and options the run uses (:mod:`~meddeblur.inference.recipe`), as :func:`matches` would say."""
+    quality = jpeg_quality if SUFFIX_FORMATS.get(target.suffix.lower()) == "JPEG" else None
+    return (recipe is not None and existing.get("operation") == "deblur" and existing.get(RECIPE_KEY) == recipe
+            and existing.get("jpeg_quality") == quality)
+
+
+def _done(existing: dict[str, Any] | None, expected: dict[str, Any] | None, target: Path, source: dict[str, Any], change_map: bool,
           explain: bool) -> str | None:
-    """None if the input is proven done (see the module docstring); else why it is (re)done."""
+    """None if the input is proven done (see the module docstring); else why it is (re)done. ``expected`` None: its
+    record is already proven the run's own (:func:`_same_recipe`)."""
     if existing is None:
         return "no output yet"
-    if not matches(existing, expected):
+    if expected is not None and not matches(existing, expected):
         return "made with another model or other options"
     files = [(target, "deblur")]
     files += [(change_map_path(target), CHANGE_MAP_OPERATION)] if change_map else []
@@ -266,10 +282,15 @@ def _drawn(record: dict[str, Any]) -> bool:
     return bool((record.get("restoration") or {}).get("psf") or (record.get("parameters") or {}).get("psf"))
 
 
-def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], fmt: str | None = None, jpeg_quality: int = 95,
-             recursive: bool = False, change_map: bool = False, overwrite: bool = False, resume: bool = True,
-             allow_outputs: bool = False, explain: bool = False, log: str | os.PathLike[str] | None = None) -> Plan:
+def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any] | Callable[[], dict[str, Any]], fmt: str | None = None,
+             jpeg_quality: int = 95, recursive: bool = False, change_map: bool = False, overwrite: bool = False, resume: bool = True,
+             allow_outputs: bool = False, explain: bool = False, log: str | os.PathLike[str] | None = None,
+             recipe: str | None = None) -> Plan:
     """Plan deblurring ``inputs`` into ``out`` with the provenance ``record`` the run writes (see the module docstring).
+
+    ``record`` may be a function that makes it (by loading the model): it is then called only for an existing output
+    whose ``recipe`` (:mod:`~meddeblur.inference.recipe`, the run's own, if known) does not already prove it made as
+    the run would make it. :attr:`Plan.record` is the record compared with, if one was.
 
     ``resume``: skip an input whose output exists with a matching record (:func:`matches`), and its change map too
     when ``change_map``, its PSF figure when ``explain`` (if it was restored with a PSF); otherwise every output is
@@ -290,6 +311,8 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], 
     if log is not None:
         _check_log(Path(log), planned, [source for source, _ in pairs])
     plan = Plan(tasks=[], not_images=not_images, folders_not_entered=not_entered)
+    made: dict[str, Any] | None = None  # the record, once made (a function may load the model to make it)
+    proven: dict[str, Any] | None = None  # the record of a finished output whose recipe proved it the run's own
     for folder in sorted({target.parent for _, target in pairs}):
         remove_stale_temporaries(folder)
     for source, target in pairs:
@@ -306,7 +329,13 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], 
             plan.refused.append(Outcome(str(source), "refused", None, " ".join(str(error).split()), time.perf_counter() - started))
             continue
         existing = _provenance(target) if os.path.lexists(target) else None
-        why = _done(existing, target_record(record, target, jpeg_quality), target, source_now, change_map, explain)
+        expected = None
+        if existing is not None and not _same_recipe(existing, recipe, target, jpeg_quality):
+            made = made or (record() if callable(record) else record)
+            expected = target_record(made, target, jpeg_quality)
+        elif existing is not None:
+            proven = proven or existing
+        why = _done(existing, expected, target, source_now, change_map, explain)
         if resume and why is None:
             assert existing is not None
             plan.skipped.append(Outcome(str(source), "skipped", str(target), "already done from this very input with this "
@@ -316,4 +345,5 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any], 
             continue
         note = f"replaced an earlier meddeblur output ({why})" if existing is not None and why is not None else None
         plan.tasks.append(Task(source, target, note))
+    plan.record = made or proven
     return plan

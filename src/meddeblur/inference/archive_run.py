@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from meddeblur.errors import InvalidOption
@@ -22,7 +23,6 @@ from meddeblur.inference.archive import plan_run
 from meddeblur.inference.explain import check_explainable
 from meddeblur.inference.folder_run import Executor, InProcess, Report, execute
 from meddeblur.inference.jobs import GPU_BATCH, Settings
-from meddeblur.inference.tiling import Tiling
 from meddeblur.inference.workers import LocalWorkers, ModelSpec, check_workers, default_workers
 from meddeblur.io.encode import check_jpeg_quality
 
@@ -51,35 +51,48 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
     on an embedded Ray on this machine.
     """
     spec = spec or ModelSpec()
-    Tiling(spec.tile, spec.overlap)
     check_jpeg_quality(jpeg_quality)
     if cluster is not None and cluster not in CLUSTERS:
         raise InvalidOption(f"cluster={cluster!r}: choose 'ray' (or leave it out to run on this machine)", value=cluster, option="cluster")
     if ray_address is not None and cluster is None:
         raise InvalidOption(f"ray_address={ray_address}: joins a Ray cluster; add cluster='ray'", value=ray_address, option="ray_address")
-    on_cpu = spec.engine == "onnx" or spec.device == "cpu" or (spec.device == "auto" and not _has_cuda())
     if workers is not None:
         check_workers(workers)
-    # The record decides what is already done; for the plan alone the model's device does not matter.
-    here = on_cpu or (cluster is None and workers in (None, 1))
     if explain:
         check_explainable(spec)  # before the model is loaded: the spec says whether there will be a PSF
-    engine = spec.load() if here else spec.load(device="cpu")
-    plan = plan_run(inputs, out, engine.provenance, format, jpeg_quality, recursive=recursive, change_map=change_map,
-                    overwrite=overwrite, resume=not redo, allow_outputs=allow_outputs, explain=explain, log=log)
-    workers = default_workers(on_cpu, len(plan.tasks)) if workers is None else workers
+    # The model is loaded only when needed: a rerun whose outputs all carry this spec's recipe never imports torch.
+    # For the plan the model's device does not matter; a run in this process keeps the model loaded for it.
+    here = lambda: _on_cpu(spec) or (cluster is None and workers in (None, 1))  # noqa: E731
+    loaded: list[Any] = []
+
+    def record() -> dict[str, Any]:
+        if not loaded:
+            loaded.append(spec.load() if here() else spec.load(device="cpu"))
+        return loaded[0].provenance
+
+    plan = plan_run(inputs, out, record, format, jpeg_quality, recursive=recursive, change_map=change_map, overwrite=overwrite,
+                    resume=not redo, allow_outputs=allow_outputs, explain=explain, log=log, recipe=spec.recipe())
+    if not plan.tasks:  # everything done (or refused): no processes, and no model where an output's record names it
+        return execute(plan, None, plan.record if plan.record is not None else record(), log=log, skip_bad=skip_bad, progress=progress, progress_every=progress_every,
+                       words=words)
+    made = record()
+    on_cpu = _on_cpu(spec)
+    count = default_workers(on_cpu, len(plan.tasks)) if workers is None else workers
     settings = Settings(jpeg_quality=jpeg_quality, change_map=change_map, batch=1 if on_cpu else GPU_BATCH, explain=explain)
     executor: Executor
     if cluster == "ray":
         from meddeblur.inference.ray_run import RayActors
 
-        executor = RayActors(spec, settings, workers, ray_address)
-    elif workers == 1 or len(plan.tasks) <= 1:  # starting processes for one image costs more than it saves
-        executor = InProcess(engine if here else spec.load(), settings)
+        executor = RayActors(spec, settings, count, ray_address)
+    elif count == 1 or len(plan.tasks) <= 1:  # starting processes for one image costs more than it saves
+        executor = InProcess(loaded[0] if here() else spec.load(), settings)
     else:
-        executor = LocalWorkers(spec, settings, workers)
-    return execute(plan, executor, engine.provenance, log=log, skip_bad=skip_bad, progress=progress, progress_every=progress_every,
-                   words=words)
+        executor = LocalWorkers(spec, settings, count)
+    return execute(plan, executor, made, log=log, skip_bad=skip_bad, progress=progress, progress_every=progress_every, words=words)
+
+
+def _on_cpu(spec: ModelSpec) -> bool:
+    return spec.engine == "onnx" or spec.device == "cpu" or (spec.device == "auto" and not _has_cuda())
 
 
 def _has_cuda() -> bool:

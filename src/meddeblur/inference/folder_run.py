@@ -163,12 +163,12 @@ def progress_line(done: int, total: int, seconds: float, refused: int = 0) -> st
     return line + (f", {refused} refused" if refused else "")
 
 
-def execute(plan: Plan, executor: Executor, record: dict[str, Any], log: str | os.PathLike[str] | None = None,
+def execute(plan: Plan, executor: Executor | None, record: dict[str, Any], log: str | os.PathLike[str] | None = None,
             skip_bad: bool = False, progress: bool | None = None, progress_every: float = 30.0,
             words: Callable[[str], str] | None = None) -> Report:
     """Run ``plan`` on ``executor``, logging every input (skipped ones too) to ``log`` if given.
 
-    ``record`` is the engine's provenance, as the log names model and options.
+    ``record`` is the engine's provenance, as the log names model and options. ``executor`` None: the plan has no tasks.
     Without ``skip_bad`` the first refused input stops the run with its :class:`~meddeblur.errors.UserError` — before
     anything is written if it could not even be opened, else at it: the outputs finished by then are whole and a
     resumed run skips them. ``progress``: show bars (None: bars when stderr is a terminal, else a line every
@@ -176,8 +176,11 @@ def execute(plan: Plan, executor: Executor, record: dict[str, Any], log: str | o
     flags: ``--redo``, not ``redo=True``). The executor is closed on the way out, whatever happens; a run stopped by
     Ctrl-C or a signal carries the report of what it did so far as the exception's ``report`` attribute.
     """
+    if executor is None and plan.tasks:
+        raise ValueError(f"execute: {len(plan.tasks)} task(s) and no executor to run them")
     if plan.refused and not skip_bad:  # found while planning: the run stops before anything is written
-        executor.close()
+        if executor is not None:
+            executor.close()
         raise UserError(f"{plan.refused[0].reason} (nothing was written; pass skip_bad=True to go on past inputs that cannot "
                         "be read)", value=plan.refused[0].input)
     report = Report(not_images=list(plan.not_images), folders_not_entered=list(plan.folders_not_entered),
@@ -190,7 +193,7 @@ def execute(plan: Plan, executor: Executor, record: dict[str, Any], log: str | o
             report.outcomes.append(outcome)
             if run_log is not None:
                 run_log.write(outcome)
-        for outcome in executor.run(plan.tasks, bars.tile):
+        for outcome in executor.run(plan.tasks, bars.tile) if executor is not None else ():
             report.outcomes.append(outcome)
             if run_log is not None:
                 run_log.write(outcome)
@@ -203,7 +206,8 @@ def execute(plan: Plan, executor: Executor, record: dict[str, Any], log: str | o
             stop.report = report  # type: ignore[attr-defined]
         raise
     finally:
-        executor.close()
+        if executor is not None:
+            executor.close()
         bars.close()
         if run_log is not None:
             run_log.close()

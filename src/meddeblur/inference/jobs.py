@@ -21,7 +21,7 @@ from meddeblur.files import file_identity, source_stamp
 from meddeblur.inference.archive import Outcome, Task, target_record
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path, change_of
 from meddeblur.inference.explain import write_psf_plot
-from meddeblur.inference.tiling import tile_starts
+from meddeblur.inference.tile_grid import tile_starts
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import check_jpeg_quality, write_image
 from meddeblur.io.formats import SUFFIX_FORMATS, LoadedImage

@@ -31,14 +31,13 @@ trained width-8 Attention U-Net (60 epochs) on two 1022×767 ISIC images, tile 5
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from meddeblur.errors import InvalidOption
+from meddeblur.inference.tile_grid import Tiling, tile_starts  # re-exported
 
 # Own code, not MONAI's sliding_window_inference: monai 1.6 needs torch>=2.8 (we allow >=2.2) and lacks aligned tiles and border-aware weights.
 
@@ -47,19 +46,6 @@ __all__ = ["Tiling", "deblur_tiled", "pad_to_multiple", "tile_starts", "blend_we
 #: What runs on one batch of padded tiles: an ``nn.Module`` or any callable (N, C, h, w) → (N, C', h, w),
 #: e.g. :class:`meddeblur.inference.onnx_engine.OnnxModel`.
 TileFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def tile_starts(length: int, tile: int, overlap: int, multiple: int = 1) -> list[int]:
-    """Starts of ``tile``-long windows covering ``[0, length)``, neighbours overlapping by ≥ ``overlap``.
-
-    ``length``, ``tile`` multiples of ``multiple`` and ``tile - overlap ≥ multiple``; every start is a
-    multiple of ``multiple`` and the starts are spread evenly (no thin last tile).
-    """
-    if length <= tile:
-        return [0]
-    span, max_step = (length - tile) // multiple, (tile - overlap) // multiple  # in units of `multiple`
-    count = -(-span // max_step) + 1
-    return [multiple * (i * span // (count - 1)) for i in range(count)]
 
 
 def blend_weights(length: int, start: int, size: int, ramp: int) -> torch.Tensor:
@@ -77,27 +63,6 @@ def blend_weights(length: int, start: int, size: int, ramp: int) -> torch.Tensor
     if start + size < length:
         weights[size - taper.numel():] *= taper.flip(0)
     return weights
-
-
-@dataclass(frozen=True)
-class Tiling:
-    """How large images are processed: in ``tile``×``tile`` windows (0: whole, never tiled) overlapping by ``overlap`` px.
-
-    Checked once here for the CLI, the server and :class:`~meddeblur.inference.deblurrer.Deblurrer` alike.
-
-    >>> Tiling(tile=16)
-    Traceback (most recent call last):
-    ...
-    meddeblur.errors.InvalidOption: tile=16, overlap=128: use a tile of at least 32 px (or 0: no tiling) and an overlap from 0 to below half the tile
-    """
-
-    tile: int = 1024
-    overlap: int = 128
-
-    def __post_init__(self) -> None:
-        if self.tile < 0 or (self.tile and (self.tile < 32 or not 0 <= self.overlap < self.tile // 2)):
-            raise InvalidOption(f"tile={self.tile}, overlap={self.overlap}: use a tile of at least 32 px (or 0: no tiling) and an "
-                                "overlap from 0 to below half the tile", value=(self.tile, self.overlap), option="tile")
 
 
 def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:

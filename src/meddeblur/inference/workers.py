@@ -19,6 +19,8 @@ from typing import Any
 from meddeblur.errors import InvalidOption, UserError
 from meddeblur.inference.archive import Outcome, Task
 from meddeblur.inference.jobs import Settings, deblur_tasks
+from meddeblur.inference.recipe import RECIPE_KEY, recipe_of
+from meddeblur.inference.tile_grid import Tiling
 from meddeblur.restore import registry
 
 __all__ = ["ModelSpec", "LocalWorkers", "cores", "threads_per_worker", "check_workers", "default_workers"]
@@ -47,6 +49,7 @@ class ModelSpec:
     estimator: str | None = None
 
     def __post_init__(self) -> None:
+        Tiling(self.tile, self.overlap)
         estimated = registry.ESTIMATED
         if self.method is not None:
             registry.get(self.method)
@@ -65,14 +68,25 @@ class ModelSpec:
         """True when the loaded Deblurrer estimates each image's PSF (``method="psf"``)."""
         return self.method == registry.ESTIMATED
 
+    def recipe(self) -> str | None:
+        """What the loaded model's provenance record is made from, digested without loading it
+        (:mod:`~meddeblur.inference.recipe`); None where that cannot be known before loading."""
+        return recipe_of(self.model, self.engine, self.tile, self.overlap, self.psf, self.method, self.estimator)
+
     def load(self, device: str | None = None) -> Any:
-        """The :class:`~meddeblur.inference.deblurrer.Deblurrer` (on ``device`` instead of the spec's, if given)."""
+        """The :class:`~meddeblur.inference.deblurrer.Deblurrer` (on ``device`` instead of the spec's, if given); its
+        provenance carries the spec's :meth:`recipe`, so that a rerun can prove outputs done without loading it."""
         from meddeblur.inference.deblurrer import Deblurrer
 
         deblurrer = Deblurrer.load(self.model, self.engine, device or self.device, self.tile, self.overlap)
         if self.estimates_psf:
-            return deblurrer.with_estimated_psf(self.estimator)
-        return deblurrer.with_psf(self.psf, self.method) if self.psf is not None else deblurrer
+            deblurrer = deblurrer.with_estimated_psf(self.estimator)
+        elif self.psf is not None:
+            deblurrer = deblurrer.with_psf(self.psf, self.method)
+        recipe = self.recipe()
+        if recipe is not None:
+            deblurrer.provenance = {**deblurrer.provenance, RECIPE_KEY: recipe}
+        return deblurrer
 
 
 def cores() -> int:

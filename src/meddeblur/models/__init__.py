@@ -7,7 +7,6 @@ safetensors metadata (so the single file is enough) and in ``NAME.json`` beside 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -17,13 +16,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from meddeblur.errors import CorruptFile, InvalidOption, NotFound, UnsupportedFormat, UserError
+from meddeblur.errors import CorruptFile, InvalidOption, UnsupportedFormat, UserError
 from meddeblur.files import atomic_write
 from meddeblur.models.attention_unet import AttentionUNet
 from meddeblur.models.flops import count_flops as count_flops  # re-exported
 from meddeblur.models.nafnet import NAFNet
 from meddeblur.models.psf_nafnet import PSFNAFNet, lift_blind_state
 from meddeblur.models.residual import ResidualAttentionUNet
+from meddeblur.shipped import BEST_WEIGHTS, DEFAULT_WEIGHTS, PSF_WEIGHTS, resolve_weights, weights_id  # re-exported
 
 ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet", "psf-nafnet")
 #: Architectures that are told the blur: their input carries a kernel canvas after the image channels.
@@ -31,12 +31,6 @@ PSF_ARCHITECTURES = ("psf-nafnet",)
 _NAFNETS = ("nafnet", "psf-nafnet")
 #: Size multiple of the reference (four 2×2 poolings); other configs: :func:`size_multiple`.
 SIZE_MULTIPLE = 16
-#: The shipped kernel-conditioned restorer (psf-nafnet), used when a PSF is given and no ``--model``.
-PSF_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "psf.safetensors"
-#: Inside a run folder, the weights that ``--model RUN`` means.
-BEST_WEIGHTS = "best.safetensors"
-#: The trained model shipped inside the package (see MODEL_CARD.md); used when no ``--model`` is given.
-DEFAULT_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "default.safetensors"
 #: Base channels when a config names none: the reference's 64, NAFNet's measured CPU default.
 DEFAULT_WIDTHS = {"attention-unet": 64, "attention-unet-residual": 64, "nafnet": 16, "psf-nafnet": 16}
 #: NAFNet block counts when a config names none: no blocks at full resolution, where
@@ -207,31 +201,6 @@ def save_weights(model: nn.Module, config: ModelConfig, path: str | Path, extra:
     with atomic_write(path.with_suffix(".json"), "w") as fh:
         json.dump(info, fh, indent=2)
     return path
-
-
-def resolve_weights(model: str | Path | None = None) -> Path:
-    """Map ``--model`` (a run folder or a .safetensors file; ``None``: the shipped model) to the weights file."""
-    if model is None:
-        if not DEFAULT_WEIGHTS.is_file():
-            raise NotFound(f"{DEFAULT_WEIGHTS}: the shipped model is missing from this installation; reinstall meddeblur or pass `model`", value=DEFAULT_WEIGHTS)
-        return DEFAULT_WEIGHTS
-    path = Path(model)
-    if path.is_dir():
-        path = path / BEST_WEIGHTS
-        if not path.is_file():
-            raise NotFound(f"{path}: run folder has no {BEST_WEIGHTS}; finish or resume training, or pass a .safetensors file", value=path)
-    elif not path.exists():
-        raise NotFound(f"{path}: no such model; pass a run folder or a .safetensors weights file", value=path)
-    return path
-
-
-def weights_id(path: str | Path) -> str:
-    """Short content hash identifying a weights file (first 12 hex of SHA-256)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:12]
 
 
 def _read_config(path: Path) -> ModelConfig:

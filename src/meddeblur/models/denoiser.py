@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from meddeblur.errors import CorruptFile, NotFound
 from meddeblur.files import atomic_write
+from meddeblur.shipped import DENOISER_WEIGHTS  # re-exported
 
 __all__ = ["Denoiser", "DEFAULT_WIDTHS", "DEFAULT_BLOCKS", "SIGMA_MAX", "DENOISER_WEIGHTS", "save_denoiser", "load_denoiser"]
 
@@ -100,8 +101,6 @@ class Denoiser(nn.Module):
         return images + F.pixel_shuffle(self.tail(x), _UNSHUFFLE)
 
 
-#: The shipped denoiser (the plug-and-play restorer's prior; MODEL_CARD.md).
-DENOISER_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "denoiser.safetensors"
 _META_KEY = "meddeblur_denoiser"
 
 

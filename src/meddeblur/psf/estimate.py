@@ -33,13 +33,12 @@ from meddeblur.errors import InvalidOption, NotFound
 from meddeblur.models.psf_estimator import FAMILIES, LAYOUT, BlurEstimatorNet
 from meddeblur.psf.kernel import PSF, psf_from_spec
 from meddeblur.psf.motion_length import motion_length
+from meddeblur.shipped import ESTIMATOR_WEIGHTS  # re-exported
 from meddeblur.psf.spectrum import MIN_SIDE, WINDOW, grey_of, log_power_spectrum
 
 __all__ = ["ESTIMATOR_WEIGHTS", "CELL", "BlurEstimate", "PsfMap", "BlurEstimator", "gaussian_of_moments", "label_of",
            "estimate_psf", "estimate_psf_map"]
 
-#: The shipped estimator's weights.
-ESTIMATOR_WEIGHTS = Path(__file__).resolve().parents[1] / "weights" / "estimator.safetensors"
 #: Side of the cells of a PSF map, px: the crop size the estimator was trained on.
 CELL = 256
 _ISOTROPIC = 1.15  # σ ratio below which an estimated Gaussian is reported as isotropic

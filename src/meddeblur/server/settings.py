@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass
 
 from meddeblur.errors import UserError
-from meddeblur.inference.tiling import Tiling
+from meddeblur.inference.tile_grid import Tiling
 from meddeblur.io.encode import check_jpeg_quality
 
 #: Environment variable through which ``serve`` hands the settings to uvicorn's worker processes.
