@@ -151,3 +151,38 @@ def test_the_listener_refuses_a_peer_it_was_not_told_about(tmp_path) -> None:
     handler = _handler(spool, {"10.0.0.7"}, wake)
     assert handler(event("10.0.0.9")) == 0x0124 and not spool.pending()
     assert handler(event("10.0.0.7")) == 0 and handler(event("127.0.0.1")) == 0 and len(spool.pending()) == 2
+
+
+#: What a derived instance must change: its identity, its pixels, what says how it was made and what it came from.
+_CHANGED = {"SOPInstanceUID", "SeriesInstanceUID", "ImageType", "PixelData", "DerivationDescription", "SeriesDescription",
+            "InstanceCreationDate", "InstanceCreationTime", "SourceImageSequence", "ReferencedImageSequence",
+            "ContributingEquipmentSequence"}
+
+
+def test_every_attribute_of_a_dermoscopic_source_survives_but_those_a_derived_instance_must_change(tiny_weights, tmp_path) -> None:
+    from io import BytesIO
+
+    import pydicom
+    from pydicom.tag import Tag
+
+    from meddeblur.inference.workers import ModelSpec
+    from meddeblur.pacs.node import Node
+
+    source = make_instance("derm", sop_class="1.2.840.10008.5.1.4.1.1.77.1.7", samples=3, rows=64, cols=80, seed=2)
+    # Attributes this pydicom's dictionary does not know (as it knows none of the Dermoscopic Image module's): their
+    # tags, VRs and values must come through all the same.
+    source.add_new(0x00229991, "CS", "POLARIZED")
+    source.add_new(0x00229992, "DS", "10.0")
+    source.add_new(0x00229993, "SQ", [pydicom.Dataset()])
+    source[0x00229993].value[0].add_new(0x00080100, "SH", "CONTACT")
+    received = pydicom.dcmread(BytesIO(as_bytes(source)))
+    stored = []
+    node = Node(ModelSpec(str(tiny_weights), device="cpu").load(), tmp_path / "state.sqlite", Filters(), stored.append)
+    assert node.handle(received) == "done"
+    node.close()
+    derived = pydicom.dcmread(BytesIO(as_bytes(stored[0])))
+    kept = [element for element in received if element.keyword not in _CHANGED]
+    assert len(kept) >= 25 and Tag(0x00229991) in [element.tag for element in kept]
+    for element in kept:
+        assert element.tag in derived, element.name
+        assert (derived[element.tag].VR, derived[element.tag].value) == (element.VR, element.value), element.name

@@ -194,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "the tiles of a large image; elsewhere, a line every 30 s); the summary is still printed")
     archive.add_argument("--workers", type=int, metavar="N",
                          help="processes deblurring at once, each loading the model once with cores/N threads (default 1, this "
-                              "process with all cores: on 2 cores, 2 single-thread workers ran 1.08x its images/s after a 2.7 s "
+                              "process with all cores: on 2 cores, 2 single-thread workers ran 1.02x to 1.22x its images/s (three runs) after a 2.3 s "
                               "start-up, benchmarks/results/archive.md rows 'local, 1 worker' and 'local, 2 workers'); "
                               "with --cluster ray, the number of Ray actors")
     archive.add_argument("--cluster", choices=("ray",), help="run on Ray Data (pip install 'meddeblur[ray]'): an embedded Ray on this "

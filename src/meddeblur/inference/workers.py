@@ -106,8 +106,8 @@ def default_workers(on_cpu: bool, images: int) -> int:
     """Processes when none are asked for: 1, this process, with all the cores' threads.
 
     Measured on a quiet 2-core machine (benchmarks/results/archive.md, 200 images): two single-thread workers ran
-    at 1.08× the images/s of one process with two threads (1.02× in an earlier run of the same benchmark), for twice
-    the memory and a 2.7 s start-up that a folder of fewer than about a hundred images never repays. More cores were
+    at 1.22× the images/s of one process with two threads (1.08× and 1.02× in earlier runs of the same benchmark: the
+    machine's speed drifts), for twice the memory and a 2.3 s start-up that a folder of fewer than about a hundred images never repays. More cores were
     not measured. A GPU is shared: there one too. ``on_cpu`` and ``images`` are the inputs a measured rule on other
     hardware would use.
     """

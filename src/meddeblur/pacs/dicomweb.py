@@ -49,9 +49,22 @@ def _value(item: dict[str, Any], tag: str) -> str:
 
 
 def _session(auth: Auth) -> Any:
+    """A requests session logging in and checking TLS as ``auth`` says.
+
+    A ``ca_bundle`` given here wins over ``REQUESTS_CA_BUNDLE`` / ``CURL_CA_BUNDLE``: requests lets those variables
+    replace a session's own ``verify`` (psf/requests#3829), which would silently drop ``--ca-bundle`` on the many
+    machines that set them for the system's CAs.
+    """
     import requests
 
-    session = requests.Session()
+    class Session(requests.Session):
+        def merge_environment_settings(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+            settings = super().merge_environment_settings(*args, **kwargs)
+            if auth.ca_bundle is not None:
+                settings["verify"] = auth.ca_bundle
+            return settings
+
+    session = Session()
     if auth.user is not None:
         session.auth = (auth.user, auth.password or "")
     if auth.token is not None:
@@ -61,6 +74,18 @@ def _session(auth: Auth) -> Any:
     if auth.client_cert is not None:
         session.cert = (auth.client_cert, auth.client_key) if auth.client_key else auth.client_cert
     return session
+
+
+_CLIENT_CERTIFICATE_WANTED = "certificate required"  # OpenSSL's alert when the server wants a client certificate
+
+
+def _tls_failure(error: Exception) -> str:
+    """What went wrong in a TLS handshake, and the fix: the service's certificate did not check, or else the service
+    broke the handshake off (with TLS 1.3 its refusal of this client's certificate can arrive as a bare end of stream)."""
+    if "certificate verify failed" in str(error).lower():
+        return "the service's TLS certificate did not check; give the CA that signed it with ca_bundle="
+    return ("the service broke the TLS handshake off: it wants a client certificate it trusts; give one with client_cert= "
+            "(and client_key= unless the file holds the key)")
 
 
 class Archive:
@@ -78,9 +103,8 @@ class Archive:
 
         try:
             return function(*args, **kwargs)
-        except requests.exceptions.SSLError:
-            raise ServiceError(f"dicomweb={self.url}: the TLS certificate check failed while {what}; give the service's CA "
-                               "with ca_bundle= (and client_cert= if it wants one)", value=self.url) from None
+        except requests.exceptions.SSLError as error:
+            raise ServiceError(f"dicomweb={self.url}: while {what}, {_tls_failure(error)}", value=self.url) from None
         except requests.exceptions.HTTPError as error:
             status = getattr(error.response, "status_code", None)
             if status in (401, 403):
@@ -89,6 +113,8 @@ class Archive:
             raise ServiceError(f"dicomweb={self.url}: HTTP {status} while {what}; check the URL (the DICOMweb root, e.g. "
                                "http://HOST:8042/dicom-web) and the service's log", value=self.url, instance=True) from None
         except requests.exceptions.RequestException as error:
+            if _CLIENT_CERTIFICATE_WANTED in str(error).lower():  # a refused handshake can come back as a reset connection
+                raise ServiceError(f"dicomweb={self.url}: while {what}, {_tls_failure(error)}", value=self.url) from None
             raise ServiceError(f"dicomweb={self.url}: cannot reach the service while {what} ({type(error).__name__}); check that "
                                "it runs and the address", value=self.url) from None
 
