@@ -6,8 +6,9 @@ started on 127.0.0.1 from a generated configuration, authentication on, stopped 
 
 * DICOMweb: one ``--once`` pass of the node (QIDO-RS listing, WADO-RS retrieve, a QIDO-RS look for each derived
   instance, STOW-RS store), in this process;
-* C-STORE: the node listening in this process, a pynetdicom SCU sending every instance to it, the node forwarding each
-  derived instance to Orthanc's DICOM port; timed until Orthanc holds them all;
+* C-STORE: the node listening in this process, a pynetdicom SCU in a process of its own (a modality is another program)
+  sending every instance to it, the node forwarding each derived instance to Orthanc's DICOM port; timed until the node
+  has forwarded them all (each forward answered "success" by Orthanc, whose count is checked after);
 * folder: what ``meddeblur deblur FOLDER -o OUT --workers 1`` does (planning, then deblurring in this process, one
   instance at a time as the node) on the same instances as ``.dcm`` files.
 
@@ -186,44 +187,55 @@ def run_dicomweb_pass(orthanc: Orthanc, engine, paths: list[Path], work: Path) -
     return _row("DICOMweb (QIDO-RS, WADO-RS, STOW-RS)", len(paths), wall, archive.seconds, counts.deblur_seconds)
 
 
-def run_cstore_pass(orthanc: Orthanc, engine, paths: list[Path], work: Path) -> dict:
-    """The node listening in this thread (as the CLI runs it), a modality sending from another, timed until Orthanc holds all."""
-    import pydicom
-    from pynetdicom import AE as Entity
+_MODALITY = """
+import sys, time
+import pydicom
+from pynetdicom import AE
+port, paths = int(sys.argv[1]), sys.argv[2:]
+datasets = [pydicom.dcmread(path) for path in paths]
+sender = AE(ae_title="MODALITY")
+sender.add_requested_context(datasets[0].SOPClassUID)
+while True:  # until the listener answers
+    association = sender.associate("127.0.0.1", port, ae_title="MEDDEBLUR")
+    if association.is_established:
+        break
+    time.sleep(0.05)
+started = time.time()
+statuses = [association.send_c_store(ds) for ds in datasets]
+association.release()
+print(started, time.time() - started, sum(1 for s in statuses if s and s.Status == 0), flush=True)
+"""
 
+
+def run_cstore_pass(orthanc: Orthanc, engine, paths: list[Path], work: Path) -> dict:
+    """The node listening in this process (as the CLI runs it), a modality sending from a process of its own (as a
+    modality is another program), timed from the modality's association until the node has forwarded every instance
+    (each forward a C-STORE Orthanc answered "success"); Orthanc's count is checked after."""
     orthanc.clear()
     port, stop = _free_port(), threading.Event()
     forwarder = Forwarder(AE("ORTHANC", "127.0.0.1", orthanc.dicom), "MEDDEBLUR", (DERMOSCOPIC,))
     node = Node(engine, work / "cstore.sqlite", Filters(), forwarder.store)
-    datasets = [pydicom.dcmread(path) for path in paths]
     times: dict[str, float] = {}
+    modality = subprocess.Popen([sys.executable, "-c", _MODALITY, str(port), *map(str, paths)], stdout=subprocess.PIPE, text=True)
 
-    def modality() -> None:
-        sender = Entity(ae_title="MODALITY")
-        sender.add_requested_context(DERMOSCOPIC)
-        while True:  # until the listener answers
-            association = sender.associate("127.0.0.1", port, ae_title="MEDDEBLUR")
-            if association.is_established:
-                break
-            time.sleep(0.05)
-        times["start"] = time.perf_counter()
-        for ds in datasets:
-            assert association.send_c_store(ds).Status == 0
-        association.release()
-        times["sending"] = time.perf_counter() - times["start"]
-        while orthanc.count() < len(paths):
-            time.sleep(0.05)
-        times["end"] = time.perf_counter()
+    def watch() -> None:
+        while node.counts.stored < len(paths):
+            time.sleep(0.01)
+        times["end"] = time.time()
         stop.set()
 
-    sender = threading.Thread(target=modality)
-    sender.start()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
     run_listener(AE("MEDDEBLUR", "127.0.0.1", port), node, set(), work / "spool", stop)
-    sender.join()
+    watcher.join()
+    out, _ = modality.communicate(timeout=60)
+    started, sending, acknowledged = out.split()
+    assert int(acknowledged) == len(paths), out
     forwarder.close()
     node.close()
-    wall = times["end"] - times["start"]
-    return _row("C-STORE in, C-STORE forward", len(paths), wall, times["sending"] + node.counts.store_seconds, node.counts.deblur_seconds)
+    assert orthanc.count() == len(paths)
+    wall = times["end"] - float(started)
+    return _row("C-STORE in, C-STORE forward", len(paths), wall, float(sending) + node.counts.store_seconds, node.counts.deblur_seconds)
 
 
 def run_folder(engine, folder: Path, out: Path, count: int) -> dict:

@@ -168,6 +168,9 @@ def run_listener(listen: AE, node: Node, allowed: set[str], spool_folder: Path, 
     spool, wake = Spool(spool_folder), threading.Event()
     entity = Entity(ae_title=listen.title)
     entity.require_called_aet = True  # "images sent to its AE title": another title is rejected at association
+    # Senders cut an instance into P-DATA fragments of the size the listener offers; pynetdicom's 16 kB default makes
+    # a 0.5 MB photograph some 30 trips through Python's PDU handling. 1 MiB, as large archives offer.
+    entity.maximum_pdu_size = 1 << 20
     classes = {context.abstract_syntax for context in StoragePresentationContexts} | {DermoscopicPhotographyImageStorage}
     for sop_class in sorted(classes):  # every storage class, so that one not to touch is recorded, not refused unseen
         entity.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
