@@ -34,10 +34,10 @@ import torch
 from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.device import machine_line
 from meddeblur.files import atomic_write
-from meddeblur.inference.archive import plan_run
-from meddeblur.inference.folder_run import InProcess
-from meddeblur.inference.jobs import Settings
-from meddeblur.inference.workers import LocalWorkers, ModelSpec, set_threads
+from meddeblur.runs.plan import plan_run
+from meddeblur.runs.execute import InProcess
+from meddeblur.runs.jobs import Settings
+from meddeblur.runs.workers import LocalWorkers, ModelSpec, set_threads
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import write_image
 
@@ -120,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError:
                 ray = None
             if ray is not None:
-                from meddeblur.inference.ray_run import RayActors
-                from meddeblur.inference.workers import cores
+                from meddeblur.runs.ray_actors import RayActors
+                from meddeblur.runs.workers import cores
 
                 began = time.perf_counter()
                 ray.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)

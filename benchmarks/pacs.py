@@ -44,10 +44,10 @@ import numpy as np
 from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.device import machine_line
 from meddeblur.files import atomic_write
-from meddeblur.inference.archive import plan_run
-from meddeblur.inference.folder_run import InProcess, execute
-from meddeblur.inference.jobs import Settings
-from meddeblur.inference.workers import ModelSpec
+from meddeblur.runs.plan import plan_run
+from meddeblur.runs.execute import InProcess, execute
+from meddeblur.runs.jobs import Settings
+from meddeblur.runs.workers import ModelSpec
 from meddeblur.pacs.config import AE, Auth, Filters
 from meddeblur.pacs.dicomweb import Archive, run_dicomweb
 from meddeblur.pacs.node import Node

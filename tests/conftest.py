@@ -119,7 +119,7 @@ def estimators(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     import torch
     from safetensors.torch import save_file
 
-    from meddeblur.models.psf_estimator import FAMILIES, BlurEstimatorNet
+    from meddeblur.psf.estimator_net import FAMILIES, BlurEstimatorNet
 
     folder = tmp_path_factory.mktemp("estimators")
     torch.manual_seed(0)

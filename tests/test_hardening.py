@@ -28,7 +28,7 @@ from PIL import Image, ImageCms, ImageOps, PngImagePlugin
 from meddeblur.cli import main
 from meddeblur.errors import UserError
 from meddeblur.files import remove_stale_temporaries
-from meddeblur.inference.batch import deblur_files
+from meddeblur.runs.files import deblur_files
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.decode import orient, read_image
 from meddeblur.io.encode import write_image

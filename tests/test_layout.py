@@ -93,3 +93,44 @@ def test_no_module_is_oversized() -> None:
 def test_a_module_imports_alone(module: str) -> None:
     # A fresh interpreter: a hidden dependency on import order (a cycle broken only by luck) fails here.
     subprocess.run([sys.executable, "-c", f"import {module}"], check=True, timeout=120)
+
+
+#: The pipeline, bottom up (docs/architecture.md): a package, or a module at the top of ``meddeblur``, imports only
+#: from its own layer or the layers below it.
+LAYERS = [
+    {"meddeblur", "errors"},
+    {"files", "device", "shipped"},
+    {"io", "plots", "metrics"},
+    {"physics", "degradation", "losses"},
+    {"models"},
+    {"psf"},
+    {"data", "synth"},
+    {"restore"},
+    {"inference"},
+    {"runs"},
+    {"training", "evaluation", "monai", "demo"},
+    {"pacs", "server"},
+    {"cli", "__main__"},
+]
+
+
+def _unit(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def _upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    rank = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+    return sorted(f"{module} imports {target}" for module, targets in graph.items() for target in targets
+                  if rank[_unit(target)] > rank[_unit(module)])
+
+
+def test_every_package_has_a_layer_and_none_imports_one_above_it() -> None:
+    graph = {name: _imports(path) for name, path in MODULES.items()}
+    assert {_unit(name) for name in MODULES} == set().union(*LAYERS)
+    assert _upward_imports(graph) == []
+
+
+def test_the_layer_check_finds_an_upward_import() -> None:
+    assert _upward_imports({"meddeblur.io.decode": {"meddeblur.runs.plan"}, "meddeblur.runs.plan": {"meddeblur.io.decode"}}) == [
+        "meddeblur.io.decode imports meddeblur.runs.plan"]

@@ -1,7 +1,7 @@
 """The weights files meddeblur uses: those shipped inside the package (MODEL_CARD.md) and what ``model`` names.
 
 Free of torch on purpose: planning a folder run names and digests these files (a rerun proves its outputs done
-from their digests, :meth:`~meddeblur.inference.workers.ModelSpec.recipe`) without paying the second torch's
+from their digests, :meth:`~meddeblur.runs.workers.ModelSpec.recipe`) without paying the second torch's
 import costs. :mod:`meddeblur.models` loads them.
 """
 

@@ -16,12 +16,12 @@ import torch
 
 from meddeblur.cli import main
 from meddeblur.errors import UserError
-from meddeblur.inference.archive import Task, plan_run
-from meddeblur.inference.archive_run import deblur_archive
+from meddeblur.runs.plan import Task, plan_run
+from meddeblur.runs.archive import deblur_archive
 from meddeblur.inference.change_map import change_between, change_map_path
-from meddeblur.inference.run_log import LOG_FIELDS, RunLog
-from meddeblur.inference.jobs import Settings, deblur_tasks
-from meddeblur.inference.workers import ModelSpec
+from meddeblur.runs.log import LOG_FIELDS, RunLog
+from meddeblur.runs.jobs import Settings, deblur_tasks
+from meddeblur.runs.workers import ModelSpec
 from meddeblur.io.decode import read_image
 from meddeblur.io.ownership import read_provenance
 
@@ -136,8 +136,8 @@ def test_resume_compares_the_whole_parameters_dict_whatever_its_keys(tmp_path: P
     out = tmp_path / "out"
     plan = plan_run([source], out, record)
     assert [task.input for task in plan.tasks] == [source]
-    from meddeblur.inference.folder_run import InProcess, execute
-    from meddeblur.inference.batch import _Network
+    from meddeblur.runs.execute import InProcess, execute
+    from meddeblur.runs.files import _Network
 
     execute(plan, InProcess(_Network(tiny_model, "cpu", 0, 0, 16, record), Settings()), record)
     assert plan_run([source], out, record).tasks == []  # done
@@ -208,8 +208,8 @@ def test_change_map_is_written_beside_each_output_with_the_figures_in_its_proven
 def _identity_run(inputs: list[Path], out: Path, **options):
     from test_deblur import Identity
 
-    from meddeblur.inference.batch import _Network
-    from meddeblur.inference.folder_run import InProcess, execute
+    from meddeblur.runs.files import _Network
+    from meddeblur.runs.execute import InProcess, execute
     from meddeblur.io.provenance import make_record
 
     record = make_record("identity", "identity", "torch", {"tile": 0})
@@ -260,8 +260,10 @@ class _FakeCuda(torch.nn.Module):
         self.passes.append(len(batch))
         return deblur_tensor(self.model, batch)
 
-    def deblur_rgb(self, rgb: np.ndarray, before_tile=None) -> np.ndarray:
-        return self(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy()
+    psf, estimates_psf = None, False
+
+    def restore_rgb(self, rgb: np.ndarray, before_tile=None) -> tuple[np.ndarray, dict]:
+        return self(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None])[0].permute(1, 2, 0).numpy(), {}
 
 
 def test_images_of_one_size_are_batched_on_a_gpu_with_the_pixels_of_one_by_one(tmp_path: Path, tiny_model, one_thread) -> None:
@@ -380,7 +382,7 @@ def test_an_input_that_cannot_be_opened_is_found_before_anything_is_written(tmp_
 
 def test_a_run_without_a_terminal_prints_a_progress_line_every_so_often(tmp_path: Path, tiny_weights: Path, capsys,
                                                                           one_thread) -> None:
-    from meddeblur.inference.folder_run import progress_line
+    from meddeblur.runs.execute import progress_line
 
     folder = tmp_path / "in"
     for i in range(3):

@@ -17,8 +17,8 @@ import numpy as np
 from conftest import cli_env
 
 from meddeblur.cli import main
-from meddeblur.inference.archive_run import deblur_archive
-from meddeblur.inference.workers import ModelSpec
+from meddeblur.runs.archive import deblur_archive
+from meddeblur.runs.workers import ModelSpec
 from meddeblur.io.decode import read_image
 
 IMAGES = 20

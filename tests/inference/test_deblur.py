@@ -16,7 +16,8 @@ from torch import nn
 import meddeblur.models
 from meddeblur.cli import main
 from meddeblur.errors import UserError
-from meddeblur.inference.batch import deblur_array, deblur_files, deblur_tensor
+from meddeblur.inference.batch import deblur_array, deblur_tensor
+from meddeblur.runs.files import deblur_files
 from meddeblur.io.decode import read_image
 from meddeblur.models import SIZE_MULTIPLE
 

@@ -18,12 +18,12 @@ from PIL import Image
 
 from meddeblur.cli import main
 from meddeblur.data.synthetic import synthetic_dermoscopy
-from meddeblur.inference.archive import Task
-from meddeblur.inference.archive_run import deblur_archive
+from meddeblur.runs.plan import Task
+from meddeblur.runs.archive import deblur_archive
 from meddeblur.inference.deblurrer import Deblurrer
-from meddeblur.inference.run_log import LOG_FIELDS
-from meddeblur.inference.jobs import Settings, deblur_tasks
-from meddeblur.inference.workers import ModelSpec
+from meddeblur.runs.log import LOG_FIELDS
+from meddeblur.runs.jobs import Settings, deblur_tasks
+from meddeblur.runs.workers import ModelSpec
 from meddeblur.io.decode import read_image
 from meddeblur.io.ownership import read_provenance
 from meddeblur.models import weights_id
@@ -78,7 +78,9 @@ def test_provenance_and_log_carry_the_restoration_record(inputs: Path, tmp_path:
 
 
 def test_no_blur_found_leaves_the_pixels_as_they_are(inputs: Path, tmp_path: Path, estimators, one_thread) -> None:
-    written = Deblurrer.load(device="cpu").with_estimated_psf(estimators["none"]).deblur_files([inputs / "big.png"], tmp_path / "out")
+    from meddeblur.runs import deblur_files
+
+    written = deblur_files(Deblurrer.load(device="cpu").with_estimated_psf(estimators["none"]), [inputs / "big.png"], tmp_path / "out")
     record = read_provenance(written[0])["restoration"]
     assert (record["result"], record["reason"], record["psf"]["family"]) == ("unchanged", "no blur found", "none")
     np.testing.assert_array_equal(read_image(written[0]).rgb, read_image(inputs / "big.png").rgb)

@@ -20,8 +20,8 @@ import pytest
 
 from meddeblur.cli import main
 from meddeblur.errors import UserError
-from meddeblur.inference.archive import plan_run
-from meddeblur.inference.run_log import LOG_FIELDS, check_run_log
+from meddeblur.runs.plan import plan_run
+from meddeblur.runs.log import LOG_FIELDS, check_run_log
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import write_image
 from meddeblur.io.ownership import read_provenance

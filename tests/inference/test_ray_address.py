@@ -18,11 +18,11 @@ import pytest
 
 from meddeblur.cli import main
 from meddeblur.errors import InvalidOption, MissingExtra, UserError
-from meddeblur.inference import ray_run
-from meddeblur.inference.archive import Task
-from meddeblur.inference.jobs import Settings
-from meddeblur.inference.ray_run import RayActors, check_ray_address
-from meddeblur.inference.workers import ModelSpec
+from meddeblur.runs import ray_actors as ray_run
+from meddeblur.runs.plan import Task
+from meddeblur.runs.jobs import Settings
+from meddeblur.runs.ray_actors import RayActors, check_ray_address
+from meddeblur.runs.workers import ModelSpec
 
 ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'meddeblur[ray]' (CI installs it with the test extra)")
 

@@ -11,9 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from meddeblur.inference.archive import plan_run
-from meddeblur.inference.archive_run import deblur_archive
-from meddeblur.inference.workers import ModelSpec
+from meddeblur.runs.plan import plan_run
+from meddeblur.runs.archive import deblur_archive
+from meddeblur.runs.workers import ModelSpec
 from meddeblur.io.ownership import read_provenance
 from meddeblur.restore import registry
 
@@ -57,7 +57,7 @@ def test_what_cannot_be_digested_before_loading_has_no_recipe(tmp_path: Path, ti
 def test_a_rerun_proven_by_its_recipe_loads_no_model_and_imports_no_torch(tmp_path: Path, tiny_weights: Path) -> None:
     folder, out = _folder(tmp_path), tmp_path / "out"
     deblur_archive([folder], out, ModelSpec(str(tiny_weights), device="cpu"), progress=False)
-    script = ("import sys; from meddeblur.inference.archive_run import deblur_archive; from meddeblur.inference.workers import ModelSpec; "
+    script = ("import sys; from meddeblur.runs.archive import deblur_archive; from meddeblur.runs.workers import ModelSpec; "
               f"report = deblur_archive([{str(folder)!r}], {str(out)!r}, ModelSpec({str(tiny_weights)!r}), progress=False, "
               f"log={str(tmp_path / 'run.jsonl')!r}); "
               "print(len(report.with_status('skipped')), 'torch' in sys.modules)")

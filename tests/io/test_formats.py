@@ -24,7 +24,7 @@ from torch import nn
 
 from meddeblur import __version__
 from meddeblur.errors import UserError
-from meddeblur.inference.batch import deblur_files
+from meddeblur.runs.files import deblur_files
 from meddeblur.io.decode import read_image
 from meddeblur.io.ownership import read_provenance
 from meddeblur.io.provenance import make_record

@@ -67,7 +67,7 @@ def test_a_refused_instance_is_given_up_and_the_others_go_on(tiny_weights, tmp_p
     import pydicom
     from io import BytesIO
 
-    from meddeblur.inference.workers import ModelSpec
+    from meddeblur.runs.workers import ModelSpec
     from meddeblur.pacs.node import TRIES, Node
     from meddeblur.pacs.scp import DestinationError
 
@@ -113,7 +113,7 @@ def test_only_the_cli_imports_the_node_and_the_node_imports_the_library_only() -
     importers = {str(p.relative_to(package)) for p in package.rglob("*.py") if "pacs" not in p.relative_to(package).parts
                  and any(name.startswith("meddeblur.pacs") for name in imported(p))}
     assert importers == {"cli/commands.py"}
-    allowed = ("meddeblur.pacs", "meddeblur.io", "meddeblur.inference", "meddeblur.restore", "meddeblur.models",
+    allowed = ("meddeblur.pacs", "meddeblur.io", "meddeblur.inference", "meddeblur.runs", "meddeblur.restore", "meddeblur.models",
                "meddeblur.errors", "meddeblur.files")
     for path in (package / "pacs").glob("*.py"):
         assert all(name.startswith(allowed) for name in imported(path)), (path.name, imported(path))
@@ -125,7 +125,7 @@ def test_method_psf_puts_its_restoration_record_into_the_derived_instance(tmp_pa
 
     import pydicom
 
-    from meddeblur.inference.workers import ModelSpec
+    from meddeblur.runs.workers import ModelSpec
     from meddeblur.pacs.node import Node
 
     stored = []
@@ -165,7 +165,7 @@ def test_every_attribute_of_a_dermoscopic_source_survives_but_those_a_derived_in
     import pydicom
     from pydicom.tag import Tag
 
-    from meddeblur.inference.workers import ModelSpec
+    from meddeblur.runs.workers import ModelSpec
     from meddeblur.pacs.node import Node
 
     source = make_instance("derm", sop_class="1.2.840.10008.5.1.4.1.1.77.1.7", samples=3, rows=64, cols=80, seed=2)

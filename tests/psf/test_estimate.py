@@ -11,7 +11,7 @@ import torch
 from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.degradation.pipeline import quantize8
 from meddeblur.errors import InvalidOption
-from meddeblur.models.psf_estimator import FAMILIES, OUTPUTS, BlurEstimatorNet
+from meddeblur.psf.estimator_net import FAMILIES, OUTPUTS, BlurEstimatorNet
 from meddeblur.physics import blur
 from meddeblur.psf import load_psf
 from meddeblur.psf.estimate import BlurEstimator, estimate_psf, estimate_psf_map, gaussian_of_moments, label_of

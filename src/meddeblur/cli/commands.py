@@ -101,13 +101,13 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def deblur(args: argparse.Namespace) -> int:
     from meddeblur.cli.parser import build_parser, command_flags, in_flags
-    from meddeblur.inference.archive_run import deblur_archive
-    from meddeblur.inference.workers import ModelSpec
+    from meddeblur.runs.archive import deblur_archive
+    from meddeblur.runs.workers import ModelSpec
     from meddeblur.io.encode import check_jpeg_quality
 
     check_jpeg_quality(args.jpeg_quality)  # before the model is loaded (Deblurrer.load checks tile and overlap first too)
     if args.ray_address is not None and args.cluster is not None:  # its form too (the library checks it after planning)
-        from meddeblur.inference.ray_run import check_ray_address
+        from meddeblur.runs.ray_actors import check_ray_address
 
         check_ray_address(args.ray_address)
     engine = args.engine or ("onnx" if args.onnx else "torch")
@@ -120,11 +120,8 @@ def deblur(args: argparse.Namespace) -> int:
     if args.method is not None and args.psf is None and registry.get(args.method).told == {registry.Told.PSF}:
         raise InvalidOption(f"--method {args.method}: restores a known blur; give --psf too (or --method {registry.ESTIMATED} to "
                             "estimate it)", value=args.method, option="method")
-    if args.psf is not None and engine == "onnx":  # before an ONNX export that could not be used
-        raise InvalidOption(f"--psf {args.psf}: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data step); "
-                            "use --engine torch", value=args.psf, option="psf")
     # Every process of the run (this one, --workers, Ray actors) loads the model from this spec, --psf and --method psf
-    # included; the spec refuses --method psf with --psf, with the ONNX engine, and --estimator without it.
+    # included; the spec refuses --method psf with --psf, a PSF on the ONNX engine, and --estimator without method psf.
     spec = ModelSpec(args.onnx if args.onnx is not None else args.model, engine, args.device, args.tile, args.overlap, args.psf,
                      args.method, args.estimator)
     flags = command_flags(build_parser(), "deblur")
@@ -191,7 +188,7 @@ def pacs(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from meddeblur.inference.workers import ModelSpec
+    from meddeblur.runs.workers import ModelSpec
     from meddeblur.pacs.config import (DEFAULT_SOP_CLASSES, Auth, Filters, check_url, parse_forward, parse_listen,
                                        resolve_peers)
 

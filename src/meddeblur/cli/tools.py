@@ -65,7 +65,7 @@ def assess(args: argparse.Namespace) -> int:
     from meddeblur.inference.batch import collect_inputs
 
     if args.recursive:  # the folder walk of deblur --recursive (hidden names left out, links to folders not followed)
-        from meddeblur.inference.archive import list_inputs
+        from meddeblur.runs.plan import list_inputs
 
         files = collect_inputs([file for file, _ in list_inputs(args.inputs, recursive=True)[0]])
     else:

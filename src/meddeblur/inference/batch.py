@@ -1,11 +1,13 @@
-"""Deblurring images of any size with a trained network."""
+"""Deblurring arrays and tensors of any size with a network: padding to its size multiple, tiles for large images.
+
+Files and folders: :func:`meddeblur.runs.files.deblur_files` (one call) and :mod:`meddeblur.runs` (resumable runs).
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -13,13 +15,8 @@ from torch import nn
 
 from meddeblur.errors import NotFound
 from meddeblur.files import check_regular_file
-from meddeblur.inference.archive import plan_run
-from meddeblur.inference.folder_run import InProcess, execute
-from meddeblur.inference.jobs import Settings
 from meddeblur.inference.tiling import TileFn, deblur_tiled, pad_to_multiple
-from meddeblur.io.encode import check_jpeg_quality
 from meddeblur.io.listing import list_images
-from meddeblur.io.provenance import make_record
 from meddeblur.models import SIZE_MULTIPLE
 
 
@@ -89,44 +86,3 @@ def collect_inputs(inputs: list[str | Path]) -> list[Path]:
     for file in files:
         unique.setdefault(file.resolve(), file)
     return list(unique.values())
-
-
-class _Network:
-    """A bare network (or any :data:`TileFn`) as the engine of a folder run: :func:`deblur_array` with fixed settings."""
-
-    def __init__(self, model: nn.Module | TileFn, device: str | torch.device, tile: int, overlap: int, multiple: int,
-                 provenance: dict[str, Any]) -> None:
-        self.model, self.device, self.provenance = model, torch.device(device), provenance
-        self.tile, self.overlap, self.size_multiple = tile, overlap, multiple
-
-    def deblur_rgb(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> np.ndarray:
-        return deblur_array(self.model, rgb, self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple,
-                            before_tile=before_tile)
-
-
-def deblur_files(model: nn.Module | TileFn | Any, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
-                 device: str | torch.device = "cpu", jpeg_quality: int = 95, tile: int = 0, overlap: int = 128,
-                 multiple: int = SIZE_MULTIPLE, provenance: dict[str, Any] | None = None, overwrite: bool = False) -> list[Path]:
-    """Deblur every input into ``outdir``; the model is loaded once by the caller (tiling: see :func:`deblur_array`).
-
-    ``model``: a network (or any :data:`TileFn`), run with ``device``, ``tile``, ``overlap`` and ``multiple``; or an
-    engine with its own — an object with ``deblur_rgb`` or ``restore_rgb`` and ``provenance``, ``tile``, ``overlap``,
-    ``size_multiple`` and ``device``, such as a :class:`~meddeblur.inference.deblurrer.Deblurrer` bound to a known or
-    an estimated PSF (whose per-image ``restoration`` record then goes into each output's provenance).
-
-    Keeps grayscale, alpha and 8/16-bit depth (where the output format allows it); 16-bit
-    pixels go through the network as float32 without passing through 8 bits. A DICOM input
-    gives a derived DICOM (unless ``fmt``). Every output carries ``provenance`` (default: tool
-    and version only, see :mod:`meddeblur.io.provenance`) plus its change figures, and the input's ICC
-    profile. An existing file is replaced only if meddeblur wrote it (its provenance says so) or with
-    ``overwrite``; temporary files a killed earlier run left are removed. Each input is decoded once; the
-    first that cannot be read stops the run with its :class:`~meddeblur.errors.UserError` (outputs written
-    before it are whole). Folder runs that resume, log and go on past bad files: :mod:`meddeblur.inference.folder_run`.
-    """
-    check_jpeg_quality(jpeg_quality)
-    is_engine = hasattr(model, "deblur_rgb") or hasattr(model, "restore_rgb")
-    record = provenance if provenance is not None else (model.provenance if is_engine else make_record())
-    plan = plan_run(inputs, outdir, record, fmt, jpeg_quality, overwrite=overwrite, resume=False, allow_outputs=True)
-    settings = Settings(jpeg_quality=jpeg_quality)
-    engine = model if is_engine else _Network(model, device, tile, overlap, multiple, record)
-    return execute(plan, InProcess(engine, settings), record, progress=None if len(plan.tasks) > 1 else False).written

@@ -35,8 +35,9 @@ import torch
 
 from meddeblur.device import pick_device
 from meddeblur.errors import InvalidOption, NotFound
-from meddeblur.inference.batch import deblur_array, deblur_files, deblur_tensor
+from meddeblur.inference.batch import deblur_array, deblur_tensor
 from meddeblur.inference.change_map import ChangeMap, change_between
+from meddeblur.inference.engine import psf_on_onnx
 from meddeblur.inference.estimated_blur import EstimatedBlur
 from meddeblur.inference.image_rules import INTEGER_RANGES, MIN_SIDE, check_float_range, check_tensor, refuse_image
 from meddeblur.inference.tiling import Tiling
@@ -240,8 +241,7 @@ class Deblurrer:
     def _psf_network(self) -> "Deblurrer":
         """The Deblurrer whose network restores a known blur: this one, or the shipped kernel-conditioned model."""
         if self.config is None:
-            raise InvalidOption("psf: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data step); "
-                                "use engine='torch'", value="onnx", option="engine")
+            raise psf_on_onnx("engine", "onnx")
         if self.config.arch in PSF_ARCHITECTURES:
             return self
         if not self._shipped:
@@ -270,16 +270,6 @@ class Deblurrer:
             return self._estimated.restore(rgb, before_tile)[0]
         return deblur_array(self._network, rgb, device=self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple,
                             before_tile=before_tile)
-
-    def deblur_files(self, inputs: list[str | Path], out: str | Path, format: str | None = None, jpeg_quality: int = 95,
-                     overwrite: bool = False) -> list[Path]:
-        """Deblur image files and folders into the folder ``out``, like ``meddeblur deblur``; returns the files written.
-
-        Outputs keep name, format (unless ``format``: png, jpeg, tiff or bmp), channels and bit depth and carry
-        :attr:`provenance` (and, with an estimated PSF, each image's ``restoration`` record); see
-        :func:`meddeblur.inference.batch.deblur_files`.
-        """
-        return deblur_files(self, inputs, out, fmt=format, jpeg_quality=jpeg_quality, overwrite=overwrite)
 
     @staticmethod
     def change_map(before: np.ndarray, after: np.ndarray) -> ChangeMap:

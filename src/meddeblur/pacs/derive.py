@@ -1,7 +1,7 @@
 """One received instance → its derived instance, made exactly as ``meddeblur deblur`` makes a file's.
 
 The instance is written to a work folder as a Part 10 file and goes through the very code a folder run uses
-(:func:`meddeblur.inference.jobs.deblur_tasks`: decoding, bit depth, photometric interpretation, compressed transfer
+(:func:`meddeblur.runs.jobs.deblur_tasks`: decoding, bit depth, photometric interpretation, compressed transfer
 syntaxes decoded or refused, the restoration record and consistency check of an estimated PSF, the change figures,
 :func:`meddeblur.io.dicom.write_dicom`'s derived instance with the provenance). So the pixels a PACS receives are
 those ``meddeblur deblur`` writes for the same file, and there is one implementation to trust.
@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from meddeblur.errors import CorruptImage, UserError
-from meddeblur.inference.archive import Task
-from meddeblur.inference.jobs import Settings, deblur_tasks
+from meddeblur.inference.engine import Engine
+from meddeblur.runs.plan import Task
+from meddeblur.runs.jobs import Settings, deblur_tasks
 from meddeblur.pacs.config import Filters
 
 __all__ = ["Refused", "Derived", "settings_key", "derived_uids", "source_identity", "derive"]
@@ -45,7 +46,7 @@ class Derived:
     dataset: Any
     source_uid: str
     derived_uid: str
-    outcome: Any  # meddeblur.inference.archive.Outcome
+    outcome: Any  # meddeblur.runs.plan.Outcome
 
 
 def settings_key(provenance: dict[str, Any]) -> str:
@@ -102,7 +103,7 @@ def _part10(dataset: Any, path: Path) -> None:
     dataset.save_as(path, enforce_file_format=True)
 
 
-def derive(dataset: Any, engine: Any, key: str, filters: Filters, work: Path) -> Derived:
+def derive(dataset: Any, engine: Engine, key: str, filters: Filters, work: Path) -> Derived:
     """The derived instance of ``dataset`` (a pydicom Dataset as received), deblurred by ``engine``; Refused with why if not.
 
     ``key``: :func:`settings_key` of the engine's provenance; ``work``: a folder for the two files on their way.

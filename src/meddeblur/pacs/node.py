@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from meddeblur.errors import UserError
+from meddeblur.inference.engine import Engine
 from meddeblur.pacs.config import Filters
 from meddeblur.pacs.derive import Refused, derive, derived_uids, settings_key, source_identity
 from meddeblur.pacs.state import DONE, SKIPPED, State
@@ -61,7 +62,7 @@ class Counts:
 class Node:
     """Deblurs what it is given into derived instances, once each; ``store`` and ``exists`` are the archive's."""
 
-    def __init__(self, engine: Any, state_path: str | Path, filters: Filters, store: Store, exists: Exists | None = None) -> None:
+    def __init__(self, engine: Engine, state_path: str | Path, filters: Filters, store: Store, exists: Exists | None = None) -> None:
         self.engine, self.filters, self.store, self.exists = engine, filters, store, exists
         self.key = settings_key(engine.provenance)
         self.state = State(state_path, self.key)

@@ -1,6 +1,6 @@
 """Estimate the blur of an image from the image itself: a parametric PSF, its confidence, and a map over tiles.
 
-The estimator (:class:`~meddeblur.models.psf_estimator.BlurEstimatorNet`, weights shipped in the package) reads a
+The estimator (:class:`~meddeblur.psf.estimator_net.BlurEstimatorNet`, weights shipped in the package) reads a
 tile's log power spectrum (:mod:`meddeblur.psf.spectrum`) and names a family — none, gauss (anisotropic allowed),
 defocus or motion — with its parameters. Blurs outside those families are learned as the family that explains them
 best in the mean: camera shake and resampling as the Gaussian with the kernel's second moments
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from meddeblur.errors import InvalidOption, NotFound
-from meddeblur.models.psf_estimator import FAMILIES, LAYOUT, BlurEstimatorNet
+from meddeblur.psf.estimator_net import FAMILIES, LAYOUT, BlurEstimatorNet
 from meddeblur.psf.kernel import PSF, psf_from_spec
 from meddeblur.psf.motion_length import motion_length
 from meddeblur.shipped import ESTIMATOR_WEIGHTS  # re-exported
@@ -70,7 +70,7 @@ def label_of(family: str, params: dict[str, Any], kernel: np.ndarray) -> tuple[i
     """Training target of one degradation: (family index, parameter vector, per-parameter weights), both (OUTPUTS - 4,).
 
     ``family``/``params``/``kernel`` as :class:`meddeblur.degradation.pipeline.Degradation` records them. Blurs outside
-    :data:`~meddeblur.models.psf_estimator.FAMILIES` (shake, down, resample) become the Gaussian of their moments.
+    :data:`~meddeblur.psf.estimator_net.FAMILIES` (shake, down, resample) become the Gaussian of their moments.
     Angle weights fall to zero as a blur becomes isotropic (its angle then means nothing).
     """
     values, weights = np.zeros(8, np.float32), np.zeros(8, np.float32)
@@ -179,7 +179,7 @@ class BlurEstimator:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        from meddeblur.models import weights_id
+        from meddeblur.shipped import weights_id
 
         path = Path(weights) if weights is not None else ESTIMATOR_WEIGHTS
         if not path.is_file():

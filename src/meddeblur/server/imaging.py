@@ -26,7 +26,7 @@ from meddeblur.errors import (
 )
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_of
 from meddeblur.inference.deblurrer import Deblurrer
-from meddeblur.inference.explain import psf_plot
+from meddeblur.runs.explain import psf_plot
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import encode_image
 from meddeblur.io.formats import BY_NAME, FORMAT_ALIASES, MEDIA_TYPES, LoadedImage
@@ -135,7 +135,7 @@ def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_form
     (:func:`meddeblur.inference.change_map.change_of`, the same map as the CLI's ``--change-map``); ``change_levels``:
     the change of every pixel and a scale fitted to it, for the page to draw (:mod:`meddeblur.server.change_view`).
     A ``model`` that estimates the PSF (``method=psf``) says what it did (``restoration``, also written into the
-    image's provenance); ``explain``: also draw the PSF used (:func:`meddeblur.inference.explain.psf_plot`, as the
+    image's provenance); ``explain``: also draw the PSF used (:func:`meddeblur.runs.explain.psf_plot`, as the
     CLI's ``--explain``). A ``model`` told a PSF larger than the image refuses it (422).
 
     With a ``deadline``, a job that waited past it, whose image is expected to end past it, or

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from meddeblur.data.pairs import read_split, select, sharp_only
 from meddeblur.data.sampling import ScaledCrops
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.models.psf_estimator import FAMILIES, LAYOUT, BlurEstimatorNet
+from meddeblur.psf.estimator_net import FAMILIES, LAYOUT, BlurEstimatorNet
 from meddeblur.psf.estimate import CELL, label_of
 from meddeblur.psf.spectrum import log_power_spectrum
 

@@ -2,13 +2,13 @@
 
 ::
 
-    from meddeblur.inference.archive_run import deblur_archive
+    from meddeblur.runs.archive import deblur_archive
 
     report = deblur_archive(["scans/"], "out/", recursive=True, skip_bad=True, log="run.jsonl")
     print(report.summary("out/")); report.exit_code, report.written, report.with_status("refused")
 
 A rerun skips every input whose output is already there, made with the same model and options
-(:mod:`meddeblur.inference.archive`); a run stopped at any moment, even by SIGKILL, leaves only whole outputs.
+(:mod:`meddeblur.runs.plan`); a run stopped at any moment, even by SIGKILL, leaves only whole outputs.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from typing import Any
 from pathlib import Path
 
 from meddeblur.errors import InvalidOption
-from meddeblur.inference.archive import plan_run
-from meddeblur.inference.explain import check_explainable
-from meddeblur.inference.folder_run import Executor, InProcess, Report, execute
-from meddeblur.inference.jobs import GPU_BATCH, Settings
-from meddeblur.inference.workers import LocalWorkers, ModelSpec, check_workers, default_workers
+from meddeblur.runs.plan import plan_run
+from meddeblur.runs.explain import check_explainable
+from meddeblur.runs.execute import Executor, InProcess, Report, execute
+from meddeblur.runs.jobs import GPU_BATCH, Settings
+from meddeblur.runs.workers import LocalWorkers, ModelSpec, check_workers, default_workers
 from meddeblur.io.encode import check_jpeg_quality
 
 __all__ = ["deblur_archive", "CLUSTERS"]
@@ -46,7 +46,7 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
     the PSF each image was restored with (a known one, or one estimated with ``spec.method="psf"``; refused for the
     blind network). ``log``: append a JSON line per input to this file. ``progress``: bars on stderr (None: when it is a terminal, else
     a line every ``progress_every`` seconds; False: none). ``words``: how the log names options (the CLI's flags). ``workers``: processes (or Ray
-    actors), each loading the model once (None: :func:`~meddeblur.inference.workers.default_workers`; a single image is
+    actors), each loading the model once (None: :func:`~meddeblur.runs.workers.default_workers`; a single image is
     always deblurred in this process); ``cluster="ray"`` runs on Ray Data, on the cluster at ``ray_address`` or, without one,
     on an embedded Ray on this machine.
     """
@@ -81,7 +81,7 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
     settings = Settings(jpeg_quality=jpeg_quality, change_map=change_map, batch=1 if on_cpu else GPU_BATCH, explain=explain)
     executor: Executor
     if cluster == "ray":
-        from meddeblur.inference.ray_run import RayActors
+        from meddeblur.runs.ray_actors import RayActors
 
         executor = RayActors(spec, settings, count, ray_address)
     elif count == 1 or len(plan.tasks) <= 1:  # starting processes for one image costs more than it saves

@@ -1,6 +1,6 @@
 """Planning a folder run: which inputs there are, where each output goes, and which are already done.
 
-Nothing here deblurs or decodes pixels; :mod:`meddeblur.inference.jobs` does, on the :class:`Task` list made here.
+Nothing here deblurs or decodes pixels; :mod:`meddeblur.runs.jobs` does, on the :class:`Task` list made here.
 
 * Inputs: files as named (decoded by content whatever their suffix), and the image files of folders (``.png .jpg .jpeg
   .tif .tiff .bmp .dcm``, hidden names left out), their sub-folders too with ``recursive``; every other file in a folder is
@@ -15,7 +15,7 @@ Nothing here deblurs or decodes pixels; :mod:`meddeblur.inference.jobs` does, on
   its keys) *and of the very input file now at its path* (its SHA-256 digest: a replaced input, or an output copied
   from another one's, does not pass), and decodes whole (an output cut short does not pass); so must its change map
   (``NAME.change.png``) and PSF figure (``NAME.psf.png``) when asked for. An output carrying the run's recipe
-  (:mod:`~meddeblur.inference.recipe`) is proven made with its model and options without making the record, which
+  (:mod:`~meddeblur.runs.recipe`) is proven made with its model and options without making the record, which
   would load the model. An input that is itself a meddeblur output
   is skipped unless ``allow_outputs``.
 * An input that cannot even be opened (a FIFO or device, a broken link, no permission) is refused here, before
@@ -36,9 +36,9 @@ from PIL import Image
 from meddeblur.errors import InvalidOption, NotFound, UserError
 from meddeblur.files import check_creatable_folder, remove_stale_temporaries, resolved_path, source_stamp
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path
-from meddeblur.inference.explain import PSF_PLOT_OPERATION, psf_plot_path
-from meddeblur.inference.recipe import RECIPE_KEY
-from meddeblur.inference.run_log import check_run_log
+from meddeblur.runs.explain import PSF_PLOT_OPERATION, psf_plot_path
+from meddeblur.runs.recipe import RECIPE_KEY
+from meddeblur.runs.log import check_run_log
 from meddeblur.io.decode import read_image
 from meddeblur.io.formats import IMAGE_EXTENSIONS, OUTPUT_SUFFIXES, SUFFIX_FORMATS
 from meddeblur.io.ownership import check_planned, read_provenance
@@ -253,7 +253,7 @@ def _decodes_whole(path: Path) -> bool:
 
 def _same_recipe(existing: dict[str, Any], recipe: str | None, target: Path, jpeg_quality: int) -> bool:
     """True if ``existing``, the record of a deblurred output at ``target``, carries the run's ``recipe`` and JPEG
-    quality: made with the model and options the run uses (:mod:`~meddeblur.inference.recipe`), as :func:`matches` would say."""
+    quality: made with the model and options the run uses (:mod:`~meddeblur.runs.recipe`), as :func:`matches` would say."""
     quality = jpeg_quality if SUFFIX_FORMATS.get(target.suffix.lower()) == "JPEG" else None
     return (recipe is not None and existing.get("operation") == "deblur" and existing.get(RECIPE_KEY) == recipe
             and existing.get("jpeg_quality") == quality)
@@ -289,7 +289,7 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any] |
     """Plan deblurring ``inputs`` into ``out`` with the provenance ``record`` the run writes (see the module docstring).
 
     ``record`` may be a function that makes it (by loading the model): it is then called only for an existing output
-    whose ``recipe`` (:mod:`~meddeblur.inference.recipe`, the run's own, if known) does not already prove it made as
+    whose ``recipe`` (:mod:`~meddeblur.runs.recipe`, the run's own, if known) does not already prove it made as
     the run would make it. :attr:`Plan.record` is the record compared with, if one was.
 
     ``resume``: skip an input whose output exists with a matching record (:func:`matches`), and its change map too

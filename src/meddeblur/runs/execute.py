@@ -1,8 +1,8 @@
 """Running a planned folder: progress bars, the JSONL run log, the stop-or-go-on rule, and the report at the end.
 
 Where the work happens is an *executor*: :class:`InProcess` (the model loaded here), the local worker processes of
-:mod:`meddeblur.inference.workers` or Ray actors (:mod:`meddeblur.inference.ray_run`). Each yields one
-:class:`~meddeblur.inference.archive.Outcome` per task; this module records them the same way for all.
+:mod:`meddeblur.runs.workers` or Ray actors (:mod:`meddeblur.runs.ray_actors`). Each yields one
+:class:`~meddeblur.runs.plan.Outcome` per task; this module records them the same way for all.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from meddeblur.errors import UserError
-from meddeblur.inference.archive import Outcome, Plan, Task
-from meddeblur.inference.jobs import Settings, deblur_tasks
-from meddeblur.inference.run_log import RunLog
+from meddeblur.inference.engine import Engine
+from meddeblur.runs.plan import Outcome, Plan, Task
+from meddeblur.runs.jobs import Settings, deblur_tasks
+from meddeblur.runs.log import RunLog
 
 __all__ = ["Executor", "InProcess", "Report", "execute", "progress_line"]
 
@@ -37,7 +38,7 @@ class Executor(Protocol):
 class InProcess:
     """Deblur in this process with a loaded ``engine`` (a :class:`~meddeblur.inference.deblurrer.Deblurrer` or alike)."""
 
-    def __init__(self, engine: Any, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
         self.engine, self.settings = engine, settings
 
     def run(self, tasks: list[Task], on_tile: TileProgress) -> Iterator[Outcome]:

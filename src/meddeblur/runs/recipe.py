@@ -1,7 +1,7 @@
 """A run's recipe: a digest of everything the loaded model's provenance record is made from, computed without torch.
 
 A folder run decides what is already done by comparing each output's provenance record with the one its model
-would write (:mod:`meddeblur.inference.archive`). Making that record means loading the model — importing torch and
+would write (:mod:`meddeblur.runs.plan`). Making that record means loading the model — importing torch and
 reading the weights, about 2 s, while proving 200 finished outputs done takes well under one. The record is a
 function of this meddeblur version, the engine, the tiling, the method, the PSF and the bytes of the weights files
 involved; their digest, written into every output beside the record, lets a rerun prove its outputs done without
@@ -31,7 +31,7 @@ _PSF_FILE_SUFFIXES = (".npy", ".png", ".json")  # as load_psf reads them
 
 def recipe_of(model: str | Path | None, engine: str, tile: int, overlap: int, psf: Any = None, method: str | None = None,
               estimator: str | Path | None = None) -> str | None:
-    """The recipe (16 hex) of a model loaded with these :class:`~meddeblur.inference.workers.ModelSpec` fields; None
+    """The recipe (16 hex) of a model loaded with these :class:`~meddeblur.runs.workers.ModelSpec` fields; None
     where one of them cannot be digested without loading it (a PSF object, weights exported to ONNX on the fly, a
     file that is not there: loading says why)."""
     onnx_file = model is not None and str(model).lower().endswith(".onnx")

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from meddeblur.errors import InvalidOption, UserError
-from meddeblur.inference.archive import Outcome, Task
-from meddeblur.inference.jobs import Settings, deblur_tasks
-from meddeblur.inference.recipe import RECIPE_KEY, recipe_of
+from meddeblur.inference.engine import psf_on_onnx
+from meddeblur.runs.plan import Outcome, Task
+from meddeblur.runs.jobs import Settings, deblur_tasks
+from meddeblur.runs.recipe import RECIPE_KEY, recipe_of
 from meddeblur.inference.tile_grid import Tiling
 from meddeblur.restore import registry
 
@@ -56,9 +57,11 @@ class ModelSpec:
         if self.estimates_psf and self.psf is not None:
             raise InvalidOption(f"method={estimated} estimates the PSF from each image; drop psf={self.psf}, or restore that known "
                                 f"PSF with method {', '.join(registry.names(registry.Told.PSF))}", value=self.method, option="method")
-        if self.estimates_psf and (self.engine == "onnx" or str(self.model or "").lower().endswith(".onnx")):
-            raise InvalidOption(f"method={estimated}: the ONNX engine cannot restore with a PSF (the exported graph has no FFT data "
-                                "step); use engine=torch", value=self.engine, option="engine")
+        if self.engine == "onnx" or str(self.model or "").lower().endswith(".onnx"):  # before any export that could not be used
+            if self.psf is not None:
+                raise psf_on_onnx("psf", self.psf, "use engine=torch")
+            if self.estimates_psf:
+                raise psf_on_onnx("method", estimated, "use engine=torch")
         if self.estimator is not None and not self.estimates_psf:
             raise InvalidOption(f"estimator={self.estimator}: blur-estimator weights are used by method={estimated} only; add "
                                 f"method={estimated} or drop `estimator`", value=self.estimator, option="estimator")
@@ -70,7 +73,7 @@ class ModelSpec:
 
     def recipe(self) -> str | None:
         """What the loaded model's provenance record is made from, digested without loading it
-        (:mod:`~meddeblur.inference.recipe`); None where that cannot be known before loading."""
+        (:mod:`~meddeblur.runs.recipe`); None where that cannot be known before loading."""
         return recipe_of(self.model, self.engine, self.tile, self.overlap, self.psf, self.method, self.estimator)
 
     def load(self, device: str | None = None) -> Any:
@@ -197,7 +200,7 @@ def _work(spec: ModelSpec, settings: Settings, threads: int, slot: int, parent: 
         set_threads(threads)
         engine = spec.load()
         channel.send(("ready", None))
-        together = settings.batch if getattr(engine.device, "type", "cpu") == "cuda" else 1
+        together = settings.batch if engine.device.type == "cuda" else 1
         ended = False
         while not ended:
             taken, ended = _next_tasks(channel, together, parent)

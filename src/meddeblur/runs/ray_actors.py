@@ -2,7 +2,7 @@
 
 The calling process plans (lists, resumes, checks clashes) and logs exactly as for a local run; Ray only carries
 the tasks, as a dataset of (input, output) paths, through :meth:`ray.data.Dataset.map_batches` with a pool of
-``workers`` actors, each running :func:`meddeblur.inference.jobs.deblur_tasks` — the code a local worker runs, so the
+``workers`` actors, each running :func:`meddeblur.runs.jobs.deblur_tasks` — the code a local worker runs, so the
 outputs are the same pixels. The actors read inputs and write outputs themselves: on a cluster, every node must see
 the files at the same paths (shared storage). With no ``address`` an embedded Ray is started on this machine and
 stopped at the end; with one, the run joins that cluster and leaves it running. Where the cluster has GPUs each actor
@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from meddeblur.errors import InvalidOption, MissingExtra, UserError, require
-from meddeblur.inference.archive import Outcome, Task
-from meddeblur.inference.jobs import GPU_BATCH, Settings, deblur_tasks
-from meddeblur.inference.workers import ModelSpec, check_workers, cores, set_threads, threads_per_worker
+from meddeblur.runs.plan import Outcome, Task
+from meddeblur.runs.jobs import GPU_BATCH, Settings, deblur_tasks
+from meddeblur.runs.workers import ModelSpec, check_workers, cores, set_threads, threads_per_worker
 
 __all__ = ["RayActors", "check_ray_address", "CONNECT_TIMEOUT"]
 

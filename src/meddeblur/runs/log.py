@@ -27,7 +27,7 @@ LOG_FIELDS = ("input", "status", "output", "reason", "seconds", "model_id", "eng
 
 
 class _Line(Protocol):
-    """What is logged: an :class:`~meddeblur.inference.archive.Outcome` (named so, not imported: the plan checks the log)."""
+    """What is logged: an :class:`~meddeblur.runs.plan.Outcome` (named so, not imported: the plan checks the log)."""
 
     def as_dict(self) -> dict[str, Any]: ...
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import tempfile
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from meddeblur.errors import InvalidOption, require
+from meddeblur.inference.engine import Engine
 from meddeblur.files import atomic_write
 from meddeblur.io.provenance import embed
 
@@ -33,17 +34,27 @@ def psf_plot_path(output: Path) -> Path:
     return output.with_name(f"{output.stem}.psf.png")
 
 
-def check_explainable(engine: Any) -> None:
+class _SaysItsPsf(Protocol):
+    """An :class:`~meddeblur.inference.engine.Engine`, or the :class:`~meddeblur.runs.workers.ModelSpec` that loads one."""
+
+    @property
+    def psf(self) -> Any: ...
+
+    @property
+    def estimates_psf(self) -> bool: ...
+
+
+def check_explainable(engine: _SaysItsPsf) -> None:
     """InvalidOption unless ``engine`` (a Deblurrer, or the ModelSpec that loads one) restores with a PSF, known or
     estimated; MissingExtra without matplotlib."""
-    if getattr(engine, "psf", None) is None and not getattr(engine, "estimates_psf", False):
+    if engine.psf is None and not engine.estimates_psf:
         raise InvalidOption("explain=True: draws the PSF each image was restored with, and the blind network uses none; add "
                             "method=psf (estimate it from each image) or psf=SPEC (a known one), or drop explain=True",
                             value=True, option="explain")
     require("matplotlib", "drawing the PSF (explain)")
 
 
-def explained_psf(engine: Any, restoration: dict[str, Any]) -> tuple[PSF, str] | None:
+def explained_psf(engine: Engine, restoration: dict[str, Any]) -> tuple[PSF, str] | None:
     """(the PSF to draw for one output, the figure's title), or None when there is none (an image too small to estimate)."""
     from meddeblur.psf.kernel import load_psf  # here: planning a run (psf_plot_path) needs none of the PSF code
 
@@ -57,7 +68,7 @@ def explained_psf(engine: Any, restoration: dict[str, Any]) -> tuple[PSF, str] |
         if result == "restored":
             return psf, said + ("used (whole image; a PSF map)" if "psf_map" in restoration else "used")
         return psf, said + f"NOT USED ({result})"
-    known = getattr(engine, "psf", None)
+    known = engine.psf
     return (known, f"known PSF\n{known.source}") if known is not None else None
 
 
@@ -67,7 +78,7 @@ def psf_figure(psf: PSF, title: str) -> bytes:
         return psf.draw(Path(folder) / "psf.png", title).read_bytes()
 
 
-def psf_plot(engine: Any, restoration: dict[str, Any], record: dict[str, Any]) -> bytes | None:
+def psf_plot(engine: Engine, restoration: dict[str, Any], record: dict[str, Any]) -> bytes | None:
     """The PNG of the PSF one image was restored with (:func:`explained_psf`), ``record`` (its output's provenance)
     embedded with ``operation`` ``"psf plot"``; None when there is no PSF to draw."""
     drawn = explained_psf(engine, restoration)
@@ -77,7 +88,7 @@ def psf_plot(engine: Any, restoration: dict[str, Any], record: dict[str, Any]) -
     return embed(psf_figure(psf, title), "PNG", {**record, "operation": PSF_PLOT_OPERATION, "drawn_psf": psf.describe()})
 
 
-def write_psf_plot(output: Path, engine: Any, restoration: dict[str, Any], record: dict[str, Any]) -> Path | None:
+def write_psf_plot(output: Path, engine: Engine, restoration: dict[str, Any], record: dict[str, Any]) -> Path | None:
     """Write :func:`psf_plot` to ``NAME.psf.png`` beside ``output``, atomically; the path, or None when there was no PSF."""
     data = psf_plot(engine, restoration, record)
     if data is None:

@@ -1,9 +1,9 @@
 """Deblurring planned tasks: each input decoded once, deblurred, its change measured, its output written atomically.
 
 The same code runs in the calling process, in each local worker process and in each Ray actor, so every path gives
-the same pixels. The model is whatever ``engine`` is: a :class:`~meddeblur.inference.deblurrer.Deblurrer`, or any
-object with its ``provenance``, ``tile``, ``overlap``, ``size_multiple``, ``device`` and ``deblur_rgb`` (or
-``restore_rgb``, which also says what was done with each image: the ``restoration`` record of an estimated PSF).
+the same pixels. The model is an :class:`~meddeblur.inference.engine.Engine`: a
+:class:`~meddeblur.inference.deblurrer.Deblurrer`, or a bare network wrapped by :func:`meddeblur.runs.files.deblur_files`;
+its ``restore_rgb`` also says what was done with each image (the ``restoration`` record of an estimated PSF).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ from typing import Any
 import numpy as np
 
 from meddeblur.errors import InvalidOption, UserError
+from meddeblur.inference.engine import Engine
 from meddeblur.files import file_identity, source_stamp
-from meddeblur.inference.archive import Outcome, Task, target_record
+from meddeblur.runs.plan import Outcome, Task, target_record
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path, change_of
-from meddeblur.inference.explain import write_psf_plot
+from meddeblur.runs.explain import write_psf_plot
 from meddeblur.inference.tile_grid import tile_starts
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import check_jpeg_quality, write_image
@@ -39,7 +40,7 @@ class Settings:
     """How each input becomes an output, besides the model.
 
     ``batch``: images of one size deblurred in one forward pass on a GPU. ``explain``: draw the PSF each image was
-    restored with to ``NAME.psf.png`` (:mod:`meddeblur.inference.explain`). What shapes the pixels besides is the
+    restored with to ``NAME.psf.png`` (:mod:`meddeblur.runs.explain`). What shapes the pixels besides is the
     engine's (its model, tiling and, say, a known PSF), and its ``provenance`` says so.
     """
 
@@ -54,7 +55,7 @@ class Settings:
             raise InvalidOption(f"batch={self.batch}: give a whole number of images, at least 1", value=self.batch, option="batch")
 
 
-def tile_count(engine: Any, height: int, width: int) -> int:
+def tile_count(engine: Engine, height: int, width: int) -> int:
     """How many forward passes ``engine`` makes over an image of ``height`` × ``width`` (1 unless it is tiled)."""
     tile, multiple = engine.tile, engine.size_multiple
     if not tile or max(height, width) <= tile:
@@ -70,7 +71,7 @@ def _reason(note: str | None, restoration: dict[str, Any]) -> str | None:
     return "; ".join(part for part in (note, fallback) if part) or None
 
 
-def _write(task: Task, image: LoadedImage, source: dict[str, Any], restored: np.ndarray, restoration: dict[str, Any], engine: Any, record: dict[str, Any],
+def _write(task: Task, image: LoadedImage, source: dict[str, Any], restored: np.ndarray, restoration: dict[str, Any], engine: Engine, record: dict[str, Any],
            settings: Settings, started: float) -> Outcome:
     target = task.output
     out_format = SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
@@ -114,7 +115,7 @@ def _decode(task: Task) -> tuple[LoadedImage, dict[str, Any]]:
     return image, source
 
 
-def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], settings: Settings,
+def _deblur_group(engine: Engine, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], settings: Settings,
                   on_tile: TileCallback | None) -> list[tuple[np.ndarray, dict[str, Any]]]:
     """(Restored (H, W, 3) float32, restoration record) per image; images of one size below the tile size go through
     the network together (never with an estimated PSF: :func:`deblur_tasks` keeps those groups to one image)."""
@@ -133,20 +134,17 @@ def _deblur_group(engine: Any, group: list[tuple[Task, LoadedImage, dict[str, An
                 on_tile(task, done[0], total)
             done[0] += 1
 
-        if hasattr(engine, "restore_rgb"):
-            restored.append(engine.restore_rgb(image.rgb, before_tile=before_tile))
-        else:
-            restored.append((engine.deblur_rgb(image.rgb, before_tile=before_tile), {}))
+        restored.append(engine.restore_rgb(image.rgb, before_tile=before_tile))
     return restored
 
 
-def _finish(engine: Any, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], record: dict[str, Any], settings: Settings,
+def _finish(engine: Engine, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], record: dict[str, Any], settings: Settings,
             on_tile: TileCallback | None) -> Iterator[Outcome]:
     for (task, image, source, started), (restored, restoration) in zip(group, _deblur_group(engine, group, settings, on_tile)):
         yield _write(task, image, source, restored, restoration, engine, record, settings, started)
 
 
-def deblur_tasks(engine: Any, tasks: Iterable[Task], settings: Settings, on_tile: TileCallback | None = None) -> Iterator[Outcome]:
+def deblur_tasks(engine: Engine, tasks: Iterable[Task], settings: Settings, on_tile: TileCallback | None = None) -> Iterator[Outcome]:
     """Deblur each task's input into its output, yielding an :class:`Outcome` per task as it finishes.
 
     An input that cannot be read (a :class:`~meddeblur.errors.UserError` from decoding) gives a ``refused`` outcome
@@ -157,8 +155,8 @@ def deblur_tasks(engine: Any, tasks: Iterable[Task], settings: Settings, on_tile
     outcome). ``settings.explain`` also draws each image's PSF beside its output.
     """
     record = engine.provenance
-    one_by_one = getattr(engine, "psf", None) is not None or getattr(engine, "estimates_psf", False)
-    together = settings.batch if getattr(engine.device, "type", "cpu") == "cuda" and not one_by_one else 1
+    one_by_one = engine.psf is not None or engine.estimates_psf
+    together = settings.batch if engine.device.type == "cuda" and not one_by_one else 1
     waiting: dict[tuple[int, ...], list[tuple[Task, LoadedImage, dict[str, Any], float]]] = {}  # by image shape, oldest first
     for task in tasks:
         started = time.perf_counter()
