@@ -12,16 +12,14 @@ model) and the steady throughput after it, (images − 1) / (last − first fini
 the 1-worker run's, pixel for pixel. Then the rerun: ``meddeblur deblur`` (a fresh process, as a user runs it) over
 the finished folder, which must skip everything, against the first run's wall time.
 
-    python benchmarks/archive.py                         # writes benchmarks/results/archive.{json,md}
-    python benchmarks/archive.py --images 20 --skip-ray  # quicker
+    python -m benchmarks.archive                         # writes benchmarks/results/archive.{json,md}
+    python -m benchmarks.archive --images 20 --skip-ray  # quicker
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import subprocess
 import sys
 import tempfile
@@ -32,8 +30,6 @@ import numpy as np
 import torch
 
 from meddeblur.data.synthetic import synthetic_dermoscopy
-from meddeblur.device import machine_line
-from meddeblur.files import atomic_write
 from meddeblur.runs.plan import plan_run
 from meddeblur.runs.execute import InProcess
 from meddeblur.runs.jobs import Settings
@@ -41,8 +37,8 @@ from meddeblur.runs.workers import LocalWorkers, ModelSpec, set_threads
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import write_image
 
-RESULTS = Path(__file__).parent / "results"
-COMMAND = "python benchmarks/archive.py"
+from benchmarks.common import RESULTS, command, machine_line, write_result
+
 
 
 def make_images(folder: Path, count: int, max_side: int, seed: int = 0) -> list[tuple[int, int]]:
@@ -138,18 +134,13 @@ def main(argv: list[str] | None = None) -> int:
         rerun_s = time.perf_counter() - began
         assert f"{args.images} skipped" in rerun.stdout, rerun.stdout
     pixels = [h * w for h, w in sizes]
-    given = sys.argv[1:] if argv is None else argv
-    result = {"command": " ".join([COMMAND, *(shlex.quote(arg) for arg in given)]), "machine": machine_line(), "note": args.note,
+    result = {"command": command("archive", argv), "machine": machine_line(), "note": args.note,
               "load_average_before": [round(v, 2) for v in load_before], "load_average_after": [round(v, 2) for v in os.getloadavg()],
               "images": args.images, "megapixels": round(sum(pixels) / 1e6, 2), "sides": [96, args.max_side],
               "model": record.get("model_id"), "rows": rows, "ray_init_s": ray_started,
               "rerun": {"wall_s": round(rerun_s, 2), "share_of_first_run": round(rerun_s / rows["local, 1 worker"]["wall_s"], 4),
                         "summary": rerun.stdout.strip().splitlines()[0]}}
-    out = Path(args.out)
-    with atomic_write(out / "archive.json", "w") as fh:
-        json.dump(result, fh, indent=2)
-    with atomic_write(out / "archive.md", "w") as fh:
-        fh.write(markdown(result))
+    write_result("archive", result, markdown(result), Path(args.out))
     print(markdown(result))
     return 0
 

@@ -9,16 +9,15 @@ counting one half). Also reported: the threshold with the highest balanced accur
 the share of pairs whose blurred version scores higher than its own original, and AUCs for
 σ = 1.0 and 2.0.
 
-    python benchmarks/assess_auc.py                  # all 557 images, writes benchmarks/results/assess_auc.{json,md}
-    python benchmarks/assess_auc.py --limit 20 --out /tmp/auc
-    python benchmarks/assess_auc.py --from-json benchmarks/results/assess_auc.json   # re-summarise stored scores
+    python -m benchmarks.assess_auc                  # all 557 images, writes benchmarks/results/assess_auc.{json,md}
+    python -m benchmarks.assess_auc --limit 20 --out /tmp/auc
+    python -m benchmarks.assess_auc --from-json benchmarks/results/assess_auc.json   # re-summarise stored scores
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -30,12 +29,11 @@ import torch
 from scipy.stats import mannwhitneyu
 
 from meddeblur.degradation.pipeline import degrade
-from meddeblur.device import describe_machine
 from meddeblur.evaluation.assess import ANALYSIS_SIDE, DEFAULT_THRESHOLD, blur_score
 from meddeblur.io.decode import read_image
 
-RESULTS = Path(__file__).parent / "results"
-ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-dermoscopy"))
+from benchmarks.common import ISIC, RESULTS, command as result_command, describe_machine, write_result
+
 HEADLINE_SIGMA = 1.5
 
 
@@ -96,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         if not names:
             print(f"{args.images}: no images", file=sys.stderr)
             return 2
-        given = sys.argv[1:] if argv is None else argv
-        command = "python benchmarks/assess_auc.py" + (" " + " ".join(given) if given else "")
+        command = result_command("assess_auc", argv)
         folder, machine, day = str(args.images), describe_machine(), date.today().isoformat()
     files = names
     head = blurred[HEADLINE_SIGMA]
@@ -115,8 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": seconds, "machine": machine, "date": day, "command": command,
         "per_image": {"names": names, "sharp": sharp, "blurred": {str(sigma): blurred[sigma] for sigma in sigmas}},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "assess_auc.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [
         "# Blur triage: sharp ISIC images vs Gaussian-blurred copies",
         "",
@@ -139,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         f"specificity {100 * result['at_default']['specificity']:.1f} %.",
         "",
     ]
-    (args.out / "assess_auc.md").write_text("\n".join(lines))
+    write_result("assess_auc", result, "\n".join(lines), args.out)
     print("\n".join(lines))
     return 0
 

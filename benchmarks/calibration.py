@@ -15,15 +15,14 @@ Classical restorers (wiener, rl) take their parameters from the validation split
 validation images with their calibrated PSFs, for the families the half protocol's (quality.py's cache, else tuned the
 same way). ``network`` is the kernel-conditioned model: ``meddeblur.Deblurrer.load(--model)(image, psf=psf)``.
 
-    python benchmarks/calibration.py                                  # all parts, wiener and rl
-    python benchmarks/calibration.py --parts soft charts --restorer network --model runs/psf
+    python -m benchmarks.calibration                                  # all parts, wiener and rl
+    python -m benchmarks.calibration --parts soft charts --restorer network --model runs/psf
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
 import statistics
 import sys
 import time
@@ -33,20 +32,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # quality.py beside this script: its protocols and tuning are reused, not copied
-    sys.path.insert(0, str(HERE))
+from meddeblur.data.pairs import fixed_degradation
+from meddeblur.degradation.spec import parse_spec
+from meddeblur.evaluation.classical import METHODS, restore, tune
+from meddeblur.io.listing import list_images
+from meddeblur.metrics import ReferenceScorer
+from meddeblur.psf import EdgeError, calibrate, edge_chart, load_psf, measure_edges, mtf50
 
-import quality  # noqa: E402
-
-from meddeblur.data.pairs import fixed_degradation  # noqa: E402
-from meddeblur.degradation.pipeline import degrade  # noqa: E402
-from meddeblur.degradation.spec import parse_spec  # noqa: E402
-from meddeblur.device import machine_line  # noqa: E402
-from meddeblur.evaluation.classical import METHODS, restore, tune  # noqa: E402
-from meddeblur.io.listing import list_images  # noqa: E402
-from meddeblur.metrics import ReferenceScorer  # noqa: E402
-from meddeblur.psf import EdgeError, calibrate, edge_chart, load_psf, measure_edges, mtf50  # noqa: E402
+from benchmarks import quality  # its protocols and tuning are reused, not copied
+from benchmarks.common import ISIC, RESULTS, command, machine_line, write_result
 
 ACCURACY = {"Gaussian σ=0.8": "gauss:sigma=0.8", "Gaussian σ=1": "gauss:sigma=1", "Gaussian σ=1.5": "gauss:sigma=1.5",
             "Gaussian σ=2": "gauss:sigma=2", "Gaussian σ=3": "gauss:sigma=3", "defocus r=1": "defocus:radius=1",
@@ -159,7 +153,7 @@ def soft_device(isic: Path, names: list[str], model: str | None, limit: int | No
 
 @functools.lru_cache(maxsize=1)
 def _half_cache() -> quality.Cache:
-    return quality.Cache(HERE / "results" / quality.CACHE_NAME)
+    return quality.Cache(RESULTS / quality.CACHE_NAME)
 
 
 def family_params(name: str, family: str, spec: str, isic: Path, val_limit: int) -> dict:
@@ -266,15 +260,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parts", nargs="+", choices=("accuracy", "soft", "charts"), default=["accuracy", "soft", "charts"])
     parser.add_argument("--restorer", nargs="+", choices=tuple(RESTORERS), default=["wiener", "rl"])
     parser.add_argument("--model", help="for --restorer network: a psf-nafnet run folder or .safetensors (default: the shipped one)")
-    parser.add_argument("--isic", type=Path, default=quality.DEFAULT_ISIC)
+    parser.add_argument("--isic", type=Path, default=ISIC)
     parser.add_argument("--limit", type=int, help="use only the first N test images (soft part)")
     parser.add_argument("--val-limit", type=int, default=4, help="validation images used for tuning (default 4, as quality.py)")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if {"soft", "charts"} & set(args.parts) and not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
     started = time.perf_counter()
-    result: dict = {"command": " ".join(["python benchmarks/calibration.py", *(argv if argv is not None else sys.argv[1:])]),
+    result: dict = {"command": command("calibration", argv),
                     "machine": f"{machine_line()}, {torch.get_num_threads()} thread(s)", "restorers": args.restorer}
     if "accuracy" in args.parts:
         result["accuracy"] = accuracy()
@@ -283,9 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     if "charts" in args.parts:
         result["charts"] = charts(args.isic, args.restorer, args.model, args.val_limit)
     result["seconds"] = round(time.perf_counter() - started, 1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "calibration.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    (args.out / "calibration.md").write_text(markdown(result))
+    write_result("calibration", result, markdown(result), args.out, ensure_ascii=False)
     print(markdown(result))
     return 0
 

@@ -14,8 +14,8 @@ A full run ends with the number the default model is held to (at most 2× the fo
 1024×768, issue 11): the shipped network (its own weights) and the former one timed in alternating
 passes, since series run one after the other meet a host whose speed drifts.
 
-    python benchmarks/flops.py                          # writes benchmarks/results/flops.{json,md}
-    python benchmarks/flops.py --only nafnet-w16-lite   # one row
+    python -m benchmarks.flops                          # writes benchmarks/results/flops.{json,md}
+    python -m benchmarks.flops --only nafnet-w16-lite   # one row
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import asdict
 from datetime import datetime, timezone
@@ -32,10 +31,10 @@ from pathlib import Path
 
 import torch
 
-from meddeblur.device import describe_machine
 from meddeblur.models import ModelConfig, build_model, count_flops, count_parameters, load_model, weights_id
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, command, describe_machine, write_result
+
 SIZES = {"256x256": (256, 256), "1024x768": (768, 1024)}  # label (W×H) → (H, W)
 
 # label → config. The NAFNet rows are the candidates tried for the default (models.NAFNET_DEFAULTS is lite) and
@@ -149,8 +148,10 @@ def paired(former: torch.nn.Module, shipped: torch.nn.Module, size: str, pairs: 
 
 
 def write(result: dict, out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "flops.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_result("flops", result, markdown(result), out)
+
+
+def markdown(result: dict) -> str:
     m = result["machine"]
     lines = ["# Model size, FLOPs and CPU inference time", "",
              f"Date: {result['date']}. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} "
@@ -176,7 +177,7 @@ def write(result: dict, out: Path) -> None:
         lines += ["", f"**Shipped vs former network, alternating passes** ({p['pairs']} pairs at {p['size']}, other load {p['other_cores']} cores; "
                   f"the shipped network with its own weights, `{p['shipped_id']}`): {p['shipped_median_s']:.2f} s vs {p['former_median_s']:.2f} s "
                   f"(`{p['former']}`), median ratio **{p['ratio']:.2f}×**."]
-    (out / "flops.md").write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(row), flush=True)
         rows.append(row)
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": describe_machine(),
-              "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]), "rows": rows}
+              "command": command("flops", argv), "rows": rows}
     if args.pairs > 0 and not args.only:
         torch.manual_seed(0)
         shipped, config, weights = load_model(None)

@@ -10,8 +10,8 @@ largest difference between the engines' outputs.
 A model is a run folder or .safetensors file, ``default`` (the shipped model), or ``ARCH:WIDTH``
 (random weights: the time depends on the architecture only).
 
-    python benchmarks/onnx_speed.py                                   # writes benchmarks/results/onnx_speed.{json,md}
-    python benchmarks/onnx_speed.py --models nafnet:8 --sizes 64x64 --repeats 1 --out /tmp/x   # smoke run
+    python -m benchmarks.onnx_speed                                   # writes benchmarks/results/onnx_speed.{json,md}
+    python -m benchmarks.onnx_speed --models nafnet:8 --sizes 64x64 --repeats 1 --out /tmp/x   # smoke run
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddeblur.device import describe_machine
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.inference.onnx_engine import export_onnx
 from meddeblur.models import DEFAULT_WEIGHTS, ModelConfig, build_model, save_weights, weights_id
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, command, describe_machine, write_result
+
 DEFAULT_MODELS = ["default", "nafnet:16", "attention-unet:64"]
 DEFAULT_SIZES = ["256x256", "1024x768"]  # width x height
 
@@ -99,11 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                        "max_abs_diff": float(np.abs(got - want).max()), "export_s": export_s, "repeats": args.repeats}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
-    given = sys.argv[1:] if argv is None else argv
     result = {"machine": describe_machine(), "date": date.today().isoformat(), "threads": args.threads, "opset": args.opset,
-              "command": "python benchmarks/onnx_speed.py" + (" " + " ".join(given) if given else ""), "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "onnx_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+              "command": command("onnx_speed", argv), "rows": rows}
     machine = result["machine"]
     lines = ["# Inference engines: PyTorch vs ONNX Runtime (CPU)", "",
              f"`{result['command']}` — {result['date']}, {machine['cpu']} ({machine['cores']} cores), torch {machine['torch']}, "
@@ -112,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         lines.append(f"| {r['model']} ({r['arch']} width {r['width']}) | {r['size']} | {r['torch_ms_median']:.0f} | "
                      f"{r['onnx_ms_median']:.0f} | {r['onnx_ms_median'] / r['torch_ms_median']:.2f} | {r['max_abs_diff']:.1e} |")
-    (args.out / "onnx_speed.md").write_text("\n".join(lines) + "\n")
+    write_result("onnx_speed", result, "\n".join(lines) + "\n", args.out)
     print((args.out / "onnx_speed.md").read_text())
     return 0
 

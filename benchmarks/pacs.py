@@ -17,8 +17,8 @@ network is the DICOMweb calls (or the sending and forwarding) over the wall time
 decoding, the network and encoding of each instance (:mod:`meddeblur.pacs.derive`) over the wall time. With C-STORE
 the sender and the node run at once, so the two shares may add up to more than 100 %.
 
-    python benchmarks/pacs.py                          # 200 instances: benchmarks/results/pacs.{json,md}
-    python benchmarks/pacs.py --instances 10 --out /tmp/pacs-check    # a quick check that it works
+    python -m benchmarks.pacs                          # 200 instances: benchmarks/results/pacs.{json,md}
+    python -m benchmarks.pacs --instances 10 --out /tmp/pacs-check    # a quick check that it works
 
 On a machine whose cores other work shares, ``--threads 1`` keeps torch from fighting it for them, so that the three
 rows compare the ways in, not the load; figures are measured on a quiet machine with the default threads.
@@ -27,9 +27,9 @@ rows compare the ways in, not the load; figures are measured on a quiet machine 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -42,8 +42,6 @@ from pathlib import Path
 import numpy as np
 
 from meddeblur.data.synthetic import synthetic_dermoscopy
-from meddeblur.device import machine_line
-from meddeblur.files import atomic_write
 from meddeblur.runs.plan import plan_run
 from meddeblur.runs.execute import InProcess, execute
 from meddeblur.runs.jobs import Settings
@@ -53,8 +51,8 @@ from meddeblur.pacs.dicomweb import Archive, run_dicomweb
 from meddeblur.pacs.node import Node
 from meddeblur.pacs.scp import Forwarder, run_listener
 
-RESULTS = Path(__file__).parent / "results"
-COMMAND = "python benchmarks/pacs.py"
+from benchmarks.common import RESULTS, command, machine_line, write_result
+
 ORTHANC, PLUGIN = "/usr/sbin/Orthanc", "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 USER, PASSWORD = "bench", "bench-pw"
 DERMOSCOPIC = "1.2.840.10008.5.1.4.1.1.77.1.7"
@@ -110,13 +108,48 @@ class Orthanc:
             self.session.delete(f"{self.root}/patients/{patient}", timeout=60)
 
     def stop(self) -> None:
-        os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait()
+        """SIGTERM, SIGKILL after 30 s; a second call does nothing."""
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
         self._log.close()
+
+
+@contextlib.contextmanager
+def orthanc_with_instances(prefix: str, instances: int, max_side: int):
+    """A temporary folder with ``instances`` generated instances in ``files/`` and a fresh Orthanc on ``orthanc/``.
+
+    Yields (the folder, the instances' paths, the Orthanc, its version); Orthanc is stopped on leaving (or earlier by
+    its ``stop()``), the folder removed.
+    """
+    with tempfile.TemporaryDirectory(prefix=prefix) as temporary:
+        work = Path(temporary)
+        (work / "files").mkdir()
+        (work / "orthanc").mkdir()
+        paths = make_instances(work / "files", instances, max_side)
+        orthanc = Orthanc(work / "orthanc")
+        try:
+            version = orthanc.session.get(f"{orthanc.root}/system", timeout=10).json().get("Version", "?")
+            yield work, paths, orthanc, version
+        finally:
+            orthanc.stop()
+
+
+def add_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """The arguments of this benchmark and pacs_crash: --instances, --max-side, --model, --out (for NAME.json and NAME.md)."""
+    parser.add_argument("--instances", type=int, default=200, help="instances to send through (default 200)")
+    parser.add_argument("--max-side", type=int, default=512, help="largest side of the generated images (default 512)")
+    parser.add_argument("--model", help="weights or run folder (default: the shipped model)")
+    parser.add_argument("--out", default=str(RESULTS), help=f"folder for {name}.json and {name}.md (default benchmarks/results)")
+
+
+def require_orthanc() -> None:
+    if not (Path(ORTHANC).is_file() and Path(PLUGIN).is_file()):
+        raise SystemExit("Orthanc and its DICOMweb plugin are needed: apt-get install orthanc orthanc-dicomweb")
 
 
 def make_instances(folder: Path, count: int, max_side: int, seed: int = 0) -> list[Path]:
@@ -268,14 +301,10 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=200, help="instances to send through (default 200)")
-    parser.add_argument("--max-side", type=int, default=512, help="largest side of the generated images (default 512)")
-    parser.add_argument("--model", help="weights or run folder (default: the shipped model)")
+    add_arguments(parser, "pacs")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice, every core)")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for pacs.json and pacs.md (default benchmarks/results)")
     args = parser.parse_args(argv)
-    if not (Path(ORTHANC).is_file() and Path(PLUGIN).is_file()):
-        raise SystemExit("Orthanc and its DICOMweb plugin are needed: apt-get install orthanc orthanc-dicomweb")
+    require_orthanc()
     load_before = [round(x, 2) for x in os.getloadavg()]
     if args.threads is not None:
         import torch
@@ -286,28 +315,15 @@ def main(argv: list[str] | None = None) -> int:
     engine = spec.load()
     load_s = time.perf_counter() - started
     engine.deblur_rgb(synthetic_dermoscopy(256, 256, seed=99))  # warm-up: the first forward pass is not any run's
-    with tempfile.TemporaryDirectory(prefix="meddeblur-pacs-bench-") as temporary:
-        work = Path(temporary)
-        (work / "files").mkdir()
-        (work / "orthanc").mkdir()
-        paths = make_instances(work / "files", args.instances, args.max_side)
-        orthanc = Orthanc(work / "orthanc")
-        try:
-            version = orthanc.session.get(f"{orthanc.root}/system", timeout=10).json().get("Version", "?")
-            rows = [run_dicomweb_pass(orthanc, engine, paths, work), run_cstore_pass(orthanc, engine, paths, work)]
-        finally:
-            orthanc.stop()
+    with orthanc_with_instances("meddeblur-pacs-bench-", args.instances, args.max_side) as (work, paths, orthanc, version):
+        rows = [run_dicomweb_pass(orthanc, engine, paths, work), run_cstore_pass(orthanc, engine, paths, work)]
+        orthanc.stop()  # the folder run has the machine to itself
         rows.append(run_folder(engine, work / "files", work / "out", len(paths)))
-    result = {"command": " ".join([COMMAND, *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
+    result = {"command": command("pacs", argv),
               "machine": machine_line(), "instances": args.instances, "max_side": args.max_side, "model_id": engine.model_id,
               "model_load_s": round(load_s, 3), "orthanc": version, "rows": rows, "load_before": load_before,
               "load_after": [round(x, 2) for x in os.getloadavg()]}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "pacs.json", "w") as fh:
-        fh.write(json.dumps(result, indent=2) + "\n")
-    with atomic_write(out / "pacs.md", "w") as fh:
-        fh.write(markdown(result))
+    write_result("pacs", result, markdown(result), Path(args.out))
     print(markdown(result))
     return 0
 

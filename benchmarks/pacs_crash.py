@@ -1,7 +1,7 @@
 """``meddeblur pacs`` killed midway through 200 instances, then restarted: every instance derived exactly once, by both ways in.
 
 A script, not a test (the tests do the same with 8 instances). ``--instances`` generated dermoscopic instances
-(:func:`pacs.make_instances`) go through a fresh Orthanc (:class:`pacs.Orthanc`, authentication on), with the node run as
+(:func:`benchmarks.pacs.make_instances`) go through a fresh Orthanc (:class:`benchmarks.pacs.Orthanc`, authentication on), with the node run as
 a user runs it — ``python -m meddeblur pacs ...`` in its own process — and killed with SIGKILL at a point drawn at
 random (seeded) once Orthanc holds between a quarter and three quarters of the derived instances:
 
@@ -15,8 +15,8 @@ random (seeded) once Orthanc holds between a quarter and three quarters of the d
 Then each stored instance's header is read: every source must have exactly one derived instance (its Source Image
 Sequence names it), and nothing else may be there.
 
-    python benchmarks/pacs_crash.py                 # 200 instances: benchmarks/results/pacs_crash.{json,md}
-    python benchmarks/pacs_crash.py --instances 20 --out /tmp/crash-check
+    python -m benchmarks.pacs_crash                 # 200 instances: benchmarks/results/pacs_crash.{json,md}
+    python -m benchmarks.pacs_crash --instances 20 --out /tmp/crash-check
 """
 
 from __future__ import annotations
@@ -24,13 +24,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
-import json
-import os
-import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -38,11 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
-from meddeblur.device import machine_line
-from meddeblur.files import atomic_write
-from pacs import DERMOSCOPIC, ORTHANC, PASSWORD, PLUGIN, RESULTS, USER, Orthanc, _free_port, make_instances
-
-COMMAND = "python benchmarks/pacs_crash.py"
+from benchmarks.common import command, machine_line, write_result
+from benchmarks.pacs import DERMOSCOPIC, PASSWORD, USER, Orthanc, _free_port, add_arguments, orthanc_with_instances, require_orthanc
 
 
 def _node_command(*args: object) -> list[str]:
@@ -203,36 +196,18 @@ def markdown(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--instances", type=int, default=200, help="instances to send through (default 200)")
-    parser.add_argument("--max-side", type=int, default=512, help="largest side of the generated images (default 512)")
-    parser.add_argument("--model", help="weights or run folder (default: the shipped model)")
+    add_arguments(parser, "pacs_crash")
     parser.add_argument("--seed", type=int, default=0, help="draws the moments of the kills (default 0)")
-    parser.add_argument("--out", default=str(RESULTS), help="folder for pacs_crash.json and .md (default benchmarks/results)")
     args = parser.parse_args(argv)
-    if not (Path(ORTHANC).is_file() and Path(PLUGIN).is_file()):
-        raise SystemExit("Orthanc and its DICOMweb plugin are needed: apt-get install orthanc orthanc-dicomweb")
+    require_orthanc()
     model = ["--model", args.model] if args.model else []
     rng = np.random.default_rng(args.seed)
-    with tempfile.TemporaryDirectory(prefix="meddeblur-pacs-crash-") as temporary:
-        work = Path(temporary)
-        (work / "files").mkdir()
-        (work / "orthanc").mkdir()
-        paths = make_instances(work / "files", args.instances, args.max_side)
-        orthanc = Orthanc(work / "orthanc")
-        try:
-            version = orthanc.session.get(f"{orthanc.root}/system", timeout=10).json().get("Version", "?")
-            rows = [crash_dicomweb(orthanc, paths, work, model, rng), crash_cstore(orthanc, paths, work, model, rng),
-                    crash_cstore(orthanc, paths, work, model, rng, while_receiving=True)]
-        finally:
-            orthanc.stop()
-    result = {"command": " ".join([COMMAND, *map(shlex.quote, argv if argv is not None else sys.argv[1:])]),
+    with orthanc_with_instances("meddeblur-pacs-crash-", args.instances, args.max_side) as (work, paths, orthanc, version):
+        rows = [crash_dicomweb(orthanc, paths, work, model, rng), crash_cstore(orthanc, paths, work, model, rng),
+                crash_cstore(orthanc, paths, work, model, rng, while_receiving=True)]
+    result = {"command": command("pacs_crash", argv),
               "machine": machine_line(), "instances": args.instances, "model": args.model, "orthanc": version, "rows": rows}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(out / "pacs_crash.json", "w") as fh:
-        fh.write(json.dumps(result, indent=2) + "\n")
-    with atomic_write(out / "pacs_crash.md", "w") as fh:
-        fh.write(markdown(result))
+    write_result("pacs_crash", result, markdown(result), Path(args.out))
     print(markdown(result))
     failed = [row["way"] for row in rows if row["sources_derived_once"] != row["instances"] or row["derived_of_no_source"]
               or row["originals_changed"] or row["derived_series"] != 1]

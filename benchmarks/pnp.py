@@ -3,14 +3,14 @@ of iterations, and its denoiser's PSNR per noise level (DPIR's table).
 
 A script, not a test. Parts (``--part``, default all):
   tune        — each (noise_floor, weight, iterations) of the grid on ``--val`` validation images (the full- and
-                half-resolution protocols of ``benchmarks/quality.py``, centre crops of ``--crop`` px), told the true
+                half-resolution protocols of ``benchmarks.quality``, centre crops of ``--crop`` px), told the true
                 kernel of every blur family; the best mean is what :class:`meddeblur.restore.pnp.PnPSettings` ships with;
   iterations  — 2 / 4 / 6 / 8 iterations with the shipped settings otherwise, on the same crops, beside
                 Richardson–Lucy (30 iterations) and Wiener (NSR 0.01) with the true kernel;
   denoiser    — PSNR of the shipped denoiser at σ = 5, 15, 25, 50 (8-bit levels) on ``--crops`` crops of the test images.
 
-    python benchmarks/pnp.py                           # writes benchmarks/results/pnp.{json,md}
-    python benchmarks/pnp.py --part tune --val 2 --crop 128 --out /tmp/x   # a smoke run
+    python -m benchmarks.pnp                           # writes benchmarks/results/pnp.{json,md}
+    python -m benchmarks.pnp --part tune --val 2 --crop 128 --out /tmp/x   # a smoke run
 """
 
 from __future__ import annotations
@@ -26,20 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import quality  # noqa: E402  (the protocols and their degradations)
+from meddeblur.degradation.spec import parse_spec
+from meddeblur.io.listing import list_images
+from meddeblur.metrics import ReferenceScorer
+from meddeblur.models.denoiser import DENOISER_WEIGHTS, load_denoiser
+from meddeblur.restore.classical import richardson_lucy, wiener
+from meddeblur.restore.pnp import PnPSettings, plug_and_play
+from meddeblur.training.denoiser import denoiser_scores, load_images
 
-from meddeblur.degradation.spec import parse_spec  # noqa: E402
-from meddeblur.device import machine_line  # noqa: E402
-from meddeblur.io.listing import list_images  # noqa: E402
-from meddeblur.metrics import ReferenceScorer  # noqa: E402
-from meddeblur.models.denoiser import DENOISER_WEIGHTS, load_denoiser  # noqa: E402
-from meddeblur.restore.classical import richardson_lucy, wiener  # noqa: E402
-from meddeblur.restore.pnp import PnPSettings, plug_and_play  # noqa: E402
-from meddeblur.training.denoiser import denoiser_scores, load_images  # noqa: E402
+from benchmarks import quality  # the protocols and their degradations
+from benchmarks.common import (ISIC, PNP_ROW, PROTOCOL_TITLES, PSF_ROW, RESULTS, RL_ROW, UNBLURRED, WIENER_ROW, command as result_command,
+                               machine_line, write_result)
 
-RESULTS = Path(__file__).parent / "results"
-FAMILIES = {k: v for k, v in quality.FAMILIES.items() if k not in quality.UNBLURRED}
+FAMILIES = {k: v for k, v in quality.FAMILIES.items() if k not in UNBLURRED}
 FLOORS = (1.0, 2.0, 3.0)  # 8-bit levels
 WEIGHTS = (0.12, 0.25, 0.5)
 TUNED_ITERATIONS = (8,)
@@ -103,7 +102,7 @@ def iterations(samples: dict[str, list], denoiser: torch.nn.Module) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", default=["tune", "iterations", "denoiser"], choices=("tune", "iterations", "denoiser"))
-    parser.add_argument("--isic", type=Path, default=quality.DEFAULT_ISIC)
+    parser.add_argument("--isic", type=Path, default=ISIC)
     parser.add_argument("--val", type=int, default=4, help="validation images for tune and iterations")
     parser.add_argument("--crop", type=int, default=192, help="centre crop side for tune and iterations")
     parser.add_argument("--crops", type=int, default=96, help="test crops per noise level for the denoiser table")
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.update({"machine": f"{machine_line()}, {args.threads} thread(s)", "date": date.today().isoformat(),
                    "denoiser": str(args.denoiser.name), "settings": asdict(PnPSettings())})
-    command = "python benchmarks/pnp.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = result_command("pnp", argv)
     if {"tune", "iterations"} & set(args.part):
         samples = crops(args.isic, split["val"][: args.val], args.crop)
         if "tune" in args.part:
@@ -131,9 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         test = load_images([p for p in list_images(args.isic / "images") if p.stem in set(split["test"])])
         result["denoiser_table"] = {"psnr": denoiser_scores(denoiser, test, args.crops, crop=128, seed=7), "crops": args.crops,
                                     "command": command}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    (args.out / "pnp.md").write_text(render(result))
+    result["command"] = command  # the last run's, beside each part's own
+    write_result("pnp", result, render(result), args.out, ensure_ascii=False)
     print(render(result))
     return 0
 
@@ -168,9 +166,6 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
-PNP_ROW, PSF_ROW, RL_ROW, WIENER_ROW = ("non-blind (true PSF): pnp", "non-blind (true PSF): psf", "Richardson-Lucy (true kernel)",
-                                       "Wiener (true kernel)")
-TITLES = {"full": "full resolution", "half": "half resolution", "soft": "softer source", "seed": "256×256"}
 
 
 def targets(measured: dict[str, dict], speed: dict | None, calibration: dict | None) -> list[tuple[str, str, bool]]:
@@ -178,12 +173,12 @@ def targets(measured: dict[str, dict], speed: dict | None, calibration: dict | N
     checks = []
     for protocol, result in measured.items():
         rows = result["rows"]
-        blurs = [f for f in result["families"] if f not in quality.UNBLURRED]
+        blurs = [f for f in result["families"] if f not in UNBLURRED]
         leads = {f: rows[PNP_ROW]["families"][f]["psnr"] - rows[RL_ROW]["families"][f]["psnr"] for f in blurs}
         worst = min(leads, key=leads.get)
         mean = rows[PNP_ROW]["mean_psnr"] - rows[RL_ROW]["mean_psnr"]
-        checks.append((f"{TITLES[protocol]}: every blur family ≥ Richardson–Lucy + 1 dB", f"worst {worst} {leads[worst]:+.2f} dB", leads[worst] >= 1.0))
-        checks.append((f"{TITLES[protocol]}: mean ≥ Richardson–Lucy + 1 dB", f"{mean:+.2f} dB", mean >= 1.0))
+        checks.append((f"{PROTOCOL_TITLES[protocol]}: every blur family ≥ Richardson–Lucy + 1 dB", f"worst {worst} {leads[worst]:+.2f} dB", leads[worst] >= 1.0))
+        checks.append((f"{PROTOCOL_TITLES[protocol]}: mean ≥ Richardson–Lucy + 1 dB", f"{mean:+.2f} dB", mean >= 1.0))
         inner = [(f, rows[PNP_ROW]["families"][f]) for f in blurs if "psnr_inner" in rows[PNP_ROW]["families"][f]]
         if protocol == "full" and inner:
             source = rows["input"]["families"]
@@ -213,7 +208,7 @@ def card_section(quality_results: dict[str, dict], results: Path) -> list[str]:
     model_id = weights_id(DENOISER_WEIGHTS)
     stale = [p for p, q in measured.items() if q["rows"][PNP_ROW]["model"]["id"] != model_id]
     if stale:
-        raise SystemExit(f"quality_{stale[0]}.json scores another denoiser; run: python benchmarks/quality.py --protocol all --model pnp "
+        raise SystemExit(f"quality_{stale[0]}.json scores another denoiser; run: python -m benchmarks.quality --protocol all --model pnp "
                          "--methods --keep")
     denoiser = load_denoiser()
     info = json.loads(DENOISER_WEIGHTS.with_suffix(".json").read_text())
@@ -236,15 +231,15 @@ def card_section(quality_results: dict[str, dict], results: Path) -> list[str]:
     for protocol, result in measured.items():
         rows = result["rows"]
         worst = rows[PNP_ROW]["worst_family_gain"]
-        lines.append(f"| {TITLES[protocol]} | {rows[WIENER_ROW]['gain_psnr']:+.2f} | {rows[RL_ROW]['gain_psnr']:+.2f} | "
+        lines.append(f"| {PROTOCOL_TITLES[protocol]} | {rows[WIENER_ROW]['gain_psnr']:+.2f} | {rows[RL_ROW]['gain_psnr']:+.2f} | "
                      f"{rows[PSF_ROW]['gain_psnr']:+.2f} | **{rows[PNP_ROW]['gain_psnr']:+.2f}** | "
                      f"{rows[PNP_ROW]['mean_psnr'] - rows[RL_ROW]['mean_psnr']:+.2f} | {worst['psnr']:+.2f} ({worst['family']}) |")
     lines += ["", "Per family, plug-and-play minus Richardson–Lucy (dB):", ""]
     for protocol, result in measured.items():
         rows = result["rows"]
-        lines.append(f"- {TITLES[protocol]}: " + ", ".join(
+        lines.append(f"- {PROTOCOL_TITLES[protocol]}: " + ", ".join(
             f"{f} {rows[PNP_ROW]['families'][f]['psnr'] - rows[RL_ROW]['families'][f]['psnr']:+.2f}"
-            for f in result["families"] if f not in quality.UNBLURRED))
+            for f in result["families"] if f not in UNBLURRED))
     if "denoiser_table" in own:
         table = own["denoiser_table"]["psnr"]
         lines += ["", "The denoiser alone, on crops of the test images with white noise added (PSNR, dB): "

@@ -13,15 +13,14 @@ A script, not a test. Two parts:
   (:mod:`meddeblur.inference.consistency`) gives the false-alarm rate of the limit on good restorations and its
   detection rate on wrong ones.
 
-    python benchmarks/psf_estimation.py                 # both parts → benchmarks/results/psf_estimation.{json,md}
-    python benchmarks/psf_estimation.py --part guard --limit-images 40
+    python -m benchmarks.psf_estimation                 # both parts → benchmarks/results/psf_estimation.{json,md}
+    python -m benchmarks.psf_estimation --part guard --limit-images 40
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -30,22 +29,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-if str(HERE) not in sys.path:  # quality.py beside this script: its split and image preparation are reused
-    sys.path.insert(0, str(HERE))
+from meddeblur.data.pairs import read_split, select, sharp_only
+from meddeblur.data.sampling import ScaledCrops
+from meddeblur.degradation.spec import parse_spec
+from meddeblur.inference.consistency import LIMIT, consistency
+from meddeblur.inference.deblurrer import Deblurrer
+from meddeblur.io.listing import list_images
+from meddeblur.physics import canvas_radius, kernel_canvas
+from meddeblur.psf import psf_from_array, psf_from_spec
+from meddeblur.psf.estimate import BlurEstimator, gaussian_of_moments
 
-import quality  # noqa: E402
-
-from meddeblur.data.pairs import read_split, select, sharp_only  # noqa: E402
-from meddeblur.data.sampling import ScaledCrops  # noqa: E402
-from meddeblur.degradation.spec import parse_spec  # noqa: E402
-from meddeblur.device import machine_line  # noqa: E402
-from meddeblur.inference.consistency import LIMIT, consistency  # noqa: E402
-from meddeblur.inference.deblurrer import Deblurrer  # noqa: E402
-from meddeblur.io.listing import list_images  # noqa: E402
-from meddeblur.physics import canvas_radius, kernel_canvas  # noqa: E402
-from meddeblur.psf import psf_from_array, psf_from_spec  # noqa: E402
-from meddeblur.psf.estimate import BlurEstimator, gaussian_of_moments  # noqa: E402
+from benchmarks import quality  # its split and image preparation are reused
+from benchmarks.common import ISIC, RESULTS, SPLIT, command, machine_line, write_result
 
 FAMILIES = {
     "gauss σ=1.0": "gauss:sigma=1.0", "gauss σ=1.6": "gauss:sigma=1.6", "gauss σ=2.5": "gauss:sigma=2.5",
@@ -142,7 +137,7 @@ def part_guard(isic: Path, limit: int | None) -> dict:
     """Per validation-mix sample: consistency ratios (true / estimated / wrong PSF) and PSNRs of each way to restore it."""
     from meddeblur.metrics import ReferenceScorer
 
-    split = read_split(quality.SPLIT)
+    split = read_split(SPLIT)
     names = split["val"][:limit] if limit else split["val"]
     pairs = select(sharp_only(isic / "images"), names, "val")
     samples = ScaledCrops(pairs, 256, (1.0, 1.0), parse_spec("real"), 0, fixed=True, psf=True)
@@ -251,9 +246,9 @@ def markdown(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", nargs="+", choices=("estimate", "guard"), default=["estimate", "guard"])
-    parser.add_argument("--isic", type=Path, default=quality.DEFAULT_ISIC)
+    parser.add_argument("--isic", type=Path, default=ISIC)
     parser.add_argument("--limit-images", type=int, help="only the first N images of each part")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
@@ -261,14 +256,13 @@ def main(argv: list[str] | None = None) -> int:
     result = json.loads(path.read_text()) if path.is_file() else {}
     ran = {  # each part records where it ran: parts can run apart
            "machine": f"{machine_line()}, {torch.get_num_threads()} thread(s)",
-           "command": ("python benchmarks/psf_estimation.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()}
+           "command": command("psf_estimation", argv)}
     if "estimate" in args.part:
         result["estimate"] = {**part_estimate(args.isic, args.limit_images), **ran}
     if "guard" in args.part:
         result["guard"] = {**part_guard(args.isic, args.limit_images), **ran}
-    args.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    (args.out / "psf_estimation.md").write_text(markdown(result))
+    result.update(ran)  # the last run's, beside each part's own
+    write_result("psf_estimation", result, markdown(result), args.out, indent=1, ensure_ascii=False)
     print(markdown(result))
     return 0
 

@@ -10,16 +10,14 @@ image, restored with, checked) is timed on the same image blurred with a Gaussia
 on its left half and 2.4 on its right (restored cell by cell where the estimates disagree), and with linear motion
 of 9 px (the motion length measured in every cell's spectrum: the slowest estimate); its target is 2×.
 
-    python benchmarks/psf_speed.py                      # writes benchmarks/results/psf_speed.{json,md}
-    python benchmarks/psf_speed.py --psf-model runs/psf-stage1 --sizes 256x256 --repeats 2 --out /tmp/x   # smoke run
+    python -m benchmarks.psf_speed                      # writes benchmarks/results/psf_speed.{json,md}
+    python -m benchmarks.psf_speed --psf-model runs/psf-stage1 --sizes 256x256 --repeats 2 --out /tmp/x   # smoke run
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -27,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from meddeblur.device import machine_line
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.models import PSF_WEIGHTS
 from meddeblur.restore import registry
 from meddeblur.restore.pnp import PnPSettings
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, command, machine_line, write_result
+
 DEFAULT_SIZES = ["1024x768", "256x256"]  # width x height
 DEFAULT_PSFS = ["gauss:sigma=1.6", "motion:length=21,angle=30", "defocus:radius=8"]
 
@@ -110,11 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append({"image": size, "model": f"method psf ({estimated.provenance['parameters']['estimator_id']})", "psf": label,
                              **result, "ratio": result["median_s"] / base["median_s"], "result": taken})
                 print(f"{size} {label} ({taken}): {result['median_s']:.3f} s ({rows[-1]['ratio']:.2f}× blind)", flush=True)
-    command = "python benchmarks/psf_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = f"{machine_line()}, {args.threads} thread(s)"
-    result = {"command": command.strip(), "machine": machine, "date": date.today().isoformat(), "repeats": args.repeats, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    result = {"command": command("psf_speed", argv), "machine": machine, "date": date.today().isoformat(), "repeats": args.repeats, "rows": rows}
     lines = ["# Known-blur restoration: time per image", "",
              f"`{result['command']}` — {result['date']}, {machine}; median (min) of {args.repeats} passes after a warm-up, "
              "through `Deblurrer` as `meddeblur deblur` runs (whole images up to 1024 px). ratio: to the blind default model's median "
@@ -123,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
              "| image | model | PSF | seconds | ratio to blind |", "|---|---|---|---|---|"]
     lines += [f"| {r['image']} | {r['model']} | `{r['psf']}`{' (' + r['result'] + ')' if 'result' in r else ''} | {r['median_s']:.3f} "
               f"({r['min_s']:.3f}) | {r['ratio']:.2f}× |" for r in rows]
-    (args.out / f"{args.name}.md").write_text("\n".join(lines) + "\n")
+    write_result(args.name, result, "\n".join(lines) + "\n", args.out)
     print("\n".join(lines))
     return 0
 

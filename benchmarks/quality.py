@@ -17,10 +17,10 @@ split, the protocol or the degradation code recomputes it), and the tuning when 
 the grid and the classical methods' code (:data:`CLASSICAL_MODULES`) are unchanged. Later runs then only compute the
 model rows.
 
-    python benchmarks/quality.py --protocol full --model default     # the shipped model as a row
-    python benchmarks/quality.py --protocol seed half --model runs/mixed   # a run folder or .safetensors
-    python benchmarks/quality.py --protocol all --model default psf   # + the kernel-conditioned model given the true PSF
-    python benchmarks/quality.py --protocol all --model psf-estimated --methods --keep --cache /tmp/c.json
+    python -m benchmarks.quality --protocol full --model default     # the shipped model as a row
+    python -m benchmarks.quality --protocol seed half --model runs/mixed   # a run folder or .safetensors
+    python -m benchmarks.quality --protocol all --model default psf   # + the kernel-conditioned model given the true PSF
+    python -m benchmarks.quality --protocol all --model psf-estimated --methods --keep --cache /tmp/c.json
         # + the PSF estimated from each image; --keep: the rows already there stay; --methods (none): no classical rows run
 """
 
@@ -46,7 +46,6 @@ from meddeblur.degradation.kernels import gaussian_kernel
 from meddeblur.degradation.pipeline import quantize8
 from meddeblur.degradation.resampling import resize_area
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.device import machine_line
 from meddeblur.evaluation.classical import METHODS, restore, tune
 from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.decode import read_rgb
@@ -58,9 +57,9 @@ from meddeblur.restore.pnp import PnPSettings
 from meddeblur.physics import blur
 from meddeblur.restore import registry
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
-SPLIT = HERE / "isic_split.json"
+from benchmarks.common import (ESTIMATED_ROW, ISIC, RESULTS, ROOT, SPLIT, UNBLURRED, command as result_command, machine_line,
+                               write_result)
+
 CACHE_NAME = "quality_classical_cache.json"
 #: The modules whose code computes the classical rows: the true-kernel restorers, the physics they stand on, and the
 #: baselines' module (the self-tuning Wiener and unsharp masking, the method table). Their hash keys the cache.
@@ -86,10 +85,8 @@ FAMILIES = {  # full, half, soft: the families of issue 11's table
     "none": "none",
 }
 ESTIMATED = "psf-estimated"  # --model value: the PSF estimated from each image (method "psf")
-ESTIMATED_LABEL = "psf (estimated)"
 PNP = "pnp"  # --model value: the plug-and-play restorer (the shipped denoiser), told the true kernel
 BORDER = 16  # px: the "inner" PSNR leaves this margin out, to tell border effects from the rest
-UNBLURRED = ("sharp (none)", "none")  # not part of any mean
 TRUE_KERNEL = tuple(name for name, method in registry.METHODS.items() if method.function)  # the classical restorers: Wiener, RL
 RL_GRID = tuple({"iterations": n} for n in (0, 5, 10, 20, 30, 40))  # full/half/soft: 0 = give the input back
 PROTOCOLS = {
@@ -237,7 +234,7 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
             continue
         if model == ESTIMATED:  # blind: the PSF estimated from each image, restored by the shipped kernel-conditioned model
             deblurrer = Deblurrer.load(None, device="cpu", tile=0).with_estimated_psf()
-            loaded.append((ESTIMATED_LABEL, deblurrer, {"path": str(deblurrer.weights), "id": deblurrer.model_id, "arch": "psf-nafnet",
+            loaded.append((ESTIMATED_ROW, deblurrer, {"path": str(deblurrer.weights), "id": deblurrer.model_id, "arch": "psf-nafnet",
                                                         "estimator_id": deblurrer.provenance["parameters"]["estimator_id"]}))
             continue
         argument, name = model_label(model)
@@ -321,7 +318,7 @@ def run(protocol: str, isic: Path, models: list[str], methods: list[str], famili
     summarise(rows)
     return {"protocol": protocol, "about": PROTOCOLS[protocol]["about"], "test_images": len(test_names),
             "val_images_for_tuning": len(val_names), "families": families,
-            "split": str(split_path.relative_to(HERE.parent)) if split_path.is_relative_to(HERE.parent) else str(split_path),
+            "split": str(split_path.relative_to(ROOT)) if split_path.is_relative_to(ROOT) else str(split_path),
             "classical_cache": {"file": cache.path.name, "computed": cache.computed, "reused": cache.reused, "classical_version": version},
             "seconds": round(time.perf_counter() - started_all, 1), "rows": rows}
 
@@ -431,11 +428,11 @@ def main(argv: list[str] | None = None) -> int:
                         ".safetensors weights to add as rows")
     parser.add_argument("--methods", nargs="*", choices=list(METHODS), help="classical methods (default: all for seed, Wiener and RL otherwise)")
     parser.add_argument("--families", nargs="*", help="column names (default: the protocol's own; see SEED_FAMILIES / FAMILIES)")
-    parser.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    parser.add_argument("--isic", type=Path, default=ISIC)
     parser.add_argument("--split", type=Path, default=SPLIT, help="train/val/test split file (made with seed 42 when missing)")
     parser.add_argument("--limit", type=int, help="use only the first N test images")
     parser.add_argument("--val-limit", type=int, help="validation images used for tuning (default 8 for seed, 4 otherwise)")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--cache", type=Path, help=f"classical results cache (default: OUT/{CACHE_NAME})")
     parser.add_argument("--keep", action="store_true", help="keep the rows already in OUT/quality_PROTOCOL.json that this run "
                         "does not recompute (same images, families and input scores required); with --methods and no names, "
@@ -445,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.exit(f"{args.isic}: ISIC images not found; pass --isic DIR or set MEDDEBLUR_ISIC_DIR")
     protocols = list(PROTOCOLS) if "all" in args.protocol else list(dict.fromkeys(ALIASES.get(p, p) for p in args.protocol))
     machine = f"{machine_line()}, {torch.get_num_threads()} thread(s)"
-    command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = result_command("quality", argv)
     cache = Cache(args.cache or args.out / CACHE_NAME)
     results = {}
     for protocol in protocols:
@@ -461,9 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         result.update(command=command, machine=machine)
         if args.keep:
             keep_rows(result, args.out / f"quality_{protocol}.json")
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"quality_{protocol}.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-        (args.out / f"quality_{protocol}.md").write_text(markdown(result, command, machine))
+        write_result(f"quality_{protocol}", result, markdown(result, command, machine), args.out, ensure_ascii=False)
         print(markdown(result, command, machine))
         results[protocol] = result
     return 0

@@ -6,8 +6,8 @@ reference data protocol: 140 train pairs (70 % of ~200) → 18 steps, plus a
 validation pass over 40 pairs. Inference is the median over repeated single-image
 forward passes in eval mode.
 
-    python benchmarks/speed.py                       # writes benchmarks/results/speed.{json,md}
-    python benchmarks/speed.py --widths 32 --steps 2 # quicker
+    python -m benchmarks.speed                       # writes benchmarks/results/speed.{json,md}
+    python -m benchmarks.speed --widths 32 --steps 2 # quicker
 """
 
 from __future__ import annotations
@@ -16,17 +16,16 @@ import argparse
 import json
 import math
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-from meddeblur.device import describe_machine
 from meddeblur.losses import build_loss
 from meddeblur.models import ModelConfig, build_model, count_parameters
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, command, describe_machine, write_result
+
 TRAIN_PAIRS, VAL_PAIRS, BATCH, SIZE = 140, 40, 8, 256
 
 
@@ -82,10 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         row = {"width": width, "parameters": params, **time_training(width, args.steps), **time_inference(width, args.repeats)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {"machine": describe_machine(), "command": "python " + " ".join([sys.argv[0], *(argv or sys.argv[1:])]),
+    result = {"machine": describe_machine(), "command": command("speed", argv),
               "protocol": f"batch {BATCH}, {SIZE}×{SIZE}, epoch = {TRAIN_PAIRS} train + {VAL_PAIRS} val pairs", "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Speed of the reference Attention U-Net ({result['protocol']})", "",
              f"Machine: {result['machine']['cpu']}, {result['machine']['cores']} cores, torch {result['machine']['torch']} "
              f"({result['machine']['torch_threads']} threads). Command: `{result['command']}`", "",
@@ -93,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['width']} | {r['parameters']:,} | {r['train_step_s']:.2f} | {r['images_per_s']:.2f} | {r['epoch_s']:.0f} | {r['infer_ms_median']:.0f} |")
-    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    write_result("speed", result, "\n".join(lines) + "\n", args.out)
     print((args.out / "speed.md").read_text())
     return 0
 

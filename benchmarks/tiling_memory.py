@@ -5,7 +5,7 @@ size (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is that run's alone: Python
 the model, the input image, the tiling's padded copy and float32 canvases, and one tile's
 activations. Random weights: memory and time do not depend on their values.
 
-    python benchmarks/tiling_memory.py      # writes benchmarks/results/tiling_memory.{json,md}
+    python -m benchmarks.tiling_memory      # writes benchmarks/results/tiling_memory.{json,md}
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from flops import OtherLoad, describe_machine, wait_for_quiet  # noqa: E402  (sibling benchmark script)
-
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, ROOT, command, describe_machine, write_result
+from benchmarks.flops import OtherLoad, wait_for_quiet
 MODELS = {"attention-unet-w64 (reference)": {"width": 64}, "nafnet (default config)": {"arch": "nafnet"}}
 
 
@@ -73,16 +71,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = {}
     for label in args.only or list(MODELS):
         wait_for_quiet(args.quiet_below, args.quiet_wait)
-        command = [sys.executable, __file__, "--child", json.dumps(MODELS[label]), "--size", str(width), str(height),
-                   "--tile", str(args.tile), "--overlap", str(args.overlap), "--threads", str(args.threads)]
-        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        child_command = [sys.executable, "-m", "benchmarks.tiling_memory", "--child", json.dumps(MODELS[label]), "--size", str(width),
+                         str(height), "--tile", str(args.tile), "--overlap", str(args.overlap), "--threads", str(args.threads)]
+        done = subprocess.run(child_command, capture_output=True, text=True, check=True, cwd=ROOT)
         rows[label] = json.loads(done.stdout.strip().splitlines()[-1])
         print(label, json.dumps(rows[label]), flush=True)
     result = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": {**describe_machine(), "torch_threads": args.threads},
-              "command": "python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])]),
+              "command": command("tiling_memory", argv),
               "image": f"{width}×{height}", "tile": args.tile, "overlap": args.overlap, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "tiling_memory.json").write_text(json.dumps(result, indent=2) + "\n")
     m = result["machine"]
     lines = [f"# Tiled inference of a {width}×{height} image: peak memory and time", "",
              f"Date: {result['date']}. Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({args.threads} threads). "
@@ -96,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, r in rows.items():
         lines.append(f"| {label} | {r['parameters']:,} | {r['tiles']} | {r['seconds']:.0f} | {r['seconds_per_tile']:.2f} | "
                      f"{r['peak_rss_mib']:.0f} | {r['rss_before_tiling_mib']:.0f} | {r['other_cores']} |")
-    (args.out / "tiling_memory.md").write_text("\n".join(lines) + "\n")
+    write_result("tiling_memory", result, "\n".join(lines) + "\n", args.out)
     print((args.out / "tiling_memory.md").read_text())
     return 0
 

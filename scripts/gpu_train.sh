@@ -7,7 +7,7 @@
 #
 # With the device tool: run `pack` here, then run `bash scripts/gpu_train.sh train 9` there with carry ["runs/gpu"];
 # the weights come back under the reply's files folder. Keep them only if they beat the shipped ones:
-#   python benchmarks/pnp.py --part denoiser tune --denoiser FILES/denoiser.safetensors --out /tmp/gpu-check
+#   python -m benchmarks.pnp --part denoiser tune --denoiser FILES/denoiser.safetensors --out /tmp/gpu-check
 # A test on the CPU with a tiny budget: OUT=/tmp/gpu-test bash scripts/gpu_train.sh train 0.2 (PACK=FILE: another pack)
 set -euo pipefail
 cd "$(dirname "$0")/.."

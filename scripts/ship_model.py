@@ -14,7 +14,7 @@ validation loss (L1 over the whole mix, un-blurred share included) is lower and 
 samples is not; either way the stage is
 recorded in benchmarks/results/default_training_stages.{json,md} with its command, minutes, steps and
 scores, and the training curve of a shipped stage goes to benchmarks/results/default_training.{csv,png}.
-Then run the quality benchmark on the new weights and ``python benchmarks/model_card.py``.
+Then run the quality benchmark on the new weights and ``python -m benchmarks.report.model_card``.
 """
 
 from __future__ import annotations

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Callable
 
 import pytest
@@ -64,14 +62,6 @@ def run_cli(empty_torch_home: Path) -> Callable[..., subprocess.CompletedProcess
         )
 
     return run
-
-
-def load_script(name: str, folder: str = "benchmarks") -> ModuleType:
-    """Import ``<repo>/<folder>/<name>.py`` (a benchmark or script, not a package module) for a test to call its main()."""
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / folder / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-dermoscopy"))

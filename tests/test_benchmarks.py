@@ -1,19 +1,23 @@
 """The benchmark scripts run end to end (tiny settings) and a trained run folder can be a row."""
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
-from conftest import ISIC, load_script
+from conftest import ISIC
 
+from benchmarks import archive, quality, speed
+from benchmarks.experiments import loss_probe, train_speed
+from benchmarks.report import psf_card
 from meddeblur.losses import LossWeights
 from meddeblur.models import ModelConfig, build_model, save_weights
+from scripts import ship_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):
-    quality = load_script("quality")
     run = tmp_path / "runs" / "tiny-mixed"
     save_weights(build_model(ModelConfig(width=4)), ModelConfig(width=4), run / "best.safetensors")
     out = tmp_path / "results"
@@ -33,7 +37,6 @@ def test_quality_benchmark_with_a_model_row(isic_images, tmp_path):
 
 
 def test_quality_keep_adds_rows_and_says_which_run_made_the_kept_ones(isic_images, tmp_path):
-    quality = load_script("quality")
     out = tmp_path / "results"
     for name in ("one", "two"):
         save_weights(build_model(ModelConfig(width=4)), ModelConfig(width=4), tmp_path / name / "best.safetensors")
@@ -43,7 +46,7 @@ def test_quality_keep_adds_rows_and_says_which_run_made_the_kept_ones(isic_image
     assert quality.main([*common, "--model", str(tmp_path / "two"), "--methods", "--keep"]) == 0
     result = json.loads((out / "quality_seed.json").read_text())
     assert list(result["rows"]) == ["input", "model: two", "Wiener (true kernel)", "model: one"]
-    assert result["kept_rows"]["model: one"] == "python benchmarks/quality.py " + " ".join(first)
+    assert result["kept_rows"]["model: one"] == "python -m benchmarks.quality " + shlex.join(first)
     assert result["kept_machines"]["model: one"] == result["machine"]
     assert "row model: one kept from" in (out / "quality_seed.md").read_text()
 
@@ -64,11 +67,10 @@ def _method_psf_rows(kept: dict) -> dict:
                                             ({"psnr": float("inf")}, False),  # written before the minimum was recorded
                                             ({"psnr": 50.0}, False)])  # a finite mean can hide one harmed image
 def test_method_psf_ship_rule_judges_unblurred_inputs_by_their_worst_image(kept, allowed):
-    card = load_script("psf_card")
-    quality = {protocol: _method_psf_rows(kept) for protocol in card.PROTOCOL_TITLES}
-    ok, reasons = card.ship_rule(quality)
+    measured = {protocol: _method_psf_rows(kept) for protocol in psf_card.PROTOCOL_TITLES}
+    ok, reasons = psf_card.ship_rule(measured)
     assert ok is allowed and (not reasons) is allowed
-    target = next(t for t in card.estimated_targets(quality, None, None) if t[0].startswith("un-blurred"))
+    target = next(t for t in psf_card.estimated_targets(measured, None, None) if t[0].startswith("un-blurred"))
     assert target[2] is allowed
 
 
@@ -80,57 +82,52 @@ def test_committed_split_is_the_seeded_70_20_10_split_of_all_images(isic_images)
 
 
 def test_speed_benchmark_runs(tmp_path):
-    speed = load_script("speed")
     assert speed.main(["--widths", "4", "--steps", "1", "--repeats", "1", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "speed.json").read_text())["rows"][0]["width"] == 4
 
 
 def test_ship_model_records_a_torchrun_stage_with_its_launcher(tmp_path):
-    ship = load_script("ship_model", "scripts")
     (tmp_path / "train.log").write_text("meddeblur 0.1.0 (recipe default): nafnet width 16\ndata parallel: 2 processes (gloo), "
                                         "global batch 16 = 8 per process\n")
-    assert ship.processes_of(tmp_path) == 2 and ship.processes_of(tmp_path / "elsewhere") == 1
+    assert ship_model.processes_of(tmp_path) == 2 and ship_model.processes_of(tmp_path / "elsewhere") == 1
     options = {"recipe": "default", "init": "default", "lr": 5e-4, "crop": 128, "max_minutes": 100.0, "threads": 1, "dec_blocks": [1, 2, 2, 1]}
-    assert ship.train_command(options, 2).startswith("torchrun --standalone --nproc_per_node 2 -m meddeblur train --sharp ISIC/images")
-    single = ship.train_command(options)
+    assert ship_model.train_command(options, 2).startswith("torchrun --standalone --nproc_per_node 2 -m meddeblur train --sharp ISIC/images")
+    single = ship_model.train_command(options)
     assert single.startswith("meddeblur train --sharp ISIC/images") and "--dec-blocks 1,2,2,1" in single
     assert "--lr" not in single  # 5e-4 is the recipe's fine-tuning rate (--init given) ...
-    assert "--lr 0.002" in ship.train_command({**options, "lr": 2e-3})  # ... and its from-scratch rate is not
-    assert "--lr" not in ship.train_command({**options, "init": None, "lr": 2e-3})
-    assert "--crop" not in single and "--crop 128" in ship.train_command({**options, "init": None})  # fine-tuning's crop, not from scratch's
-    shipped = ship.ROOT / "src" / "meddeblur" / "weights" / "psf.safetensors"  # a weights file of the checkout: named as a clone has it
-    assert "--init src/meddeblur/weights/psf.safetensors " in ship.train_command({**options, "init": str(shipped)}) + " "
+    assert "--lr 0.002" in ship_model.train_command({**options, "lr": 2e-3})  # ... and its from-scratch rate is not
+    assert "--lr" not in ship_model.train_command({**options, "init": None, "lr": 2e-3})
+    assert "--crop" not in single and "--crop 128" in ship_model.train_command({**options, "init": None})  # fine-tuning's crop, not from scratch's
+    shipped = ship_model.ROOT / "src" / "meddeblur" / "weights" / "psf.safetensors"  # a weights file of the checkout: named as a clone has it
+    assert "--init src/meddeblur/weights/psf.safetensors " in ship_model.train_command({**options, "init": str(shipped)}) + " "
 
 
 def test_ship_model_stages_table_says_why_a_stage_was_not_shipped():
-    ship = load_script("ship_model", "scripts")
     scores = {"loss": 0.007, "psnr": 40.0, "sharp_psnr": 65.0}
     stage = {"stage": 1, "date": "2026-11-30", "command": "meddeblur train", "wall_minutes": 10.0, "cpu_minutes": 20.0, "steps": 5,
              "input": scores, "start": scores, "candidate": scores, "machine": "test", "threads": 1}
     stages = [{**stage, "shipped": True, "id": "aaa"}, {**stage, "shipped": False, "id": "bbb"},
               {**stage, "shipped": False, "id": "ccc", "not_shipped_because": "2.44× the former time"}]
-    rows = [line for line in ship.stages_markdown(stages).splitlines() if line.startswith("| 1 |")]
+    rows = [line for line in ship_model.stages_markdown(stages).splitlines() if line.startswith("| 1 |")]
     assert [row.rsplit("|", 3)[1].strip() for row in rows] == [
         "yes", "no: the validation mix did not improve", "no: 2.44× the former time"]
-    assert "Machine of the stages: test, 1 intra-op" in ship.stages_markdown(stages)  # one host: named once
+    assert "Machine of the stages: test, 1 intra-op" in ship_model.stages_markdown(stages)  # one host: named once
     moved = stages + [{**stage, "stage": 4, "shipped": True, "id": "ddd", "machine": "other host"}]
-    assert "Machine of the stages: test (stages 1, 1, 1); other host (stage 4), 1 intra-op" in ship.stages_markdown(moved)
+    assert "Machine of the stages: test (stages 1, 1, 1); other host (stage 4), 1 intra-op" in ship_model.stages_markdown(moved)
 
 
 def test_ship_model_ships_only_a_lower_l1_loss_with_no_lower_psnr_and_says_which_failed():
-    ship = load_script("ship_model", "scripts")
     start = {"loss": 0.00687, "psnr": 40.57}
-    assert ship.why_not_shipped(start, {"loss": 0.00686, "psnr": 40.57}) is None
-    assert ship.why_not_shipped(start, {"loss": 0.00690, "psnr": 40.65}) == \
+    assert ship_model.why_not_shipped(start, {"loss": 0.00686, "psnr": 40.57}) is None
+    assert ship_model.why_not_shipped(start, {"loss": 0.00690, "psnr": 40.65}) == \
         "its L1 loss on the validation mix did not fall (0.00687 → 0.00690)"
-    assert ship.why_not_shipped(start, {"loss": 0.00680, "psnr": 40.50}) == "its PSNR on the degraded samples fell (40.57 → 40.50 dB)"
-    assert ship.why_not_shipped(start, {"loss": 0.00687, "psnr": 40.50}).count("; ") == 1  # both, and an equal loss is no gain
+    assert ship_model.why_not_shipped(start, {"loss": 0.00680, "psnr": 40.50}) == "its PSNR on the degraded samples fell (40.57 → 40.50 dB)"
+    assert ship_model.why_not_shipped(start, {"loss": 0.00687, "psnr": 40.50}).count("; ") == 1  # both, and an equal loss is no gain
 
 
 def test_train_speed_table_states_the_gain_and_tolerates_a_val_set_without_unblurred_samples():
-    train_speed = load_script("train_speed")
     row = {"steps": 10, "samples": 160, "samples_per_cpu_second": 2.0, "pixels_per_cpu_second": 3e5}
-    result = {"machine": "test host", "command": "python benchmarks/train_speed.py --minutes 1 --jobs 2", "minutes": 1.0, "jobs": 2,
+    result = {"machine": "test host", "command": "python -m benchmarks.experiments.train_speed --minutes 1 --jobs 2", "minutes": 1.0, "jobs": 2,
               "train_images": 14, "val_images": 4, "inputs": {"val mix": {"psnr": 30.0}, "val 256 mixed": {"psnr": 29.0}},
               "rows": {"former": {**row, "val": {"val mix": {"psnr": 29.5}, "val 256 mixed": {"psnr": 29.2}}},
                        "default": {**row, "val": {"val mix": {"psnr": 30.75, "sharp_psnr": 61.0}, "val 256 mixed": {"psnr": 29.1}}}}}
@@ -141,7 +138,6 @@ def test_train_speed_table_states_the_gain_and_tolerates_a_val_set_without_unblu
 
 
 def test_train_speed_psf_fine_tunes_both_arms_alike_and_tables_start_end_and_gain_per_cpu_minute():
-    train_speed = load_script("train_speed")
     from meddeblur.training.recipes import recipe_options
 
     blind, told = train_speed.psf_recipes(12.0).values()
@@ -151,7 +147,7 @@ def test_train_speed_psf_fine_tunes_both_arms_alike_and_tables_start_end_and_gai
     assert (blind["lr"], blind["crop"], blind["loss"]) == (tuning["lr"], tuning["crop"], tuning["loss"])
     row = {"steps": 10, "samples": 160, "samples_per_cpu_second": 2.0, "cpu_minutes": 1.0,
            "options": {"loss": {"ssim": 0.0, "l1": 1.0, "perceptual": 1e-6}, "perceptual": False, "lr": 5e-4, "crop": 128, "batch": 16, "perturb_psf": 0.3}}
-    result = {"machine": "test host", "command": "python benchmarks/train_speed.py --compare psf --minutes 1", "minutes": 1.0, "jobs": 1,
+    result = {"machine": "test host", "command": "python -m benchmarks.experiments.train_speed --compare psf --minutes 1", "minutes": 1.0, "jobs": 1,
               "compare": "psf", "init_id": "0eee83c95b79", "train_images": 14, "val_images": 4, "inputs": {"val mix": {"psnr": 39.0}},
               "rows": {"blind nafnet": {**row, "start": {"val mix": {"psnr": 40.0, "sharp_psnr": 70.0}},
                                         "val": {"val mix": {"psnr": 40.1, "sharp_psnr": 69.0}}, "gain_per_cpu_minute": 0.1},
@@ -165,17 +161,16 @@ def test_train_speed_psf_fine_tunes_both_arms_alike_and_tables_start_end_and_gai
 
 
 def test_loss_probe_reads_loss_weights_and_keeps_every_run_in_one_table(tmp_path):
-    probe = load_script("loss_probe")
-    assert probe.parse_loss("ssim=0.15, l1=0.85") == LossWeights(ssim=0.15, l1=0.85)
-    assert probe.parse_loss("mse=1") == LossWeights(ssim=0.0, l1=0.0, mse=1.0)
+    assert loss_probe.parse_loss("ssim=0.15, l1=0.85") == LossWeights(ssim=0.15, l1=0.85)
+    assert loss_probe.parse_loss("mse=1") == LossWeights(ssim=0.0, l1=0.0, mse=1.0)
     with pytest.raises(ValueError, match="'ms'"):
-        probe.parse_loss("ms=1")
-    assert probe.run_label("l1=1", 5e-4, init="default") == "l1=1, lr 0.0005, from default"
-    assert probe.run_label("l1=1", 2e-3, crop=96) == "l1=1, lr 0.002, crop 96"
+        loss_probe.parse_loss("ms=1")
+    assert loss_probe.run_label("l1=1", 5e-4, init="default") == "l1=1, lr 0.0005, from default"
+    assert loss_probe.run_label("l1=1", 2e-3, crop=96) == "l1=1, lr 0.002, crop 96"
     row = {"steps": 10, "cpu_minutes": 1.0, "machine": "test host", "inputs": {"val mix": {"psnr": 39.0}, "val 256 mixed": {"psnr": 33.8}},
            "val": {"val mix": {"psnr": 39.5, "ssim": 0.9, "sharp_psnr": 50.0}, "val 256 mixed": {"psnr": 34.0}}}
-    probe.record("mse=1", row, "cmd a", tmp_path)
-    table = probe.record("ssim=0.5,l1=0.5", {**row, "steps": 20, "val": {**row["val"], "val mix": {"psnr": 39.6, "ssim": 0.91}}}, "cmd b", tmp_path)
+    loss_probe.record("mse=1", row, "cmd a", tmp_path)
+    table = loss_probe.record("ssim=0.5,l1=0.5", {**row, "steps": 20, "val": {**row["val"], "val mix": {"psnr": 39.6, "ssim": 0.91}}}, "cmd b", tmp_path)
     assert set(json.loads((tmp_path / "loss_probe.json").read_text())) == {"mse=1", "ssim=0.5,l1=0.5"}
     assert "| mse=1 | `cmd a` | 10 | 1.0 | 39.50 (39.00) | 50.00 dB | 0.9000 | 34.00 (33.80) |" in table
     assert "| ssim=0.5,l1=0.5 | `cmd b` | 20 | 1.0 | 39.60 (39.00) | — | 0.9100 | 34.00 (33.80) |" in table
@@ -183,7 +178,6 @@ def test_loss_probe_reads_loss_weights_and_keeps_every_run_in_one_table(tmp_path
 
 
 def test_archive_benchmark_runs(tmp_path):
-    archive = load_script("archive")
     assert archive.main(["--images", "3", "--max-side", "96", "--skip-ray", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "archive.json").read_text())
     assert set(result["rows"]) == {"local, 1 worker", "local, 1 worker, 1 thread", "local, 2 workers"}

@@ -8,37 +8,34 @@ import re
 import tomllib
 from pathlib import Path
 
-from conftest import load_script
+from benchmarks.report import crops_figure, figures, model_card
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", ROOT / "MODEL_CARD.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def test_every_figure_in_readme_docs_and_card_is_what_the_results_give(capsys):
-    card = load_script("model_card")
-    assert card.main(["--check"]) == 0, capsys.readouterr().err
-    blocks = [m for path in card.documents() for m in card._sibling("figures").BLOCK.finditer(path.read_text())]
+    assert model_card.main(["--check"]) == 0, capsys.readouterr().err
+    blocks = [m for path in model_card.documents() for m in figures.BLOCK.finditer(path.read_text())]
     assert len(blocks) >= 15 and all(m[3].strip() for m in blocks)  # every block rendered, none left empty
 
 
 def test_a_changed_result_makes_the_readme_and_docs_stale(tmp_path, monkeypatch, capsys):
-    card = load_script("model_card")
     fake = tmp_path / "results"
     fake.mkdir()
-    for path in card.RESULTS.iterdir():
+    for path in model_card.RESULTS.iterdir():
         (fake / path.name).write_bytes(path.read_bytes())
     flops = json.loads((fake / "flops.json").read_text())
     shipped = next(r for r in flops["rows"] if r["config"] == flops["paired"]["shipped_config"])
     shipped["1024x768"]["median_s"] += 0.5  # a new speed measurement: README, benchmarks page and card must all follow
     (fake / "flops.json").write_text(json.dumps(flops))
-    monkeypatch.setattr(card, "RESULTS", fake)
-    assert card.main(["--check"]) == 1
+    monkeypatch.setattr(model_card, "RESULTS", fake)
+    assert model_card.main(["--check"]) == 1
     stale = capsys.readouterr().err
     assert all(name in stale for name in ("README.md", "docs/benchmarks.md", "MODEL_CARD.md")), stale
 
 
 def test_an_unknown_figure_block_is_an_error_not_a_silent_skip(tmp_path):
-    figures = load_script("model_card")._sibling("figures")
     try:
         figures.render("<!-- figures:qualty-full --><!-- /figures -->", ROOT / "benchmarks" / "results", tmp_path / "x.md")
     except SystemExit as error:
@@ -77,7 +74,7 @@ def test_the_readme_figure_is_real_isic_crops_small_enough_to_ship():
     readme = (ROOT / "README.md").read_text()
     figure = ROOT / "docs" / "figures" / "isic_crops.png"
     assert "](docs/figures/isic_crops.png)" in readme and figure.stat().st_size <= 600_000
-    ids = [i for i, _ in load_script("crops_figure").ISIC_ROWS]
+    ids = [i for i, _ in crops_figure.ISIC_ROWS]
     test_split = json.loads((ROOT / "benchmarks" / "isic_split.json").read_text())["test"]
     assert all(i in readme and i in test_split for i in ids) and "CC0" in readme  # named, licensed, never trained on
 

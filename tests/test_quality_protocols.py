@@ -1,12 +1,12 @@
-"""benchmarks/quality.py protocols (full, half, seed, soft) on tiny generated images, and its classical cache."""
+"""benchmarks.quality protocols (full, half, seed, soft) on tiny generated images, and its classical cache."""
 
+import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from conftest import load_script
 
 from meddeblur.degradation.spec import parse_spec
 from meddeblur.evaluation.classical import tune
@@ -15,7 +15,7 @@ from meddeblur.restore.classical import richardson_lucy, richardson_lucy_path
 
 
 def _quality():
-    return load_script("quality")
+    return importlib.import_module("benchmarks.quality")
 
 
 @pytest.fixture(scope="module")

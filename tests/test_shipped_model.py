@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 
+from benchmarks.report import model_card
 from meddeblur.cli import main
 from meddeblur.data.synthetic import synthetic_dermoscopy
 from meddeblur.degradation.pipeline import degrade
@@ -103,15 +103,10 @@ def test_demo_runs_offline_with_the_shipped_model(tmp_path, monkeypatch, capsys)
     assert set(gains) == set(DEMO_BLURS) and all(g > 0 for g in gains.values()), table
 
 
-def _model_card_module():
-    return load_script("model_card")
-
-
 def test_model_card_numbers_match_the_committed_benchmark_results():
-    card = _model_card_module()
-    text, data = card.build()  # renders every number from benchmarks/results/*.json and the shipped weights
-    assert (ROOT / "MODEL_CARD.md").read_text() == text, "MODEL_CARD.md is stale: run python benchmarks/model_card.py"
-    assert json.loads(card.CARD_JSON.read_text()) == json.loads(json.dumps(data)), "model_card.json is stale"
+    text, data = model_card.build()  # renders every number from benchmarks/results/*.json and the shipped weights
+    assert (ROOT / "MODEL_CARD.md").read_text() == text, "MODEL_CARD.md is stale: run python -m benchmarks.report.model_card"
+    assert json.loads(model_card.CARD_JSON.read_text()) == json.loads(json.dumps(data)), "model_card.json is stale"
     for protocol in ("full", "half", "soft", "seed"):
         quality = json.loads((ROOT / "benchmarks" / "results" / f"quality_{protocol}.json").read_text())
         row = quality["rows"]["model: default"]
@@ -123,13 +118,12 @@ def test_model_card_numbers_match_the_committed_benchmark_results():
 
 
 def test_model_card_check_fails_when_a_result_changes(tmp_path, monkeypatch):
-    card = _model_card_module()
     fake = tmp_path / "results"
     fake.mkdir()
-    for path in card.RESULTS.iterdir():
+    for path in model_card.RESULTS.iterdir():
         (fake / path.name).write_bytes(path.read_bytes())
     quality = json.loads((fake / "quality_full.json").read_text())
     quality["rows"]["model: default"]["families"]["mixed"]["psnr"] += 0.5
     (fake / "quality_full.json").write_text(json.dumps(quality))
-    monkeypatch.setattr(card, "RESULTS", fake)
-    assert card.main(["--check"]) == 1
+    monkeypatch.setattr(model_card, "RESULTS", fake)
+    assert model_card.main(["--check"]) == 1

@@ -19,9 +19,16 @@ from typing import Any
 __version__ = "0.1.0"
 __all__ = ["__version__", "Deblurrer", "deblur", "read_image", "write_image", "degrade", "blur_score", "psnr", "ssim"]
 
-_LOCATIONS = {"Deblurrer": "meddeblur.inference.deblurrer", "deblur": "meddeblur.inference.deblurrer", "read_image": "meddeblur.io.decode",
-              "write_image": "meddeblur.io.encode", "degrade": "meddeblur.degradation.pipeline", "blur_score": "meddeblur.evaluation.assess",
-              "psnr": "meddeblur.metrics", "ssim": "meddeblur.metrics"}
+_LOCATIONS = {
+    "Deblurrer": "meddeblur.inference.deblurrer",
+    "deblur": "meddeblur.inference.deblurrer",
+    "read_image": "meddeblur.io.decode",
+    "write_image": "meddeblur.io.encode",
+    "degrade": "meddeblur.degradation.pipeline",
+    "blur_score": "meddeblur.evaluation.assess",
+    "psnr": "meddeblur.metrics",
+    "ssim": "meddeblur.metrics",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -34,7 +34,13 @@ def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None
     sharp_tensor = torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1)))[None]
     out.mkdir(parents=True, exist_ok=True)
     write_image(out / "sharp.png", sharp)
-    rows, table = [], ["| blur (256×256 generated sample) | input PSNR (dB) / SSIM | deblurred PSNR (dB) / SSIM | gain (dB) |", "|---|---|---|---|"]
+    rows, table = (
+        [],
+        [
+            "| blur (256×256 generated sample) | input PSNR (dB) / SSIM | deblurred PSNR (dB) / SSIM | gain (dB) |",
+            "|---|---|---|---|",
+        ],
+    )
     metrics: dict[str, dict[str, float]] = {}
     for index, (label, spec) in enumerate(DEMO_BLURS.items()):
         made, _ = degrade(sharp_tensor, parse_spec(spec), torch.Generator().manual_seed(seed * 100 + index))
@@ -48,7 +54,10 @@ def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None
         rows.append((label, blurred, restored, sharp, metrics[label]))
         table.append(f"| {label} | {in_psnr:.2f} / {in_ssim:.4f} | {out_psnr:.2f} / {out_ssim:.4f} | {out_psnr - in_psnr:+.2f} |")
     figure = plot_comparison(rows, out / "side_by_side.png")
-    markdown = "\n".join(table) + f"\n\nModel: {config.arch} width {config.width}, weights {weights.name} (id {deblurrer.model_id}).\n"
+    assert config is not None and weights is not None  # a torch model has both
+    markdown = (
+        "\n".join(table) + f"\n\nModel: {config.arch} width {config.width}, weights {weights.name} (id {deblurrer.model_id}).\n"
+    )
     with atomic_write(out / "metrics.md", "w") as fh:
         fh.write(markdown)
     return {"figure": figure, "table": out / "metrics.md", "weights": weights, "metrics": metrics, "markdown": markdown}

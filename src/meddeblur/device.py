@@ -22,9 +22,13 @@ def pick_device(name: str = "auto") -> torch.device:
     if name not in DEVICE_CHOICES:
         raise InvalidOption(f"device={name}: choose one of {', '.join(DEVICE_CHOICES)}", value=name, option="device")
     if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidOption("device=cuda: no CUDA GPU is available here; use device=cpu or device=auto", value="cuda", option="device")
+        raise InvalidOption(
+            "device=cuda: no CUDA GPU is available here; use device=cpu or device=auto", value="cuda", option="device"
+        )
     if name == "mps" and not _mps_available():
-        raise InvalidOption("device=mps: Apple MPS is not available here; use device=cpu or device=auto", value="mps", option="device")
+        raise InvalidOption(
+            "device=mps: Apple MPS is not available here; use device=cpu or device=auto", value="mps", option="device"
+        )
     return torch.device(name)
 
 
@@ -40,8 +44,15 @@ def describe_machine() -> dict:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(), "platform": platform.platform()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": gpu,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def machine_line() -> str:

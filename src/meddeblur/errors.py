@@ -12,8 +12,18 @@ Each error carries the offending ``value`` (a path, an option's value, a module 
 
 from __future__ import annotations
 
-__all__ = ["UserError", "NotFound", "UnsupportedFormat", "CorruptFile", "CorruptImage", "EmptyFile", "TooLarge", "TooSmall",
-           "InvalidOption", "MissingExtra"]
+__all__ = [
+    "UserError",
+    "NotFound",
+    "UnsupportedFormat",
+    "CorruptFile",
+    "CorruptImage",
+    "EmptyFile",
+    "TooLarge",
+    "TooSmall",
+    "InvalidOption",
+    "MissingExtra",
+]
 
 
 class UserError(Exception):
@@ -76,10 +86,23 @@ class MissingExtra(UserError):
 
 
 #: Optional dependency (top-level module) → the extra that installs it.
-EXTRAS = {"fastapi": "serve", "uvicorn": "serve", "multipart": "serve", "python_multipart": "serve", "fastapi_offline": "serve",
-          "onnx": "onnx", "onnxruntime": "onnx", "onnxscript": "onnx", "pydicom": "dicom", "matplotlib": "plots",
-          "skimage": "classical", "monai": "monai", "ray": "ray",
-          "dicomweb_client": "pacs", "pynetdicom": "pacs"}
+EXTRAS = {
+    "fastapi": "serve",
+    "uvicorn": "serve",
+    "multipart": "serve",
+    "python_multipart": "serve",
+    "fastapi_offline": "serve",
+    "onnx": "onnx",
+    "onnxruntime": "onnx",
+    "onnxscript": "onnx",
+    "pydicom": "dicom",
+    "matplotlib": "plots",
+    "skimage": "classical",
+    "monai": "monai",
+    "ray": "ray",
+    "dicomweb_client": "pacs",
+    "pynetdicom": "pacs",
+}
 
 
 def require(module: str, purpose: str) -> None:
@@ -95,5 +118,8 @@ def require(module: str, purpose: str) -> None:
         found = False
     if not found:
         extra = EXTRAS.get(module.split(".")[0], "all")
-        raise MissingExtra(f"{purpose} needs {module.split('.')[0]}, which is not installed; install it with: "
-                           f"pip install 'meddeblur[{extra}]'", value=module, extra=extra)
+        raise MissingExtra(
+            f"{purpose} needs {module.split('.')[0]}, which is not installed; install it with: pip install 'meddeblur[{extra}]'",
+            value=module,
+            extra=extra,
+        )

@@ -17,13 +17,26 @@ import re
 import secrets
 import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 from meddeblur.errors import NotFound, TooLarge, UserError
 
-__all__ = ["check_regular_file", "open_regular", "check_creatable_folder", "check_name_length", "atomic_write", "atomic_path",
-           "remove_quietly", "remove_stale_temporaries", "read_whole", "resolved_path", "source_stamp", "file_identity"]
+__all__ = [
+    "check_regular_file",
+    "open_regular",
+    "check_creatable_folder",
+    "check_name_length",
+    "atomic_write",
+    "atomic_path",
+    "remove_quietly",
+    "remove_stale_temporaries",
+    "read_whole",
+    "resolved_path",
+    "source_stamp",
+    "file_identity",
+]
 
 _FILE_KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -44,7 +57,9 @@ def _not_regular(path: Path, mode: int) -> UserError:
 def _open_error(path: Path, exc: OSError) -> UserError:
     """The message for a file that cannot be opened (or stat-ed) for reading."""
     if isinstance(exc, PermissionError):
-        return UserError(f"{path}: permission denied; make the file readable (chmod +r) or copy it somewhere readable", value=path)
+        return UserError(
+            f"{path}: permission denied; make the file readable (chmod +r) or copy it somewhere readable", value=path
+        )
     if exc.errno == errno.ELOOP:
         return UserError(f"{path}: symbolic link loop; fix or remove the link", value=path)
     if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
@@ -53,7 +68,9 @@ def _open_error(path: Path, exc: OSError) -> UserError:
                 target = os.readlink(path)
             except OSError:
                 target = "?"
-            return NotFound(f"{path}: broken symbolic link (its target {target} does not exist); fix or remove the link", value=path)
+            return NotFound(
+                f"{path}: broken symbolic link (its target {target} does not exist); fix or remove the link", value=path
+            )
         return NotFound(f"{path}: no such file; check the path", value=path)
     return UserError(f"{path}: cannot open ({exc.strerror or exc}); check the file", value=path)
 
@@ -89,8 +106,6 @@ def open_regular(path: Path) -> IO[bytes]:
     except BaseException:
         os.close(fd)
         raise
-
-
 
 
 def resolved_path(path: Path) -> Path:
@@ -133,8 +148,11 @@ def read_whole(path: Path, f: IO[bytes], limit: int) -> bytes:
     """
     first = os.fstat(f.fileno())
     if first.st_size > limit:
-        raise TooLarge(f"{path}: file of {first.st_size:,} bytes, more than an image within this tool's pixel limit holds; "
-                       "downscale or tile it, or export it alone (one page)", value=path)
+        raise TooLarge(
+            f"{path}: file of {first.st_size:,} bytes, more than an image within this tool's pixel limit holds; "
+            "downscale or tile it, or export it alone (one page)",
+            value=path,
+        )
     try:
         data = f.read(limit + 1)
         same = _read_again(f, data)
@@ -145,8 +163,9 @@ def read_whole(path: Path, f: IO[bytes], limit: int) -> bytes:
     except OSError as exc:
         raise UserError(f"{path}: cannot read ({exc.strerror or exc}); check the file and the disk", value=path) from None
     if not same or len(data) > limit or _stamp(first) != _stamp(last):
-        raise UserError(f"{path}: changed while being read (another program is writing it); read it again once it "
-                        "is complete", value=path)
+        raise UserError(
+            f"{path}: changed while being read (another program is writing it); read it again once it is complete", value=path
+        )
     return data
 
 
@@ -180,8 +199,11 @@ def check_name_length(path: str | os.PathLike[str]) -> None:
     """UserError if the file name of ``path`` is longer than :data:`NAME_MAX` bytes (no file system would take it)."""
     size = len(os.fsencode(Path(path).name))
     if size > NAME_MAX:
-        raise UserError(f"{path}: file name of {size} bytes is longer than the {NAME_MAX} a file system takes; shorten the "
-                        "input's name or choose another output format", value=path)
+        raise UserError(
+            f"{path}: file name of {size} bytes is longer than the {NAME_MAX} a file system takes; shorten the "
+            "input's name or choose another output format",
+            value=path,
+        )
 
 
 def _temp_name(path: Path) -> Path:
@@ -254,8 +276,9 @@ _WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EROFS
 
 def _write_error(path: Path, exc: OSError) -> UserError:
     hint = "free some space" if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else "check the disk"
-    return UserError(f"{path}: cannot write ({exc.strerror or exc}); {hint} or choose another output path; nothing was left half-written")
-
+    return UserError(
+        f"{path}: cannot write ({exc.strerror or exc}); {hint} or choose another output path; nothing was left half-written"
+    )
 
 
 def check_creatable_folder(folder: str | os.PathLike[str], option: str) -> None:
@@ -274,13 +297,9 @@ def _prepare_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
-        raise UserError(
-            f"{path}: cannot create folder {path.parent}, a file is in the way; choose another output path"
-        ) from None
+        raise UserError(f"{path}: cannot create folder {path.parent}, a file is in the way; choose another output path") from None
     except PermissionError:
-        raise UserError(
-            f"{path}: permission denied creating {path.parent}; choose another output path"
-        ) from None
+        raise UserError(f"{path}: permission denied creating {path.parent}; choose another output path") from None
     if not path.parent.is_dir():
         raise UserError(f"{path}: {path.parent} is not a folder; choose another output path")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -58,15 +59,23 @@ _IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # torchvision vgg19 ``features`` up to index 15: (in, out) per conv, "M" for max-pool.
 _VGG19_LAYOUT: tuple[tuple[int, int] | str, ...] = (
-    (3, 64), (64, 64), "M",
-    (64, 128), (128, 128), "M",
-    (128, 256), (256, 256), (256, 256),
+    (3, 64),
+    (64, 64),
+    "M",
+    (64, 128),
+    (128, 128),
+    "M",
+    (128, 256),
+    (256, 256),
+    (256, 256),
 )
 # Outputs of the ReLUs after block1_conv2, block2_conv2, block3_conv3.
 _TAPS = (3, 8, 15)
 
 
 class VGG19Features(nn.Module):
+    mean: Tensor  # buffers
+    std: Tensor
     """Frozen VGG19 ``features[0:16]`` in torchvision's index layout.
 
     Input: (N, 3, H, W) RGB in [0, 1]; ImageNet normalisation happens inside.
@@ -78,7 +87,7 @@ class VGG19Features(nn.Module):
         super().__init__()
         layers: list[nn.Module] = []
         for spec in _VGG19_LAYOUT:
-            if spec == "M":
+            if isinstance(spec, str):  # "M"
                 layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
             else:
                 cin, cout = spec
@@ -114,10 +123,7 @@ def find_vgg19_weights(explicit: str | Path | None) -> Path:
     if explicit is not None:
         path = Path(explicit).expanduser()
         if not path.is_file():
-            raise UserError(
-                f"vgg19_weights={explicit}: no such file; pass a torchvision vgg19 "
-                "state dict (.pth or .safetensors)"
-            )
+            raise UserError(f"vgg19_weights={explicit}: no such file; pass a torchvision vgg19 state dict (.pth or .safetensors)")
         return path
     # torch.hub.get_dir() resolves $TORCH_HOME / $XDG_CACHE_HOME / ~/.cache/torch without I/O.
     candidate = Path(torch.hub.get_dir()) / "checkpoints" / VGG19_HUB_FILENAME
@@ -135,19 +141,17 @@ def _read_state_dict(path: Path) -> dict[str, Tensor]:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
 
-            obj = load_file(str(path), device="cpu")
+            obj: Any = load_file(str(path), device="cpu")
         else:
             # weights_only: a weights file must never run code when loaded.
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure here means "not readable as weights"
+    except Exception as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"VGG19 weights {path}: cannot read ({reason}); expected {what}") from None
     # Accept common training-checkpoint wrappers around the state dict.
     if isinstance(obj, dict) and len(obj) == 1 and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
+    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
         raise UserError(f"VGG19 weights {path}: not a state dict of tensors; expected {what}")
     if not any(k.startswith("features.") for k in obj):
         # A state dict of ``vgg.features`` alone has keys "0.weight", "2.bias", ...
@@ -249,7 +253,7 @@ class DeblurLoss(nn.Module):
         n = pred.shape[0]
         feats = self.vgg(torch.cat([pred, target.detach()], dim=0))
         total = sum(F.mse_loss(f[:n], f[n:].detach()) for f in feats)
-        return CAFFE_SCALE * total
+        return CAFFE_SCALE * cast(Tensor, total)  # a sum of tensors (never empty)
 
     def forward(self, pred: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
         """Total loss (scalar) and the detached terms ``{"ssim", "l1", "mse", "psnr", "perceptual"}``.

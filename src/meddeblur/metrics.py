@@ -27,6 +27,7 @@ which leaves exactly the positions where the window fits inside the image.
 from __future__ import annotations
 
 import math
+from typing import overload
 
 import numpy as np
 import scipy.ndimage
@@ -43,14 +44,21 @@ TOLERANCE = 1e-6
 
 
 _TENSOR_RANGES = {torch.uint8: 255.0, torch.uint16: 65535.0}
-_ACCEPTED = ("two numpy (H, W) or (H, W, C) uint8, uint16 or float arrays in [0, max_val], or two torch (N, C, H, W) "
-             "or (C, H, W) tensors (float, uint8 or uint16)")
+_ACCEPTED = (
+    "two numpy (H, W) or (H, W, C) uint8, uint16 or float arrays in [0, max_val], or two torch (N, C, H, W) "
+    "or (C, H, W) tensors (float, uint8 or uint16)"
+)
 
 
 def _positive(name: str, value: object, integer: bool = False) -> None:
     """ValueError naming ``name`` unless ``value`` is a finite number > 0 (a whole one with ``integer``)."""
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    ok = ok and math.isfinite(value) and value > 0 and (not integer or float(value).is_integer())
+    ok = (
+        isinstance(value, (int, float, np.integer, np.floating))
+        and not isinstance(value, (bool, np.bool_))
+        and math.isfinite(value)
+        and value > 0
+        and (not integer or float(value).is_integer())
+    )
     if not ok:
         kind = "a whole number" if integer else "a finite number"
         raise ValueError(f"{name}={value!r}: must be {kind} greater than 0")
@@ -65,12 +73,16 @@ def _tensor(x: Tensor, name: str, max_val: float, checked: bool = False) -> Tens
         if checked and x.numel():
             low, high = (float(v) for v in torch.aminmax(x.detach()))  # NaN gives NaN, which no comparison refuses
             if low < -TOLERANCE or high > 1.0 + TOLERANCE:
-                raise ValueError(f"{name}: float values must lie in [0, 1] (found {low:g}..{high:g}) unless max_val says their range; "
-                                 f"pass max_val=255.0 for 0..255 data, or scale them; got {describe(x)}")
+                raise ValueError(
+                    f"{name}: float values must lie in [0, 1] (found {low:g}..{high:g}) unless max_val says their range; "
+                    f"pass max_val=255.0 for 0..255 data, or scale them; got {describe(x)}"
+                )
         return x
     scale = _TENSOR_RANGES.get(x.dtype)
     if scale is None:
-        raise ValueError(f"{name}: dtype {str(x.dtype).replace('torch.', '')} is not supported; got {describe(x)}. Accepted: {_ACCEPTED}")
+        raise ValueError(
+            f"{name}: dtype {str(x.dtype).replace('torch.', '')} is not supported; got {describe(x)}. Accepted: {_ACCEPTED}"
+        )
     return x.to(torch.float64) * (max_val / scale)
 
 
@@ -117,6 +129,10 @@ def _result(values: Tensor, numpy: bool, single: bool) -> Tensor | float:
     return float(values[0]) if numpy else (values[0] if single else values)
 
 
+@overload
+def psnr(pred: Tensor, target: Tensor, max_val: float | None = None) -> Tensor: ...
+@overload
+def psnr(pred: np.ndarray, target: np.ndarray, max_val: float | None = None) -> float: ...
 def psnr(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, max_val: float | None = None) -> Tensor | float:
     """Peak signal-to-noise ratio per image, as ``tf.image.psnr``.
 
@@ -139,9 +155,7 @@ def psnr(pred: Tensor | np.ndarray, target: Tensor | np.ndarray, max_val: float 
     return _result(20.0 * math.log10(max_val) - 10.0 * torch.log10(mse), numpy, single)
 
 
-def gaussian_kernel1d(
-    size: int, sigma: float, *, device: torch.device | None = None, dtype: torch.dtype | None = None
-) -> Tensor:
+def gaussian_kernel1d(size: int, sigma: float, *, device: torch.device | None = None, dtype: torch.dtype | None = None) -> Tensor:
     """Normalised 1-D Gaussian of length ``size`` centred on the middle sample, shape (size,).
 
     TF builds its 2-D window as ``softmax(-(x^2 + y^2) / (2 sigma^2))``, which is exactly the
@@ -161,6 +175,26 @@ def _valid_gaussian_filter(x: Tensor, kernel: Tensor) -> Tensor:
     return F.conv2d(F.conv2d(x, kh, groups=c), kw, groups=c)
 
 
+@overload
+def ssim(
+    pred: Tensor,
+    target: Tensor,
+    max_val: float | None = None,
+    filter_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> Tensor: ...
+@overload
+def ssim(
+    pred: np.ndarray,
+    target: np.ndarray,
+    max_val: float | None = None,
+    filter_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> float: ...
 def ssim(
     pred: Tensor | np.ndarray,
     target: Tensor | np.ndarray,
@@ -191,10 +225,7 @@ def ssim(
     x, y, numpy, single, max_val = _pair(pred, target, max_val)
     h, w = x.shape[-2:]
     if h < filter_size or w < filter_size:
-        raise ValueError(
-            f"SSIM needs images at least {filter_size}x{filter_size} (the filter size), "
-            f"got {h}x{w}"
-        )
+        raise ValueError(f"SSIM needs images at least {filter_size}x{filter_size} (the filter size), got {h}x{w}")
     dtype = x.dtype
     y = y.to(dtype)
     c = x.shape[1]
@@ -298,7 +329,11 @@ class SSIM(nn.Module):
     ) -> None:
         super().__init__()
         self.max_val, self.filter_size, self.sigma, self.k1, self.k2 = (
-            max_val, filter_size, sigma, k1, k2,
+            max_val,
+            filter_size,
+            sigma,
+            k1,
+            k2,
         )
 
     def forward(self, pred: Tensor, target: Tensor) -> Tensor:

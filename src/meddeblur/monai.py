@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ __all__ = ["Deblur", "Deblurd", "PROVENANCE_KEY"]
 PROVENANCE_KEY = "meddeblur"
 _ACCEPTED = "numpy uint8 or uint16 (scaled by their range), or float in value_range (numpy or torch)"
 
-Image = Union[np.ndarray, torch.Tensor]
+Image = np.ndarray | torch.Tensor
 
 
 def _describe(img: object) -> str:
@@ -66,14 +66,25 @@ class Deblur(Transform):
     model); or pass an already loaded ``deblurrer``. ``value_range``: the (low, high) that float images are given in.
     """
 
-    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]  # noqa: RUF012  (MONAI's Transform declares it a list)
 
-    def __init__(self, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
-                 overlap: int = 128, value_range: Sequence[float] = (0.0, 1.0), deblurrer: Deblurrer | None = None) -> None:
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        engine: str = "torch",
+        device: str = "auto",
+        tile: int = 1024,
+        overlap: int = 128,
+        value_range: Sequence[float] = (0.0, 1.0),
+        deblurrer: Deblurrer | None = None,
+    ) -> None:
         low, high = (float(v) for v in value_range)
         if not (np.isfinite(low) and np.isfinite(high) and high > low):
-            raise InvalidOption(f"value_range={tuple(value_range)}: give (low, high) with high > low, e.g. (0, 255)",
-                                value=value_range, option="value_range")
+            raise InvalidOption(
+                f"value_range={tuple(value_range)}: give (low, high) with high > low, e.g. (0, 255)",
+                value=value_range,
+                option="value_range",
+            )
         self.value_range = (low, high)
         self.deblurrer = deblurrer if deblurrer is not None else Deblurrer.load(model, engine, device, tile, overlap)
 
@@ -87,8 +98,10 @@ class Deblur(Transform):
         if not isinstance(img, (np.ndarray, torch.Tensor)):
             raise ValueError(f"img: a channel-first numpy array or torch tensor is needed; got {_describe(img)}")
         if img.ndim != 3 or img.shape[0] not in (1, 3, 4):
-            raise ValueError(f"img: a 2-D channel-first image (C, H, W) with C in 1/3/4 is needed; got {_describe(img)} "
-                             "(a 3-D volume: deblur its slices one by one)")
+            raise ValueError(
+                f"img: a 2-D channel-first image (C, H, W) with C in 1/3/4 is needed; got {_describe(img)} "
+                "(a 3-D volume: deblur its slices one by one)"
+            )
         data = img.as_tensor() if isinstance(img, MetaTensor) else torch.as_tensor(img)
         if isinstance(img, torch.Tensor):
             low, high = self.value_range
@@ -99,14 +112,19 @@ class Deblur(Transform):
         elif data.is_floating_point():
             values = self._normalised(data, img)
         else:
-            raise ValueError(f"img: dtype {str(img.dtype).replace('torch.', '')} is not supported; got {_describe(img)}. "
-                             f"Accepted: {_ACCEPTED}")
+            raise ValueError(
+                f"img: dtype {str(img.dtype).replace('torch.', '')} is not supported; got {_describe(img)}. Accepted: {_ACCEPTED}"
+            )
         restored = self.deblurrer(values)
         if scale is not None:
             out = torch.round(restored.clamp(0, 1) * scale).to(data.dtype)
         else:
             low, high = self.value_range
-            out = (restored.to(torch.float64) * (high - low) + low).to(data.dtype) if (low, high) != (0.0, 1.0) else restored.to(data.dtype)
+            out = (
+                (restored.to(torch.float64) * (high - low) + low).to(data.dtype)
+                if (low, high) != (0.0, 1.0)
+                else restored.to(data.dtype)
+            )
         result, *_ = convert_to_dst_type(out, img, dtype=img.dtype)  # numpy stays numpy; a MetaTensor keeps (a copy of) its meta
         if isinstance(result, MetaTensor):
             result.meta[PROVENANCE_KEY] = self.provenance
@@ -118,9 +136,15 @@ class Deblur(Transform):
         found_low, found_high = (float(data.min()), float(data.max())) if finite else (0.0, 0.0)
         if not finite or found_low < low or found_high > high:
             found = "NaN or infinity" if not finite else f"{found_low:g}..{found_high:g}"
-            raise ValueError(f"img: float values must lie in value_range={self.value_range} (found {found}); got {_describe(img)}. "
-                             "Pass the range the images are in (value_range=(0, 255) after LoadImage of 8-bit files) or scale them first")
-        return data.to(torch.float32) if (low, high) == (0.0, 1.0) else ((data.to(torch.float64) - low) / (high - low)).to(torch.float32)
+            raise ValueError(
+                f"img: float values must lie in value_range={self.value_range} (found {found}); got {_describe(img)}. "
+                "Pass the range the images are in (value_range=(0, 255) after LoadImage of 8-bit files) or scale them first"
+            )
+        return (
+            data.to(torch.float32)
+            if (low, high) == (0.0, 1.0)
+            else ((data.to(torch.float64) - low) / (high - low)).to(torch.float32)
+        )
 
 
 class Deblurd(MapTransform):
@@ -133,9 +157,19 @@ class Deblurd(MapTransform):
 
     backend = Deblur.backend
 
-    def __init__(self, keys: KeysCollection, model: str | Path | None = None, engine: str = "torch", device: str = "auto",
-                 tile: int = 1024, overlap: int = 128, value_range: Sequence[float] = (0.0, 1.0), deblurrer: Deblurrer | None = None,
-                 meta_key_postfix: str = "meta_dict", allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self,
+        keys: KeysCollection,
+        model: str | Path | None = None,
+        engine: str = "torch",
+        device: str = "auto",
+        tile: int = 1024,
+        overlap: int = 128,
+        value_range: Sequence[float] = (0.0, 1.0),
+        deblurrer: Deblurrer | None = None,
+        meta_key_postfix: str = "meta_dict",
+        allow_missing_keys: bool = False,
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.deblur = Deblur(model, engine, device, tile, overlap, value_range, deblurrer)
         self.meta_key_postfix = meta_key_postfix
@@ -146,8 +180,10 @@ class Deblurd(MapTransform):
             meta_key = f"{key}_{self.meta_key_postfix}"
             meta = d.get(meta_key)
             if meta is not None and not isinstance(meta, Mapping) and not isinstance(d[key], MetaTensor):  # before the work
-                raise ValueError(f"data[{meta_key!r}]: the metadata of {key!r} must be a dict (or None), got {type(meta).__name__}; "
-                                 "rename it, or pass meta_key_postfix to use another key")
+                raise ValueError(
+                    f"data[{meta_key!r}]: the metadata of {key!r} must be a dict (or None), got {type(meta).__name__}; "
+                    "rename it, or pass meta_key_postfix to use another key"
+                )
             d[key] = self.deblur(d[key])
             if not isinstance(d[key], MetaTensor):
                 d[meta_key] = {**(meta or {}), PROVENANCE_KEY: self.deblur.provenance}

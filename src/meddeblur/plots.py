@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from meddeblur.errors import require
+from meddeblur.files import atomic_path
 
 require("matplotlib", "drawing figures (train's curves, evaluate's and demo's comparisons)")
 
@@ -13,8 +14,6 @@ import matplotlib  # noqa: E402
 matplotlib.use("Agg")  # files only: no display on servers and CI
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-
-from meddeblur.files import atomic_path
 
 
 def _save(figure, path: Path) -> Path:
@@ -48,8 +47,11 @@ def plot_comparison(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, di
     """
     figure, axes = plt.subplots(len(rows), 3, figsize=(10.5, 3.5 * len(rows)), squeeze=False)
     for (name, blurred, deblurred, sharp, m), axis_row in zip(rows, axes):
-        titles = (f"{name}\nblurred: {m['input_psnr']:.2f} dB / {m['input_ssim']:.4f}",
-                  f"deblurred: {m['model_psnr']:.2f} dB / {m['model_ssim']:.4f}", "sharp (reference)")
+        titles = (
+            f"{name}\nblurred: {m['input_psnr']:.2f} dB / {m['input_ssim']:.4f}",
+            f"deblurred: {m['model_psnr']:.2f} dB / {m['model_ssim']:.4f}",
+            "sharp (reference)",
+        )
         for axis, image, title in zip(axis_row, (blurred, deblurred, sharp), titles):
             axis.imshow(np.clip(image, 0, 1))
             axis.set_title(title, fontsize=9)
@@ -57,15 +59,24 @@ def plot_comparison(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, di
     return _save(figure, Path(path))
 
 
-def plot_psf(kernel: np.ndarray, freqs: np.ndarray, mtf: np.ndarray, mtf50: float | None, path: str | Path, title: str = "PSF",
-             curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> Path:
+def plot_psf(
+    kernel: np.ndarray,
+    freqs: np.ndarray,
+    mtf: np.ndarray,
+    mtf50: float | None,
+    path: str | Path,
+    title: str = "PSF",
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+) -> Path:
     """A PSF figure: the (kh, kw) kernel at 1 px per cell beside its MTF curve (cycles/pixel) with MTF50 marked.
 
     ``curves`` adds labelled (frequencies, MTF) lines, e.g. a slanted-edge measurement beside the kernel's own.
     """
     figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.8))
     kh, kw = kernel.shape
-    left.imshow(kernel, cmap="inferno", interpolation="nearest", extent=(-(kw // 2) - 0.5, kw // 2 + 0.5, kh // 2 + 0.5, -(kh // 2) - 0.5))
+    left.imshow(
+        kernel, cmap="inferno", interpolation="nearest", extent=(-(kw // 2) - 0.5, kw // 2 + 0.5, kh // 2 + 0.5, -(kh // 2) - 0.5)
+    )
     left.set_title(f"{title} ({kw}×{kh} px)")
     left.set_xlabel("x (px)")
     left.set_ylabel("y (px)")

@@ -12,8 +12,17 @@ from pathlib import Path
 
 from meddeblur.errors import NotFound
 
-__all__ = ["WEIGHTS_FOLDER", "DEFAULT_WEIGHTS", "PSF_WEIGHTS", "DENOISER_WEIGHTS", "ESTIMATOR_WEIGHTS", "BEST_WEIGHTS",
-           "resolve_weights", "file_digest", "weights_id"]
+__all__ = [
+    "WEIGHTS_FOLDER",
+    "DEFAULT_WEIGHTS",
+    "PSF_WEIGHTS",
+    "DENOISER_WEIGHTS",
+    "ESTIMATOR_WEIGHTS",
+    "BEST_WEIGHTS",
+    "resolve_weights",
+    "file_digest",
+    "weights_id",
+]
 
 #: Where the shipped weights live (each ``NAME.safetensors`` with its ``NAME.json``).
 WEIGHTS_FOLDER = Path(__file__).resolve().parent / "weights"
@@ -33,13 +42,18 @@ def resolve_weights(model: str | Path | None = None) -> Path:
     """Map ``model`` (a run folder or a .safetensors file; ``None``: the shipped model) to the weights file."""
     if model is None:
         if not DEFAULT_WEIGHTS.is_file():
-            raise NotFound(f"{DEFAULT_WEIGHTS}: the shipped model is missing from this installation; reinstall meddeblur or pass `model`", value=DEFAULT_WEIGHTS)
+            raise NotFound(
+                f"{DEFAULT_WEIGHTS}: the shipped model is missing from this installation; reinstall meddeblur or pass `model`",
+                value=DEFAULT_WEIGHTS,
+            )
         return DEFAULT_WEIGHTS
     path = Path(model)
     if path.is_dir():
         path = path / BEST_WEIGHTS
         if not path.is_file():
-            raise NotFound(f"{path}: run folder has no {BEST_WEIGHTS}; finish or resume training, or pass a .safetensors file", value=path)
+            raise NotFound(
+                f"{path}: run folder has no {BEST_WEIGHTS}; finish or resume training, or pass a .safetensors file", value=path
+            )
     elif not path.exists():
         raise NotFound(f"{path}: no such model; pass a run folder or a .safetensors weights file", value=path)
     return path

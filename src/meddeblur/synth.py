@@ -79,8 +79,16 @@ def synthesize(sharp_dir: str | Path, out: str | Path, spec: str, seed: int = 0,
         write_image(out / "sharp" / f"{pair.name}.png", sharp)
         with atomic_path(out / "kernels" / f"{pair.name}.npy") as tmp:
             np.save(tmp, done[0].kernel)
-        entries.append({"name": pair.name, "source": str(pair.sharp), "height": sharp.shape[0], "width": sharp.shape[1],
-                        "kernel": f"kernels/{pair.name}.npy", **done[0].to_json()})
+        entries.append(
+            {
+                "name": pair.name,
+                "source": str(pair.sharp),
+                "height": sharp.shape[0],
+                "width": sharp.shape[1],
+                "kernel": f"kernels/{pair.name}.npy",
+                **done[0].to_json(),
+            }
+        )
     manifest = {"meddeblur": __version__, "spec": str(parsed), "seed": seed, "size": size, "images": entries}
     with atomic_write(out / "manifest.json", "w") as fh:
         json.dump(manifest, fh, indent=2)

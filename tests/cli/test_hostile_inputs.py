@@ -1183,15 +1183,14 @@ def test_unreadable_file_real_permissions(tiny_weights: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_fuzz_decode_smoke(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """benchmarks/fuzz_decode.py runs (a few dozen examples) and finds nothing."""
+def test_fuzz_decode_smoke(tmp_path: Path) -> None:
+    """benchmarks.stress.fuzz_decode runs (a few dozen examples) and finds nothing."""
     pytest.importorskip("hypothesis")
     import importlib
     import json
 
-    # Imported by name from sys.path, so that its spawned worker process can import it too.
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
-    fuzz = importlib.import_module("fuzz_decode")
+    # Imported as a module of the benchmarks package, so that its spawned worker process can import it too.
+    fuzz = importlib.import_module("benchmarks.stress.fuzz_decode")
     assert fuzz.main(["--examples", "40", "--seconds", "20", "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "fuzz_decode.json").read_text())
     assert result["unmutated_seeds_all_ok"] and result["outcomes"]["finding"] == 0 and result["examples"] == 40

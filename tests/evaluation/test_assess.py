@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 
 from meddeblur.cli import main
 from meddeblur.data.synthetic import synthetic_dermoscopy
@@ -114,7 +114,7 @@ def test_csv_never_overwrites_an_input(scene: np.ndarray, tmp_path: Path, capfd)
 
 
 def test_auc_benchmark_runs_and_resummarises(scene: np.ndarray, tmp_path: Path) -> None:
-    module = load_script("assess_auc")
+    module = importlib.import_module("benchmarks.assess_auc")
     images = tmp_path / "images"
     for i in range(3):
         write_image(images / f"{i}.png", synthetic_dermoscopy(96, 128, seed=i))
@@ -127,7 +127,7 @@ def test_auc_benchmark_runs_and_resummarises(scene: np.ndarray, tmp_path: Path) 
 
 
 def test_auc_and_threshold_choice() -> None:
-    module = load_script("assess_auc")
+    module = importlib.import_module("benchmarks.assess_auc")
     assert module.auc([0.1, 0.2], [0.3, 0.4]) == 1.0
     assert module.auc([0.1, 0.3], [0.2, 0.4]) == 0.75
     assert module.auc([0.5], [0.5]) == 0.5

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 
 from meddeblur.cli import main
 from meddeblur.errors import UserError
@@ -165,7 +165,7 @@ def test_speed_benchmark_smoke(tmp_path: Path, one_thread) -> None:
     """benchmarks/onnx_speed.py runs end to end (tiny model, one small size, one pass) and writes both files."""
     import json
 
-    module = load_script("onnx_speed")
+    module = importlib.import_module("benchmarks.onnx_speed")
     assert module.main(["--models", "nafnet:8", "--sizes", "40x24", "--repeats", "1", "--threads", "1", "--out", str(tmp_path)]) == 0
     (row,) = json.loads((tmp_path / "onnx_speed.json").read_text())["rows"]
     assert row["size"] == "40x24" and row["max_abs_diff"] <= TOLERANCE and row["onnx_ms_median"] > 0

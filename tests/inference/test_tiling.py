@@ -151,9 +151,9 @@ def test_4000x3000_image_runs_in_bounded_memory():
 
 
 def test_tiling_memory_benchmark_runs(tmp_path):
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "tiling_memory.py"
-    done = subprocess.run([sys.executable, str(script), "--only", "nafnet (default config)", "--size", "300", "200", "--tile", "128",
-                           "--overlap", "32", "--quiet-wait", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-m", "benchmarks.tiling_memory", "--only", "nafnet (default config)", "--size", "300", "200", "--tile", "128",
+                           "--overlap", "32", "--quiet-wait", "0", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 0, done.stderr
     row = json.loads((tmp_path / "tiling_memory.json").read_text())["rows"]["nafnet (default config)"]
     assert row["tiles"] == 6 and 0 < row["peak_rss_mib"] < 3 * 1024

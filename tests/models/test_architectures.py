@@ -1,12 +1,12 @@
 """Every architecture: shapes, identity at initialisation, gradient flow, weights round trip, configs, FLOPs."""
 
+import importlib
 import json
 from dataclasses import asdict
 
 import pytest
 import torch
 from torch import nn
-from conftest import load_script
 
 from meddeblur.errors import InvalidOption, UserError
 from meddeblur.inference.batch import deblur_tensor
@@ -229,7 +229,7 @@ def test_reference_flops_and_nafnet_default_budget():
 
 
 def test_flops_benchmark_runs(tmp_path):
-    module = load_script("flops")
+    module = importlib.import_module("benchmarks.flops")
     assert module.main(["--only", "nafnet-w16-lite", "--sizes", "256x256", "--repeats", "1", "--quiet-wait", "0", "--out", str(tmp_path)]) == 0
     row = json.loads((tmp_path / "flops.json").read_text())["rows"][0]
     assert row["config"] == json.loads(json.dumps(asdict(ModelConfig(arch="nafnet")))) and row["256x256"]["repeats"] == 1

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import numpy as np
 import pytest
 import torch
-from conftest import load_script
 from PIL import Image
 
 from meddeblur.cli.main import main
@@ -193,7 +193,7 @@ def test_cli_target_writes_the_png_and_prints_the_instructions(tmp_path, capsys)
 
 
 def test_the_calibration_benchmark_runs_end_to_end(isic_images, tmp_path) -> None:
-    calibration = load_script("calibration")
+    calibration = importlib.import_module("benchmarks.calibration")
     assert calibration.main(["--parts", "soft", "--restorer", "wiener", "--limit", "1", "--val-limit", "1", "--out", str(tmp_path)]) == 0
     soft = json.loads((tmp_path / "calibration.json").read_text())["soft"]
     assert soft["test_images"] == 1 and set(soft["params"]["wiener"]) == {"nsr", "val_psnr"}

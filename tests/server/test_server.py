@@ -4,6 +4,7 @@ the pool answers 503 when full, uploads are capped while streaming, the page and
 from __future__ import annotations
 
 import asyncio
+import importlib
 import io
 import json
 import re
@@ -23,7 +24,6 @@ with warnings.catch_warnings():
     # Starlette 1.x suggests its httpx fork for the test client; httpx is what FastAPI documents and works.
     warnings.simplefilter("ignore", UserWarning)
     from fastapi.testclient import TestClient
-from conftest import load_script
 
 from meddeblur import __version__
 from meddeblur.data.synthetic import synthetic_dermoscopy
@@ -389,7 +389,7 @@ def test_serve_command_refuses_bad_options_before_listening(run_cli, tmp_path, c
 
 def test_load_benchmark_runs_against_a_real_server(weights, tmp_path, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # the server child: one thread is fastest on a loaded small machine
-    load = load_script("load")
+    load = importlib.import_module("benchmarks.stress.load")
     # Two worker processes: the multi-process path (settings through the environment, a model per worker, RSS of all).
     assert load.main(["--model", str(weights), "--requests", "12", "--clients", "4", "--warmup", "2", "--sizes", "48x40", "80x64",
                       "--workers", "2", "--queue", "1", "--out", str(tmp_path)]) == 0

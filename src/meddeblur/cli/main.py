@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
 
 from meddeblur.errors import UserError
 
@@ -32,14 +35,14 @@ def _raise_terminated(signum: int, _frame: object) -> None:
 _CLEAN_STOP_COMMANDS = ("deblur", "synth", "assess", "export", "info")
 
 
-def _install_stop_handlers() -> dict[int, object]:
+def _install_stop_handlers() -> dict[int, Callable[[int, FrameType | None], Any] | int | None]:
     """Route SIGTERM and SIGHUP to :class:`_Terminated`; returns the handlers they had, for restoring."""
     import signal
     import threading
 
     if threading.current_thread() is not threading.main_thread():
         return {}  # signal handlers can only be set from the main thread (e.g. main() called from a test thread)
-    previous = {}
+    previous: dict[int, Callable[[int, FrameType | None], Any] | int | None] = {}
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             previous[getattr(signal, name)] = signal.signal(getattr(signal, name), _raise_terminated)
@@ -81,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         import signal
 
         name = signal.Signals(stop.signum).name
-        sys.stderr.write(f"meddeblur {args.command}: stopped by {name}; finished outputs are complete, nothing half-written was left\n")
+        sys.stderr.write(
+            f"meddeblur {args.command}: stopped by {name}; finished outputs are complete, nothing half-written was left\n"
+        )
         return 128 + stop.signum
     except UserError as error:
         from meddeblur.cli.parser import command_flags, in_flags
@@ -93,10 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except OSError as error:  # permissions, full disk, read-only folder: the user's environment, not a bug
         where = f"{error.filename}: " if error.filename else ""
-        sys.stderr.write(f"meddeblur {args.command}: error: {where}{error.strerror or error}; check the path, its permissions and free space\n")
+        sys.stderr.write(
+            f"meddeblur {args.command}: error: {where}{error.strerror or error}; check the path, its permissions and free space\n"
+        )
         return 2
     except KeyboardInterrupt:
-        sys.stderr.write(f"meddeblur {args.command}: interrupted (Ctrl-C); finished outputs are complete, nothing half-written was left\n")
+        sys.stderr.write(
+            f"meddeblur {args.command}: interrupted (Ctrl-C); finished outputs are complete, nothing half-written was left\n"
+        )
         return 130
     finally:
         if previous:

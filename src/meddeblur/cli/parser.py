@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from typing import Any
 
 from meddeblur import __version__
 from meddeblur.restore import registry
@@ -19,7 +20,7 @@ __all__ = ["ARCHITECTURES", "Parser", "build_parser", "command_flags", "in_flags
 # that they equal meddeblur.models.ARCHITECTURES and NAFNET_DEFAULTS and meddeblur.evaluation.assess's.
 ARCHITECTURES = ("attention-unet", "attention-unet-residual", "nafnet", "psf-nafnet")
 # Values of meddeblur.training.recipes.RECIPES["default"] shown in the help (not imported: it loads torch).
-_RECIPE = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2, "crop": 64, "perturb_psf": 0.3}
+_RECIPE: dict[str, Any] = {"enc_blocks": (0, 1, 2, 4), "middle_blocks": 4, "dec_blocks": (1, 2, 2, 1), "soften": 0.55, "compress": 0.2, "crop": 64, "perturb_psf": 0.3}
 _ASSESS_SIDE = 768  # meddeblur.evaluation.assess.ANALYSIS_SIDE
 _ASSESS_THRESHOLD = 0.4  # meddeblur.evaluation.assess.DEFAULT_THRESHOLD
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from meddeblur.errors import UserError, require
 
@@ -24,8 +25,10 @@ def export(args: argparse.Namespace) -> int:
     check_replaceable(args.onnx, args.overwrite, "--onnx file")
     remove_stale_temporaries(Path(args.onnx).parent)
     meta = export_onnx(args.model, args.onnx, opset=args.opset)
-    print(f"{args.onnx}: model {meta['meddeblur_weights_id']} ({meta['meddeblur_source']}), opset {args.opset}, "
-          f"dynamic batch/height/width (multiples of {meta['meddeblur_size_multiple']})")
+    print(
+        f"{args.onnx}: model {meta['meddeblur_weights_id']} ({meta['meddeblur_source']}), opset {args.opset}, "
+        f"dynamic batch/height/width (multiples of {meta['meddeblur_size_multiple']})"
+    )
     return 0
 
 
@@ -35,15 +38,22 @@ def info(args: argparse.Namespace) -> int:
     from meddeblur.io.ownership import read_provenance
     from meddeblur.io.provenance import summary
 
-    records = {}
+    records: dict[str, dict[str, Any] | None] = {}
     for name in args.files:
         if name.lower().endswith(".onnx"):
             from meddeblur.inference.onnx_engine import OnnxModel
 
             onnx = OnnxModel(name)
-            records[name] = {"tool": "meddeblur", "version": onnx.metadata["meddeblur_version"], "operation": "export",
-                             "model_id": onnx.weights_id, "model": onnx.describe(), "engine": "onnx",
-                             "parameters": {"size_multiple": onnx.size_multiple}, "note": "ONNX export of a meddeblur model"}
+            records[name] = {
+                "tool": "meddeblur",
+                "version": onnx.metadata["meddeblur_version"],
+                "operation": "export",
+                "model_id": onnx.weights_id,
+                "model": onnx.describe(),
+                "engine": "onnx",
+                "parameters": {"size_multiple": onnx.size_multiple},
+                "note": "ONNX export of a meddeblur model",
+            }
         else:
             records[name] = read_provenance(name)
     if args.json:
@@ -54,7 +64,7 @@ def info(args: argparse.Namespace) -> int:
         for name, record in records.items():
             print(f"{name}: {summary(record) if record else 'no meddeblur provenance (not written by meddeblur, or stripped)'}")
             made_from = source_line((record or {}).get("source"))
-            made_from = made_from and made_from + (f"; made {record['time']}" if (record or {}).get("time") else "")
+            made_from = made_from and made_from + (f"; made {(record or {})['time']}" if (record or {}).get("time") else "")
             for line in ([made_from] if made_from else []) + restoration_lines((record or {}).get("restoration")):
                 print(f"  {line}")
     return 0 if all(records.values()) else 1
@@ -84,7 +94,10 @@ def assess(args: argparse.Namespace) -> int:
         score = "   -  " if row.blur_score is None else f"{row.blur_score:.4f}"
         print(f"{score}  {row.flag:<15}  {row.path}")
     flagged = sum(row.flag == FLAG_ATTENTION for row in rows)
-    print(f"{len(rows)} image(s): {flagged} need attention (blur score > {args.threshold:g})" + (f"; table: {args.csv}" if args.csv else ""))
+    print(
+        f"{len(rows)} image(s): {flagged} need attention (blur score > {args.threshold:g})"
+        + (f"; table: {args.csv}" if args.csv else "")
+    )
     return 0
 
 
@@ -110,7 +123,11 @@ def _check_synth_targets(sharp: Path, out: Path, overwrite: bool) -> None:
         entries = json.loads(manifest.read_text(encoding="utf-8", errors="replace")).get("images", [])
         ours = {str(entry.get("name")) for entry in entries if isinstance(entry, dict)}
     for pair in sharp_only(sharp):
-        for target in (out / "blurred" / f"{pair.name}.png", out / "sharp" / f"{pair.name}.png", out / "kernels" / f"{pair.name}.npy"):
+        for target in (
+            out / "blurred" / f"{pair.name}.png",
+            out / "sharp" / f"{pair.name}.png",
+            out / "kernels" / f"{pair.name}.npy",
+        ):
             if pair.name not in ours:
                 check_replaceable(target, False, "-o folder")
 
@@ -127,19 +144,32 @@ def synth(args: argparse.Namespace) -> int:
 def _calibration_outputs(args: argparse.Namespace) -> list[tuple[Path, str]]:
     """The files calibrate will write, as (path, flag), after checking the flags fit together (one line each)."""
     if args.target is not None:
-        given = [flag for flag, value in (("-o", args.out), ("--plot", args.plot), ("--anisotropic", args.anisotropic),
-                                          ("--roi", args.roi), ("EDGE_IMAGE", args.image)) if value]
+        given = [
+            flag
+            for flag, value in (
+                ("-o", args.out),
+                ("--plot", args.plot),
+                ("--anisotropic", args.anisotropic),
+                ("--roi", args.roi),
+                ("EDGE_IMAGE", args.image),
+            )
+            if value
+        ]
         if given:
-            raise UserError(f"--target {args.target}: writes the printable target only; drop {given[0]} (measure a photo of it "
-                            "in a second run: meddeblur calibrate PHOTO -o device.psf.json)")
+            raise UserError(
+                f"--target {args.target}: writes the printable target only; drop {given[0]} (measure a photo of it "
+                "in a second run: meddeblur calibrate PHOTO -o device.psf.json)"
+            )
         if Path(args.target).suffix.lower() != ".png":
             raise UserError(f"--target {args.target}: the target is written as PNG; name it e.g. target.png")
         return [(Path(args.target), "--target file")]
     if args.dpi is not None:
         raise UserError(f"--dpi {args.dpi}: only sets the resolution of --target; drop it or add --target target.png")
     if args.image is None:
-        raise UserError("give a photo of a slanted edge to measure (meddeblur calibrate PHOTO -o device.psf.json), or --target "
-                        "target.png to write the target to print and photograph")
+        raise UserError(
+            "give a photo of a slanted edge to measure (meddeblur calibrate PHOTO -o device.psf.json), or --target "
+            "target.png to write the target to print and photograph"
+        )
     if args.out is None:
         raise UserError(f"{args.image}: say where to write the PSF with -o, e.g. -o device.psf.json")
     if Path(args.out).suffix.lower() != ".json":
@@ -162,10 +192,16 @@ def calibrate(args: argparse.Namespace) -> int:
 
     outputs = _calibration_outputs(args)
     # Every file planned together before the measurement: a --plot that cannot be written stops the run before -o is.
-    kinds = {"-o file": ("the calibrated PSF", "calibrate"), "--plot file": ("the calibration figure", "calibration figure"),
-             "--target file": ("the printable target", "calibration target")}
-    check_planned([(path, kinds[flag][0], flag, kinds[flag][1]) for path, flag in outputs],
-                  [] if args.image is None else [Path(args.image)], args.overwrite)
+    kinds = {
+        "-o file": ("the calibrated PSF", "calibrate"),
+        "--plot file": ("the calibration figure", "calibration figure"),
+        "--target file": ("the printable target", "calibration target"),
+    }
+    check_planned(
+        [(path, kinds[flag][0], flag, kinds[flag][1]) for path, flag in outputs],
+        [] if args.image is None else [Path(args.image)],
+        args.overwrite,
+    )
     for path, _ in outputs:
         remove_stale_temporaries(path.parent)
     if args.target is not None:
@@ -193,7 +229,10 @@ def calibrate(args: argparse.Namespace) -> int:
     measured = found["measured_mtf50_cycles_per_pixel"]
     edges = ", ".join(f"{e['orientation']} {abs(e['tilt_deg']):.1f}°" for e in found["edges"])
     kh, kw = psf.kernel.shape
-    print(f"{args.out}: {found['model']} PSF, {kw}×{kh} px; MTF50 "
-          + ("above Nyquist (a sharp device)" if measured is None else f"{measured:.4f} cycles/pixel")
-          + f", from {len(found['edges'])} edge(s): {edges}" + (f"; figure: {args.plot}" if args.plot else ""))
+    print(
+        f"{args.out}: {found['model']} PSF, {kw}×{kh} px; MTF50 "
+        + ("above Nyquist (a sharp device)" if measured is None else f"{measured:.4f} cycles/pixel")
+        + f", from {len(found['edges'])} edge(s): {edges}"
+        + (f"; figure: {args.plot}" if args.plot else "")
+    )
     return 0

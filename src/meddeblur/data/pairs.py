@@ -10,6 +10,7 @@ import zlib
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -96,13 +97,18 @@ def sharp_only(sharp_dir: str | Path) -> list[Pair]:
     names = [p.name for p in pairs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
-        raise UserError(f"ambiguous in {sharp_dir}: several files named {_listing(duplicates)} (other extension or suffix); rename or remove them")
+        raise UserError(
+            f"ambiguous in {sharp_dir}: several files named {_listing(duplicates)} (other extension or suffix); rename or remove them"
+        )
     return pairs
 
 
 def load_pairs(blurred_dir: str | Path | None, sharp_dir: str | Path, degrade: str | None) -> list[Pair]:
     """Sharp-only examples when a degradation makes the inputs, else blurred/sharp pairs by name."""
-    return sharp_only(sharp_dir) if degrade else pair_images(blurred_dir, sharp_dir)
+    if degrade:
+        return sharp_only(sharp_dir)
+    assert blurred_dir is not None  # without a degradation the data comes in pairs
+    return pair_images(blurred_dir, sharp_dir)
 
 
 def fixed_degradation(sharp: torch.Tensor, spec: DegradeSpec, name: str) -> tuple[torch.Tensor, Degradation]:
@@ -130,18 +136,25 @@ def check_pairs(pairs: list[Pair], skip_bad: bool = False) -> tuple[list[Pair], 
             except UserError as error:
                 bad.append(str(error).split(";")[0])
         if not bad and len(shapes) == 2 and shapes[0] != shapes[1]:
-            bad.append(f"{pair.blurred}: {shapes[0][1]}×{shapes[0][0]} but its sharp partner {pair.sharp.name} is {shapes[1][1]}×{shapes[1][0]}")
+            bad.append(
+                f"{pair.blurred}: {shapes[0][1]}×{shapes[0][0]} but its sharp partner {pair.sharp.name} is {shapes[1][1]}×{shapes[1][0]}"
+            )
         problems.extend(bad)
         if not bad:
             kept.append(pair)
     if problems and not skip_bad:
-        raise UserError(f"{len(problems)} bad image(s) in the data: " + "; ".join(problems[:8])
-                        + (f"; … ({len(problems) - 8} more)" if len(problems) > 8 else "") + " — fix or remove them, or pass skip_bad=True")
+        raise UserError(
+            f"{len(problems)} bad image(s) in the data: "
+            + "; ".join(problems[:8])
+            + (f"; … ({len(problems) - 8} more)" if len(problems) > 8 else "")
+            + " — fix or remove them, or pass skip_bad=True"
+        )
     return kept, problems
 
 
-def data_dirs(data: str | Path | None, blurred: str | Path | None, sharp: str | Path | None,
-              degrade: str | None = None) -> tuple[Path | None, Path]:
+def data_dirs(
+    data: str | Path | None, blurred: str | Path | None, sharp: str | Path | None, degrade: str | None = None
+) -> tuple[Path | None, Path]:
     """Resolve ``--data DIR`` (with ``blurred/`` and ``sharp/``) or ``--blurred``/``--sharp``.
 
     With ``degrade`` only sharp images are needed: ``--sharp DIR``, or ``--data DIR``
@@ -150,7 +163,9 @@ def data_dirs(data: str | Path | None, blurred: str | Path | None, sharp: str | 
     if data is not None and (blurred is not None or sharp is not None):
         raise UserError("give either data=DIR or blurred=DIR with sharp=DIR, not both")
     if data is not None and not Path(data).is_dir():
-        raise UserError(f"{data}: no such folder; `data` needs a folder holding blurred/ and sharp/ (or sharp images with `degrade`)")
+        raise UserError(
+            f"{data}: no such folder; `data` needs a folder holding blurred/ and sharp/ (or sharp images with `degrade`)"
+        )
     if degrade:
         if blurred is not None:
             raise UserError(f"degrade={degrade} makes the blurred inputs from sharp images; drop blurred={blurred}")
@@ -162,11 +177,15 @@ def data_dirs(data: str | Path | None, blurred: str | Path | None, sharp: str | 
     if data is not None:
         return Path(data) / "blurred", Path(data) / "sharp"
     if blurred is None or sharp is None:
-        raise UserError("no data given: pass data=DIR (with blurred/ and sharp/), both blurred=DIR and sharp=DIR, or sharp=DIR with degrade=SPEC")
+        raise UserError(
+            "no data given: pass data=DIR (with blurred/ and sharp/), both blurred=DIR and sharp=DIR, or sharp=DIR with degrade=SPEC"
+        )
     return Path(blurred), Path(sharp)
 
 
-def split_names(names: list[str], seed: int = 42, fractions: tuple[float, float, float] = SPLIT_FRACTIONS) -> dict[str, list[str]]:
+def split_names(
+    names: list[str], seed: int = 42, fractions: tuple[float, float, float] = SPLIT_FRACTIONS
+) -> dict[str, list[str]]:
     """Shuffle ``names`` with ``seed`` and cut 70/20/10 into train/val/test (each non-empty)."""
     if len(names) < 3:
         raise UserError(f"only {len(names)} image pair(s): need at least 3 for a train/val/test split")
@@ -176,8 +195,8 @@ def split_names(names: list[str], seed: int = 42, fractions: tuple[float, float,
     n_train = len(names) - n_val - n_test
     return {
         "train": sorted(order[:n_train].tolist()),
-        "val": sorted(order[n_train:n_train + n_val].tolist()),
-        "test": sorted(order[n_train + n_val:].tolist()),
+        "val": sorted(order[n_train : n_train + n_val].tolist()),
+        "test": sorted(order[n_train + n_val :].tolist()),
     }
 
 
@@ -201,12 +220,15 @@ def select(pairs: list[Pair], names: list[str], source: str) -> list[Pair]:
     by_name = {p.name: p for p in pairs}
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise UserError(f"{source}: {len(missing)} split image(s) not in the data ({_listing(missing)}); point at the training data or use split=all")
+        raise UserError(
+            f"{source}: {len(missing)} split image(s) not in the data ({_listing(missing)}); point at the training data or use split=all"
+        )
     return [by_name[n] for n in names]
 
 
 def augment_pair(blurred: torch.Tensor, sharp: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Same random h-flip, v-flip and rot90 (k ∈ 0..3) on both (C, H, W) tensors."""
+
     def coin() -> bool:
         return bool(torch.randint(0, 2, (1,), generator=generator))
 
@@ -220,7 +242,12 @@ def augment_pair(blurred: torch.Tensor, sharp: torch.Tensor, generator: torch.Ge
     return blurred.contiguous(), sharp.contiguous()
 
 
-def input_scores(dataset: Dataset) -> dict[str, float]:
+class _Samples(Protocol):
+    def __len__(self) -> int: ...
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def input_scores(dataset: _Samples) -> dict[str, float]:
     """Mean PSNR / SSIM of a dataset's degraded inputs against their targets: the level a model must beat.
 
     Samples whose input equals the target (an un-blurred share) are left out: their PSNR is infinite.
@@ -250,8 +277,16 @@ class PairDataset(Dataset):
     so a resumed run sees exactly the samples an uninterrupted one would.
     """
 
-    def __init__(self, pairs: list[Pair], size: int | None = 256, crop: int | None = None, augment: bool = False,
-                 seed: int = 0, degrade: DegradeSpec | None = None, fixed: bool = False) -> None:
+    def __init__(
+        self,
+        pairs: list[Pair],
+        size: int | None = 256,
+        crop: int | None = None,
+        augment: bool = False,
+        seed: int = 0,
+        degrade: DegradeSpec | None = None,
+        fixed: bool = False,
+    ) -> None:
         if (size is None) == (crop is None):
             raise ValueError("give exactly one of size or crop")
         if degrade is None and any(p.blurred is None for p in pairs):
@@ -274,10 +309,14 @@ class PairDataset(Dataset):
         sharp = read_rgb(pair.sharp)
         blurred = read_rgb(pair.blurred) if pair.blurred is not None else sharp
         if blurred.shape != sharp.shape:
-            raise UserError(f"{pair.blurred}: size {blurred.shape[1]}×{blurred.shape[0]} differs from its sharp partner {pair.sharp.name} ({sharp.shape[1]}×{sharp.shape[0]}); fix the pair")
+            raise UserError(
+                f"{pair.blurred}: size {blurred.shape[1]}×{blurred.shape[0]} differs from its sharp partner {pair.sharp.name} ({sharp.shape[1]}×{sharp.shape[0]}); fix the pair"
+            )
         if self.size is None:
             if min(sharp.shape[:2]) < self.crop:
-                raise UserError(f"{pair.sharp}: image {sharp.shape[1]}×{sharp.shape[0]} is smaller than crop={self.crop}; lower `crop`")
+                raise UserError(
+                    f"{pair.sharp}: image {sharp.shape[1]}×{sharp.shape[0]} is smaller than crop={self.crop}; lower `crop`"
+                )
             return _to_tensor(blurred), _to_tensor(sharp)
         sharp_t = _to_tensor(resize_area(sharp, (self.size, self.size)))
         blurred_t = sharp_t if pair.blurred is None else _to_tensor(resize_area(blurred, (self.size, self.size)))
@@ -303,6 +342,7 @@ class PairDataset(Dataset):
             blurred, sharp = augment_pair(blurred, sharp, generator)
         pair = self.pairs[index]
         if pair.blurred is None and not (self.fixed and self.size is not None):
+            assert self.degrade is not None  # sharp-only pairs come with their degradation
             if self.fixed:
                 blurred = fixed_degradation(sharp, self.degrade, pair.name)[0]
             else:

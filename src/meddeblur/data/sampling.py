@@ -26,6 +26,7 @@ degradation of :func:`meddeblur.data.pairs.fixed_degradation`: a fixed mix of fa
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.ndimage
@@ -41,6 +42,9 @@ from meddeblur.errors import UserError
 from meddeblur.io.decode import read_image
 from meddeblur.physics import blur, kernel_canvas
 from meddeblur.psf.spectrum import MIN_SIDE
+
+if TYPE_CHECKING:
+    from meddeblur.psf.estimate import BlurEstimator
 
 __all__ = ["SHRINKERS", "VALIDATION_SCALES", "VALIDATION_SOFTEN", "ScaledCrops", "EpochSamples", "zoom_kernel"]
 
@@ -64,8 +68,9 @@ def zoom_kernel(kernel: np.ndarray, zoom: float) -> np.ndarray:
     out_h, out_w = (2 * max(1, math.ceil((side // 2) * zoom)) + 1 for side in (kh, kw))
     # Output sample o (about the middle) reads input position o / zoom (about the middle).
     offset = (kh // 2 - (out_h // 2) / zoom, kw // 2 - (out_w // 2) / zoom)
-    out = scipy.ndimage.affine_transform(kernel.astype(np.float64), (1 / zoom, 1 / zoom), offset=offset,
-                                         output_shape=(out_h, out_w), order=1, mode="constant")
+    out = scipy.ndimage.affine_transform(
+        kernel.astype(np.float64), (1 / zoom, 1 / zoom), offset=offset, output_shape=(out_h, out_w), order=1, mode="constant"
+    )
     total = out.sum()
     return (out / total).astype(np.float32) if total > 0 else kernel
 
@@ -97,9 +102,21 @@ class ScaledCrops(Dataset):
     where there is one sample per image. ``scales``: (low, high) down-scale range, low ≥ 1.
     """
 
-    def __init__(self, pairs: list[Pair], crop: int, scales: tuple[float, float], degrade: DegradeSpec, seed: int = 0,
-                 samples: int | None = None, soften: float = 0.0, compress: float = 0.0, fixed: bool = False,
-                 psf: bool = False, perturb: float = 0.0, estimated: float = 0.0) -> None:
+    def __init__(
+        self,
+        pairs: list[Pair],
+        crop: int,
+        scales: tuple[float, float],
+        degrade: DegradeSpec,
+        seed: int = 0,
+        samples: int | None = None,
+        soften: float = 0.0,
+        compress: float = 0.0,
+        fixed: bool = False,
+        psf: bool = False,
+        perturb: float = 0.0,
+        estimated: float = 0.0,
+    ) -> None:
         if not pairs:
             raise ValueError("no images to sample from")
         if crop < 16:
@@ -107,14 +124,18 @@ class ScaledCrops(Dataset):
         if not 1.0 <= scales[0] <= scales[1]:
             raise ValueError(f"scales must be (low, high) with 1 <= low <= high, got {scales}")
         if not all(0.0 <= p <= 1.0 for p in (soften, compress, perturb, estimated)):
-            raise ValueError(f"soften, compress, perturb and estimated are probabilities in [0, 1], got {soften}, {compress}, {perturb}, {estimated}")
+            raise ValueError(
+                f"soften, compress, perturb and estimated are probabilities in [0, 1], got {soften}, {compress}, {perturb}, {estimated}"
+            )
         if estimated and crop < MIN_SIDE:
-            raise ValueError(f"estimated PSFs need crops of at least {MIN_SIDE} px (the blur estimator's smallest tile), got {crop}")
+            raise ValueError(
+                f"estimated PSFs need crops of at least {MIN_SIDE} px (the blur estimator's smallest tile), got {crop}"
+            )
         self.pairs, self.crop, self.scales, self.degrade, self.seed = pairs, crop, scales, degrade, seed
         self.samples = len(pairs) if fixed or samples is None else samples
         self.soften, self.compress, self.fixed = soften, compress, fixed
         self.psf, self.perturb, self.estimated = psf, perturb, estimated
-        self._estimator = None  # loaded in the process that draws (a DataLoader worker), on first use
+        self._estimator: BlurEstimator | None = None  # loaded in the process that draws (a DataLoader worker), on first use
         self.epoch = 0
         self._cache: dict[int, np.ndarray] = {}
 
@@ -130,7 +151,9 @@ class ScaledCrops(Dataset):
             path = self.pairs[index].sharp
             loaded = read_image(path)
             if min(loaded.rgb.shape[:2]) < self.crop:
-                raise UserError(f"{path}: image {loaded.rgb.shape[1]}×{loaded.rgb.shape[0]} is smaller than crop={self.crop}; lower `crop`")
+                raise UserError(
+                    f"{path}: image {loaded.rgb.shape[1]}×{loaded.rgb.shape[0]} is smaller than crop={self.crop}; lower `crop`"
+                )
             rgb = loaded.rgb
             self._cache[index] = np.round(rgb * 255).astype(np.uint8) if loaded.bit_depth == 8 else rgb.astype(np.float32)
         return self._cache[index]
@@ -144,7 +167,7 @@ class ScaledCrops(Dataset):
             top, left = (height - side) // 2, (width - side) // 2
         else:
             top, left = _randint(generator, height - side + 1), _randint(generator, width - side + 1)
-        window = image[top:top + side, left:left + side]
+        window = image[top : top + side, left : left + side]
         window = window.astype(np.float32) / 255.0 if window.dtype == np.uint8 else window.astype(np.float32)
         if side != self.crop:
             kernel, library = ("box", "cv2") if generator is None else SHRINKERS[_randint(generator, len(SHRINKERS))]
@@ -185,7 +208,7 @@ class ScaledCrops(Dataset):
         if torch.rand(1, generator=generator).item() < self.soften:
             target = blur(target, gaussian_kernel(_uniform(generator, *_SOFTEN_SIGMA)))
         if torch.rand(1, generator=generator).item() < self.compress:
-            target = jpeg(target, int(round(_uniform(generator, *_COMPRESS_QUALITY))))
+            target = jpeg(target, round(_uniform(generator, *_COMPRESS_QUALITY)))
         target = quantize8(target[0])
         _, target = augment_pair(target, target, generator)
         blurred, (record,) = degrade(target, self.degrade, generator)
@@ -195,7 +218,9 @@ class ScaledCrops(Dataset):
         """``blurred`` itself, or for a PSF model (``psf``) with the kernel canvas appended as one more channel."""
         if not self.psf:
             return blurred
-        return torch.cat([blurred, kernel_canvas(_fit(kernel, self.crop if not self.fixed else blurred.shape[-1]), *blurred.shape[-2:])[None]])
+        return torch.cat(
+            [blurred, kernel_canvas(_fit(kernel, self.crop if not self.fixed else blurred.shape[-1]), *blurred.shape[-2:])[None]]
+        )
 
 
 class EpochSamples(Dataset):

@@ -25,7 +25,7 @@ _HAIR = np.array([0.10, 0.07, 0.05], np.float32)
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, sigma: float) -> np.ndarray:
     """Gaussian-filtered white noise, rescaled to unit standard deviation."""
-    field = rng.standard_normal((h, w)).astype(np.float32)
+    field: np.ndarray = rng.standard_normal((h, w)).astype(np.float32)
     field = cv2.GaussianBlur(field, (0, 0), sigmaX=sigma, borderType=cv2.BORDER_REFLECT)
     return field / (field.std() + 1e-6)
 
@@ -77,7 +77,7 @@ def _pigment_network(rng: np.random.Generator, h: int, w: int, scale: float) -> 
     seeds[ys, xs] = 0
     # Each pixel is labelled with its nearest seed; label changes are the cell borders.
     _, labels = cv2.distanceTransformWithLabels(seeds, cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL)
-    edges = np.zeros((h, w), np.float32)
+    edges: np.ndarray = np.zeros((h, w), np.float32)
     edges[:, 1:] += labels[:, 1:] != labels[:, :-1]
     edges[1:, :] += labels[1:, :] != labels[:-1, :]
     # A slight blur anti-aliases the 1-px borders; noise makes line darkness irregular.
@@ -114,7 +114,7 @@ def _hairs(rng: np.random.Generator, h: int, w: int, scale: float) -> np.ndarray
         bend = rng.uniform(-0.25, 0.25) * length * np.array([-np.sin(angle), np.cos(angle)])
         p1 = (p0 + p2) / 2 + bend
         pts = (1 - t) ** 2 * p0 + 2 * (1 - t) * t * p1 + t**2 * p2
-        thickness = max(1, int(round(rng.uniform(0.004, 0.009) * scale)))
+        thickness = max(1, round(rng.uniform(0.004, 0.009) * scale))
         curve = np.round(pts * (1 << shift)).astype(np.int32)
         cv2.polylines(canvas, [curve], False, 255, thickness, cv2.LINE_AA, shift)
     return canvas.astype(np.float32) / 255.0

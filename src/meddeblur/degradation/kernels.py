@@ -166,7 +166,7 @@ def shake_kernel(extent: float, generator: torch.Generator, size: int | None = N
     return _splat(x, y, size)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def check_down_up_args(scale: int, up: str) -> None:
     if int(scale) != scale or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale}")
@@ -188,8 +188,8 @@ def _resolution_kernel(scale: int, up: str) -> np.ndarray:
     impulses = torch.zeros(scale, 1, 1, 2 * centre + scale, dtype=torch.float64)
     impulses[torch.arange(scale), 0, 0, centre + torch.arange(scale)] = 1.0
     response = resample_down_up(impulses, scale, up)[:, 0, 0]
-    profile = torch.stack([response[p, centre + p - reach : centre + p + reach + 1] for p in range(scale)])
-    profile = profile.mean(0).clamp(min=0).numpy()
+    phases = torch.stack([response[p, centre + p - reach : centre + p + reach + 1] for p in range(scale)])
+    profile = phases.mean(0).clamp(min=0).numpy()
     profile = np.trim_zeros(profile)  # symmetric, so the trim keeps it centred
     kernel = np.outer(profile, profile)
     return (kernel / kernel.sum()).astype(np.float32)

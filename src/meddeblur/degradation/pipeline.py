@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,9 +51,24 @@ from meddeblur.degradation.spec import (
 from meddeblur.physics.convolution import blur, check_images, work_dtype
 
 __all__ = [
-    "gaussian_kernel", "disk_kernel", "motion_kernel", "shake_kernel", "resolution_kernel",
-    "downup", "resample", "add_gaussian_noise", "add_poisson_gaussian_noise", "jpeg", "quantize8",
-    "family_kernel", "Degradation", "StageSpec", "DegradeSpec", "parse_spec", "degrade", "degradation_seed",
+    "gaussian_kernel",
+    "disk_kernel",
+    "motion_kernel",
+    "shake_kernel",
+    "resolution_kernel",
+    "downup",
+    "resample",
+    "add_gaussian_noise",
+    "add_poisson_gaussian_noise",
+    "jpeg",
+    "quantize8",
+    "family_kernel",
+    "Degradation",
+    "StageSpec",
+    "DegradeSpec",
+    "parse_spec",
+    "degrade",
+    "degradation_seed",
 ]
 
 # --------------------------------------------------------------------------- operators
@@ -76,8 +92,12 @@ def resample(images: Tensor, scale: float, down: str = "box", up: str = "bicubic
     See :mod:`meddeblur.degradation.resampling`: the image libraries' own kernels, not torch's alone.
     """
     check_images(images)
-    out = [torch.from_numpy(down_up(np.ascontiguousarray(x.detach().cpu().float().permute(1, 2, 0).numpy()), float(scale), down, up, library))
-           for x in images]
+    out = [
+        torch.from_numpy(
+            down_up(np.ascontiguousarray(x.detach().cpu().float().permute(1, 2, 0).numpy()), float(scale), down, up, library)
+        )
+        for x in images
+    ]
     return torch.stack(out).permute(0, 3, 1, 2).to(images.device, images.dtype)
 
 
@@ -195,7 +215,7 @@ def _draw(value: Value | tuple[str, ...], kind: str, generator: torch.Generator)
     return value if isinstance(value, str) else (int(value) if kind == "int" else float(value))
 
 
-def _draw_all(params, table: dict[str, Key], generator: torch.Generator) -> dict[str, float | int | str]:
+def _draw_all(params, table: dict[str, Key], generator: torch.Generator) -> dict[str, Any]:
     return {key: _draw(value, table[key].kind, generator) for key, value in params}
 
 
@@ -230,14 +250,18 @@ def _draw_resample(params: dict, generator: torch.Generator) -> dict:
 def _draw_real(generator: torch.Generator) -> tuple[str, dict, list]:
     u = torch.rand(1, generator=generator, dtype=torch.float64).item()
     cumulative = 0.0
-    for family, probability, chosen in REAL:
+    for family, probability, chosen in REAL:  # noqa: B007  (the loop stops at the drawn family: its values are the draw)
         cumulative += probability
         if u < cumulative:
             break
     if family == "gauss" and torch.rand(1, generator=generator).item() < 0.3:
         chosen = REAL_ANISO
     params = _draw_all(chosen.items(), FAMILIES[family], generator)
-    ops = [] if family == "none" else [(name, tuple(p.items())) for name, p in REAL_OPS if torch.rand(1, generator=generator).item() < 0.5]
+    ops = (
+        []
+        if family == "none"
+        else [(name, tuple(p.items())) for name, p in REAL_OPS if torch.rand(1, generator=generator).item() < 0.5]
+    )
     return family, params, ops
 
 

@@ -19,6 +19,7 @@ Images are (H, W, C) float32 numpy arrays in [0, 1]; results are clipped to [0, 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import cv2
 import numpy as np
@@ -30,15 +31,20 @@ __all__ = ["KERNELS", "LIBRARIES", "supported", "resize", "down_up", "down_up_ke
 
 KERNELS = ("box", "bilinear", "bicubic", "lanczos")
 LIBRARIES = ("pil", "cv2", "torch")
-_PIL = {"box": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
-        "lanczos": Image.Resampling.LANCZOS}
+_PIL = {
+    "box": Image.Resampling.BOX,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+}
 _CV2 = {"box": cv2.INTER_AREA, "bilinear": cv2.INTER_LINEAR, "bicubic": cv2.INTER_CUBIC, "lanczos": cv2.INTER_LANCZOS4}
 _TORCH = {"box": "area", "bilinear": "bilinear", "bicubic": "bicubic"}  # torch has no Lanczos
 
 
 def supported(kernel: str, library: str) -> bool:
     """Whether ``library`` offers ``kernel`` (torch has no Lanczos)."""
-    return kernel in {"pil": _PIL, "cv2": _CV2, "torch": _TORCH}.get(library, {})
+    tables: dict[str, dict[str, Any]] = {"pil": _PIL, "cv2": _CV2, "torch": _TORCH}
+    return kernel in tables.get(library, {})
 
 
 def _check(image: np.ndarray, size: tuple[int, int], kernel: str, library: str) -> None:
@@ -49,8 +55,9 @@ def _check(image: np.ndarray, size: tuple[int, int], kernel: str, library: str) 
     if library not in LIBRARIES:
         raise ValueError(f"library must be one of {', '.join(LIBRARIES)}, got {library!r}")
     if not supported(kernel, library):
-        raise ValueError(f"{library} has no {kernel!r} resampling; choose one of "
-                         + ", ".join(k for k in KERNELS if supported(k, library)))
+        raise ValueError(
+            f"{library} has no {kernel!r} resampling; choose one of " + ", ".join(k for k in KERNELS if supported(k, library))
+        )
 
 
 def resize(image: np.ndarray, size: tuple[int, int], kernel: str = "bicubic", library: str = "pil") -> np.ndarray:
@@ -63,8 +70,10 @@ def resize(image: np.ndarray, size: tuple[int, int], kernel: str = "bicubic", li
     height, width = int(size[0]), int(size[1])
     if library == "pil":
         # Pillow's float mode ('F') is single-channel; resampling is per channel anyway.
-        channels = [np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), "F").resize((width, height), _PIL[kernel]))
-                    for c in range(image.shape[2])]
+        channels = [
+            np.asarray(Image.fromarray(np.ascontiguousarray(image[..., c]), "F").resize((width, height), _PIL[kernel]))
+            for c in range(image.shape[2])
+        ]
         out = np.stack(channels, axis=-1)
     elif library == "cv2":
         out = cv2.resize(image, (width, height), interpolation=_CV2[kernel])
@@ -96,7 +105,7 @@ def _profile(scale: float, down: str, up: str, library: str) -> tuple[float, ...
     low = resize(impulses, (period, max(1, round(length / scale))), down, library)
     response = resize(low, (period, length), up, library)[..., 0].astype(np.float64)
     reach = int(np.ceil(3 * scale)) + 2
-    profile = np.mean([response[p, centre + p - reach: centre + p + reach + 1] for p in range(period)], axis=0)
+    profile = np.mean([response[p, centre + p - reach : centre + p + reach + 1] for p in range(period)], axis=0)
     profile = np.clip(profile, 0.0, None)
     profile[profile < 1e-4 * profile.max()] = 0.0
     # Every kernel here is symmetric; what is not comes from rounding the low-resolution size.

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from typing import TypedDict
 
 from meddeblur.degradation.resampling import KERNELS, LIBRARIES, supported
 from meddeblur.errors import UserError
@@ -31,25 +32,38 @@ class Key:
     note: str = ""  # said after the bounds when a value is out of range
 
     def bounds(self) -> str:
-        return f"{'>' if self.open_low else '>='} {_fmt(self.low)} and <= {_fmt(self.high)}" + (f" ({self.note})" if self.note else "")
+        return f"{'>' if self.open_low else '>='} {_fmt(self.low)} and <= {_fmt(self.high)}" + (
+            f" ({self.note})" if self.note else ""
+        )
 
 
-_POSITIVE = dict(low=0.0, open_low=True)
+class _Bounds(TypedDict, total=False):
+    """Keyword arguments that several :class:`Key` share."""
+
+    low: float
+    open_low: bool
+    note: str
+
+
+_POSITIVE: _Bounds = {"low": 0.0, "open_low": True}
 # A Gaussian of sigma 0.1 px puts 2e-22 of its weight beside the centre, a disk of radius 0.1 px covers only the
 # centre pixel: both are already a delta, and narrower ones are the same delta (a disk under 0.09 px misses every
 # sample and has no weight at all; a sigma under 1e-154 overflows). So the floor loses nothing and refuses nonsense.
-_WIDTH = dict(low=0.1, note="a blur narrower than 0.1 px is no blur: use none")
+_WIDTH: _Bounds = {"low": 0.1, "note": "a blur narrower than 0.1 px is no blur: use none"}
 _ANGLE = Key((0.0, 180.0), low=-360.0, high=360.0)
 FAMILIES: dict[str, dict[str, Key]] = {
-    "gauss": {"sigma": Key((0.5, 3.0), high=20.0, **_WIDTH), "sigma_y": Key(None, high=20.0, **_WIDTH),
-              "angle": _ANGLE},
+    "gauss": {"sigma": Key((0.5, 3.0), high=20.0, **_WIDTH), "sigma_y": Key(None, high=20.0, **_WIDTH), "angle": _ANGLE},
     "defocus": {"radius": Key((1.0, 5.0), high=50.0, **_WIDTH)},
     "motion": {"length": Key((3.0, 21.0), low=1.0, high=101.0), "angle": _ANGLE},
     "shake": {"extent": Key((5.0, 21.0), low=1.0, high=101.0)},
     "down": {"scale": Key(2, "int", 2, 16), "up": Key("bicubic", "word", words=("bicubic", "bilinear"))},
     # Resampled by an image library (meddeblur.degradation.resampling); "any" draws one per image.
-    "resample": {"scale": Key(2.0, low=1.0, high=16.0), "down": Key("box", "word", words=(*KERNELS, "any")),
-                 "up": Key("bicubic", "word", words=(*KERNELS, "any")), "lib": Key("pil", "word", words=(*LIBRARIES, "any"))},
+    "resample": {
+        "scale": Key(2.0, low=1.0, high=16.0),
+        "down": Key("box", "word", words=(*KERNELS, "any")),
+        "up": Key("bicubic", "word", words=(*KERNELS, "any")),
+        "lib": Key("pil", "word", words=(*LIBRARIES, "any")),
+    },
     "mixed": {},
     "real": {},
     "none": {},
@@ -68,7 +82,7 @@ MIXED: dict[str, dict[str, Value | tuple[str, ...]]] = {
     "shake": {"extent": (5.0, 21.0)},
     "down": {"scale": (2, 4), "up": ("bicubic", "bilinear")},
 }
-MIXED_ANISO = {"sigma": (0.5, 3.0), "sigma_y": (0.5, 3.0), "angle": (0.0, 180.0)}
+MIXED_ANISO: dict[str, Value | tuple[str, ...]] = {"sigma": (0.5, 3.0), "sigma_y": (0.5, 3.0), "angle": (0.0, 180.0)}
 MIXED_OPS = (("noise", {"sigma": (0.0, 0.01)}), ("jpeg", {"quality": (85, 100)}))
 # What "real" draws from: the degradations photographs meet, mild ones included, and an un-blurred
 # share that teaches the network to leave a sharp image alone. (family, probability, parameters).
@@ -80,7 +94,11 @@ REAL: tuple[tuple[str, float, dict[str, Value | tuple[str, ...]]], ...] = (
     ("shake", 0.1, {"extent": (3.0, 15.0)}),
     ("resample", 0.25, {"scale": (1.25, 4.0), "down": "any", "up": "any", "lib": "any"}),
 )
-REAL_ANISO = {"sigma": (0.3, 3.0), "sigma_y": (0.3, 3.0), "angle": (0.0, 180.0)}  # gauss, p = 0.3
+REAL_ANISO: dict[str, Value | tuple[str, ...]] = {
+    "sigma": (0.3, 3.0),
+    "sigma_y": (0.3, 3.0),
+    "angle": (0.0, 180.0),
+}  # gauss, p = 0.3
 # Each applied with probability 0.5 to a blurred image (never to "none": sharp in, the same out).
 REAL_OPS = (("noise", {"sigma": (0.0, 0.012)}), ("jpeg", {"quality": (70, 98)}))
 
@@ -151,8 +169,10 @@ def _help() -> str:
     def listing(table: dict[str, dict[str, Key]]) -> str:
         return ", ".join(name + (f"({','.join(keys)})" if keys else "") for name, keys in table.items())
 
-    return (f"valid: FAMILY[:key=value,...][+OP[:key=value,...]]... with families {listing(FAMILIES)} "
-            f"and operators {listing(OPERATORS)}; a value is a number or a range a..b ({NUMBER_GRAMMAR})")
+    return (
+        f"valid: FAMILY[:key=value,...][+OP[:key=value,...]]... with families {listing(FAMILIES)} "
+        f"and operators {listing(OPERATORS)}; a value is a number or a range a..b ({NUMBER_GRAMMAR})"
+    )
 
 
 def _parse_stage(spec: str, text: str, table: dict[str, dict[str, Key]], what: str) -> tuple[str, tuple[tuple[str, Value], ...]]:

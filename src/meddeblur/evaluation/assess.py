@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,8 +41,18 @@ from meddeblur.io.decode import read_image
 from meddeblur.io.ownership import ASSESS_CSV_COLUMNS
 from meddeblur.io.pixels import refuse, unit_float
 
-__all__ = ["ANALYSIS_SIDE", "DEFAULT_THRESHOLD", "FLAG_ATTENTION", "FLAG_OK", "FLAG_UNREADABLE", "Assessment",
-           "blur_score", "assess_files", "check_csv_target", "write_csv"]
+__all__ = [
+    "ANALYSIS_SIDE",
+    "DEFAULT_THRESHOLD",
+    "FLAG_ATTENTION",
+    "FLAG_OK",
+    "FLAG_UNREADABLE",
+    "Assessment",
+    "blur_score",
+    "assess_files",
+    "check_csv_target",
+    "write_csv",
+]
 
 ANALYSIS_SIDE = 768
 #: Chosen on the ISIC benchmark (benchmarks/results/assess_auc.md): the best balanced-accuracy threshold, rounded.
@@ -51,8 +62,10 @@ CSV_COLUMNS = ASSESS_CSV_COLUMNS
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
-_ACCEPTED = ("numpy (H, W) or (H, W, C) with C in 1/3/4 (alpha is ignored), uint8, uint16 or float in [0, 1]; "
-             "torch (C, H, W) or (N, C, H, W), same dtypes")
+_ACCEPTED = (
+    "numpy (H, W) or (H, W, C) with C in 1/3/4 (alpha is ignored), uint8, uint16 or float in [0, 1]; "
+    "torch (C, H, W) or (N, C, H, W), same dtypes"
+)
 
 
 def blur_score(image: Any, side: int = ANALYSIS_SIDE) -> Any:
@@ -141,7 +154,7 @@ def _text(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def check_csv_target(path: str | os.PathLike[str], inputs: list[Path] = ()) -> Path:
+def check_csv_target(path: str | os.PathLike[str], inputs: Sequence[Path] = ()) -> Path:
     """UserError if the CSV would land on a folder or on one of ``inputs``; checked before any scoring."""
     path = Path(path)
     if path.is_dir():
@@ -151,7 +164,7 @@ def check_csv_target(path: str | os.PathLike[str], inputs: list[Path] = ()) -> P
     return path
 
 
-def write_csv(rows: list[Assessment], path: str | os.PathLike[str], inputs: list[Path] = ()) -> Path:
+def write_csv(rows: list[Assessment], path: str | os.PathLike[str], inputs: Sequence[Path] = ()) -> Path:
     """Write the triage as CSV (:data:`CSV_COLUMNS`) atomically; never over one of ``inputs``."""
     path = check_csv_target(path, inputs)
     with atomic_write(path, "w", newline="") as fh:

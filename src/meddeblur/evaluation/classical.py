@@ -20,8 +20,9 @@ name and :func:`tune` picks grid parameters on validation samples.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,9 +82,7 @@ def unsupervised_wiener(image: np.ndarray, psf_sigma: float = 1.5, seed: int = 0
         # One generator per channel seeded from (seed, c): channels stay independent and the
         # result does not depend on how many channels were processed before.
         rng = np.random.default_rng([seed, c])
-        out[..., c], _ = skimage.restoration.unsupervised_wiener(
-            padded[..., c], psf, clip=False, rng=rng
-        )
+        out[..., c], _ = skimage.restoration.unsupervised_wiener(padded[..., c], psf, clip=False, rng=rng)
     return finish(out[crop], was_2d)
 
 
@@ -101,8 +100,10 @@ def unsharp_mask(image: np.ndarray, radius: float = 1.5, amount: float = 1.0) ->
     # Per channel, not channel_axis=-1: skimage <= 0.26 returns garbage for a negative
     # channel_axis (scikit-image issue #7264).
     out = np.stack(
-        [skimage.filters.unsharp_mask(img[..., c], radius=radius, amount=amount, preserve_range=True)
-         for c in range(img.shape[2])],
+        [
+            skimage.filters.unsharp_mask(img[..., c], radius=radius, amount=amount, preserve_range=True)
+            for c in range(img.shape[2])
+        ],
         axis=-1,
     )
     return finish(out, was_2d)
@@ -128,8 +129,13 @@ class MethodInfo:
 METHODS: dict[str, MethodInfo] = {
     info.name: info
     for info in (
-        *(MethodInfo(name=m.name, fn=registry.resolve(m.function), uses_kernel=True, grid=m.grid, label=f"{m.label} (true kernel)")
-          for m in registry.METHODS.values() if m.function),
+        *(
+            MethodInfo(
+                name=m.name, fn=registry.resolve(m.function), uses_kernel=True, grid=m.grid, label=f"{m.label} (true kernel)"
+            )
+            for m in registry.METHODS.values()
+            if m.function
+        ),
         MethodInfo(
             name="unsupervised_wiener",
             fn=unsupervised_wiener,
@@ -141,9 +147,7 @@ METHODS: dict[str, MethodInfo] = {
             name="unsharp_mask",
             fn=unsharp_mask,
             uses_kernel=False,
-            grid=tuple(
-                {"radius": r, "amount": a} for r in (1.0, 2.0, 3.0) for a in (0.5, 1.0, 2.0)
-            ),
+            grid=tuple({"radius": r, "amount": a} for r in (1.0, 2.0, 3.0) for a in (0.5, 1.0, 2.0)),
             label="Unsharp mask",
         ),
     )
@@ -154,9 +158,7 @@ def _method(method: str) -> MethodInfo:
     try:
         return METHODS[method]
     except KeyError:
-        raise ValueError(
-            f"unknown classical method {method!r}; choose from {', '.join(METHODS)}"
-        ) from None
+        raise ValueError(f"unknown classical method {method!r}; choose from {', '.join(METHODS)}") from None
 
 
 def restore(method: str, image: np.ndarray, kernel: np.ndarray | None, **params: Any) -> np.ndarray:
@@ -185,7 +187,8 @@ def _psnr_db(pred: np.ndarray, target: np.ndarray) -> float:
 
 
 def tune(
-    method: str, samples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
+    method: str,
+    samples: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]],
     grid: tuple[dict[str, Any], ...] | None = None,
 ) -> tuple[dict[str, Any], float]:
     """Choose the grid parameters of ``method`` that maximise mean PSNR over ``samples``.
@@ -215,7 +218,9 @@ def tune(
             per_sample.append({c: _psnr_db(path[c], sharp) for c in counts})
         scores = [float(np.mean([s[c] for s in per_sample])) for c in counts]
     else:
-        scores = [float(np.mean([_psnr_db(restore(method, blurred, kernel, **params), sharp)
-                                 for blurred, sharp, kernel in samples])) for params in grid]
+        scores = [
+            float(np.mean([_psnr_db(restore(method, blurred, kernel, **params), sharp) for blurred, sharp, kernel in samples]))
+            for params in grid
+        ]
     best = int(np.argmax(scores))  # the first of equal maxima
     return dict(grid[best]), scores[best]

@@ -9,6 +9,7 @@ import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -74,8 +75,10 @@ def _run_options(run: Path) -> dict:
             raise TypeError("options is not a mapping")
         return options
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: unreadable run options ({type(exc).__name__}); restore the file, "
-                        "or pass the weights from outside the run folder with `data` and split=all") from None
+        raise UserError(
+            f"{path}: unreadable run options ({type(exc).__name__}); restore the file, "
+            "or pass the weights from outside the run folder with `data` and split=all"
+        ) from None
 
 
 def _check_out(out: Path, data_dirs: list[Path]) -> None:
@@ -133,6 +136,7 @@ def _samples(pairs: list[Pair], size: int | None, spec: DegradeSpec | None):
             sharp = resize_area(sharp, (size, size))
             blurred = resize_area(blurred, (size, size)) if blurred is not None else None
         if blurred is None:
+            assert spec is not None  # sharp-only data comes with its degradation
             made, _ = fixed_degradation(torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1))), spec, pair.name)
             blurred = made.numpy().transpose(1, 2, 0)
         yield pair.name, blurred, sharp
@@ -142,15 +146,20 @@ def evaluate(options: EvalOptions) -> dict:
     """Score a model on a data split; writes per_image.csv, metrics.json, report.md, comparison.png."""
     deblurrer = Deblurrer.load(options.model, "torch", options.device, tile=0)
     config, weights = deblurrer.config, deblurrer.weights
+    assert config is not None and weights is not None  # always, on the torch engine
     run = run_folder_of(weights)
     run_options = _run_options(run) if run else {}
+    blurred_dir: str | None
+    sharp_dir: str | None
     if options.sharp_dir:
         blurred_dir, sharp_dir, degrade = options.blurred_dir, options.sharp_dir, options.degrade
     else:
         blurred_dir, sharp_dir = run_options.get("blurred_dir"), run_options.get("sharp_dir")
         degrade = options.degrade or run_options.get("degrade")
     if not sharp_dir or not (blurred_dir or degrade):
-        raise UserError(f"{weights}: not inside a run folder, so the data is unknown; pass blurred_dir=DIR with sharp_dir=DIR, or sharp_dir=DIR with `degrade`")
+        raise UserError(
+            f"{weights}: not inside a run folder, so the data is unknown; pass blurred_dir=DIR with sharp_dir=DIR, or sharp_dir=DIR with `degrade`"
+        )
     spec = parse_spec(degrade) if degrade else None
     pairs = load_pairs(blurred_dir, sharp_dir, degrade)
     if options.split == "all":
@@ -172,20 +181,34 @@ def evaluate(options: EvalOptions) -> dict:
     out = Path(options.out) if options.out else weights.parent / f"eval-{options.split}"
     _check_out(out, [Path(d) for d in (blurred_dir, sharp_dir) if d])
 
-    records, figure_rows = [], []
-    for name, blurred, sharp in tqdm(_samples(chosen, size, spec), total=len(chosen), desc="evaluating", unit="image", disable=None):
+    records: list[dict[str, Any]] = []
+    figure_rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]] = []
+    for name, blurred, sharp in tqdm(
+        _samples(chosen, size, spec), total=len(chosen), desc="evaluating", unit="image", disable=None
+    ):
         restored = deblurrer.deblur_rgb(blurred)
         in_psnr, in_ssim = psnr_ssim_numpy(blurred, sharp)
         out_psnr, out_ssim = psnr_ssim_numpy(restored, sharp)
-        record = {"name": name, "input_psnr": min(in_psnr, PSNR_CAP), "input_ssim": in_ssim,
-                  "model_psnr": min(out_psnr, PSNR_CAP), "model_ssim": out_ssim}
+        record = {
+            "name": name,
+            "input_psnr": min(in_psnr, PSNR_CAP),
+            "input_ssim": in_ssim,
+            "model_psnr": min(out_psnr, PSNR_CAP),
+            "model_ssim": out_ssim,
+        }
         records.append(record)
         if len(figure_rows) < options.figure_rows:
             figure_rows.append((_printable(name), blurred, restored, sharp, record))
 
     report = {
-        "model": str(weights), "model_id": deblurrer.model_id, "arch": config.arch, "width": config.width,
-        "split": options.split, "images": len(records), "protocol": protocol, "skipped": skipped,
+        "model": str(weights),
+        "model_id": deblurrer.model_id,
+        "arch": config.arch,
+        "width": config.width,
+        "split": options.split,
+        "images": len(records),
+        "protocol": protocol,
+        "skipped": skipped,
         "summary": {k: _summary([r[k] for r in records]) for k in METRIC_FIELDS},
         "per_image": records,
     }
@@ -203,5 +226,3 @@ def evaluate(options: EvalOptions) -> dict:
     plot_comparison(figure_rows, out / "comparison.png")
     report["out"] = str(out)
     return report
-
-

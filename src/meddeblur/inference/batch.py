@@ -21,8 +21,9 @@ from meddeblur.models import SIZE_MULTIPLE
 
 
 @torch.no_grad()
-def deblur_tensor(model: nn.Module | TileFn, images: torch.Tensor, multiple: int = SIZE_MULTIPLE,
-                  amp: bool = False, channels_last: bool = False) -> torch.Tensor:
+def deblur_tensor(
+    model: nn.Module | TileFn, images: torch.Tensor, multiple: int = SIZE_MULTIPLE, amp: bool = False, channels_last: bool = False
+) -> torch.Tensor:
     """(N, 3, H, W) in [0, 1] → (N, 3, H, W) float32 in [0, 1], any H, W ≥ ``multiple``.
 
     ``model`` is a network or any callable on (N, 3, h, w) tensors (e.g. an ONNX Runtime session
@@ -36,18 +37,25 @@ def deblur_tensor(model: nn.Module | TileFn, images: torch.Tensor, multiple: int
     padded, (top, left) = pad_to_multiple(images, multiple)
     cuda = padded.device.type == "cuda"
     if channels_last and cuda and isinstance(model, nn.Module):
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit Module.to(memory_format=)
         padded = padded.contiguous(memory_format=torch.channels_last)
     if amp and cuda:
         with torch.autocast("cuda", dtype=torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16):
             output = model(padded).float()
     else:
         output = model(padded)
-    return output[..., top:top + height, left:left + width].clamp(0, 1)
+    return output[..., top : top + height, left : left + width].clamp(0, 1)
 
 
-def deblur_array(model: nn.Module | TileFn, rgb: np.ndarray, device: str | torch.device = "cpu", tile: int = 0,
-                 overlap: int = 128, multiple: int = SIZE_MULTIPLE, before_tile: Callable[[], None] | None = None) -> np.ndarray:
+def deblur_array(
+    model: nn.Module | TileFn,
+    rgb: np.ndarray,
+    device: str | torch.device = "cpu",
+    tile: int = 0,
+    overlap: int = 128,
+    multiple: int = SIZE_MULTIPLE,
+    before_tile: Callable[[], None] | None = None,
+) -> np.ndarray:
     """(H, W, 3) float in [0, 1] → deblurred (H, W, 3) float32.
 
     With ``tile``, an image whose longer side exceeds it is processed in overlapping,
@@ -56,8 +64,11 @@ def deblur_array(model: nn.Module | TileFn, rgb: np.ndarray, device: str | torch
     """
     tensor = torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32))[None].to(device)
     if tile and max(rgb.shape[:2]) > tile:
-        return deblur_tiled(model, tensor, tile=tile, overlap=overlap, multiple=multiple,
-                            before_tile=before_tile)[0].numpy().transpose(1, 2, 0)
+        return (
+            deblur_tiled(model, tensor, tile=tile, overlap=overlap, multiple=multiple, before_tile=before_tile)[0]
+            .numpy()
+            .transpose(1, 2, 0)
+        )
     if before_tile is not None:
         before_tile()
     return deblur_tensor(model, tensor, multiple=multiple)[0].cpu().numpy().transpose(1, 2, 0)

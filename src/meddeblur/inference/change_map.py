@@ -24,7 +24,15 @@ import numpy as np
 
 from meddeblur.io.formats import LoadedImage
 
-__all__ = ["CHANGE_MAP_OPERATION", "ChangeFigures", "ChangeMap", "change_between", "change_of", "change_map_path", "THRESHOLD_LEVELS"]
+__all__ = [
+    "CHANGE_MAP_OPERATION",
+    "ChangeFigures",
+    "ChangeMap",
+    "change_between",
+    "change_of",
+    "change_map_path",
+    "THRESHOLD_LEVELS",
+]
 
 #: The ``operation`` of a change map's provenance record.
 CHANGE_MAP_OPERATION = "change map"
@@ -35,8 +43,22 @@ THRESHOLD_LEVELS = 4
 #: so that maps of similar images share a scale and stay comparable across an archive.
 SCALES = (8, 16, 32, 64, 128, 255)
 #: matplotlib's "inferno" at 11 evenly spaced stops (perceptually uniform, readable in grey, safe for colour-blind readers).
-_INFERNO = np.array([(0, 0, 4), (22, 11, 57), (66, 10, 104), (106, 23, 110), (147, 38, 103), (188, 55, 84),
-                     (221, 81, 58), (243, 120, 25), (252, 165, 10), (246, 215, 70), (252, 255, 164)], np.float32)
+_INFERNO = np.array(
+    [
+        (0, 0, 4),
+        (22, 11, 57),
+        (66, 10, 104),
+        (106, 23, 110),
+        (147, 38, 103),
+        (188, 55, 84),
+        (221, 81, 58),
+        (243, 120, 25),
+        (252, 165, 10),
+        (246, 215, 70),
+        (252, 255, 164),
+    ],
+    np.float32,
+)
 _BAR_WIDTH = 70  # px of the colour-bar panel right of the map
 _MIN_HEIGHT = 128  # the panel needs room for its labels
 _PANEL = (32, 32, 32)
@@ -118,8 +140,11 @@ def change_between(before: np.ndarray, after: np.ndarray) -> ChangeMap:
         rows = slice(top, top + _ROWS)
         difference = new[rows].astype(np.float64) * new_scale - old[rows].astype(np.float64) * old_scale
         levels[rows] = np.abs(difference).max(axis=2)
-    figures = ChangeFigures(mean=round(float(levels.mean()), 4), max=round(float(levels.max()), 4),
-                            share_over_4=round(float((levels > THRESHOLD_LEVELS).mean()), 6))
+    figures = ChangeFigures(
+        mean=round(float(levels.mean()), 4),
+        max=round(float(levels.max()), 4),
+        share_over_4=round(float((levels > THRESHOLD_LEVELS).mean()), 6),
+    )
     return ChangeMap(levels, figures)
 
 
@@ -128,7 +153,7 @@ def _quantized(values: np.ndarray, bits: int) -> np.ndarray:
     if bits in (8, 16):
         maxval, dtype = (65535, np.uint16) if bits == 16 else (255, np.uint8)
         return np.round(np.clip(values, 0.0, 1.0) * maxval).astype(dtype)
-    maxval = 2 ** bits - 1  # e.g. a 12-bit DICOM
+    maxval = 2**bits - 1  # e.g. a 12-bit DICOM
     return (np.round(np.clip(values, 0.0, 1.0) * maxval) / maxval).astype(np.float32)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import torch
@@ -54,7 +54,7 @@ __all__ = ["Deblurrer", "deblur"]
 
 ENGINES = ("torch", "onnx")
 
-ImageLike = Union[np.ndarray, torch.Tensor]
+ImageLike = np.ndarray | torch.Tensor
 class Deblurrer:
     """A loaded model; call it on an image. Build it with :meth:`load`.
 
@@ -78,7 +78,7 @@ class Deblurrer:
 
     @classmethod
     def load(cls, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
-             overlap: int = 128) -> "Deblurrer":
+             overlap: int = 128) -> Deblurrer:
         """Load ``model`` once: None (the shipped model), a ``.safetensors`` file or a run folder; or an ``.onnx`` file.
 
         ``engine``: "torch" or "onnx" (ONNX Runtime on the CPU; a ``.onnx`` ``model`` implies it, other models
@@ -117,6 +117,10 @@ class Deblurrer:
     def __repr__(self) -> str:
         return f"Deblurrer(model_id={self.model_id!r}, engine={self.provenance.get('engine')!r}, device={str(self.device)!r}, tile={self.tile})"
 
+    @overload
+    def __call__(self, image: np.ndarray, psf: PsfLike | None = None, method: str | None = None) -> np.ndarray: ...
+    @overload
+    def __call__(self, image: torch.Tensor, psf: PsfLike | None = None, method: str | None = None) -> torch.Tensor: ...
     def __call__(self, image: ImageLike, psf: PsfLike | None = None, method: str | None = None) -> ImageLike:
         """Deblur ``image``; returns the same type, dtype, shape (and device) as given.
 
@@ -143,7 +147,7 @@ class Deblurrer:
             return self._array(image)
         raise refuse_image(image, "not a numpy array or torch tensor")
 
-    def with_psf(self, psf: PsfLike, method: str | None = None, **options: Any) -> "Deblurrer":
+    def with_psf(self, psf: PsfLike, method: str | None = None, **options: Any) -> Deblurrer:
         """A Deblurrer that restores every image with this known PSF; its :attr:`provenance` names the PSF and the method.
 
         ``method`` (:data:`meddeblur.restore.registry.METHODS`; None: :data:`~meddeblur.restore.registry.KNOWN_BLUR_DEFAULT`):
@@ -186,7 +190,7 @@ class Deblurrer:
             return make_record(_denoiser_id(), registry.get(name).label, "torch", parameters)
         return make_record(None, registry.get(name).label, None, parameters)
 
-    def with_estimated_psf(self, estimator: str | Path | None = None, method: str | None = None) -> "Deblurrer":
+    def with_estimated_psf(self, estimator: str | Path | None = None, method: str | None = None) -> Deblurrer:
         """A Deblurrer that estimates each image's PSF, restores with it, and checks the result (method ``"psf"``).
 
         See :mod:`meddeblur.inference.estimated_blur`: a sharp image comes back unchanged; a low-confidence estimate,
@@ -238,7 +242,7 @@ class Deblurrer:
         """True when this Deblurrer estimates each image's PSF (:meth:`with_estimated_psf`)."""
         return self._estimated is not None
 
-    def _psf_network(self) -> "Deblurrer":
+    def _psf_network(self) -> Deblurrer:
         """The Deblurrer whose network restores a known blur: this one, or the shipped kernel-conditioned model."""
         if self.config is None:
             raise psf_on_onnx("engine", "onnx")

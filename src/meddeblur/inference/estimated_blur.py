@@ -24,7 +24,7 @@ restorations (true PSF) and 41 % of deliberately wrong ones.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +48,7 @@ _NYQUIST = 0.5  # a delta's MTF50 (reported as None) counts as this in compariso
 
 # (H, W, 3) float in [0, 1], before_tile → (H, W, 3) float32: one of the Deblurrer's own restorations
 # (``before_tile`` is called before each forward pass, as Deblurrer.deblur_rgb calls it).
-Restore = Callable[[np.ndarray, Optional[Callable[[], None]]], np.ndarray]
+Restore = Callable[[np.ndarray, Callable[[], None] | None], np.ndarray]
 
 
 def _mtf50(estimate: BlurEstimate) -> float:
@@ -70,19 +70,30 @@ class EstimatedBlur:
     as the Deblurrer tiles); ``blind`` restores it with the blind network.
     """
 
-    def __init__(self, estimator: BlurEstimator, with_psf: Callable[[BlurEstimate], Restore], blind: Restore, cell: int = CELL) -> None:
+    def __init__(
+        self, estimator: BlurEstimator, with_psf: Callable[[BlurEstimate], Restore], blind: Restore, cell: int = CELL
+    ) -> None:
         self.estimator, self.with_psf, self.blind, self.cell = estimator, with_psf, blind, cell
 
     def parameters(self) -> dict[str, Any]:
         """The settings that shape the pixels, for provenance."""
-        return {"method": registry.ESTIMATED, "estimator_id": self.estimator.weights_id, "cell": self.cell, "none_confidence": NONE_CONFIDENCE,
-                "min_confidence": MIN_CONFIDENCE, "uniform": UNIFORM}
+        return {
+            "method": registry.ESTIMATED,
+            "estimator_id": self.estimator.weights_id,
+            "cell": self.cell,
+            "none_confidence": NONE_CONFIDENCE,
+            "min_confidence": MIN_CONFIDENCE,
+            "uniform": UNIFORM,
+        }
 
     def restore(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """(H, W, 3) float in [0, 1] → (restored (H, W, 3) float32, the ``restoration`` record)."""
         h, w = rgb.shape[:2]
         if min(h, w) < MIN_SIDE:
-            return self.blind(rgb, before_tile), {"result": "blind", "reason": f"the image is smaller than {MIN_SIDE} px: too small to estimate its blur"}
+            return self.blind(rgb, before_tile), {
+                "result": "blind",
+                "reason": f"the image is smaller than {MIN_SIDE} px: too small to estimate its blur",
+            }
         whole = self.estimator.estimate(rgb)
         record: dict[str, Any] = {"psf": whole.describe()}
         if whole.family == "none" or whole.psf.is_delta:
@@ -90,19 +101,31 @@ class EstimatedBlur:
                 return rgb.astype(np.float32), {**record, "result": "unchanged", "reason": "no blur found"}
             return self.blind(rgb, before_tile), {**record, "result": "blind", "reason": "no blur found, with low confidence"}
         if whole.confidence < MIN_CONFIDENCE:
-            return self.blind(rgb, before_tile), {**record, "result": "blind", "reason": f"blur estimate confidence {whole.confidence:.2f} < {MIN_CONFIDENCE}"}
+            return self.blind(rgb, before_tile), {
+                **record,
+                "result": "blind",
+                "reason": f"blur estimate confidence {whole.confidence:.2f} < {MIN_CONFIDENCE}",
+            }
         psf_map = estimate_psf_map(rgb, self.cell, self.estimator) if max(h, w) > 1.5 * self.cell else None
         if _uniform(whole, psf_map):
             restored = self.with_psf(whole)(rgb, before_tile)
             check = consistency(rgb, restored, whole.psf)
         else:
+            assert psf_map is not None  # no map: one PSF for the whole image, restored above
             record["psf_map"] = psf_map.describe()
             restored, check = self._by_cell(rgb, psf_map, before_tile)
         record["consistency"] = check.as_dict()
         if not check.passed:
-            return self.blind(rgb, before_tile), {**record, "result": "blind",
-                                     "reason": f"the restoration does not explain its input (residual ratio {check.ratio:.2f} > {LIMIT})"}
-        return restored, {**record, "result": "restored", "reason": "restored with the estimated PSF" + (" map" if "psf_map" in record else "")}
+            return self.blind(rgb, before_tile), {
+                **record,
+                "result": "blind",
+                "reason": f"the restoration does not explain its input (residual ratio {check.ratio:.2f} > {LIMIT})",
+            }
+        return restored, {
+            **record,
+            "result": "restored",
+            "reason": "restored with the estimated PSF" + (" map" if "psf_map" in record else ""),
+        }
 
     def _by_cell(self, rgb: np.ndarray, psf_map: PsfMap, before_tile: Callable[[], None] | None):
         h, w = rgb.shape[:2]
@@ -113,10 +136,17 @@ class EstimatedBlur:
             for (c0, c1), estimate in zip(psf_map.cols, line):
                 top, bottom, left, right = max(0, r0 - MARGIN), min(h, r1 + MARGIN), max(0, c0 - MARGIN), min(w, c1 + MARGIN)
                 window = rgb[top:bottom, left:right]
-                restored = window.astype(np.float32) if estimate.family == "none" or estimate.psf.is_delta else self.with_psf(estimate)(window, before_tile)
+                restored = (
+                    window.astype(np.float32)
+                    if estimate.family == "none" or estimate.psf.is_delta
+                    else self.with_psf(estimate)(window, before_tile)
+                )
                 check = consistency(window, restored, estimate.psf)
                 worst = check if worst is None or check.ratio > worst.ratio else worst
-                weight = (blend_weights(h, top, bottom - top, MARGIN).numpy()[:, None] * blend_weights(w, left, right - left, MARGIN).numpy()[None, :])
+                weight = (
+                    blend_weights(h, top, bottom - top, MARGIN).numpy()[:, None]
+                    * blend_weights(w, left, right - left, MARGIN).numpy()[None, :]
+                )
                 total[top:bottom, left:right] += restored * weight[..., None]
                 weights[top:bottom, left:right] += weight[..., None]
         return (total / weights).astype(np.float32), worst

@@ -20,8 +20,10 @@ def describe_image(image: object) -> str:
     return type(image).__name__
 
 
-ACCEPTED = ("numpy (H, W) or (H, W, C) with C in 1/3/4, uint8, uint16 or float in [0, 1]; torch float (C, H, W) or (N, C, H, W) "
-            "in [0, 1]; H, W >= 16")
+ACCEPTED = (
+    "numpy (H, W) or (H, W, C) with C in 1/3/4, uint8, uint16 or float in [0, 1]; torch float (C, H, W) or (N, C, H, W) "
+    "in [0, 1]; H, W >= 16"
+)
 
 
 def refuse_image(image: object, why: str) -> ValueError:
@@ -40,12 +42,16 @@ def check_tensor(tensor: torch.Tensor, name: str = "image", accepted: str = ACCE
     """
     if not tensor.is_floating_point():
         top = {torch.uint8: 255, torch.uint16: 65535}.get(tensor.dtype) if target == "[0, 1]" else None
-        raise ValueError(f"{name}: integer tensors are refused; convert it to float in {target} first ({name}.float()"
-                         f"{f' / {top}' if top else ', scaled'}); got {describe_image(tensor)}. Accepted: {accepted}")
+        raise ValueError(
+            f"{name}: integer tensors are refused; convert it to float in {target} first ({name}.float()"
+            f"{f' / {top}' if top else ', scaled'}); got {describe_image(tensor)}. Accepted: {accepted}"
+        )
     if tensor.requires_grad:
-        raise ValueError(f"{name}: requires gradients, and deblurring here is inference only (its result would be cut from the "
-                         f"graph); pass {name}.detach(), or for a differentiable path use the network itself: "
-                         "meddeblur.models.load_model() returns it as an nn.Module")
+        raise ValueError(
+            f"{name}: requires gradients, and deblurring here is inference only (its result would be cut from the "
+            f"graph); pass {name}.detach(), or for a differentiable path use the network itself: "
+            "meddeblur.models.load_model() returns it as an nn.Module"
+        )
 
 
 def check_float_range(image: object, low: float, high: float, finite: bool) -> None:

@@ -21,8 +21,8 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -72,21 +72,39 @@ def export_onnx(model: str | Path | None, out: str | os.PathLike[str], opset: in
     dims = {0: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC, 3: torch.export.Dim.DYNAMIC}
     try:
         with _quiet_export():
-            program = torch.onnx.export(network, (example,), None, dynamo=True, opset_version=opset, input_names=[_INPUT],
-                                        output_names=[_OUTPUT], dynamic_shapes=(dims,), verbose=False)
+            program = torch.onnx.export(
+                network,
+                (example,),
+                None,
+                dynamo=True,
+                opset_version=opset,
+                input_names=[_INPUT],
+                output_names=[_OUTPUT],
+                dynamic_shapes=(dims,),
+                verbose=False,
+            )
+            assert program is not None  # dynamo=True returns the program
             program.optimize()
             proto = program.model_proto
     except Exception as exc:
         detail = " ".join(str(exc).split())[:160]
-        raise UserError(f"opset={opset}: the ONNX export failed ({type(exc).__name__}: {detail}); try opset={DEFAULT_OPSET}") from None
+        raise UserError(
+            f"opset={opset}: the ONNX export failed ({type(exc).__name__}: {detail}); try opset={DEFAULT_OPSET}"
+        ) from None
     written = next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
     if written != opset:
         # The exporter falls back to its own opset (with only a logged warning) when it cannot convert.
-        raise UserError(f"opset={opset}: the ONNX exporter wrote opset {written} instead (it converts only to opsets it "
-                        f"supports, {DEFAULT_OPSET} and up); try opset={DEFAULT_OPSET}")
-    metadata = {"meddeblur_version": __version__, "meddeblur_config": json.dumps(asdict(config)),
-                "meddeblur_weights_id": weights_id(weights), "meddeblur_size_multiple": str(multiple),
-                "meddeblur_source": Path(weights).name}
+        raise UserError(
+            f"opset={opset}: the ONNX exporter wrote opset {written} instead (it converts only to opsets it "
+            f"supports, {DEFAULT_OPSET} and up); try opset={DEFAULT_OPSET}"
+        )
+    metadata = {
+        "meddeblur_version": __version__,
+        "meddeblur_config": json.dumps(asdict(config)),
+        "meddeblur_weights_id": weights_id(weights),
+        "meddeblur_size_multiple": str(multiple),
+        "meddeblur_source": Path(weights).name,
+    }
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -118,21 +136,30 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:
             detail = " ".join(str(exc).split())[:120]
-            raise CorruptFile(f"{self.path}: not a loadable ONNX model ({detail}); export one with meddeblur export", value=self.path) from None
+            raise CorruptFile(
+                f"{self.path}: not a loadable ONNX model ({detail}); export one with meddeblur export", value=self.path
+            ) from None
         meta = self.session.get_modelmeta().custom_metadata_map
         missing = [key for key in _META if key not in meta]
         if missing:
-            raise UnsupportedFormat(f"{self.path}: ONNX model without meddeblur metadata ({missing[0]}); export it with meddeblur export", value=self.path)
+            raise UnsupportedFormat(
+                f"{self.path}: ONNX model without meddeblur metadata ({missing[0]}); export it with meddeblur export",
+                value=self.path,
+            )
         try:
             self.config = json.loads(meta["meddeblur_config"])
             self.size_multiple = int(meta["meddeblur_size_multiple"])
         except (ValueError, TypeError):
-            raise CorruptFile(f"{self.path}: ONNX model with damaged meddeblur metadata; export it again with meddeblur export", value=self.path) from None
+            raise CorruptFile(
+                f"{self.path}: ONNX model with damaged meddeblur metadata; export it again with meddeblur export", value=self.path
+            ) from None
         self.weights_id = meta["meddeblur_weights_id"]
         self.metadata = dict(meta)
         inputs = self.session.get_inputs()
         if len(inputs) != 1 or len(inputs[0].shape) != 4:
-            raise UnsupportedFormat(f"{self.path}: ONNX model does not take one (N, C, H, W) image; export it with meddeblur export", value=self.path)
+            raise UnsupportedFormat(
+                f"{self.path}: ONNX model does not take one (N, C, H, W) image; export it with meddeblur export", value=self.path
+            )
         self._input, self._output = inputs[0].name, self.session.get_outputs()[0].name
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

@@ -42,5 +42,9 @@ class Tiling:
 
     def __post_init__(self) -> None:
         if self.tile < 0 or (self.tile and (self.tile < 32 or not 0 <= self.overlap < self.tile // 2)):
-            raise InvalidOption(f"tile={self.tile}, overlap={self.overlap}: use a tile of at least 32 px (or 0: no tiling) and an "
-                                "overlap from 0 to below half the tile", value=(self.tile, self.overlap), option="tile")
+            raise InvalidOption(
+                f"tile={self.tile}, overlap={self.overlap}: use a tile of at least 32 px (or 0: no tiling) and an "
+                "overlap from 0 to below half the tile",
+                value=(self.tile, self.overlap),
+                option="tile",
+            )

@@ -31,7 +31,7 @@ trained width-8 Attention U-Net (60 epochs) on two 1022×767 ISIC images, tile 5
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -59,9 +59,9 @@ def blend_weights(length: int, start: int, size: int, ramp: int) -> torch.Tensor
         return weights
     taper = torch.exp(-0.5 * ((ramp - torch.arange(min(ramp, size), dtype=torch.float64)) / (ramp / 6)) ** 2)
     if start > 0:
-        weights[:taper.numel()] *= taper
+        weights[: taper.numel()] *= taper
     if start + size < length:
-        weights[size - taper.numel():] *= taper.flip(0)
+        weights[size - taper.numel() :] *= taper.flip(0)
     return weights
 
 
@@ -84,8 +84,15 @@ def pad_to_multiple(images: torch.Tensor, multiple: int) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def deblur_tiled(model: nn.Module | TileFn, image: torch.Tensor, tile: int = 512, overlap: int | float = 128,
-                 multiple: int = 16, batch: int = 1, before_tile: Callable[[], None] | None = None) -> torch.Tensor:
+def deblur_tiled(
+    model: nn.Module | TileFn,
+    image: torch.Tensor,
+    tile: int = 512,
+    overlap: int | float = 128,
+    multiple: int = 16,
+    batch: int = 1,
+    before_tile: Callable[[], None] | None = None,
+) -> torch.Tensor:
     """(N, C, H, W) in [0, 1] → (N, C, H, W) float32 on the CPU, clamped to [0, 1]; H, W ≥ ``multiple``.
 
     ``tile``: window side (rounded up to a multiple of ``multiple``); ``overlap``: pixels, or
@@ -116,7 +123,7 @@ def deblur_tiled(model: nn.Module | TileFn, image: torch.Tensor, tile: int = 512
     if full_h <= tile and full_w <= tile:
         if before_tile is not None:
             before_tile()
-        return model(padded.to(device))[..., top:top + height, left:left + width].float().cpu().clamp_(0, 1)
+        return model(padded.to(device))[..., top : top + height, left : left + width].float().cpu().clamp_(0, 1)
 
     th, tw = min(tile, full_h), min(tile, full_w)
     corners = [(y, x) for y in tile_starts(full_h, th, overlap, multiple) for x in tile_starts(full_w, tw, overlap, multiple)]
@@ -125,17 +132,18 @@ def deblur_tiled(model: nn.Module | TileFn, image: torch.Tensor, tile: int = 512
         canvas: torch.Tensor | None = None  # allocated at the first result: the model decides its channels
         weights = torch.zeros(full_h, full_w)
         for first in range(0, len(corners), batch):
-            group = corners[first:first + batch]
+            group = corners[first : first + batch]
             if before_tile is not None:
                 before_tile()
-            tiles = torch.stack([padded[index, :, y:y + th, x:x + tw] for y, x in group]).to(device)
+            tiles = torch.stack([padded[index, :, y : y + th, x : x + tw] for y, x in group]).to(device)
             result = model(tiles).float().cpu()
             if canvas is None:
                 canvas = torch.zeros(1, result.shape[1], full_h, full_w)
             for (y, x), out in zip(group, result):
                 window = torch.outer(blend_weights(full_h, y, th, overlap), blend_weights(full_w, x, tw, overlap)).float()
-                canvas[0, :, y:y + th, x:x + tw].addcmul_(out, window)
-                weights[y:y + th, x:x + tw] += window
-        canvas = canvas[..., top:top + height, left:left + width]
-        outputs.append(canvas.div_(weights[top:top + height, left:left + width]).clamp_(0, 1))
+                canvas[0, :, y : y + th, x : x + tw].addcmul_(out, window)
+                weights[y : y + th, x : x + tw] += window
+        assert canvas is not None  # at least one tile was run
+        canvas = canvas[..., top : top + height, left : left + width]
+        outputs.append(canvas.div_(weights[top : top + height, left : left + width]).clamp_(0, 1))
     return torch.cat(outputs) if n > 1 else outputs[0]

@@ -13,12 +13,13 @@ import os
 import struct
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import cv2
 import numpy as np
-from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
+from PIL import BmpImagePlugin, Image, ImageFile, JpegImagePlugin, PngImagePlugin, TiffImagePlugin
 
 from meddeblur.errors import CorruptImage, EmptyFile, InvalidOption, TooLarge, UnsupportedFormat, UserError
 from meddeblur.files import open_regular, read_whole
@@ -36,7 +37,7 @@ _GRAY16_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 _HEAD_BYTES = 132  # enough for the DICOM marker at offset 128
 
 
-def _rawmode(im: Image.Image) -> str:
+def _rawmode(im: ImageFile.ImageFile) -> str:
     """The decoder's raw mode, which is the only place Pillow reveals 16-bit RGB(A) files."""
     if not im.tile:
         return ""
@@ -61,8 +62,20 @@ def _open_header(f: IO[bytes], filename: str) -> Image.Image | None:
         f.seek(0)
         try:
             return factory(f, filename)
-        except (SyntaxError, IndexError, TypeError, ValueError, KeyError, EOFError, OSError, struct.error,
-                ZeroDivisionError, OverflowError, MemoryError, RecursionError):
+        except (
+            SyntaxError,
+            IndexError,
+            TypeError,
+            ValueError,
+            KeyError,
+            EOFError,
+            OSError,
+            struct.error,
+            ZeroDivisionError,
+            OverflowError,
+            MemoryError,
+            RecursionError,
+        ):
             continue
     return None
 
@@ -91,8 +104,11 @@ def _split(arr: np.ndarray, maxval: float, path: Path | None = None) -> tuple[np
     Values outside ``0..maxval`` are refused, never clipped: clipping would change pixel values silently.
     """
     if arr.size and (arr.min() < 0 or arr.max() > maxval):
-        raise CorruptImage(f"{path}: pixel values {arr.min()}..{arr.max()} lie outside the 0..{maxval:g} range of a "
-                        f"{'16' if maxval > 255 else '8'}-bit image, which would be clipped; export it as unsigned 8- or 16-bit", value=path)
+        raise CorruptImage(
+            f"{path}: pixel values {arr.min()}..{arr.max()} lie outside the 0..{maxval:g} range of a "
+            f"{'16' if maxval > 255 else '8'}-bit image, which would be clipped; export it as unsigned 8- or 16-bit",
+            value=path,
+        )
     x = arr.astype(np.float32) / np.float32(maxval)
     if x.ndim == 2:
         x = x[:, :, None]
@@ -173,11 +189,14 @@ def read_image(path: str | os.PathLike[str] | IO[bytes], min_size: int = 16, max
             raise InvalidOption(f"{name}={value!r}: must be a positive whole number", value=value, option=name)
     limit = 8 * max_pixels + _SLACK_BYTES
     if hasattr(path, "read") and not isinstance(path, (str, os.PathLike)):
-        name = _stream_name(path)
-        return _read_open(name, _io.BytesIO(_read_stream(path, name, limit)), min_size, max_pixels)
+        stream_name = _stream_name(path)
+        return _read_open(stream_name, _io.BytesIO(_read_stream(path, stream_name, limit)), min_size, max_pixels)
     if not isinstance(path, (str, os.PathLike)):
-        raise InvalidOption(f"path: expected a file path or a binary file object (with read()), got {type(path).__name__}",
-                            value=path, option="path")
+        raise InvalidOption(
+            f"path: expected a file path or a binary file object (with read()), got {type(path).__name__}",
+            value=path,
+            option="path",
+        )
     path = Path(path)
     with open_regular(path) as f:
         data = read_whole(path, f, limit)
@@ -198,7 +217,9 @@ def _read_stream(stream: IO[bytes], name: Path, limit: int) -> bytes:
         while size <= limit:
             chunk = stream.read(limit + 1 - size)
             if isinstance(chunk, str):
-                raise InvalidOption(f"{name}: a text stream, not bytes; open the file in binary mode ('rb')", value=name, option="path")
+                raise InvalidOption(
+                    f"{name}: a text stream, not bytes; open the file in binary mode ('rb')", value=name, option="path"
+                )
             if not chunk:  # b"" at the end (None: a non-blocking stream with nothing ready, taken as the end)
                 break
             chunks.append(bytes(chunk))
@@ -206,11 +227,16 @@ def _read_stream(stream: IO[bytes], name: Path, limit: int) -> bytes:
     except (OSError, ValueError) as exc:  # a stream opened for writing, a closed file, a failing disk
         if isinstance(exc, UserError):
             raise
-        raise UserError(f"{name}: cannot read ({getattr(exc, 'strerror', None) or exc}); pass a binary file object open for "
-                        "reading", value=name) from None
+        raise UserError(
+            f"{name}: cannot read ({getattr(exc, 'strerror', None) or exc}); pass a binary file object open for reading",
+            value=name,
+        ) from None
     if size > limit:
-        raise TooLarge(f"{name}: more than {limit:,} bytes, more than an image within this tool's pixel limit holds; downscale or "
-                       "tile it, or export it alone (one page)", value=name)
+        raise TooLarge(
+            f"{name}: more than {limit:,} bytes, more than an image within this tool's pixel limit holds; downscale or "
+            "tile it, or export it alone (one page)",
+            value=name,
+        )
     return b"".join(chunks)
 
 
@@ -252,36 +278,43 @@ def _read_open(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> Load
         if opened is None:
             kind = unsupported_kind(head)
             if kind is not None:
-                raise UnsupportedFormat(f"{path}: is {kind}, which meddeblur does not read; convert it to PNG or TIFF", value=path)
+                raise UnsupportedFormat(
+                    f"{path}: is {kind}, which meddeblur does not read; convert it to PNG or TIFF", value=path
+                )
             if head.startswith(SIGNATURES):
                 # e.g. a TIFF cut short loses the directory at its end, so Pillow cannot identify it.
                 raise CorruptImage(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it", value=path)
-            raise UnsupportedFormat(f"{path}: not a readable image (PNG/JPEG/TIFF/BMP/DICOM expected); convert it or remove it", value=path)
+            raise UnsupportedFormat(
+                f"{path}: not a readable image (PNG/JPEG/TIFF/BMP/DICOM expected); convert it or remove it", value=path
+            )
         with opened as im:
             return _decode(path, f, im, min_size, max_pixels)
 
 
-def _decode(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels: int) -> LoadedImage:
+def _decode(path: Path, f: IO[bytes], im: ImageFile.ImageFile, min_size: int, max_pixels: int) -> LoadedImage:
     image = _decode_pixels(path, f, im, min_size, max_pixels)
     if image.format == "PNG":
         image.png_colour = png_colour_chunks(f)
     return image
 
 
-def _decode_pixels(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max_pixels: int) -> LoadedImage:
+def _decode_pixels(path: Path, f: IO[bytes], im: ImageFile.ImageFile, min_size: int, max_pixels: int) -> LoadedImage:
     # Cameras write multi-picture JPEGs, which Pillow's JPEG opener reports as MPO.
     fmt = "JPEG" if im.format == "MPO" else str(im.format)
     width, height = im.size
     check_size(path, width, height, min_size, max_pixels)
     try:
         mode, rawmode = im.mode, _rawmode(im)
-        if fmt == "TIFF" and needs_tifffile(im):
+        if fmt == "TIFF" and isinstance(im, TiffImagePlugin.TiffImageFile) and needs_tifffile(im):  # a TIFF is a TiffImageFile
             arr, maxval, grayscale, depth = decode_tiff(path, f)
             # The pixels are decoded by tifffile; Pillow's header still gives orientation and ICC profile.
             return _finish(path, im, fmt, arr, maxval, grayscale, depth)
         if mode == "F":
-            raise UnsupportedFormat(f"{path}: 32-bit floating-point images are not supported (no fixed value range to map back "
-                            "to); export as 8- or 16-bit unsigned integers", value=path)
+            raise UnsupportedFormat(
+                f"{path}: 32-bit floating-point images are not supported (no fixed value range to map back "
+                "to); export as 8- or 16-bit unsigned integers",
+                value=path,
+            )
         # The header only was parsed so far; a truncated or corrupt body fails here.
         im.load()
         if mode in _GRAY16_MODES:
@@ -290,16 +323,19 @@ def _decode_pixels(path: Path, f: IO[bytes], im: Image.Image, min_size: int, max
             converted = _to_8bit_mode(im)
             return _finish(path, im, fmt, np.asarray(converted), 255.0, converted.mode in ("L", "LA"), 8)
         f.seek(0)
-        arr = _decode_16bit_cv2(f.read())
-        if arr is None or arr.shape[:2] != (height, width):
+        pixels = _decode_16bit_cv2(f.read())
+        if pixels is None or pixels.shape[:2] != (height, width):
             raise CorruptImage(f"{path}: cannot decode 16-bit image (truncated or corrupt); re-export or remove it", value=path)
         # Pillow reports 16-bit grey+alpha PNGs as RGBA; the raw mode still says LA.
-        return _finish(path, im, fmt, arr, 65535.0, rawmode.startswith(("LA", "L;")), 16)
+        return _finish(path, im, fmt, pixels, 65535.0, rawmode.startswith(("LA", "L;")), 16)
     except UserError:
         raise
     except MemoryError:
-        raise CorruptImage(f"{path}: ran out of memory decoding this {width}x{height} image (corrupt, or too large for this "
-                        "machine); re-export or downscale it", value=path) from None
+        raise CorruptImage(
+            f"{path}: ran out of memory decoding this {width}x{height} image (corrupt, or too large for this "
+            "machine); re-export or downscale it",
+            value=path,
+        ) from None
     except Exception:  # Pillow raises OSError, SyntaxError, ValueError, zlib/struct errors...
         raise CorruptImage(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it", value=path) from None
 
@@ -325,8 +361,17 @@ def orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(turn(arr)) if turn else arr
 
 
-def _finish(path: Path, im: Image.Image | None, fmt: str, arr: np.ndarray, maxval: float, grayscale: bool, depth: int,
-            orientation: int = 1, icc: bytes | None = None) -> LoadedImage:
+def _finish(
+    path: Path,
+    im: Image.Image | None,
+    fmt: str,
+    arr: np.ndarray,
+    maxval: float,
+    grayscale: bool,
+    depth: int,
+    orientation: int = 1,
+    icc: bytes | None = None,
+) -> LoadedImage:
     """Integer pixels (H, W[, C]) → LoadedImage: tRNS colour key as alpha, orientation applied, ICC profile kept.
 
     With a Pillow image ``im``, orientation and ICC profile come from it; else from the arguments.

@@ -37,8 +37,16 @@ def _as_numpy(image: Any) -> np.ndarray:
     return tensor.permute(1, 2, 0).numpy()
 
 
-def write_derived(path: str | os.PathLike[str], image: Any, provenance: dict[str, Any], source: str | os.PathLike[str] | None = None, *,
-                  format: str | None = None, jpeg_quality: int = 95, overwrite: bool = False) -> Path:
+def write_derived(
+    path: str | os.PathLike[str],
+    image: Any,
+    provenance: dict[str, Any],
+    source: str | os.PathLike[str] | None = None,
+    *,
+    format: str | None = None,
+    jpeg_quality: int = 95,
+    overwrite: bool = False,
+) -> Path:
     """Write ``image`` (numpy (H, W[, C]) uint8, uint16 or float in [0, 1], or a torch (C, H, W) tensor) to ``path``
     with ``provenance``; returns the path.
 
@@ -63,7 +71,9 @@ def write_derived(path: str | os.PathLike[str], image: Any, provenance: dict[str
     options: dict[str, Any] = {}
     if original is not None:
         options = _like(array, original)
-    return write_image(path, array, format=fmt.name, jpeg_quality=jpeg_quality, provenance=provenance, metadata_from=original, **options)
+    return write_image(
+        path, array, format=fmt.name, jpeg_quality=jpeg_quality, provenance=provenance, metadata_from=original, **options
+    )
 
 
 def _like(array: np.ndarray, original: LoadedImage) -> dict[str, Any]:
@@ -79,12 +89,17 @@ def _like(array: np.ndarray, original: LoadedImage) -> dict[str, Any]:
     return options
 
 
-def _write_dicom(path: Path, array: np.ndarray, provenance: dict[str, Any], original: LoadedImage | None, overwrite: bool) -> Path:
+def _write_dicom(
+    path: Path, array: np.ndarray, provenance: dict[str, Any], original: LoadedImage | None, overwrite: bool
+) -> Path:
     from meddeblur.io.dicom import write_dicom
 
     if original is None or original.format != "DICOM":
-        raise UserError(f"{path}: a DICOM is written only as a derived instance of a DICOM source; pass source= the .dcm "
-                        "it was read from, or write another format", value=path)
+        raise UserError(
+            f"{path}: a DICOM is written only as a derived instance of a DICOM source; pass source= the .dcm "
+            "it was read from, or write another format",
+            value=path,
+        )
     check_replaceable(path, overwrite, "path")
     x = unit_float(array, "image")
     if x.ndim == 3 and x.shape[2] in (2, 4):

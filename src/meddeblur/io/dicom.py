@@ -25,10 +25,11 @@ import copy
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import numpy as np
 
@@ -45,7 +46,9 @@ _PROVENANCE_ELEMENT = 0x01
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422")
 _PROCESSING_EQUIPMENT = ("109102", "DCM", "Processing Equipment")
-_CODEC_HINT = "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pyjpegls, or convert it to uncompressed (e.g. gdcmconv --raw)"
+_CODEC_HINT = (
+    "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pyjpegls, or convert it to uncompressed (e.g. gdcmconv --raw)"
+)
 
 
 @dataclass
@@ -114,15 +117,27 @@ def _decode_pixels(path: Path, ds: Any) -> np.ndarray:
         except (NotImplementedError, ValueError):
             available = False
         if not available:
-            raise UnsupportedFormat(f"{path}: DICOM compressed as {syntax.name}, which this installation cannot decode; {_CODEC_HINT}", value=path) from None
-    raise CorruptImage(f"{path}: cannot decode DICOM pixel data (truncated or corrupt); re-export or remove it", value=path) from None
+            raise UnsupportedFormat(
+                f"{path}: DICOM compressed as {syntax.name}, which this installation cannot decode; {_CODEC_HINT}", value=path
+            ) from None
+    raise CorruptImage(
+        f"{path}: cannot decode DICOM pixel data (truncated or corrupt); re-export or remove it", value=path
+    ) from None
 
 
 def _lossless_syntaxes() -> set[str]:
     import pydicom.uid
 
-    names = ("RLELossless", "JPEGLosslessP14", "JPEGLosslessSV1", "JPEGLSLossless", "JPEG2000Lossless", "HTJ2KLossless",
-             "HTJ2KLosslessRPCL", "JPEGXLLossless")
+    names = (
+        "RLELossless",
+        "JPEGLosslessP14",
+        "JPEGLosslessSV1",
+        "JPEGLSLossless",
+        "JPEG2000Lossless",
+        "HTJ2KLossless",
+        "HTJ2KLosslessRPCL",
+        "JPEGXLLossless",
+    )
     return {str(getattr(pydicom.uid, name)) for name in names if hasattr(pydicom.uid, name)}
 
 
@@ -135,17 +150,20 @@ def _within_bits_stored(path: Path, arr: np.ndarray, stored: int, allocated: int
     """
     if stored >= allocated or not arr.size:
         return arr
-    raw = arr.astype(np.int64) & (2 ** allocated - 1)  # the allocated bits as stored
-    low, high = raw & (2 ** stored - 1), raw >> stored
+    raw = arr.astype(np.int64) & (2**allocated - 1)  # the allocated bits as stored
+    low, high = raw & (2**stored - 1), raw >> stored
     sign = (low >> (stored - 1)) & 1 if signed else np.zeros_like(low)
     allowed = high == 0
     if signed and (high != 0).any():  # a writer that extends the sign: the high bits must all equal it
         allowed = np.where(sign == 1, high == 2 ** (allocated - stored) - 1, high == 0)
     if not allowed.all():
         bad = int(arr[~allowed].flat[0])
-        limits = f"{-(2 ** (stored - 1))}..{2 ** (stored - 1) - 1}" if signed else f"0..{2 ** stored - 1}"
-        raise CorruptImage(f"{path}: DICOM pixel value {bad} lies outside the {limits} that BitsStored {stored} allows; it would "
-                           f"be cut to {stored} bits, so re-export it with BitsStored matching the data", value=path)
+        limits = f"{-(2 ** (stored - 1))}..{2 ** (stored - 1) - 1}" if signed else f"0..{2**stored - 1}"
+        raise CorruptImage(
+            f"{path}: DICOM pixel value {bad} lies outside the {limits} that BitsStored {stored} allows; it would "
+            f"be cut to {stored} bits, so re-export it with BitsStored matching the data",
+            value=path,
+        )
     return low - (sign << stored) if signed else low
 
 
@@ -155,7 +173,10 @@ def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> Load
     with _quiet():
         ds = _read_dataset(path, f)
         if "PixelData" not in ds:
-            raise UnsupportedFormat(f"{path}: DICOM file holds no (integer) Pixel Data, e.g. a report or float image; give an image instance", value=path)
+            raise UnsupportedFormat(
+                f"{path}: DICOM file holds no (integer) Pixel Data, e.g. a report or float image; give an image instance",
+                value=path,
+            )
         try:
             rows, cols = _int(ds, "Rows"), _int(ds, "Columns")
             frames = _int(ds, "NumberOfFrames", 1)
@@ -164,30 +185,48 @@ def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> Load
             stored = _int(ds, "BitsStored", allocated)
             signed = _int(ds, "PixelRepresentation", 0) == 1
         except ValueError as exc:
-            raise CorruptImage(f"{path}: DICOM image tag {exc} missing or invalid (corrupt file); re-export or remove it", value=path) from None
+            raise CorruptImage(
+                f"{path}: DICOM image tag {exc} missing or invalid (corrupt file); re-export or remove it", value=path
+            ) from None
         photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
         if cols < min_size or rows < min_size:
             raise TooSmall(f"{path}: image is {cols}x{rows}, smaller than {min_size} px; use a larger image", value=path)
         if rows * cols > max_pixels:
-            raise TooLarge(f"{path}: image is {cols}x{rows} ({rows * cols:,} pixels), more than the {max_pixels:,} "
-                            "this tool decodes; downscale or tile it first", value=path)
+            raise TooLarge(
+                f"{path}: image is {cols}x{rows} ({rows * cols:,} pixels), more than the {max_pixels:,} "
+                "this tool decodes; downscale or tile it first",
+                value=path,
+            )
         if frames != 1:
-            raise UnsupportedFormat(f"{path}: multi-frame DICOM ({frames} frames) is not supported; export the frames as single images", value=path)
+            raise UnsupportedFormat(
+                f"{path}: multi-frame DICOM ({frames} frames) is not supported; export the frames as single images", value=path
+            )
         if allocated not in (8, 16):
-            raise UnsupportedFormat(f"{path}: DICOM with {allocated} bits allocated per pixel is not supported (8 and 16 are); "
-                            "convert it to 8 or 16 bits allocated", value=path)
+            raise UnsupportedFormat(
+                f"{path}: DICOM with {allocated} bits allocated per pixel is not supported (8 and 16 are); "
+                "convert it to 8 or 16 bits allocated",
+                value=path,
+            )
         if not 1 <= stored <= allocated:
-            raise CorruptImage(f"{path}: DICOM header is inconsistent: BitsStored {stored} does not fit in BitsAllocated {allocated} "
-                            "(corrupt or mis-written file); re-export it from the source system", value=path)
+            raise CorruptImage(
+                f"{path}: DICOM header is inconsistent: BitsStored {stored} does not fit in BitsAllocated {allocated} "
+                "(corrupt or mis-written file); re-export it from the source system",
+                value=path,
+            )
         if not ((samples == 1 and photometric in _MONOCHROME) or (samples == 3 and photometric in _COLOUR)):
-            raise UnsupportedFormat(f"{path}: DICOM photometric interpretation {photometric or '(none)'} with {samples} sample(s) "
-                            "is not supported (MONOCHROME1/2, RGB, YBR_FULL are); convert it to RGB", value=path)
+            raise UnsupportedFormat(
+                f"{path}: DICOM photometric interpretation {photometric or '(none)'} with {samples} sample(s) "
+                "is not supported (MONOCHROME1/2, RGB, YBR_FULL are); convert it to RGB",
+                value=path,
+            )
         arr = _decode_pixels(path, ds)
     expected = (rows, cols) if samples == 1 else (rows, cols, 3)
     if arr.shape != expected:
-        raise CorruptImage(f"{path}: cannot decode DICOM (pixel data does not match Rows/Columns); re-export or remove it", value=path)
+        raise CorruptImage(
+            f"{path}: cannot decode DICOM (pixel data does not match Rows/Columns); re-export or remove it", value=path
+        )
     arr = _within_bits_stored(path, arr, stored, allocated, signed)
-    maxval = float(2 ** stored - 1)
+    maxval = float(2**stored - 1)
     values = arr.astype(np.float32)
     if signed:
         values += np.float32(2 ** (stored - 1))
@@ -196,9 +235,12 @@ def read_dicom(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> Load
         rgb = np.repeat(rgb[:, :, None], 3, axis=2)
     syntax = ds.file_meta.get("TransferSyntaxUID")
     lossy = str(ds.get("LossyImageCompression", "00")).strip() == "01" or bool(
-        syntax is not None and syntax.is_compressed and syntax not in _lossless_syntaxes())
+        syntax is not None and syntax.is_compressed and syntax not in _lossless_syntaxes()
+    )
     source = DicomSource(ds, stored, signed, photometric if samples == 1 else "RGB", lossy)
-    return LoadedImage(np.ascontiguousarray(rgb, dtype=np.float32), None, samples == 1, 8 if allocated == 8 else 16, "DICOM", path, source)
+    return LoadedImage(
+        np.ascontiguousarray(rgb, dtype=np.float32), None, samples == 1, 8 if allocated == 8 else 16, "DICOM", path, source
+    )
 
 
 def _derived_dataset(source: DicomSource, pixels: np.ndarray, record: dict[str, Any]) -> Any:
@@ -255,7 +297,7 @@ def write_dicom(path: str | os.PathLike[str], rgb: np.ndarray, source: DicomSour
     """Write ``rgb`` ((H, W, 3) float in [0, 1]) as a derived instance of ``source``, atomically."""
     require("pydicom", f"{path}: writing a DICOM file")
     path = Path(path)
-    maxval = 2 ** source.bits_stored - 1
+    maxval = 2**source.bits_stored - 1
     x = np.nan_to_num(np.asarray(rgb, dtype=np.float32), nan=0.0, posinf=1.0, neginf=0.0)
     if source.photometric in _MONOCHROME:
         x = x.mean(axis=2) if x.ndim == 3 else x
@@ -282,7 +324,9 @@ def read_dicom_provenance(path: str | os.PathLike[str]) -> dict[str, Any] | None
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True)
         except Exception:
-            raise CorruptImage(f"{path}: cannot read DICOM header (truncated or corrupt); re-export or remove it", value=path) from None
+            raise CorruptImage(
+                f"{path}: cannot read DICOM header (truncated or corrupt); re-export or remove it", value=path
+            ) from None
         try:
             text = ds.private_block(_PRIVATE_GROUP, TOOL)[_PROVENANCE_ELEMENT].value
             record = json.loads(text)

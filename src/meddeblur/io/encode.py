@@ -111,8 +111,16 @@ def encode_image(
     return embed(data, fmt.name, with_losses(provenance, losses)) if provenance is not None else data
 
 
-def _encoded(rgb: Any, fmt_name: str, alpha: Any, grayscale: bool | None, bit_depth: int | None, jpeg_quality: int,
-             icc: bytes | None, png_colour: Sequence[tuple[bytes, bytes]]) -> tuple[bytes, list[str]]:
+def _encoded(
+    rgb: Any,
+    fmt_name: str,
+    alpha: Any,
+    grayscale: bool | None,
+    bit_depth: int | None,
+    jpeg_quality: int,
+    icc: bytes | None,
+    png_colour: Sequence[tuple[bytes, bytes]],
+) -> tuple[bytes, list[str]]:
     """(the file's bytes without provenance, what of the given metadata it could not keep)."""
     fmt = BY_NAME[fmt_name]
     check_jpeg_quality(jpeg_quality)
@@ -137,7 +145,9 @@ def _encoded(rgb: Any, fmt_name: str, alpha: Any, grayscale: bool | None, bit_de
             losses.append(f"ICC profile ({space or 'not a valid profile'}; the output is {wanted})")
             icc = None
     if png_colour and fmt.name != "PNG":
-        losses.append(f"PNG colour chunks {', '.join(kind.decode('latin-1') for kind, _ in png_colour)} ({fmt.name} has no place for them)")
+        losses.append(
+            f"PNG colour chunks {', '.join(kind.decode('latin-1') for kind, _ in png_colour)} ({fmt.name} has no place for them)"
+        )
     if alpha is not None:
         x = np.dstack([x, alpha])
     data = _encode(x, fmt.name, depth, alpha is not None, grey, jpeg_quality, icc)
@@ -183,8 +193,12 @@ def _png16_grey_alpha(arr: np.ndarray) -> bytes:
     rows = np.zeros((height, 1 + width * 4), np.uint8)
     rows[:, 1:] = arr.astype(">u2").view(np.uint8).reshape(height, width * 4)
     header = struct.pack(">IIBBBBB", width, height, 16, 4, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
-            + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(rows.tobytes(), 6))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def _bmp_with_alpha(rgba: np.ndarray) -> bytes:

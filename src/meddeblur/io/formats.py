@@ -15,8 +15,20 @@ import numpy as np
 
 from meddeblur.errors import InvalidOption, TooLarge, TooSmall, UnsupportedFormat
 
-__all__ = ["ImageFormat", "FORMATS", "IMAGE_EXTENSIONS", "SUFFIX_FORMATS", "OUTPUT_SUFFIXES", "FORMAT_ALIASES", "MEDIA_TYPES", "MAX_PIXELS",
-           "LoadedImage", "resolve_format", "check_size", "unsupported_kind"]
+__all__ = [
+    "ImageFormat",
+    "FORMATS",
+    "IMAGE_EXTENSIONS",
+    "SUFFIX_FORMATS",
+    "OUTPUT_SUFFIXES",
+    "FORMAT_ALIASES",
+    "MEDIA_TYPES",
+    "MAX_PIXELS",
+    "LoadedImage",
+    "resolve_format",
+    "check_size",
+    "unsupported_kind",
+]
 
 
 @dataclass(frozen=True)
@@ -71,13 +83,14 @@ class LoadedImage:
     png_colour: tuple[tuple[bytes, bytes], ...] = ()
 
 
-
 def resolve_format(path: Path, format: str | None) -> ImageFormat:
     """The format to write ``path`` in: ``format`` (a name or alias, any case) or else the path's suffix."""
     if format is not None:
         name = FORMAT_ALIASES.get(format.upper())
         if name is None:
-            raise InvalidOption(f"format={format!r}: unsupported image format; use PNG, JPEG, TIFF or BMP", value=format, option="format")
+            raise InvalidOption(
+                f"format={format!r}: unsupported image format; use PNG, JPEG, TIFF or BMP", value=format, option="format"
+            )
         return BY_NAME[name]
     name = SUFFIX_FORMATS.get(path.suffix.lower())
     if name is None or name == "DICOM":
@@ -92,8 +105,9 @@ def check_size(path: Path, width: int, height: int, min_size: int, max_pixels: i
     if width * height > max_pixels:
         raise TooLarge(
             f"{path}: image is {width}x{height} ({width * height:,} pixels), more than the {max_pixels:,} "
-            "this tool decodes; downscale or tile it first", value=path)
-
+            "this tool decodes; downscale or tile it first",
+            value=path,
+        )
 
 
 SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"BM")
@@ -122,4 +136,3 @@ def unsupported_kind(head: bytes) -> str | None:
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"):
         return "a HEIF/AVIF image"
     return None
-

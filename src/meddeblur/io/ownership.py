@@ -90,7 +90,9 @@ def is_own_file(path: str | os.PathLike[str]) -> bool:
     return own_operation(path) is not None
 
 
-def check_replaceable(path: str | os.PathLike[str], overwrite: bool, option: str = "output path", operation: str | None = None) -> None:
+def check_replaceable(
+    path: str | os.PathLike[str], overwrite: bool, option: str = "output path", operation: str | None = None
+) -> None:
     """The overwrite rule: UserError if ``path`` exists, is not meddeblur's own earlier output — of ``operation`` when
     given, so that a PSF figure never replaces a deblurred image of the same name — and ``overwrite`` is off (or if its
     name is too long to be written at all, so that a run stops before writing anything rather than part-way).
@@ -103,11 +105,17 @@ def check_replaceable(path: str | os.PathLike[str], overwrite: bool, option: str
         return
     found = None if os.path.islink(path) else own_operation(path)
     if found is None:
-        raise UserError(f"{path}: exists and was not written by meddeblur; move it away, choose another {option}, "
-                        "or pass overwrite=True to replace it", value=path)
+        raise UserError(
+            f"{path}: exists and was not written by meddeblur; move it away, choose another {option}, "
+            "or pass overwrite=True to replace it",
+            value=path,
+        )
     if operation is not None and found != operation:
-        raise UserError(f"{path}: exists and is meddeblur's {found} output, not a {operation} output; move it away, choose "
-                        f"another {option}, or pass overwrite=True to replace it", value=path)
+        raise UserError(
+            f"{path}: exists and is meddeblur's {found} output, not a {operation} output; move it away, choose "
+            f"another {option}, or pass overwrite=True to replace it",
+            value=path,
+        )
 
 
 def check_planned(planned: list[tuple[Path, str, str, str | None]], inputs: list[Path], overwrite: bool) -> None:
@@ -126,11 +134,17 @@ def check_planned(planned: list[tuple[Path, str, str, str | None]], inputs: list
         except (OSError, RuntimeError):  # RuntimeError before Python 3.13
             raise UserError(f"{path}: is a symbolic link loop; remove it or choose another {option}", value=path) from None
         if where in sources:
-            raise UserError(f"{path}: is an input, and {what} would overwrite an input there (never done, not even with "
-                            f"overwrite); choose another {option}", value=path)
+            raise UserError(
+                f"{path}: is an input, and {what} would overwrite an input there (never done, not even with "
+                f"overwrite); choose another {option}",
+                value=path,
+            )
         if where in taken:
-            raise UserError(f"{path}: both {taken[where]} and {what} would be written there; deblur them into separate "
-                            "folders or choose other names", value=path)
+            raise UserError(
+                f"{path}: both {taken[where]} and {what} would be written there; deblur them into separate "
+                "folders or choose other names",
+                value=path,
+            )
         taken[where] = what
         if path.is_dir():
             raise UserError(f"{path}: is a folder in the way of {what}; remove it or choose another {option}", value=path)

@@ -52,5 +52,7 @@ def unit_float(value: Any, name: str, accepted: str = ACCEPTED, top: float = 1.0
             raise refuse(name, value, "float values must be finite (found NaN or infinity)", accepted)
         low, high = float(array.min()), float(array.max())
         if low < 0.0 or high > top:
-            raise refuse(name, value, f"float values must lie in [0, {top:g}] (found {low:g}..{high:g}); scale the image first", accepted)
+            raise refuse(
+                name, value, f"float values must lie in [0, {top:g}] (found {low:g}..{high:g}); scale the image first", accepted
+            )
     return array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)

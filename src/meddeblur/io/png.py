@@ -82,7 +82,7 @@ def png_colour_chunks(f: IO[bytes]) -> tuple[tuple[bytes, bytes], ...]:
 def colour_key_alpha(im: Image.Image, arr: np.ndarray, maxval: float) -> np.ndarray | None:
     """A PNG tRNS colour key (grey or RGB, not palette) as an alpha channel: 0 where the pixel equals the key."""
     key = im.info.get("transparency")
-    if im.format != "PNG" or key is None or isinstance(key, bytes) or arr.ndim == 3 and arr.shape[2] in (2, 4):
+    if im.format != "PNG" or key is None or isinstance(key, bytes) or (arr.ndim == 3 and arr.shape[2] in (2, 4)):
         return None
     if arr.ndim == 2:
         if not isinstance(key, int):

@@ -25,8 +25,22 @@ from typing import Any
 
 from meddeblur import __version__
 
-__all__ = ["TOOL", "NOTE", "make_record", "with_losses", "summary", "source_line", "restoration_line", "restoration_lines", "to_json", "parse", "embed",
-           "add_png_chunk", "png_chunk", "sidecar_path"]
+__all__ = [
+    "TOOL",
+    "NOTE",
+    "make_record",
+    "with_losses",
+    "summary",
+    "source_line",
+    "restoration_line",
+    "restoration_lines",
+    "to_json",
+    "parse",
+    "embed",
+    "add_png_chunk",
+    "png_chunk",
+    "sidecar_path",
+]
 
 TOOL = "meddeblur"
 #: Said in every record: a deblurred image must never pass for an original.
@@ -35,8 +49,9 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TIFF_DESCRIPTION_TAG, _TIFF_SOFTWARE = 270, 305  # ImageDescription, Software
 
 
-def make_record(model_id: str | None = None, model: str | None = None, engine: str | None = None,
-                parameters: dict[str, Any] | None = None) -> dict[str, Any]:
+def make_record(
+    model_id: str | None = None, model: str | None = None, engine: str | None = None, parameters: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The provenance of one processing run: tool, version, model id (weights hash), engine and parameters.
 
     What each output adds per image is its writer's: ``source`` (the input's file name — never its folders, which
@@ -94,13 +109,18 @@ def source_line(source: dict[str, Any] | None) -> str | None:
     if not isinstance(source, dict):
         return None
     size = source.get("size")
-    return (f"made from: {source.get('name', '?')}, " + (f"{size:,} bytes" if isinstance(size, int) else "? bytes")
-            + f", modified {source.get('mtime', '?')}, sha256 {source.get('sha256', '?')}")
+    return (
+        f"made from: {source.get('name', '?')}, "
+        + (f"{size:,} bytes" if isinstance(size, int) else "? bytes")
+        + f", modified {source.get('mtime', '?')}, sha256 {source.get('sha256', '?')}"
+    )
 
 
 def _estimate(psf: dict[str, Any]) -> str:
     confidence = psf.get("confidence")
-    return f"estimated PSF {psf.get('source', '?')}" + (f" (confidence {confidence:.2f})" if isinstance(confidence, (int, float)) else "")
+    return f"estimated PSF {psf.get('source', '?')}" + (
+        f" (confidence {confidence:.2f})" if isinstance(confidence, (int, float)) else ""
+    )
 
 
 def restoration_line(restoration: dict[str, Any]) -> str:
@@ -124,8 +144,10 @@ def restoration_lines(restoration: dict[str, Any] | None) -> list[str]:
     psf = restoration.get("psf")
     if psf:
         confidence = psf.get("confidence")
-        lines.append(f"estimated PSF: {_psf_summary(psf)}, family {psf.get('family', '?')}, confidence "
-                     + (f"{confidence:.2f}" if isinstance(confidence, (int, float)) else "?"))
+        lines.append(
+            f"estimated PSF: {_psf_summary(psf)}, family {psf.get('family', '?')}, confidence "
+            + (f"{confidence:.2f}" if isinstance(confidence, (int, float)) else "?")
+        )
     cells = (restoration.get("psf_map") or {}).get("cells")
     if cells:
         families: dict[str, int] = {}
@@ -134,13 +156,16 @@ def restoration_lines(restoration: dict[str, Any] | None) -> list[str]:
         lines.append(f"PSF map: {len(cells)}×{len(cells[0])} cells (" + ", ".join(f"{k} {v}" for k, v in families.items()) + ")")
     check = restoration.get("consistency")
     if check:
+
         def number(key: str) -> str:
             value = check.get(key)
             return f"{value:.2f}" if isinstance(value, (int, float)) else "?"
 
-        lines.append(f"consistency: residual ratio {number('ratio')} (limit {check.get('limit')}): "
-                     f"{'passed' if check.get('passed') else 'failed'}; worst block {number('worst_block')} levels, "
-                     f"overall {number('residual')}, input noise {number('noise')}")
+        lines.append(
+            f"consistency: residual ratio {number('ratio')} (limit {check.get('limit')}): "
+            f"{'passed' if check.get('passed') else 'failed'}; worst block {number('worst_block')} levels, "
+            f"overall {number('residual')}, input noise {number('noise')}"
+        )
     lines.append(f"result: {restoration.get('result', '?')}: {restoration.get('reason', 'no reason recorded')}")
     return lines
 
@@ -177,10 +202,12 @@ def _embed_tiff(data: bytes, record: dict[str, Any]) -> bytes:
         raise ValueError("not a classic TIFF stream")
     e = "<" if order.startswith(b"II") else ">"
     (first,) = struct.unpack(e + "I", data[4:8])
-    (count,) = struct.unpack(e + "H", data[first:first + 2])
-    entries = {struct.unpack(e + "H", data[first + 2 + 12 * i:first + 4 + 12 * i])[0]: data[first + 2 + 12 * i:first + 14 + 12 * i]
-               for i in range(count)}
-    next_ifd = data[first + 2 + 12 * count:first + 6 + 12 * count]
+    (count,) = struct.unpack(e + "H", data[first : first + 2])
+    entries = {
+        struct.unpack(e + "H", data[first + 2 + 12 * i : first + 4 + 12 * i])[0]: data[first + 2 + 12 * i : first + 14 + 12 * i]
+        for i in range(count)
+    }
+    next_ifd = data[first + 2 + 12 * count : first + 6 + 12 * count]
     texts = {TIFF_DESCRIPTION_TAG: to_json(record), _TIFF_SOFTWARE: f"{TOOL} {record.get('version', __version__)}"}
     out = bytearray(data)
     if len(out) % 2:
@@ -211,7 +238,7 @@ def _embed_jpeg(data: bytes, record: dict[str, Any]) -> bytes:
     at = 2
     # After the APPn segments (JFIF wants APP0 first, EXIF APP1 next), before the tables.
     while data[at] == 0xFF and 0xE0 <= data[at + 1] <= 0xEF:
-        at += 2 + struct.unpack(">H", data[at + 2:at + 4])[0]
+        at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
     comment = to_json(record).encode()
     return data[:at] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + data[at:]
 

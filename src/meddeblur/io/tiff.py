@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import io as _io
+from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import IO, Any
 
 import numpy as np
-from PIL import Image
+from PIL import TiffImagePlugin
 
 from meddeblur.errors import CorruptImage, UnsupportedFormat, UserError
 from meddeblur.io.formats import check_size
@@ -20,7 +21,7 @@ from meddeblur.io.formats import check_size
 __all__ = ["needs_tifffile", "decode_tiff", "decode_unopened_tiff", "encode_tiff16"]
 
 
-def needs_tifffile(im: Image.Image) -> bool:
+def needs_tifffile(im: TiffImagePlugin.TiffImageFile) -> bool:
     """TIFFs Pillow would decode wrongly or not at all: anything but unsigned 1- or 8-bit samples."""
     bits = im.tag_v2.get(258, (1,))
     bits = bits if isinstance(bits, tuple) else (bits,)
@@ -49,7 +50,9 @@ def _first_tiff_page(path: Path, f: IO[bytes]) -> Iterator[Any]:
         logger.disabled = disabled
 
 
-def decode_unopened_tiff(path: Path, f: IO[bytes], min_size: int, max_pixels: int) -> tuple[np.ndarray, float, bool, int, int, bytes | None] | None:
+def decode_unopened_tiff(
+    path: Path, f: IO[bytes], min_size: int, max_pixels: int
+) -> tuple[np.ndarray, float, bool, int, int, bytes | None] | None:
     """A TIFF Pillow cannot open, decoded (or refused by name) with tifffile: (pixels, max value, grey, bits,
     orientation, ICC profile); None if tifffile cannot parse it either."""
     try:
@@ -65,7 +68,9 @@ def decode_unopened_tiff(path: Path, f: IO[bytes], min_size: int, max_pixels: in
     except UserError:
         raise
     except MemoryError:
-        raise CorruptImage(f"{path}: ran out of memory decoding this {width}x{height} image; re-export or downscale it", value=path) from None
+        raise CorruptImage(
+            f"{path}: ran out of memory decoding this {width}x{height} image; re-export or downscale it", value=path
+        ) from None
     except Exception:
         raise CorruptImage(f"{path}: cannot decode image (truncated or corrupt); re-export or remove it", value=path) from None
     orientation = int(orientation) if isinstance(orientation, int) and 1 <= orientation <= 8 else 1
@@ -84,22 +89,34 @@ def decode_tiff(path: Path, f: IO[bytes]) -> tuple[np.ndarray, float, bool, int]
         bits = int(page.bitspersample)
         kind = np.dtype(page.dtype).kind if page.dtype is not None else "?"
         if kind == "f":
-            raise UnsupportedFormat(f"{path}: {bits}-bit floating-point TIFF is not supported (no fixed value range to map back "
-                            "to); export it as 8- or 16-bit unsigned integers", value=path)
+            raise UnsupportedFormat(
+                f"{path}: {bits}-bit floating-point TIFF is not supported (no fixed value range to map back "
+                "to); export it as 8- or 16-bit unsigned integers",
+                value=path,
+            )
         if kind == "i":
-            raise UnsupportedFormat(f"{path}: signed {bits}-bit integer TIFF is not supported (negative values would be lost); "
-                            "export it as unsigned 8- or 16-bit", value=path)
+            raise UnsupportedFormat(
+                f"{path}: signed {bits}-bit integer TIFF is not supported (negative values would be lost); "
+                "export it as unsigned 8- or 16-bit",
+                value=path,
+            )
         if kind != "u" or bits not in (8, 16):
-            raise UnsupportedFormat(f"{path}: {bits}-bit TIFF is not supported (8- and 16-bit unsigned samples are kept exactly); "
-                            "export it as 8- or 16-bit", value=path)
+            raise UnsupportedFormat(
+                f"{path}: {bits}-bit TIFF is not supported (8- and 16-bit unsigned samples are kept exactly); "
+                "export it as 8- or 16-bit",
+                value=path,
+            )
         photometric = int(page.photometric)
         extras = len(page.extrasamples or ())
         colours = int(page.samplesperpixel) - extras
         allowed = {0: 1, 1: 1, 2: 3, 5: 4}
         if allowed.get(photometric) != colours or extras > 1:
             name = _TIFF_PHOTOMETRIC.get(photometric, str(photometric))
-            raise UnsupportedFormat(f"{path}: {bits}-bit TIFF with photometric {name}, {colours} colour and {extras} extra "
-                            "channel(s) is not supported (grey, RGB or CMYK, each with optional alpha, are); convert it to RGB", value=path)
+            raise UnsupportedFormat(
+                f"{path}: {bits}-bit TIFF with photometric {name}, {colours} colour and {extras} extra "
+                "channel(s) is not supported (grey, RGB or CMYK, each with optional alpha, are); convert it to RGB",
+                value=path,
+            )
         arr = page.asarray()
         axes = page.axes
         height, width = int(page.imagelength), int(page.imagewidth)
@@ -109,10 +126,14 @@ def decode_tiff(path: Path, f: IO[bytes]) -> tuple[np.ndarray, float, bool, int]
     elif axes not in ("YXS", "YX"):
         raise UnsupportedFormat(f"{path}: TIFF page layout {axes} is not supported; export it as a plain 2-D image", value=path)
     if arr.shape[:2] != (height, width):
-        raise CorruptImage(f"{path}: cannot decode TIFF (pixel data does not match the header); re-export or remove it", value=path)
-    maxval = float(2 ** bits - 1)
+        raise CorruptImage(
+            f"{path}: cannot decode TIFF (pixel data does not match the header); re-export or remove it", value=path
+        )
+    maxval = float(2**bits - 1)
     if arr.dtype != (np.uint16 if bits == 16 else np.uint8):
-        raise CorruptImage(f"{path}: cannot decode TIFF ({arr.dtype} samples for {bits} bits); re-export or remove it", value=path)
+        raise CorruptImage(
+            f"{path}: cannot decode TIFF ({arr.dtype} samples for {bits} bits); re-export or remove it", value=path
+        )
     if photometric == 0:  # MINISWHITE: 0 is white
         top = np.iinfo(arr.dtype).max
         arr = top - arr if arr.ndim == 2 else np.dstack([top - arr[:, :, 0], arr[:, :, 1:]])
@@ -134,6 +155,13 @@ def encode_tiff16(arr: np.ndarray, has_alpha: bool, icc: bytes | None) -> bytes:
 
     colour = arr.ndim == 3 and arr.shape[2] >= 3
     buffer = _io.BytesIO()
-    tifffile.imwrite(buffer, arr, photometric="rgb" if colour else "minisblack", compression="zlib",
-                     extrasamples=("unassalpha",) if has_alpha else None, iccprofile=icc, metadata=None)
+    tifffile.imwrite(
+        buffer,
+        arr,
+        photometric="rgb" if colour else "minisblack",
+        compression="zlib",
+        extrasamples=("unassalpha",) if has_alpha else None,
+        iccprofile=icc,
+        metadata=None,
+    )
     return buffer.getvalue()

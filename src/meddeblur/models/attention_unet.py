@@ -30,6 +30,7 @@ def keras_conv(in_ch: int, out_ch: int, kernel_size: int) -> nn.Conv2d:
     """Conv2d with 'same' padding, He-normal weights and zero bias."""
     conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2)
     he_normal_(conv.weight)
+    assert conv.bias is not None
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -44,8 +45,12 @@ class ConvBlock(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__(
-            keras_conv(in_ch, out_ch, 3), keras_batchnorm(out_ch), nn.ReLU(inplace=True),
-            keras_conv(out_ch, out_ch, 3), keras_batchnorm(out_ch), nn.ReLU(inplace=True),
+            keras_conv(in_ch, out_ch, 3),
+            keras_batchnorm(out_ch),
+            nn.ReLU(inplace=True),
+            keras_conv(out_ch, out_ch, 3),
+            keras_batchnorm(out_ch),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -89,6 +94,7 @@ class AttentionUNet(nn.Module):
             previous = channels
         self.head = nn.Conv2d(previous, out_channels, 1)
         nn.init.xavier_uniform_(self.head.weight)
+        assert self.head.bias is not None
         nn.init.zeros_(self.head.bias)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ trained NAFNet into a deeper one (the new blocks start as identities)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
+from typing import Any
 
 from torch import nn
 
@@ -61,7 +62,7 @@ class ModelConfig:
                     object.__setattr__(self, name, default)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         """Build and validate a config read from a file; ValueError when it cannot describe a network."""
         if not isinstance(data, dict):
             raise ValueError("config is not a JSON object")
@@ -87,11 +88,17 @@ class ModelConfig:
             return
         for name in ("enc_blocks", "dec_blocks"):
             value = getattr(self, name)
-            if (not isinstance(value, tuple) or not 1 <= len(value) <= _MAX_LEVELS
-                    or not all(_positive_int(v, allow_zero=True) for v in value)):
+            if (
+                not isinstance(value, tuple)
+                or not 1 <= len(value) <= _MAX_LEVELS
+                or not all(_positive_int(v, allow_zero=True) for v in value)
+            ):
                 raise ValueError(f"`{name}` must be a list of 1 to {_MAX_LEVELS} block counts (integers ≥ 0), not {value!r}")
+        assert self.enc_blocks is not None and self.dec_blocks is not None  # tuples: checked above
         if len(self.enc_blocks) != len(self.dec_blocks):
-            raise ValueError(f"`enc_blocks` and `dec_blocks` need one entry per level: {len(self.enc_blocks)} vs {len(self.dec_blocks)}")
+            raise ValueError(
+                f"`enc_blocks` and `dec_blocks` need one entry per level: {len(self.enc_blocks)} vs {len(self.dec_blocks)}"
+            )
         if not _positive_int(self.middle_blocks, allow_zero=True):
             raise ValueError(f"`middle_blocks` must be an integer ≥ 0, not {self.middle_blocks!r}")
 
@@ -103,6 +110,7 @@ def _positive_int(value: object, allow_zero: bool = False) -> bool:
 def size_multiple(config: ModelConfig) -> int:
     """Spatial sides the network accepts are multiples of this: 2^(number of downsamplings)."""
     if config.arch in _NAFNETS:
+        assert config.enc_blocks is not None  # a NAFNet's are filled in on creation
         return 2 ** len(config.enc_blocks)
     return SIZE_MULTIPLE
 
@@ -115,17 +123,20 @@ def build_model(config: ModelConfig) -> nn.Module:
         config.validate()
     except ValueError as exc:
         raise UserError(f"model config: {exc}") from None
+    assert config.width is not None  # filled in on creation, checked by validate()
     if config.arch == "attention-unet":
         return AttentionUNet(config.width, config.in_channels, config.out_channels)
     if config.arch == "attention-unet-residual":
         return ResidualAttentionUNet(config.width, config.in_channels, config.out_channels)
+    assert config.enc_blocks is not None and config.middle_blocks is not None and config.dec_blocks is not None  # NAFNets'
     if config.arch == "psf-nafnet":
         return PSFNAFNet(config.width, config.in_channels, config.enc_blocks, config.middle_blocks, config.dec_blocks)
-    return NAFNet(config.width, config.in_channels, config.out_channels,
-                  config.enc_blocks, config.middle_blocks, config.dec_blocks)
+    return NAFNet(
+        config.width, config.in_channels, config.out_channels, config.enc_blocks, config.middle_blocks, config.dec_blocks
+    )
 
 
-def grown_config(config: ModelConfig, **blocks: object) -> ModelConfig:
+def grown_config(config: ModelConfig, **blocks: Any) -> ModelConfig:
     """``config`` with the NAFNet block counts in ``blocks`` (``enc_blocks``, ``middle_blocks``, ``dec_blocks``).
 
     InvalidOption unless the result only adds blocks: same architecture, width and levels, at
@@ -145,8 +156,12 @@ def grown_config(config: ModelConfig, **blocks: object) -> ModelConfig:
         old, new = getattr(config, name), getattr(grown, name)
         old_counts, new_counts = (old, new) if isinstance(old, tuple) else ((old,), (new,))
         if len(old_counts) != len(new_counts) or any(n < o for o, n in zip(old_counts, new_counts)):
-            raise InvalidOption(f"{name}={_listed(new_counts)}: the initial weights have {_listed(old_counts)}; a network can only grow "
-                                "(same levels, at least as many blocks each)", value=new, option=name)
+            raise InvalidOption(
+                f"{name}={_listed(new_counts)}: the initial weights have {_listed(old_counts)}; a network can only grow "
+                "(same levels, at least as many blocks each)",
+                value=new,
+                option=name,
+            )
     return grown
 
 
@@ -165,7 +180,9 @@ def grow_model(state: dict, config: ModelConfig, grown: ModelConfig) -> nn.Modul
     # Only the appended blocks may be missing; shapes that differ raise in load_state_dict itself.
     unexpected = network.load_state_dict(state, strict=False).unexpected_keys
     if unexpected:
-        raise CorruptFile(f"weights of {config.arch} width {config.width} do not fit the grown network: {', '.join(unexpected[:3])}")
+        raise CorruptFile(
+            f"weights of {config.arch} width {config.width} do not fit the grown network: {', '.join(unexpected[:3])}"
+        )
     return network
 
 

@@ -20,6 +20,7 @@ Design, for the CPU budget of eight calls per image:
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -69,9 +70,9 @@ class Denoiser(nn.Module):
         self.channels, self.widths, self.blocks = channels, tuple(widths), blocks
         self.head = nn.Conv2d(channels * u2 + 1, widths[0], 3, padding=1, bias=False)
         self.encoders = nn.ModuleList(_stage(w, blocks) for w in widths[:-1])
-        self.downs = nn.ModuleList(nn.Conv2d(a, b, 2, stride=2, bias=False) for a, b in zip(widths[:-1], widths[1:]))
+        self.downs = nn.ModuleList(nn.Conv2d(a, b, 2, stride=2, bias=False) for a, b in itertools.pairwise(widths))
         self.body = _stage(widths[-1], blocks)
-        self.ups = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2, bias=False) for a, b in zip(widths[:-1], widths[1:]))
+        self.ups = nn.ModuleList(nn.ConvTranspose2d(b, a, 2, stride=2, bias=False) for a, b in itertools.pairwise(widths))
         self.decoders = nn.ModuleList(_stage(w, blocks) for w in widths[:-1])
         self.tail = nn.Conv2d(widths[0], channels * u2, 3, padding=1, bias=False)
         nn.init.zeros_(self.tail.weight)
@@ -83,7 +84,9 @@ class Denoiser(nn.Module):
     def forward(self, images: Tensor, sigma: float | Tensor) -> Tensor:
         n, c, h, w = images.shape
         if c != self.channels or h % self.size_multiple or w % self.size_multiple:
-            raise ValueError(f"expected (N, {self.channels}, H, W) with H, W multiples of {self.size_multiple}, got {tuple(images.shape)}")
+            raise ValueError(
+                f"expected (N, {self.channels}, H, W) with H, W multiples of {self.size_multiple}, got {tuple(images.shape)}"
+            )
         s = torch.as_tensor(sigma, dtype=images.dtype, device=images.device)
         s = s.reshape(-1, 1, 1, 1) if s.dim() <= 1 else s
         s = s.clamp(0.0, SIGMA_MAX)
@@ -120,8 +123,9 @@ def load_denoiser(path: str | Path | None = None, device: str | torch.device = "
     """The denoiser in ``path`` (None: the shipped one), in eval mode; a :class:`~meddeblur.errors.UserError` when unreadable."""
     path = DENOISER_WEIGHTS if path is None else Path(path)
     if not path.is_file():
-        raise NotFound(f"{path}: no denoiser weights there; reinstall meddeblur or pass a .safetensors written by train_denoiser",
-                       value=path)
+        raise NotFound(
+            f"{path}: no denoiser weights there; reinstall meddeblur or pass a .safetensors written by train_denoiser", value=path
+        )
     try:
         with safe_open(str(path), framework="pt") as fh:
             shape = json.loads((fh.metadata() or {})[_META_KEY])
@@ -129,5 +133,7 @@ def load_denoiser(path: str | Path | None = None, device: str | torch.device = "
         model.load_state_dict(load_file(str(path)))
     except (SafetensorError, OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         detail = " ".join(str(exc).split())[:160]
-        raise CorruptFile(f"{path}: not a meddeblur denoiser ({detail}); pass the .safetensors train_denoiser wrote", value=path) from None
+        raise CorruptFile(
+            f"{path}: not a meddeblur denoiser ({detail}); pass the .safetensors train_denoiser wrote", value=path
+        ) from None
     return model.to(device).eval()

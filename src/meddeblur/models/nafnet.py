@@ -79,12 +79,20 @@ class NAFNet(nn.Module):
     (N, width, H, W), e.g. the kernel-conditioned restorer's guidance, are added to the first conv's output.
     """
 
-    def __init__(self, width: int = 16, in_channels: int = 3, out_channels: int = 3,
-                 enc_blocks: tuple[int, ...] = (0, 1, 2, 4), middle_blocks: int = 4,
-                 dec_blocks: tuple[int, ...] = (0, 1, 1, 1)) -> None:
+    def __init__(
+        self,
+        width: int = 16,
+        in_channels: int = 3,
+        out_channels: int = 3,
+        enc_blocks: tuple[int, ...] = (0, 1, 2, 4),
+        middle_blocks: int = 4,
+        dec_blocks: tuple[int, ...] = (0, 1, 1, 1),
+    ) -> None:
         super().__init__()
         if in_channels != out_channels or len(enc_blocks) != len(dec_blocks):
-            raise ValueError("NAFNet needs in_channels == out_channels (global residual) and one dec_blocks entry per enc_blocks entry")
+            raise ValueError(
+                "NAFNet needs in_channels == out_channels (global residual) and one dec_blocks entry per enc_blocks entry"
+            )
         self.intro = nn.Conv2d(in_channels, width, 3, padding=1)
         self.encoders, self.downs = nn.ModuleList(), nn.ModuleList()
         channels = width
@@ -101,6 +109,7 @@ class NAFNet(nn.Module):
             self.decoders.append(nn.Sequential(*(NAFBlock(channels) for _ in range(count))))
         self.ending = nn.Conv2d(width, out_channels, 3, padding=1)
         nn.init.zeros_(self.ending.weight)  # exact identity at initialisation (module docstring)
+        assert self.ending.bias is not None
         nn.init.zeros_(self.ending.bias)
 
     def forward(self, image: torch.Tensor, features: torch.Tensor | None = None) -> torch.Tensor:

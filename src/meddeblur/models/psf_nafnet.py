@@ -39,8 +39,15 @@ _FRESH = ("guide.", "blend", "wiener.")
 class PSFNAFNet(nn.Module):
     """(N, C + 1, H, W) image + kernel canvas → (N, C, H, W); see the module docstring."""
 
-    def __init__(self, width: int = 16, channels: int = 3, enc_blocks: tuple[int, ...] = (0, 1, 2, 4), middle_blocks: int = 4,
-                 dec_blocks: tuple[int, ...] = (0, 1, 1, 1), branches: int = BRANCHES) -> None:
+    def __init__(
+        self,
+        width: int = 16,
+        channels: int = 3,
+        enc_blocks: tuple[int, ...] = (0, 1, 2, 4),
+        middle_blocks: int = 4,
+        dec_blocks: tuple[int, ...] = (0, 1, 1, 1),
+        branches: int = BRANCHES,
+    ) -> None:
         super().__init__()
         self.channels = channels
         self.wiener = WienerStep(branches)
@@ -75,7 +82,8 @@ def lift_blind_state(state: dict[str, Tensor], channels: int = 3, branches: int 
 
 def parameter_groups(network: nn.Module) -> list[dict]:
     """Optimizer groups: the prior's parameters, and the fresh ones (guide, blend, data step) with ``lr_scale``."""
-    fresh, prior = [], []
+    fresh: list[nn.Parameter] = []
+    prior: list[nn.Parameter] = []
     for name, parameter in network.named_parameters():
         (fresh if name.startswith(_FRESH) else prior).append(parameter)
     return [{"params": prior, "lr_scale": 1.0}, {"params": fresh, "lr_scale": FRESH_LR_SCALE}]

@@ -27,6 +27,7 @@ class ResidualAttentionUNet(AttentionUNet):
             raise ValueError("a global residual needs in_channels == out_channels")
         super().__init__(width, in_channels, out_channels)
         nn.init.zeros_(self.head.weight)  # exact identity at initialisation
+        assert self.head.bias is not None
         nn.init.zeros_(self.head.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

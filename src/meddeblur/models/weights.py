@@ -19,6 +19,7 @@ from meddeblur.models.config import ModelConfig, build_model
 from meddeblur.models.psf_nafnet import lift_blind_state
 from meddeblur.shipped import resolve_weights
 
+
 def save_weights(model: nn.Module, config: ModelConfig, path: str | Path, extra: dict | None = None) -> Path:
     """Write ``path`` (.safetensors) and its ``.json`` config atomically."""
     path = Path(path)
@@ -46,15 +47,21 @@ def _read_config(path: Path) -> ModelConfig:
         if sidecar.is_file():
             return ModelConfig.from_dict(json.loads(sidecar.read_text())["config"])
     except (SafetensorError, OSError, ValueError, KeyError, TypeError) as exc:
-        raise CorruptFile(f"{path}: not a meddeblur weights file ({exc}); pass a .safetensors written by meddeblur train", value=path) from None
-    raise CorruptFile(f"{path}: weights carry no model config and {sidecar.name} is missing; keep the .json written beside it", value=path)
+        raise CorruptFile(
+            f"{path}: not a meddeblur weights file ({exc}); pass a .safetensors written by meddeblur train", value=path
+        ) from None
+    raise CorruptFile(
+        f"{path}: weights carry no model config and {sidecar.name} is missing; keep the .json written beside it", value=path
+    )
 
 
 def load_model(model: str | Path | None = None, device: str | torch.device = "cpu") -> tuple[nn.Module, ModelConfig, Path]:
     """Load ``--model`` (run folder or .safetensors; ``None``: the shipped model) in eval mode: (network, config, weights path)."""
     path = resolve_weights(model)
     if path.suffix != ".safetensors":
-        raise UnsupportedFormat(f"{path}: weights must be a .safetensors file written by meddeblur (pickled checkpoints are not loaded)", value=path)
+        raise UnsupportedFormat(
+            f"{path}: weights must be a .safetensors file written by meddeblur (pickled checkpoints are not loaded)", value=path
+        )
     config = _read_config(path)
     network = build_model(config)
     try:
@@ -66,7 +73,10 @@ def load_model(model: str | Path | None = None, device: str | torch.device = "cp
     except RuntimeError as exc:
         detail = " ".join(str(exc).split())
         detail = detail if len(detail) <= 160 else detail[:157] + "..."
-        raise CorruptFile(f"{path}: weights do not fit {config.arch} width {config.width} ({detail}); use the .json written with these weights", value=path) from None
+        raise CorruptFile(
+            f"{path}: weights do not fit {config.arch} width {config.width} ({detail}); use the .json written with these weights",
+            value=path,
+        ) from None
     return network.to(device).eval(), config, path
 
 
@@ -74,5 +84,7 @@ def lift_to_psf(state: dict, config: ModelConfig) -> tuple[dict, ModelConfig]:
     """A blind ``nafnet`` (state, config) as an equivalent ``psf-nafnet`` one: the kernel-conditioned restorer
     starts out computing exactly what the blind weights do (see :mod:`meddeblur.models.psf_nafnet`)."""
     if config.arch != "nafnet":
-        raise InvalidOption(f"a psf-nafnet can start from nafnet weights only; these are {config.arch}", value=config.arch, option="init")
+        raise InvalidOption(
+            f"a psf-nafnet can start from nafnet weights only; these are {config.arch}", value=config.arch, option="init"
+        )
     return lift_blind_state(state, config.in_channels), replace(config, arch="psf-nafnet")

@@ -43,8 +43,9 @@ class WienerStep(nn.Module):
         super().__init__()
         if branches < 1:
             raise ValueError(f"branches must be at least 1, got {branches}")
-        self.log_nsr = nn.Parameter(torch.linspace(math.log(1e-3), math.log(1e-1), branches) if branches > 1
-                                    else torch.tensor([math.log(1e-2)]))
+        self.log_nsr = nn.Parameter(
+            torch.linspace(math.log(1e-3), math.log(1e-1), branches) if branches > 1 else torch.tensor([math.log(1e-2)])
+        )
         self.noise_slope = nn.Parameter(torch.zeros(branches))
 
     @property
@@ -57,7 +58,7 @@ class WienerStep(nn.Module):
         return torch.exp(self.log_nsr[None, :] + self.noise_slope[None, :] * torch.log(sigma / _SIGMA_REF)[:, None])
 
     def forward(self, images: Tensor, canvas: Tensor) -> Tensor:
-        n, c, h, w = images.shape
+        n, _, h, w = images.shape
         if canvas.shape != (n, h, w):
             raise ValueError(f"kernel canvas must be shaped ({n}, {h}, {w}), got {tuple(canvas.shape)}")
         x = images.float()
@@ -69,7 +70,7 @@ class WienerStep(nn.Module):
         power = otf.real**2 + otf.imag**2
         numerator = otf.conj() * spectrum
         estimates = []
-        for i, strength in enumerate(self.nsr(x).unbind(1)):
+        for strength in self.nsr(x).unbind(1):
             filtered = numerator / (power + strength.view(n, 1, 1, 1))
             filtered[..., 0, 0] = spectrum[..., 0, 0]  # the kernel sums to 1: the mean passes unchanged
             estimates.append(torch.fft.irfft2(filtered, s=(fh, fw))[..., rows, cols])

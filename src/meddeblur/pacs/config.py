@@ -18,8 +18,17 @@ from urllib.parse import urlsplit
 
 from meddeblur.errors import InvalidOption, NotFound
 
-__all__ = ["DEFAULT_SOP_CLASSES", "AE", "Auth", "Filters", "parse_listen", "parse_forward", "check_url", "is_loopback",
-           "resolve_peers"]
+__all__ = [
+    "DEFAULT_SOP_CLASSES",
+    "AE",
+    "Auth",
+    "Filters",
+    "parse_listen",
+    "parse_forward",
+    "check_url",
+    "is_loopback",
+    "resolve_peers",
+]
 
 #: SOP classes a photograph of the skin comes in, each able to carry the deblurred result in the same class.
 DEFAULT_SOP_CLASSES = (
@@ -55,8 +64,11 @@ class Auth:
 
     def __post_init__(self) -> None:
         if self.token is not None and self.user is not None:
-            raise InvalidOption("user= and token=: a service takes one way of logging in; give a bearer token or a user, not both",
-                                value=self.user, option="user")
+            raise InvalidOption(
+                "user= and token=: a service takes one way of logging in; give a bearer token or a user, not both",
+                value=self.user,
+                option="user",
+            )
         if self.user is not None and self.password is None:
             raise InvalidOption(f"user={self.user}: give its password too (password_file=)", value=self.user, option="user")
         for name in ("ca_bundle", "client_cert", "client_key"):
@@ -64,8 +76,11 @@ class Auth:
             if path is not None and not Path(path).is_file():
                 raise NotFound(f"{name}={path}: no such file; check the path", value=path)
         if self.client_key is not None and self.client_cert is None:
-            raise InvalidOption(f"client_key={self.client_key}: a key goes with its certificate; add client_cert=",
-                                value=self.client_key, option="client_key")
+            raise InvalidOption(
+                f"client_key={self.client_key}: a key goes with its certificate; add client_cert=",
+                value=self.client_key,
+                option="client_key",
+            )
 
     @property
     def sends_secret(self) -> bool:
@@ -100,8 +115,11 @@ def is_loopback(host: str) -> bool:
 
 def _title(text: str, option: str, value: str) -> str:
     if not _AET.match(text):
-        raise InvalidOption(f"{option}={value}: the AE title {text!r} must be 1 to 16 printable characters, no backslash",
-                            value=value, option=option)
+        raise InvalidOption(
+            f"{option}={value}: the AE title {text!r} must be 1 to 16 printable characters, no backslash",
+            value=value,
+            option=option,
+        )
     return text
 
 
@@ -115,8 +133,11 @@ def parse_listen(value: str) -> AE:
     """``AET@PORT`` (on 127.0.0.1) or ``AET@HOST:PORT`` (an address of this machine named explicitly)."""
     title, at, where = value.rpartition("@")
     if not at:
-        raise InvalidOption(f"listen={value}: write AET@PORT, e.g. MEDDEBLUR@11112 (or AET@HOST:PORT to bind another address)",
-                            value=value, option="listen")
+        raise InvalidOption(
+            f"listen={value}: write AET@PORT, e.g. MEDDEBLUR@11112 (or AET@HOST:PORT to bind another address)",
+            value=value,
+            option="listen",
+        )
     host, _, port = where.rpartition(":")
     return AE(_title(title, "listen", value), host or "127.0.0.1", _port(port, "listen", value))
 
@@ -134,11 +155,16 @@ def check_url(url: str, auth: Auth) -> str:
     """The DICOMweb base URL, refused unless it is http(s) and credentials would not cross the network in clear."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidOption(f"dicomweb={url}: give the service's base URL, e.g. http://127.0.0.1:8042/dicom-web",
-                            value=url, option="dicomweb")
+        raise InvalidOption(
+            f"dicomweb={url}: give the service's base URL, e.g. http://127.0.0.1:8042/dicom-web", value=url, option="dicomweb"
+        )
     if parts.scheme == "http" and not is_loopback(parts.hostname) and auth.sends_secret:
-        raise InvalidOption(f"dicomweb={url}: credentials would travel unencrypted to {parts.hostname}; use https:// "
-                            "(plain http only for a service on this machine)", value=url, option="dicomweb")
+        raise InvalidOption(
+            f"dicomweb={url}: credentials would travel unencrypted to {parts.hostname}; use https:// "
+            "(plain http only for a service on this machine)",
+            value=url,
+            option="dicomweb",
+        )
     return url.rstrip("/")
 
 
@@ -149,6 +175,9 @@ def resolve_peers(hosts: list[str] | tuple[str, ...]) -> set[str]:
         try:
             found |= {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
         except socket.gaierror:
-            raise InvalidOption(f"allow_from={host}: this name does not resolve; give an address or a name this machine knows",
-                                value=host, option="allow_from") from None
+            raise InvalidOption(
+                f"allow_from={host}: this name does not resolve; give an address or a name this machine knows",
+                value=host,
+                option="allow_from",
+            ) from None
     return found

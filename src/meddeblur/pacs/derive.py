@@ -26,9 +26,9 @@ from typing import Any
 
 from meddeblur.errors import CorruptImage, UserError
 from meddeblur.inference.engine import Engine
-from meddeblur.runs.plan import Task
-from meddeblur.runs.jobs import Settings, deblur_tasks
 from meddeblur.pacs.config import Filters
+from meddeblur.runs.jobs import Settings, deblur_tasks
+from meddeblur.runs.plan import Task
 
 __all__ = ["Refused", "Derived", "settings_key", "derived_uids", "source_identity", "derive"]
 
@@ -68,11 +68,15 @@ def derived_uids(series_uid: str, instance_uid: str, key: str) -> tuple[str, str
 
 def source_identity(dataset: Any) -> tuple[str, str, str, str, str]:
     """(Study, Series, SOP Instance, SOP Class UIDs, Modality) of a dataset, or CorruptImage if an identifying UID is missing."""
-    values = [str(dataset.get(name, "") or "").strip() for name in
-              ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality")]
+    values = [
+        str(dataset.get(name, "") or "").strip()
+        for name in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "Modality")
+    ]
     if not all(values[:4]):
-        raise CorruptImage("instance without Study, Series, SOP Instance or SOP Class UID; it cannot be referenced, fix it at "
-                           "the modality", value=values[2] or None)
+        raise CorruptImage(
+            "instance without Study, Series, SOP Instance or SOP Class UID; it cannot be referenced, fix it at the modality",
+            value=values[2] or None,
+        )
     return values[0], values[1], values[2], values[3], values[4]
 
 
@@ -110,6 +114,7 @@ def derive(dataset: Any, engine: Engine, key: str, filters: Filters, work: Path)
     """
     import pydicom
     from pydicom.dataset import Dataset
+    from pydicom.uid import UID
 
     _, series_uid, instance_uid, sop_class, modality = source_identity(dataset)
     why = filters.refusal(sop_class, modality)
@@ -127,8 +132,10 @@ def derive(dataset: Any, engine: Engine, key: str, filters: Filters, work: Path)
             past = time.time() - 1.0
             os.utime(source_file, (past, past))
         except Exception as error:  # pydicom cannot even write it back: a damaged element
-            raise Refused(f"{instance_uid}: cannot re-encode the instance ({type(error).__name__}); it is damaged, fix it at the "
-                          "modality", value=instance_uid) from None
+            raise Refused(
+                f"{instance_uid}: cannot re-encode the instance ({type(error).__name__}); it is damaged, fix it at the modality",
+                value=instance_uid,
+            ) from None
         outcome = next(deblur_tasks(engine, [Task(source_file, output_file)], Settings(batch=1)))
         if outcome.status != "written":  # the reason names the work file: the instance's UID says it already
             raise Refused(f"{instance_uid}: {str(outcome.reason).replace(f'{source_file}: ', '')}", value=instance_uid)
@@ -138,7 +145,7 @@ def derive(dataset: Any, engine: Engine, key: str, filters: Filters, work: Path)
             path.unlink(missing_ok=True)
     new_series, new_instance = derived_uids(series_uid, instance_uid, key)
     derived.SeriesInstanceUID = new_series
-    derived.SOPInstanceUID = derived.file_meta.MediaStorageSOPInstanceUID = new_instance
+    derived.SOPInstanceUID = derived.file_meta.MediaStorageSOPInstanceUID = UID(new_instance)
     # Referenced Image Sequence as well as write_dicom's Source Image Sequence: viewers show one or the other.
     reference = Dataset()
     reference.ReferencedSOPClassUID, reference.ReferencedSOPInstanceUID = sop_class, instance_uid

@@ -84,8 +84,10 @@ def _tls_failure(error: Exception) -> str:
     broke the handshake off (with TLS 1.3 its refusal of this client's certificate can arrive as a bare end of stream)."""
     if "certificate verify failed" in str(error).lower():
         return "the service's TLS certificate did not check; give the CA that signed it with ca_bundle="
-    return ("the service broke the TLS handshake off: it wants a client certificate it trusts; give one with client_cert= "
-            "(and client_key= unless the file holds the key)")
+    return (
+        "the service broke the TLS handshake off: it wants a client certificate it trusts; give one with client_cert= "
+        "(and client_key= unless the file holds the key)"
+    )
 
 
 class Archive:
@@ -108,24 +110,39 @@ class Archive:
         except requests.exceptions.HTTPError as error:
             status = getattr(error.response, "status_code", None)
             if status in (401, 403):
-                raise ServiceError(f"dicomweb={self.url}: the service refused the login (HTTP {status}) while {what}; check "
-                                   "user= and password_file=, or token_file=", value=self.url) from None
-            raise ServiceError(f"dicomweb={self.url}: HTTP {status} while {what}; check the URL (the DICOMweb root, e.g. "
-                               "http://HOST:8042/dicom-web) and the service's log", value=self.url, instance=True) from None
+                raise ServiceError(
+                    f"dicomweb={self.url}: the service refused the login (HTTP {status}) while {what}; check "
+                    "user= and password_file=, or token_file=",
+                    value=self.url,
+                ) from None
+            raise ServiceError(
+                f"dicomweb={self.url}: HTTP {status} while {what}; check the URL (the DICOMweb root, e.g. "
+                "http://HOST:8042/dicom-web) and the service's log",
+                value=self.url,
+                instance=True,
+            ) from None
         except requests.exceptions.RequestException as error:
             if _CLIENT_CERTIFICATE_WANTED in str(error).lower():  # a refused handshake can come back as a reset connection
                 raise ServiceError(f"dicomweb={self.url}: while {what}, {_tls_failure(error)}", value=self.url) from None
-            raise ServiceError(f"dicomweb={self.url}: cannot reach the service while {what} ({type(error).__name__}); check that "
-                               "it runs and the address", value=self.url) from None
+            raise ServiceError(
+                f"dicomweb={self.url}: cannot reach the service while {what} ({type(error).__name__}); check that "
+                "it runs and the address",
+                value=self.url,
+            ) from None
 
     def listing(self, filters: Filters) -> Iterator[dict[str, str]]:
         """Every instance of the configured modalities (all without any), page by page: UIDs, SOP class, modality."""
         for modality in filters.modalities or (None,):
             offset = 0
             while True:
-                page = self._call("listing instances (QIDO-RS)", self.client.search_for_instances,
-                                  search_filters={"Modality": modality} if modality else None,
-                                  fields=["SOPClassUID", "Modality"], limit=PAGE, offset=offset)
+                page = self._call(
+                    "listing instances (QIDO-RS)",
+                    self.client.search_for_instances,
+                    search_filters={"Modality": modality} if modality else None,
+                    fields=["SOPClassUID", "Modality"],
+                    limit=PAGE,
+                    offset=offset,
+                )
                 for item in page:
                     yield {name: _value(item, tag) for name, tag in _UIDS.items()}
                 if len(page) < PAGE:
@@ -134,12 +151,23 @@ class Archive:
 
     def fetch(self, study: str, series: str, instance: str) -> Any:
         """The instance as stored (any transfer syntax: decoding it, or refusing, is the node's, as for files)."""
-        return self._call(f"retrieving {instance} (WADO-RS)", self.client.retrieve_instance, study, series, instance,
-                          media_types=(("application/dicom", "*"),))
+        return self._call(
+            f"retrieving {instance} (WADO-RS)",
+            self.client.retrieve_instance,
+            study,
+            series,
+            instance,
+            media_types=(("application/dicom", "*"),),
+        )
 
     def exists(self, study: str, series: str, instance: str) -> bool:
-        found = self._call(f"looking for {instance} (QIDO-RS)", self.client.search_for_instances, study_instance_uid=study,
-                           search_filters={"SOPInstanceUID": instance}, fields=["SOPInstanceUID"])
+        found = self._call(
+            f"looking for {instance} (QIDO-RS)",
+            self.client.search_for_instances,
+            study_instance_uid=study,
+            search_filters={"SOPInstanceUID": instance},
+            fields=["SOPInstanceUID"],
+        )
         return any(_value(item, _UIDS["instance"]) == instance for item in found)
 
     def store(self, dataset: Any) -> None:
@@ -147,8 +175,12 @@ class Archive:
         failed = answer.get("FailedSOPSequence") if answer is not None else None
         if failed:
             reason = failed[0].get("FailureReason", "?")
-            raise ServiceError(f"dicomweb={self.url}: the service refused to store {dataset.SOPInstanceUID} (failure reason "
-                               f"{reason}); check its log and storage", value=self.url, instance=True)
+            raise ServiceError(
+                f"dicomweb={self.url}: the service refused to store {dataset.SOPInstanceUID} (failure reason "
+                f"{reason}); check its log and storage",
+                value=self.url,
+                instance=True,
+            )
 
 
 def poll(archive: Archive, node: Node, filters: Filters, stop: threading.Event | None = None) -> Counts:
@@ -178,8 +210,9 @@ def poll(archive: Archive, node: Node, filters: Filters, stop: threading.Event |
     return node.counts
 
 
-def run_dicomweb(archive: Archive, node: Node, filters: Filters, interval: float, once: bool,
-                 stop: threading.Event | None = None) -> Counts:
+def run_dicomweb(
+    archive: Archive, node: Node, filters: Filters, interval: float, once: bool, stop: threading.Event | None = None
+) -> Counts:
     """Poll every ``interval`` seconds until ``stop`` is set (``once``: a single pass, for cron)."""
     stop = stop or threading.Event()
     first = True

@@ -55,14 +55,18 @@ class Counts:
     reasons: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"{self.stored} derived instance(s) stored, {self.found} already in the archive, {self.skipped} skipped, "
-                f"{self.known} seen before")
+        return (
+            f"{self.stored} derived instance(s) stored, {self.found} already in the archive, {self.skipped} skipped, "
+            f"{self.known} seen before"
+        )
 
 
 class Node:
     """Deblurs what it is given into derived instances, once each; ``store`` and ``exists`` are the archive's."""
 
-    def __init__(self, engine: Engine, state_path: str | Path, filters: Filters, store: Store, exists: Exists | None = None) -> None:
+    def __init__(
+        self, engine: Engine, state_path: str | Path, filters: Filters, store: Store, exists: Exists | None = None
+    ) -> None:
         self.engine, self.filters, self.store, self.exists = engine, filters, store, exists
         self.key = settings_key(engine.provenance)
         self.state = State(state_path, self.key)
@@ -101,7 +105,10 @@ class Node:
             self.counts.known += 1
             return "known"
         new_series, new_uid = derived_uids(series, uid, self.key)
-        if self.exists is not None and self.filters.refusal(str(dataset.get("SOPClassUID", "")), str(dataset.get("Modality", ""))) is None:
+        if (
+            self.exists is not None
+            and self.filters.refusal(str(dataset.get("SOPClassUID", "")), str(dataset.get("Modality", ""))) is None
+        ):
             started = time.perf_counter()
             there = self.exists(study, new_series, new_uid)
             self.counts.store_seconds += time.perf_counter() - started

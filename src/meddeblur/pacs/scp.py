@@ -49,8 +49,8 @@ class Forwarder:
     """A C-STORE SCU to ``destination``, one association kept open and re-opened when it drops."""
 
     def __init__(self, destination: AE, calling: str, sop_classes: tuple[str, ...]) -> None:
-        from pynetdicom import AE as Entity
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+        from pynetdicom import AE as Entity
 
         self.destination = destination
         self._entity = Entity(ae_title=calling)
@@ -64,8 +64,11 @@ class Forwarder:
             self._association = self._entity.associate(d.host, d.port, ae_title=d.title)
             if not self._association.is_established:
                 self._association = None
-                raise DestinationError(f"forward={d}: no association (refused or unreachable); check that it runs, its AE "
-                                       "title and port, and that it accepts this node's AE title", value=str(d))
+                raise DestinationError(
+                    f"forward={d}: no association (refused or unreachable); check that it runs, its AE "
+                    "title and port, and that it accepts this node's AE title",
+                    value=str(d),
+                )
         return self._association
 
     def check(self) -> None:
@@ -78,16 +81,22 @@ class Forwarder:
             status = association.send_c_store(dataset)
         except (ValueError, RuntimeError, AttributeError) as error:  # no accepted context for the class, association lost
             self.close()
-            raise DestinationError(f"forward={self.destination}: cannot C-STORE {dataset.SOPInstanceUID} ({' '.join(str(error).split())[:160]}); "
-                                   "check that the destination accepts this SOP class", value=str(self.destination),
-                                   instance=True) from None
+            raise DestinationError(
+                f"forward={self.destination}: cannot C-STORE {dataset.SOPInstanceUID} ({' '.join(str(error).split())[:160]}); "
+                "check that the destination accepts this SOP class",
+                value=str(self.destination),
+                instance=True,
+            ) from None
         code = getattr(status, "Status", None)
         if code not in _SUCCESS_OR_WARNING:
             self.close()
             shown = "no answer" if code is None else f"status 0x{code:04X}"
-            raise DestinationError(f"forward={self.destination}: C-STORE of {dataset.SOPInstanceUID} failed ({shown}); check the "
-                                   "destination's log and that it accepts this SOP class", value=str(self.destination),
-                                   instance=True)
+            raise DestinationError(
+                f"forward={self.destination}: C-STORE of {dataset.SOPInstanceUID} failed ({shown}); check the "
+                "destination's log and that it accepts this SOP class",
+                value=str(self.destination),
+                instance=True,
+            )
 
     def close(self) -> None:
         if self._association is not None and self._association.is_established:
@@ -158,8 +167,9 @@ def _drain(spool: Spool, node: Node, retry: float, stop: threading.Event) -> Non
         path.unlink(missing_ok=True)
 
 
-def run_listener(listen: AE, node: Node, allowed: set[str], spool_folder: Path, stop: threading.Event,
-                 retry: float = 10.0) -> None:
+def run_listener(
+    listen: AE, node: Node, allowed: set[str], spool_folder: Path, stop: threading.Event, retry: float = 10.0
+) -> None:
     """Receive on ``listen`` and deblur what arrives (through ``node``, which forwards) until ``stop`` is set."""
     from pydicom.uid import DermoscopicPhotographyImageStorage
     from pynetdicom import AE as Entity
@@ -171,15 +181,22 @@ def run_listener(listen: AE, node: Node, allowed: set[str], spool_folder: Path, 
     # Senders cut an instance into P-DATA fragments of the size the listener offers; pynetdicom's 16 kB default makes
     # a 0.5 MB photograph some 30 trips through Python's PDU handling. 1 MiB, as large archives offer.
     entity.maximum_pdu_size = 1 << 20
-    classes = {context.abstract_syntax for context in StoragePresentationContexts} | {DermoscopicPhotographyImageStorage}
+    classes = {context.abstract_syntax for context in StoragePresentationContexts if context.abstract_syntax} | {
+        DermoscopicPhotographyImageStorage
+    }
     for sop_class in sorted(classes):  # every storage class, so that one not to touch is recorded, not refused unseen
         entity.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
     try:
-        server = entity.start_server((listen.host, listen.port), block=False,
-                                     evt_handlers=[(evt.EVT_C_STORE, _handler(spool, allowed, wake))])
+        server = entity.start_server(
+            (listen.host, listen.port), block=False, evt_handlers=[(evt.EVT_C_STORE, _handler(spool, allowed, wake))]
+        )
     except OSError as error:
-        raise DestinationError(f"listen={listen.title}@{listen.host}:{listen.port}: cannot listen there ({error.strerror or error}); "
-                               "choose a free port or an address of this machine", value=str(listen)) from None
+        raise DestinationError(
+            f"listen={listen.title}@{listen.host}:{listen.port}: cannot listen there ({error.strerror or error}); "
+            "choose a free port or an address of this machine",
+            value=str(listen),
+        ) from None
+    assert server is not None  # block=False returns the server
     log.info("listening as %s on %s:%d", listen.title, listen.host, listen.port)
     try:
         while not stop.is_set():

@@ -59,13 +59,17 @@ class State:
             self._db.execute("PRAGMA journal_mode=WAL")  # readers never wait for the writer; survives SIGKILL
             self._db.executescript(_SCHEMA)
         except sqlite3.DatabaseError:
-            raise CorruptFile(f"{self.path}: not a meddeblur pacs state file (damaged or something else); move it away, the "
-                              "node rebuilds what it needs from the archive", value=self.path) from None
+            raise CorruptFile(
+                f"{self.path}: not a meddeblur pacs state file (damaged or something else); move it away, the "
+                "node rebuilds what it needs from the archive",
+                value=self.path,
+            ) from None
 
     def get(self, source_uid: str) -> Record | None:
         with self._lock:
-            row = self._db.execute("SELECT status, derived_uid, reason FROM instances WHERE source_uid=? AND settings=?",
-                                   (source_uid, self.settings)).fetchone()
+            row = self._db.execute(
+                "SELECT status, derived_uid, reason FROM instances WHERE source_uid=? AND settings=?", (source_uid, self.settings)
+            ).fetchone()
         return None if row is None else Record(source_uid, *row)
 
     def is_derived(self, uid: str) -> bool:
@@ -75,8 +79,10 @@ class State:
 
     def put(self, source_uid: str, status: str, derived_uid: str | None = None, reason: str | None = None) -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?)",
-                             (source_uid, self.settings, status, derived_uid, reason, time.time()))
+            self._db.execute(
+                "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?)",
+                (source_uid, self.settings, status, derived_uid, reason, time.time()),
+            )
 
     def counts(self) -> dict[str, int]:
         with self._lock:

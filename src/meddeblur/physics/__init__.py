@@ -13,6 +13,23 @@ from meddeblur.physics.convolution import blur
 from meddeblur.physics.noise import noise_level, noise_level_np
 from meddeblur.physics.operator import DataStep, check_kernel, convolve, convolve_np, correlate, correlate_np, otf, otf_np
 
-__all__ = ["fft_shape", "margin_for", "pad_taper", "pad_taper_np", "noise_level", "noise_level_np", "DataStep", "check_kernel",
-           "convolve", "convolve_np", "correlate", "correlate_np", "otf", "otf_np", "blur", "kernel_canvas", "canvas_radius",
-           "canvas_otf"]
+__all__ = [
+    "fft_shape",
+    "margin_for",
+    "pad_taper",
+    "pad_taper_np",
+    "noise_level",
+    "noise_level_np",
+    "DataStep",
+    "check_kernel",
+    "convolve",
+    "convolve_np",
+    "correlate",
+    "correlate_np",
+    "otf",
+    "otf_np",
+    "blur",
+    "kernel_canvas",
+    "canvas_radius",
+    "canvas_otf",
+]

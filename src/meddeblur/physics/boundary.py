@@ -16,8 +16,6 @@ take their indices and weights from the same numpy functions, so they agree to f
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import scipy.fft
 import torch
@@ -34,7 +32,7 @@ def margin_for(kernel_side: int) -> int:
     return max(MIN_MARGIN, 3 * int(kernel_side))
 
 
-Margin = Union[int, tuple[int, int]]
+Margin = int | tuple[int, int]
 
 
 def _margins(margin: Margin) -> tuple[int, int]:

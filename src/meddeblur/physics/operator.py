@@ -72,7 +72,9 @@ def otf(kernel: np.ndarray | Tensor, shape: tuple[int, int], device: torch.devic
 def convolve_np(image: np.ndarray, transfer: np.ndarray) -> np.ndarray:
     """(fh, fw, C) padded image circularly convolved with the kernel whose OTF (:func:`otf_np`) is ``transfer``."""
     shape = image.shape[:2]
-    return scipy.fft.irfft2(scipy.fft.rfft2(image, axes=(0, 1), workers=-1) * transfer[..., None], s=shape, axes=(0, 1), workers=-1)
+    return scipy.fft.irfft2(
+        scipy.fft.rfft2(image, axes=(0, 1), workers=-1) * transfer[..., None], s=shape, axes=(0, 1), workers=-1
+    )
 
 
 def correlate_np(image: np.ndarray, transfer: np.ndarray) -> np.ndarray:
@@ -103,7 +105,7 @@ class DataStep:
     shape: tuple[int, int]
 
     @classmethod
-    def prepare(cls, padded: Tensor, transfer: Tensor) -> "DataStep":
+    def prepare(cls, padded: Tensor, transfer: Tensor) -> DataStep:
         """From padded (N, C, fh, fw) observations and their OTFs (:func:`otf` on ``padded``'s plane)."""
         if transfer.shape[-2:] != (padded.shape[-2], padded.shape[-1] // 2 + 1):
             raise ValueError(f"OTF shaped {tuple(transfer.shape)} does not fit images shaped {tuple(padded.shape)}")

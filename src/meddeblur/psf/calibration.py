@@ -23,16 +23,17 @@ own MTF50 (:attr:`PSF.mtf50`) equal the measured one, which cropping and clippin
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from meddeblur import __version__
 from meddeblur.errors import InvalidOption
-from meddeblur.psf.edge import OVERSAMPLING, EdgeError, EdgeSFR, frequencies, measure_edges
+from meddeblur.psf.edge import OVERSAMPLING, EdgeSFR, frequencies, measure_edges
 from meddeblur.psf.kernel import PSF, psf_from_array
-from meddeblur.psf.mtf import NYQUIST, directional_mtf, mtf50, radial_mtf
+from meddeblur.psf.mtf import NYQUIST, directional_mtf, mtf50
 
 __all__ = ["METHOD", "calibrate", "write_figure"]
 
@@ -73,7 +74,7 @@ def _profile(freqs: np.ndarray, edges: list[EdgeSFR]) -> tuple[Profile, np.ndarr
     is the kernel's periodic spectrum coming back), the value at Nyquist fades to 0.
     """
     otf, mtf = _mean([e.otf for e in edges]), _mean([e.mtf for e in edges])
-    noise = math.sqrt(np.mean([e.noise ** 2 for e in edges]) / len(edges))
+    noise = math.sqrt(np.mean([e.noise**2 for e in edges]) / len(edges))
     threshold = float(np.clip(4 * noise, *_NOISE))
     clear = np.nonzero(np.convolve(mtf, np.ones(5) / 5, mode="same") > threshold)[0]
     cut = freqs[clear[-1]] if len(clear) else freqs[1]
@@ -93,10 +94,13 @@ def _kernel(otf_at: Callable[[np.ndarray, np.ndarray], np.ndarray], radius: int)
     f = np.fft.fftfreq(n)
     full = np.fft.fftshift(np.fft.ifft2(otf_at(f[None, :], f[:, None])).real)  # odd n: the origin lands on n // 2
     c = n // 2
-    return np.clip(full[c - radius:c + radius + 1, c - radius:c + radius + 1], 0.0, None)
+    return np.clip(full[c - radius : c + radius + 1, c - radius : c + radius + 1], 0.0, None)
 
 
-def _own_mtf50(kernel: np.ndarray, near: float, angles: np.ndarray = np.arange(36) * 5.0) -> float | None:
+_MTF_ANGLES = np.arange(36) * 5.0  # degrees: 0, 5, …, 175
+
+
+def _own_mtf50(kernel: np.ndarray, near: float, angles: np.ndarray = _MTF_ANGLES) -> float | None:
     """MTF50 of ``kernel`` averaged over ``angles`` (default radial_mtf's: :attr:`PSF.mtf50`), sampled only around ``near``."""
     freqs = np.linspace(0.8 * near, min(1.2 * near, NYQUIST), 41)
     curve = np.mean([directional_mtf(kernel, a, freqs) for a in angles], axis=0)
@@ -113,7 +117,9 @@ def _isotropic(profile: Profile, target: float | None, radius: int) -> tuple[np.
     scale = 1.0
     kernel = build(scale)
     for _ in range(4):  # own MTF50 ∝ 1 / scale: a few Newton-like steps
-        own = None if target is None else _own_mtf50(kernel, target)
+        if target is None:
+            break
+        own = _own_mtf50(kernel, target)
         if own is None or abs(own / target - 1) <= _MATCH:
             break
         scale = float(np.clip(scale * own / target, 0.9, 1.1))
@@ -128,7 +134,9 @@ def _axis(edges: list[EdgeSFR], flip_index: int) -> np.ndarray:
     return mean / np.linalg.norm(mean)
 
 
-def _elliptical(freqs: np.ndarray, vertical: list[EdgeSFR], horizontal: list[EdgeSFR], radius: int) -> tuple[np.ndarray, dict[str, Any]]:
+def _elliptical(
+    freqs: np.ndarray, vertical: list[EdgeSFR], horizontal: list[EdgeSFR], radius: int
+) -> tuple[np.ndarray, dict[str, Any]]:
     """An elliptical kernel: the two directions' mean shape, stretched to each direction's MTF50."""
     u = _axis(vertical, 0)
     v = np.array([-u[1], u[0]])  # perpendicular to u (the target's sides are)
@@ -136,8 +144,12 @@ def _elliptical(freqs: np.ndarray, vertical: list[EdgeSFR], horizontal: list[Edg
     (pu, mu), (pv, mv) = _profile(freqs, vertical), _profile(freqs, horizontal)
     su, sv = mtf50(freqs, mu), mtf50(freqs, mv)
     if su is None or sv is None:
-        raise InvalidOption("anisotropic=True: one direction keeps MTF above 0.5 up to Nyquist, too sharp to tell directions "
-                            "apart; drop anisotropic", value=True, option="anisotropic")
+        raise InvalidOption(
+            "anisotropic=True: one direction keeps MTF above 0.5 up to Nyquist, too sharp to tell directions "
+            "apart; drop anisotropic",
+            value=True,
+            option="anisotropic",
+        )
     t = np.linspace(0.0, _CORNER / min(su, sv), 801)  # the shape on a normalised axis: T_u(t·su) and T_v(t·sv) averaged
     shape = 0.5 * (pu(t * su) + pv(t * sv))
 
@@ -145,6 +157,7 @@ def _elliptical(freqs: np.ndarray, vertical: list[EdgeSFR], horizontal: list[Edg
         def otf_at(fx: np.ndarray, fy: np.ndarray) -> np.ndarray:
             fu, fv = fx * u[0] + fy * u[1], fx * v[0] + fy * v[1]
             return np.interp(np.hypot(fu * ku / su, fv * kv / sv), t, shape, right=0.0)
+
         return _kernel(otf_at, radius)
 
     ku = kv = 1.0
@@ -155,8 +168,10 @@ def _elliptical(freqs: np.ndarray, vertical: list[EdgeSFR], horizontal: list[Edg
             break
         ku, kv = float(np.clip(ku * own_u / su, 0.9, 1.1)), float(np.clip(kv * own_v / sv, 0.9, 1.1))
         kernel = build(ku, kv)
-    return kernel, {"frequency_scale": [round(ku, 5), round(kv, 5)],
-                    "mtf50_by_direction_deg": {f"{angles[0]:.1f}": round(su, 5), f"{angles[1]:.1f}": round(sv, 5)}}
+    return kernel, {
+        "frequency_scale": [round(ku, 5), round(kv, 5)],
+        "mtf50_by_direction_deg": {f"{angles[0]:.1f}": round(su, 5), f"{angles[1]:.1f}": round(sv, 5)},
+    }
 
 
 def calibrate(image: np.ndarray, roi: tuple[int, int, int, int] | None = None, anisotropic: bool = False) -> PSF:
@@ -180,20 +195,35 @@ def calibrate(image: np.ndarray, roi: tuple[int, int, int, int] | None = None, a
     if anisotropic:
         if len(groups) < 2:
             only = "near-vertical" if vertical else "near-horizontal"
-            raise InvalidOption(f"anisotropic=True needs near-vertical and near-horizontal edges (the target's four sides); this photo "
-                                f"has only {only} ones: photograph the whole square, or drop anisotropic", value=True, option="anisotropic")
+            raise InvalidOption(
+                f"anisotropic=True needs near-vertical and near-horizontal edges (the target's four sides); this photo "
+                f"has only {only} ones: photograph the whole square, or drop anisotropic",
+                value=True,
+                option="anisotropic",
+            )
         kernel, fit = _elliptical(freqs, vertical, horizontal, radius)
     else:
         weighted = [e for g in groups for e in g for _ in range(len(edges) // len(g))]  # equal weight per direction
         kernel, fit = _isotropic(_profile(freqs, weighted)[0], measured, radius)
     step = round(_CURVE_STEP / (freqs[1] - freqs[0]))
-    curve = {"freqs": [round(float(f), 4) for f in freqs[::step]], "mtf": [round(float(v), 5) for v in mtf[::step]]}
+    curve: dict[str, Any] = {
+        "freqs": [round(float(f), 4) for f in freqs[::step]],
+        "mtf": [round(float(v), 5) for v in mtf[::step]],
+    }
     if len(groups) == 2:
-        curve["by_orientation"] = {name: [round(float(v), 5) for v in _mean([e.mtf for e in g])[::step]]
-                                   for name, g in (("vertical", vertical), ("horizontal", horizontal))}
-    calibration = {"meddeblur": __version__, "method": METHOD, "model": "elliptical" if anisotropic else "radially symmetric",
-                   "measured_mtf50_cycles_per_pixel": None if measured is None else round(measured, 5), **fit,
-                   "edges": [e.summary() for e in edges], "curve": curve}
+        curve["by_orientation"] = {
+            name: [round(float(v), 5) for v in _mean([e.mtf for e in g])[::step]]
+            for name, g in (("vertical", vertical), ("horizontal", horizontal))
+        }
+    calibration = {
+        "meddeblur": __version__,
+        "method": METHOD,
+        "model": "elliptical" if anisotropic else "radially symmetric",
+        "measured_mtf50_cycles_per_pixel": None if measured is None else round(measured, 5),
+        **fit,
+        "edges": [e.summary() for e in edges],
+        "curve": curve,
+    }
     # "tool" marks the file as meddeblur's own (meddeblur.io.ownership), so a later calibration may replace it.
     extra = {"tool": "meddeblur", "operation": "calibrate", "calibration": calibration}
     return psf_from_array(kernel, "calibration", extra=extra)
@@ -208,8 +238,11 @@ def write_figure(psf: PSF, path: str | Path) -> Path:
 
     calibration = psf.extra.get("calibration")
     if not isinstance(calibration, dict) or "curve" not in calibration:
-        raise InvalidOption(f"psf={psf.source}: has no calibration measurement to draw; use a PSF made by calibrate", value=psf.source,
-                            option="psf")
+        raise InvalidOption(
+            f"psf={psf.source}: has no calibration measurement to draw; use a PSF made by calibrate",
+            value=psf.source,
+            option="psf",
+        )
     curve = calibration["curve"]
     f = np.asarray(curve["freqs"], dtype=np.float64)
     curves = {"measured (slanted edge, mean)": (f, np.asarray(curve["mtf"], dtype=np.float64))}
@@ -222,4 +255,3 @@ def write_figure(psf: PSF, path: str | Path) -> Path:
         plot_psf(psf.kernel, *psf.mtf(), psf.mtf50, tmp, f"calibrated PSF, {calibration.get('model', '')}", curves=curves)
         tmp.write_bytes(embed(tmp.read_bytes(), "PNG", record))
     return path
-

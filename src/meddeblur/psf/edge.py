@@ -188,7 +188,7 @@ def _row_centroids(frame: np.ndarray, usable: np.ndarray, cand: _Candidate, slop
     width = frame.shape[1]
     for r in range(cand.rows[0] + 2, cand.rows[1] - 1):
         centre = slope * r + intercept
-        lo, hi = int(math.floor(centre - window)), int(math.ceil(centre + window)) + 1
+        lo, hi = math.floor(centre - window), math.ceil(centre + window) + 1
         if lo < 1 or hi > width - 1 or not usable[r, lo:hi].all():
             continue
         x = np.arange(lo, hi)
@@ -255,7 +255,7 @@ def _measure(grey: np.ndarray, cand: _Candidate, strong: np.ndarray) -> EdgeSFR:
     inner = np.abs(centres) < surround
     low, high = esf[inner][:OVERSAMPLING * 2].mean(), esf[inner][-OVERSAMPLING * 2:].mean()
     rise = _rise(centres[inner], esf[inner], low, high)
-    half = float(min(surround, max(_HALF_WIDTH[0], min(_HALF_WIDTH[1], 8 * rise + 8))))
+    half = float(min(float(surround), max(float(_HALF_WIDTH[0]), min(float(_HALF_WIDTH[1]), 8 * rise + 8))))
     keep = np.abs(centres) < half
     centres, esf, filled = centres[keep], esf[keep], filled[keep]
     if (~filled).mean() > _PHASE_GAPS:

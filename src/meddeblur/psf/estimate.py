@@ -33,11 +33,20 @@ from meddeblur.errors import InvalidOption, NotFound
 from meddeblur.psf.estimator_net import FAMILIES, LAYOUT, BlurEstimatorNet
 from meddeblur.psf.kernel import PSF, psf_from_spec
 from meddeblur.psf.motion_length import motion_length
-from meddeblur.shipped import ESTIMATOR_WEIGHTS  # re-exported
 from meddeblur.psf.spectrum import MIN_SIDE, WINDOW, grey_of, log_power_spectrum
+from meddeblur.shipped import ESTIMATOR_WEIGHTS  # re-exported
 
-__all__ = ["ESTIMATOR_WEIGHTS", "CELL", "BlurEstimate", "PsfMap", "BlurEstimator", "gaussian_of_moments", "label_of",
-           "estimate_psf", "estimate_psf_map"]
+__all__ = [
+    "ESTIMATOR_WEIGHTS",
+    "CELL",
+    "BlurEstimate",
+    "PsfMap",
+    "BlurEstimator",
+    "gaussian_of_moments",
+    "label_of",
+    "estimate_psf",
+    "estimate_psf_map",
+]
 
 #: Side of the cells of a PSF map, px: the crop size the estimator was trained on.
 CELL = 256
@@ -138,8 +147,13 @@ class BlurEstimate:
 
     def describe(self) -> dict[str, Any]:
         """What provenance records: the PSF (:meth:`PSF.describe`) plus family, confidence and the family probabilities."""
-        return {**self.psf.describe(), "estimated": True, "family": self.family, "confidence": round(self.confidence, 4),
-                "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()}}
+        return {
+            **self.psf.describe(),
+            "estimated": True,
+            "family": self.family,
+            "confidence": round(self.confidence, 4),
+            "probabilities": {k: round(v, 4) for k, v in self.probabilities.items()},
+        }
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -174,7 +188,7 @@ class BlurEstimator:
         self.network, self.weights_id = network.eval(), weights_id
 
     @classmethod
-    def load(cls, weights: str | Path | None = None) -> "BlurEstimator":
+    def load(cls, weights: str | Path | None = None) -> BlurEstimator:
         """The shipped estimator (``weights`` None) or one saved by ``scripts/train_estimator.py``."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -183,19 +197,23 @@ class BlurEstimator:
 
         path = Path(weights) if weights is not None else ESTIMATOR_WEIGHTS
         if not path.is_file():
-            raise NotFound(f"{path}: no blur-estimator weights there; reinstall meddeblur or pass the file train_estimator wrote", value=path)
+            raise NotFound(
+                f"{path}: no blur-estimator weights there; reinstall meddeblur or pass the file train_estimator wrote", value=path
+            )
         network = BlurEstimatorNet()
         try:
             network.load_state_dict(load_file(str(path)))
         except (SafetensorError, RuntimeError, OSError) as error:
-            raise InvalidOption(f"{path}: not blur-estimator weights ({str(error).splitlines()[0]})", value=path, option="estimator") from None
+            raise InvalidOption(
+                f"{path}: not blur-estimator weights ({str(error).splitlines()[0]})", value=path, option="estimator"
+            ) from None
         return cls(network, weights_id(path))
 
     @torch.no_grad()
     def outputs(self, spectra: np.ndarray) -> np.ndarray:
         """(N, W, W) log power spectra → (N, OUTPUTS) raw network outputs."""
         # Contiguous and writeable (copied only when not): torch warns on a read-only array, e.g. one np.asarray'd.
-        return self.network(torch.from_numpy(np.require(spectra, dtype=np.float32, requirements="CW"))[:, None]).numpy()
+        return self.network(torch.from_numpy(np.require(spectra, dtype=np.float32, requirements=["C", "W"]))[:, None]).numpy()
 
     def estimate(self, image: np.ndarray | torch.Tensor) -> BlurEstimate:
         """The blur of a whole (H, W, C) / (H, W) numpy or (C, H, W) torch image in [0, 1] (sides ≥ 128)."""
@@ -212,10 +230,14 @@ class BlurEstimator:
 
 def _check_image(image: np.ndarray | torch.Tensor) -> tuple[int, int]:
     shape = tuple(image.shape)
-    h, w = (shape[-2:] if isinstance(image, torch.Tensor) else shape[:2])
+    h, w = shape[-2:] if isinstance(image, torch.Tensor) else shape[:2]
     if min(h, w) < MIN_SIDE:
-        raise InvalidOption(f"image: a blur estimate needs both sides >= {MIN_SIDE} px (got {w}×{h}); give the PSF with psf=... "
-                            "or use the blind network", value=shape, option="image")
+        raise InvalidOption(
+            f"image: a blur estimate needs both sides >= {MIN_SIDE} px (got {w}×{h}); give the PSF with psf=... "
+            "or use the blind network",
+            value=shape,
+            option="image",
+        )
     return h, w
 
 
@@ -241,9 +263,22 @@ class PsfMap:
 
     def describe(self) -> dict[str, Any]:
         """Compact provenance form: the cell grid and each cell's family, MTF50 and confidence."""
-        return {"cell_rows": [list(r) for r in self.rows], "cell_cols": [list(c) for c in self.cols],
-                "cells": [[{"family": e.family, "params": e.params, "mtf50_cycles_per_pixel": e.psf.describe()["mtf50_cycles_per_pixel"],
-                            "confidence": round(e.confidence, 3)} for e in line] for line in self.cells]}
+        return {
+            "cell_rows": [list(r) for r in self.rows],
+            "cell_cols": [list(c) for c in self.cols],
+            "cells": [
+                [
+                    {
+                        "family": e.family,
+                        "params": e.params,
+                        "mtf50_cycles_per_pixel": e.psf.describe()["mtf50_cycles_per_pixel"],
+                        "confidence": round(e.confidence, 3),
+                    }
+                    for e in line
+                ]
+                for line in self.cells
+            ],
+        }
 
 
 def _spans(length: int, cell: int) -> list[tuple[int, int]]:

@@ -23,6 +23,7 @@ OUTPUTS = 12
 
 
 class BlurEstimatorNet(nn.Module):
+    coords: Tensor  # a buffer
     """(N, 1, W, W) log power spectra → (N, :data:`OUTPUTS`) family logits and parameters; see the module docstring."""
 
     def __init__(self, window: int = 64, width: int = 32) -> None:
@@ -32,9 +33,13 @@ class BlurEstimatorNet(nn.Module):
         self.register_buffer("coords", torch.stack(torch.meshgrid(steps, steps, indexing="ij"))[None], persistent=False)
 
         def stage(c_in: int, c_out: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU(), nn.Conv2d(c_out, c_out, 3, stride=2, padding=1), nn.GELU())
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1), nn.GELU(), nn.Conv2d(c_out, c_out, 3, stride=2, padding=1), nn.GELU()
+            )
 
-        self.features = nn.Sequential(stage(3, width), stage(width, width * 2), stage(width * 2, width * 2), stage(width * 2, width * 2))
+        self.features = nn.Sequential(
+            stage(3, width), stage(width, width * 2), stage(width * 2, width * 2), stage(width * 2, width * 2)
+        )
         side = window // 16
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(width * 2 * side * side, 128), nn.GELU(), nn.Linear(128, OUTPUTS))
 

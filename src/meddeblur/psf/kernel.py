@@ -94,8 +94,13 @@ class PSF:
     def describe(self) -> dict[str, Any]:
         """What provenance records of this PSF: source, parameters, size, digest and MTF50."""
         mtf50 = self.mtf50
-        return {"source": self.source, "params": dict(self.params), "size": list(self.kernel.shape), "digest": self.digest,
-                "mtf50_cycles_per_pixel": None if mtf50 is None else round(mtf50, 5)}
+        return {
+            "source": self.source,
+            "params": dict(self.params),
+            "size": list(self.kernel.shape),
+            "digest": self.digest,
+            "mtf50_cycles_per_pixel": None if mtf50 is None else round(mtf50, 5),
+        }
 
     def draw(self, path: str | Path, title: str | None = None) -> Path:
         """Write a PNG of the kernel beside its MTF curve with MTF50 marked (the ``plots`` extra: matplotlib)."""
@@ -107,14 +112,27 @@ class PSF:
         """InvalidOption when the kernel is larger than a ``height`` × ``width`` image."""
         kh, kw = self.kernel.shape
         if kh > height or kw > width:
-            raise InvalidOption(f"psf={self.source}: the kernel ({kw}×{kh}) is larger than the {where} ({width}×{height}); "
-                                "use a smaller PSF or a larger image", value=self.source, option="psf")
+            raise InvalidOption(
+                f"psf={self.source}: the kernel ({kw}×{kh}) is larger than the {where} ({width}×{height}); "
+                "use a smaller PSF or a larger image",
+                value=self.source,
+                option="psf",
+            )
 
     def save_json(self, path: str | Path, extra: dict[str, Any] | None = None) -> Path:
         """Write the PSF as ``.json`` atomically (read back by :func:`load_psf`); ``extra`` keys are stored beside it."""
-        record = {"format": PSF_FORMAT, "version": 1, "source": self.source, "params": self.params,
-                  "size": list(self.kernel.shape), "digest": self.digest, "mtf50_cycles_per_pixel": self.mtf50,
-                  **self.extra, **(extra or {}), "kernel": self.kernel.tolist()}
+        record = {
+            "format": PSF_FORMAT,
+            "version": 1,
+            "source": self.source,
+            "params": self.params,
+            "size": list(self.kernel.shape),
+            "digest": self.digest,
+            "mtf50_cycles_per_pixel": self.mtf50,
+            **self.extra,
+            **(extra or {}),
+            "kernel": self.kernel.tolist(),
+        }
         path = Path(path)
         with atomic_write(path, "w") as fh:
             json.dump(record, fh, indent=1)
@@ -125,8 +143,13 @@ def _refuse(source: str, why: str, fix: str = "pass a non-negative 2-D kernel wi
     return InvalidOption(f"psf={source}: {why}; {fix}", value=source, option="psf")
 
 
-def psf_from_array(array: np.ndarray, source: str = "array", origin: tuple[int, int] | None = None,
-                   params: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> PSF:
+def psf_from_array(
+    array: np.ndarray,
+    source: str = "array",
+    origin: tuple[int, int] | None = None,
+    params: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> PSF:
     """A :class:`PSF` from a 2-D array (any scale: it is normalised to sum 1).
 
     ``origin`` (row, column) is the sample of zero displacement; default the middle sample ``(kh // 2, kw // 2)``.
@@ -242,7 +265,9 @@ def load_psf(psf: PsfLike, shape: tuple[int, int] | None = None) -> PSF:
         else:
             result = psf_from_spec(text)
     else:
-        raise InvalidOption(f"psf: expected a spec string, a file path, a 2-D array or a PSF, got {type(psf).__name__}", value=psf, option="psf")
+        raise InvalidOption(
+            f"psf: expected a spec string, a file path, a 2-D array or a PSF, got {type(psf).__name__}", value=psf, option="psf"
+        )
     if shape is not None:
         result.check_fits(*shape)
     return result

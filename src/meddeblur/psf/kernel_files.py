@@ -46,8 +46,11 @@ def _check_bytes(path: Path, limit: int) -> int:
     """The file's size, refused above ``limit`` before a byte of it is read (a sparse file costs nothing to ``stat``)."""
     size = path.stat().st_size
     if size > limit:
-        raise _too_large(path, f"the file is {size / 1e6:.1f} MB, more than a kernel of at most {MAX_SIDE}×{MAX_SIDE} px "
-                               f"takes ({limit / 1e6:.1f} MB)")
+        raise _too_large(
+            path,
+            f"the file is {size / 1e6:.1f} MB, more than a kernel of at most {MAX_SIDE}×{MAX_SIDE} px "
+            f"takes ({limit / 1e6:.1f} MB)",
+        )
     return size
 
 
@@ -67,25 +70,40 @@ def read_npy(path: Path) -> np.ndarray:
         with path.open("rb") as fh:
             version = np.lib.format.read_magic(fh)
             if version == (1, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_NPY_HEADER)
+                shape, _fortran, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=_NPY_HEADER)
             elif version == (2, 0):
-                shape, fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_NPY_HEADER)
+                shape, _fortran, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=_NPY_HEADER)
             else:  # 3.0 exists only for structured dtypes with non-Latin-1 field names: never a kernel
-                raise UnsupportedFormat(f"{path}: .npy format version {version[0]}.{version[1]} is not read; save the kernel "
-                                        "with numpy.save", value=path)
+                raise UnsupportedFormat(
+                    f"{path}: .npy format version {version[0]}.{version[1]} is not read; save the kernel with numpy.save",
+                    value=path,
+                )
             if len(shape) != 2:
-                raise InvalidOption(f"psf={path}: a PSF must be a 2-D array, got shape {shape}; pass a non-negative 2-D kernel "
-                                    "with a positive sum", value=str(path), option="psf")
+                raise InvalidOption(
+                    f"psf={path}: a PSF must be a 2-D array, got shape {shape}; pass a non-negative 2-D kernel "
+                    "with a positive sum",
+                    value=str(path),
+                    option="psf",
+                )
             _check_sides(path, *shape)
             if dtype.hasobject:
-                raise UnsupportedFormat(f"{path}: the array holds Python objects (a pickle, never loaded: it can run code); "
-                                        "save a numeric array with numpy.save", value=path)
+                raise UnsupportedFormat(
+                    f"{path}: the array holds Python objects (a pickle, never loaded: it can run code); "
+                    "save a numeric array with numpy.save",
+                    value=path,
+                )
             if dtype.kind not in "iuf":
-                raise InvalidOption(f"psf={path}: dtype {dtype} is not a number type; save an integer or float array",
-                                    value=str(path), option="psf")
+                raise InvalidOption(
+                    f"psf={path}: dtype {dtype} is not a number type; save an integer or float array",
+                    value=str(path),
+                    option="psf",
+                )
             if size - fh.tell() < math.prod(shape) * dtype.itemsize:
-                raise CorruptFile(f"{path}: the file is shorter than its header's {shape[1]}×{shape[0]} {dtype} array; "
-                                  "save it again with numpy.save", value=path)
+                raise CorruptFile(
+                    f"{path}: the file is shorter than its header's {shape[1]}×{shape[0]} {dtype} array; "
+                    "save it again with numpy.save",
+                    value=path,
+                )
             fh.seek(0)
             return np.lib.format.read_array(fh, allow_pickle=False, max_header_size=_NPY_HEADER)
     except UserError:
@@ -109,8 +127,10 @@ def read_png(path: Path) -> np.ndarray:
             width, height = image.size
             _check_sides(path, height, width)
             if image.mode not in ("L", "I;16", "I;16B", "I", "F"):
-                raise UnsupportedFormat(f"{path}: a PSF image must be greyscale (this one is {image.mode}); save the kernel as grey PNG or .npy",
-                                        value=path)
+                raise UnsupportedFormat(
+                    f"{path}: a PSF image must be greyscale (this one is {image.mode}); save the kernel as grey PNG or .npy",
+                    value=path,
+                )
             return np.asarray(image).astype(np.float64)
     except UserError:
         raise
@@ -138,6 +158,7 @@ def read_json(path: Path, fmt: str) -> tuple[np.ndarray, dict[str, Any], dict[st
     list of equal-length rows of numbers at most :data:`MAX_SIDE` long, ``params`` absent, null or an object of
     single values. Anything else fails in one line naming the file.
     """
+
     def corrupt(problem: str) -> CorruptFile:
         return CorruptFile(f"{path}: {problem}; write a PSF file with meddeblur calibrate (or PSF.save_json)", value=path)
 
@@ -157,23 +178,23 @@ def read_json(path: Path, fmt: str) -> tuple[np.ndarray, dict[str, Any], dict[st
     except (ValueError, RecursionError) as error:  # RecursionError: a depth the count above missed must still be one line
         raise corrupt(f"not a PSF file written by meddeblur ({type(error).__name__}: {str(error)[:120]})") from None
     if not isinstance(record, dict) or record.get("format") != fmt:
-        raise corrupt(f"not a PSF file written by meddeblur (no \"format\": \"{fmt}\")")
+        raise corrupt(f'not a PSF file written by meddeblur (no "format": "{fmt}")')
     rows = record.get("kernel")
     if not isinstance(rows, list) or not rows or not all(isinstance(row, list) for row in rows):
-        raise corrupt("\"kernel\" must be a list of rows, each a list of numbers")
+        raise corrupt('"kernel" must be a list of rows, each a list of numbers')
     _check_sides(path, len(rows), max(map(len, rows)))
     if len({len(row) for row in rows}) != 1 or not rows[0]:
-        raise corrupt("\"kernel\" rows must all have the same, non-zero length")
+        raise corrupt('"kernel" rows must all have the same, non-zero length')
     # bool is an int to Python but not a number here; a string such as "1_6" would be parsed by numpy's float().
     if not all(type(v) in (int, float) for row in rows for v in row):
-        raise corrupt("\"kernel\" must hold only numbers")
+        raise corrupt('"kernel" must hold only numbers')
     try:
         kernel = np.array(rows, dtype=np.float64)
     except OverflowError:  # an integer literal beyond float64 (json reads any length of digits as int)
-        raise corrupt("\"kernel\" holds a number beyond the float range") from None
+        raise corrupt('"kernel" holds a number beyond the float range') from None
     params = record.get("params")
     if params is None:
         params = {}
     if not isinstance(params, dict) or not all(isinstance(v, _SCALARS) for v in params.values()):
-        raise corrupt("\"params\" must be an object of names to single values (numbers or words)")
+        raise corrupt('"params" must be an object of names to single values (numbers or words)')
     return kernel, params, record

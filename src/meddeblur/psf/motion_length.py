@@ -11,7 +11,7 @@ residual wins. The search stays within :data:`SEARCH` × the network's guess: ou
 half the length fit nearly as well. The windows are :data:`FIT_WINDOW` px where the tile allows (finer stripes
 resolved), else the estimator's own.
 
-Measured on the 56 full-resolution ISIC test images (``python benchmarks/psf_estimation.py``, motion at random
+Measured on the 56 full-resolution ISIC test images (``python -m benchmarks.psf_estimation``, motion at random
 angles, 8-bit): median error 0.09 / 0.06 / 0.07 px at 5 / 9 / 15 px, every image named motion within 2 px; the
 network's own length: 0.40 / 0.87 / 4.14 px.
 
@@ -86,7 +86,9 @@ def _models(lengths: np.ndarray, angle: float, window: int, mask: np.ndarray) ->
     return np.log(np.fft.fftshift(power, axes=(1, 2))[:, mask] + _FLOOR).astype(np.float64)
 
 
-def _explained(lengths: np.ndarray, angle: float, window: int, mask: np.ndarray, basis: np.ndarray, observed: np.ndarray) -> np.ndarray:
+def _explained(
+    lengths: np.ndarray, angle: float, window: int, mask: np.ndarray, basis: np.ndarray, observed: np.ndarray
+) -> np.ndarray:
     """Per candidate length, the share of ``observed`` (trend removed) its model explains; −inf where it fits inverted."""
     models = _models(lengths, angle, window, mask)
     models -= (models @ basis) @ basis.T

@@ -40,8 +40,14 @@ INSTRUCTIONS = (
 )
 
 
-def edge_chart(height: int = 256, width: int = 256, tilt: float = TILT, kind: str = "square", side: float | None = None,
-               levels: tuple[float, float] = (0.2, 0.8)) -> np.ndarray:
+def edge_chart(
+    height: int = 256,
+    width: int = 256,
+    tilt: float = TILT,
+    kind: str = "square",
+    side: float | None = None,
+    levels: tuple[float, float] = (0.2, 0.8),
+) -> np.ndarray:
     """A generated slanted-edge chart, (height, width, 3) float32: ``kind`` "square" (a dark square tilted by
     ``tilt`` degrees, ``side`` px, default 60 % of the smaller side) or "edge" (one edge through the middle,
     dark on the left, ``tilt`` degrees off vertical).
@@ -73,8 +79,11 @@ def edge_chart(height: int = 256, width: int = 256, tilt: float = TILT, kind: st
 
 def _check_dpi(dpi: int) -> int:
     if isinstance(dpi, bool) or not isinstance(dpi, int) or not DPI_RANGE[0] <= dpi <= DPI_RANGE[1]:
-        raise InvalidOption(f"dpi={dpi!r}: must be a whole number from {DPI_RANGE[0]} to {DPI_RANGE[1]} (your printer's "
-                            "resolution, e.g. 600)", value=dpi, option="dpi")
+        raise InvalidOption(
+            f"dpi={dpi!r}: must be a whole number from {DPI_RANGE[0]} to {DPI_RANGE[1]} (your printer's resolution, e.g. 600)",
+            value=dpi,
+            option="dpi",
+        )
     return dpi
 
 
@@ -89,7 +98,10 @@ def target_page(dpi: int = 600) -> np.ndarray:
     centre = (width / 2, 22.0 * px)
     half = SQUARE_MM * px / 2
     c, s = math.cos(math.radians(TILT)), math.sin(math.radians(TILT))
-    corners = [(centre[0] + a * c + b * s, centre[1] - a * s + b * c) for a, b in ((-half, -half), (half, -half), (half, half), (-half, half))]
+    corners = [
+        (centre[0] + a * c + b * s, centre[1] - a * s + b * c)
+        for a, b in ((-half, -half), (half, -half), (half, half), (-half, half))
+    ]
     # Drawn 4× larger on the square's bounding box only, then box-averaged: sub-pixel edges without a 16× page.
     x0, y0 = (math.floor(min(p[i] for p in corners)) - 2 for i in (0, 1))
     x1, y1 = (math.ceil(max(p[i] for p in corners)) + 2 for i in (0, 1))
@@ -100,7 +112,8 @@ def target_page(dpi: int = 600) -> np.ndarray:
     try:
         font = ImageFont.load_default(size=100)
         longest = max(draw.textlength(line, font=font) for line in INSTRUCTIONS)
-        font = ImageFont.load_default(size=max(8, min(round(2.4 * px), int(100 * (width - 12 * px) / longest))))  # ≤ 2.4 mm (7 pt)
+        # ≤ 2.4 mm (7 pt)
+        font = ImageFont.load_default(size=max(8, min(round(2.4 * px), int(100 * (width - 12 * px) / longest))))
     except TypeError:  # Pillow < 10.1: only the small bitmap font
         font = ImageFont.load_default()
     for i, line in enumerate(INSTRUCTIONS):

@@ -12,8 +12,9 @@ unchanged, bit for bit, whatever the method; a PSF larger than the tile is refus
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn

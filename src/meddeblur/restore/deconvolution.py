@@ -29,8 +29,10 @@ class _Numpy(KnownBlur):
         raise NotImplementedError
 
     def restore(self, tiles: Tensor) -> Tensor:
-        restored = [self.deconvolve(np.clip(tile, 0.0, 1.0)).transpose(2, 0, 1)
-                    for tile in tiles.detach().cpu().float().numpy().transpose(0, 2, 3, 1)]
+        restored = [
+            self.deconvolve(np.clip(tile, 0.0, 1.0)).transpose(2, 0, 1)
+            for tile in tiles.detach().cpu().float().numpy().transpose(0, 2, 3, 1)
+        ]
         return torch.from_numpy(np.stack(restored)).to(tiles.device)
 
 
@@ -59,8 +61,11 @@ class RichardsonLucy(_Numpy):
 
     def __init__(self, psf: PSF, iterations: int = DEFAULT_ITERATIONS) -> None:
         if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
-            raise InvalidOption(f"iterations={iterations}: must be a positive integer, e.g. {DEFAULT_ITERATIONS}", value=iterations,
-                                option="iterations")
+            raise InvalidOption(
+                f"iterations={iterations}: must be a positive integer, e.g. {DEFAULT_ITERATIONS}",
+                value=iterations,
+                option="iterations",
+            )
         super().__init__(psf)
         self.iterations = iterations
 

@@ -29,8 +29,9 @@ on the padded plane (the denoiser sees the mirrored margin as image), and the re
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,8 +59,11 @@ class PnPSettings:
 
     def __post_init__(self) -> None:
         if isinstance(self.iterations, bool) or not isinstance(self.iterations, int) or not 1 <= self.iterations <= 100:
-            raise InvalidOption(f"iterations={self.iterations}: must be an integer from 1 to 100, e.g. 8", value=self.iterations,
-                                option="iterations")
+            raise InvalidOption(
+                f"iterations={self.iterations}: must be an integer from 1 to 100, e.g. 8",
+                value=self.iterations,
+                option="iterations",
+            )
         for name in ("sigma_start", "noise_floor", "weight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
@@ -109,7 +113,7 @@ def plug_and_play(blurred: Tensor, kernel: np.ndarray, denoiser: nn.Module, sett
     y = blurred.to(device, torch.float32)
     margin = margin_for(max(kernel.shape))
     padded, (rows, cols) = pad_taper(y, margin)
-    transfer = otf(torch.as_tensor(np.asarray(kernel), dtype=torch.float32, device=device), tuple(padded.shape[-2:]))
+    transfer = otf(torch.as_tensor(np.asarray(kernel), dtype=torch.float32, device=device), (padded.shape[-2], padded.shape[-1]))
     sigmas, alphas = schedule(noise_level(y), settings)
     denoise = _fit_denoiser(denoiser) if isinstance(denoiser, nn.Module) else denoiser
     return hqs(padded, transfer, denoise, sigmas, alphas)[..., rows, cols]

@@ -26,7 +26,19 @@ if TYPE_CHECKING:
     from meddeblur.psf.kernel import PSF
     from meddeblur.restore.base import Resources, Restorer
 
-__all__ = ["Told", "Method", "METHODS", "NETWORK", "ESTIMATED", "KNOWN_BLUR_DEFAULT", "get", "known_blur", "names", "resolve", "build"]
+__all__ = [
+    "Told",
+    "Method",
+    "METHODS",
+    "NETWORK",
+    "ESTIMATED",
+    "KNOWN_BLUR_DEFAULT",
+    "get",
+    "known_blur",
+    "names",
+    "resolve",
+    "build",
+]
 
 
 class Told(enum.Enum):
@@ -58,20 +70,49 @@ NETWORK = "network"
 #: The method that estimates the PSF itself.
 ESTIMATED = "psf"
 
-METHODS: dict[str, Method] = {m.name: m for m in (
-    Method(NETWORK, "network", "the trained network: blind, or the kernel-conditioned model when told the PSF",
-           frozenset({Told.NOTHING, Told.PSF}), "meddeblur.restore.network:build"),
-    Method("wiener", "Wiener", "Wiener deconvolution with the PSF (NSR 0.01)", frozenset({Told.PSF}),
-           "meddeblur.restore.deconvolution:build_wiener", "meddeblur.restore.classical:wiener",
-           tuple({"nsr": v} for v in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1))),
-    Method("rl", "Richardson-Lucy", "Richardson–Lucy deconvolution with the PSF (30 iterations)", frozenset({Told.PSF}),
-           "meddeblur.restore.deconvolution:build_rl", "meddeblur.restore.classical:richardson_lucy",
-           tuple({"iterations": v} for v in (5, 10, 20, 40, 80))),
-    Method("pnp", "plug-and-play", "8 iterations of the exact FFT data step with the PSF and a learned "
-           "denoiser", frozenset({Told.PSF}), "meddeblur.restore.pnp:build"),
-    Method(ESTIMATED, "estimated PSF", "estimate each image's PSF, restore with it, check the result (else the blind network)",
-           frozenset({Told.ESTIMATE})),
-)}
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            NETWORK,
+            "network",
+            "the trained network: blind, or the kernel-conditioned model when told the PSF",
+            frozenset({Told.NOTHING, Told.PSF}),
+            "meddeblur.restore.network:build",
+        ),
+        Method(
+            "wiener",
+            "Wiener",
+            "Wiener deconvolution with the PSF (NSR 0.01)",
+            frozenset({Told.PSF}),
+            "meddeblur.restore.deconvolution:build_wiener",
+            "meddeblur.restore.classical:wiener",
+            tuple({"nsr": v} for v in (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
+        ),
+        Method(
+            "rl",
+            "Richardson-Lucy",
+            "Richardson–Lucy deconvolution with the PSF (30 iterations)",
+            frozenset({Told.PSF}),
+            "meddeblur.restore.deconvolution:build_rl",
+            "meddeblur.restore.classical:richardson_lucy",
+            tuple({"iterations": v} for v in (5, 10, 20, 40, 80)),
+        ),
+        Method(
+            "pnp",
+            "plug-and-play",
+            "8 iterations of the exact FFT data step with the PSF and a learned denoiser",
+            frozenset({Told.PSF}),
+            "meddeblur.restore.pnp:build",
+        ),
+        Method(
+            ESTIMATED,
+            "estimated PSF",
+            "estimate each image's PSF, restore with it, check the result (else the blind network)",
+            frozenset({Told.ESTIMATE}),
+        ),
+    )
+}
 
 #: What a known PSF is restored with when no method is named (and what the estimated-PSF method restores with).
 KNOWN_BLUR_DEFAULT = NETWORK
@@ -94,8 +135,11 @@ def known_blur(name: str) -> Method:
     """The method ``name``, which must restore a known PSF; InvalidOption naming those that do otherwise."""
     method = get(name)
     if Told.PSF not in method.told:
-        raise InvalidOption(f"method={name!r} does not restore a known PSF: choose one of {', '.join(names(Told.PSF))}",
-                            value=name, option="method")
+        raise InvalidOption(
+            f"method={name!r} does not restore a known PSF: choose one of {', '.join(names(Told.PSF))}",
+            value=name,
+            option="method",
+        )
     return method
 
 

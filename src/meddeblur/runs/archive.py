@@ -15,28 +15,44 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from meddeblur.errors import InvalidOption
-from meddeblur.runs.plan import plan_run
-from meddeblur.runs.explain import check_explainable
-from meddeblur.runs.execute import Executor, InProcess, Report, execute
-from meddeblur.runs.jobs import GPU_BATCH, Settings
-from meddeblur.runs.workers import LocalWorkers, ModelSpec, check_workers, default_workers
 from meddeblur.io.encode import check_jpeg_quality
+from meddeblur.runs.execute import Executor, InProcess, Report, execute
+from meddeblur.runs.explain import check_explainable
+from meddeblur.runs.jobs import GPU_BATCH, Settings
+from meddeblur.runs.plan import plan_run
+from meddeblur.runs.workers import LocalWorkers, ModelSpec, check_workers, default_workers
 
 __all__ = ["deblur_archive", "CLUSTERS"]
 
 CLUSTERS = ("ray",)
 
 
-def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | None = None, *, format: str | None = None,
-                   jpeg_quality: int = 95, recursive: bool = False, skip_bad: bool = False, redo: bool = False,
-                   allow_outputs: bool = False, overwrite: bool = False, change_map: bool = False, explain: bool = False,
-                   log: str | os.PathLike[str] | None = None, progress: bool | None = None, workers: int | None = None,
-                   cluster: str | None = None, ray_address: str | None = None, progress_every: float = 30.0,
-                   words: Callable[[str], str] | None = None) -> Report:
+def deblur_archive(
+    inputs: list[str | Path],
+    out: str | Path,
+    spec: ModelSpec | None = None,
+    *,
+    format: str | None = None,
+    jpeg_quality: int = 95,
+    recursive: bool = False,
+    skip_bad: bool = False,
+    redo: bool = False,
+    allow_outputs: bool = False,
+    overwrite: bool = False,
+    change_map: bool = False,
+    explain: bool = False,
+    log: str | os.PathLike[str] | None = None,
+    progress: bool | None = None,
+    workers: int | None = None,
+    cluster: str | None = None,
+    ray_address: str | None = None,
+    progress_every: float = 30.0,
+    words: Callable[[str], str] | None = None,
+) -> Report:
     """Deblur files and folders into ``out`` with the model ``spec`` names (default: the shipped one); a :class:`Report` back.
 
     ``recursive``: mirror the folders' whole trees under ``out``. ``skip_bad``: go on past inputs that cannot be read
@@ -53,16 +69,23 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
     spec = spec or ModelSpec()
     check_jpeg_quality(jpeg_quality)
     if cluster is not None and cluster not in CLUSTERS:
-        raise InvalidOption(f"cluster={cluster!r}: choose 'ray' (or leave it out to run on this machine)", value=cluster, option="cluster")
+        raise InvalidOption(
+            f"cluster={cluster!r}: choose 'ray' (or leave it out to run on this machine)", value=cluster, option="cluster"
+        )
     if ray_address is not None and cluster is None:
-        raise InvalidOption(f"ray_address={ray_address}: joins a Ray cluster; add cluster='ray'", value=ray_address, option="ray_address")
+        raise InvalidOption(
+            f"ray_address={ray_address}: joins a Ray cluster; add cluster='ray'", value=ray_address, option="ray_address"
+        )
     if workers is not None:
         check_workers(workers)
     if explain:
         check_explainable(spec)  # before the model is loaded: the spec says whether there will be a PSF
+
     # The model is loaded only when needed: a rerun whose outputs all carry this spec's recipe never imports torch.
     # For the plan the model's device does not matter; a run in this process keeps the model loaded for it.
-    here = lambda: _on_cpu(spec) or (cluster is None and workers in (None, 1))  # noqa: E731
+    def here() -> bool:
+        return _on_cpu(spec) or (cluster is None and workers in (None, 1))
+
     loaded: list[Any] = []
 
     def record() -> dict[str, Any]:
@@ -70,11 +93,32 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
             loaded.append(spec.load() if here() else spec.load(device="cpu"))
         return loaded[0].provenance
 
-    plan = plan_run(inputs, out, record, format, jpeg_quality, recursive=recursive, change_map=change_map, overwrite=overwrite,
-                    resume=not redo, allow_outputs=allow_outputs, explain=explain, log=log, recipe=spec.recipe())
+    plan = plan_run(
+        inputs,
+        out,
+        record,
+        format,
+        jpeg_quality,
+        recursive=recursive,
+        change_map=change_map,
+        overwrite=overwrite,
+        resume=not redo,
+        allow_outputs=allow_outputs,
+        explain=explain,
+        log=log,
+        recipe=spec.recipe(),
+    )
     if not plan.tasks:  # everything done (or refused): no processes, and no model where an output's record names it
-        return execute(plan, None, plan.record if plan.record is not None else record(), log=log, skip_bad=skip_bad, progress=progress, progress_every=progress_every,
-                       words=words)
+        return execute(
+            plan,
+            None,
+            plan.record if plan.record is not None else record(),
+            log=log,
+            skip_bad=skip_bad,
+            progress=progress,
+            progress_every=progress_every,
+            words=words,
+        )
     made = record()
     on_cpu = _on_cpu(spec)
     count = default_workers(on_cpu, len(plan.tasks)) if workers is None else workers
@@ -88,7 +132,9 @@ def deblur_archive(inputs: list[str | Path], out: str | Path, spec: ModelSpec | 
         executor = InProcess(loaded[0] if here() else spec.load(), settings)
     else:
         executor = LocalWorkers(spec, settings, count)
-    return execute(plan, executor, made, log=log, skip_bad=skip_bad, progress=progress, progress_every=progress_every, words=words)
+    return execute(
+        plan, executor, made, log=log, skip_bad=skip_bad, progress=progress, progress_every=progress_every, words=words
+    )
 
 
 def _on_cpu(spec: ModelSpec) -> bool:

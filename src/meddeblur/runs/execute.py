@@ -17,9 +17,9 @@ from typing import Any, Protocol
 
 from meddeblur.errors import UserError
 from meddeblur.inference.engine import Engine
-from meddeblur.runs.plan import Outcome, Plan, Task
 from meddeblur.runs.jobs import Settings, deblur_tasks
 from meddeblur.runs.log import RunLog
+from meddeblur.runs.plan import Outcome, Plan, Task
 
 __all__ = ["Executor", "InProcess", "Report", "execute", "progress_line"]
 
@@ -77,25 +77,45 @@ class Report:
         restored instead of an estimated PSF (with why), what was not an input."""
         written, skipped, refused = (self.with_status(status) for status in ("written", "skipped", "refused"))
         done = sum(1 for outcome in skipped if outcome.output)  # the others are meddeblur outputs themselves
-        why = ", ".join(part for part in (f"{done} already done" if done else "",
-                                          f"{len(skipped) - done} meddeblur output(s)" if len(skipped) > done else "") if part)
+        why = ", ".join(
+            part
+            for part in (
+                f"{done} already done" if done else "",
+                f"{len(skipped) - done} meddeblur output(s)" if len(skipped) > done else "",
+            )
+            if part
+        )
         inputs = max(self.planned or 0, len(self.outcomes))
-        lines = [f"{inputs} input(s): {len(written)} written to {out}, {len(skipped)} skipped"
-                 + (f" ({why})" if why else "") + f", {len(refused)} refused"
-                 + (f", {inputs - len(self.outcomes)} not reached" if inputs > len(self.outcomes) else "")]
+        lines = [
+            f"{inputs} input(s): {len(written)} written to {out}, {len(skipped)} skipped"
+            + (f" ({why})" if why else "")
+            + f", {len(refused)} refused"
+            + (f", {inputs - len(self.outcomes)} not reached" if inputs > len(self.outcomes) else "")
+        ]
         lines += [f"refused: {outcome.reason}" for outcome in refused]
         fallbacks = [outcome for outcome in written if (outcome.restoration or {}).get("result") == "blind"]
-        lines += [f"{outcome.input}: fell back to the blind network: {outcome.restoration['reason']}" for outcome in fallbacks[:most]]
+        lines += [
+            f"{outcome.input}: fell back to the blind network: {(outcome.restoration or {})['reason']}"
+            for outcome in fallbacks[:most]
+        ]
         if len(fallbacks) > most:
             lines.append(f"and {len(fallbacks) - most} more image(s) restored by the blind network (see the log)")
-        for label, paths in (("not images, left alone", self.not_images),
-                             ("folders not entered (pass recursive=True; links to folders are never followed)", self.folders_not_entered)):
+        for label, paths in (
+            ("not images, left alone", self.not_images),
+            ("folders not entered (pass recursive=True; links to folders are never followed)", self.folders_not_entered),
+        ):
             if paths:
                 more = f" and {len(paths) - most} more" if len(paths) > most else ""
                 lines.append(f"{label}: {', '.join(map(str, paths[:most]))}{more}")
         if self.log is not None:
-            lines.append(f"log: {self.log}" + (" (its last line had been cut, by an interrupted copy or a full disk; this run's "
-                                               "lines start on a new line)" if self.log_was_cut else ""))
+            lines.append(
+                f"log: {self.log}"
+                + (
+                    " (its last line had been cut, by an interrupted copy or a full disk; this run's lines start on a new line)"
+                    if self.log_was_cut
+                    else ""
+                )
+            )
         return "\n".join(lines)
 
 
@@ -123,8 +143,15 @@ class _Bars:
         if bar is None or bar.total != total or done == 0:
             if bar is not None:
                 bar.close()
-            bar = self.tiles[slot] = self._tqdm(total=total, desc=f"  {task.input.name}", unit="tile", leave=False,
-                                                position=1 + slot, file=sys.stderr, dynamic_ncols=True)
+            bar = self.tiles[slot] = self._tqdm(
+                total=total,
+                desc=f"  {task.input.name}",
+                unit="tile",
+                leave=False,
+                position=1 + slot,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
         bar.n = done
         bar.refresh()
 
@@ -164,9 +191,16 @@ def progress_line(done: int, total: int, seconds: float, refused: int = 0) -> st
     return line + (f", {refused} refused" if refused else "")
 
 
-def execute(plan: Plan, executor: Executor | None, record: dict[str, Any], log: str | os.PathLike[str] | None = None,
-            skip_bad: bool = False, progress: bool | None = None, progress_every: float = 30.0,
-            words: Callable[[str], str] | None = None) -> Report:
+def execute(
+    plan: Plan,
+    executor: Executor | None,
+    record: dict[str, Any],
+    log: str | os.PathLike[str] | None = None,
+    skip_bad: bool = False,
+    progress: bool | None = None,
+    progress_every: float = 30.0,
+    words: Callable[[str], str] | None = None,
+) -> Report:
     """Run ``plan`` on ``executor``, logging every input (skipped ones too) to ``log`` if given.
 
     ``record`` is the engine's provenance, as the log names model and options. ``executor`` None: the plan has no tasks.
@@ -182,10 +216,16 @@ def execute(plan: Plan, executor: Executor | None, record: dict[str, Any], log: 
     if plan.refused and not skip_bad:  # found while planning: the run stops before anything is written
         if executor is not None:
             executor.close()
-        raise UserError(f"{plan.refused[0].reason} (nothing was written; pass skip_bad=True to go on past inputs that cannot "
-                        "be read)", value=plan.refused[0].input)
-    report = Report(not_images=list(plan.not_images), folders_not_entered=list(plan.folders_not_entered),
-                    log=Path(log) if log is not None else None, planned=plan.inputs)
+        raise UserError(
+            f"{plan.refused[0].reason} (nothing was written; pass skip_bad=True to go on past inputs that cannot be read)",
+            value=plan.refused[0].input,
+        )
+    report = Report(
+        not_images=list(plan.not_images),
+        folders_not_entered=list(plan.folders_not_entered),
+        log=Path(log) if log is not None else None,
+        planned=plan.inputs,
+    )
     run_log = RunLog(log, record, words) if log is not None else None
     report.log_was_cut = run_log is not None and run_log.cut
     bars = _Bars(len(plan.tasks), progress, progress_every)
@@ -200,8 +240,11 @@ def execute(plan: Plan, executor: Executor | None, record: dict[str, Any], log: 
                 run_log.write(outcome)
             bars.image(outcome)
             if outcome.status == "refused" and not skip_bad:
-                raise UserError(f"{outcome.reason} (the run stopped here: outputs finished so far are whole and a rerun skips "
-                                "them; pass skip_bad=True to go on past inputs that cannot be read)", value=outcome.input)
+                raise UserError(
+                    f"{outcome.reason} (the run stopped here: outputs finished so far are whole and a rerun skips "
+                    "them; pass skip_bad=True to go on past inputs that cannot be read)",
+                    value=outcome.input,
+                )
     except BaseException as stop:
         if not isinstance(stop, Exception):  # Ctrl-C, SIGTERM: what was done so far goes with it, for the summary
             stop.report = report  # type: ignore[attr-defined]

@@ -14,14 +14,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from meddeblur.errors import InvalidOption, require
-from meddeblur.inference.engine import Engine
 from meddeblur.files import atomic_write
+from meddeblur.inference.engine import Engine
 from meddeblur.io.provenance import embed
 
 if TYPE_CHECKING:
     from meddeblur.psf.kernel import PSF
 
-__all__ = ["PSF_PLOT_OPERATION", "psf_plot_path", "check_explainable", "explained_psf", "psf_figure", "psf_plot", "write_psf_plot"]
+__all__ = [
+    "PSF_PLOT_OPERATION",
+    "psf_plot_path",
+    "check_explainable",
+    "explained_psf",
+    "psf_figure",
+    "psf_plot",
+    "write_psf_plot",
+]
 
 #: The ``operation`` of a PSF figure's provenance record.
 PSF_PLOT_OPERATION = "psf plot"
@@ -48,9 +56,12 @@ def check_explainable(engine: _SaysItsPsf) -> None:
     """InvalidOption unless ``engine`` (a Deblurrer, or the ModelSpec that loads one) restores with a PSF, known or
     estimated; MissingExtra without matplotlib."""
     if engine.psf is None and not engine.estimates_psf:
-        raise InvalidOption("explain=True: draws the PSF each image was restored with, and the blind network uses none; add "
-                            "method=psf (estimate it from each image) or psf=SPEC (a known one), or drop explain=True",
-                            value=True, option="explain")
+        raise InvalidOption(
+            "explain=True: draws the PSF each image was restored with, and the blind network uses none; add "
+            "method=psf (estimate it from each image) or psf=SPEC (a known one), or drop explain=True",
+            value=True,
+            option="explain",
+        )
     require("matplotlib", "drawing the PSF (explain)")
 
 
@@ -64,7 +75,9 @@ def explained_psf(engine: Engine, restoration: dict[str, Any]) -> tuple[PSF, str
         result = restoration.get("result")
         confidence = estimate.get("confidence")
         # Two lines: plot_psf appends the kernel's size to the title, and the panel is narrow.
-        said = f"estimated {estimate['source']}\n" + (f"confidence {confidence:.2f}, " if isinstance(confidence, (int, float)) else "")
+        said = f"estimated {estimate['source']}\n" + (
+            f"confidence {confidence:.2f}, " if isinstance(confidence, (int, float)) else ""
+        )
         if result == "restored":
             return psf, said + ("used (whole image; a PSF map)" if "psf_map" in restoration else "used")
         return psf, said + f"NOT USED ({result})"

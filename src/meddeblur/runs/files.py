@@ -32,22 +32,46 @@ class _Network:
     psf = None
     estimates_psf = False
 
-    def __init__(self, model: nn.Module | TileFn, device: str | torch.device, tile: int, overlap: int, multiple: int,
-                 provenance: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        model: nn.Module | TileFn,
+        device: str | torch.device,
+        tile: int,
+        overlap: int,
+        multiple: int,
+        provenance: dict[str, Any],
+    ) -> None:
         self.model, self.device, self.provenance = model, torch.device(device), provenance
         self.tile, self.overlap, self.size_multiple = tile, overlap, multiple
 
     def restore_rgb(self, rgb: np.ndarray, before_tile: Callable[[], None] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-        return deblur_array(self.model, rgb, self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple,
-                            before_tile=before_tile), {}
+        return deblur_array(
+            self.model,
+            rgb,
+            self.device,
+            tile=self.tile,
+            overlap=self.overlap,
+            multiple=self.size_multiple,
+            before_tile=before_tile,
+        ), {}
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return deblur_tensor(self.model, images.to(self.device), self.size_multiple).cpu()
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:  # the name Engine's: a batch (N, 3, H, W)
+        return deblur_tensor(self.model, image.to(self.device), self.size_multiple).cpu()
 
 
-def deblur_files(model: nn.Module | TileFn | Any, inputs: list[str | Path], outdir: str | Path, fmt: str | None = None,
-                 device: str | torch.device = "cpu", jpeg_quality: int = 95, tile: int = 0, overlap: int = 128,
-                 multiple: int = SIZE_MULTIPLE, provenance: dict[str, Any] | None = None, overwrite: bool = False) -> list[Path]:
+def deblur_files(
+    model: nn.Module | TileFn | Any,
+    inputs: list[str | Path],
+    outdir: str | Path,
+    fmt: str | None = None,
+    device: str | torch.device = "cpu",
+    jpeg_quality: int = 95,
+    tile: int = 0,
+    overlap: int = 128,
+    multiple: int = SIZE_MULTIPLE,
+    provenance: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> list[Path]:
     """Deblur every input into ``outdir``; the model is loaded once by the caller (tiling: see :func:`deblur_array`).
 
     ``model``: a network (or any :data:`TileFn`), run with ``device``, ``tile``, ``overlap`` and ``multiple``; or an
@@ -64,9 +88,8 @@ def deblur_files(model: nn.Module | TileFn | Any, inputs: list[str | Path], outd
     before it are whole). Folder runs that resume, log and go on past bad files: :func:`meddeblur.runs.archive.deblur_archive`.
     """
     check_jpeg_quality(jpeg_quality)
-    is_engine = isinstance(model, Engine)
-    record = provenance if provenance is not None else (model.provenance if is_engine else make_record())
+    record = provenance if provenance is not None else (model.provenance if isinstance(model, Engine) else make_record())
     plan = plan_run(inputs, outdir, record, fmt, jpeg_quality, overwrite=overwrite, resume=False, allow_outputs=True)
     settings = Settings(jpeg_quality=jpeg_quality)
-    engine = model if is_engine else _Network(model, device, tile, overlap, multiple, record)
+    engine = model if isinstance(model, Engine) else _Network(model, device, tile, overlap, multiple, record)
     return execute(plan, InProcess(engine, settings), record, progress=None if len(plan.tasks) > 1 else False).written

@@ -9,23 +9,23 @@ its ``restore_rgb`` also says what was done with each image (the ``restoration``
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from meddeblur.errors import InvalidOption, UserError
-from meddeblur.inference.engine import Engine
 from meddeblur.files import file_identity, source_stamp
-from meddeblur.runs.plan import Outcome, Task, target_record
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path, change_of
-from meddeblur.runs.explain import write_psf_plot
+from meddeblur.inference.engine import Engine
 from meddeblur.inference.tile_grid import tile_starts
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import check_jpeg_quality, write_image
 from meddeblur.io.formats import SUFFIX_FORMATS, LoadedImage
+from meddeblur.runs.explain import write_psf_plot
+from meddeblur.runs.plan import Outcome, Task, target_record
 
 __all__ = ["GPU_BATCH", "Settings", "tile_count", "deblur_tasks"]
 
@@ -52,7 +52,9 @@ class Settings:
     def __post_init__(self) -> None:
         check_jpeg_quality(self.jpeg_quality)
         if isinstance(self.batch, bool) or not isinstance(self.batch, int) or self.batch < 1:
-            raise InvalidOption(f"batch={self.batch}: give a whole number of images, at least 1", value=self.batch, option="batch")
+            raise InvalidOption(
+                f"batch={self.batch}: give a whole number of images, at least 1", value=self.batch, option="batch"
+            )
 
 
 def tile_count(engine: Engine, height: int, width: int) -> int:
@@ -62,7 +64,9 @@ def tile_count(engine: Engine, height: int, width: int) -> int:
         return 1
     tile = -(-tile // multiple) * multiple
     sides = [-(-side // multiple) * multiple for side in (height, width)]
-    return len(tile_starts(sides[0], min(tile, sides[0]), engine.overlap, multiple)) * len(tile_starts(sides[1], min(tile, sides[1]), engine.overlap, multiple))
+    return len(tile_starts(sides[0], min(tile, sides[0]), engine.overlap, multiple)) * len(
+        tile_starts(sides[1], min(tile, sides[1]), engine.overlap, multiple)
+    )
 
 
 def _reason(note: str | None, restoration: dict[str, Any]) -> str | None:
@@ -71,16 +75,29 @@ def _reason(note: str | None, restoration: dict[str, Any]) -> str | None:
     return "; ".join(part for part in (note, fallback) if part) or None
 
 
-def _write(task: Task, image: LoadedImage, source: dict[str, Any], restored: np.ndarray, restoration: dict[str, Any], engine: Engine, record: dict[str, Any],
-           settings: Settings, started: float) -> Outcome:
+def _write(
+    task: Task,
+    image: LoadedImage,
+    source: dict[str, Any],
+    restored: np.ndarray,
+    restoration: dict[str, Any],
+    engine: Engine,
+    record: dict[str, Any],
+    settings: Settings,
+    started: float,
+) -> Outcome:
     target = task.output
     out_format = SUFFIX_FORMATS.get(target.suffix.lower(), image.format)
     bit_depth = image.bit_depth if out_format in ("PNG", "TIFF", "DICOM") else 8
     change = change_of(image, restored, bit_depth)
     figures = change.figures.as_dict()
     # The input named (its file name only: folders often carry a patient's name), proven by its digest; and when.
-    written = {**target_record(record, target, settings.jpeg_quality), "change": figures, "source": {"name": task.input.name, **source},
-               "time": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    written = {
+        **target_record(record, target, settings.jpeg_quality),
+        "change": figures,
+        "source": {"name": task.input.name, **source},
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
     if restoration:  # what was done with this image (an estimated PSF): provenance says it, per image
         written["restoration"] = restoration
     if out_format == "DICOM":
@@ -88,17 +105,39 @@ def _write(task: Task, image: LoadedImage, source: dict[str, Any], restored: np.
 
         write_dicom(target, restored, image.source, written)
     else:
-        write_image(target, restored, alpha=image.alpha if out_format != "JPEG" else None, grayscale=image.grayscale, bit_depth=bit_depth,
-                    format=out_format, jpeg_quality=settings.jpeg_quality, provenance=written, metadata_from=image)
+        write_image(
+            target,
+            restored,
+            alpha=image.alpha if out_format != "JPEG" else None,
+            grayscale=image.grayscale,
+            bit_depth=bit_depth,
+            format=out_format,
+            jpeg_quality=settings.jpeg_quality,
+            provenance=written,
+            metadata_from=image,
+        )
     heat_map = None
     if settings.change_map:
-        heat_map = write_image(change_map_path(target), change.image().astype(np.float32) / 255, format="PNG",
-                               provenance={**written, "operation": CHANGE_MAP_OPERATION})
+        heat_map = write_image(
+            change_map_path(target),
+            change.image().astype(np.float32) / 255,
+            format="PNG",
+            provenance={**written, "operation": CHANGE_MAP_OPERATION},
+        )
     if settings.explain:
         write_psf_plot(target, engine, restoration, written)
-    return Outcome(str(task.input), "written", str(target), _reason(task.note, restoration), round(time.perf_counter() - started, 4),
-                   figures, None if heat_map is None else str(heat_map), restoration or None, written["source"],
-                   source_stamp(target)["sha256"])
+    return Outcome(
+        str(task.input),
+        "written",
+        str(target),
+        _reason(task.note, restoration),
+        round(time.perf_counter() - started, 4),
+        figures,
+        None if heat_map is None else str(heat_map),
+        restoration or None,
+        written["source"],
+        source_stamp(target)["sha256"],
+    )
 
 
 def _decode(task: Task) -> tuple[LoadedImage, dict[str, Any]]:
@@ -107,16 +146,22 @@ def _decode(task: Task) -> tuple[LoadedImage, dict[str, Any]]:
     source = source_stamp(task.input)
     image = read_image(task.input)
     if file_identity(task.input) != before:
-        raise UserError(f"{task.input}: changed while being read (another program is writing it); deblur it again once it is "
-                        "complete", value=task.input)
+        raise UserError(
+            f"{task.input}: changed while being read (another program is writing it); deblur it again once it is complete",
+            value=task.input,
+        )
     if SUFFIX_FORMATS.get(task.output.suffix.lower()) == "DICOM" and image.format != "DICOM":
-        raise UserError(f"{task.input}: named .dcm but holds a {image.format} image (a DICOM is written only from a DICOM); "
-                        "rename it or pass `format`", value=task.input)
+        raise UserError(
+            f"{task.input}: named .dcm but holds a {image.format} image (a DICOM is written only from a DICOM); "
+            "rename it or pass `format`",
+            value=task.input,
+        )
     return image, source
 
 
-def _deblur_group(engine: Engine, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], settings: Settings,
-                  on_tile: TileCallback | None) -> list[tuple[np.ndarray, dict[str, Any]]]:
+def _deblur_group(
+    engine: Engine, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], settings: Settings, on_tile: TileCallback | None
+) -> list[tuple[np.ndarray, dict[str, Any]]]:
     """(Restored (H, W, 3) float32, restoration record) per image; images of one size below the tile size go through
     the network together (never with an estimated PSF: :func:`deblur_tasks` keeps those groups to one image)."""
     height, width = group[0][1].rgb.shape[:2]
@@ -138,13 +183,20 @@ def _deblur_group(engine: Engine, group: list[tuple[Task, LoadedImage, dict[str,
     return restored
 
 
-def _finish(engine: Engine, group: list[tuple[Task, LoadedImage, dict[str, Any], float]], record: dict[str, Any], settings: Settings,
-            on_tile: TileCallback | None) -> Iterator[Outcome]:
+def _finish(
+    engine: Engine,
+    group: list[tuple[Task, LoadedImage, dict[str, Any], float]],
+    record: dict[str, Any],
+    settings: Settings,
+    on_tile: TileCallback | None,
+) -> Iterator[Outcome]:
     for (task, image, source, started), (restored, restoration) in zip(group, _deblur_group(engine, group, settings, on_tile)):
         yield _write(task, image, source, restored, restoration, engine, record, settings, started)
 
 
-def deblur_tasks(engine: Engine, tasks: Iterable[Task], settings: Settings, on_tile: TileCallback | None = None) -> Iterator[Outcome]:
+def deblur_tasks(
+    engine: Engine, tasks: Iterable[Task], settings: Settings, on_tile: TileCallback | None = None
+) -> Iterator[Outcome]:
     """Deblur each task's input into its output, yielding an :class:`Outcome` per task as it finishes.
 
     An input that cannot be read (a :class:`~meddeblur.errors.UserError` from decoding) gives a ``refused`` outcome

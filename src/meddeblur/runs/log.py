@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import os
 import stat
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any, Protocol
 
 from meddeblur.errors import UserError
@@ -22,8 +22,22 @@ __all__ = ["LOG_FIELDS", "RunLog", "check_run_log"]
 #: The fields of every run-log line, in order (``change`` and ``change_map`` are null unless an output was written;
 #: ``restoration``, what was done with an image whose PSF was estimated, null for the other methods; ``source``, the
 #: input as read — size, time, SHA-256 — and ``output_sha256``, the output file's digest, for written and done outputs).
-LOG_FIELDS = ("input", "status", "output", "reason", "seconds", "model_id", "engine", "parameters", "change", "change_map",
-              "restoration", "source", "output_sha256", "time")
+LOG_FIELDS = (
+    "input",
+    "status",
+    "output",
+    "reason",
+    "seconds",
+    "model_id",
+    "engine",
+    "parameters",
+    "change",
+    "change_map",
+    "restoration",
+    "source",
+    "output_sha256",
+    "time",
+)
 
 
 class _Line(Protocol):
@@ -80,7 +94,11 @@ class RunLog:
 
     def __init__(self, path: str | os.PathLike[str], record: dict[str, Any], words: Callable[[str], str] | None = None) -> None:
         self.path, self._words = Path(path), words
-        self._fixed = {"model_id": record.get("model_id"), "engine": record.get("engine"), "parameters": record.get("parameters", {})}
+        self._fixed = {
+            "model_id": record.get("model_id"),
+            "engine": record.get("engine"),
+            "parameters": record.get("parameters", {}),
+        }
         self.cut = check_run_log(self.path)
         flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
         try:  # O_NONBLOCK: a FIFO swapped in since the check fails at once instead of waiting for a reader

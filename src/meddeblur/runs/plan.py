@@ -36,13 +36,13 @@ from PIL import Image
 from meddeblur.errors import InvalidOption, NotFound, UserError
 from meddeblur.files import check_creatable_folder, remove_stale_temporaries, resolved_path, source_stamp
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_map_path
-from meddeblur.runs.explain import PSF_PLOT_OPERATION, psf_plot_path
-from meddeblur.runs.recipe import RECIPE_KEY
-from meddeblur.runs.log import check_run_log
 from meddeblur.io.decode import read_image
 from meddeblur.io.formats import IMAGE_EXTENSIONS, OUTPUT_SUFFIXES, SUFFIX_FORMATS
 from meddeblur.io.ownership import check_planned, read_provenance
 from meddeblur.io.provenance import sidecar_path
+from meddeblur.runs.explain import PSF_PLOT_OPERATION, psf_plot_path
+from meddeblur.runs.log import check_run_log
+from meddeblur.runs.recipe import RECIPE_KEY
 
 __all__ = ["STATUSES", "Task", "Outcome", "Plan", "list_inputs", "plan_run", "matches", "target_record"]
 
@@ -105,8 +105,15 @@ class Plan:
         return len(self.tasks) + len(self.skipped) + len(self.refused)
 
 
-def _walk(root: Path, folder: Path, recursive: bool, skip: Path | None, found: list[tuple[Path, Path]],
-          not_images: list[Path], not_entered: list[Path]) -> None:
+def _walk(
+    root: Path,
+    folder: Path,
+    recursive: bool,
+    skip: Path | None,
+    found: list[tuple[Path, Path]],
+    not_images: list[Path],
+    not_entered: list[Path],
+) -> None:
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except PermissionError:
@@ -134,8 +141,9 @@ def _walk(root: Path, folder: Path, recursive: bool, skip: Path | None, found: l
             not_images.append(path)
 
 
-def list_inputs(inputs: list[str | Path], recursive: bool = False, skip: str | Path | None = None
-                ) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
+def list_inputs(
+    inputs: list[str | Path], recursive: bool = False, skip: str | Path | None = None
+) -> tuple[list[tuple[Path, Path]], list[Path], list[Path]]:
     """Expand files and folders: ((file, its path below the folder named), ...), files that are not images, folders not entered.
 
     A file named twice (a folder and one of its files, say) is listed once. ``skip`` (the output folder) is never
@@ -228,7 +236,9 @@ def _proof(path: Path, operation: str, source: dict[str, Any]) -> str | None:
     if record is None or record.get("operation", "deblur") != operation:
         return "not meddeblur's"
     if (record.get("source") or {}).get("sha256") != source["sha256"]:
-        return "made from another file than the input now there" if record.get("source") else "made before outputs named their input"
+        return (
+            "made from another file than the input now there" if record.get("source") else "made before outputs named their input"
+        )
     return None if _decodes_whole(path) else "damaged (it does not decode whole)"
 
 
@@ -255,12 +265,22 @@ def _same_recipe(existing: dict[str, Any], recipe: str | None, target: Path, jpe
     """True if ``existing``, the record of a deblurred output at ``target``, carries the run's ``recipe`` and JPEG
     quality: made with the model and options the run uses (:mod:`~meddeblur.runs.recipe`), as :func:`matches` would say."""
     quality = jpeg_quality if SUFFIX_FORMATS.get(target.suffix.lower()) == "JPEG" else None
-    return (recipe is not None and existing.get("operation") == "deblur" and existing.get(RECIPE_KEY) == recipe
-            and existing.get("jpeg_quality") == quality)
+    return (
+        recipe is not None
+        and existing.get("operation") == "deblur"
+        and existing.get(RECIPE_KEY) == recipe
+        and existing.get("jpeg_quality") == quality
+    )
 
 
-def _done(existing: dict[str, Any] | None, expected: dict[str, Any] | None, target: Path, source: dict[str, Any], change_map: bool,
-          explain: bool) -> str | None:
+def _done(
+    existing: dict[str, Any] | None,
+    expected: dict[str, Any] | None,
+    target: Path,
+    source: dict[str, Any],
+    change_map: bool,
+    explain: bool,
+) -> str | None:
     """None if the input is proven done (see the module docstring); else why it is (re)done. ``expected`` None: its
     record is already proven the run's own (:func:`_same_recipe`)."""
     if existing is None:
@@ -282,10 +302,21 @@ def _drawn(record: dict[str, Any]) -> bool:
     return bool((record.get("restoration") or {}).get("psf") or (record.get("parameters") or {}).get("psf"))
 
 
-def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any] | Callable[[], dict[str, Any]], fmt: str | None = None,
-             jpeg_quality: int = 95, recursive: bool = False, change_map: bool = False, overwrite: bool = False, resume: bool = True,
-             allow_outputs: bool = False, explain: bool = False, log: str | os.PathLike[str] | None = None,
-             recipe: str | None = None) -> Plan:
+def plan_run(
+    inputs: list[str | Path],
+    out: str | Path,
+    record: dict[str, Any] | Callable[[], dict[str, Any]],
+    fmt: str | None = None,
+    jpeg_quality: int = 95,
+    recursive: bool = False,
+    change_map: bool = False,
+    overwrite: bool = False,
+    resume: bool = True,
+    allow_outputs: bool = False,
+    explain: bool = False,
+    log: str | os.PathLike[str] | None = None,
+    recipe: str | None = None,
+) -> Plan:
     """Plan deblurring ``inputs`` into ``out`` with the provenance ``record`` the run writes (see the module docstring).
 
     ``record`` may be a function that makes it (by loading the model): it is then called only for an existing output
@@ -303,8 +334,10 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any] |
     found, not_images, not_entered = list_inputs(inputs, recursive, skip=out)
     if not found:
         what = f" (only files that are not images: {', '.join(p.name for p in not_images[:5])})" if not_images else ""
-        raise NotFound(f"{', '.join(map(str, inputs))}: no images (png/jpg/jpeg/tif/tiff/bmp/dcm) found{what}; check the folder",
-                       value=inputs)
+        raise NotFound(
+            f"{', '.join(map(str, inputs))}: no images (png/jpg/jpeg/tif/tiff/bmp/dcm) found{what}; check the folder",
+            value=inputs,
+        )
     pairs = [(source, _target(relative, out, fmt)) for source, relative in found]
     planned = _planned(pairs, change_map, explain)
     check_planned(planned, [source for source, _ in pairs], overwrite)
@@ -319,14 +352,23 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any] |
         started = time.perf_counter()
         own = None if allow_outputs else _provenance(source)
         if own is not None:
-            plan.skipped.append(Outcome(str(source), "skipped", None, f"is a meddeblur output ({own.get('operation', 'deblur')}, "
-                                        f"model {own.get('model_id', '?')}); pass allow_outputs=True to deblur it again",
-                                        time.perf_counter() - started))
+            plan.skipped.append(
+                Outcome(
+                    str(source),
+                    "skipped",
+                    None,
+                    f"is a meddeblur output ({own.get('operation', 'deblur')}, "
+                    f"model {own.get('model_id', '?')}); pass allow_outputs=True to deblur it again",
+                    time.perf_counter() - started,
+                )
+            )
             continue
         try:  # found before anything is written: a FIFO, a device, a broken link, no permission
             source_now = source_stamp(source)
         except UserError as error:
-            plan.refused.append(Outcome(str(source), "refused", None, " ".join(str(error).split()), time.perf_counter() - started))
+            plan.refused.append(
+                Outcome(str(source), "refused", None, " ".join(str(error).split()), time.perf_counter() - started)
+            )
             continue
         existing = _provenance(target) if os.path.lexists(target) else None
         expected = None
@@ -338,10 +380,20 @@ def plan_run(inputs: list[str | Path], out: str | Path, record: dict[str, Any] |
         why = _done(existing, expected, target, source_now, change_map, explain)
         if resume and why is None:
             assert existing is not None
-            plan.skipped.append(Outcome(str(source), "skipped", str(target), "already done from this very input with this "
-                                        "model and these options (pass redo=True to deblur it again)", time.perf_counter() - started, existing.get("change"),
-                                        str(change_map_path(target)) if change_map else None, existing.get("restoration"),
-                                        existing.get("source"), source_stamp(target)["sha256"]))
+            plan.skipped.append(
+                Outcome(
+                    str(source),
+                    "skipped",
+                    str(target),
+                    "already done from this very input with this model and these options (pass redo=True to deblur it again)",
+                    time.perf_counter() - started,
+                    existing.get("change"),
+                    str(change_map_path(target)) if change_map else None,
+                    existing.get("restoration"),
+                    existing.get("source"),
+                    source_stamp(target)["sha256"],
+                )
+            )
             continue
         note = f"replaced an earlier meddeblur output ({why})" if existing is not None and why is not None else None
         plan.tasks.append(Task(source, target, note))

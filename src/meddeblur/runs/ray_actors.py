@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from meddeblur.errors import InvalidOption, MissingExtra, UserError, require
-from meddeblur.runs.plan import Outcome, Task
 from meddeblur.runs.jobs import GPU_BATCH, Settings, deblur_tasks
+from meddeblur.runs.plan import Outcome, Task
 from meddeblur.runs.workers import ModelSpec, check_workers, cores, set_threads, threads_per_worker
 
 __all__ = ["RayActors", "check_ray_address", "CONNECT_TIMEOUT"]
@@ -39,8 +39,10 @@ __all__ = ["RayActors", "check_ray_address", "CONNECT_TIMEOUT"]
 #: Seconds a cluster at ``address`` has to accept a connection: a head on the same network answers in milliseconds, and
 #: Ray's own client waits 5 s per attempt; far less than the minutes ``ray.init`` spends retrying a port that is closed.
 CONNECT_TIMEOUT = 15.0
-_FORMS = ("auto, HOST:PORT (the head's GCS port, e.g. 10.0.0.5:6379) or ray://HOST:PORT (its Ray Client port, e.g. "
-          "ray://10.0.0.5:10001)")
+_FORMS = (
+    "auto, HOST:PORT (the head's GCS port, e.g. 10.0.0.5:6379) or ray://HOST:PORT (its Ray Client port, e.g. "
+    "ray://10.0.0.5:10001)"
+)
 _CLIENT = "ray://"
 # A DNS name (RFC 1123 labels; "_" too, which some internal names use) or an IPv4 address; IPv6 comes in brackets.
 _HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
@@ -68,7 +70,7 @@ def check_ray_address(address: object, option: str = "ray_address") -> tuple[str
     """
     if address == "auto":
         return None
-    parsed = _host_port(address[len(_CLIENT):] if address.startswith(_CLIENT) else address) if isinstance(address, str) else None
+    parsed = _host_port(address[len(_CLIENT) :] if address.startswith(_CLIENT) else address) if isinstance(address, str) else None
     if parsed is None:
         hint = " (leave it out for a Ray started on this machine)" if address == "local" else ""
         raise InvalidOption(f"{option}={address!r}: not a Ray address; give {_FORMS}{hint}", value=address, option=option)
@@ -87,9 +89,12 @@ def _gcs_target(address: str) -> tuple[str, int] | None:
 
         resolved = canonicalize_bootstrap_address(address)
     except ConnectionError:  # "auto" and no cluster to be found
-        raise UserError(f"ray_address={address}: no running Ray cluster found on this machine (nor in RAY_ADDRESS); start one "
-                        "with `ray start --head`, give its HOST:PORT, or drop `ray_address`", value=address) from None
-    except Exception:  # noqa: BLE001 (private API: any failure means "cannot tell", and ray.init gets the last word)
+        raise UserError(
+            f"ray_address={address}: no running Ray cluster found on this machine (nor in RAY_ADDRESS); start one "
+            "with `ray start --head`, give its HOST:PORT, or drop `ray_address`",
+            value=address,
+        ) from None
+    except Exception:
         resolved = None
     target = _host_port(resolved) if resolved else None
     return target or (None if address == "auto" else check_ray_address(address))
@@ -111,11 +116,16 @@ def _probe(name: str, address: str, target: tuple[str, int], timeout: float) -> 
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except socket.gaierror as exc:
-        raise UserError(f"{name}={address}: host {host} not found ({exc.strerror or exc}); check the address", value=address) from None
+        raise UserError(
+            f"{name}={address}: host {host} not found ({exc.strerror or exc}); check the address", value=address
+        ) from None
     except OSError as exc:  # refused, unreachable, or no answer in time (socket.timeout)
         why = "no answer" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc)).lower()
-        raise UserError(f"{name}={address}: no Ray cluster answered at {where} within {timeout:g} s ({why}); start one "
-                        "with `ray start --head` or drop `ray_address`", value=address) from None
+        raise UserError(
+            f"{name}={address}: no Ray cluster answered at {where} within {timeout:g} s ({why}); start one "
+            "with `ray start --head` or drop `ray_address`",
+            value=address,
+        ) from None
 
 
 class _Deblur:
@@ -134,7 +144,10 @@ class _Deblur:
         self.engine = self.spec.load()
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        tasks = [Task(Path(source), Path(target), note or None) for source, target, note in zip(batch["input"], batch["output"], batch["note"])]
+        tasks = [
+            Task(Path(source), Path(target), note or None)
+            for source, target, note in zip(batch["input"], batch["output"], batch["note"])
+        ]
         return {"outcome": [json.dumps(outcome.as_dict()) for outcome in deblur_tasks(self.engine, tasks, self.settings)]}
 
 
@@ -148,14 +161,27 @@ class RayActors:
     ``connect_timeout``: seconds the cluster at ``address`` has to accept a connection before the run is refused.
     """
 
-    def __init__(self, spec: ModelSpec, settings: Settings, workers: int, address: str | None = None,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        settings: Settings,
+        workers: int,
+        address: str | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+    ) -> None:
         require("ray", "deblur cluster='ray'")
         if address is not None:
             check_ray_address(address)
-        if isinstance(connect_timeout, bool) or not isinstance(connect_timeout, (int, float)) or not 0 < connect_timeout < math.inf:
-            raise InvalidOption(f"connect_timeout={connect_timeout!r}: must be a number of seconds greater than 0",
-                                value=connect_timeout, option="connect_timeout")
+        if (
+            isinstance(connect_timeout, bool)
+            or not isinstance(connect_timeout, (int, float))
+            or not 0 < connect_timeout < math.inf
+        ):
+            raise InvalidOption(
+                f"connect_timeout={connect_timeout!r}: must be a number of seconds greater than 0",
+                value=connect_timeout,
+                option="connect_timeout",
+            )
         self.spec, self.settings, self.workers, self.address = spec, settings, check_workers(workers), address
         self.connect_timeout = float(connect_timeout)
         self._started = False
@@ -168,25 +194,28 @@ class RayActors:
                 # Embedded: this machine's cores only, no dashboard; the actors' output stays in their own log files.
                 ray.init(num_cpus=cores(), include_dashboard=False, log_to_driver=False, configure_logging=False)
             else:
-                self._join(ray)
+                self._join(ray, self.address)
             self._started = True
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the run's own bar counts images
         context.print_on_execution_start = False
         return ray
 
-    def _join(self, ray: Any) -> None:
-        """``ray.init`` on the cluster at :attr:`address`, once something answers there; Ray's errors as one line."""
-        address = self.address
+    def _join(self, ray: Any, address: str) -> None:
+        """``ray.init`` on the cluster at ``address``, once something answers there; Ray's errors as one line."""
         # With "auto", Ray reads RAY_ADDRESS first: that is the address to check, in its own name.
         from_environment = os.environ.get("RAY_ADDRESS", "") if address == "auto" else ""
         name, given = ("RAY_ADDRESS", from_environment) if from_environment else ("ray_address", address)
         if given.startswith(_CLIENT):
             target = check_ray_address(given, option=name)
             if not _ray_client_installed():
-                raise MissingExtra(f"{name}={given}: a ray:// address goes through Ray Client, which needs pip install "
-                                   "'ray[client]'; install it, or give the head's GCS address HOST:6379 from a machine of the "
-                                   "cluster", value=given, extra=None)
+                raise MissingExtra(
+                    f"{name}={given}: a ray:// address goes through Ray Client, which needs pip install "
+                    "'ray[client]'; install it, or give the head's GCS address HOST:6379 from a machine of the "
+                    "cluster",
+                    value=given,
+                    extra=None,
+                )
         else:
             check_ray_address(given, option=name)
             target = _gcs_target(given)
@@ -194,12 +223,15 @@ class RayActors:
             _probe(name, given, target, self.connect_timeout)
         try:
             ray.init(address=address, log_to_driver=False, configure_logging=False)
-        except Exception as exc:  # noqa: BLE001 (Ray raises ConnectionError, RuntimeError, ValueError, gRPC errors...)
+        except Exception as exc:
             if ray.is_initialized():  # half-joined: leave nothing behind
                 ray.shutdown()
             why = " ".join(str(exc).split())[:300] or type(exc).__name__
-            raise UserError(f"{name}={given}: could not join the Ray cluster there ({why}); check the address and that the "
-                            "cluster runs this Ray version", value=given) from None
+            raise UserError(
+                f"{name}={given}: could not join the Ray cluster there ({why}); check the address and that the "
+                "cluster runs this Ray version",
+                value=given,
+            ) from None
 
     def run(self, tasks: list[Task], on_tile: Any) -> Iterator[Outcome]:
         if not tasks:
@@ -218,9 +250,13 @@ class RayActors:
         # without Ray tracking a million blocks.
         blocks = min(len(rows), max(1000, math.ceil(len(rows) / 64)))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-        results = dataset.map_batches(_actor_class(self.spec, settings, threads), batch_size=settings.batch,
-                                      compute=ray.data.ActorPoolStrategy(size=self.workers), num_cpus=1 if gpus else threads,
-                                      num_gpus=gpus)
+        results = dataset.map_batches(
+            _actor_class(self.spec, settings, threads),
+            batch_size=settings.batch,
+            compute=ray.data.ActorPoolStrategy(size=self.workers),
+            num_cpus=1 if gpus else threads,
+            num_gpus=gpus,
+        )
         # Ray Data's own status lines (set up again as execution starts): the run has its bar and its summary.
         logging.getLogger("ray.data").setLevel(logging.ERROR)
         for row in results.iter_rows():
@@ -232,4 +268,3 @@ class RayActors:
 
             ray.shutdown()
             self._started = False
-

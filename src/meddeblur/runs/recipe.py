@@ -29,8 +29,15 @@ RECIPE_KEY = "recipe"
 _PSF_FILE_SUFFIXES = (".npy", ".png", ".json")  # as load_psf reads them
 
 
-def recipe_of(model: str | Path | None, engine: str, tile: int, overlap: int, psf: Any = None, method: str | None = None,
-              estimator: str | Path | None = None) -> str | None:
+def recipe_of(
+    model: str | Path | None,
+    engine: str,
+    tile: int,
+    overlap: int,
+    psf: Any = None,
+    method: str | None = None,
+    estimator: str | Path | None = None,
+) -> str | None:
     """The recipe (16 hex) of a model loaded with these :class:`~meddeblur.runs.workers.ModelSpec` fields; None
     where one of them cannot be digested without loading it (a PSF object, weights exported to ONNX on the fly, a
     file that is not there: loading says why)."""
@@ -38,7 +45,7 @@ def recipe_of(model: str | Path | None, engine: str, tile: int, overlap: int, ps
     if engine == "onnx" and not onnx_file:
         return None  # exported on the fly: the exported graph's bytes, hence its id, are not known before exporting
     try:
-        weights = [file_digest(model if onnx_file else resolve_weights(model))]
+        weights = [file_digest(model if onnx_file and model is not None else resolve_weights(model))]
         told = psf is not None or method is not None
         if told:  # the PSF network, the denoiser, the estimator and the blind fallback may each name themselves
             weights += [file_digest(path) for path in sorted(WEIGHTS_FOLDER.glob("*.safetensors"))]
@@ -49,8 +56,18 @@ def recipe_of(model: str | Path | None, engine: str, tile: int, overlap: int, ps
         return None
     if psf is not None and psf_key is None:
         return None
-    text = json.dumps({"version": __version__, "engine": "onnx" if onnx_file else engine, "tile": tile, "overlap": overlap,
-                       "method": method, "psf": psf_key, "weights": weights}, sort_keys=True)
+    text = json.dumps(
+        {
+            "version": __version__,
+            "engine": "onnx" if onnx_file else engine,
+            "tile": tile,
+            "overlap": overlap,
+            "method": method,
+            "psf": psf_key,
+            "weights": weights,
+        },
+        sort_keys=True,
+    )
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -10,6 +10,7 @@ orphan over the same output.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Iterator
@@ -18,11 +19,11 @@ from typing import Any
 
 from meddeblur.errors import InvalidOption, UserError
 from meddeblur.inference.engine import psf_on_onnx
-from meddeblur.runs.plan import Outcome, Task
-from meddeblur.runs.jobs import Settings, deblur_tasks
-from meddeblur.runs.recipe import RECIPE_KEY, recipe_of
 from meddeblur.inference.tile_grid import Tiling
 from meddeblur.restore import registry
+from meddeblur.runs.jobs import Settings, deblur_tasks
+from meddeblur.runs.plan import Outcome, Task
+from meddeblur.runs.recipe import RECIPE_KEY, recipe_of
 
 __all__ = ["ModelSpec", "LocalWorkers", "cores", "threads_per_worker", "check_workers", "default_workers"]
 
@@ -55,16 +56,24 @@ class ModelSpec:
         if self.method is not None:
             registry.get(self.method)
         if self.estimates_psf and self.psf is not None:
-            raise InvalidOption(f"method={estimated} estimates the PSF from each image; drop psf={self.psf}, or restore that known "
-                                f"PSF with method {', '.join(registry.names(registry.Told.PSF))}", value=self.method, option="method")
+            raise InvalidOption(
+                f"method={estimated} estimates the PSF from each image; drop psf={self.psf}, or restore that known "
+                f"PSF with method {', '.join(registry.names(registry.Told.PSF))}",
+                value=self.method,
+                option="method",
+            )
         if self.engine == "onnx" or str(self.model or "").lower().endswith(".onnx"):  # before any export that could not be used
             if self.psf is not None:
                 raise psf_on_onnx("psf", self.psf, "use engine=torch")
             if self.estimates_psf:
                 raise psf_on_onnx("method", estimated, "use engine=torch")
         if self.estimator is not None and not self.estimates_psf:
-            raise InvalidOption(f"estimator={self.estimator}: blur-estimator weights are used by method={estimated} only; add "
-                                f"method={estimated} or drop `estimator`", value=self.estimator, option="estimator")
+            raise InvalidOption(
+                f"estimator={self.estimator}: blur-estimator weights are used by method={estimated} only; add "
+                f"method={estimated} or drop `estimator`",
+                value=self.estimator,
+                option="estimator",
+            )
 
     @property
     def estimates_psf(self) -> bool:
@@ -120,7 +129,9 @@ def default_workers(on_cpu: bool, images: int) -> int:
 def check_workers(workers: int) -> int:
     """``workers`` if it is a whole number ≥ 1, else :class:`~meddeblur.errors.InvalidOption`."""
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise InvalidOption(f"workers={workers}: give a whole number of worker processes, at least 1", value=workers, option="workers")
+        raise InvalidOption(
+            f"workers={workers}: give a whole number of worker processes, at least 1", value=workers, option="workers"
+        )
     return workers
 
 
@@ -144,7 +155,11 @@ def _how_it_ended(exitcode: int | None, stopped_by: int | None) -> str:
     """How a worker that ended with work left ended, in words: killed or stopped by a signal (named), or its exit code."""
     if exitcode is not None and exitcode < 0:
         name = signal.Signals(-exitcode).name if -exitcode in signal.valid_signals() else f"signal {-exitcode}"
-        oom = " (the system's out-of-memory killer sends it: retry with fewer workers or a smaller tile)" if name == "SIGKILL" else ""
+        oom = (
+            " (the system's out-of-memory killer sends it: retry with fewer workers or a smaller tile)"
+            if name == "SIGKILL"
+            else ""
+        )
         return f"was killed by {name}{oom}"
     if stopped_by is not None:
         return f"was stopped by {signal.Signals(stopped_by).name} (sent to it, or to the run's process group)"
@@ -214,10 +229,8 @@ def _work(spec: ModelSpec, settings: Settings, threads: int, slot: int, parent: 
             for outcome in deblur_tasks(engine, [task for _, task in taken], settings, on_tile):
                 channel.send(("done", (numbers[outcome.input], outcome)))
     except _Stop as stop:  # the run reports the signal by name, then exits 128 + its number like a shell would
-        try:
+        with contextlib.suppress(OSError):
             channel.send(("stopped", stop.signum))
-        except OSError:
-            pass
         raise SystemExit(128 + stop.signum) from None
     except (BrokenPipeError, EOFError):
         pass  # the run is gone
@@ -245,8 +258,12 @@ class LocalWorkers:
 
     def _start(self, slot: int) -> None:
         ours, theirs = self._context.Pipe()
-        process = self._context.Process(target=_work, name=f"meddeblur-worker-{slot}", daemon=True,
-                                        args=(self.spec, self.settings, self.threads, slot, os.getpid(), theirs))
+        process = self._context.Process(
+            target=_work,
+            name=f"meddeblur-worker-{slot}",
+            daemon=True,
+            args=(self.spec, self.settings, self.threads, slot, os.getpid(), theirs),
+        )
         process.start()
         theirs.close()
         self._processes[slot], self._channels[slot] = process, ours
@@ -275,8 +292,10 @@ class LocalWorkers:
             feed(slot)
         remaining = len(tasks)
         while remaining:
-            by_handle = {**{self._channels[slot]: slot for slot in self._channels},
-                         **{self._processes[slot].sentinel: slot for slot in self._processes}}
+            by_handle = {
+                **{self._channels[slot]: slot for slot in self._channels},
+                **{self._processes[slot].sentinel: slot for slot in self._processes},
+            }
             for handle in wait(list(by_handle), timeout=_POLL_SECONDS):
                 slot = by_handle[handle]
                 for kind, value in self._drain(slot):
@@ -301,8 +320,10 @@ class LocalWorkers:
                 elif sent[slot] or pending:
                     # Dead with work left: a worker that never loaded the model means another would fail alike.
                     if slot not in ready:
-                        raise UserError(f"a worker process could not start (exit code {self._processes[slot].exitcode}; its "
-                                        "error is printed above); run with workers=1 to see it")
+                        raise UserError(
+                            f"a worker process could not start (exit code {self._processes[slot].exitcode}; its "
+                            "error is printed above); run with workers=1 to see it"
+                        )
                     for outcome in self._replace(slot, sent, started, pending, tasks, stopped_by.pop(slot, None)):
                         remaining -= 1
                         yield outcome
@@ -318,14 +339,25 @@ class LocalWorkers:
         except (EOFError, OSError):
             return  # its end is closed: it has died, and everything it wrote was read
 
-    def _replace(self, slot: int, sent: dict[int, list[int]], started: dict[int, set[int]], pending: list[int],
-                 tasks: list[Task], stopped_by: int | None) -> Iterator[Outcome]:
+    def _replace(
+        self,
+        slot: int,
+        sent: dict[int, list[int]],
+        started: dict[int, set[int]],
+        pending: list[int],
+        tasks: list[Task],
+        stopped_by: int | None,
+    ) -> Iterator[Outcome]:
         """A dead worker refuses the task it was deblurring, hands back the others, and a new one takes its place."""
         how = _how_it_ended(self._processes[slot].exitcode, stopped_by)
         for number in sent[slot]:
             if number in started[slot]:
-                yield Outcome(str(tasks[number].input), "refused", None,
-                              f"{tasks[number].input}: the worker process deblurring it {how}; a rerun retries it")
+                yield Outcome(
+                    str(tasks[number].input),
+                    "refused",
+                    None,
+                    f"{tasks[number].input}: the worker process deblurring it {how}; a rerun retries it",
+                )
             else:
                 pending.append(number)
         sent[slot], started[slot] = [], set()
@@ -336,10 +368,8 @@ class LocalWorkers:
         """End the workers: the end marker for those idle, SIGTERM for the rest, SIGKILL for any still there after 10 s."""
         processes = list(self._processes.values())
         for channel in self._channels.values():
-            try:
+            with contextlib.suppress(OSError):  # that worker is gone already
                 channel.send(None)
-            except OSError:
-                pass  # that worker is gone already
         for process in processes:
             process.join(timeout=0.2)
             if process.is_alive():

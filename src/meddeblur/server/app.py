@@ -33,8 +33,7 @@ from meddeblur.psf.kernel import PSF
 from meddeblur.restore import registry
 from meddeblur.server.card import model_card
 from meddeblur.server.change_view import PERCENTILE, SCALES
-from meddeblur.server.choice import (DEFAULT, KERNEL_FILE, Choice, choose, load_default_psf, method_named, read_kernel,
-                                     spec_psf)
+from meddeblur.server.choice import DEFAULT, KERNEL_FILE, Choice, choose, load_default_psf, method_named, read_kernel, spec_psf
 from meddeblur.server.connections import ConnectionLimits, configure
 from meddeblur.server.engine import Deadline, InferencePool, Methods, QueueFull, UploadGate, check_default_psf, load_served_model
 from meddeblur.server.imaging import OUTPUT_FORMATS, Deblurred, UploadError, deblur_upload, display_name
@@ -201,6 +200,7 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         check_default_psf(methods, default_psf)
     pool = InferencePool(settings.threads, settings.queue)
     uploads = UploadGate(settings.max_uploads, settings.body_timeout)
+    assert served.config is not None and served.weights is not None  # a served model runs on torch: it has both
     card = model_card(served.config, served.weights, served.model_id)
     page = _page(default_psf)
     key = settings.api_key()

@@ -11,10 +11,12 @@ from meddeblur import __version__
 from meddeblur.models import DEFAULT_WEIGHTS, ModelConfig
 
 #: Said whatever the weights: a deblurred photograph is not a measurement.
-LIMITS = ("Not a diagnostic device: output images are computer-processed and not for diagnosis alone. "
-          "Deblurring can invent or remove fine structure (pigment network, dots, vessels); compare with "
-          "the original and re-capture when a finding matters. Trained and checked on dermoscopic "
-          "photographs only.")
+LIMITS = (
+    "Not a diagnostic device: output images are computer-processed and not for diagnosis alone. "
+    "Deblurring can invent or remove fine structure (pigment network, dots, vessels); compare with "
+    "the original and re-capture when a finding matters. Trained and checked on dermoscopic "
+    "photographs only."
+)
 #: Optional curated card beside the weights (written with the shipped model, see MODEL_CARD.md).
 CARD_FILE = "model_card.json"
 

@@ -53,6 +53,13 @@ def change_view(change: ChangeMap, record: dict[str, Any]) -> dict[str, Any]:
     """``levels`` (:func:`levels_png`, with ``record`` and how to read it), ``percentile`` (the change at the
     :data:`PERCENTILE`-th percentile, levels) and ``scale`` (:func:`nice_scale` of it)."""
     percentile = float(np.percentile(change.levels, PERCENTILE))
-    png = levels_png(change.levels, {**record, "operation": CHANGE_MAP_OPERATION, "change": change.figures.as_dict(),
-                                     "encoding": f"change in 8-bit levels = (R * 256 + G) / {LEVEL_STEPS}"})
+    png = levels_png(
+        change.levels,
+        {
+            **record,
+            "operation": CHANGE_MAP_OPERATION,
+            "change": change.figures.as_dict(),
+            "encoding": f"change in 8-bit levels = (R * 256 + G) / {LEVEL_STEPS}",
+        },
+    )
     return {"levels": png, "percentile": round(percentile, 3), "scale": nice_scale(percentile)}

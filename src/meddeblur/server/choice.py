@@ -89,8 +89,11 @@ def spec_psf(text: str, default: PSF | None, uploads: bool) -> tuple[PSF | None,
     if default is not None and text == default.source:
         return default, DEFAULT
     if Path(text).suffix.lower() in _KERNEL_SUFFIXES or "/" in text or "\\" in text:
-        send = ("send the kernel file itself as the multipart field 'psf'" if uploads else
-                "this server takes kernel files only from callers with its API key; ask for it, or for the file as serve --psf")
+        send = (
+            "send the kernel file itself as the multipart field 'psf'"
+            if uploads
+            else "this server takes kernel files only from callers with its API key; ask for it, or for the file as serve --psf"
+        )
         raise UploadError(400, f"psf={text}: give a PSF spec ({_SPEC_EXAMPLE}), not a file name; {send}")
     try:
         return psf_from_spec(text), SPEC
@@ -118,14 +121,20 @@ def read_kernel(data: bytes, filename: str | None) -> PSF:
     """
     name = display_name(filename) if filename else "kernel file"
     if len(data) > MAX_KERNEL_BYTES:
-        raise UploadError(413, f"psf: {name} is {len(data) / 2**20:.1f} MiB, more than the {MAX_KERNEL_BYTES / 2**20:g} MiB a "
-                               "kernel file may be; crop the kernel to the blur's support")
+        raise UploadError(
+            413,
+            f"psf: {name} is {len(data) / 2**20:.1f} MiB, more than the {MAX_KERNEL_BYTES / 2**20:g} MiB a "
+            "kernel file may be; crop the kernel to the blur's support",
+        )
     if not data:
-        raise UploadError(400, f"psf: {name} is empty; send a kernel file (.npy, grey .png, or the .json meddeblur calibrate writes)")
+        raise UploadError(
+            400, f"psf: {name} is empty; send a kernel file (.npy, grey .png, or the .json meddeblur calibrate writes)"
+        )
     suffix = _kernel_suffix(data[:16])
     if suffix is None:
-        raise UploadError(415, f"psf: {name} is not a kernel file; send a 2-D .npy array, a grey .png or the .json meddeblur "
-                               "calibrate writes")
+        raise UploadError(
+            415, f"psf: {name} is not a kernel file; send a 2-D .npy array, a grey .png or the .json meddeblur calibrate writes"
+        )
     with tempfile.TemporaryDirectory(prefix="meddeblur-psf-") as folder:  # mkdtemp: readable by this user only
         path = Path(folder) / f"kernel{suffix}"
         path.write_bytes(data)
@@ -141,8 +150,11 @@ def choose(method: str | None, psf: PSF | None, given: str | None, stated: bool,
     request had a ``psf`` field at all; an empty one states "none"); 400 in one line for what cannot be done."""
     if method is not None and registry.Told.ESTIMATE in registry.get(method).told:
         if psf is not None:
-            raise UploadError(400, f"psf={psf.source}: method={method} estimates the PSF from each image; leave psf out, or "
-                                   f"restore with this PSF by method {', '.join(registry.names(registry.Told.PSF))}")
+            raise UploadError(
+                400,
+                f"psf={psf.source}: method={method} estimates the PSF from each image; leave psf out, or "
+                f"restore with this PSF by method {', '.join(registry.names(registry.Told.PSF))}",
+            )
         return Choice(method)
     if not stated and default is not None:
         psf, given = default, DEFAULT
@@ -150,9 +162,12 @@ def choose(method: str | None, psf: PSF | None, given: str | None, stated: bool,
         method = registry.KNOWN_BLUR_DEFAULT if psf is not None else registry.NETWORK
     if psf is None and registry.Told.NOTHING not in registry.get(method).told:
         if stated and default is not None:
-            why = f"and psf is empty: give a spec ({_SPEC_EXAMPLE}), or leave psf out for this server's default ({default.source})"
+            why = (
+                f"and psf is empty: give a spec ({_SPEC_EXAMPLE}), or leave psf out for this server's default ({default.source})"
+            )
         else:
             why = f"and this server has no default PSF (meddeblur serve --psf): give psf=SPEC ({_SPEC_EXAMPLE})"
-        raise UploadError(400, f"method={method} restores a known blur {why}; or choose method {' or '.join(WITHOUT_PSF)}, "
-                               "which need none")
+        raise UploadError(
+            400, f"method={method} restores a known blur {why}; or choose method {' or '.join(WITHOUT_PSF)}, which need none"
+        )
     return Choice(method, psf, given if psf is not None else None)

@@ -17,6 +17,7 @@ Both are set per worker process by :func:`configure` (``create_app`` calls it wi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import weakref
 from collections import Counter
@@ -48,25 +49,33 @@ def configure(limits: ConnectionLimits) -> None:
 def _refusal(status: int, reason: str, message: str) -> bytes:
     """A whole HTTP/1.1 answer that closes the connection, written before (or instead of) any request being parsed."""
     body = json.dumps({"error": message}).encode()
-    head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\ncache-control: no-store\r\nx-content-type-options: nosniff\r\n\r\n"
+    )
     return head.encode() + body
 
 
 class GuardedH11Protocol(H11Protocol):
     """uvicorn's h11 protocol with the header deadline and the per-client cap of the module docstring."""
 
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def, override]
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]  # uvicorn's own signature
         super().connection_made(transport)
         self._limits = _limits
-        self._head_timer = None
+        self._head_timer: asyncio.TimerHandle | None = None
         self._counted: str | None = None
         host = self.client[0] if self.client else None
         if host is not None:
             counts = _open.setdefault(self.server_state, Counter())
             if counts[host] >= self._limits.max_per_client:
-                transport.write(_refusal(503, "Service Unavailable", f"too many connections from {host} at once (more than "
-                                         f"{self._limits.max_per_client}); close some, or reuse one"))
+                transport.write(
+                    _refusal(
+                        503,
+                        "Service Unavailable",
+                        f"too many connections from {host} at once (more than "
+                        f"{self._limits.max_per_client}); close some, or reuse one",
+                    )
+                )
                 transport.close()
                 return
             counts[host] += 1
@@ -82,8 +91,13 @@ class GuardedH11Protocol(H11Protocol):
         self._head_timer = None
         waiting_for_head = self.conn.their_state is h11.IDLE and (self.cycle is None or self.cycle.response_complete)
         if waiting_for_head and not self.transport.is_closing():
-            self.transport.write(_refusal(408, "Request Timeout", f"request headers not received within "
-                                          f"{self._limits.header_timeout:g} s; send them at once"))
+            self.transport.write(
+                _refusal(
+                    408,
+                    "Request Timeout",
+                    f"request headers not received within {self._limits.header_timeout:g} s; send them at once",
+                )
+            )
             self.transport.close()
 
     def on_response_complete(self) -> None:
@@ -92,8 +106,9 @@ class GuardedH11Protocol(H11Protocol):
             self._arm_head_timer()  # the next request's head on this kept-alive connection
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if getattr(self, "_head_timer", None) is not None:
-            self._head_timer.cancel()
+        timer = getattr(self, "_head_timer", None)
+        if timer is not None:
+            timer.cancel()
             self._head_timer = None
         host = getattr(self, "_counted", None)
         if host is not None:

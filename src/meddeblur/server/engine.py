@@ -73,8 +73,11 @@ def check_default_psf(methods: Methods, psf: PSF) -> None:
         methods.get(registry.KNOWN_BLUR_DEFAULT, psf)
     except UserError as error:
         why = " ".join(str(error).split())
-        raise UserError(f"psf={psf.source}: requests that name no method are restored with it by {registry.KNOWN_BLUR_DEFAULT}, "
-                        f"which this server's model cannot ({why})", value=psf.source) from None
+        raise UserError(
+            f"psf={psf.source}: requests that name no method are restored with it by {registry.KNOWN_BLUR_DEFAULT}, "
+            f"which this server's model cannot ({why})",
+            value=psf.source,
+        ) from None
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:
@@ -126,8 +129,10 @@ class UploadGate:
     @contextlib.contextmanager
     def enter(self) -> Iterator[None]:
         if self.active >= self.limit:
-            raise QueueFull(_seconds(self.body_timeout), f"too many uploads in progress ({self.limit}); retry in "
-                                                         f"{_seconds(self.body_timeout)} s")
+            raise QueueFull(
+                _seconds(self.body_timeout),
+                f"too many uploads in progress ({self.limit}); retry in {_seconds(self.body_timeout)} s",
+            )
         self.active += 1
         try:
             yield
@@ -144,8 +149,10 @@ class Deadline:
 
     def _refuse(self, why: str) -> QueueFull:
         retry = self.pool.retry_after()
-        return QueueFull(retry, f"{why}, more than this server's {self.seconds:g} s processing deadline; retry in {retry} s, "
-                                "or send a smaller image")
+        return QueueFull(
+            retry,
+            f"{why}, more than this server's {self.seconds:g} s processing deadline; retry in {retry} s, or send a smaller image",
+        )
 
     def check(self) -> None:
         """Past the deadline: stop (called before each tile, so a large image stops within one tile's time)."""
@@ -223,8 +230,11 @@ class InferencePool:
                 raise QueueFull(self.retry_after())
             wait = (self._busy // self.threads) * self._mean_seconds  # jobs ahead of this one, per thread
             if deadline is not None and self._busy >= self.threads and wait > deadline:
-                raise QueueFull(self.retry_after(), f"server busy: about {wait:.0f} s of queued work, more than this server's "
-                                                    f"{deadline:g} s processing deadline; retry in {self.retry_after()} s")
+                raise QueueFull(
+                    self.retry_after(),
+                    f"server busy: about {wait:.0f} s of queued work, more than this server's "
+                    f"{deadline:g} s processing deadline; retry in {self.retry_after()} s",
+                )
             self._busy += 1
         return Slot(self)
 

@@ -26,10 +26,10 @@ from meddeblur.errors import (
 )
 from meddeblur.inference.change_map import CHANGE_MAP_OPERATION, change_of
 from meddeblur.inference.deblurrer import Deblurrer
-from meddeblur.runs.explain import psf_plot
 from meddeblur.io.decode import read_image
 from meddeblur.io.encode import encode_image
 from meddeblur.io.formats import BY_NAME, FORMAT_ALIASES, MEDIA_TYPES, LoadedImage
+from meddeblur.runs.explain import psf_plot
 from meddeblur.server.change_view import change_view
 from meddeblur.server.engine import Deadline
 
@@ -80,8 +80,15 @@ def display_name(filename: str | None) -> str:
 
 
 #: HTTP status per :mod:`meddeblur.errors` class of a refused upload; the most specific class present wins.
-STATUSES: dict[type[UserError], int] = {EmptyFile: 400, InvalidOption: 400, TooLarge: 413, UnsupportedFormat: 415, MissingExtra: 415,
-                                        CorruptImage: 422, TooSmall: 422}
+STATUSES: dict[type[UserError], int] = {
+    EmptyFile: 400,
+    InvalidOption: 400,
+    TooLarge: 413,
+    UnsupportedFormat: 415,
+    MissingExtra: 415,
+    CorruptImage: 422,
+    TooSmall: 422,
+}
 
 
 def status_for(error: UserError) -> int:
@@ -103,8 +110,11 @@ def output_format(requested: str | None, source: LoadedImage) -> str:
     """``?format=`` if given, else the input's own format (a DICOM input needs ``format``: no DICOM answers yet)."""
     if requested is None or requested == "":
         if source.format not in OUTPUT_FORMATS.values():
-            raise UploadError(415, f"{source.format} uploads are answered only as an image file: add ?format=png "
-                                   "(keeps 16 bits) or format=tiff; `meddeblur deblur` writes a derived DICOM")
+            raise UploadError(
+                415,
+                f"{source.format} uploads are answered only as an image file: add ?format=png "
+                "(keeps 16 bits) or format=tiff; `meddeblur deblur` writes a derived DICOM",
+            )
         return source.format
     fmt = OUTPUT_FORMATS.get(requested.lower())
     if fmt is None:
@@ -121,14 +131,32 @@ def encode_output(rgb: np.ndarray, source: LoadedImage, fmt: str, provenance: di
     BMP has no metadata field (the CLI writes a sidecar): there the response headers carry it.
     """
     bit_depth = source.bit_depth if source.bit_depth in BY_NAME[fmt].bit_depths else 8
-    data = encode_image(rgb, fmt, alpha=source.alpha, grayscale=source.grayscale, bit_depth=bit_depth, jpeg_quality=jpeg_quality,
-                        provenance=provenance, icc=source.icc, png_colour=source.png_colour)
+    data = encode_image(
+        rgb,
+        fmt,
+        alpha=source.alpha,
+        grayscale=source.grayscale,
+        bit_depth=bit_depth,
+        jpeg_quality=jpeg_quality,
+        provenance=provenance,
+        icc=source.icc,
+        png_colour=source.png_colour,
+    )
     return data, bit_depth
 
 
-def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_format: str | None, max_pixels: int,
-                  jpeg_quality: int, deadline: Deadline | None = None, change_map: bool = False, explain: bool = False,
-                  change_levels: bool = False) -> Deblurred:
+def deblur_upload(
+    model: Deblurrer,
+    upload: IO[bytes],
+    name: str,
+    requested_format: str | None,
+    max_pixels: int,
+    jpeg_quality: int,
+    deadline: Deadline | None = None,
+    change_map: bool = False,
+    explain: bool = False,
+    change_levels: bool = False,
+) -> Deblurred:
     """The whole job of one request, run on a pool thread: decode, deblur, encode; closes ``upload``.
 
     ``change_map``: also measure what deblurring changed and draw its heat map
@@ -178,10 +206,14 @@ def deblur_upload(model: Deblurrer, upload: IO[bytes], name: str, requested_form
         change = change_of(source, restored, bit_depth)
         figures = change.figures.as_dict()
         if change_map:
-            heat_map = encode_image(change.image().astype(np.float32) / 255, "PNG",
-                                    provenance={**record, "operation": CHANGE_MAP_OPERATION, "change": figures})
+            heat_map = encode_image(
+                change.image().astype(np.float32) / 255,
+                "PNG",
+                provenance={**record, "operation": CHANGE_MAP_OPERATION, "change": figures},
+            )
         if change_levels:
             view = change_view(change, record)
     kernel = psf_plot(model, restoration, record) if explain else None
-    return Deblurred(data, fmt, width, height, bit_depth, time.perf_counter() - started, figures, heat_map, restoration or None, kernel,
-                     view)
+    return Deblurred(
+        data, fmt, width, height, bit_depth, time.perf_counter() - started, figures, heat_map, restoration or None, kernel, view
+    )

@@ -19,9 +19,16 @@ def uvicorn_options(settings: ServerSettings, host: str, port: int, log_level: s
     # that a long URL reaches the app and is answered 414 rather than with a reset connection.
     # GuardedH11Protocol is uvicorn's h11 protocol plus a request-head deadline and a cap on connections per client
     # (meddeblur.server.connections): slow-header clients would otherwise hold connections open without limit.
-    return {"host": host, "port": port, "log_level": log_level, "timeout_graceful_shutdown": 10, "http": GuardedH11Protocol,
-            "h11_max_incomplete_event_size": 64 * 1024, "server_header": False,
-            "limit_concurrency": max(64, 4 * settings.workers * (settings.threads + settings.queue) + settings.max_uploads)}
+    return {
+        "host": host,
+        "port": port,
+        "log_level": log_level,
+        "timeout_graceful_shutdown": 10,
+        "http": GuardedH11Protocol,
+        "h11_max_incomplete_event_size": 64 * 1024,
+        "server_header": False,
+        "limit_concurrency": max(64, 4 * settings.workers * (settings.threads + settings.queue) + settings.max_uploads),
+    }
 
 
 def network_settings(settings: ServerSettings, host: str) -> ServerSettings:
@@ -31,12 +38,19 @@ def network_settings(settings: ServerSettings, host: str) -> ServerSettings:
         settings = replace(settings, allowed_hosts=default_allowed_hosts(host))
     if not is_loopback(host):
         if settings.api_key() is None:
-            print(f"meddeblur serve: WARNING: listening on {host}, reachable from the network, without an API key: anyone who "
-                  "can reach this port can send images; give --api-key-file FILE (or $MEDDEBLUR_API_KEY) and serve over "
-                  "TLS behind a reverse proxy (see SECURITY.md)", file=sys.stderr, flush=True)
+            print(
+                f"meddeblur serve: WARNING: listening on {host}, reachable from the network, without an API key: anyone who "
+                "can reach this port can send images; give --api-key-file FILE (or $MEDDEBLUR_API_KEY) and serve over "
+                "TLS behind a reverse proxy (see SECURITY.md)",
+                file=sys.stderr,
+                flush=True,
+            )
         if settings.allowed_hosts is None:
-            print("meddeblur serve: note: any Host header is accepted; --allowed-hosts NAME,... guards against DNS rebinding",
-                  file=sys.stderr, flush=True)
+            print(
+                "meddeblur serve: note: any Host header is accepted; --allowed-hosts NAME,... guards against DNS rebinding",
+                file=sys.stderr,
+                flush=True,
+            )
     return settings
 
 
@@ -53,7 +67,9 @@ def check_port_free(host: str, port: int) -> None:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as error:
-        raise UserError(f"host={host}: not an address of this machine ({error.strerror}); use 127.0.0.1, 0.0.0.0 or one of its addresses") from None
+        raise UserError(
+            f"host={host}: not an address of this machine ({error.strerror}); use 127.0.0.1, 0.0.0.0 or one of its addresses"
+        ) from None
     family, kind, proto, _, address = infos[0]
     with socket.socket(family, kind, proto) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port left in TIME_WAIT is free
@@ -61,9 +77,13 @@ def check_port_free(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
-                raise UserError(f"port={port}: {host}:{port} is already in use by another program; choose another port, "
-                                f"e.g. port={port + 1}, or stop that program") from None
-            raise UserError(f"host={host}, port={port}: cannot listen there ({error.strerror}); choose another address or port") from None
+                raise UserError(
+                    f"port={port}: {host}:{port} is already in use by another program; choose another port, "
+                    f"e.g. port={port + 1}, or stop that program"
+                ) from None
+            raise UserError(
+                f"host={host}, port={port}: cannot listen there ({error.strerror}); choose another address or port"
+            ) from None
 
 
 def _told(psf: Any) -> str:
@@ -95,8 +115,11 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
     if settings.workers == 1:
         app = create_app(settings)
         check_port_free(host, port)  # after the model (a bad one is the first thing to fix), before the ready line
-        print(f"meddeblur serve: model {app.state.model.model_id} ({app.state.model.config.arch}){_told(app.state.default_psf)} on "
-              f"http://{host}:{port}/ (API docs: /docs)", flush=True)
+        print(
+            f"meddeblur serve: model {app.state.model.model_id} ({app.state.model.config.arch}){_told(app.state.default_psf)} on "
+            f"http://{host}:{port}/ (API docs: /docs)",
+            flush=True,
+        )
         uvicorn.run(app, **options)
         return
     # Fail here, once, rather than in every worker: the default PSF, the model, and whether the one restores with the other.
@@ -108,10 +131,16 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
     if default_psf is not None:
         check_default_psf(Methods(served, settings.estimator), default_psf)
     check_port_free(host, port)
-    print(f"meddeblur serve: model {served.model_id} ({served.config.arch}){_told(default_psf)} on http://{host}:{port}/ with "
-          f"{settings.workers} worker processes (API docs: /docs)", flush=True)
+    assert served.config is not None  # a torch model has one
+    print(
+        f"meddeblur serve: model {served.model_id} ({served.config.arch}){_told(default_psf)} on http://{host}:{port}/ with "
+        f"{settings.workers} worker processes (API docs: /docs)",
+        flush=True,
+    )
     del served
     os.environ[SETTINGS_ENV] = settings.to_env()
     # uvicorn kills a worker that does not answer its health ping in time, 5 s by default: less than a
     # fresh worker needs to import torch on a busy machine, which made it restart workers forever.
-    uvicorn.run("meddeblur.server.app:app_from_env", factory=True, workers=settings.workers, timeout_worker_healthcheck=300, **options)
+    uvicorn.run(
+        "meddeblur.server.app:app_from_env", factory=True, workers=settings.workers, timeout_worker_healthcheck=300, **options
+    )

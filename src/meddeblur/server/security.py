@@ -33,8 +33,10 @@ LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 MAX_URL_BYTES = 8192
 
 #: The page and the API docs: everything from this server, inline script and style (one self-contained page), no framing.
-HTML_POLICY = ("default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
-               "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+HTML_POLICY = (
+    "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 #: Everything else (JSON, images): nothing may run or load, even if a browser is talked into rendering it.
 DATA_POLICY = "default-src 'none'; frame-ancestors 'none'; sandbox"
 _HTML_PATHS = ("/", "/docs", "/redoc", "/docs/oauth2-redirect")
@@ -46,7 +48,7 @@ def host_name(host: str) -> str:
     """The name part of a Host header value: ``[::1]:8000`` → ``::1``, ``Example.org.:80`` → ``example.org``."""
     host = host.strip().lower()
     if host.startswith("["):
-        return host[1:host.find("]")] if "]" in host else host
+        return host[1 : host.find("]")] if "]" in host else host
     if host.count(":") == 1:
         host = host.split(":", 1)[0]
     return host.rstrip(".")
@@ -71,8 +73,15 @@ def is_loopback(bind: str) -> bool:
 class Guard:
     """The ASGI layer described in the module docstring. ``allowed_hosts`` None: any Host; ``api_key`` None: no key."""
 
-    def __init__(self, app: ASGIApp, *, allowed_hosts: Iterable[str] | None = None, api_key: str | None = None,
-                 cors_origins: Iterable[str] = (), max_url_bytes: int = MAX_URL_BYTES) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        allowed_hosts: Iterable[str] | None = None,
+        api_key: str | None = None,
+        cors_origins: Iterable[str] = (),
+        max_url_bytes: int = MAX_URL_BYTES,
+    ) -> None:
         self.app = app
         self.allowed = None if allowed_hosts is None else {host_name(h) for h in allowed_hosts}
         self.any_host = self.allowed is not None and "*" in self.allowed
@@ -117,8 +126,11 @@ class Guard:
             if authorization[:7].lower() == "bearer ":
                 given = authorization[7:].strip()
             if not hmac.compare_digest(given.encode(), self.key):
-                return 401, "API key missing or wrong; send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'", {
-                    "WWW-Authenticate": 'Bearer realm="meddeblur"'}
+                return (
+                    401,
+                    "API key missing or wrong; send it as 'Authorization: Bearer KEY' or 'X-API-Key: KEY'",
+                    {"WWW-Authenticate": 'Bearer realm="meddeblur"'},
+                )
         return None
 
     def _secured(self, scope: Scope, send: Send) -> Send:

@@ -71,10 +71,14 @@ class ServerSettings:
                 raise UserError(f"{name}={getattr(self, name)}: must be a positive integer")
         for origin in self.cors_origins:
             if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
-                raise UserError(f"cors_origins={origin}: give an origin such as https://viewer.example.org (scheme and host, no path)")
+                raise UserError(
+                    f"cors_origins={origin}: give an origin such as https://viewer.example.org (scheme and host, no path)"
+                )
         if self.estimator is not None and not os.path.isfile(self.estimator):
-            raise UserError(f"estimator={self.estimator}: no such file; give the blur-estimator weights (.safetensors), or leave "
-                            "it out for the shipped ones")
+            raise UserError(
+                f"estimator={self.estimator}: no such file; give the blur-estimator weights (.safetensors), or leave "
+                "it out for the shipped ones"
+            )
         self.api_key()  # a missing, unreadable or too short key file fails now, before the port is bound
         return self
 
@@ -85,8 +89,10 @@ class ServerSettings:
                 with open(self.api_key_file, encoding="utf-8") as fh:
                     key = fh.read().strip()
             except (OSError, UnicodeDecodeError) as exc:
-                raise UserError(f"api_key_file={self.api_key_file}: cannot read it ({getattr(exc, 'strerror', None) or exc}); "
-                                "give a readable text file holding the key") from None
+                raise UserError(
+                    f"api_key_file={self.api_key_file}: cannot read it ({getattr(exc, 'strerror', None) or exc}); "
+                    "give a readable text file holding the key"
+                ) from None
             source = f"api_key_file={self.api_key_file}"
         else:
             key = os.environ.get(API_KEY_ENV, "").strip()
@@ -96,8 +102,10 @@ class ServerSettings:
         # ASCII only: HTTP headers carry bytes that servers read as Latin-1, so a key with other characters could
         # never be sent back equal to itself.
         if len(key) < MIN_KEY_LENGTH or any(c.isspace() or not c.isprintable() or not c.isascii() for c in key):
-            raise UserError(f"{source}: the key must be at least {MIN_KEY_LENGTH} printable ASCII characters without spaces; "
-                            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+            raise UserError(
+                f"{source}: the key must be at least {MIN_KEY_LENGTH} printable ASCII characters without spaces; "
+                "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
         return key
 
     @property

@@ -46,8 +46,11 @@ class _Capped:
             try:
                 message = await asyncio.wait_for(self._receive(), max(0.0, self._deadline - loop.time()))
             except asyncio.TimeoutError:
-                raise UploadError(408, f"upload not received within {self._timeout:g} s ({self.received:,} bytes came); "
-                                       "send it again over a faster connection, or compress it") from None
+                raise UploadError(
+                    408,
+                    f"upload not received within {self._timeout:g} s ({self.received:,} bytes came); "
+                    "send it again over a faster connection, or compress it",
+                ) from None
         if message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             if self.received > self._limit:
@@ -93,7 +96,9 @@ async def receive_upload(request: Request, limit: int, timeout: float | None = N
         kernel_part = form.get(KERNEL_FIELD)
         file = form.get("file")
         if file is None:
-            file = next((value for key, value in form.multi_items() if isinstance(value, UploadFile) and key != KERNEL_FIELD), None)
+            file = next(
+                (value for key, value in form.multi_items() if isinstance(value, UploadFile) and key != KERNEL_FIELD), None
+            )
         if not isinstance(file, UploadFile):
             await form.close()
             raise UploadError(400, "no file in the upload; send multipart/form-data with the image in a field named 'file'")
@@ -108,7 +113,7 @@ async def receive_upload(request: Request, limit: int, timeout: float | None = N
             kernel = (await kernel_part.read(), kernel_part.filename)
             await kernel_part.close()
         return Received(file.file, file.filename, fields, kernel)
-    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)
+    spool = tempfile.SpooledTemporaryFile(max_size=_SPOOL_BYTES)  # noqa: SIM115  (it outlives this function: the caller closes it)
     try:
         async for chunk in Request(request.scope, _Capped(request.receive, limit, text, timeout)).stream():
             spool.write(chunk)

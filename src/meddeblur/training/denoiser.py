@@ -25,14 +25,14 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from meddeblur.models.denoiser import Denoiser, load_denoiser, save_denoiser
@@ -91,12 +91,12 @@ class Crops:
         h, w = image.shape[:2]
         low, high = self.options.scales
         scale = float(np.exp(rng.uniform(math.log(low), math.log(high))))
-        side = min(int(round(crop * scale)), h, w)
+        side = min(round(crop * scale), h, w)
         top, left = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
         window = image[top : top + side, left : left + side]
         if side != crop:
             window = cv2.resize(window, (crop, crop), interpolation=cv2.INTER_AREA if side > crop else cv2.INTER_CUBIC)
-        window = np.rot90(window, rng.integers(4))
+        window = np.rot90(window, int(rng.integers(4)))
         return np.ascontiguousarray(window[:, ::-1] if rng.random() < 0.5 else window)
 
     def sample(self, rng: np.random.Generator | None = None, sigma: float | None = None) -> tuple[np.ndarray, np.ndarray, float]:
@@ -106,7 +106,9 @@ class Crops:
         sharp = sharp8.astype(np.float32) / 255.0
         observed, jpeg_rms = sharp, 0.0
         if sigma is None and rng.random() < self.options.jpeg:
-            observed = _jpeg_roundtrip(sharp8, int(rng.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1))).astype(np.float32) / 255.0
+            observed = (
+                _jpeg_roundtrip(sharp8, int(rng.integers(_JPEG_QUALITY[0], _JPEG_QUALITY[1] + 1))).astype(np.float32) / 255.0
+            )
             jpeg_rms = float(np.sqrt(((observed - sharp) ** 2).mean()))
         if sigma is None:
             u = rng.random()
@@ -126,8 +128,14 @@ def _psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def denoiser_scores(model: Denoiser, images: list[np.ndarray], count: int, crop: int = 96, seed: int = 1,
-                    sigmas: tuple[int, ...] = VALIDATION_SIGMAS) -> dict[str, float]:
+def denoiser_scores(
+    model: Denoiser,
+    images: list[np.ndarray],
+    count: int,
+    crop: int = 96,
+    seed: int = 1,
+    sigmas: tuple[int, ...] = VALIDATION_SIGMAS,
+) -> dict[str, float]:
     """Mean PSNR (dB) of ``count`` fixed crops of ``images`` denoised at each σ (8-bit levels): ``{"5": …, …, "mean": …}``."""
     crops = Crops(images, DenoiserOptions(crop=crop, scales=(1.0, 2.0)), seed)
     scores: dict[str, float] = {}
@@ -142,8 +150,14 @@ def denoiser_scores(model: Denoiser, images: list[np.ndarray], count: int, crop:
     return scores
 
 
-def train_denoiser(train: list[np.ndarray], val: list[np.ndarray], out: Path, options: DenoiserOptions,
-                   log: Callable[[str], None] = print, device: str = "cpu") -> dict[str, Any]:
+def train_denoiser(
+    train: list[np.ndarray],
+    val: list[np.ndarray],
+    out: Path,
+    options: DenoiserOptions,
+    log: Callable[[str], None] = print,
+    device: str = "cpu",
+) -> dict[str, Any]:
     """Train (from ``options.init`` or fresh) until the time or step budget is spent; write the best weights to ``out``."""
     if options.loss not in ("l1", "relative"):
         raise ValueError(f"loss must be 'l1' or 'relative', got {options.loss!r}")
@@ -186,8 +200,17 @@ def train_denoiser(train: list[np.ndarray], val: list[np.ndarray], out: Path, op
             kept = scores["mean"] > best["mean"]
             if kept:
                 best = scores
-                save_denoiser(model, out, {"options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
-                                           "step": step, "validation": scores})
-            log(f"step {step} ({minutes:.1f} min): loss {running / options.log_every:.5f}, validation {scores}{' (kept)' if kept else ''}")
+                save_denoiser(
+                    model,
+                    out,
+                    {
+                        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+                        "step": step,
+                        "validation": scores,
+                    },
+                )
+            log(
+                f"step {step} ({minutes:.1f} min): loss {running / options.log_every:.5f}, validation {scores}{' (kept)' if kept else ''}"
+            )
             running = 0.0
     return {"steps": step, "minutes": round((time.monotonic() - start) / 60.0, 2), "validation": best, "history": history}

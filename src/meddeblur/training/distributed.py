@@ -76,15 +76,19 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
         if local_rank >= torch.cuda.device_count():
-            raise UserError(f"torchrun local rank {local_rank} has no GPU (only {torch.cuda.device_count()} visible); "
-                            "lower --nproc_per_node to the number of GPUs")
+            raise UserError(
+                f"torchrun local rank {local_rank} has no GPU (only {torch.cuda.device_count()} visible); "
+                "lower --nproc_per_node to the number of GPUs"
+            )
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":
         backend = "gloo"
     else:
-        raise UserError(f"device={device.type}: torchrun training runs on cuda (NCCL) or cpu (gloo); pass device=cuda or device=cpu")
+        raise UserError(
+            f"device={device.type}: torchrun training runs on cuda (NCCL) or cpu (gloo); pass device=cuda or device=cpu"
+        )
     try:
         dist.init_process_group(backend, device_id=device if backend == "nccl" else None)
     except ValueError as exc:  # launched by hand with WORLD_SIZE but no MASTER_ADDR/PORT
@@ -192,25 +196,31 @@ def average_batchnorm_stats(model: nn.Module) -> None:
     flat /= world_size()
     offset = 0
     for b in buffers:
-        b.copy_(flat[offset:offset + b.numel()].view_as(b))
+        b.copy_(flat[offset : offset + b.numel()].view_as(b))
         offset += b.numel()
 
 
 def describe(device: torch.device, batch: int) -> str:
     """One log line saying how the processes split the work and how BatchNorm is handled."""
-    batchnorm = ("SyncBatchNorm over the global batch" if synchronises_batchnorm(device) else
-                 "BatchNorm batch statistics per process (SyncBatchNorm needs CUDA), running statistics "
-                 "averaged over the processes after each epoch")
-    return (f"data parallel: {world_size()} processes ({dist.get_backend()}), global batch {batch} = "
-            f"{per_process_batch(batch)} per process; {batchnorm}")
+    batchnorm = (
+        "SyncBatchNorm over the global batch"
+        if synchronises_batchnorm(device)
+        else "BatchNorm batch statistics per process (SyncBatchNorm needs CUDA), running statistics "
+        "averaged over the processes after each epoch"
+    )
+    return (
+        f"data parallel: {world_size()} processes ({dist.get_backend()}), global batch {batch} = "
+        f"{per_process_batch(batch)} per process; {batchnorm}"
+    )
 
 
 def per_process_batch(batch: int) -> int:
     """This process's share of the global ``--batch``; an error unless it splits evenly."""
     world = world_size()
     if batch % world:
-        raise UserError(f"batch={batch}: the global batch must split evenly over the {world} processes; "
-                        f"pass a multiple of {world}")
+        raise UserError(
+            f"batch={batch}: the global batch must split evenly over the {world} processes; pass a multiple of {world}"
+        )
     return batch // world
 
 
@@ -221,12 +231,19 @@ def sharded_train_loader(dataset: Dataset, batch: int, seed: int, epoch: int) ->
     process, and deals it out; the last global batch may be padded with repeated
     samples so that all processes take the same number of steps.
     """
-    sampler = DistributedSampler(dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=False)
+    sampler: DistributedSampler[Any] = DistributedSampler(
+        dataset, num_replicas=world_size(), rank=rank(), shuffle=True, seed=seed, drop_last=False
+    )
     sampler.set_epoch(epoch)
     # A generator of our own: the loader draws a base seed from it, not from the global RNG
     # whose state the checkpoint carries.
-    return DataLoader(dataset, batch_size=per_process_batch(batch), sampler=sampler,
-                      generator=torch.Generator().manual_seed(seed + epoch), num_workers=0)
+    return DataLoader(
+        dataset,
+        batch_size=per_process_batch(batch),
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed + epoch),
+        num_workers=0,
+    )
 
 
 def sharded_eval_loader(dataset: Dataset, batch: int) -> DataLoader:
@@ -236,8 +253,13 @@ def sharded_eval_loader(dataset: Dataset, batch: int) -> DataLoader:
     through DistributedDataParallel (whose forward is a collective).
     """
     indices = range(rank(), len(dataset), world_size())  # type: ignore[arg-type]
-    return DataLoader(Subset(dataset, indices), batch_size=per_process_batch(batch), shuffle=False,
-                      generator=torch.Generator().manual_seed(0), num_workers=0)
+    return DataLoader(
+        Subset(dataset, indices),
+        batch_size=per_process_batch(batch),
+        shuffle=False,
+        generator=torch.Generator().manual_seed(0),
+        num_workers=0,
+    )
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,8 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from meddeblur.data.pairs import read_split, select, sharp_only
 from meddeblur.data.sampling import ScaledCrops
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.psf.estimator_net import FAMILIES, LAYOUT, BlurEstimatorNet
 from meddeblur.psf.estimate import CELL, label_of
+from meddeblur.psf.estimator_net import FAMILIES, LAYOUT, BlurEstimatorNet
 from meddeblur.psf.spectrum import log_power_spectrum
 
 __all__ = ["EstimatorSamples", "draw_samples", "EstimatorOptions", "train_estimator", "estimation_scores"]
@@ -49,23 +50,33 @@ class EstimatorSamples(Dataset):
         return log_power_spectrum(blurred), family, values, weights, record.family
 
 
-def draw_samples(sharp_dir: str | Path, names: list[str], count: int, seed: int, workers: int = 2,
-                 degrade: str = "real") -> dict[str, Any]:
+def draw_samples(
+    sharp_dir: str | Path, names: list[str], count: int, seed: int, workers: int = 2, degrade: str = "real"
+) -> dict[str, Any]:
     """``count`` labelled samples from the images ``names`` of ``sharp_dir``: tensors ``spectra``, ``family``, ``values``,
     ``weights`` and the list ``source`` (the degradation family each came from)."""
     pairs = select(sharp_only(sharp_dir), names, "split")
     crops = ScaledCrops(pairs, CELL, (1.0, 4.0), parse_spec(degrade), seed=seed, samples=count, soften=0.3, compress=0.2)
     loader = DataLoader(EstimatorSamples(crops), batch_size=64, num_workers=workers, collate_fn=_collate)
     parts = list(loader)
-    return {"spectra": torch.cat([p[0] for p in parts]), "family": torch.cat([p[1] for p in parts]),
-            "values": torch.cat([p[2] for p in parts]), "weights": torch.cat([p[3] for p in parts]),
-            "source": [s for p in parts for s in p[4]]}
+    return {
+        "spectra": torch.cat([p[0] for p in parts]),
+        "family": torch.cat([p[1] for p in parts]),
+        "values": torch.cat([p[2] for p in parts]),
+        "weights": torch.cat([p[3] for p in parts]),
+        "source": [s for p in parts for s in p[4]],
+    }
 
 
 def _collate(batch: list) -> tuple:
     spectra, family, values, weights, source = zip(*batch)
-    return (torch.from_numpy(np.stack(spectra)), torch.tensor(family), torch.from_numpy(np.stack(values)),
-            torch.from_numpy(np.stack(weights)), list(source))
+    return (
+        torch.from_numpy(np.stack(spectra)),
+        torch.tensor(family),
+        torch.from_numpy(np.stack(values)),
+        torch.from_numpy(np.stack(weights)),
+        list(source),
+    )
 
 
 def _loss(outputs: torch.Tensor, family: torch.Tensor, values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -80,8 +91,11 @@ def estimation_scores(network: BlurEstimatorNet, samples: dict[str, Any]) -> dic
     network.eval()
     outputs = torch.cat([network(chunk[:, None]) for chunk in samples["spectra"].split(256)])
     predicted = outputs[:, LAYOUT["logits"]].argmax(dim=1)
-    scores: dict[str, Any] = {"samples": len(predicted), "family_accuracy": round(float((predicted == samples["family"]).float().mean()), 4),
-                              "per_source": {}}
+    scores: dict[str, Any] = {
+        "samples": len(predicted),
+        "family_accuracy": round(float((predicted == samples["family"]).float().mean()), 4),
+        "per_source": {},
+    }
     size_index = {1: 4, 2: 8, 3: 9}  # the output holding log σ_major / log radius / log length
     for source in sorted(set(samples["source"])):
         rows = torch.tensor([s == source for s in samples["source"]])
@@ -114,8 +128,14 @@ class EstimatorOptions:
 
 def _samples(sharp_dir: str | Path, split: dict[str, list[str]], options: EstimatorOptions) -> tuple[dict, dict]:
     """(train, val) samples: drawn, or read back from ``options.samples_cache`` when it holds this very draw."""
-    key = {"sharp_dir": str(Path(sharp_dir).resolve()), "train": split["train"], "val": split["val"], "samples": options.samples,
-           "val_samples": options.val_samples, "seed": options.seed}
+    key = {
+        "sharp_dir": str(Path(sharp_dir).resolve()),
+        "train": split["train"],
+        "val": split["val"],
+        "samples": options.samples,
+        "val_samples": options.val_samples,
+        "seed": options.seed,
+    }
     cache = options.samples_cache
     if cache is not None and cache.is_file():
         stored = torch.load(cache, weights_only=True)
@@ -130,8 +150,13 @@ def _samples(sharp_dir: str | Path, split: dict[str, list[str]], options: Estima
     return train, val
 
 
-def train_estimator(sharp_dir: str | Path, split_file: str | Path, out: str | Path, options: EstimatorOptions = EstimatorOptions(),
-                    log: Callable[[str], None] = print) -> dict[str, Any]:
+def train_estimator(
+    sharp_dir: str | Path,
+    split_file: str | Path,
+    out: str | Path,
+    options: EstimatorOptions = EstimatorOptions(),
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Draw samples from the train/val images of ``split_file``, train, write ``out`` (.safetensors + .json); returns the record."""
     from safetensors.torch import save_file
 
@@ -154,15 +179,23 @@ def train_estimator(sharp_dir: str | Path, split_file: str | Path, out: str | Pa
         order = torch.randperm(options.samples, generator=torch.Generator().manual_seed(options.seed + epoch))
         total = 0.0
         for start in range(0, options.samples, options.batch):
-            rows = order[start:start + options.batch]
-            loss = _loss(network(train["spectra"][rows][:, None]), train["family"][rows], train["values"][rows], train["weights"][rows])
+            rows = order[start : start + options.batch]
+            loss = _loss(
+                network(train["spectra"][rows][:, None]), train["family"][rows], train["values"][rows], train["weights"][rows]
+            )
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             schedule.step()
             total += float(loss.detach()) * len(rows)
         scores = estimation_scores(network, val)
-        history.append({"epoch": epoch + 1, "train_loss": round(total / options.samples, 4), "val_family_accuracy": scores["family_accuracy"]})
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": round(total / options.samples, 4),
+                "val_family_accuracy": scores["family_accuracy"],
+            }
+        )
         log(f"epoch {epoch + 1}: loss {total / options.samples:.4f}, val family accuracy {scores['family_accuracy']:.3f}")
         if (time.perf_counter() - started) / 60 > options.max_minutes:
             log(f"stopping: the {options.max_minutes}-minute budget is spent")
@@ -171,7 +204,12 @@ def train_estimator(sharp_dir: str | Path, split_file: str | Path, out: str | Pa
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(out))
-    record = {"families": list(FAMILIES), "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.__dict__.items()}, "minutes": round((time.perf_counter() - started) / 60, 1),
-              "history": history, "validation": scores}
+    record = {
+        "families": list(FAMILIES),
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.__dict__.items()},
+        "minutes": round((time.perf_counter() - started) / 60, 1),
+        "history": history,
+        "validation": scores,
+    }
     out.with_suffix(".json").write_text(json.dumps(record, indent=1) + "\n")
     return record

@@ -34,8 +34,10 @@ def kept_start_line(start_scores: dict | None, best_row: dict | None, what: str)
     best = float(best_row["val_psnr"])
     if best > float(start_scores["psnr"]):
         return None
-    return (f"kept the starting weights: {start_scores['psnr']:.2f} dB vs {best:.2f} after fine-tuning on the validation {what} "
-            f"(best epoch {int(best_row['epoch'])} did not beat them)")
+    return (
+        f"kept the starting weights: {start_scores['psnr']:.2f} dB vs {best:.2f} after fine-tuning on the validation {what} "
+        f"(best epoch {int(best_row['epoch'])} did not beat them)"
+    )
 
 
 def publish_start(run: Path, net: torch.nn.Module, config: ModelConfig, start_scores: dict) -> Path:
@@ -54,8 +56,10 @@ def budget_warning(steps: int, warmup: int, minutes: float, max_minutes: float |
     suggested = math.ceil(wanted * minutes / steps)
     inside = f"all inside the {warmup}-step learning-rate warm-up" if steps < warmup else f"fewer than {FEW_STEPS}"
     budget = f" in {max_minutes:g} minutes" if max_minutes is not None else ""
-    return (f"warning: only {steps} training steps ran{budget} ({inside}): too few to change the weights much; at the "
-            f"{steps / minutes:.1f} steps per minute measured here, a budget of about {suggested} minutes gives {wanted} steps")
+    return (
+        f"warning: only {steps} training steps ran{budget} ({inside}): too few to change the weights much; at the "
+        f"{steps / minutes:.1f} steps per minute measured here, a budget of about {suggested} minutes gives {wanted} steps"
+    )
 
 
 def summary_line(history: list[dict], best_epoch: int, baseline: dict, start_scores: dict | None, what: str) -> str:
@@ -64,13 +68,24 @@ def summary_line(history: list[dict], best_epoch: int, baseline: dict, start_sco
     if best is None:
         return "no epoch finished; nothing to compare"
     if start_scores:
-        return (f"fine-tuning changed the validation {what} from {start_scores['psnr']:.2f} to {float(best['val_psnr']):.2f} dB "
-                f"(input {baseline['psnr']:.2f} dB; best epoch {best_epoch})")
+        return (
+            f"fine-tuning changed the validation {what} from {start_scores['psnr']:.2f} to {float(best['val_psnr']):.2f} dB "
+            f"(input {baseline['psnr']:.2f} dB; best epoch {best_epoch})"
+        )
     return f"training took the validation {what} from the input's {baseline['psnr']:.2f} to {float(best['val_psnr']):.2f} dB (best epoch {best_epoch})"
 
 
-def end_lines(run: Path, history: list[dict], best_epoch: int, best_loss: float, baseline: dict, start_scores: dict | None, what: str,
-              warmup: int, max_minutes: float | None) -> list[str]:
+def end_lines(
+    run: Path,
+    history: list[dict],
+    best_epoch: int,
+    best_loss: float,
+    baseline: dict,
+    start_scores: dict | None,
+    what: str,
+    warmup: int,
+    max_minutes: float | None,
+) -> list[str]:
     """The run's closing lines: where the best weights are and what they score against the start, and a warning
     when the budget was too small (:func:`budget_warning`)."""
     best_row = next((row for row in history if int(row["epoch"]) == best_epoch), None)
@@ -78,8 +93,10 @@ def end_lines(run: Path, history: list[dict], best_epoch: int, best_loss: float,
     if kept is not None:
         lines = [f"best weights: {run / BEST_WEIGHTS} (the starting weights)", kept]
     else:
-        lines = [f"best weights: {run / BEST_WEIGHTS} (epoch {best_epoch}, val loss {best_loss:.5f})",
-                 summary_line(history, best_epoch, baseline, start_scores, what)]
+        lines = [
+            f"best weights: {run / BEST_WEIGHTS} (epoch {best_epoch}, val loss {best_loss:.5f})",
+            summary_line(history, best_epoch, baseline, start_scores, what),
+        ]
     steps = int(history[-1]["steps"] or 0) if history else 0
     warning = budget_warning(steps, warmup, sum(float(row["seconds"] or 0) for row in history) / 60, max_minutes)
     return lines + ([warning] if warning else [])

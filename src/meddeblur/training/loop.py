@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch.utils.data import DataLoader
@@ -27,9 +27,19 @@ from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.losses import DeblurLoss, build_loss
 from meddeblur.metrics import psnr, ssim
-from meddeblur.models import PSF_ARCHITECTURES, ModelConfig, build_model, count_parameters, grow_model, grown_config, lift_to_psf, load_model
+from meddeblur.models import (
+    PSF_ARCHITECTURES,
+    ModelConfig,
+    build_model,
+    count_parameters,
+    grow_model,
+    grown_config,
+    lift_to_psf,
+    load_model,
+)
 from meddeblur.models.psf_nafnet import parameter_groups
 from meddeblur.training import distributed as ddp
+from meddeblur.training.finetune import end_lines, kept_start_line, publish_start
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.runs import (
     CHECKPOINT,
@@ -41,7 +51,6 @@ from meddeblur.training.runs import (
     publish,
     save_checkpoint,
 )
-from meddeblur.training.finetune import end_lines, kept_start_line, publish_start
 from meddeblur.training.schedule import TrainControl
 
 if TYPE_CHECKING:
@@ -114,7 +123,8 @@ def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.devi
     training = optimizer is not None
     model.train(training)
     totals = {"loss": 0.0, "psnr": 0.0, "ssim": 0.0, "sharp_psnr": 0.0}
-    seen = degraded = 0
+    seen: float = 0
+    degraded: float = 0
     quiet = not ddp.is_main() or (control is not None and training)  # the run's own bar shows progress then
     with tqdm(loader, desc=desc, leave=False, disable=True if quiet else None, unit="batch") as bar, torch.set_grad_enabled(training):
         started = control.clock() if control is not None else 0.0
@@ -196,7 +206,7 @@ def _starting_point(options: TrainOptions) -> tuple[tuple[dict, ModelConfig, Pat
 
 
 def _layout(config: ModelConfig) -> str:
-    return f"blocks {','.join(map(str, config.enc_blocks))} | {config.middle_blocks} | {','.join(map(str, config.dec_blocks))}"
+    return f"blocks {','.join(map(str, config.enc_blocks or ()))} | {config.middle_blocks} | {','.join(map(str, config.dec_blocks or ()))}"
 
 
 def _horizon(options: TrainOptions) -> str:
@@ -209,13 +219,14 @@ def _datasets(options: TrainOptions, spec: DegradeSpec | None, train_pairs: list
     epoch_samples = options.epoch_steps * options.batch if options.epoch_steps else None
     with_psf = options.arch in PSF_ARCHITECTURES
     if options.scales and spec is not None:
-        return (ScaledCrops(train_pairs, options.crop, options.scales, spec, options.seed, epoch_samples, options.soften, options.compress,
+        crop = cast(int, options.crop)  # given with scales (the recipes set both)
+        return (ScaledCrops(train_pairs, crop, options.scales, spec, options.seed, epoch_samples, options.soften, options.compress,
                             psf=with_psf, perturb=options.perturb_psf, estimated=options.estimated_psf),
-                ScaledCrops(val_pairs, options.crop * 2, (1.0, 1.0), spec, options.seed, fixed=True, psf=with_psf))
+                ScaledCrops(val_pairs, crop * 2, (1.0, 1.0), spec, options.seed, fixed=True, psf=with_psf))
     if with_psf:
         raise UserError(f"arch={options.arch} is told each image's blur: train it on sharp images with a degradation "
                         "(sharp folder with `degrade`, random-scale crops), not on blurred/sharp pairs or resized images")
-    train_set = PairDataset(train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed, degrade=spec)
+    train_set: PairDataset | EpochSamples = PairDataset(train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed, degrade=spec)
     if epoch_samples:
         train_set = EpochSamples(train_set, epoch_samples)
     return train_set, PairDataset(val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed, degrade=spec, fixed=True)
@@ -255,11 +266,11 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         grown = f", grown from {_layout(initial[1])} to {_layout(config)} (new blocks start as the identity)" if config != initial[1] else ""
         log(f"starting from the weights of {initial[2]} (init={options.init}){grown}")
     if precision.channels_last:
-        net = net.to(memory_format=torch.channels_last)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit Module.to(memory_format=)
     loss_fn = loss_fn.to(device)
     groups = parameter_groups(net) if config.arch in PSF_ARCHITECTURES else net.parameters()
     if options.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=options.lr, betas=(0.9, 0.9), weight_decay=options.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=options.lr, betas=(0.9, 0.9), weight_decay=options.weight_decay)
     else:
         optimizer = torch.optim.Adam(groups, lr=options.lr, eps=1e-7)  # Keras' Adam epsilon
     control = None
@@ -326,7 +337,7 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     # No DDP: processes may hold different numbers of val batches. The EMA, when there is one, is what is scored and saved.
     scored = control.evaluated() if control is not None else net
     evaluator = ddp.with_precision(scored, precision)
-    step_options = {"scaler": scaler} if scaler is not None else {}
+    step_options: dict[str, Any] = {"scaler": scaler} if scaler is not None else {}
     if control is not None:
         step_options["control"] = control
     baseline = input_scores(val_set)
@@ -342,7 +353,7 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     for epoch in range(first_epoch, options.epochs + 1):
         # Rank 0's clock decides for all: processes that disagree would wait for each other forever.
         spent = ddp.broadcast(sum(float(r[spent_column] or 0) for r in history) / 60)
-        if options.max_minutes is not None and spent >= options.max_minutes or (control is not None and control.finished()):
+        if (options.max_minutes is not None and spent >= options.max_minutes) or (control is not None and control.finished()):
             used = [f"{spent:.1f} of {options.max_minutes:g} minutes"] if options.max_minutes is not None else []
             used += [f"{control.step} of {options.steps} steps"] if control and options.steps else []
             log(f"budget used after epoch {epoch - 1}: {', '.join(used)}; stopping")
@@ -398,9 +409,9 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     what = "mix" if options.scales and spec is not None else "set"
     best_row = next((r for r in history if int(r["epoch"]) == stopper.best_epoch), None)
     if kept_start_line(start_scores, best_row, what) is not None and ddp.is_main():
-        start, _ = _starting_point(options)  # never a step back: the starting weights (grown as trained) are the best
-        assert start is not None  # start_scores exist only for a run with `init`
-        publish_start(run, grow_model(start[0], start[1], config), config, start_scores)
+        initial, _ = _starting_point(options)  # never a step back: the starting weights (grown as trained) are the best
+        assert initial is not None and start_scores is not None  # start_scores exist only for a run with `init`
+        publish_start(run, grow_model(initial[0], initial[1], config), config, start_scores)
     for line in end_lines(run, history, stopper.best_epoch, stopper.best, baseline, start_scores, what, options.warmup, options.max_minutes):
         log(line)
     ddp.barrier()  # nobody reports success before rank 0's last files are in place

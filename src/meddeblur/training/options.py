@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 from meddeblur.errors import InvalidOption
 from meddeblur.losses import LossWeights
@@ -40,7 +41,9 @@ class TrainOptions:
     crop: int | None = None
     epochs: int = 100
     max_minutes: float | None = None  # training budget; with the cosine schedule also its horizon
-    budget_clock: str = "wall"  # what --max-minutes counts: "wall" clock or process "cpu" time (all threads; fair on a shared machine)
+    budget_clock: str = (
+        "wall"  # what --max-minutes counts: "wall" clock or process "cpu" time (all threads; fair on a shared machine)
+    )
     batch: int = 8
     lr: float = 1e-4
     seed: int = 42
@@ -78,18 +81,28 @@ class TrainOptions:
                 raise InvalidOption(f"{name}={value}: must be a positive integer", value=value, option=name)
         for name in ("size", "crop"):
             if getattr(self, name) is not None and getattr(self, name) % 16:
-                raise InvalidOption(f"{name}={getattr(self, name)}: must be a multiple of 16 (the network pools four times)",
-                                    value=getattr(self, name), option=name)
+                raise InvalidOption(
+                    f"{name}={getattr(self, name)}: must be a multiple of 16 (the network pools four times)",
+                    value=getattr(self, name),
+                    option=name,
+                )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise InvalidOption(f"lr={self.lr}: must be a positive number, e.g. 1e-4", value=self.lr, option="lr")
         if self.seed < 0:
             raise InvalidOption(f"seed={self.seed}: must be 0 or a positive integer", value=self.seed, option="seed")
         if self.max_minutes is not None and not (math.isfinite(self.max_minutes) and self.max_minutes > 0):
-            raise InvalidOption(f"max_minutes={self.max_minutes}: must be a positive number of minutes", value=self.max_minutes,
-                                option="max_minutes")
+            raise InvalidOption(
+                f"max_minutes={self.max_minutes}: must be a positive number of minutes",
+                value=self.max_minutes,
+                option="max_minutes",
+            )
         for name in ("soften", "compress", "perturb_psf", "estimated_psf"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise InvalidOption(f"{name}={getattr(self, name)}: a share of the training sources, from 0 to 1", value=getattr(self, name), option=name)
+                raise InvalidOption(
+                    f"{name}={getattr(self, name)}: a share of the training sources, from 0 to 1",
+                    value=getattr(self, name),
+                    option=name,
+                )
         blocks = self.blocks
         if blocks:
             name = next(iter(blocks))
@@ -100,15 +113,17 @@ class TrainOptions:
         for name in (term.name for term in fields(LossWeights)):
             value = getattr(self.loss, name)
             if not (math.isfinite(value) and value >= 0):
-                raise InvalidOption(f"w_{name}={value}: must be 0 (term off) or a positive number", value=value, option=f"w_{name}")
+                raise InvalidOption(
+                    f"w_{name}={value}: must be 0 (term off) or a positive number", value=value, option=f"w_{name}"
+                )
 
     @property
-    def blocks(self) -> dict[str, object]:
+    def blocks(self) -> dict[str, Any]:
         """The NAFNet block counts that were given (the others: the architecture's or the initial weights')."""
         return {name: getattr(self, name) for name in NAFNET_FIELDS if getattr(self, name) is not None}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainOptions":
+    def from_dict(cls, data: dict) -> TrainOptions:
         data = dict(data)
         data["loss"] = LossWeights(**data.get("loss", {}))
         for name in ("scales", "enc_blocks", "dec_blocks"):

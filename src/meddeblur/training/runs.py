@@ -32,17 +32,54 @@ from meddeblur.models import BEST_WEIGHTS, ModelConfig, save_weights
 from meddeblur.training import distributed as ddp
 from meddeblur.training.options import TrainOptions
 
-__all__ = ["RUN_FILE", "RUN_FILES", "CHECKPOINT", "CHECKSUM", "HISTORY_FIELDS", "RunLog", "save_checkpoint", "load_checkpoint", "verify_best", "publish_best", "publish",
-           "prepare_run", "open_run", "read_run_options", "checkpoint_config"]
+__all__ = [
+    "RUN_FILE",
+    "RUN_FILES",
+    "CHECKPOINT",
+    "CHECKSUM",
+    "HISTORY_FIELDS",
+    "RunLog",
+    "save_checkpoint",
+    "load_checkpoint",
+    "verify_best",
+    "publish_best",
+    "publish",
+    "prepare_run",
+    "open_run",
+    "read_run_options",
+    "checkpoint_config",
+]
 
 RUN_FILE = "run.json"
 CHECKPOINT = "last.pt"
 CHECKSUM = CHECKPOINT + ".sha256"
 #: Every file a run writes into its folder: any of them there means the folder holds a run.
-RUN_FILES = (RUN_FILE, SPLIT_FILE, CHECKPOINT, CHECKSUM, "history.csv", "curves.png", "train.log", BEST_WEIGHTS,
-             Path(BEST_WEIGHTS).with_suffix(".json").name)
-HISTORY_FIELDS = ("epoch", "steps", "lr", "train_loss", "train_psnr", "train_ssim", "val_loss", "val_psnr", "val_ssim", "val_input_psnr",
-                  "val_sharp_psnr", "seconds", "cpu_seconds")
+RUN_FILES = (
+    RUN_FILE,
+    SPLIT_FILE,
+    CHECKPOINT,
+    CHECKSUM,
+    "history.csv",
+    "curves.png",
+    "train.log",
+    BEST_WEIGHTS,
+    Path(BEST_WEIGHTS).with_suffix(".json").name,
+)
+HISTORY_FIELDS = (
+    "epoch",
+    "steps",
+    "lr",
+    "train_loss",
+    "train_psnr",
+    "train_ssim",
+    "val_loss",
+    "val_psnr",
+    "val_ssim",
+    "val_input_psnr",
+    "val_sharp_psnr",
+    "seconds",
+    "cpu_seconds",
+)
 
 
 class RunLog:
@@ -60,7 +97,9 @@ class RunLog:
             with open(self.path, "a", encoding="utf-8") as fh:
                 fh.write(message + "\n")
         except OSError as exc:  # a full disk: one line naming the log, not a traceback
-            raise UserError(f"{self.path}: cannot write ({exc.strerror or exc}); free some space or choose another `out`") from None
+            raise UserError(
+                f"{self.path}: cannot write ({exc.strerror or exc}); free some space or choose another `out`"
+            ) from None
 
 
 def _sha256(path: Path) -> str:
@@ -116,9 +155,9 @@ def save_checkpoint(run: Path, state: dict) -> None:
         if widened and found is None:  # the checksum file is this attempt's own: no checkpoint is left for it to name
             remove_quietly(run / CHECKSUM)
         elif widened and found:  # the old checkpoint is still in place: its checksum file goes back to what it was
-            with contextlib.suppress(OSError, UserError):  # should even that fail, the widened file still verifies it
-                with atomic_write(run / CHECKSUM) as fh:
-                    fh.write(found)
+            # Should even that fail, the widened file still verifies it.
+            with contextlib.suppress(OSError, UserError), atomic_write(run / CHECKSUM) as fh:
+                fh.write(found)
         raise
     # Should this fail, the checksum file still accepts both digests, so the new checkpoint verifies.
     _write_checksums(run, [digest])
@@ -136,11 +175,15 @@ def load_checkpoint(path: Path, check_best: bool = False) -> dict:
         raise UserError(f"{path}: no checkpoint to resume from; start a new run without resume=True") from None
     accepted = _read_checksums(path.parent)
     if not accepted:
-        raise UserError(f"checkpoint {path} has no checksum in {sidecar.name} (incomplete, or written by an older meddeblur); "
-                        f"start a new run, or if you trust the file run `sha256sum {path.name} > {sidecar.name}` in {path.parent}")
+        raise UserError(
+            f"checkpoint {path} has no checksum in {sidecar.name} (incomplete, or written by an older meddeblur); "
+            f"start a new run, or if you trust the file run `sha256sum {path.name} > {sidecar.name}` in {path.parent}"
+        )
     if hashlib.sha256(data).hexdigest() not in accepted:
-        raise UserError(f"checkpoint {path} is corrupt or incomplete (checksum mismatch with {sidecar.name}); "
-                        "restore it from a backup or start a new run")
+        raise UserError(
+            f"checkpoint {path} is corrupt or incomplete (checksum mismatch with {sidecar.name}); "
+            "restore it from a backup or start a new run"
+        )
     buffer = _stdio.BytesIO(data)
     try:
         state = torch.load(buffer, map_location="cpu", weights_only=True)
@@ -164,16 +207,20 @@ def verify_best(run: Path, state: dict) -> None:
     try:
         info = json.loads(info_path.read_text())
     except (OSError, ValueError):
-        raise UserError(f"{info_path}: missing or unreadable, so {best.name} (epoch {best_epoch}) cannot be checked; restore "
-                        "both from a backup or start a new run") from None
+        raise UserError(
+            f"{info_path}: missing or unreadable, so {best.name} (epoch {best_epoch}) cannot be checked; restore "
+            "both from a backup or start a new run"
+        ) from None
     expected = info.get("sha256") if isinstance(info, dict) else None
     if expected is None:
         return  # written before best.json held a checksum: nothing to compare with
     actual = _sha256(best) if best.is_file() else None
     if actual != expected:
         what = "is missing" if actual is None else "does not match the sha256 in best.json (truncated or changed)"
-        raise UserError(f"{best}: {what}; restore it from a backup or start a new run — resuming would report it as the "
-                        f"best weights of epoch {best_epoch}")
+        raise UserError(
+            f"{best}: {what}; restore it from a backup or start a new run — resuming would report it as the "
+            f"best weights of epoch {best_epoch}"
+        )
 
 
 def _write_history(run: Path, history: list[dict]) -> None:
@@ -220,14 +267,22 @@ def prepare_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
         raise UserError(f"{run}: already holds a run ({', '.join(used)}); continue it with resume={run} or choose another `out`")
     pairs, skipped = check_pairs(load_pairs(options.blurred_dir, options.sharp_dir, options.degrade), options.skip_bad)
     split = split_names([p.name for p in pairs], seed=options.seed)
-    if options.arch.startswith("attention-unet") and (options.size or options.crop or 0) < 32 and len(split["train"]) < 2 and not options.epoch_steps:
-        raise UserError(f"{len(pairs)} image(s) leave {len(split['train'])} for training: {options.arch} uses BatchNorm, which cannot "
-                        "normalise one image shrunk to 1×1; add images, size=32 or more, or arch=nafnet")
+    if (
+        options.arch.startswith("attention-unet")
+        and (options.size or options.crop or 0) < 32
+        and len(split["train"]) < 2
+        and not options.epoch_steps
+    ):
+        raise UserError(
+            f"{len(pairs)} image(s) leave {len(split['train'])} for training: {options.arch} uses BatchNorm, which cannot "
+            "normalise one image shrunk to 1×1; add images, size=32 or more, or arch=nafnet"
+        )
     run.mkdir(parents=True, exist_ok=True)
     write_split(run / SPLIT_FILE, split, options.seed)
     with atomic_write(run / RUN_FILE, "w") as fh:
         json.dump({"version": __version__, "options": _stored_options(options)}, fh, indent=2)
-    return run, *(select(pairs, split[part], str(run / SPLIT_FILE)) for part in ("train", "val")), skipped
+    train, val = (select(pairs, split[part], str(run / SPLIT_FILE)) for part in ("train", "val"))
+    return run, train, val, skipped
 
 
 def _stored_options(options: TrainOptions) -> dict:
@@ -250,7 +305,8 @@ def open_run(options: TrainOptions) -> tuple[Path, list, list, list[str]]:
         raise UserError(f"{run / CHECKPOINT}: missing although the run has finished epochs; restore it or start a new run")
     for stale in run.glob(".*.tmp-*"):  # our atomic writes' temporaries; nobody writes this run now
         stale.unlink(missing_ok=True)
-    return run, *(select(pairs, split[part], str(run / SPLIT_FILE)) for part in ("train", "val")), skipped
+    train, val = (select(pairs, split[part], str(run / SPLIT_FILE)) for part in ("train", "val"))
+    return run, train, val, skipped
 
 
 def read_run_options(run: str | Path) -> TrainOptions:
@@ -269,8 +325,12 @@ def checkpoint_config(state: dict, run: Path, arch: str) -> ModelConfig:
     try:
         config = ModelConfig.from_dict(state["config"])
     except (KeyError, ValueError, TypeError):
-        raise UserError(f"{run / CHECKPOINT}: holds no valid model config; restore this run's checkpoint or start a new run") from None
+        raise UserError(
+            f"{run / CHECKPOINT}: holds no valid model config; restore this run's checkpoint or start a new run"
+        ) from None
     if config.arch != arch:
-        raise UserError(f"{run / CHECKPOINT} holds a {config.arch} but {run / RUN_FILE} says {arch}: "
-                        "the two files come from different runs; restore this run's files or start a new run")
+        raise UserError(
+            f"{run / CHECKPOINT} holds a {config.arch} but {run / RUN_FILE} says {arch}: "
+            "the two files come from different runs; restore this run's files or start a new run"
+        )
     return config

@@ -39,9 +39,11 @@ def cosine_factor(progress: float, step: int, warmup: int) -> float:
 def _ema_update(decay: float) -> Callable:
     """EMA step whose decay ramps up as (1 + n) / (10 + n) to ``decay``: early weights fade out quickly
     (a fixed 0.999 would still give the random or initial weights a third of the average after 1,100 steps)."""
+
     def update(average: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         n = float(count)
         return average + (current - average) * (1.0 - min(decay, (1.0 + n) / (10.0 + n)))
+
     return update
 
 
@@ -55,9 +57,19 @@ class TrainControl:
     ``clock``: what a budget second is (``time.perf_counter``: wall clock; ``time.process_time``: CPU time).
     """
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, base_lr: float, steps: int | None,
-                 budget_seconds: float | None, warmup: int = 0, clip: float | None = None, ema: float | None = None,
-                 progress_bar: bool = False, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        base_lr: float,
+        steps: int | None,
+        budget_seconds: float | None,
+        warmup: int = 0,
+        clip: float | None = None,
+        ema: float | None = None,
+        progress_bar: bool = False,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         if steps is None and budget_seconds is None:
             raise ValueError("a cosine schedule needs a horizon: steps or budget_seconds")
         self.net, self.optimizer, self.base_lr = net, optimizer, base_lr

@@ -16,9 +16,9 @@ Anything else is a finding: another exception, a wrong result, output on fd 2, a
 read taking more than ``--timeout`` seconds (the worker is killed and restarted) or
 a crash of the worker. Findings are saved as reproducer files.
 
-    python benchmarks/fuzz_decode.py                                  # 5000 examples or 120 s
-    python benchmarks/fuzz_decode.py --examples 200 --seconds 20 --out /tmp/fuzz
-    python benchmarks/fuzz_decode.py --replay benchmarks/results/fuzz_findings/x.bin
+    python -m benchmarks.stress.fuzz_decode                                  # 5000 examples or 120 s
+    python -m benchmarks.stress.fuzz_decode --examples 200 --seconds 20 --out /tmp/fuzz
+    python -m benchmarks.stress.fuzz_decode --replay benchmarks/results/fuzz_findings/x.bin
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ import argparse
 import base64
 import collections
 import io
-import json
 import multiprocessing
 import os
 import re
@@ -47,7 +46,8 @@ from hypothesis import seed as hypothesis_seed
 from hypothesis import strategies as st
 from PIL import Image
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, command, describe_machine, write_result
+
 # Small enough that a header claiming it does not swap a shared machine, large enough to pass every seed.
 FUZZ_MAX_PIXELS = 4_000_000
 EDGE_INTS = (0, 1, 2, 3, 7, 8, 15, 16, 17, 31, 255, 256, 4095, 4096, 65535, 65536, 100_000,
@@ -458,8 +458,6 @@ def machine() -> dict:
     import hypothesis
     import PIL
 
-    from meddeblur.device import describe_machine
-
     return {**describe_machine(), "pillow": PIL.__version__, "opencv": cv2.__version__, "numpy": np.__version__,
             "hypothesis": hypothesis.__version__}
 
@@ -545,14 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     result = fuzz(args.examples, args.seconds, args.timeout, args.seed, args.min_size, args.max_pixels, args.memory_gib,
                   args.out / "fuzz_findings")
     result.update({
-        "command": "python benchmarks/fuzz_decode.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": command("stress.fuzz_decode", argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(),
         "min_size": args.min_size, "max_pixels": args.max_pixels, "timeout": args.timeout, "hypothesis_seed": args.seed,
         "memory_gib": args.memory_gib,
     })
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "fuzz_decode.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (args.out / "fuzz_decode.md").write_text(markdown(result), encoding="utf-8")
+    write_result("fuzz_decode", result, markdown(result), args.out)
     o = result["outcomes"]
     print(f"{result['examples']} examples in {result['seconds']} s: {o['ok']} ok, {o['user']} UserError, {o['finding']} findings "
           f"→ {args.out / 'fuzz_decode.md'}")

@@ -12,15 +12,14 @@ Two figures are committed:
 - ``benchmarks/results/full_resolution_crops.png`` (the model card's): one GENERATED 1024×768 dermoscopy-like image
   (meddeblur.data.synthetic) through every family of the full-resolution benchmark, ``none`` included.
 
-    python benchmarks/crops_figure.py --isic                  # → docs/figures/isic_crops.png
-    python benchmarks/crops_figure.py                         # → benchmarks/results/full_resolution_crops.png
-    python benchmarks/crops_figure.py --image photo.jpg       # any photograph, every family → runs/crops_photo.png
+    python -m benchmarks.report.crops_figure --isic                  # → docs/figures/isic_crops.png
+    python -m benchmarks.report.crops_figure                         # → benchmarks/results/full_resolution_crops.png
+    python -m benchmarks.report.crops_figure --image photo.jpg       # any photograph, every family → runs/crops_photo.png
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -35,15 +34,14 @@ from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.decode import read_rgb
 from meddeblur.metrics import psnr_ssim_numpy
 
-HERE = Path(__file__).resolve().parent
-ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
+from benchmarks.common import ISIC, RESULTS, ROOT
 FAMILIES = {"gauss σ=1.6": "gauss:sigma=1.6", "defocus r=2.5": "defocus:radius=2.5", "shake 9": "shake:extent=9",
             "down×2 → PIL bicubic": "resample:scale=2,down=box,up=bicubic,lib=pil", "mixed": "mixed", "none (sharp input)": "none"}
 #: The README figure: for each family, a test image whose PSNR gain at full resolution is close to the family's mean over
 #: the 56 test images (gauss +1.84 vs +1.80 dB, defocus +1.64 vs +1.57, mixed +0.97 vs +0.93), so that it shows a
 #: typical result, neither the best nor the worst.
 ISIC_ROWS = (("ISIC_0000366", "gauss σ=1.6"), ("ISIC_0000503", "defocus r=2.5"), ("ISIC_0000309", "mixed"))
-ISIC_OUT = HERE.parent / "docs" / "figures" / "isic_crops.png"
+ISIC_OUT = ROOT / "docs" / "figures" / "isic_crops.png"
 
 
 def render(rows: list[tuple[str, np.ndarray, str, str | None]], model_arg: str | None, crop: int, out: Path, title: str) -> Path:
@@ -108,11 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     elif args.image is not None:
         sharp = _photo(args.image)
         rows = [(label, sharp, label, None) for label in FAMILIES]
-        out, title = args.out or HERE.parent / "runs" / f"crops_{args.image.stem}.png", f"100 % crops ({crop}×{crop}) of {args.image.name}"
+        out, title = args.out or ROOT / "runs" / f"crops_{args.image.stem}.png", f"100 % crops ({crop}×{crop}) of {args.image.name}"
     else:
         sharp = (np.round(synthetic_dermoscopy(768, 1024, seed=7) * 255) / 255).astype(np.float32)
         rows = [(label, sharp, label, None) for label in FAMILIES]
-        out, title = args.out or HERE / "results" / "full_resolution_crops.png", f"100 % crops ({crop}×{crop}) of a 1024×768 GENERATED dermoscopy-like image"
+        out, title = args.out or RESULTS / "full_resolution_crops.png", f"100 % crops ({crop}×{crop}) of a 1024×768 GENERATED dermoscopy-like image"
     if min(min(r[1].shape[:2]) for r in rows) < crop:
         sys.exit(f"an image is smaller than --crop {crop}")
     print(render(rows, args.model, crop, out, title))

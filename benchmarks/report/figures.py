@@ -1,4 +1,4 @@
-"""The figures of README.md and docs/*.md, rendered from benchmarks/results/*.json (run through ``benchmarks/model_card.py``).
+"""The figures of README.md and docs/*.md, rendered from benchmarks/results/*.json (run through ``python -m benchmarks.report.model_card``).
 
 A document marks each figure as a block that the script rewrites::
 
@@ -20,14 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.common import (ESTIMATED_ROW, INPUT_ROW, MODEL_ROW, PNP_ROW, PROTOCOL_TITLES, PSF_ROW, RESULTS, RL_ROW, UNBLURRED,
+                               WIENER_ROW)
+from benchmarks.report import psf_card
+
 #: A figure block: its opening marker with the name, the rendered text, the closing marker.
 BLOCK = re.compile(r"(<!-- figures:([a-z0-9-]+) -->)(.*?)(<!-- /figures -->)", re.S)
-MODEL_ROW = "model: default"
-UNBLURRED = ("none", "sharp (none)")
-PROTOCOL_TITLES = {"full": "full resolution", "half": "half resolution", "soft": "softer source", "seed": "256×256"}
-
-
-HERE = Path(__file__).resolve().parent
 
 
 @dataclass(frozen=True)
@@ -42,7 +40,7 @@ class Source:
 
     def link(self, name: str) -> str:
         """A Markdown link from the document to the committed ``benchmarks/results/name``."""
-        return f"[`{name}`]({os.path.relpath(HERE / 'results' / name, self.document.resolve().parent)})"
+        return f"[`{name}`]({os.path.relpath(RESULTS / name, self.document.resolve().parent)})"
 
 
 def _machine(machine: dict | str) -> str:
@@ -57,7 +55,7 @@ def _quality(src: Source, protocol: str) -> str:
     quality = src.load(f"quality_{protocol}.json")
     families = list(quality["families"])
     model_id = quality["rows"][MODEL_ROW]["model"]["id"]
-    names = {"input": "input", "Wiener (true kernel)": "Wiener (true kernel)", "Richardson-Lucy (true kernel)": "Richardson–Lucy (true kernel)",
+    names = {INPUT_ROW: "input", WIENER_ROW: "Wiener (true kernel)", RL_ROW: "Richardson–Lucy (true kernel)",
              MODEL_ROW: f"**meddeblur** (`{model_id}`)"}
     source = quality["rows"]["input"]["families"]
     lines = ["| method | " + " | ".join(families) + " | mean of blurs | gain |", "|" + "---|" * (len(families) + 3)]
@@ -91,7 +89,7 @@ def model(src: Source) -> str:
     return (f"{row['parameters'] / 1e6:.1f} M parameters, {row['gflop_256']:.2f} GFLOP per 256×256 image; "
             f"{row['256x256']['median_s'] * 1000:.0f} ms per 256×256 and {row['1024x768']['median_s']:.2f} s per 1024×768 "
             f"image on a {flops['machine']['cores']}-core {flops['machine']['cpu']} CPU ({flops['machine']['torch_threads']} threads; "
-            f"`python benchmarks/flops.py`, row {row['label']})")
+            f"`python -m benchmarks.flops`, row {row['label']})")
 
 
 def sharp_kept(src: Source) -> str:
@@ -229,22 +227,16 @@ def loss_probe(src: Source) -> str:
         lines.append(f"| {setting} | {start} | {row['cpu_minutes']:.0f} | {row['steps']:,} | {row['val']['val mix']['psnr']:.2f} "
                      f"({row['inputs']['val mix']['psnr']:.2f}) | {row['val']['val mix']['sharp_psnr']:.1f} dB |")
     machine = next(iter(data.values()))["machine"]
-    lines.append(f"\nOne thread each, `python benchmarks/loss_probe.py LOSS --minutes M [--lr LR] [--crop C] [--init default]` on {_machine(machine)} "
+    lines.append(f"\nOne thread each, `python -m benchmarks.experiments.loss_probe LOSS --minutes M [--lr LR] [--crop C] [--init default]` on {_machine(machine)} "
                  f"({src.link('loss_probe.md')}).")
     return "\n".join(lines)
 
 
-ESTIMATED_ROW = "psf (estimated)"
 SAME_DB = 0.05  # closer than this, neither is called ahead
 
 
 def method_psf(src: Source) -> str:
     """Per protocol: the mean gains of the blind default and of method psf, the families where each is ahead, the default."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("psf_card", HERE / "psf_card.py")
-    card = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(card)
     lines = ["| protocol | blind network (default) | `--method psf` | `--method psf` ahead on | blind network ahead on |", "|---|---|---|---|---|"]
     measured = {}
     for protocol, title in PROTOCOL_TITLES.items():
@@ -260,16 +252,11 @@ def method_psf(src: Source) -> str:
             return ", ".join(f"{f} ({sign * d:+.2f})" for f, d in lead.items() if sign * d > SAME_DB) or "—"
 
         lines.append(f"| {title} | {blind['gain_psnr']:+.2f} | {estimated['gain_psnr']:+.2f} | {ahead(1)} | {ahead(-1)} |")
-    allowed, reasons = card.ship_rule(measured)
+    allowed, reasons = psf_card.ship_rule(measured)
     lines.append(f"\nMean gain over the input (dB) across the blur families; per family, by how much the one is ahead of the other "
                  f"(differences under {SAME_DB} dB not listed). " + ("`--method psf` beats the blind network by the ship rule." if allowed else
                  "The blind network stays the default: " + "; ".join(reasons) + ".") + " Tables: " + ", ".join(src.link(f"quality_{p}.md") for p in measured) + ".")
     return "\n".join(lines)
-
-
-PSF_ROW = "non-blind (true PSF): psf"
-PNP_ROW = "non-blind (true PSF): pnp"
-WIENER_ROW, RL_ROW = "Wiener (true kernel)", "Richardson-Lucy (true kernel)"
 
 
 def pnp_ship_rule(measured: dict[str, dict]) -> tuple[bool, list[str]]:

@@ -7,16 +7,15 @@ tilt the comparison; with one thread on an otherwise idle core the two are the s
 count against the budget. Every ``--eval-every`` minutes the model is scored on the first ``--val-limit``
 validation images (fixed degradations, seed as in `meddeblur train`); at the end on the whole val split.
 
-    python benchmarks/budget.py --minutes 20            # all four candidates, one after another
-    python benchmarks/budget.py --minutes 20 --only nafnet-w16   # one candidate (results are merged)
-    python benchmarks/budget.py --replot                          # redraw budget.png from budget.json
+    python -m benchmarks.experiments.budget --minutes 20            # all four candidates, one after another
+    python -m benchmarks.experiments.budget --minutes 20 --only nafnet-w16   # one candidate (results are merged)
+    python -m benchmarks.experiments.budget --replot                          # redraw budget.png from budget.json
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -27,14 +26,12 @@ from torch.utils.data import DataLoader
 
 from meddeblur.data.pairs import PairDataset, input_scores, select, sharp_only
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights, build_loss
 from meddeblur.models import ModelConfig, build_model, count_flops, count_parameters
 from meddeblur.training.loop import run_epoch
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
-SPLIT = HERE / "isic_split.json"
+from benchmarks.common import ISIC, RESULTS, ROOT, SPLIT, command, machine_line, write_result
+
 
 
 @dataclass(frozen=True)
@@ -146,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=float, default=2.5, help="CPU minutes between curve points (default 2.5)")
     parser.add_argument("--val-limit", type=int, default=24, help="val images per curve point (default 24)")
     parser.add_argument("--only", nargs="*", choices=[c.label for c in CANDIDATES], help="run only these candidates")
-    parser.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    parser.add_argument("--isic", type=Path, default=ISIC)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--replot", action="store_true", help="only redraw budget.png (and budget.md) from budget.json")
     args = parser.parse_args(argv)
     if args.replot:
@@ -170,16 +167,15 @@ def main(argv: list[str] | None = None) -> int:
     results = json.loads(results_path.read_text()) if results_path.is_file() and args.only else {"candidates": {}}
     results.update(minutes=args.minutes, machine=machine_line(),
                    train_images=len(train_set), val_images=len(val_full), val_quick_images=len(val_quick),
-                   split=str(SPLIT.relative_to(HERE.parent)), input_full=input_scores(val_full), input_quick=input_scores(val_quick),
-                   command="python benchmarks/budget.py " + " ".join(argv if argv is not None else sys.argv[1:]))
+                   split=str(SPLIT.relative_to(ROOT)), input_full=input_scores(val_full), input_quick=input_scores(val_quick),
+                   command=command("experiments.budget", argv))
     args.out.mkdir(parents=True, exist_ok=True)
     for candidate in CANDIDATES:
         if args.only and candidate.label not in args.only:
             continue
         results["candidates"][candidate.label] = train_candidate(candidate, train_set, val_quick, val_full, args.minutes, args.eval_every, args.seed)
         results["candidates"] = {c.label: results["candidates"][c.label] for c in CANDIDATES if c.label in results["candidates"]}
-        results_path.write_text(json.dumps(results, indent=2) + "\n")  # after each model: a crash keeps the finished ones
-        (args.out / "budget.md").write_text(markdown(results))
+        write_result("budget", results, markdown(results), args.out)  # after each model: a crash keeps the finished ones
         plot(results, args.out / "budget.png")
     print(markdown(results))
     return 0

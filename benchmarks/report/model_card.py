@@ -1,19 +1,18 @@
 """Render MODEL_CARD.md, the shipped model_card.json and the figures of README.md and docs/*.md from the committed results.
 
-    python benchmarks/model_card.py            # rewrite what changed
-    python benchmarks/model_card.py --check    # exit 1 if any of them differs from what the results give
+    python -m benchmarks.report.model_card            # rewrite what changed
+    python -m benchmarks.report.model_card --check    # exit 1 if any of them differs from what the results give
 
 Every number in the card comes from a results file (quality_{full,half,soft,seed}.json, flops.json, budget.json,
 default_training_stages.json, train_speed.json; for the kernel-conditioned model psf_training_stages.json, psf_speed.json,
-calibration.json, via psf_card.py) or from the shipped weights themselves; README.md and docs/*.md carry
-theirs in figure blocks (``<!-- figures:NAME -->…<!-- /figures -->``) that :mod:`figures` renders from the same files.
+calibration.json, via :mod:`benchmarks.report.psf_card`) or from the shipped weights themselves; README.md and docs/*.md carry
+theirs in figure blocks (``<!-- figures:NAME -->…<!-- /figures -->``) that :mod:`benchmarks.report.figures` renders from the same files.
 So documents and results cannot drift apart unnoticed: the test suite runs ``--check``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from dataclasses import asdict
@@ -23,12 +22,12 @@ from meddeblur import __version__
 from meddeblur.losses import DeblurLoss, LossWeights
 from meddeblur.models import DEFAULT_WEIGHTS, ModelConfig, load_model, weights_id
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+from benchmarks import pnp
+from benchmarks.common import INPUT_ROW, MODEL_ROW, RESULTS, RL_ROW, ROOT, UNBLURRED, WIENER_ROW
+from benchmarks.report import crops_figure, figures, psf_card
+
 CARD = ROOT / "MODEL_CARD.md"
 CARD_JSON = DEFAULT_WEIGHTS.parent / "model_card.json"
-MODEL_ROW = "model: default"
-UNBLURRED = ("none", "sharp (none)")  # the un-blurred family's name in the current and in the seed protocol
 STAGE_STOP_DB = 0.05  # staged training stops once a stage adds less than this on the validation mix
 PROTOCOLS = {  # results file suffix: what the protocol is
     "full": "the 56 ISIC test images at stored resolution (up to 1024 px), as `meddeblur deblur photo.jpg` sees them",
@@ -57,20 +56,20 @@ def _flops_row(flops: dict, config: ModelConfig) -> dict:
     for row in flops["rows"]:
         if ModelConfig.from_dict(row["config"]) == config:
             return row
-    raise SystemExit(f"benchmarks/results/flops.json has no row for {config}; run benchmarks/flops.py")
+    raise SystemExit(f"benchmarks/results/flops.json has no row for {config}; run python -m benchmarks.flops")
 
 
 def _paired(flops: dict, config: ModelConfig) -> dict:
     """flops.json's alternating-pass timing of the shipped network against the former one."""
     paired = flops.get("paired")
     if paired is None or ModelConfig.from_dict(paired["shipped_config"]) != config:
-        raise SystemExit("benchmarks/results/flops.json has no alternating-pass timing of the shipped network; run benchmarks/flops.py")
+        raise SystemExit("benchmarks/results/flops.json has no alternating-pass timing of the shipped network; run python -m benchmarks.flops")
     return paired
 
 
 def _gains(quality: dict, label: str = MODEL_ROW) -> dict[str, float]:
     """PSNR gain over the input per blur family (``none`` left out: its input PSNR is infinite)."""
-    model, source = quality["rows"][label]["families"], quality["rows"]["input"]["families"]
+    model, source = quality["rows"][label]["families"], quality["rows"][INPUT_ROW]["families"]
     return {f: model[f]["psnr"] - source[f]["psnr"] for f in model if f not in UNBLURRED}
 
 
@@ -86,8 +85,8 @@ def targets(quality: dict[str, dict], flops: dict, paired: dict, speed: dict) ->
     """
     ratio = paired["ratio"]
     full, soft, seed = (_gains(quality[p]) for p in ("full", "soft", "seed"))
-    rl_full = _mean(_gains(quality["full"], "Richardson-Lucy (true kernel)").values())
-    rl_seed = _mean(_gains(quality["seed"], "Richardson-Lucy (true kernel)").values())
+    rl_full = _mean(_gains(quality["full"], RL_ROW).values())
+    rl_seed = _mean(_gains(quality["seed"], RL_ROW).values())
     sharp = {p: next(v["psnr"] for f, v in quality[p]["rows"][MODEL_ROW]["families"].items() if f in UNBLURRED) for p in PROTOCOLS}
     worst_full, worst_soft, worst_seed = (min(g, key=g.get) for g in (full, soft, seed))
     rows = list(speed["rows"].values())
@@ -132,7 +131,7 @@ def build() -> tuple[str, dict]:
     quality = {p: _load(f"quality_{p}.json") for p in PROTOCOLS}
     for protocol, result in quality.items():
         if MODEL_ROW not in result["rows"] or result["rows"][MODEL_ROW]["model"]["id"] != model_id:
-            raise SystemExit(f"quality_{protocol}.json has no row for the shipped weights; run: python benchmarks/quality.py "
+            raise SystemExit(f"quality_{protocol}.json has no row for the shipped weights; run: python -m benchmarks.quality "
                              f"--protocol {protocol} --model default")
     budget, stages, speed = _load("budget.json"), _load("default_training_stages.json"), _load("train_speed.json")
     training = json.loads(weights.with_suffix(".json").read_text())["training"]
@@ -149,7 +148,7 @@ def build() -> tuple[str, dict]:
     val = training["val_mix"]
     lines = [
         "# Model card — meddeblur default model", "",
-        "<!-- Generated by `python benchmarks/model_card.py` from benchmarks/results/*.json; edit the script, not this file. -->", "",
+        "<!-- Generated by `python -m benchmarks.report.model_card` from benchmarks/results/*.json; edit the script, not this file. -->", "",
         "| | |", "|---|---|",
         f"| id | `{model_id}` (first 12 hex of the SHA-256 of the weights) |",
         f"| file | `src/meddeblur/weights/{weights.name}` ({weights.stat().st_size / 1e6:.1f} MB, safetensors), installed with the package |",
@@ -175,13 +174,13 @@ def build() -> tuple[str, dict]:
                   f"{about}; {result['test_images']} images, degraded with fixed seeds, 8-bit; PSNR (dB) / SSIM. Wiener and Richardson–Lucy "
                   "are given the true kernel, their parameters tuned on validation images. `none`: an un-blurred input; its cell is "
                   f"PSNR(output, input). Command: `{result['command']}` (`benchmarks/results/quality_{protocol}.md`).", ""]
-        lines += _quality_table(result, ("input", "Wiener (true kernel)", "Richardson-Lucy (true kernel)", MODEL_ROW))
+        lines += _quality_table(result, (INPUT_ROW, WIENER_ROW, RL_ROW, MODEL_ROW))
         if protocol == "full":
-            ids = ", ".join(i for i, _ in _sibling("crops_figure").ISIC_ROWS)
+            ids = ", ".join(i for i, _ in crops_figure.ISIC_ROWS)
             lines += ["", "![100 % crops of ISIC test photographs](docs/figures/isic_crops.png)", "",
                       f"100 % crops, blurred / deblurred / sharp, of three ISIC test photographs ({ids}; ISIC Archive, collection UDA-1, "
-                      "CC0 1.0), one family each (`python benchmarks/crops_figure.py --isic`). Every family on one generated image: "
-                      "`benchmarks/results/full_resolution_crops.png` (`python benchmarks/crops_figure.py`)."]
+                      "CC0 1.0), one family each (`python -m benchmarks.report.crops_figure --isic`). Every family on one generated image: "
+                      "`benchmarks/results/full_resolution_crops.png` (`python -m benchmarks.report.crops_figure`)."]
     lines += [
         "", "## Training", "",
         f"- Data: {training['data']}: 390 train images; the 111 validation images chose the weights; the 56 test images were never used.",
@@ -218,7 +217,7 @@ def build() -> tuple[str, dict]:
     former, current = speed["rows"].values()
     lines += ["", "## Learning per CPU-hour", "",
               f"The former and the default recipe, each from scratch for {speed['minutes']:g} CPU-minutes on one thread "
-              f"(`python benchmarks/train_speed.py`, `benchmarks/results/train_speed.md`): {former['samples_per_cpu_second']:.2f} vs "
+              f"(`python -m benchmarks.experiments.train_speed`, `benchmarks/results/train_speed.md`): {former['samples_per_cpu_second']:.2f} vs "
               f"{current['samples_per_cpu_second']:.2f} samples per CPU-second; on the same validation mix "
               f"{former['val']['val mix']['psnr']:.2f} vs {current['val']['val mix']['psnr']:.2f} dB (input {speed['inputs']['val mix']['psnr']:.2f}), "
               f"un-blurred inputs kept at {former['val']['val mix']['sharp_psnr']:.2f} vs {current['val']['val mix']['sharp_psnr']:.2f} dB. "
@@ -237,9 +236,9 @@ def build() -> tuple[str, dict]:
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {name} | {measured} | {'yes' if met else '**no**'} |" for name, measured, met in checks]
     lines += ["", "## Limits", ""] + [f"- {text}" for text in LIMITS]
-    lines += _sibling("psf_card").section(quality, RESULTS)  # the kernel-conditioned model, once shipped and benchmarked
-    lines += _sibling("psf_card").estimated_section(quality, RESULTS)  # method psf, once benchmarked
-    lines += _sibling("pnp").card_section(quality, RESULTS)  # the plug-and-play restorer, once shipped and benchmarked
+    lines += psf_card.section(quality, RESULTS)  # the kernel-conditioned model, once shipped and benchmarked
+    lines += psf_card.estimated_section(quality, RESULTS)  # method psf, once benchmarked
+    lines += pnp.card_section(quality, RESULTS)  # the plug-and-play restorer, once shipped and benchmarked
     card = {
         "id": model_id, "version": __version__, "file": weights.name, "architecture": asdict(config),
         "parameters": parameters, "gflop_256": round(flops["gflop_256"], 3),
@@ -258,16 +257,6 @@ def flops_machine(flops: dict) -> str:
     return f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} threads"
 
 
-def _sibling(name: str):
-    """Another script of benchmarks/ as a module (this one is also loaded by file path, without benchmarks/ on sys.path)."""
-    key = f"meddeblur_benchmarks.{name}"
-    if key not in sys.modules:  # registered before it runs: its dataclasses look their module up there
-        spec = importlib.util.spec_from_file_location(key, Path(__file__).resolve().parent / f"{name}.py")
-        sys.modules[key] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[key])
-    return sys.modules[key]
-
-
 def documents() -> list[Path]:
     """The hand-written documents whose figure blocks are rendered: README.md and every page of docs/."""
     return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -276,7 +265,6 @@ def documents() -> list[Path]:
 def rendered() -> dict[Path, str]:
     """Every generated file and document → the text the committed results give it."""
     text, card = build()
-    figures = _sibling("figures")
     wanted = {CARD: text, CARD_JSON: json.dumps(card, indent=2, ensure_ascii=False) + "\n"}
     for path in documents():
         wanted[path] = figures.render(path.read_text(), RESULTS, path)
@@ -291,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         if stale:
             print("out of date with benchmarks/results: " + ", ".join(str(p.relative_to(ROOT)) for p in stale)
-                  + "; run python benchmarks/model_card.py", file=sys.stderr)
+                  + "; run python -m benchmarks.report.model_card", file=sys.stderr)
             return 1
         return 0
     for path, want in stale.items():  # only what changed is written

@@ -18,10 +18,10 @@ each are scored on the same two validation sets (the 111 val images):
 ``perturb_psf`` share zoomed). Both are scored on the val mix at the start and at the end, the psf-nafnet told each
 sample's true kernel (as ``scripts/ship_model.py --target psf`` scores it); results go to ``train_speed_psf.{json,md}``.
 
-    python benchmarks/train_speed.py --minutes 30                 # both recipes, then the tables
-    python benchmarks/train_speed.py --minutes 30 --jobs 2        # the same, both recipes at once (half the wall time)
-    python benchmarks/train_speed.py --parallel                   # samples/s: 1 vs 2 threads vs torchrun 2×1
-    python benchmarks/train_speed.py --compare psf --minutes 12 --jobs 2   # psf-nafnet vs blind nafnet, both fine-tuned
+    python -m benchmarks.experiments.train_speed --minutes 30                 # both recipes, then the tables
+    python -m benchmarks.experiments.train_speed --minutes 30 --jobs 2        # the same, both recipes at once (half the wall time)
+    python -m benchmarks.experiments.train_speed --parallel                   # samples/s: 1 vs 2 threads vs torchrun 2×1
+    python -m benchmarks.experiments.train_speed --compare psf --minutes 12 --jobs 2   # psf-nafnet vs blind nafnet, both fine-tuned
 """
 
 from __future__ import annotations
@@ -44,16 +44,14 @@ from torch.utils.data import DataLoader
 from meddeblur.data.pairs import PairDataset, read_split, select, sharp_only
 from meddeblur.data.sampling import ScaledCrops
 from meddeblur.degradation.spec import parse_spec
-from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights, build_loss
 from meddeblur.models import DEFAULT_WEIGHTS, PSF_ARCHITECTURES, build_model, load_model, weights_id
 from meddeblur.training.loop import init_weights, run_epoch, train
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.recipes import recipe_options
 
-HERE = Path(__file__).resolve().parent
-DEFAULT_ISIC = Path(os.environ.get("MEDDEBLUR_ISIC_DIR", HERE.parents[1] / "shared" / "data" / "isic-dermoscopy"))
-RESULTS = HERE / "results"
+from benchmarks.common import ISIC, RESULTS, command as result_command, machine_line, write_result
+
 #: The recipe the shipped model id 5be7353d1c30 was trained with (src/meddeblur/weights/default.json before issue 11).
 FORMER = {"arch": "nafnet", "size": 256, "crop": None, "degrade": "mixed", "batch": 8, "lr": 1e-3, "optimizer": "adam",
           "schedule": "plateau", "loss": LossWeights(ssim=0.15, l1=0.85), "patience": 20, "epochs": 100_000}
@@ -249,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                              "psf-nafnet told the kernel (benchmarks/results/train_speed_psf.*)")
     parser.add_argument("--parallel", action="store_true", help="only measure 1 vs 2 threads vs torchrun 2×1 (wall clock)")
     parser.add_argument("--parallel-steps", type=int, default=40)
-    parser.add_argument("--isic", type=Path, default=DEFAULT_ISIC)
+    parser.add_argument("--isic", type=Path, default=ISIC)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
@@ -260,16 +258,15 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / f"{name}.json"
     result = json.loads(path.read_text()) if path.is_file() else {}
     result.update(machine=machine_line())
-    command = "python benchmarks/train_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = result_command("experiments.train_speed", argv)
     with tempfile.TemporaryDirectory() as work:
         if args.parallel:
             result["parallel"] = parallel(args.isic, args.parallel_steps, Path(work))
             result["parallel_command"] = command
+            result.setdefault("command", command)
         else:
             result.update(compare(args.isic, args.minutes, Path(work), args.jobs, psf=args.compare == "psf"), command=command)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (args.out / f"{name}.md").write_text(markdown(result))
+    write_result(name, result, markdown(result), args.out, default=str)
     print(markdown(result))
     return 0
 

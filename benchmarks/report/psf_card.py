@@ -1,6 +1,6 @@
 """The model card's section on the kernel-conditioned model (psf-nafnet), rendered from the committed results.
 
-Called by benchmarks/model_card.py; every number comes from quality_{full,half,soft,seed}.json (the rows
+Called by benchmarks.report.model_card; every number comes from quality_{full,half,soft,seed}.json (the rows
 ``non-blind (true PSF): psf`` and ``psf (estimated)``), psf_training_stages.json, psf_speed.json, calibration.json,
 psf_estimation.json or the weights themselves. :func:`section`: a known PSF; :func:`estimated_section`: method psf.
 """
@@ -13,12 +13,9 @@ from pathlib import Path
 
 from meddeblur.models import PSF_WEIGHTS, load_model, weights_id
 
-PSF_ROW = "non-blind (true PSF): psf"
-RL_ROW = "Richardson-Lucy (true kernel)"
-BLIND_ROW = "model: default"
+from benchmarks.common import ESTIMATED_ROW, MODEL_ROW as BLIND_ROW, PROTOCOL_TITLES, PSF_ROW, RL_ROW, UNBLURRED, WIENER_ROW
 MARGIN_DB = 1.0  # the target: Richardson–Lucy given the same true kernel, plus this
 COST_LIMIT = 1.5  # × the blind model's time per 1024×768
-PROTOCOL_TITLES = {"full": "full resolution", "half": "half resolution", "soft": "softer source", "seed": "256×256"}
 LIMITS = [
     "It restores the blur it is told. A PSF of the wrong family or far from the true width (beyond the ±25 % it was trained "
     "to tolerate) gives ringing or over-sharpening; without a known PSF use the blind default model.",
@@ -37,7 +34,7 @@ def family_tables(quality: dict[str, dict], labels: tuple[str, ...]) -> list[str
     lines = []
     for protocol, result in quality.items():
         rows = result["rows"]
-        families = [f for f in rows["input"]["families"] if f not in ("none", "sharp (none)")]
+        families = [f for f in rows["input"]["families"] if f not in UNBLURRED]
         lines += ["", f"Per family, {PROTOCOL_TITLES[protocol]} (dB over the input; `benchmarks/results/quality_{protocol}.md`):", "",
                   "| | " + " | ".join(families) + " |", "|---|" + "---|" * len(families)]
         for label in labels:
@@ -67,7 +64,7 @@ def targets(quality: dict[str, dict], speed: dict | None, calibration: dict | No
     # The un-blurred family is told a delta: its cell must equal the input's own (∞ where the target is 8-bit; in the
     # 256×256 protocol the float target makes the quantised input itself score ~59 dB).
     kept = [(result["rows"][PSF_ROW]["families"][f]["psnr"], result["rows"]["input"]["families"][f]["psnr"]) for result in quality.values()
-            for f in result["rows"][PSF_ROW]["families"] if f in ("none", "sharp (none)")]
+            for f in result["rows"][PSF_ROW]["families"] if f in UNBLURRED]
     same = all(out == given or out >= 60 for out, given in kept)
     checks.append(("a delta PSF gives the input back (≥ 60 dB, or the input's own score)",
                    "the input itself in every protocol" if same else ", ".join(f"{out:.2f} (input {given:.2f})" for out, given in kept), same))
@@ -98,7 +95,7 @@ def section(quality: dict[str, dict], results: Path) -> list[str]:
     model_id = weights_id(weights)
     stale = [p for p, q in quality.items() if q["rows"][PSF_ROW]["model"]["id"] != model_id]
     if stale:
-        raise SystemExit(f"quality_{stale[0]}.json scores other kernel-conditioned weights; run: python benchmarks/quality.py "
+        raise SystemExit(f"quality_{stale[0]}.json scores other kernel-conditioned weights; run: python -m benchmarks.quality "
                          "--protocol all --model default psf")
     training = json.loads(weights.with_suffix(".json").read_text())["training"]
     stages = json.loads((results / "psf_training_stages.json").read_text())
@@ -119,10 +116,10 @@ def section(quality: dict[str, dict], results: Path) -> list[str]:
     for protocol, result in quality.items():
         rows = result["rows"]
         worst = rows[PSF_ROW]["worst_family_gain"]
-        lines.append(f"| {PROTOCOL_TITLES[protocol]} | {rows['input']['mean_psnr']:.2f} | {rows['Wiener (true kernel)']['gain_psnr']:+.2f} | "
+        lines.append(f"| {PROTOCOL_TITLES[protocol]} | {rows['input']['mean_psnr']:.2f} | {rows[WIENER_ROW]['gain_psnr']:+.2f} | "
                      f"{rows[RL_ROW]['gain_psnr']:+.2f} | {rows[BLIND_ROW]['gain_psnr']:+.2f} | **{rows[PSF_ROW]['gain_psnr']:+.2f}** | "
                      f"{worst['psnr']:+.2f} ({worst['family']}) |")
-    lines += family_tables(quality, ("Wiener (true kernel)", RL_ROW, BLIND_ROW, PSF_ROW))
+    lines += family_tables(quality, (WIENER_ROW, RL_ROW, BLIND_ROW, PSF_ROW))
     estimated = training["run_options"].get("estimated_psf", 0.0)
     told = f" ({100 * estimated:.0f} % of its crops told the PSF the blur estimator finds in them, the rest their true one)" if estimated else ""
     lines += ["", "Trained in stages, the first from the blind default model lifted to a psf-nafnet (`meddeblur train --arch psf-nafnet "
@@ -142,7 +139,6 @@ def section(quality: dict[str, dict], results: Path) -> list[str]:
     return lines
 
 
-ESTIMATED_ROW = "psf (estimated)"
 KEPT_DB = 45.0  # an un-blurred input must come back at least this close to itself
 ESTIMATED_COST_LIMIT = 2.0  # × the blind model's time per 1024×768 for method psf
 SIZE_ROWS = {"gauss": ("gauss σ=1.0", "gauss σ=1.6", "gauss σ=2.5"), "defocus": ("defocus r=1.5", "defocus r=2.5", "defocus r=4"),
@@ -150,7 +146,7 @@ SIZE_ROWS = {"gauss": ("gauss σ=1.0", "gauss σ=1.6", "gauss σ=2.5"), "defocus
 
 
 def _unblurred(rows: dict) -> str:
-    return next(f for f in rows["input"]["families"] if f in ("none", "sharp (none)"))
+    return next(f for f in rows["input"]["families"] if f in UNBLURRED)
 
 
 def _kept_psnr(rows: dict) -> float | None:
@@ -174,7 +170,7 @@ def _kept_ok(psnr: float | None) -> bool:
 
 def _worst_blur(rows: dict) -> tuple[str, float]:
     """(family, gain) of method psf's worst blur family (the un-blurred one has its own ≥ 45 dB rule)."""
-    gains = {f: _gain(rows[ESTIMATED_ROW], rows["input"], f) for f in rows["input"]["families"] if f not in ("none", "sharp (none)")}
+    gains = {f: _gain(rows[ESTIMATED_ROW], rows["input"], f) for f in rows["input"]["families"] if f not in UNBLURRED}
     worst = min(gains, key=gains.get)
     return worst, gains[worst]
 

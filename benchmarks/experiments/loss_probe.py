@@ -1,13 +1,13 @@
 """Which loss, learning rate and crop size let the default recipe learn fastest: one run of the default recipe with other settings.
 
-A script, not a test. The run trains exactly like ``benchmarks/train_speed.py``'s default row (ISIC train split,
+A script, not a test. The run trains exactly like ``benchmarks.experiments.train_speed``'s default row (ISIC train split,
 one intra-op thread, a budget of process CPU time, from scratch) except for the loss weights (and ``--lr`` and
 ``--crop`` if given; ``--init default`` fine-tunes the shipped model instead), and is scored on the same two validation sets.
 Each run is added to ``benchmarks/results/loss_probe.{json,md}`` under its label; run two at once on a 2-core
 machine (CPU-time budgets keep them comparable):
 
-    python benchmarks/loss_probe.py ssim=0.15,l1=0.85 --minutes 30 --lr 2e-3 &
-    python benchmarks/loss_probe.py mse=1 --minutes 30 --lr 2e-3
+    python -m benchmarks.experiments.loss_probe ssim=0.15,l1=0.85 --minutes 30 --lr 2e-3 &
+    python -m benchmarks.experiments.loss_probe mse=1 --minutes 30 --lr 2e-3
 """
 
 from __future__ import annotations
@@ -24,15 +24,12 @@ from pathlib import Path
 import torch
 
 from meddeblur.data.pairs import read_split, select, sharp_only
-from meddeblur.device import machine_line
 from meddeblur.losses import LossWeights
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.recipes import recipe_options
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train_speed  # noqa: E402  (a sibling script, not a package)
-
-RESULTS = train_speed.RESULTS
+from benchmarks.common import ISIC, RESULTS, command as result_command, machine_line
+from benchmarks.experiments import train_speed
 
 
 def parse_loss(text: str) -> LossWeights:
@@ -98,7 +95,7 @@ def record(label: str, row: dict, command: str, results: Path = RESULTS) -> str:
 
 def markdown(runs: dict[str, dict]) -> str:
     lines = ["# Loss probes: the default recipe with other losses, learning rates and crops, at equal CPU time", "",
-             "Each row: one run of `benchmarks/loss_probe.py` (1 thread, a budget of process CPU time, ISIC train split, "
+             "Each row: one run of `python -m benchmarks.experiments.loss_probe` (1 thread, a budget of process CPU time, ISIC train split, "
              "the default recipe but for the loss, learning rate and crop size; from scratch unless the label says which weights it "
              "fine-tunes); its best weights scored like `train_speed.py`'s rows. "
              f"Machine: {next(reversed(runs.values()))['machine']}.", "",
@@ -120,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, its fine-tuning rate with --init)")
     parser.add_argument("--init", help="fine-tune these weights (default: the shipped model; or a .safetensors) instead of training from scratch")
     parser.add_argument("--crop", type=int, help="training crop side in pixels (default: the recipe's)")
-    parser.add_argument("--isic", type=Path, default=train_speed.DEFAULT_ISIC)
+    parser.add_argument("--isic", type=Path, default=ISIC)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     if not (args.isic / "images").is_dir():
@@ -132,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     lr = args.lr if args.lr is not None else recipe_options("default", paired=False, fine_tune=args.init is not None)["lr"]
     label = run_label(args.loss, lr, args.crop, args.init)
-    command = "python benchmarks/loss_probe.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = result_command("experiments.loss_probe", argv)
     with tempfile.TemporaryDirectory() as work:
         row = probe(args.isic, loss, args.minutes, Path(work), lr, args.init, args.crop)
     print(record(label, row, command, args.out))

@@ -13,8 +13,8 @@ memory (all its processes, from /proc: Linux only) after start, after warm-up an
 end (both idle, a second after the last answer) and at its peak under load; goals: 0
 unexpected errors, RSS growth after warm-up below 10 %.
 
-    python benchmarks/load.py                     # writes benchmarks/results/load.{json,md}
-    python benchmarks/load.py --model runs/x --clients 32 --workers 2
+    python -m benchmarks.stress.load                     # writes benchmarks/results/load.{json,md}
+    python -m benchmarks.stress.load --model runs/x --clients 32 --workers 2
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import io
 import itertools
-import json
 import os
 import signal
 import socket
@@ -39,7 +38,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, command, describe_machine, write_result
+
 SEEDS_PER_SIZE = 4
 GOAL_RSS_GROWTH_PCT = 10.0
 
@@ -289,8 +289,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args(argv)
 
-    from meddeblur.device import describe_machine
-
     images = make_images([parse_size(s) for s in args.sizes])
     labels = list(images)
     with tempfile.TemporaryDirectory(prefix="meddeblur-load-") as folder:
@@ -319,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
 
     result = {
-        "command": " ".join(["python benchmarks/load.py", *(sys.argv[1:] if argv is None else argv)]),
+        "command": command("stress.load", argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": describe_machine(),
         "server": {"model": args.model or "shipped default", "model_id": health["model_id"], "workers": args.workers,
@@ -330,10 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     growth = (rss_end - rss_warm) / rss_warm * 100 if rss_warm else 0.0
     result["rss_mib"] = {"start": rss_start, "after_warmup": rss_warm, "end": rss_end, "peak": peak, "growth_after_warmup_pct": growth}
     result["goals"] = {"no_unexpected_errors": result["requests"]["unexpected"] == 0, "rss_growth_below_10pct": growth < GOAL_RSS_GROWTH_PCT}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "load.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "load.md").write_text(markdown(result))
+    write_result("load", result, markdown(result), Path(args.out))
     print(markdown(result))
     return 0
 

@@ -14,14 +14,13 @@ Protocols: ``plain`` is uvicorn's stock h11 protocol, what the server ran before
 :class:`meddeblur.server.connections.GuardedH11Protocol` (a 10 s request-head deadline, 32 connections per client
 address), what it runs now. Goal: every good request answered 200 under the attack.
 
-    python benchmarks/slow_headers.py          # writes benchmarks/results/slow_headers.{json,md}
+    python -m benchmarks.stress.slow_headers          # writes benchmarks/results/slow_headers.{json,md}
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import selectors
 import socket
 import subprocess
@@ -36,7 +35,8 @@ import httpx
 import numpy as np
 from PIL import Image
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.common import RESULTS, command as result_command, machine_line, write_result
+
 ATTACKER, CLIENT = "127.0.0.2", "127.0.0.1"
 
 _LAUNCH = """
@@ -174,14 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", default="plain,guarded")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
-    from meddeblur.device import machine_line
-
     rows = [measure(p, args.model, args.connections, args.interval, args.seconds) for p in args.protocols.split(",")]
-    command = "python benchmarks/slow_headers.py" + "".join(f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    command = result_command("stress.slow_headers", argv)
     record = {"measured": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command, "machine": machine_line(),
               "connections": args.connections, "interval_s": args.interval, "seconds": args.seconds, "rows": rows}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "slow_headers.json").write_text(json.dumps(record, indent=2) + "\n")
     lines = [
         "# Slow-header attack on `meddeblur serve`", "",
         f"Measured {record['measured']} with `{command}`.", f"Machine: {record['machine']}.",
@@ -200,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
               "(10 s request-head deadline → 408, 32 connections per client address → 503), what `serve` runs now.",
               "Goal: every good request answered 200 under the attack — "
               + ("met." if rows[-1]["good_200"] == rows[-1]["good_requests"] else "not met.")]
-    (args.out / "slow_headers.md").write_text("\n".join(lines) + "\n")
+    write_result("slow_headers", record, "\n".join(lines) + "\n", args.out)
     print("\n".join(lines))
     return 0
 

@@ -1,0 +1,1 @@
+"""Training experiments: equal-budget comparisons of architectures, recipes and losses."""

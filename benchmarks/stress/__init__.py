@@ -1,0 +1,1 @@
+"""Stress tools: decoder fuzzing, server load, slow clients."""
