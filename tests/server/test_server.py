@@ -736,3 +736,21 @@ def test_slow_header_clients_are_capped_per_address_and_timed_out(weights):
         keep_alive.close()
         for sock in slow:
             sock.close()
+
+
+def test_an_onnx_model_from_meddeblur_export_is_served_with_its_card(weights: Path, tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime", reason="the [onnx] extra")
+    from fastapi.testclient import TestClient
+
+    from meddeblur.inference.onnx_engine import export_onnx
+
+    onnx = tmp_path / "model.onnx"
+    export_onnx(weights, onnx)
+    with TestClient(create_app(ServerSettings(model=str(onnx), device="cpu"))) as http:
+        card = http.get("/v1/model").json()
+        answer = post(http, encode(sample(), "PNG"))
+        refused = post(http, encode(sample(), "PNG"), psf="gauss:sigma=1.5")
+    assert card["engine"] == "onnx" and card["architecture"]["name"].startswith("nafnet") and card["limits"]
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["x-model-id"] == card["id"]
+    assert refused.status_code == 400 and "ONNX" in refused.text, refused.text

@@ -39,8 +39,9 @@ from meddeblur.inference.batch import deblur_array, deblur_tensor
 from meddeblur.inference.change_map import ChangeMap, change_between
 from meddeblur.inference.engine import psf_on_onnx
 from meddeblur.inference.estimated_blur import EstimatedBlur
-from meddeblur.inference.image_rules import INTEGER_RANGES, MIN_SIDE, check_float_range, check_tensor, refuse_image
+from meddeblur.inference.image_rules import refuse_image
 from meddeblur.inference.tiling import Tiling
+from meddeblur.inference.user_images import restore_array, restore_tensor
 from meddeblur.io.provenance import make_record
 from meddeblur.models import PSF_ARCHITECTURES
 from meddeblur.psf.kernel import PSF, PsfLike, load_psf
@@ -55,6 +56,8 @@ __all__ = ["Deblurrer", "deblur"]
 ENGINES = ("torch", "onnx")
 
 ImageLike = np.ndarray | torch.Tensor
+
+
 class Deblurrer:
     """A loaded model; call it on an image. Build it with :meth:`load`.
 
@@ -64,8 +67,17 @@ class Deblurrer:
     are None for an ONNX model.
     """
 
-    def __init__(self, network: Any, size_multiple: int, provenance: dict, device: torch.device, tile: int, overlap: int,
-                 config: ModelConfig | None = None, weights: Path | None = None) -> None:
+    def __init__(
+        self,
+        network: Any,
+        size_multiple: int,
+        provenance: dict,
+        device: torch.device,
+        tile: int,
+        overlap: int,
+        config: ModelConfig | None = None,
+        weights: Path | None = None,
+    ) -> None:
         self._network, self.size_multiple, self.provenance = network, size_multiple, provenance
         self.device, self.tile, self.overlap = device, tile, overlap
         self.config, self.weights = config, weights
@@ -77,8 +89,9 @@ class Deblurrer:
         self._base = self  # what with_psf binds to (a bound Deblurrer rebinds from its base)
 
     @classmethod
-    def load(cls, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
-             overlap: int = 128) -> Deblurrer:
+    def load(
+        cls, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024, overlap: int = 128
+    ) -> Deblurrer:
         """Load ``model`` once: None (the shipped model), a ``.safetensors`` file or a run folder; or an ``.onnx`` file.
 
         ``engine``: "torch" or "onnx" (ONNX Runtime on the CPU; a ``.onnx`` ``model`` implies it, other models
@@ -103,12 +116,22 @@ class Deblurrer:
             loaded._shipped = model is None
             return loaded
         if target.type != "cpu":
-            raise InvalidOption(f"device={device}: the ONNX engine runs on the CPU (onnxruntime); use device=cpu or engine=torch",
-                                value=device, option="device")
+            raise InvalidOption(
+                f"device={device}: the ONNX engine runs on the CPU (onnxruntime); use device=cpu or engine=torch",
+                value=device,
+                option="device",
+            )
         from meddeblur.inference.onnx_engine import open_onnx
 
         runner = open_onnx(model)
-        return cls(runner, runner.size_multiple, make_record(runner.weights_id, runner.describe(), "onnx", parameters), target, tile, overlap)
+        return cls(
+            runner,
+            runner.size_multiple,
+            make_record(runner.weights_id, runner.describe(), "onnx", parameters),
+            target,
+            tile,
+            overlap,
+        )
 
     @property
     def model_id(self) -> str:
@@ -131,16 +154,24 @@ class Deblurrer:
         told = registry.get(method).told if method is not None else None
         if told is not None and registry.Told.ESTIMATE in told:
             if psf is not None:
-                raise InvalidOption(f"method={method!r} estimates the PSF from the image: leave `psf` out, or restore the given PSF "
-                                    f"with method {', '.join(registry.names(registry.Told.PSF))}", value=method, option="method")
+                raise InvalidOption(
+                    f"method={method!r} estimates the PSF from the image: leave `psf` out, or restore the given PSF "
+                    f"with method {', '.join(registry.names(registry.Told.PSF))}",
+                    value=method,
+                    option="method",
+                )
             return self.with_estimated_psf()(image)
         if psf is not None:
             return self.with_psf(psf, method)(image)
         if told is not None and registry.Told.NOTHING not in told:
             raise InvalidOption(f"method={method!r} restores a known blur: give `psf` too", value=method, option="method")
         if self._psf is None and self._estimated is None and self.config is not None and self.config.arch in PSF_ARCHITECTURES:
-            raise InvalidOption(f"psf: {self.weights} is a {self.config.arch}, which restores a known blur; pass psf=... "
-                                "(e.g. 'gauss:sigma=1.6' or a kernel file), or use a blind model", value=None, option="psf")
+            raise InvalidOption(
+                f"psf: {self.weights} is a {self.config.arch}, which restores a known blur; pass psf=... "
+                "(e.g. 'gauss:sigma=1.6' or a kernel file), or use a blind model",
+                value=None,
+                option="psf",
+            )
         if isinstance(image, torch.Tensor):
             return self._tensor(image)
         if isinstance(image, np.ndarray):
@@ -166,7 +197,9 @@ class Deblurrer:
         if name == registry.NETWORK:
             owner = base._psf_network()
             record = {**owner.provenance, "parameters": {**owner.provenance["parameters"], **restorer.parameters()}}
-            bound = Deblurrer(restorer, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights)
+            bound = Deblurrer(
+                restorer, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights
+            )
         else:
             bound = Deblurrer(restorer, 1, base._method_record(name, restorer.parameters()), base.device, base.tile, base.overlap)
         bound._psf, bound._base = psf, base
@@ -205,15 +238,25 @@ class Deblurrer:
         registry.known_blur(name)
         base = self._base
         owner = base._psf_network() if name == registry.NETWORK else base
-        blind = base if base.config is not None and base.config.arch not in PSF_ARCHITECTURES else Deblurrer.load(
-            None, "torch", str(base.device), base.tile, base.overlap)
+        blind = (
+            base
+            if base.config is not None and base.config.arch not in PSF_ARCHITECTURES
+            else Deblurrer.load(None, "torch", str(base.device), base.tile, base.overlap)
+        )
         resources = base._resources()
         multiple = owner.size_multiple if name == registry.NETWORK else 1
 
         def with_psf(estimate):
             restorer = registry.build(name, estimate.psf, resources)
-            return lambda rgb, before_tile=None: deblur_array(restorer, rgb, device=base.device, tile=base.tile, overlap=base.overlap,
-                                                              multiple=multiple, before_tile=before_tile)
+            return lambda rgb, before_tile=None: deblur_array(
+                restorer,
+                rgb,
+                device=base.device,
+                tile=base.tile,
+                overlap=base.overlap,
+                multiple=multiple,
+                before_tile=before_tile,
+            )
 
         estimated = EstimatedBlur(BlurEstimator.load(estimator), with_psf, blind.deblur_rgb)
         if name == registry.NETWORK:
@@ -222,7 +265,9 @@ class Deblurrer:
             settings = registry.build(name, load_psf("none"), resources).parameters()  # the method's own settings, no PSF
             record = base._method_record(name, {k: v for k, v in settings.items() if k not in ("psf", "unchanged")})
         record["parameters"].update({**estimated.parameters(), "restored_with": name, "fallback_model_id": blind.model_id})
-        bound = Deblurrer(owner._network, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights)
+        bound = Deblurrer(
+            owner._network, owner.size_multiple, record, base.device, base.tile, base.overlap, owner.config, owner.weights
+        )
         bound._estimated, bound._base = estimated, base
         return bound
 
@@ -249,14 +294,21 @@ class Deblurrer:
         if self.config.arch in PSF_ARCHITECTURES:
             return self
         if not self._shipped:
-            raise InvalidOption(f"psf: {self.weights} is a blind {self.config.arch}, which cannot use a PSF; leave the model out "
-                                "to use the shipped kernel-conditioned one, or pass a psf-nafnet model", value=str(self.weights), option="psf")
+            raise InvalidOption(
+                f"psf: {self.weights} is a blind {self.config.arch}, which cannot use a PSF; leave the model out "
+                "to use the shipped kernel-conditioned one, or pass a psf-nafnet model",
+                value=str(self.weights),
+                option="psf",
+            )
         if self._known_blur is None:
             from meddeblur.models import PSF_WEIGHTS
 
             if not PSF_WEIGHTS.is_file():
-                raise NotFound(f"{PSF_WEIGHTS}: the shipped kernel-conditioned model is missing from this installation; reinstall "
-                               "meddeblur, pass a psf-nafnet model, or use another method", value=PSF_WEIGHTS)
+                raise NotFound(
+                    f"{PSF_WEIGHTS}: the shipped kernel-conditioned model is missing from this installation; reinstall "
+                    "meddeblur, pass a psf-nafnet model, or use another method",
+                    value=PSF_WEIGHTS,
+                )
             self._known_blur = Deblurrer.load(PSF_WEIGHTS, "torch", str(self.device), self.tile, self.overlap)
         return self._known_blur
 
@@ -272,8 +324,15 @@ class Deblurrer:
         """
         if self._estimated is not None:
             return self._estimated.restore(rgb, before_tile)[0]
-        return deblur_array(self._network, rgb, device=self.device, tile=self.tile, overlap=self.overlap, multiple=self.size_multiple,
-                            before_tile=before_tile)
+        return deblur_array(
+            self._network,
+            rgb,
+            device=self.device,
+            tile=self.tile,
+            overlap=self.overlap,
+            multiple=self.size_multiple,
+            before_tile=before_tile,
+        )
 
     @staticmethod
     def change_map(before: np.ndarray, after: np.ndarray) -> ChangeMap:
@@ -285,8 +344,16 @@ class Deblurrer:
         """
         return change_between(before, after)
 
-    def write(self, path: str | Path, image: ImageLike, source: str | Path | None = None, *, format: str | None = None,
-              jpeg_quality: int = 95, overwrite: bool = False) -> Path:
+    def write(
+        self,
+        path: str | Path,
+        image: ImageLike,
+        source: str | Path | None = None,
+        *,
+        format: str | None = None,
+        jpeg_quality: int = 95,
+        overwrite: bool = False,
+    ) -> Path:
         """Write ``image`` (what this Deblurrer returned) to ``path`` with :attr:`provenance`, as ``meddeblur deblur`` would.
 
         ``source``: the file the image was read from; its metadata (ICC profile, PNG colour chunks, bit depth, grey,
@@ -298,56 +365,15 @@ class Deblurrer:
         return write_derived(path, image, self.provenance, source, format=format, jpeg_quality=jpeg_quality, overwrite=overwrite)
 
     def _array(self, image: np.ndarray) -> np.ndarray:
-        if isinstance(image, np.ma.MaskedArray):
-            raise refuse_image(image, "masked arrays are refused (the result would lose the mask); pass image.filled(value) or image.data")
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-            raise refuse_image(image, "expected (H, W) or (H, W, C) with C in 1/3/4")
-        if min(image.shape[:2]) < MIN_SIDE:
-            raise refuse_image(image, f"height and width must be at least {MIN_SIDE}")
-        scale = INTEGER_RANGES.get(image.dtype)
-        if scale is None:
-            if not np.issubdtype(image.dtype, np.floating):
-                raise refuse_image(image, f"dtype {image.dtype} is not supported")
-            finite = bool(np.isfinite(image).all())
-            check_float_range(image, float(image.min()) if finite else 0.0, float(image.max()) if finite else 0.0, finite)
-            values = image.astype(np.float32)
-        else:
-            values = image.astype(np.float32) / scale
-        planes = values[..., None] if values.ndim == 2 else values
-        channels = planes.shape[2]
-        colour = planes[..., :3] if channels >= 3 else np.repeat(planes[..., :1], 3, axis=2)
-        restored = self.deblur_rgb(np.ascontiguousarray(colour))
-        out = restored if channels >= 3 else restored.mean(axis=2, keepdims=True)
-        if channels == 4:
-            out = np.concatenate([out, planes[..., 3:]], axis=2)
-        out = out.reshape(image.shape)
-        if scale is not None:
-            return np.round(np.clip(out, 0.0, 1.0) * scale).astype(image.dtype)
-        return out.astype(image.dtype, copy=False)
+        return restore_array(image, self.deblur_rgb)
 
     def _tensor(self, image: torch.Tensor) -> torch.Tensor:
-        if image.dim() not in (3, 4) or image.shape[-3] not in (1, 3, 4):
-            raise refuse_image(image, "expected a float (C, H, W) or (N, C, H, W) tensor with C in 1/3/4")
-        check_tensor(image)
-        if min(image.shape[-2:]) < MIN_SIDE:
-            raise refuse_image(image, f"height and width must be at least {MIN_SIDE}")
-        finite = bool(torch.isfinite(image).all())
-        values = image.detach().nan_to_num()  # detached: reading values of a requires_grad tensor warns
-        check_float_range(image, float(values.min()), float(values.max()), finite)
-        batch = image if image.dim() == 4 else image[None]
-        values = batch.detach().to("cpu", torch.float32)
-        channels = values.shape[1]
-        colour = values[:, :3] if channels >= 3 else values[:, :1].expand(-1, 3, -1, -1)
-        if self._estimated is not None or (self.tile and max(values.shape[-2:]) > self.tile):
-            restored = torch.stack([torch.from_numpy(self.deblur_rgb(np.ascontiguousarray(x.permute(1, 2, 0).numpy()))).permute(2, 0, 1)
-                                    for x in colour])
-        else:
-            restored = deblur_tensor(self._network, colour.to(self.device), multiple=self.size_multiple).cpu()
-        out = restored if channels >= 3 else restored.mean(dim=1, keepdim=True)
-        if channels == 4:
-            out = torch.cat([out, values[:, 3:]], dim=1)
-        out = out.to(image.device, image.dtype)
-        return out if image.dim() == 4 else out[0]
+        if self._estimated is not None:
+            return restore_tensor(image, self.deblur_rgb, None, self.tile)
+        network, device, multiple = self._network, self.device, self.size_multiple
+        return restore_tensor(
+            image, self.deblur_rgb, lambda colour: deblur_tensor(network, colour.to(device), multiple=multiple).cpu(), self.tile
+        )
 
 
 @functools.lru_cache(maxsize=1)
@@ -364,8 +390,16 @@ def _cached(model: str | None, engine: str, device: str, tile: int, overlap: int
     return Deblurrer.load(model, engine, device, tile, overlap)
 
 
-def deblur(image: ImageLike, model: str | Path | None = None, engine: str = "torch", device: str = "auto", tile: int = 1024,
-           overlap: int = 128, psf: PsfLike | None = None, method: str | None = None) -> ImageLike:
+def deblur(
+    image: ImageLike,
+    model: str | Path | None = None,
+    engine: str = "torch",
+    device: str = "auto",
+    tile: int = 1024,
+    overlap: int = 128,
+    psf: PsfLike | None = None,
+    method: str | None = None,
+) -> ImageLike:
     """Deblur one image with a cached :class:`Deblurrer` (loaded on first use); same type, dtype and shape out.
 
     ``psf`` / ``method``: restore a known blur instead (:meth:`Deblurrer.__call__`, :meth:`Deblurrer.with_psf`).

@@ -27,6 +27,16 @@ import numpy as np
 from scipy import ndimage
 
 from meddeblur.errors import InvalidOption, UserError
+from meddeblur.psf.edge_geometry import (
+    MIN_CONTRAST,
+    Candidate,
+    check_roi,
+    find_candidates,
+    fit_line,
+    hamming,
+    in_frame,
+    row_centroids,
+)
 from meddeblur.psf.mtf import NYQUIST, mtf50
 
 # No SFR library is used: the slanted-edge packages on PyPI are single-author scripts (quickMTF: a 2023 GUI fork, no tests, imports matplotlib on import; "mtf" is another thing), so the ISO 12233 steps are written here with numpy/scipy.
@@ -38,8 +48,6 @@ _BIN = 1.0 / OVERSAMPLING
 FREQ_STEP = 0.0025  # cycles/pixel between MTF samples
 MIN_TILT, MAX_TILT = 1.0, 40.0  # degrees off the axis; at 0° the bins get no phases, at 45° only a few
 MIN_LENGTH = 24  # px along the edge
-MIN_CONTRAST = 0.05  # plateau difference, in [0, 1] values
-_STRONG = 0.25  # a gradient this share of the image's largest belongs to an edge
 _MAX_BEND = 0.5  # RMS px of the row centroids off the fitted line
 _HALF_WIDTH = (16, 64)  # px of ESF on each side: wider windows bias wide blurs less, the clamp keeps ROIs small
 _CLIPPED = 0.01  # share of ESF pixels at 0 or at full scale that means the photo clipped the edge
@@ -88,10 +96,17 @@ class EdgeSFR:
 
     def summary(self) -> dict:
         """What a calibration file records of this edge (rounded)."""
-        return {"orientation": self.orientation, "tilt_deg": round(self.tilt, 3), "normal_angle_deg": round(self.normal_angle, 3),
-                "roi": list(self.roi), "length_px": round(self.length, 1), "levels": [round(v, 4) for v in self.levels],
-                "rise_10_90_px": round(self.rise, 3), "esf_half_width_px": round(self.half_width, 2),
-                "mtf50_cycles_per_pixel": None if self.mtf50 is None else round(self.mtf50, 5)}
+        return {
+            "orientation": self.orientation,
+            "tilt_deg": round(self.tilt, 3),
+            "normal_angle_deg": round(self.normal_angle, 3),
+            "roi": list(self.roi),
+            "length_px": round(self.length, 1),
+            "levels": [round(v, 4) for v in self.levels],
+            "rise_10_90_px": round(self.rise, 3),
+            "esf_half_width_px": round(self.half_width, 2),
+            "mtf50_cycles_per_pixel": None if self.mtf50 is None else round(self.mtf50, 5),
+        }
 
 
 def frequencies() -> np.ndarray:
@@ -109,8 +124,9 @@ def luminance(image: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] in (3, 4):
         arr = arr[..., :3] @ np.array([0.2126, 0.7152, 0.0722])
     if arr.ndim != 2 or min(arr.shape) < 16:
-        raise InvalidOption(f"image: expected an (H, W, 3) or (H, W) image of at least 16×16 px, got shape {np.shape(image)}",
-                            option="image")
+        raise InvalidOption(
+            f"image: expected an (H, W, 3) or (H, W) image of at least 16×16 px, got shape {np.shape(image)}", option="image"
+        )
     if not np.issubdtype(arr.dtype, np.floating):
         raise InvalidOption(f"image: expected float values in [0, 1], got dtype {arr.dtype}", option="image")
     arr = arr.astype(np.float64)
@@ -119,120 +135,46 @@ def luminance(image: np.ndarray) -> np.ndarray:
     return arr
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    vertical: bool  # near-vertical: measured across x; else the frame is transposed
-    polarity: int  # +1: values rise along +x (vertical) / +y (horizontal)
-    slope: float  # c = slope · r + intercept in the frame (r along the edge, c across)
-    intercept: float
-    rows: tuple[int, int]  # first and last frame row of the component
-    width: float  # mean strong-gradient pixels per row: a first guess of the blur's width
-    bend: float  # RMS px of the component's row centroids off the line
-    mask: np.ndarray  # the component's pixels (image frame)
-
-
-def _frame(array: np.ndarray, vertical: bool) -> np.ndarray:
-    return array if vertical else array.T
-
-
-def _candidates(grey: np.ndarray) -> tuple[list[_Candidate], np.ndarray]:
-    """The largest strong-gradient component of each direction (longest first), and every strong pixel."""
-    smooth = ndimage.gaussian_filter(grey, 1.0)
-    gx, gy = ndimage.sobel(smooth, axis=1) / 8.0, ndimage.sobel(smooth, axis=0) / 8.0
-    magnitude = np.hypot(gx, gy)
-    if not magnitude.max() > MIN_CONTRAST / 20:
-        return [], np.zeros(grey.shape, bool)
-    strong = magnitude >= _STRONG * magnitude.max()
-    quadrant = np.round(np.degrees(np.arctan2(gy, gx)) / 90.0).astype(int) % 4  # 0 →, 1 ↓, 2 ←, 3 ↑
-    found = []
-    for q in range(4):
-        labels, count = ndimage.label(strong & (quadrant == q), structure=np.ones((3, 3)))
-        if count == 0:
-            continue
-        weights = ndimage.sum(magnitude, labels, index=np.arange(1, count + 1))
-        mask = labels == 1 + int(np.argmax(weights))
-        vertical = q in (0, 2)
-        m = _frame(np.where(mask, magnitude, 0.0), vertical)
-        rows = np.nonzero(m.any(axis=1))[0]
-        w = m[rows]
-        cols = (w * np.arange(m.shape[1])).sum(axis=1) / w.sum(axis=1)
-        slope, intercept, bend = _line(rows, cols)
-        found.append(_Candidate(vertical, 1 if q in (0, 1) else -1, slope, intercept, (int(rows[0]), int(rows[-1])),
-                                float((m[rows] > 0).sum(axis=1).mean()), bend, mask))
-    return sorted(found, key=lambda c: c.rows[0] - c.rows[1]), strong
-
-
-def _line(rows: np.ndarray, cols: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares c = slope·r + intercept, refitted without points 3 RMS off; (slope, intercept, RMS)."""
-    if len(rows) < 2:
-        return 0.0, float(cols[0]) if len(cols) else 0.0, math.inf
-    keep = np.ones(len(rows), bool)
-    for _ in range(2):
-        slope, intercept = np.polyfit(rows[keep], cols[keep], 1)
-        residual = cols - (slope * rows + intercept)
-        rms = float(np.sqrt(np.mean(residual[keep] ** 2)))
-        keep = np.abs(residual) <= max(3 * rms, 0.05)
-        if keep.sum() < 2:
-            break
-    return float(slope), float(intercept), rms
-
-
-def _hamming(offset: np.ndarray, half_width: float) -> np.ndarray:
-    return np.where(np.abs(offset) <= half_width, 0.54 + 0.46 * np.cos(np.pi * offset / half_width), 0.0)
-
-
-def _row_centroids(frame: np.ndarray, usable: np.ndarray, cand: _Candidate, slope: float, intercept: float,
-                   window: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per frame row: the centroid of the windowed derivative across the edge, near c = slope·r + intercept."""
-    rows, cols = [], []
-    width = frame.shape[1]
-    for r in range(cand.rows[0] + 2, cand.rows[1] - 1):
-        centre = slope * r + intercept
-        lo, hi = math.floor(centre - window), math.ceil(centre + window) + 1
-        if lo < 1 or hi > width - 1 or not usable[r, lo:hi].all():
-            continue
-        x = np.arange(lo, hi)
-        weighted = (frame[r, lo + 1:hi + 1] - frame[r, lo - 1:hi - 1]) * 0.5 * cand.polarity * _hamming(x - centre, window)
-        total = weighted.sum()
-        if total > 0:
-            rows.append(r)
-            cols.append(float((x * weighted).sum() / total))
-    return np.array(rows), np.array(cols)
-
-
-def _measure(grey: np.ndarray, cand: _Candidate, strong: np.ndarray) -> EdgeSFR:
+def _measure(grey: np.ndarray, cand: Candidate, strong: np.ndarray) -> EdgeSFR:
     """The SFR of one candidate edge (EdgeError when it is not usable)."""
     # Pixels near any other strong gradient (the square's other sides, other edges) are left out.
     margin = cand.width + 2.0
     others = ndimage.distance_transform_edt(~(strong & ~cand.mask))
-    frame, usable = _frame(grey, cand.vertical), _frame(others >= margin, cand.vertical)
+    frame, usable = in_frame(grey, cand.vertical), in_frame(others >= margin, cand.vertical)
     window = max(8.0, 2 * cand.width + 4)
     slope, intercept = cand.slope, cand.intercept
     for _ in range(2):  # ISO 12233: locate, fit, relocate around the fitted line, refit
-        rows, cols = _row_centroids(frame, usable, cand, slope, intercept, window)
+        rows, cols = row_centroids(frame, usable, cand, slope, intercept, window)
         if len(rows) == 0:
             raise EdgeError(f"no clean edge found (strong gradients crowd every straight run: texture, not a step); {_HINT}")
         if len(rows) < MIN_LENGTH:
-            raise EdgeError(f"the edge is too short: {len(rows)} px of it have plain surround (at least {MIN_LENGTH} needed); "
-                            f"{_HINT}, away from the border and other edges")
-        slope, intercept, bend = _line(rows, cols)
+            raise EdgeError(
+                f"the edge is too short: {len(rows)} px of it have plain surround (at least {MIN_LENGTH} needed); "
+                f"{_HINT}, away from the border and other edges"
+            )
+        slope, intercept, bend = fit_line(rows, cols)
     tilt = math.degrees(math.atan(slope))
     span = float(rows[-1] - rows[0] + 1)
     if abs(tilt) < MIN_TILT:
-        raise EdgeError(f"the edge is too close to {'vertical' if cand.vertical else 'horizontal'} ({abs(tilt):.2f}° off it); "
-                        "tilt it 2–10°")
+        raise EdgeError(
+            f"the edge is too close to {'vertical' if cand.vertical else 'horizontal'} ({abs(tilt):.2f}° off it); tilt it 2–10°"
+        )
     if abs(tilt) > MAX_TILT:
         raise EdgeError(f"the edge is too close to 45° ({abs(tilt):.1f}° off the axis); tilt it 2–10° off vertical or horizontal")
     if span * abs(slope) < 1.0:
-        raise EdgeError(f"the edge is too short for its tilt ({span:.0f} px at {abs(tilt):.1f}° crosses less than one pixel); "
-                        "photograph more of it or tilt it more")
+        raise EdgeError(
+            f"the edge is too short for its tilt ({span:.0f} px at {abs(tilt):.1f}° crosses less than one pixel); "
+            "photograph more of it or tilt it more"
+        )
     if bend > _MAX_BEND:
-        raise EdgeError(f"the edge is not straight (it wanders {bend:.2f} px RMS off a line); photograph the target flat, "
-                        "in the middle of the field")
+        raise EdgeError(
+            f"the edge is not straight (it wanders {bend:.2f} px RMS off a line); photograph the target flat, "
+            "in the middle of the field"
+        )
     cos = math.cos(math.atan(slope))
     reach = _HALF_WIDTH[1]
     r0, r1 = int(rows[0]), int(rows[-1]) + 1
-    rr, cc = np.mgrid[r0:r1, 0:frame.shape[1]]
+    rr, cc = np.mgrid[r0:r1, 0 : frame.shape[1]]
     distance = (cc - (slope * rr + intercept)) * cos * cand.polarity
     take = (np.abs(distance) < reach) & usable[r0:r1]
     d, values = distance[take], frame[r0:r1][take]
@@ -241,7 +183,7 @@ def _measure(grey: np.ndarray, cand: _Candidate, strong: np.ndarray) -> EdgeSFR:
     total = np.bincount(bins, weights=values, minlength=2 * reach * OVERSAMPLING)
     # Half-width actually covered: out from the edge while each pixel-wide block keeps half the typical sample count.
     blocks = count.reshape(-1, OVERSAMPLING).sum(axis=1)
-    full = blocks >= 0.5 * np.median(blocks[reach - 4:reach + 4])
+    full = blocks >= 0.5 * np.median(blocks[reach - 4 : reach + 4])
     right = np.argmin(np.append(full[reach:], False))
     left = np.argmin(np.append(full[:reach][::-1], False))
     centres = (np.arange(len(count)) + 0.5) * _BIN - reach
@@ -249,25 +191,31 @@ def _measure(grey: np.ndarray, cand: _Candidate, strong: np.ndarray) -> EdgeSFR:
     esf = np.interp(centres, centres[filled], total[filled] / np.maximum(count[filled], 1))
     surround = min(left, right)
     if surround < 6:
-        raise EdgeError(f"the edge has too little flat surround ({surround} px on one side); keep plain target around it, "
-                        "away from the border and other edges")
+        raise EdgeError(
+            f"the edge has too little flat surround ({surround} px on one side); keep plain target around it, "
+            "away from the border and other edges"
+        )
     # The ESF's own 10–90 % width sets the final half-width (16–64 px): a Hamming window much wider than the blur.
     inner = np.abs(centres) < surround
-    low, high = esf[inner][:OVERSAMPLING * 2].mean(), esf[inner][-OVERSAMPLING * 2:].mean()
+    low, high = esf[inner][: OVERSAMPLING * 2].mean(), esf[inner][-OVERSAMPLING * 2 :].mean()
     rise = _rise(centres[inner], esf[inner], low, high)
     half = float(min(float(surround), max(float(_HALF_WIDTH[0]), min(float(_HALF_WIDTH[1]), 8 * rise + 8))))
     keep = np.abs(centres) < half
     centres, esf, filled = centres[keep], esf[keep], filled[keep]
     if (~filled).mean() > _PHASE_GAPS:
-        raise EdgeError(f"the edge's pixels leave {100 * (~filled).mean():.0f} % of the 1/4-px bins empty (a tilt near a "
-                        f"simple fraction: {abs(tilt):.1f}°); tilt it 2–10°")
+        raise EdgeError(
+            f"the edge's pixels leave {100 * (~filled).mean():.0f} % of the 1/4-px bins empty (a tilt near a "
+            f"simple fraction: {abs(tilt):.1f}°); tilt it 2–10°"
+        )
     band = np.abs(d) < half
     used = values[band]
     if np.mean((used <= 0.5 / 255) | (used >= 1 - 0.5 / 255)) > _CLIPPED:
         raise EdgeError("the edge is clipped (its dark or bright side is at 0 or full scale); lower the exposure or the lighting")
-    low, high = esf[:OVERSAMPLING * 2].mean(), esf[-OVERSAMPLING * 2:].mean()
+    low, high = esf[: OVERSAMPLING * 2].mean(), esf[-OVERSAMPLING * 2 :].mean()
     if not high - low >= MIN_CONTRAST:
-        raise EdgeError(f"no step edge: its two sides differ by {max(high - low, 0.0):.3f} (at least {MIN_CONTRAST} needed); {_HINT}")
+        raise EdgeError(
+            f"no step edge: its two sides differ by {max(high - low, 0.0):.3f} (at least {MIN_CONTRAST} needed); {_HINT}"
+        )
     rise = _rise(centres, esf, low, high)
     lsf = np.gradient(esf, _BIN)
     freqs, otf = _transfer(centres, lsf, half)
@@ -275,13 +223,33 @@ def _measure(grey: np.ndarray, cand: _Candidate, strong: np.ndarray) -> EdgeSFR:
     # Noise of the OTF: bin noise σ (first differences on the flat sides) through the derivative and the window's Σw².
     flat = np.abs(centres) > half / 2
     sigma = float(np.std(np.diff(esf[flat & (centres < 0)])) + np.std(np.diff(esf[flat & (centres > 0)]))) / (2 * math.sqrt(2))
-    noise = sigma * math.sqrt((0.54 ** 2 + 0.46 ** 2 / 2) * len(centres) / 2) / (high - low)
-    normal = (cand.polarity * cos, -cand.polarity * cos * slope) if cand.vertical else (-cand.polarity * cos * slope, cand.polarity * cos)
+    noise = sigma * math.sqrt((0.54**2 + 0.46**2 / 2) * len(centres) / 2) / (high - low)
+    normal = (
+        (cand.polarity * cos, -cand.polarity * cos * slope)
+        if cand.vertical
+        else (-cand.polarity * cos * slope, cand.polarity * cos)
+    )
     rr_used, cc_used = rr[take][band], cc[take][band]
     xs, ys = (cc_used, rr_used) if cand.vertical else (rr_used, cc_used)
     roi = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-    return EdgeSFR("vertical" if cand.vertical else "horizontal", tilt, (float(normal[0]), float(normal[1])), roi, span / cos,
-                   (float(low), float(high)), rise, half, centres, esf, lsf, freqs, mtf, otf.real, mtf50(freqs, mtf), noise)
+    return EdgeSFR(
+        "vertical" if cand.vertical else "horizontal",
+        tilt,
+        (float(normal[0]), float(normal[1])),
+        roi,
+        span / cos,
+        (float(low), float(high)),
+        rise,
+        half,
+        centres,
+        esf,
+        lsf,
+        freqs,
+        mtf,
+        otf.real,
+        mtf50(freqs, mtf),
+        noise,
+    )
 
 
 def _rise(x: np.ndarray, esf: np.ndarray, low: float, high: float) -> float:
@@ -298,7 +266,7 @@ def _rise(x: np.ndarray, esf: np.ndarray, low: float, high: float) -> float:
 def _transfer(x: np.ndarray, lsf: np.ndarray, half: float) -> tuple[np.ndarray, np.ndarray]:
     """(freqs, OTF): the Hamming-windowed LSF's exact Fourier transform about its centroid, normalised and corrected."""
     centre = float((x * lsf).sum() / lsf.sum())
-    windowed = lsf * _hamming(x - centre, half)
+    windowed = lsf * hamming(x - centre, half)
     centre = float((x * windowed).sum() / windowed.sum())
     freqs = frequencies()
     otf = np.exp(-2j * np.pi * np.outer(freqs, x - centre)) @ windowed
@@ -306,18 +274,6 @@ def _transfer(x: np.ndarray, lsf: np.ndarray, half: float) -> tuple[np.ndarray, 
     # ISO 12233 divides out the central difference's response, sin(2πfΔ) / 2πfΔ. Not the 1/4-px bins' sinc(fΔ): on
     # generated edges that moved MTF50 0.2–0.6 % further from the kernel's own (benchmarks/calibration.py's charts).
     return freqs, otf / np.sinc(2 * freqs * _BIN)
-
-
-def _check_roi(roi: tuple[int, int, int, int], shape: tuple[int, int]) -> tuple[int, int, int, int]:
-    try:
-        x0, y0, x1, y1 = (int(v) for v in roi)
-    except (TypeError, ValueError):
-        raise InvalidOption(f"roi={roi!r}: give four integers x0,y0,x1,y1", value=roi, option="roi") from None
-    height, width = shape
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height) or min(x1 - x0, y1 - y0) < 16:
-        raise InvalidOption(f"roi={x0},{y0},{x1},{y1}: must lie inside the {width}×{height} image, at least 16 px each way "
-                            "(x0,y0 top left; x1,y1 bottom right, exclusive)", value=roi, option="roi")
-    return x0, y0, x1, y1
 
 
 def measure_edges(image: np.ndarray, roi: tuple[int, int, int, int] | None = None) -> list[EdgeSFR]:
@@ -330,21 +286,24 @@ def measure_edges(image: np.ndarray, roi: tuple[int, int, int, int] | None = Non
     grey = luminance(image)
     x0 = y0 = 0
     if roi is not None:
-        x0, y0, x1, y1 = _check_roi(roi, grey.shape)
+        x0, y0, x1, y1 = check_roi(roi, grey.shape)
         grey = grey[y0:y1, x0:x1]
-    candidates, strong = _candidates(grey)
+    candidates, strong = find_candidates(grey)
     if not candidates:
         raise EdgeError(f"no edge found (the image is flat); {_HINT}")
     longest = candidates[0].rows[1] - candidates[0].rows[0] + 1
     candidates = [c for c in candidates if c.rows[1] - c.rows[0] + 1 >= MIN_LENGTH]
     if not candidates:
-        raise EdgeError(f"no edge long enough found (the longest run of strong gradient is {longest} px, at least {MIN_LENGTH} "
-                        f"needed); {_HINT}")
+        raise EdgeError(
+            f"no edge long enough found (the longest run of strong gradient is {longest} px, at least {MIN_LENGTH} "
+            f"needed); {_HINT}"
+        )
     edges, first_error = [], None
     for cand in candidates:
         if cand.bend > 4 * _MAX_BEND:
-            first_error = first_error or EdgeError(f"no straight edge found (the longest is curved: {cand.bend:.1f} px RMS off a "
-                                                   f"line); {_HINT}")
+            first_error = first_error or EdgeError(
+                f"no straight edge found (the longest is curved: {cand.bend:.1f} px RMS off a line); {_HINT}"
+            )
             continue
         try:
             edge = _measure(grey, cand, strong)

@@ -7,22 +7,17 @@ a busy server or a bug), and the server keeps serving after any bad upload.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import importlib.util
 import json
-import logging
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi_offline import FastAPIOffline
-from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect
 
 from meddeblur import __version__
 from meddeblur.errors import UserError
@@ -31,77 +26,23 @@ from meddeblur.inference.deblurrer import Deblurrer
 from meddeblur.io.formats import OUTPUT_SUFFIXES
 from meddeblur.psf.kernel import PSF
 from meddeblur.restore import registry
+from meddeblur.server.answer import json_answer, psf_header, restoration_header
 from meddeblur.server.card import model_card
 from meddeblur.server.change_view import PERCENTILE, SCALES
 from meddeblur.server.choice import DEFAULT, KERNEL_FILE, Choice, choose, load_default_psf, method_named, read_kernel, spec_psf
 from meddeblur.server.connections import ConnectionLimits, configure
-from meddeblur.server.engine import Deadline, InferencePool, Methods, QueueFull, UploadGate, check_default_psf, load_served_model
+from meddeblur.server.engine import Deadline, InferencePool, Methods, UploadGate, check_default_psf, load_served_model
+from meddeblur.server.error_handlers import add_error_handlers
 from meddeblur.server.imaging import OUTPUT_FORMATS, Deblurred, UploadError, deblur_upload, display_name
 from meddeblur.server.openapi import deblur_openapi, method_help, psf_help
 from meddeblur.server.security import Guard
 from meddeblur.server.settings import ServerSettings
 from meddeblur.server.upload import KERNEL_FIELD, Received, receive_upload
 
-log = logging.getLogger("meddeblur.server")
-
 # The page loads nothing from elsewhere: the Content-Security-Policy that Guard sets on it makes the browser enforce it.
 _PAGE_HEADERS = {"Cache-Control": "no-cache"}
 #: Where page.html takes this server's configuration (methods, default PSF, colour scales): a JSON script block.
 _PAGE_CONFIG = '<script id="config" type="application/json">{}</script>'
-# A PSF's params ride in X-PSF only while short: a kernel file's record may hold more than a header should carry.
-_HEADER_PARAMS_BYTES = 512
-
-
-def _as_json(result: Deblurred, filename: str, engine: Deblurrer, choice: Choice, change_map: bool, change_levels: bool,
-             explain: bool) -> dict[str, Any]:
-    """The JSON answer (``change_map``, ``change_levels`` or ``explain``): the image and its change map as base64, the
-    change figures in 8-bit levels, what restored it (method, model, PSF); with ``method=psf`` the restoration record,
-    with ``explain`` the PSF's figure."""
-    answer: dict[str, Any] = {"image": base64.b64encode(result.data).decode("ascii"), "media_type": result.media_type,
-                              "filename": filename, "width": result.width, "height": result.height, "bit_depth": result.bit_depth,
-                              "model_id": engine.provenance.get("model_id"), "model": engine.provenance.get("model"),
-                              "made_by": _made_by(engine, result.restoration), "method": choice.method, "psf": choice.psf_record()}
-    if change_map:
-        answer.update(change=result.change, change_map=base64.b64encode(result.change_map or b"").decode("ascii"),
-                      change_map_media_type="image/png")
-    if change_levels and result.change_view is not None:
-        view = result.change_view
-        answer.update(change=result.change, change_levels=base64.b64encode(view["levels"]).decode("ascii"),
-                      change_levels_media_type="image/png", change_percentile=view["percentile"], change_scale=view["scale"])
-    if result.restoration is not None:
-        answer["restoration"] = result.restoration
-    if explain:
-        answer.update(psf_image=base64.b64encode(result.psf_image).decode("ascii") if result.psf_image else None,
-                      psf_image_media_type="image/png")
-    return answer
-
-
-def _made_by(engine: Deblurrer, restoration: dict[str, Any] | None) -> dict[str, Any]:
-    """The weights that made the answered pixels, for people (the page's header): ``model_id`` and the provenance's
-    model stay the run's configuration, but where ``method=psf`` fell back to the blind network, the blind network
-    made them, and where it left the image as it was, no model did."""
-    result = (restoration or {}).get("result")
-    if result == "blind":
-        return {"model_id": engine.provenance["parameters"].get("fallback_model_id"), "model": "the blind network"}
-    if result == "unchanged":
-        return {"model_id": None, "model": "no model: the image was left as it was"}
-    return {"model_id": engine.provenance.get("model_id"), "model": engine.provenance.get("model")}
-
-
-def _restoration_header(restoration: dict[str, Any]) -> str:
-    """``X-Restoration``: the record as compact ASCII JSON, a PSF map only as its grid size (a header must stay small)."""
-    brief = dict(restoration)
-    if isinstance(brief.get("psf_map"), dict):
-        brief["psf_map"] = {"grid": [len(brief["psf_map"].get("cell_rows", [])), len(brief["psf_map"].get("cell_cols", []))]}
-    return json.dumps(brief, separators=(",", ":"), ensure_ascii=True)
-
-
-def _psf_header(record: dict[str, Any]) -> str:
-    """``X-PSF``: the PSF's record as compact ASCII JSON, its params only while short."""
-    brief = dict(record)
-    if len(json.dumps(brief.get("params"), ensure_ascii=True)) > _HEADER_PARAMS_BYTES:
-        brief["params"] = "in the image's provenance"
-    return json.dumps(brief, separators=(",", ":"), ensure_ascii=True)
 
 
 def _cannot(choice: Choice, error: UserError, served: Deblurrer) -> str:
@@ -137,52 +78,27 @@ def _once(name: str, query: str | None, form: str | None) -> str | None:
 def _page(default_psf: PSF | None) -> str:
     """page.html with this server's configuration: the registry's methods, the default PSF, the change view's scales."""
     config = {
-        "methods": [{"name": name, "label": method.label, "summary": method.summary,
-                     "takes_psf": registry.Told.PSF in method.told, "estimates": registry.Told.ESTIMATE in method.told,
-                     "needs_psf": not method.told & {registry.Told.NOTHING, registry.Told.ESTIMATE}}
-                    for name, method in registry.METHODS.items()],
+        "methods": [
+            {
+                "name": name,
+                "label": method.label,
+                "summary": method.summary,
+                "takes_psf": registry.Told.PSF in method.told,
+                "estimates": registry.Told.ESTIMATE in method.told,
+                "needs_psf": not method.told & {registry.Told.NOTHING, registry.Told.ESTIMATE},
+            }
+            for name, method in registry.METHODS.items()
+        ],
         "default_method": registry.KNOWN_BLUR_DEFAULT if default_psf is not None else registry.NETWORK,
         "default_psf": None if default_psf is None else {**default_psf.describe(), "from": DEFAULT},
         "explain": importlib.util.find_spec("matplotlib") is not None,
-        "scales": list(SCALES), "percentile": PERCENTILE, "threshold": THRESHOLD_LEVELS,
+        "scales": list(SCALES),
+        "percentile": PERCENTILE,
+        "threshold": THRESHOLD_LEVELS,
     }
     page = resources.files("meddeblur.server").joinpath("page.html").read_text(encoding="utf-8")
     # "<" escaped: nothing in the data can close the script block.
     return page.replace(_PAGE_CONFIG.format("null"), _PAGE_CONFIG.format(json.dumps(config).replace("<", "\\u003c")))
-
-
-def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(UploadError)
-    async def upload_error(_: Request, exc: UploadError) -> JSONResponse:
-        # A refused upload may not have been read to its end: the connection cannot carry another request.
-        return _error(exc.status, exc.message, {"Connection": "close"} if exc.status in (408, 413) else None)
-
-    @app.exception_handler(QueueFull)
-    async def queue_full(_: Request, exc: QueueFull) -> JSONResponse:
-        return _error(503, str(exc), {"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(ClientDisconnect)
-    async def client_gone(_: Request, exc: ClientDisconnect) -> Response:
-        return Response(status_code=400)  # nobody is listening; not worth a log line
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(part) for part in first.get("loc", ()))
-        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
-
-    @app.exception_handler(Exception)
-    async def bug(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return _error(500, f"internal error ({type(exc).__name__}); the server keeps running, please report this")
 
 
 def create_app(settings: ServerSettings | None = None, model: Deblurrer | None = None) -> FastAPI:
@@ -200,8 +116,7 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         check_default_psf(methods, default_psf)
     pool = InferencePool(settings.threads, settings.queue)
     uploads = UploadGate(settings.max_uploads, settings.body_timeout)
-    assert served.config is not None and served.weights is not None  # a served model runs on torch: it has both
-    card = model_card(served.config, served.weights, served.model_id)
+    card = model_card(served.config, served.weights, served.model_id, served.provenance.get("model"))
     page = _page(default_psf)
     key = settings.api_key()
     # Kernel files are parsed by more code than a spec: taken only from callers who showed the API key (Guard lets no
@@ -213,24 +128,42 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         yield
         pool.shutdown()
 
-    app = FastAPIOffline(title="meddeblur", version=__version__, lifespan=lifespan,
-                         description="Deblurring of dermoscopic images. Output images are computer-processed and "
-                                     "not for diagnosis alone.")
+    app = FastAPIOffline(
+        title="meddeblur",
+        version=__version__,
+        lifespan=lifespan,
+        description="Deblurring of dermoscopic images. Output images are computer-processed and not for diagnosis alone.",
+    )
     app.state.settings, app.state.model, app.state.pool, app.state.uploads = settings, served, pool, uploads
     app.state.default_psf = default_psf
-    _add_error_handlers(app)
+    add_error_handlers(app)
     if settings.cors_origins:
         from starlette.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Filename"],
-                           expose_headers=["X-Model-Id", "X-Method", "X-PSF", "X-Processing-Time-Ms", "X-Deblur-Time-Ms",
-                                           "X-Image-Size", "X-Bit-Depth", "X-Restoration", "Content-Disposition", "Retry-After"])
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.cors_origins),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Filename"],
+            expose_headers=[
+                "X-Model-Id",
+                "X-Method",
+                "X-PSF",
+                "X-Processing-Time-Ms",
+                "X-Deblur-Time-Ms",
+                "X-Image-Size",
+                "X-Bit-Depth",
+                "X-Restoration",
+                "Content-Disposition",
+                "Retry-After",
+            ],
+        )
     # Guard wraps the whole stack, the error middleware included, so that every response (a 500 too) is checked and
     # gets the security headers.
     build = app.build_middleware_stack
-    app.build_middleware_stack = lambda: Guard(build(), allowed_hosts=settings.allowed_hosts, api_key=key,  # type: ignore[method-assign]
-                                               cors_origins=settings.cors_origins)
+    app.build_middleware_stack = lambda: Guard(  # type: ignore[method-assign]
+        build(), allowed_hosts=settings.allowed_hosts, api_key=key, cors_origins=settings.cors_origins
+    )
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> HTMLResponse:
@@ -238,17 +171,29 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
 
     @app.get("/healthz", summary="Liveness, load and limits")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model_id": served.model_id, "version": __version__, "busy": pool.busy,
-                "capacity": pool.capacity, "uploading": uploads.active, "max_upload_mb": settings.max_upload_mb,
-                "max_pixels": settings.max_pixels, "deadline_s": settings.deadline, "body_timeout_s": settings.body_timeout,
-                "api_key_required": key is not None, "kernel_uploads": kernel_uploads,
-                "default_psf": None if default_psf is None else {k: v for k, v in default_psf.describe().items() if k != "params"}}
+        return {
+            "status": "ok",
+            "model_id": served.model_id,
+            "version": __version__,
+            "busy": pool.busy,
+            "capacity": pool.capacity,
+            "uploading": uploads.active,
+            "max_upload_mb": settings.max_upload_mb,
+            "max_pixels": settings.max_pixels,
+            "deadline_s": settings.deadline,
+            "body_timeout_s": settings.body_timeout,
+            "api_key_required": key is not None,
+            "kernel_uploads": kernel_uploads,
+            "default_psf": None if default_psf is None else {k: v for k, v in default_psf.describe().items() if k != "params"},
+        }
 
     @app.get("/v1/model", summary="The model card: id, version, architecture, training data, limits")
     async def model_info() -> dict[str, Any]:
         return card
 
-    async def choice_of(received: Received, method: str | None, psf: str | None, queried: tuple[PSF | None, str | None]) -> Choice:
+    async def choice_of(
+        received: Received, method: str | None, psf: str | None, queried: tuple[PSF | None, str | None]
+    ) -> Choice:
         """The request's :class:`Choice` from its query (``queried``: the query's PSF, already parsed) and form."""
         method = method_named(_once("method", method, received.fields.get("method")))
         text = _once("psf", psf, received.fields.get(KERNEL_FIELD))
@@ -256,9 +201,12 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
             if text is not None:
                 raise UploadError(400, f"psf: a spec (psf={text}) and a kernel file were both sent; send one")
             if not kernel_uploads:
-                raise UploadError(403, "psf: this server takes kernel files only with its API key (meddeblur serve "
-                                       "--api-key-file); send a spec such as psf=gauss:sigma=1.6, or have the file made the "
-                                       "server's default (serve --psf FILE)")
+                raise UploadError(
+                    403,
+                    "psf: this server takes kernel files only with its API key (meddeblur serve "
+                    "--api-key-file); send a spec such as psf=gauss:sigma=1.6, or have the file made the "
+                    "server's default (serve --psf FILE)",
+                )
             found, given = await asyncio.to_thread(read_kernel, *received.kernel), KERNEL_FILE
         elif text is None:
             found, given = None, None
@@ -266,18 +214,37 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
             found, given = queried if text == psf else spec_psf(text, default_psf, kernel_uploads)
         return choose(method, found, given, text is not None or received.kernel is not None, default_psf)
 
-    @app.post("/v1/deblur", summary="Deblur one image", openapi_extra=deblur_openapi(default_psf, kernel_uploads),
-              responses={200: {"content": {"image/png": {}}}})
-    async def deblur(request: Request, format: str | None = Query(
-            None, description="output format: png, jpeg, tiff or bmp (default: the input's)"), change_map: bool = Query(
-            False, description="answer JSON instead: the image and the map of what deblurring changed (base64), with its figures"),
-            change_levels: bool = Query(False, description="answer JSON instead: the image, the change of every pixel (PNG, "
-                                        "base64) and a colour scale fitted to it, for drawing your own map"),
-            method: str | None = Query(None, description=method_help() + "; left out: " + registry.KNOWN_BLUR_DEFAULT
-                                       + " told the PSF when there is one, else the blind network; also a form field"),
-            psf: str | None = Query(None, description=psf_help(default_psf, kernel_uploads)),
-            explain: bool = Query(False, description="answer JSON with the image and the PSF it was restored with drawn as PNG "
-                                  "(psf_image, base64): the estimated one (method=psf) or the known one")) -> Response:
+    @app.post(
+        "/v1/deblur",
+        summary="Deblur one image",
+        openapi_extra=deblur_openapi(default_psf, kernel_uploads),
+        responses={200: {"content": {"image/png": {}}}},
+    )
+    async def deblur(
+        request: Request,
+        format: str | None = Query(None, description="output format: png, jpeg, tiff or bmp (default: the input's)"),
+        change_map: bool = Query(
+            False, description="answer JSON instead: the image and the map of what deblurring changed (base64), with its figures"
+        ),
+        change_levels: bool = Query(
+            False,
+            description="answer JSON instead: the image, the change of every pixel (PNG, "
+            "base64) and a colour scale fitted to it, for drawing your own map",
+        ),
+        method: str | None = Query(
+            None,
+            description=method_help()
+            + "; left out: "
+            + registry.KNOWN_BLUR_DEFAULT
+            + " told the PSF when there is one, else the blind network; also a form field",
+        ),
+        psf: str | None = Query(None, description=psf_help(default_psf, kernel_uploads)),
+        explain: bool = Query(
+            False,
+            description="answer JSON with the image and the PSF it was restored with drawn as PNG "
+            "(psf_image, base64): the estimated one (method=psf) or the known one",
+        ),
+    ) -> Response:
         started = time.perf_counter()
         if format and format.lower() not in OUTPUT_FORMATS:
             raise UploadError(400, f"format={format}: choose one of png, jpeg, tiff, bmp (or leave it out to keep the input's)")
@@ -285,7 +252,9 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         method_named(method)
         queried = spec_psf(psf, default_psf, kernel_uploads) if psf is not None else (None, None)
         if explain and importlib.util.find_spec("matplotlib") is None:
-            raise UploadError(501, "explain=true: this server cannot draw (matplotlib is not installed; pip install 'meddeblur[plots]')")
+            raise UploadError(
+                501, "explain=true: this server cannot draw (matplotlib is not installed; pip install 'meddeblur[plots]')"
+            )
         # The upload is received first, within --body-timeout, holding only an upload place: a slow or stalled client
         # never holds a processing slot.
         with uploads.enter():
@@ -294,8 +263,11 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         try:
             choice = await choice_of(received, method, psf, queried)
             if explain and choice.psf is None and not choice.estimates:
-                raise UploadError(400, "explain=true draws the PSF the image was restored with, and the blind network uses none; "
-                                       "add method=psf (estimate it) or psf=SPEC (a known one)")
+                raise UploadError(
+                    400,
+                    "explain=true draws the PSF the image was restored with, and the blind network uses none; "
+                    "add method=psf (estimate it) or psf=SPEC (a known one)",
+                )
             slot = pool.admit(settings.deadline)
         except BaseException:
             upload.close()
@@ -303,8 +275,20 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
         deadline = Deadline(settings.deadline, pool)
         async with slot:
             name = display_name(received.filename)
-            engine, result = await slot.run(_deblur_job, methods, choice, upload, name, format, settings.max_pixels,
-                                            settings.jpeg_quality, deadline, change_map, explain, change_levels)
+            engine, result = await slot.run(
+                _deblur_job,
+                methods,
+                choice,
+                upload,
+                name,
+                format,
+                settings.max_pixels,
+                settings.jpeg_quality,
+                deadline,
+                change_map,
+                explain,
+                change_levels,
+            )
         total_ms = (time.perf_counter() - started) * 1000
         stem = name.rsplit(".", 1)[0] if "." in name else name
         suffix = OUTPUT_SUFFIXES[result.format.lower()].lstrip(".")
@@ -314,20 +298,23 @@ def create_app(settings: ServerSettings | None = None, model: Deblurrer | None =
             "X-Deblur-Time-Ms": f"{result.seconds * 1000:.1f}",
             "X-Image-Size": f"{result.width}x{result.height}",
             "X-Bit-Depth": str(result.bit_depth),
-            "Server-Timing": (f'wait;desc="upload and queue";dur={total_ms - result.seconds * 1000:.1f}, '
-                              f"deblur;dur={result.seconds * 1000:.1f}"),
+            "Server-Timing": (
+                f'wait;desc="upload and queue";dur={total_ms - result.seconds * 1000:.1f}, deblur;dur={result.seconds * 1000:.1f}'
+            ),
             "Content-Disposition": f'inline; filename="{stem}_deblurred.{suffix}"',
         }
         if engine.provenance.get("model_id"):  # Wiener and Richardson-Lucy have no weights
             headers["X-Model-Id"] = engine.provenance["model_id"]
         if choice.psf is not None:
-            headers["X-PSF"] = _psf_header(choice.psf_record() or {})
+            headers["X-PSF"] = psf_header(choice.psf_record() or {})
         if result.restoration is not None:
-            headers["X-Restoration"] = _restoration_header(result.restoration)
+            headers["X-Restoration"] = restoration_header(result.restoration)
         if change_map or change_levels or explain:
             del headers["Content-Disposition"]
-            return JSONResponse(_as_json(result, f"{stem}_deblurred.{suffix}", engine, choice, change_map, change_levels, explain),
-                                headers=headers)
+            return JSONResponse(
+                json_answer(result, f"{stem}_deblurred.{suffix}", engine, choice, change_map, change_levels, explain),
+                headers=headers,
+            )
         return Response(result.data, media_type=result.media_type, headers=headers)
 
     return app

@@ -29,8 +29,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def model_card(config: ModelConfig, weights_path: Path, model_id: str) -> dict[str, Any]:
+def model_card(
+    config: ModelConfig | None, weights_path: Path | None, model_id: str, description: str | None = None
+) -> dict[str, Any]:
     """The card as a JSON-ready dict: id, version, architecture, training data, limits.
+
+    An ONNX model (no config, no weights file: ``meddeblur export`` wrote what it needs into the graph) gets the card
+    its ``description`` (the model's own summary, e.g. ``nafnet width 16``) allows, with ``"engine": "onnx"``.
 
     Built from the weights' config and content hash; training details come from the
     weights' ``.json`` sidecar (everything in it besides ``config``) and, when present, a
@@ -38,6 +43,16 @@ def model_card(config: ModelConfig, weights_path: Path, model_id: str) -> dict[s
     it names another model's ``id`` (then it describes other weights and is ignored).
     ``id`` and ``version`` always describe what is actually served.
     """
+    if config is None or weights_path is None:
+        return {
+            "id": model_id,
+            "version": __version__,
+            "name": "ONNX model",
+            "engine": "onnx",
+            "architecture": {"name": description or "not recorded in the ONNX file"},
+            "training_data": "not recorded with these weights",
+            "limits": LIMITS,
+        }
     card: dict[str, Any] = {
         "id": model_id,
         "version": __version__,

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from meddeblur import __version__
 from meddeblur.data.pairs import EVAL_DEGRADE_SEED, PairDataset, input_scores
@@ -26,7 +24,6 @@ from meddeblur.degradation.spec import parse_spec
 from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.losses import DeblurLoss, build_loss
-from meddeblur.metrics import psnr, ssim
 from meddeblur.models import (
     PSF_ARCHITECTURES,
     ModelConfig,
@@ -39,6 +36,7 @@ from meddeblur.models import (
 )
 from meddeblur.models.psf_nafnet import parameter_groups
 from meddeblur.training import distributed as ddp
+from meddeblur.training.epoch import Diverged, EarlyStopping, drops_last, epoch_loader, needs_drop_single, run_epoch
 from meddeblur.training.finetune import end_lines, kept_start_line, publish_start
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.runs import (
@@ -59,129 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["train", "run_epoch", "init_weights", "Diverged", "EarlyStopping"]
 
 
-@dataclass
-class EarlyStopping:
-    """Keras EarlyStopping(monitor='val_loss', min_delta=0) bookkeeping."""
-
-    patience: int | None  # None: never stops
-    best: float = math.inf
-    best_epoch: int = 0
-    wait: int = 0
-    stopped: bool = False
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Record an epoch's val loss; True when it is a new best."""
-        if value < self.best:
-            self.best, self.best_epoch, self.wait = value, epoch, 0
-            return True
-        self.wait += 1
-        self.stopped = self.patience is not None and self.wait >= self.patience
-        return False
-
-
-class Diverged(ArithmeticError):
-    """A training step produced a NaN/Inf loss (raised before the step touches the weights)."""
-
-    def __init__(self, step: int, loss: float) -> None:
-        super().__init__(f"step {step}: loss {loss}")
-        self.step, self.loss = step, loss
-
-
-def _epoch_loader(dataset: PairDataset, batch: int, seed: int, epoch: int, shuffle: bool, drop_single: bool = False) -> DataLoader:
-    dataset.set_epoch(epoch)
-    if ddp.world_size() > 1:
-        return ddp.sharded_train_loader(dataset, batch, seed, epoch) if shuffle else ddp.sharded_eval_loader(dataset, batch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    # ``drop_single``: the network's BatchNorm would see one value per channel in a last training batch of one
-    # image (1×1 bottleneck), which it cannot normalise; that batch is left out (its image is drawn again in
-    # later epochs). Evaluation uses running statistics and keeps every image.
-    drop_last = drop_single and shuffle and _drops_last(len(dataset), batch)
-    return DataLoader(dataset, batch_size=batch, shuffle=shuffle, generator=generator, num_workers=0, drop_last=drop_last)
-
-
-def _drops_last(samples: int, batch: int) -> bool:
-    return samples > 1 and samples % batch == 1
-
-
-def _needs_drop_single(config: ModelConfig, options: TrainOptions) -> bool:
-    """BatchNorm networks whose training images shrink to 1×1 at the bottleneck (sides below 32 px)."""
-    side = options.size or options.crop or 0
-    return config.arch.startswith("attention-unet") and side < 32
-
-
-def run_epoch(model, loss_fn: DeblurLoss, loader: DataLoader, device: torch.device, optimizer=None, desc: str = "",
-              scaler: torch.amp.GradScaler | None = None, control: TrainControl | None = None) -> dict[str, float]:
-    """One pass; trains when ``optimizer`` is given. Mean loss over all images; over all processes.
-
-    PSNR and SSIM are means over the images that were degraded; an image whose input equals its
-    target (the ``none`` share) is scored apart as ``sharp_psnr``: PSNR(output, input), how well the
-    network leaves a sharp image alone (absent when there is none). ``scaler`` (fp16 autocast only)
-    scales the loss before backward; ``control`` (cosine recipe) clips, sets the learning rate,
-    updates the EMA and ends the pass early when the budget is spent. Raises :class:`Diverged`
-    before stepping on a NaN/Inf loss.
-    """
-    training = optimizer is not None
-    model.train(training)
-    totals = {"loss": 0.0, "psnr": 0.0, "ssim": 0.0, "sharp_psnr": 0.0}
-    seen: float = 0
-    degraded: float = 0
-    quiet = not ddp.is_main() or (control is not None and training)  # the run's own bar shows progress then
-    with tqdm(loader, desc=desc, leave=False, disable=True if quiet else None, unit="batch") as bar, torch.set_grad_enabled(training):
-        started = control.clock() if control is not None else 0.0
-        if training and control is not None:
-            control.open_bar()
-        for step, (blurred, sharp) in enumerate(bar, 1):
-            blurred, sharp = blurred.to(device), sharp.to(device)
-            output = model(blurred)
-            loss, _ = loss_fn(output, sharp)
-            if training:
-                # One all-reduce before anyone steps carries what every process must agree on. The loss: a NaN/Inf
-                # anywhere makes the sum NaN/Inf everywhere, so it never reaches the weights. The budget clock: each
-                # process's own clock would stop one of them while another waits in DDP's all-reduce, and give each
-                # its own learning rate; all use the mean instead.
-                elapsed = control.seconds + control.clock() - started if control is not None else 0.0
-                spread, elapsed_sum = ddp.all_reduce_sum([float(loss.detach()), elapsed])
-                if not math.isfinite(spread):
-                    raise Diverged(step, spread)
-                if control is not None:
-                    control.seconds, started = elapsed_sum / ddp.world_size(), control.clock()
-                    if control.finished():
-                        break
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    loss.backward()
-                    if control is not None:
-                        control.before_step()
-                    optimizer.step()
-                else:
-                    scaler.scale(loss).backward()
-                    if control is not None:
-                        scaler.unscale_(optimizer)
-                        control.before_step()
-                    scaler.step(optimizer)
-                    scaler.update()
-                if control is not None:
-                    now = control.clock()
-                    control.after_step(now - started)
-                    started = now
-            with torch.no_grad():
-                n = blurred.shape[0]
-                totals["loss"] += float(loss) * n
-                restored = output.detach().float().clamp(0, 1)
-                unchanged = (blurred[:, : sharp.shape[1]] == sharp).flatten(1).all(1)  # a PSF model's input also holds its kernel
-                scores = psnr(restored, sharp).clamp(max=100)
-                totals["sharp_psnr"] += float(scores[unchanged].sum())
-                totals["psnr"] += float(scores[~unchanged].sum())
-                totals["ssim"] += float(ssim(restored, sharp)[~unchanged].sum())
-                seen += n
-                degraded += int((~unchanged).sum())
-            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}", psnr=f"{totals['psnr'] / max(degraded, 1):.2f}")
-    *sums, seen, degraded = ddp.all_reduce_sum([*totals.values(), seen, degraded])
-    loss, psnr_sum, ssim_sum, sharp_sum = sums
-    stats = {"loss": loss / max(seen, 1), "psnr": psnr_sum / degraded if degraded else math.nan, "ssim": ssim_sum / degraded if degraded else math.nan}
-    return {**stats, "sharp_psnr": sharp_sum / (seen - degraded)} if seen > degraded else stats
-
-
 def init_weights(init: str, arch: str | None = None, width: int | None = None) -> tuple[dict, ModelConfig, Path]:
     """(state dict, config, file) of ``init``: "default" (the shipped model), a .safetensors file or a run folder.
 
@@ -194,15 +69,19 @@ def init_weights(init: str, arch: str | None = None, width: int | None = None) -
         state, config = lift_to_psf(state, config)  # starts as exactly the blind model, then learns to use the PSF
     for name, wanted in (("arch", arch), ("width", width)):
         if wanted is not None and wanted != getattr(config, name):
-            raise UserError(f"{name}={wanted} conflicts with init={init} ({path.name}: {config.arch} width {config.width}); "
-                            f"drop `{name}`, the architecture comes from the weights")
+            raise UserError(
+                f"{name}={wanted} conflicts with init={init} ({path.name}: {config.arch} width {config.width}); "
+                f"drop `{name}`, the architecture comes from the weights"
+            )
     return state, config, path
 
 
 def _starting_point(options: TrainOptions) -> tuple[tuple[dict, ModelConfig, Path] | None, ModelConfig]:
     """(``init``'s (state dict, config, file) or None, the config of the network to train)."""
     initial = init_weights(options.init, options.arch, options.width) if options.init else None
-    return initial, grown_config(initial[1], **options.blocks) if initial else ModelConfig(arch=options.arch, width=options.width, **options.blocks)
+    return initial, grown_config(initial[1], **options.blocks) if initial else ModelConfig(
+        arch=options.arch, width=options.width, **options.blocks
+    )
 
 
 def _layout(config: ModelConfig) -> str:
@@ -210,7 +89,9 @@ def _layout(config: ModelConfig) -> str:
 
 
 def _horizon(options: TrainOptions) -> str:
-    parts = ([f"{options.steps} steps"] if options.steps else []) + ([f"{options.max_minutes:g} minutes"] if options.max_minutes else [])
+    parts = ([f"{options.steps} steps"] if options.steps else []) + (
+        [f"{options.max_minutes:g} minutes"] if options.max_minutes else []
+    )
     return " or ".join(parts)
 
 
@@ -220,16 +101,35 @@ def _datasets(options: TrainOptions, spec: DegradeSpec | None, train_pairs: list
     with_psf = options.arch in PSF_ARCHITECTURES
     if options.scales and spec is not None:
         crop = cast(int, options.crop)  # given with scales (the recipes set both)
-        return (ScaledCrops(train_pairs, crop, options.scales, spec, options.seed, epoch_samples, options.soften, options.compress,
-                            psf=with_psf, perturb=options.perturb_psf, estimated=options.estimated_psf),
-                ScaledCrops(val_pairs, crop * 2, (1.0, 1.0), spec, options.seed, fixed=True, psf=with_psf))
+        return (
+            ScaledCrops(
+                train_pairs,
+                crop,
+                options.scales,
+                spec,
+                options.seed,
+                epoch_samples,
+                options.soften,
+                options.compress,
+                psf=with_psf,
+                perturb=options.perturb_psf,
+                estimated=options.estimated_psf,
+            ),
+            ScaledCrops(val_pairs, crop * 2, (1.0, 1.0), spec, options.seed, fixed=True, psf=with_psf),
+        )
     if with_psf:
-        raise UserError(f"arch={options.arch} is told each image's blur: train it on sharp images with a degradation "
-                        "(sharp folder with `degrade`, random-scale crops), not on blurred/sharp pairs or resized images")
-    train_set: PairDataset | EpochSamples = PairDataset(train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed, degrade=spec)
+        raise UserError(
+            f"arch={options.arch} is told each image's blur: train it on sharp images with a degradation "
+            "(sharp folder with `degrade`, random-scale crops), not on blurred/sharp pairs or resized images"
+        )
+    train_set: PairDataset | EpochSamples = PairDataset(
+        train_pairs, size=options.size, crop=options.crop, augment=True, seed=options.seed, degrade=spec
+    )
     if epoch_samples:
         train_set = EpochSamples(train_set, epoch_samples)
-    return train_set, PairDataset(val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed, degrade=spec, fixed=True)
+    return train_set, PairDataset(
+        val_pairs, size=options.size, crop=options.crop, augment=False, seed=options.seed, degrade=spec, fixed=True
+    )
 
 
 # --------------------------------------------------------------------------- training
@@ -258,31 +158,49 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     has_checkpoint = ddp.broadcast(resume and (run / CHECKPOINT).exists())
     state = load_checkpoint(run / CHECKPOINT, check_best=True) if has_checkpoint else None
     log = RunLog(run / "train.log")
-    initial, config = (None, checkpoint_config(state, run, options.arch)) if state is not None else start or _starting_point(options)
+    initial, config = (
+        (None, checkpoint_config(state, run, options.arch)) if state is not None else start or _starting_point(options)
+    )
     precision = ddp.choose_precision(device, options.amp, options.channels_last)
     torch.manual_seed(options.seed)
     net = (grow_model(initial[0], initial[1], config) if initial else build_model(config)).to(device)
     if initial is not None:
-        grown = f", grown from {_layout(initial[1])} to {_layout(config)} (new blocks start as the identity)" if config != initial[1] else ""
+        grown = (
+            f", grown from {_layout(initial[1])} to {_layout(config)} (new blocks start as the identity)"
+            if config != initial[1]
+            else ""
+        )
         log(f"starting from the weights of {initial[2]} (init={options.init}){grown}")
     if precision.channels_last:
         net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit Module.to(memory_format=)
     loss_fn = loss_fn.to(device)
     groups = parameter_groups(net) if config.arch in PSF_ARCHITECTURES else net.parameters()
     if options.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=options.lr, betas=(0.9, 0.9), weight_decay=options.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            groups, lr=options.lr, betas=(0.9, 0.9), weight_decay=options.weight_decay
+        )
     else:
         optimizer = torch.optim.Adam(groups, lr=options.lr, eps=1e-7)  # Keras' Adam epsilon
     control = None
     spent_column = "cpu_seconds" if options.budget_clock == "cpu" else "seconds"
     if options.schedule == "cosine":
-        control = TrainControl(net, optimizer, options.lr, options.steps, options.max_minutes * 60 if options.max_minutes else None,
-                               options.warmup, options.clip, options.ema, progress_bar=ddp.is_main(),
-                               clock=time.process_time if options.budget_clock == "cpu" else time.perf_counter)
+        control = TrainControl(
+            net,
+            optimizer,
+            options.lr,
+            options.steps,
+            options.max_minutes * 60 if options.max_minutes else None,
+            options.warmup,
+            options.clip,
+            options.ema,
+            progress_bar=ddp.is_main(),
+            clock=time.process_time if options.budget_clock == "cpu" else time.perf_counter,
+        )
     # Keras ReduceLROnPlateau semantics: absolute min_delta 1e-4, and it cuts once `patience` bad
     # epochs have passed where PyTorch waits for one more, hence patience - 1.
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=options.lr_factor, patience=options.lr_patience - 1,
-                                                           threshold=1e-4, threshold_mode="abs")
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimizer, mode="min", factor=options.lr_factor, patience=options.lr_patience - 1, threshold=1e-4, threshold_mode="abs"
+    )
     scaler = ddp.grad_scaler(device, precision)
     stopper = EarlyStopping(options.patience)
     history: list[dict] = []
@@ -292,8 +210,10 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError):
-            raise UserError(f"{run / CHECKPOINT}: does not fit the run's model ({config.arch} width {config.width}); "
-                            "it belongs to another run — restore this run's checkpoint or start a new run") from None
+            raise UserError(
+                f"{run / CHECKPOINT}: does not fit the run's model ({config.arch} width {config.width}); "
+                "it belongs to another run — restore this run's checkpoint or start a new run"
+            ) from None
         if control is not None:
             control.load_state_dict(state["control"])
         scheduler.load_state_dict(state["scheduler"])
@@ -314,14 +234,26 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         log(f"resuming {run}: no checkpoint yet (stopped during epoch 1), starting at epoch 1")
 
     trainable, _ = count_parameters(net)
-    protocol = f"resized to {options.size}×{options.size}" if options.size else f"random {options.crop}×{options.crop} crops at native resolution"
+    protocol = (
+        f"resized to {options.size}×{options.size}"
+        if options.size
+        else f"random {options.crop}×{options.crop} crops at native resolution"
+    )
     if options.scales and spec is not None:
-        protocol = (f"{options.crop}×{options.crop} crops at a down-scale of {options.scales[0]:g}–{options.scales[1]:g}×, "
-                    f"source softened p={options.soften:g}, compressed p={options.compress:g}")
-    log(f"meddeblur {__version__} (recipe {options.recipe}): {config.arch} width {config.width} ({trainable:,} parameters) on {device}, "
+        protocol = (
+            f"{options.crop}×{options.crop} crops at a down-scale of {options.scales[0]:g}–{options.scales[1]:g}×, "
+            f"source softened p={options.soften:g}, compressed p={options.compress:g}"
+        )
+    log(
+        f"meddeblur {__version__} (recipe {options.recipe}): {config.arch} width {config.width} ({trainable:,} parameters) on {device}, "
         f"{torch.get_num_threads()} thread(s); {len(train_pairs)} train / {len(val_pairs)} val images, {protocol}; batch {options.batch}, "
-        f"{'AdamW' if options.optimizer == 'adamw' else 'Adam'} lr {options.lr:g}, " + (
-            f"cosine over {_horizon(options)}, warm-up {options.warmup}, clip {options.clip}, EMA {options.ema}" if control else "LR plateau"))
+        f"{'AdamW' if options.optimizer == 'adamw' else 'Adam'} lr {options.lr:g}, "
+        + (
+            f"cosine over {_horizon(options)}, warm-up {options.warmup}, clip {options.clip}, EMA {options.ema}"
+            if control
+            else "LR plateau"
+        )
+    )
     if ddp.world_size() > 1:
         log(ddp.describe(device, options.batch))
     if device.type == "cuda":
@@ -330,8 +262,10 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     if skipped:
         log(f"skip_bad=True: {len(skipped)} bad image(s) left out: " + "; ".join(skipped))
     if spec is not None:
-        log(f"blurred inputs synthesised from the sharp images with '{spec}': fresh for every training epoch, "
-            f"fixed (seed {EVAL_DEGRADE_SEED}) for validation and test")
+        log(
+            f"blurred inputs synthesised from the sharp images with '{spec}': fresh for every training epoch, "
+            f"fixed (seed {EVAL_DEGRADE_SEED}) for validation and test"
+        )
     train_set, val_set = _datasets(options, spec, train_pairs, val_pairs)
     model = ddp.with_precision(ddp.wrap_model(net, device), precision)  # what trains: DDP under torchrun
     # No DDP: processes may hold different numbers of val batches. The EMA, when there is one, is what is scored and saved.
@@ -344,11 +278,17 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
     # What the starting weights score, so that every later line (and the summary) shows whether training helps.
     start_scores = state.get("start_scores") if state is not None else None
     if state is None and initial is not None:
-        start_scores = run_epoch(evaluator, loss_fn, _epoch_loader(val_set, options.batch, options.seed, 0, False), device, None, "start val")
+        start_scores = run_epoch(
+            evaluator, loss_fn, epoch_loader(val_set, options.batch, options.seed, 0, False), device, None, "start val"
+        )
     start_note = f", start {start_scores['psnr']:.2f}" if start_scores else ""
-    kept_at = f", sharp inputs kept at {start_scores['sharp_psnr']:.2f} dB" if start_scores and "sharp_psnr" in start_scores else ""
-    log(f"validation: {len(val_set)} fixed samples, input PSNR {baseline['psnr']:.2f} dB (degraded ones)"
-        + (f"; starting weights {start_scores['psnr']:.2f} dB{kept_at}" if start_scores else ""))
+    kept_at = (
+        f", sharp inputs kept at {start_scores['sharp_psnr']:.2f} dB" if start_scores and "sharp_psnr" in start_scores else ""
+    )
+    log(
+        f"validation: {len(val_set)} fixed samples, input PSNR {baseline['psnr']:.2f} dB (degraded ones)"
+        + (f"; starting weights {start_scores['psnr']:.2f} dB{kept_at}" if start_scores else "")
+    )
 
     for epoch in range(first_epoch, options.epochs + 1):
         # Rank 0's clock decides for all: processes that disagree would wait for each other forever.
@@ -362,45 +302,71 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         desc = f"epoch {epoch}/{options.epochs}"
         kept = f"last good checkpoint {run / CHECKPOINT} kept" if state is not None or epoch > 1 else "no checkpoint written yet"
         try:
-            loader = _epoch_loader(train_set, options.batch, options.seed, epoch, True, _needs_drop_single(config, options))
-            train_stats = run_epoch(model, loss_fn, loader, device, optimizer, desc,
-                                    **step_options)
+            loader = epoch_loader(train_set, options.batch, options.seed, epoch, True, needs_drop_single(config, options))
+            train_stats = run_epoch(model, loss_fn, loader, device, optimizer, desc, **step_options)
         except Diverged as error:
-            raise UserError(f"training diverged at epoch {epoch} step {error.step} (loss {error.loss}); {kept} — lower `lr` or check the data") from None
+            raise UserError(
+                f"training diverged at epoch {epoch} step {error.step} (loss {error.loss}); {kept} — lower `lr` or check the data"
+            ) from None
         if not ddp.synchronises_batchnorm(device):
             ddp.average_batchnorm_stats(net)
-        val_stats = run_epoch(evaluator, loss_fn, _epoch_loader(val_set, options.batch, options.seed, epoch, False), device, None, desc + " val")
+        val_stats = run_epoch(
+            evaluator, loss_fn, epoch_loader(val_set, options.batch, options.seed, epoch, False), device, None, desc + " val"
+        )
         finite = all(bool(torch.isfinite(t).all()) for t in net.state_dict().values() if t.is_floating_point())
         if not (math.isfinite(val_stats["loss"]) and ddp.all_agree(finite)):
-            raise UserError(f"training diverged at epoch {epoch} (val loss {val_stats['loss']}); {kept} — lower `lr` or check the data")
+            raise UserError(
+                f"training diverged at epoch {epoch} (val loss {val_stats['loss']}); {kept} — lower `lr` or check the data"
+            )
         lr = optimizer.param_groups[0]["lr"]
         if control is None:
             scheduler.step(val_stats["loss"])
-        batches = (len(train_set) // options.batch if _needs_drop_single(config, options) and _drops_last(len(train_set), options.batch)
-                   else math.ceil(len(train_set) / options.batch))
+        batches = (
+            len(train_set) // options.batch
+            if needs_drop_single(config, options) and drops_last(len(train_set), options.batch)
+            else math.ceil(len(train_set) / options.batch)
+        )
         steps = (int(history[-1]["steps"] or 0) if history else 0) + batches if control is None else control.step
-        row = {"epoch": epoch, "steps": steps, "lr": lr, **{f"train_{k}": train_stats[k] for k in ("loss", "psnr", "ssim")},
-               **{f"val_{k}": val_stats[k] for k in ("loss", "psnr", "ssim")}, "val_input_psnr": baseline["psnr"],
-               "val_sharp_psnr": val_stats.get("sharp_psnr", math.nan), "seconds": round(time.perf_counter() - started, 3),
-               "cpu_seconds": round(time.process_time() - cpu_started, 3)}
+        row = {
+            "epoch": epoch,
+            "steps": steps,
+            "lr": lr,
+            **{f"train_{k}": train_stats[k] for k in ("loss", "psnr", "ssim")},
+            **{f"val_{k}": val_stats[k] for k in ("loss", "psnr", "ssim")},
+            "val_input_psnr": baseline["psnr"],
+            "val_sharp_psnr": val_stats.get("sharp_psnr", math.nan),
+            "seconds": round(time.perf_counter() - started, 3),
+            "cpu_seconds": round(time.process_time() - cpu_started, 3),
+        }
         history.append(row)
         if control is not None:  # the budget counts validation and checkpoints too, as --max-minutes does; rank 0's count
             control.seconds = ddp.broadcast(sum(float(r[spent_column] or 0) for r in history))
         improved = stopper.update(val_stats["loss"], epoch)
         if ddp.is_main():
             # The checkpoint commits the epoch; everything after it is rebuilt from it on --resume.
-            save_checkpoint(run, {
-                "epoch": epoch, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "early_stop": asdict(stopper), "history": history,
-                "rng": torch.get_rng_state(), "config": asdict(config), "scaler": scaler.state_dict() if scaler is not None else {},
-                "control": control.state_dict() if control is not None else {},
-                "start_scores": start_scores,
-            })
+            save_checkpoint(
+                run,
+                {
+                    "epoch": epoch,
+                    "model": net.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "early_stop": asdict(stopper),
+                    "history": history,
+                    "rng": torch.get_rng_state(),
+                    "config": asdict(config),
+                    "scaler": scaler.state_dict() if scaler is not None else {},
+                    "control": control.state_dict() if control is not None else {},
+                    "start_scores": start_scores,
+                },
+            )
             publish(run, scored, config, history, epoch if improved else None)
         sharp = f", sharp inputs kept at {val_stats['sharp_psnr']:.2f} dB" if "sharp_psnr" in val_stats else ""
-        log(f"epoch {epoch}: step {steps}, loss {train_stats['loss']:.4g}/{val_stats['loss']:.4g} (train/val), "
+        log(
+            f"epoch {epoch}: step {steps}, loss {train_stats['loss']:.4g}/{val_stats['loss']:.4g} (train/val), "
             f"val PSNR {val_stats['psnr']:.2f} dB (input {baseline['psnr']:.2f}{start_note}){sharp}, "
-            f"val SSIM {val_stats['ssim']:.4f}, lr {lr:g}, {row['seconds']:.1f} s" + (" — best so far" if improved else ""))
+            f"val SSIM {val_stats['ssim']:.4f}, lr {lr:g}, {row['seconds']:.1f} s" + (" — best so far" if improved else "")
+        )
         if stopper.stopped:
             log(f"early stopping: no val-loss improvement for {options.patience} epochs; best epoch {stopper.best_epoch} kept")
             break
@@ -412,7 +378,9 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         initial, _ = _starting_point(options)  # never a step back: the starting weights (grown as trained) are the best
         assert initial is not None and start_scores is not None  # start_scores exist only for a run with `init`
         publish_start(run, grow_model(initial[0], initial[1], config), config, start_scores)
-    for line in end_lines(run, history, stopper.best_epoch, stopper.best, baseline, start_scores, what, options.warmup, options.max_minutes):
+    for line in end_lines(
+        run, history, stopper.best_epoch, stopper.best, baseline, start_scores, what, options.warmup, options.max_minutes
+    ):
         log(line)
     ddp.barrier()  # nobody reports success before rank 0's last files are in place
     return run
