@@ -29,7 +29,7 @@ def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None
     out = Path(out)
     check_creatable_folder(out, "`out`")
     deblurrer = Deblurrer.load(model, "torch", "cpu", tile=0)
-    config, weights = deblurrer.config, deblurrer.weights
+    config, weights = deblurrer.torch_weights()
     sharp = synthetic_dermoscopy(256, 256, seed=seed)
     sharp_tensor = torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1)))[None]
     out.mkdir(parents=True, exist_ok=True)
@@ -54,7 +54,6 @@ def run_demo(out: str | Path = "meddeblur-demo", model: str | Path | None = None
         rows.append((label, blurred, restored, sharp, metrics[label]))
         table.append(f"| {label} | {in_psnr:.2f} / {in_ssim:.4f} | {out_psnr:.2f} / {out_ssim:.4f} | {out_psnr - in_psnr:+.2f} |")
     figure = plot_comparison(rows, out / "side_by_side.png")
-    assert config is not None and weights is not None  # a torch model has both
     markdown = (
         "\n".join(table) + f"\n\nModel: {config.arch} width {config.width}, weights {weights.name} (id {deblurrer.model_id}).\n"
     )

@@ -170,3 +170,16 @@ def test_speed_benchmark_smoke(tmp_path: Path, one_thread) -> None:
     (row,) = json.loads((tmp_path / "onnx_speed.json").read_text())["rows"]
     assert row["size"] == "40x24" and row["max_abs_diff"] <= TOLERANCE and row["onnx_ms_median"] > 0
     assert "| nafnet:8 (nafnet width 8) | 40x24 |" in (tmp_path / "onnx_speed.md").read_text()
+
+
+def test_what_needs_a_torch_model_refuses_an_onnx_one_in_one_line(exported, tmp_path) -> None:
+    from meddeblur.demo import run_demo
+    from meddeblur.errors import UnsupportedFormat
+    from meddeblur.inference.deblurrer import Deblurrer
+
+    weights, onnx = exported
+    assert Deblurrer.load(weights, device="cpu").torch_weights()[1] == weights
+    with pytest.raises(UnsupportedFormat, match="ONNX model holds no configuration"):
+        Deblurrer.load(onnx).torch_weights()
+    with pytest.raises(UnsupportedFormat, match="ONNX model"):
+        run_demo(tmp_path / "demo", model=str(onnx))

@@ -145,8 +145,7 @@ def _samples(pairs: list[Pair], size: int | None, spec: DegradeSpec | None):
 def evaluate(options: EvalOptions) -> dict:
     """Score a model on a data split; writes per_image.csv, metrics.json, report.md, comparison.png."""
     deblurrer = Deblurrer.load(options.model, "torch", options.device, tile=0)
-    config, weights = deblurrer.config, deblurrer.weights
-    assert config is not None and weights is not None  # always, on the torch engine
+    config, weights = deblurrer.torch_weights()
     run = run_folder_of(weights)
     run_options = _run_options(run) if run else {}
     blurred_dir: str | None

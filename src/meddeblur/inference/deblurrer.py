@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from meddeblur.device import pick_device
-from meddeblur.errors import InvalidOption, NotFound
+from meddeblur.errors import InvalidOption, NotFound, UnsupportedFormat
 from meddeblur.inference.batch import deblur_array, deblur_tensor
 from meddeblur.inference.change_map import ChangeMap, change_between
 from meddeblur.inference.engine import psf_on_onnx
@@ -132,6 +132,13 @@ class Deblurrer:
             tile,
             overlap,
         )
+
+    def torch_weights(self) -> tuple[ModelConfig, Path]:
+        """(configuration, weights file) of a torch model; an ONNX model has neither: UnsupportedFormat, one line."""
+        if self.config is None or self.weights is None:
+            why = "an ONNX model holds no configuration or weights file; pass the .safetensors weights or the run folder"
+            raise UnsupportedFormat(f"model {self.model_id}: {why}", value=self.model_id)
+        return self.config, self.weights
 
     @property
     def model_id(self) -> str:

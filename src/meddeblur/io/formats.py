@@ -136,3 +136,15 @@ def unsupported_kind(head: bytes) -> str | None:
     if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif", b"avis"):
         return "a HEIF/AVIF image"
     return None
+
+
+#: The suffixes of the PSF kernel files :func:`meddeblur.psf.kernel.load_psf` reads (a NumPy array, a PNG, a JSON record).
+PSF_FILE_SUFFIXES = (".npy", ".png", ".json")
+
+
+def names_psf_file(psf: str | Path) -> bool:
+    """True if ``psf`` is read as a kernel file rather than a spec string: a :class:`~pathlib.Path`, a name ending in
+    one of :data:`PSF_FILE_SUFFIXES`, or any existing file. Kept here, below the PSF code, so that a folder run can
+    digest a PSF file (:mod:`meddeblur.runs.recipe`) without importing it."""
+    path = Path(psf)
+    return isinstance(psf, Path) or path.suffix.lower() in PSF_FILE_SUFFIXES or path.is_file()

@@ -39,6 +39,7 @@ import numpy as np
 
 from meddeblur.errors import InvalidOption, NotFound, UnsupportedFormat, UserError
 from meddeblur.files import atomic_write
+from meddeblur.io.formats import names_psf_file
 from meddeblur.psf.kernel_files import MAX_SIDE, read_json, read_npy, read_png
 from meddeblur.psf.mtf import mtf50 as _mtf50
 from meddeblur.psf.mtf import radial_mtf
@@ -258,12 +259,7 @@ def load_psf(psf: PsfLike, shape: tuple[int, int] | None = None) -> PSF:
     elif isinstance(psf, np.ndarray):
         result = psf_from_array(psf)
     elif isinstance(psf, (str, Path)):
-        text = str(psf)
-        as_path = Path(text)
-        if isinstance(psf, Path) or as_path.suffix.lower() in (".npy", ".png", ".json") or as_path.is_file():
-            result = _read_file(as_path)
-        else:
-            result = psf_from_spec(text)
+        result = _read_file(Path(psf)) if names_psf_file(psf) else psf_from_spec(str(psf))
     else:
         raise InvalidOption(
             f"psf: expected a spec string, a file path, a 2-D array or a PSF, got {type(psf).__name__}", value=psf, option="psf"

@@ -171,9 +171,13 @@ def list_inputs(
 
 def target_record(record: dict[str, Any], output: Path, jpeg_quality: int) -> dict[str, Any]:
     """The provenance record written into ``output`` (before its change figures): ``record`` plus the JPEG quality for a JPEG."""
-    if SUFFIX_FORMATS.get(output.suffix.lower()) == "JPEG":
-        return {**record, "jpeg_quality": jpeg_quality}
-    return dict(record)
+    quality = _quality_written(output, jpeg_quality)
+    return dict(record) if quality is None else {**record, "jpeg_quality": quality}
+
+
+def _quality_written(output: Path, jpeg_quality: int) -> int | None:
+    """The JPEG quality ``output``'s record names: ``jpeg_quality`` for a JPEG, none for other formats."""
+    return jpeg_quality if SUFFIX_FORMATS.get(output.suffix.lower()) == "JPEG" else None
 
 
 def matches(found: dict[str, Any] | None, expected: dict[str, Any]) -> bool:
@@ -264,12 +268,11 @@ def _decodes_whole(path: Path) -> bool:
 def _same_recipe(existing: dict[str, Any], recipe: str | None, target: Path, jpeg_quality: int) -> bool:
     """True if ``existing``, the record of a deblurred output at ``target``, carries the run's ``recipe`` and JPEG
     quality: made with the model and options the run uses (:mod:`~meddeblur.runs.recipe`), as :func:`matches` would say."""
-    quality = jpeg_quality if SUFFIX_FORMATS.get(target.suffix.lower()) == "JPEG" else None
     return (
         recipe is not None
         and existing.get("operation") == "deblur"
         and existing.get(RECIPE_KEY) == recipe
-        and existing.get("jpeg_quality") == quality
+        and existing.get("jpeg_quality") == _quality_written(target, jpeg_quality)
     )
 
 

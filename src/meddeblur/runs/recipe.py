@@ -20,13 +20,13 @@ import numpy as np
 
 from meddeblur import __version__
 from meddeblur.errors import UserError
+from meddeblur.io.formats import names_psf_file
 from meddeblur.shipped import WEIGHTS_FOLDER, file_digest, resolve_weights
 
 __all__ = ["recipe_of"]
 
 #: The provenance key the recipe is written under.
 RECIPE_KEY = "recipe"
-_PSF_FILE_SUFFIXES = (".npy", ".png", ".json")  # as load_psf reads them
 
 
 def recipe_of(
@@ -76,8 +76,5 @@ def _psf_key(psf: Any) -> list[str] | None:
     if isinstance(psf, np.ndarray):
         return ["array", str(psf.dtype), str(psf.shape), hashlib.sha256(np.ascontiguousarray(psf).tobytes()).hexdigest()]
     if isinstance(psf, (str, Path)):
-        path = Path(psf)
-        if isinstance(psf, Path) or path.suffix.lower() in _PSF_FILE_SUFFIXES or path.is_file():
-            return ["file", file_digest(path)]
-        return ["spec", psf]
+        return ["file", file_digest(psf)] if names_psf_file(psf) else ["spec", str(psf)]
     return None

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from meddeblur.errors import UserError
+from meddeblur.io.formats import PSF_FILE_SUFFIXES, names_psf_file
 from meddeblur.psf.kernel import PSF, load_psf, psf_from_spec
 from meddeblur.restore import registry
 from meddeblur.server.engine import WITHOUT_PSF
@@ -35,7 +36,6 @@ from meddeblur.server.imaging import UploadError, display_name, status_for
 MAX_KERNEL_BYTES = 4 * 1024 * 1024
 #: Where a request's PSF came from (the ``from`` of its record: ``X-PSF``, the JSON answer, the page).
 DEFAULT, SPEC, KERNEL_FILE = "server default", "spec", "kernel file"
-_KERNEL_SUFFIXES = (".npy", ".png", ".json")
 _SPEC_EXAMPLE = "e.g. gauss:sigma=1.6, defocus:radius=2.5 or motion:length=9,angle=30"
 
 
@@ -62,9 +62,8 @@ def load_default_psf(spec_or_file: str) -> PSF:
     A file's PSF is named by the file's name alone: answers and the open page never show the server's folders.
     """
     psf = load_psf(spec_or_file)
-    path = Path(spec_or_file)
-    if path.suffix.lower() in _KERNEL_SUFFIXES or path.is_file():  # what load_psf read as a file
-        psf = dataclasses.replace(psf, source=path.name)
+    if names_psf_file(spec_or_file):  # what load_psf read as a file
+        psf = dataclasses.replace(psf, source=Path(spec_or_file).name)
     return psf
 
 
@@ -88,7 +87,7 @@ def spec_psf(text: str, default: PSF | None, uploads: bool) -> tuple[PSF | None,
         return None, None
     if default is not None and text == default.source:
         return default, DEFAULT
-    if Path(text).suffix.lower() in _KERNEL_SUFFIXES or "/" in text or "\\" in text:
+    if Path(text).suffix.lower() in PSF_FILE_SUFFIXES or "/" in text or "\\" in text:
         send = (
             "send the kernel file itself as the multipart field 'psf'"
             if uploads

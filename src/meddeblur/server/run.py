@@ -131,9 +131,8 @@ def serve(settings: ServerSettings, host: str = "127.0.0.1", port: int = 8000, l
     if default_psf is not None:
         check_default_psf(Methods(served, settings.estimator), default_psf)
     check_port_free(host, port)
-    assert served.config is not None  # a torch model has one
     print(
-        f"meddeblur serve: model {served.model_id} ({served.config.arch}){_told(default_psf)} on http://{host}:{port}/ with "
+        f"meddeblur serve: model {served.model_id} ({served.provenance.get('model')}){_told(default_psf)} on http://{host}:{port}/ with "
         f"{settings.workers} worker processes (API docs: /docs)",
         flush=True,
     )
