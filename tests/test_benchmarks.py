@@ -183,3 +183,33 @@ def test_archive_benchmark_runs(tmp_path):
     assert set(result["rows"]) == {"local, 1 worker", "local, 1 worker, 1 thread", "local, 2 workers"}
     assert result["rows"]["local, 2 workers"]["identical_to_1_worker"] and result["rerun"]["summary"].startswith("3 input(s): 0 written")
     assert "--skip-ray" in result["command"] and "| local, 2 workers |" in (tmp_path / "archive.md").read_text()
+
+
+def test_reference_protocol_keeps_the_upscaler_away_from_the_pair_images(isic_images):
+    from benchmarks import reference_protocol as protocol
+
+    pairs, espcn = protocol.choose_images(ISIC)
+    assert len(pairs) == protocol.PAIR_IMAGES and len(set(pairs)) == protocol.PAIR_IMAGES
+    assert not set(pairs) & set(espcn) and len(pairs) + len(espcn) == len(isic_images)
+    split = json.loads(protocol.SPLIT.read_text())
+    assert {p.stem for p in pairs} >= set(split["test"]) | set(split["val"])  # never seen by the shipped model either
+    sharp, low = protocol.sharp_and_low(pairs[0])
+    assert sharp.shape == (128, 128, 3) and low.shape == (64, 64, 3) and sharp.dtype == low.dtype == "uint8"
+    assert protocol.loader_view(sharp).shape == (256, 256, 3)
+
+
+def test_reference_protocol_espcn_learns_to_upscale(isic_images):
+    import numpy as np
+
+    from benchmarks import reference_protocol as protocol
+    from meddeblur.metrics import psnr_ssim_numpy
+
+    sharp, low = zip(*(protocol.sharp_and_low(path) for path in isic_images[:16]), strict=True)
+    untrained = protocol.upscale(protocol.train_espcn(list(sharp), list(low), 0), list(low))
+    trained = protocol.upscale(protocol.train_espcn(list(sharp), list(low), 40), list(low))
+    assert trained[0].shape == (128, 128, 3)
+
+    def score(images):
+        return np.mean([psnr_ssim_numpy(u / 255.0, s / 255.0)[0] for u, s in zip(images, sharp, strict=True)])
+
+    assert score(trained) > score(untrained) + 3.0

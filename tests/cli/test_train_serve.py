@@ -149,3 +149,31 @@ def test_help_says_sharp_works_alone_and_model_takes_onnx(capsys):
 
 def test_the_demo_folder_is_ignored_by_git():
     assert "meddeblur-demo/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_a_run_on_pairs_ends_on_its_held_out_test_pairs_beside_the_starting_weights(init_weights_file, tmp_path):
+    from synthetic_pairs import write_synthetic_pairs
+
+    from meddeblur import Deblurrer
+    from meddeblur.data.pairs import read_split
+    from meddeblur.io.decode import read_rgb
+    from meddeblur.metrics import psnr_ssim_numpy
+
+    _, init = init_weights_file
+    data = write_synthetic_pairs(tmp_path / "pairs", n=20, height=48, width=56, seed=7)
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(data), "--init", str(init), "--steps", "2", "--out", str(run), *TINY]) == 0
+    test = read_split(run / "split.json")["test"]
+    assert len(test) == 2  # 10 % of 20
+
+    def mean(model):
+        scores = []
+        for name in test:
+            blurred, sharp = read_rgb(data / "blurred" / f"{name}.png"), read_rgb(data / "sharp" / f"{name}.png")
+            scores.append(psnr_ssim_numpy(blurred if model is None else Deblurrer.load(model, device="cpu").deblur_rgb(blurred), sharp)[0])
+        return sum(scores) / len(scores)
+
+    line = (run / "train.log").read_text().splitlines()[-1]
+    expected = (f"the 2 test pairs (never trained or validated on) went from {mean(None):.2f} to {mean(run / 'best.safetensors'):.2f} dB"
+                f"; the starting weights ({init}) gave {mean(init):.2f} dB")
+    assert line.startswith(expected), line

@@ -108,6 +108,21 @@ def test_a_tensor_that_requires_gradients_is_refused_not_silently_detached(deblu
     assert deblurrer(image.detach()).shape == (3, 40, 48)
 
 
+def test_the_documented_differentiable_path_runs_as_written():
+    """docs/python.md points a PyTorch user whom the Deblurrer refuses to models.load_model(): its example, as written."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "python.md").read_text()
+    (example,) = [block for block in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "load_model" in block]
+    blurred = torch.full((1, 3, 64, 64), 0.5, requires_grad=True)
+    names: dict = {"blurred": blurred}
+    exec(example, names)  # the documentation's own example
+    assert names["restored"].shape == blurred.shape and names["restored"].requires_grad
+    names["restored"].mean().backward()
+    assert blurred.grad is not None and float(blurred.grad.abs().sum()) > 0
+    assert 64 % meddeblur.models.size_multiple(names["config"]) == 0
+
+
 def test_bad_options_are_value_errors():
     with pytest.raises(ValueError, match="engine"):
         meddeblur.Deblurrer.load(engine="tensorrt")

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from conftest import cli_env
 
 from meddeblur.cli import main
@@ -92,16 +93,19 @@ def test_a_run_killed_at_a_random_moment_is_finished_by_a_rerun(tmp_path: Path, 
     _check_finished(folder, out, tmp_path / "reference", done)
 
 
-def test_sigterm_stops_the_workers_too_and_a_rerun_finishes(tmp_path: Path, tiny_weights: Path, one_thread) -> None:
+@pytest.mark.parametrize(("stop", "says"), [(signal.SIGTERM, "stopped by SIGTERM"), (signal.SIGINT, "interrupted (Ctrl-C)")])
+def test_sigterm_or_ctrl_c_stops_the_workers_too_prints_the_summary_and_a_rerun_finishes(tmp_path: Path, tiny_weights: Path,
+                                                                                         one_thread, stop: int, says: str) -> None:
+    """SIGTERM from a supervisor, or Ctrl-C in a terminal (SIGINT to the run's process)."""
     folder, out = _folder(tmp_path), tmp_path / "out"
     deblur_archive([folder], tmp_path / "reference", ModelSpec(str(tiny_weights), device="cpu"), recursive=True)
     process = _start(folder, out, tiny_weights, "--workers", "2")
     _wait_for_first_output(process, out)
     children = [int(pid) for task in Path(f"/proc/{process.pid}/task").iterdir()
                 for pid in (task / "children").read_text().split()] if Path("/proc").is_dir() else []
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop)
     stdout, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM and "stopped by SIGTERM" in stderr and "Traceback" not in stderr
+    assert process.returncode == 128 + stop and says in stderr and "Traceback" not in stderr, stderr
     # What was done so far, and how to finish: the summary of the part that ran, then the way to resume.
     first = stdout.splitlines()[0]
     assert first.startswith(f"{IMAGES} input(s): ") and first.endswith(" not reached") and "run the same command again to resume" in stdout

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import threading
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import cv2
@@ -172,6 +173,7 @@ def test_outputs_and_the_log_name_the_input_they_were_made_from(tmp_path: Path) 
     assert written["status"] == "written" and skipped["status"] == "skipped"
     for line in (written, skipped):
         assert line["source"] == stamp and line["output_sha256"] == _sha256(out / "x.png")
+        assert datetime.fromisoformat(line["time"]).utcoffset() == timedelta(0)  # when, in UTC
 
 
 def test_an_input_replaced_by_another_photo_of_the_same_name_is_redone(tmp_path: Path, capsys) -> None:

@@ -322,8 +322,8 @@ def add_deblur(commands: argparse._SubParsersAction[Any]) -> argparse.ArgumentPa
         type=int,
         metavar="N",
         help="processes deblurring at once, each loading the model once with cores/N threads (default 1, this "
-        "process with all cores: on 2 cores, 2 single-thread workers ran 1.02x to 1.22x its images/s (three runs) after a 2.3 s "
-        "start-up, benchmarks/results/archive.md rows 'local, 1 worker' and 'local, 2 workers'); "
+        "process with all cores: on 2 cores, 2 single-thread workers ran 1.22x its images/s, their 2.3 s start-up "
+        "included, benchmarks/results/archive.md rows 'local, 1 worker' and 'local, 2 workers'); "
         "with --cluster ray, the number of Ray actors",
     )
     archive.add_argument(

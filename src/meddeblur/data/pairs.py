@@ -8,6 +8,7 @@ import os
 import re
 import zlib
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -245,6 +246,22 @@ def augment_pair(blurred: torch.Tensor, sharp: torch.Tensor, generator: torch.Ge
 class _Samples(Protocol):
     def __len__(self) -> int: ...
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def pair_samples(pairs: list[Pair], size: int | None, spec: DegradeSpec | None) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, blurred, sharp) as (H, W, 3) float arrays, as evaluation sees them: resized to ``size``×``size`` by area
+    first (None: as stored), then degraded with ``spec`` (sharp-only data; fixed per image, :func:`fixed_degradation`)."""
+    for pair in pairs:
+        sharp = read_rgb(pair.sharp)
+        blurred = read_rgb(pair.blurred) if pair.blurred is not None else None
+        if size:
+            sharp = resize_area(sharp, (size, size))
+            blurred = resize_area(blurred, (size, size)) if blurred is not None else None
+        if blurred is None:
+            assert spec is not None  # sharp-only data comes with its degradation
+            made, _ = fixed_degradation(torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1))), spec, pair.name)
+            blurred = made.numpy().transpose(1, 2, 0)
+        yield pair.name, blurred, sharp
 
 
 def input_scores(dataset: _Samples) -> dict[str, float]:

@@ -12,24 +12,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from meddeblur.data.pairs import (
     SPLIT_FILE,
-    Pair,
     check_pairs,
-    fixed_degradation,
     load_pairs,
+    pair_samples,
     read_split,
     select,
 )
-from meddeblur.degradation.resampling import resize_area
-from meddeblur.degradation.spec import DegradeSpec, parse_spec
+from meddeblur.degradation.spec import parse_spec
 from meddeblur.errors import InvalidOption, UserError
 from meddeblur.files import atomic_write, check_creatable_folder
 from meddeblur.inference.deblurrer import Deblurrer
-from meddeblur.io.decode import read_rgb
 from meddeblur.metrics import psnr_ssim_numpy
 from meddeblur.plots import plot_comparison
 
@@ -127,21 +123,6 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _samples(pairs: list[Pair], size: int | None, spec: DegradeSpec | None):
-    """(name, blurred, sharp) as (H, W, 3) float arrays: resized first, then degraded (sharp-only data)."""
-    for pair in pairs:
-        sharp = read_rgb(pair.sharp)
-        blurred = read_rgb(pair.blurred) if pair.blurred is not None else None
-        if size:
-            sharp = resize_area(sharp, (size, size))
-            blurred = resize_area(blurred, (size, size)) if blurred is not None else None
-        if blurred is None:
-            assert spec is not None  # sharp-only data comes with its degradation
-            made, _ = fixed_degradation(torch.from_numpy(np.ascontiguousarray(sharp.transpose(2, 0, 1))), spec, pair.name)
-            blurred = made.numpy().transpose(1, 2, 0)
-        yield pair.name, blurred, sharp
-
-
 def evaluate(options: EvalOptions) -> dict:
     """Score a model on a data split; writes per_image.csv, metrics.json, report.md, comparison.png."""
     deblurrer = Deblurrer.load(options.model, "torch", options.device, tile=0)
@@ -183,7 +164,7 @@ def evaluate(options: EvalOptions) -> dict:
     records: list[dict[str, Any]] = []
     figure_rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]] = []
     for name, blurred, sharp in tqdm(
-        _samples(chosen, size, spec), total=len(chosen), desc="evaluating", unit="image", disable=None
+        pair_samples(chosen, size, spec), total=len(chosen), desc="evaluating", unit="image", disable=None
     ):
         restored = deblurrer.deblur_rgb(blurred)
         in_psnr, in_ssim = psnr_ssim_numpy(blurred, sharp)

@@ -24,6 +24,7 @@ import math
 import os
 import re
 import socket
+import warnings
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -250,17 +251,32 @@ class RayActors:
         # without Ray tracking a million blocks.
         blocks = min(len(rows), max(1000, math.ceil(len(rows) / 64)))
         dataset = ray.data.from_items(rows, override_num_blocks=blocks)
-        results = dataset.map_batches(
-            _actor_class(self.spec, settings, threads),
-            batch_size=settings.batch,
-            compute=ray.data.ActorPoolStrategy(size=self.workers),
-            num_cpus=1 if gpus else threads,
-            num_gpus=gpus,
-        )
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates passing actor options this way, yet names no other for max_restarts.
+            warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+            results = dataset.map_batches(
+                _actor_class(self.spec, settings, threads),
+                batch_size=settings.batch,
+                compute=ray.data.ActorPoolStrategy(size=self.workers),
+                num_cpus=1 if gpus else threads,
+                num_gpus=gpus,
+                # No restarts: Ray Data hands its actors their arguments through the object store, where Ray cannot
+                # promise a restart (it says so in an error-level line on every run that allows one), and an image
+                # that kills its actor would be retried for ever. An actor's death ends the run in one line instead.
+                max_restarts=0,
+            )
         # Ray Data's own status lines (set up again as execution starts): the run has its bar and its summary.
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        for row in results.iter_rows():
-            yield Outcome(**json.loads(row["outcome"]))
+        try:
+            for row in results.iter_rows():
+                yield Outcome(**json.loads(row["outcome"]))
+        except ray.exceptions.RayActorError as exc:
+            raise UserError(
+                "a Ray actor died while deblurring (its process ended: killed by the system's out-of-memory killer, "
+                f"or crashed; Ray: {type(exc).__name__}); outputs finished so far are whole and a rerun skips them; "
+                "retry with fewer workers or a smaller tile, or without cluster='ray', where the image that kills its "
+                "worker is named and refused and the run goes on"
+            ) from None
 
     def close(self) -> None:
         if self._started:

@@ -25,6 +25,7 @@ from meddeblur.device import pick_device
 from meddeblur.errors import UserError
 from meddeblur.losses import DeblurLoss, build_loss
 from meddeblur.models import (
+    BEST_WEIGHTS,
     PSF_ARCHITECTURES,
     ModelConfig,
     build_model,
@@ -38,6 +39,7 @@ from meddeblur.models.psf_nafnet import parameter_groups
 from meddeblur.training import distributed as ddp
 from meddeblur.training.epoch import Diverged, EarlyStopping, drops_last, epoch_loader, needs_drop_single, run_epoch
 from meddeblur.training.finetune import end_lines, kept_start_line, publish_start
+from meddeblur.training.held_out import held_out_line
 from meddeblur.training.options import TrainOptions
 from meddeblur.training.runs import (
     CHECKPOINT,
@@ -382,5 +384,11 @@ def _train(options: TrainOptions, resume: bool, device: torch.device, spec: Degr
         run, history, stopper.best_epoch, stopper.best, baseline, start_scores, what, options.warmup, options.max_minutes
     ):
         log(line)
+    if spec is None and options.blurred_dir and ddp.is_main() and (run / BEST_WEIGHTS).is_file():
+        log(
+            held_out_line(
+                run, options.blurred_dir, options.sharp_dir, run / BEST_WEIGHTS, options.init, options.size, device.type
+            )
+        )
     ddp.barrier()  # nobody reports success before rank 0's last files are in place
     return run
