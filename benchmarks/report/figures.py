@@ -308,10 +308,29 @@ def reference_speed(src: Source) -> str:
     return "\n".join(lines)
 
 
+def reference_protocol(src: Source) -> str:
+    """The reference's own scenario (ESPCN ×2 blur, 20 test pairs): its result beside ours, from benchmarks.reference_protocol."""
+    from benchmarks.reference_protocol import REFERENCE
+
+    data = src.load("reference_protocol.json")
+    rows = data["score"]["rows"]
+    base = rows["input"]["psnr"]
+    lines = ["| model | input PSNR | PSNR | gain | SSIM |", "|---|---|---|---|---|",
+             f"| reference system (its own 20 pairs; GPU, up to 100 epochs) | {REFERENCE['input_psnr']:.2f} | {REFERENCE['model_psnr']:.2f} "
+             f"| {REFERENCE['model_psnr'] - REFERENCE['input_psnr']:+.2f} | {REFERENCE['model_ssim']:.4f} |"]
+    lines += [f"| {label} | {base:.2f} | {row['psnr']:.2f} | {row['psnr'] - base:+.2f} | {row['ssim']:.4f} |"
+              for label, row in rows.items() if label != "input"]
+    lines.append(f"\n{data['score']['test_pairs']} test pairs of {data['make']['images']} made as the reference's were (an ESPCN ×2 "
+                 "trained here, both images resized to 256×256 by its loader's bilinear); TF-exact PSNR (dB) and SSIM; "
+                 f"`{data['score_command'].split(' --note ')[0]}` on {_machine(data['machine'])} ({src.link('reference_protocol.md')}).")
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable[[Source], str]] = {
     **{f"quality-{p}": (lambda src, p=p: _quality(src, p)) for p in PROTOCOL_TITLES},
     "model": model, "sharp-kept": sharp_kept, "method-psf": method_psf, "known-blur": known_blur, "speed": speed, "onnx": onnx, "tiling": tiling, "load": load, "assess": assess,
     "fuzz": fuzz, "train-speed": train_speed, "train-speed-psf": train_speed_psf, "parallel": parallel, "loss-probe": loss_probe, "reference-speed": reference_speed,
+    "reference-protocol": reference_protocol,
 }
 
 

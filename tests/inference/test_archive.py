@@ -362,7 +362,12 @@ def test_a_worker_that_dies_refuses_its_image_and_the_run_goes_on(tmp_path: Path
         _image(folder / f"{i}.png", seed=i)
     _image(folder / "dies.png", 17, 19)
     spec = _DyingSpec(str(tiny_weights), device="cpu", death=death)
-    report = deblur_archive([folder], tmp_path / "out", spec, skip_bad=True, workers=2)
+    # As from a terminal: a test run started in the background inherits SIGINT ignored, and so would its workers.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        report = deblur_archive([folder], tmp_path / "out", spec, skip_bad=True, workers=2)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     (refused,) = report.with_status("refused")
     assert refused.input == str(folder / "dies.png") and f"the worker process deblurring it {says}" in refused.reason
     assert "out of memory" not in refused.reason or death == "SIGKILL"

@@ -44,9 +44,10 @@ def _start(folder: Path, out: Path, weights: Path, *extra: str, background: bool
     process group of its own (so that the test can signal the group)."""
     command = [sys.executable, "-m", "meddeblur", "deblur", str(folder), "-o", str(out), "--model", str(weights), "--device", "cpu",
                "--recursive", "--quiet", "--log", str(out.parent / "run.jsonl"), *extra]
-    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if background else None
+    # Otherwise as from a terminal, SIGINT at its default even when the tests themselves run as a background job.
+    sigint = signal.SIG_IGN if background else signal.SIG_DFL
     return subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            preexec_fn=ignore, start_new_session=background)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint), start_new_session=background)
 
 
 def _wait_for_first_output(process: subprocess.Popen, out: Path) -> None:
