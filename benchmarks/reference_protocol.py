@@ -221,14 +221,12 @@ def score(args: argparse.Namespace) -> dict[str, Any]:
     for label, model in (item.split("=", 1) for item in args.model):
         deblurrer = Deblurrer.load(None if model == "default" else model, "torch", "cpu", tile=0)
         restored = [psnr_ssim_numpy(deblurrer.deblur_rgb(blurred), sharp) for blurred, sharp in pairs]
-        run = Path(model) / "metrics.json" if model != "default" else None
         rows[label] = {
             "model": model,
             "model_id": deblurrer.model_id,
             "psnr": float(np.mean([r[0] for r in restored])),
             "ssim": float(np.mean([r[1] for r in restored])),
             "worst_gain": float(min(r[0] - i[0] for r, i in zip(restored, inputs, strict=True))),
-            "training": json.loads(run.read_text()).get("steps") if run is not None and run.is_file() else None,
         }
         print(f"{label}: {rows[label]['psnr']:.2f} dB ({rows[label]['psnr'] - rows['input']['psnr']:+.2f})", flush=True)
     return {"test_pairs": len(test), "rows": rows}

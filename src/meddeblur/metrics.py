@@ -37,7 +37,10 @@ from torch import Tensor, nn
 
 from meddeblur.io.pixels import INTEGER_RANGES, describe, unit_float
 
-__all__ = ["psnr", "ssim", "psnr_ssim_numpy", "ReferenceScorer", "gaussian_kernel1d", "PSNR", "SSIM", "TOLERANCE"]
+__all__ = ["psnr", "ssim", "psnr_ssim_numpy", "ReferenceScorer", "gaussian_kernel1d", "PSNR", "SSIM", "TOLERANCE", "PSNR_CAP"]
+
+#: PSNR of identical images is +inf (as in TensorFlow); reports cap it so means stay finite.
+PSNR_CAP = 100.0
 
 #: How far outside [0, 1] a float tensor may stray with ``max_val`` left out: float32 rounding of a blur or a resize.
 TOLERANCE = 1e-6

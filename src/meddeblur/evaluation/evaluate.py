@@ -26,11 +26,9 @@ from meddeblur.degradation.spec import parse_spec
 from meddeblur.errors import InvalidOption, UserError
 from meddeblur.files import atomic_write, check_creatable_folder
 from meddeblur.inference.deblurrer import Deblurrer
-from meddeblur.metrics import psnr_ssim_numpy
+from meddeblur.metrics import PSNR_CAP, psnr_ssim_numpy
 from meddeblur.plots import plot_comparison
 
-#: PSNR of identical images is +inf (as in TensorFlow); reports cap it so means stay finite.
-PSNR_CAP = 100.0
 METRIC_FIELDS = ("input_psnr", "input_ssim", "model_psnr", "model_ssim")
 
 

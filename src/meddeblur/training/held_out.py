@@ -18,7 +18,7 @@ import numpy as np
 
 from meddeblur.data.pairs import SPLIT_FILE, check_pairs, load_pairs, pair_samples, read_split, select
 from meddeblur.inference.deblurrer import Deblurrer
-from meddeblur.metrics import psnr_ssim_numpy
+from meddeblur.metrics import PSNR_CAP, psnr_ssim_numpy
 
 __all__ = ["MAX_IMAGES", "held_out_line"]
 
@@ -31,7 +31,7 @@ def _mean_psnr(deblurrer: Deblurrer | None, samples: list[tuple[str, np.ndarray,
         psnr_ssim_numpy(blurred if deblurrer is None else deblurrer.deblur_rgb(blurred), sharp)[0]
         for _, blurred, sharp in samples
     ]
-    return statistics.fmean(min(score, 100.0) for score in scores)  # identical images: +inf, capped as in evaluate
+    return statistics.fmean(min(score, PSNR_CAP) for score in scores)  # identical images: +inf, capped as evaluate caps them
 
 
 def held_out_line(
